@@ -1,0 +1,21 @@
+"""fastlstm: fast CPU inference of LSTM networks, by the sequence or one step at a time.
+
+    >>> import fastlstm
+    >>> model = fastlstm.load("model.pt")          # PyTorch, Keras, safetensors, fastlstm files
+    >>> y = model.predict(x)                       # whole sequences, (T, I) -> (T, O)
+    >>> stream = model.stream()                    # live stepping, state kept between calls
+    >>> y_t = stream.step(x_t)
+"""
+
+from ._kernels import Stream, openmp_enabled
+from ._threads import get_num_threads, set_num_threads
+from .layers import Dense, LSTMLayer, LSTMWeights
+from .model import Model
+from .state import State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Model", "Stream", "State", "LSTMLayer", "LSTMWeights", "Dense",
+    "openmp_enabled", "set_num_threads", "get_num_threads", "__version__",
+]

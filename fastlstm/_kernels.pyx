@@ -1,0 +1,569 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False, embedsignature=True
+"""Compiled kernels: the whole network forward for a block of time steps and
+batch rows, the streaming step, and the thread/BLAS plumbing around them.
+
+Everything numeric runs without the GIL.  The Python layer (model.py,
+stream.py) validates arguments and owns the arrays; this module trusts the
+pointers it is given.
+
+Parallel scheme: batch rows are independent through the whole network, so
+the batch is cut into row chunks and each OpenMP thread runs every layer and
+every time step of its chunks on its own workspace -- no barrier per step.
+The chunking depends only on the batch and layer sizes, never on the thread
+count, so results are bit-identical whatever the thread count.
+"""
+
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
+from cython.parallel cimport prange, threadid
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport sgemm
+
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from "fastlstm_cell.h" nogil:
+    void fl_cell_rows(float *z, long ldz, float *c, long ldc, float *h, long ldh, long nrows, long H,
+                      int gate_act, int cell_act)
+    void fl_gemv_acc(const float *v, long k, const float *W, long ldw, long n, float *z)
+    void fl_merge_rows(const float *inp, float *out, long nrows, long n, int mode)
+    int fl_all_finite(const float *x, long n)
+    void fl_activate(int kind, float *x, long n)
+    void fl_softmax_row(float *x, long n)
+    int FL_ACT_SOFTMAX, FL_ACT_LINEAR, FL_MERGE_CONCAT
+
+cdef extern from "fastlstm_fpmode.h" nogil:
+    ctypedef unsigned int fl_fpmode_t
+    fl_fpmode_t fl_flush_denormals()
+    void fl_restore_fpmode(fl_fpmode_t old)
+
+cdef extern from "fastlstm_omp.h" nogil:
+    int FL_HAVE_OPENMP
+
+
+# ---------------------------------------------------------------------------
+# Threads: ours (OpenMP across batch chunks) and the BLAS library's.
+
+cdef int g_num_threads = 1
+
+# openblas_{set,get}_num_threads of every OpenBLAS in the process, found by
+# _threads.py.  Inside our parallel region BLAS must run on one thread, or the
+# two thread pools multiply (oversubscription).
+ctypedef void (*blas_set_fn)(int) noexcept nogil
+ctypedef int (*blas_get_fn)() noexcept nogil
+DEF MAX_BLAS_LIBS = 4
+cdef blas_set_fn g_blas_set[MAX_BLAS_LIBS]
+cdef blas_get_fn g_blas_get[MAX_BLAS_LIBS]
+cdef int g_n_blas = 0
+
+
+def _set_blas_hooks(list pairs):
+    """Register (set_address, get_address) of each BLAS library's thread-count functions."""
+    global g_n_blas
+    g_n_blas = 0
+    for set_addr, get_addr in pairs[:MAX_BLAS_LIBS]:
+        g_blas_set[g_n_blas] = <blas_set_fn><size_t>set_addr
+        g_blas_get[g_n_blas] = <blas_get_fn><size_t>get_addr
+        g_n_blas += 1
+
+
+cdef inline void blas_threads_push(int n, int *saved) noexcept nogil:
+    cdef int i
+    for i in range(g_n_blas):
+        saved[i] = g_blas_get[i]()
+        if saved[i] != n:
+            g_blas_set[i](n)
+
+
+cdef inline void blas_threads_pop(int n, const int *saved) noexcept nogil:
+    cdef int i
+    for i in range(g_n_blas):
+        if saved[i] != n:
+            g_blas_set[i](saved[i])
+
+
+def openmp_enabled():
+    """Whether the compiled kernels were built with OpenMP."""
+    return bool(FL_HAVE_OPENMP)
+
+
+def _set_num_threads(int n):
+    global g_num_threads
+    g_num_threads = n
+
+
+def _get_num_threads():
+    return g_num_threads
+
+
+# ---------------------------------------------------------------------------
+# Dense algebra, row-major.
+
+cdef inline void matmul_acc(int m, int n, int k, const float *A, int lda, const float *B, int ldb,
+                            float *C, int ldc) noexcept nogil:
+    """C[m, n] += A[m, k] @ B[k, n], all row-major."""
+    cdef int r
+    cdef char tr = b'N'
+    cdef float one = 1.0
+    if m <= 2:
+        # A BLAS call costs more than a few small rows of arithmetic.
+        for r in range(m):
+            fl_gemv_acc(A + r * lda, k, B, ldb, n, C + r * ldc)
+    else:
+        # Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
+        sgemm(&tr, &tr, &n, &m, &k, &one, <float *>B, &ldb, <float *>A, &lda, &one, C, &ldc)
+
+
+cdef inline void fill_rows(float *dst, const float *row, int nrows, int n) noexcept nogil:
+    cdef int r
+    for r in range(nrows):
+        memcpy(dst + <long>r * n, row, n * sizeof(float))
+
+
+# ---------------------------------------------------------------------------
+# The packed network.
+
+cdef struct Dir:
+    const float *w_x        # (n_in, 4H) row-major, gate columns [i f o g]
+    const float *w_h        # (n_out, 4H), stored right after w_x
+    const float *bias       # (4H,), b_ih + b_hh
+    const float *w_proj     # (H, P) or NULL
+    int reverse             # runs from the last time step to the first
+    long h_off, c_off       # offsets of this direction's h and c within a stream's state row
+
+cdef struct Layer:
+    Dir dirs[2]
+    int n_dirs, n_in, hidden, n_out   # n_out: P with a projection, else H
+    int gate_act, cell_act, merge, go_backwards
+    int width                         # output width after merging directions
+
+cdef struct Net:
+    Layer *layers
+    int n_layers, n_in, n_out         # network input and output widths
+    const float *head_w               # (width, O) row-major, or NULL
+    const float *head_b               # (O,)
+    int head_act
+    long h_size, c_size               # state floats per stream: rows of (B, h_size), (B, c_size)
+    int max_gates, max_cat, max_hidden  # workspace dimensions
+
+
+cdef class Network:
+    """Packed weights and layer descriptors; immutable, shared by streams and threads."""
+
+    cdef Net net
+    cdef list _keep            # the arrays the raw pointers point into
+    cdef readonly bint streamable
+
+    def __cinit__(self):
+        self.net.layers = NULL
+
+    def __init__(self, list layers, head):
+        """layers: dicts from fastlstm._packing.pack_layer; head: (w (In, O), b (O,), act) or None."""
+        cdef int n = len(layers)
+        cdef int li, d
+        cdef Layer *L
+        cdef cnp.ndarray w, b, p
+        cdef long h_off = 0, c_off = 0
+        self._keep = []
+        self.net.layers = <Layer *>malloc(max(n, 1) * sizeof(Layer))
+        if self.net.layers == NULL:
+            raise MemoryError()
+        self.net.n_layers = n
+        self.net.max_gates = self.net.max_cat = self.net.max_hidden = 0
+        self.streamable = True
+        for li in range(n):
+            spec = layers[li]
+            L = &self.net.layers[li]
+            L.n_dirs = len(spec["dirs"])
+            L.gate_act = spec["gate_act"]
+            L.cell_act = spec["cell_act"]
+            L.merge = spec["merge"]
+            L.go_backwards = spec["go_backwards"]
+            L.n_in = spec["n_in"]
+            L.hidden = spec["hidden"]
+            L.n_out = spec["n_out"]
+            L.width = spec["width"]
+            if L.n_dirs > 1 or L.go_backwards:
+                self.streamable = False
+            for d in range(L.n_dirs):
+                w, b, p = spec["dirs"][d]
+                self._keep.extend((w, b, p))
+                L.dirs[d].w_x = <const float *>cnp.PyArray_DATA(w)
+                L.dirs[d].w_h = L.dirs[d].w_x + <long>L.n_in * 4 * L.hidden
+                L.dirs[d].bias = <const float *>cnp.PyArray_DATA(b)
+                L.dirs[d].w_proj = <const float *>cnp.PyArray_DATA(p) if p is not None else NULL
+                L.dirs[d].reverse = d == 1 or L.go_backwards
+                L.dirs[d].h_off = h_off
+                L.dirs[d].c_off = c_off
+                h_off += L.n_out
+                c_off += L.hidden
+            self.net.max_gates = max(self.net.max_gates, 4 * L.hidden)
+            self.net.max_cat = max(self.net.max_cat, L.n_dirs * L.n_out)
+            self.net.max_hidden = max(self.net.max_hidden, L.hidden)
+        self.net.h_size = h_off
+        self.net.c_size = c_off
+        self.net.n_in = self.net.layers[0].n_in
+        self.net.n_out = self.net.layers[n - 1].width
+        self.net.head_w = NULL
+        self.net.head_b = NULL
+        self.net.head_act = FL_ACT_LINEAR
+        if head is not None:
+            w, b, act = head
+            self._keep.extend((w, b))
+            self.net.head_w = <const float *>cnp.PyArray_DATA(w)
+            self.net.head_b = <const float *>cnp.PyArray_DATA(b)
+            self.net.head_act = act
+            self.net.n_out = w.shape[1]
+
+    def __dealloc__(self):
+        free(self.net.layers)
+
+    @property
+    def state_size(self):
+        """(floats of h, floats of c) per batch row."""
+        return self.net.h_size, self.net.c_size
+
+    def time_block(self, int T, int rows):
+        """Steps per time block: the whole sequence if any layer needs it, else a
+        block whose gate buffer stays around 4 MB, so the hoisted input sgemm is
+        large while memory does not grow with T."""
+        if not self.streamable:
+            return max(T, 1)
+        return max(1, min(T, (1 << 20) // max(1, rows * self.net.max_gates)))
+
+    def chunks(self, int B):
+        """Number of batch-row chunks; a function of B and the layer sizes only."""
+        return n_chunks(&self.net, B)
+
+    def workspace_floats(self, int Tc, int rows):
+        """Workspace (floats) one thread needs for Tc steps of `rows` batch rows."""
+        return workspace_floats(&self.net, Tc, rows)
+
+    def forward(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray h, cnp.ndarray c):
+        """Run x (T, B, I) -> y (T, B, O) from the state (h (B, h_size), c (B, c_size)), updated in place.
+
+        Arrays must be C-contiguous float32 of those shapes (the caller checks);
+        x must be finite (checked here)."""
+        cdef int T = x.shape[0], B = x.shape[1]
+        cdef int nchunks = n_chunks(&self.net, B)
+        cdef int rows = (B + nchunks - 1) // nchunks
+        cdef int Tc = self.time_block(T, rows)
+        cdef int nthreads = min(g_num_threads, nchunks)
+        cdef long per = workspace_floats(&self.net, Tc, rows)
+        cdef cnp.ndarray ws
+        if T == 0 or B == 0:
+            return
+        if not fl_all_finite(<const float *>cnp.PyArray_DATA(x), cnp.PyArray_SIZE(x)):
+            raise ValueError("x: contains NaN or infinite values")
+        ws = np.empty(per * nthreads, dtype=np.float32)
+        with nogil:
+            run_batch(&self.net, T, Tc, B, <const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y),
+                      <float *>cnp.PyArray_DATA(h), <float *>cnp.PyArray_DATA(c),
+                      <float *>cnp.PyArray_DATA(ws), per, nchunks, nthreads)
+
+
+DEF ROWS_SMALL = 16
+DEF ROWS_LARGE = 32
+
+cdef inline int n_chunks(const Net *net, int B) noexcept nogil:
+    # Big recurrent matrices are re-read (and re-packed by BLAS) once per chunk
+    # and step, so they get bigger chunks.
+    cdef int rows = ROWS_SMALL if net.max_hidden <= 256 else ROWS_LARGE
+    return max(1, B // rows)
+
+
+cdef inline long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil:
+    cdef long blk = <long>Tc * rows
+    return blk * (net.n_in + net.max_gates + 2 * net.max_cat + net.n_out) + <long>rows * net.max_hidden
+
+
+cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
+                    float *ws, long per, int nchunks, int nthreads) noexcept nogil:
+    """All rows of the batch, cut into chunks spread over the threads."""
+    cdef int k, b0, b1
+    cdef int saved[MAX_BLAS_LIBS]
+    if nthreads <= 1:
+        blas_threads_push(g_num_threads, saved)
+        for k in range(nchunks):
+            b0 = <int>((<long>k * B) // nchunks)
+            b1 = <int>((<long>(k + 1) * B) // nchunks)
+            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws)
+        blas_threads_pop(g_num_threads, saved)
+    else:
+        blas_threads_push(1, saved)
+        for k in prange(nchunks, num_threads=nthreads, schedule='static'):
+            b0 = <int>((<long>k * B) // nchunks)
+            b1 = <int>((<long>(k + 1) * B) // nchunks)
+            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws + threadid() * per)
+        blas_threads_pop(1, saved)
+
+
+cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const float *x, float *y,
+                   float *h, float *c, float *ws) noexcept nogil:
+    """Rows b0:b0+nb of x (T, B, I) through every layer and the head, Tc steps at a time."""
+    cdef fl_fpmode_t mode = fl_flush_denormals()
+    cdef long blk = <long>Tc * nb
+    cdef float *xin = ws
+    cdef float *gates = xin + blk * net.n_in
+    cdef float *buf0 = gates + blk * net.max_gates
+    cdef float *buf1 = buf0 + blk * net.max_cat
+    cdef float *yc = buf1 + blk * net.max_cat
+    cdef float *hfull = yc + blk * net.n_out
+    cdef const float *inp
+    cdef float *out
+    cdef const float *res
+    cdef int t0, tn, t, l, r, rows
+    cdef int I = net.n_in, O = net.n_out
+    t0 = 0
+    while t0 < T:
+        tn = min(Tc, T - t0)
+        rows = tn * nb
+        if nb == B:
+            inp = x + <long>t0 * B * I
+        else:
+            for t in range(tn):
+                memcpy(xin + <long>t * nb * I, x + (<long>(t0 + t) * B + b0) * I, nb * I * sizeof(float))
+            inp = xin
+        for l in range(net.n_layers):
+            out = buf0 if l % 2 == 0 else buf1
+            run_layer(&net.layers[l], tn, nb, inp, out, h + <long>b0 * net.h_size, net.h_size,
+                      c + <long>b0 * net.c_size, net.c_size, gates, hfull)
+            inp = out
+        res = inp
+        if net.head_w != NULL:
+            fill_rows(yc, net.head_b, rows, O)
+            matmul_acc(rows, O, net.layers[net.n_layers - 1].width, inp,
+                       net.layers[net.n_layers - 1].width, net.head_w, O, yc, O)
+            if net.head_act == FL_ACT_SOFTMAX:
+                for r in range(rows):
+                    fl_softmax_row(yc + <long>r * O, O)
+            else:
+                fl_activate(net.head_act, yc, <long>rows * O)
+            res = yc
+        if nb == B:
+            memcpy(y + <long>t0 * B * O, res, <long>rows * O * sizeof(float))
+        else:
+            for t in range(tn):
+                memcpy(y + (<long>(t0 + t) * B + b0) * O, res + <long>t * nb * O, nb * O * sizeof(float))
+        t0 += tn
+    fl_restore_fpmode(mode)
+
+
+cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out,
+                    float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull) noexcept nogil:
+    """One layer over tn steps of nb rows: inp (tn*nb, n_in) -> out (tn*nb, width).
+
+    hrows/crows: the state of the first of the nb rows, one row per stream
+    (row strides ldh, ldc); each direction's h and c sit at its offsets in a row."""
+    cdef int G4 = 4 * L.hidden, H = L.hidden, P = L.n_out
+    cdef int cat = L.n_dirs * P
+    cdef int rows = tn * nb
+    cdef int d, s, t, dst, r
+    cdef const Dir *D
+    cdef float *hs
+    cdef float *cs
+    cdef float *hcell
+    cdef float *g
+    for d in range(L.n_dirs):
+        D = &L.dirs[d]
+        # Input projection of the whole block, hoisted out of the time loop.
+        fill_rows(gates, D.bias, rows, G4)
+        matmul_acc(rows, G4, L.n_in, inp, L.n_in, D.w_x, G4, gates, G4)
+        hs = hrows + D.h_off
+        cs = crows + D.c_off
+        hcell = hfull if D.w_proj != NULL else hs
+        for s in range(tn):
+            t = tn - 1 - s if D.reverse else s
+            g = gates + <long>t * nb * G4
+            matmul_acc(nb, G4, P, hs, ldh, D.w_h, G4, g, G4)
+            fl_cell_rows(g, G4, cs, ldc, hcell, H if D.w_proj != NULL else ldh, nb, H, L.gate_act, L.cell_act)
+            if D.w_proj != NULL:
+                for r in range(nb):
+                    memset(hs + <long>r * ldh, 0, P * sizeof(float))
+                matmul_acc(nb, P, H, hfull, H, D.w_proj, P, hs, ldh)
+            # go_backwards layers emit in processing order (Keras); others re-align to input time.
+            dst = s if L.go_backwards else t
+            for r in range(nb):
+                memcpy(out + (<long>dst * nb + r) * cat + d * P, hs + <long>r * ldh, P * sizeof(float))
+    if L.n_dirs == 2 and L.merge != FL_MERGE_CONCAT:
+        fl_merge_rows(out, out, rows, P, L.merge)
+
+
+# ---------------------------------------------------------------------------
+# Streaming: state kept between calls, nothing allocated per step.
+
+from fastlstm import _validate
+from fastlstm._threads import available_cores
+
+
+cdef class Stream:
+    """Steps one fixed batch of streams, keeping each stream's state between calls.
+
+    Made by :meth:`fastlstm.Model.stream`.  ``step`` is the per-step hot path:
+    with ``out=`` given it allocates nothing, and the compute runs without the
+    GIL.  Calls on one stream from several threads are serialised by a lock
+    held for the duration of each call; different streams run in parallel.
+    """
+
+    cdef Network net
+    cdef readonly object model
+    cdef readonly object batch_size       # None: unbatched (x is (I,))
+    cdef int rows                         # batch rows per step (1 when unbatched)
+    cdef cnp.ndarray h, c, ws             # state (rows, h_size), (rows, c_size); workspace
+    cdef float *hp
+    cdef float *cp
+    cdef float *wsp
+    cdef long ws_per
+    cdef int ws_threads, tc, nchunks, n_in, n_out
+    cdef PyThread_type_lock lock
+
+    def __cinit__(self):
+        self.lock = PyThread_allocate_lock()
+        if self.lock == NULL:
+            raise MemoryError()
+
+    def __init__(self, model, Network net, batch_size):
+        cdef long hs, cs
+        hs, cs = net.state_size
+        self.model = model
+        self.net = net
+        self.batch_size = batch_size
+        self.rows = 1 if batch_size is None else batch_size
+        self.n_in = net.net.n_in
+        self.n_out = net.net.n_out
+        self.h = np.zeros((self.rows, hs), dtype=np.float32)
+        self.c = np.zeros((self.rows, cs), dtype=np.float32)
+        self.nchunks = n_chunks(&net.net, self.rows)
+        self.tc = net.time_block(256, self.rows)
+        self.ws_per = workspace_floats(&net.net, self.tc, (self.rows + self.nchunks - 1) // self.nchunks)
+        self.ws_threads = min(self.nchunks, available_cores())
+        self.ws = np.empty(self.ws_per * self.ws_threads, dtype=np.float32)
+        self.hp = <float *>cnp.PyArray_DATA(self.h)
+        self.cp = <float *>cnp.PyArray_DATA(self.c)
+        self.wsp = <float *>cnp.PyArray_DATA(self.ws)
+
+    def __dealloc__(self):
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+
+    def __repr__(self):
+        return f"<fastlstm.Stream batch_size={self.batch_size} of {self.model.describe_short()}>"
+
+    cdef tuple _out_shape(self):
+        if self.batch_size is None:
+            return (self.n_out,)
+        return (self.rows, self.n_out)
+
+    cdef object _advance(self, int T, cnp.ndarray x, cnp.ndarray y):
+        """Check x is finite, then run T steps under the stream's lock, without the GIL."""
+        cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+        cdef float *yp = <float *>cnp.PyArray_DATA(y)
+        cdef long n = cnp.PyArray_SIZE(x)
+        cdef int ok
+        cdef int nthreads = max(1, min(min(g_num_threads, self.nchunks), self.ws_threads))
+        with nogil:
+            ok = fl_all_finite(xp, n)
+            if ok:
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+                run_batch(&self.net.net, T, self.tc, self.rows, xp, yp, self.hp, self.cp, self.wsp,
+                          self.ws_per, self.nchunks, nthreads)
+                PyThread_release_lock(self.lock)
+        if not ok:
+            raise ValueError("x: contains NaN or infinite values (the stream's state is unchanged)")
+        return y
+
+    def step(self, x, out=None):
+        """Advance every stream by one time step.
+
+        Parameters
+        ----------
+        x : array (I,) when the stream is unbatched, else (B, I)
+        out : float32 array (O,) or (B, O), optional
+            Written in place and returned; nothing is allocated when given.
+
+        Returns
+        -------
+        The output of this step, (O,) or (B, O).
+        """
+        cdef cnp.ndarray xa, ya
+        cdef int nd = 1 if self.batch_size is None else 2
+        cdef cnp.npy_intp dims[2]
+        if (cnp.PyArray_CheckExact(x) and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) and cnp.PyArray_NDIM(<cnp.ndarray>x) == nd
+                and cnp.PyArray_DIMS(<cnp.ndarray>x)[nd - 1] == self.n_in
+                and (nd == 1 or cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == self.rows)):
+            xa = <cnp.ndarray>x
+        else:
+            xa = _validate.step_input(x, self.n_in, self.batch_size)
+        if out is None:
+            dims[0] = self.rows if nd == 2 else self.n_out
+            dims[1] = self.n_out
+            ya = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT32, 0)
+        elif (cnp.PyArray_CheckExact(out) and cnp.PyArray_TYPE(<cnp.ndarray>out) == cnp.NPY_FLOAT32
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
+                and cnp.PyArray_NDIM(<cnp.ndarray>out) == nd
+                and cnp.PyArray_DIMS(<cnp.ndarray>out)[nd - 1] == self.n_out
+                and (nd == 1 or cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == self.rows)):
+            ya = <cnp.ndarray>out
+        else:
+            _validate.raise_bad_out(out, self._out_shape())
+        return self._advance(1, xa, ya)
+
+    def step_many(self, x, out=None):
+        """Advance by a chunk of T steps: x (T, I) or (T, B, I) -> (T, O) or (T, B, O).
+
+        Gives the same result as calling :meth:`step` T times, and as one
+        ``model.predict`` over the whole sequence (to float32 rounding)."""
+        xa = _validate.chunk_input(x, self.n_in, self.batch_size)
+        shape = (xa.shape[0], self.n_out) if self.batch_size is None else (xa.shape[0], self.rows, self.n_out)
+        ya = _validate.output_buffer(out, shape, xa)
+        if xa.shape[0] == 0:
+            return ya
+        return self._advance(xa.shape[0], xa, ya)
+
+    def reset(self):
+        """Zero the state of every stream."""
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        self.h.fill(0)
+        self.c.fill(0)
+        PyThread_release_lock(self.lock)
+
+    @property
+    def state(self):
+        """A copy of the current state, as a :class:`fastlstm.State`.  Assign one to restore it."""
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        h, c = self.h.copy(), self.c.copy()
+        PyThread_release_lock(self.lock)
+        return self.model._state_from_buffers(h, c, self.batch_size)
+
+    @state.setter
+    def state(self, value):
+        h, c = self.model._state_to_buffers(value, self.rows, self.batch_size, "state")
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        self.h[...] = h
+        self.c[...] = c
+        PyThread_release_lock(self.lock)
+
+
+# ---------------------------------------------------------------------------
+# Test hooks: the C activations and the fp-mode guard, callable from Python.
+
+def _activate(int kind, cnp.ndarray x):
+    """Apply activation `kind` (fl_activation) to a float32 array in place."""
+    cdef float *p = <float *>cnp.PyArray_DATA(x)
+    cdef long n = cnp.PyArray_SIZE(x)
+    cdef long r, O
+    if kind == FL_ACT_SOFTMAX:
+        O = x.shape[x.ndim - 1]
+        for r in range(n // O):
+            fl_softmax_row(p + r * O, O)
+    else:
+        fl_activate(kind, p, n)
+    return x

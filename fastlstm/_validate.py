@@ -1,0 +1,90 @@
+"""Argument checks shared by Model, Stream and StreamPool.
+
+Every public entry point converts its array arguments here, once: anything
+that is not C-contiguous float32 is converted (never truncated), and a wrong
+shape or a non-numeric input raises with a message that names the argument,
+the expected shape and the shape received.
+"""
+
+import numpy as np
+
+
+def as_float32(x, name):
+    """``x`` as a C-contiguous float32 array; TypeError for non-numeric input."""
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError) as exc:  # ragged nested lists and the like
+            raise TypeError(f"{name}: expected a numeric array, got {type(x).__name__} ({exc})") from None
+    kind = arr.dtype.kind
+    if kind not in "fiu":  # bool, complex, object, str, bytes, void, datetime are refused
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _shape_error(name, expected, got):
+    return ValueError(f"{name}: expected shape {expected}, got {tuple(got)}")
+
+
+def step_input(x, n_in, batch_size):
+    """One step's input: (I,) for an unbatched stream, (B, I) for a batch of B."""
+    arr = as_float32(x, "x")
+    expected = (n_in,) if batch_size is None else (batch_size, n_in)
+    if arr.shape != expected:
+        raise _shape_error("x", expected, arr.shape)
+    return arr
+
+
+def chunk_input(x, n_in, batch_size):
+    """A chunk of steps: (T, I) for an unbatched stream, (T, B, I) for a batch of B."""
+    arr = as_float32(x, "x")
+    if batch_size is None:
+        ok, expected = arr.ndim == 2 and arr.shape[1] == n_in, f"(T, {n_in})"
+    else:
+        ok = arr.ndim == 3 and arr.shape[1:] == (batch_size, n_in)
+        expected = f"(T, {batch_size}, {n_in})"
+    if not ok:
+        raise _shape_error("x", expected, arr.shape)
+    return arr
+
+
+def sequence_input(x, n_in, batch_first):
+    """predict's input as (T, B, I) C-contiguous float32, and whether it was batched."""
+    arr = as_float32(x, "x")
+    if arr.ndim == 2 and arr.shape[1] == n_in:
+        return arr[:, None, :], False
+    if arr.ndim == 3 and arr.shape[2] == n_in:
+        if batch_first:
+            arr = np.ascontiguousarray(arr.transpose(1, 0, 2))
+        return arr, True
+    expected = f"(T, {n_in}) or " + (f"(B, T, {n_in})" if batch_first else f"(T, B, {n_in})")
+    raise _shape_error("x", expected, arr.shape)
+
+
+def raise_bad_out(out, shape):
+    """Raise the error that explains why ``out`` cannot receive a result of ``shape``."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected a float32 numpy array of shape {shape}, got {type(out).__name__}")
+    if out.dtype != np.float32:
+        raise TypeError(f"out: expected dtype float32, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise _shape_error("out", tuple(shape), out.shape)
+    if not out.flags.c_contiguous:
+        raise ValueError("out: must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError("out: is read-only")
+    raise TypeError(f"out: expected a plain numpy.ndarray, got a subclass {type(out).__name__}")
+
+
+def output_buffer(out, shape, x):
+    """``out`` checked for a result of ``shape`` (or a new array), not overlapping the input ``x``."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not (type(out) is np.ndarray and out.dtype == np.float32 and out.shape == tuple(shape)
+            and out.flags.c_contiguous and out.flags.writeable):
+        raise_bad_out(out, shape)
+    if np.may_share_memory(out, x):
+        raise ValueError("out: must not overlap the input x")
+    return out

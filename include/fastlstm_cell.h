@@ -1,0 +1,116 @@
+/* The fused LSTM gate pass and the small dense kernels of the per-step path.
+ *
+ * Gate layout of a packed pre-activation row z (4H floats): [ i | f | o | g ],
+ * the three sigmoid gates first so a generic activation can treat them as one
+ * 3H block.  The fused pass does all activations and the c/h update while the
+ * row is in cache:  c' = f*c + i*g,  h' = o*act(c').
+ *
+ * The hot functions are compiled for AVX-512, AVX2+FMA and baseline x86-64 in
+ * one binary (GCC target_clones picks at load time), so the default build is
+ * portable and still fast; no -march=native.
+ */
+#ifndef FASTLSTM_CELL_H
+#define FASTLSTM_CELL_H
+
+#include "fastlstm_activations.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FASTLSTM_NO_CLONES)
+#define FL_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FL_HOT
+#endif
+
+/* One row, sigmoid gates and tanh cell (the PyTorch cell): the fast path. */
+FL_HOT static void fl_cell_row_sigmoid_tanh(const float *restrict z, float *restrict c,
+                                            float *restrict h, long H)
+{
+    const float *zi = z, *zf = z + H, *zo = z + 2 * H, *zg = z + 3 * H;
+    for (long j = 0; j < H; j++) {
+        float cn = fl_sigmoid(zf[j]) * c[j] + fl_sigmoid(zi[j]) * fl_tanh(zg[j]);
+        c[j] = cn;
+        h[j] = fl_sigmoid(zo[j]) * fl_tanh(cn);
+    }
+}
+
+/* One row, any gate/cell activation (Keras options).  z is overwritten. */
+static void fl_cell_row_generic(float *restrict z, float *restrict c, float *restrict h,
+                                long H, int gate_act, int cell_act)
+{
+    const float *zi = z, *zf = z + H, *zo = z + 2 * H, *zg = z + 3 * H;
+    fl_activate(gate_act, z, 3 * H);
+    fl_activate(cell_act, z + 3 * H, H);
+    for (long j = 0; j < H; j++) {
+        c[j] = zf[j] * c[j] + zi[j] * zg[j];
+        h[j] = c[j];
+    }
+    fl_activate(cell_act, h, H);
+    for (long j = 0; j < H; j++) h[j] *= zo[j];
+}
+
+/* nrows rows of gates (row stride ldz) -> c rows (stride ldc), h rows (stride ldh). */
+static inline void fl_cell_rows(float *z, long ldz, float *c, long ldc, float *h, long ldh, long nrows,
+                                long H, int gate_act, int cell_act)
+{
+    int fast = gate_act == FL_ACT_SIGMOID && cell_act == FL_ACT_TANH;
+    for (long r = 0; r < nrows; r++) {
+        if (fast) fl_cell_row_sigmoid_tanh(z + r * ldz, c + r * ldc, h + r * ldh, H);
+        else fl_cell_row_generic(z + r * ldz, c + r * ldc, h + r * ldh, H, gate_act, cell_act);
+    }
+}
+
+/* z[0:n] += v[0:k] @ W, W row-major (k, n) with row stride ldw.
+ * Used for single-row steps, where a BLAS call costs more than the arithmetic
+ * at small sizes.  Columns are done in register-sized blocks so the partial
+ * sums stay in registers across the whole k loop. */
+#define FL_GEMV_BLOCK 64
+FL_HOT static void fl_gemv_acc(const float *restrict v, long k, const float *restrict W, long ldw,
+                               long n, float *restrict z)
+{
+    long j0 = 0;
+    for (; j0 + FL_GEMV_BLOCK <= n; j0 += FL_GEMV_BLOCK) {
+        float acc[FL_GEMV_BLOCK];
+        for (long j = 0; j < FL_GEMV_BLOCK; j++) acc[j] = z[j0 + j];
+        for (long i = 0; i < k; i++) {
+            const float vi = v[i];
+            const float *w = W + i * ldw + j0;
+            for (long j = 0; j < FL_GEMV_BLOCK; j++) acc[j] += vi * w[j];
+        }
+        for (long j = 0; j < FL_GEMV_BLOCK; j++) z[j0 + j] = acc[j];
+    }
+    if (j0 < n) {
+        const long rest = n - j0;
+        for (long i = 0; i < k; i++) {
+            const float vi = v[i];
+            const float *w = W + i * ldw + j0;
+            for (long j = 0; j < rest; j++) z[j0 + j] += vi * w[j];
+        }
+    }
+}
+
+/* Merge a bidirectional row pair [a | b] (each n wide) into a, for Keras merge modes. */
+enum fl_merge { FL_MERGE_CONCAT = 0, FL_MERGE_SUM = 1, FL_MERGE_MUL = 2, FL_MERGE_AVE = 3 };
+static void fl_merge_rows(const float *in, float *out, long nrows, long n, int mode)
+{
+    for (long r = 0; r < nrows; r++) {
+        const float *a = in + r * 2 * n, *b = a + n;
+        float *o = out + r * n;
+        for (long j = 0; j < n; j++) {
+            float v;
+            if (mode == FL_MERGE_SUM) v = a[j] + b[j];
+            else if (mode == FL_MERGE_MUL) v = a[j] * b[j];
+            else v = 0.5f * (a[j] + b[j]);
+            o[j] = v;
+        }
+    }
+}
+
+/* Whether all n floats are finite (inputs are checked before any state changes). */
+static int fl_all_finite(const float *x, long n)
+{
+    uint32_t bad = 0;
+    for (long j = 0; j < n; j++) bad |= (uint32_t)((fl_bits(x[j]) & 0x7f800000u) == 0x7f800000u);
+    return !bad;
+}
+
+#endif /* FASTLSTM_CELL_H */
