@@ -62,7 +62,7 @@ class BuildExt(build_ext):
 
 
 def _extension():
-    compile_args = [] if sys.platform == "win32" else ["-O3", "-std=c99", "-Wno-unused-function"]
+    compile_args = [] if sys.platform == "win32" else ["-O3", "-std=c99", "-ffp-contract=fast", "-Wno-unused-function"]
     link_args = []
     if os.environ.get("FASTLSTM_SANITIZE") == "1":
         compile_args += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]

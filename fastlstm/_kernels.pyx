@@ -259,7 +259,7 @@ cdef class Network:
             return
         if not fl_all_finite(<const float *>cnp.PyArray_DATA(x), cnp.PyArray_SIZE(x)):
             raise ValueError("x: contains NaN or infinite values")
-        ws = np.empty(per * nthreads, dtype=np.float32)
+        ws = aligned_empty(per * nthreads)
         with nogil:
             run_batch(&self.net, T, Tc, B, <const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y),
                       <float *>cnp.PyArray_DATA(h), <float *>cnp.PyArray_DATA(c),
@@ -278,7 +278,13 @@ cdef inline int n_chunks(const Net *net, int B) noexcept nogil:
 
 cdef inline long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil:
     cdef long blk = <long>Tc * rows
-    return blk * (net.n_in + net.max_gates + 2 * net.max_cat + net.n_out) + <long>rows * net.max_hidden
+    return (pad16(blk * net.n_in) + pad16(blk * net.max_gates) + 2 * pad16(blk * net.max_cat)
+            + pad16(blk * net.n_out) + pad16(<long>rows * net.max_hidden))
+
+
+cdef inline long pad16(long n) noexcept nogil:
+    """n rounded up to whole 64-byte cache lines of floats, so workspace sub-buffers stay aligned."""
+    return (n + 15) & ~15
 
 
 cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
@@ -308,11 +314,11 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const f
     cdef fl_fpmode_t mode = fl_flush_denormals()
     cdef long blk = <long>Tc * nb
     cdef float *xin = ws
-    cdef float *gates = xin + blk * net.n_in
-    cdef float *buf0 = gates + blk * net.max_gates
-    cdef float *buf1 = buf0 + blk * net.max_cat
-    cdef float *yc = buf1 + blk * net.max_cat
-    cdef float *hfull = yc + blk * net.n_out
+    cdef float *gates = xin + pad16(blk * net.n_in)
+    cdef float *buf0 = gates + pad16(blk * net.max_gates)
+    cdef float *buf1 = buf0 + pad16(blk * net.max_cat)
+    cdef float *yc = buf1 + pad16(blk * net.max_cat)
+    cdef float *hfull = yc + pad16(blk * net.n_out)
     cdef const float *inp
     cdef float *out
     cdef const float *res
@@ -397,7 +403,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
 # Streaming: state kept between calls, nothing allocated per step.
 
 from fastlstm import _validate
-from fastlstm._threads import available_cores
+from fastlstm._packing import aligned_empty
 
 
 cdef class Stream:
@@ -427,6 +433,7 @@ cdef class Stream:
             raise MemoryError()
 
     def __init__(self, model, Network net, batch_size):
+        from fastlstm._threads import available_cores  # (_threads imports this module)
         cdef long hs, cs
         hs, cs = net.state_size
         self.model = model
@@ -441,7 +448,7 @@ cdef class Stream:
         self.tc = net.time_block(256, self.rows)
         self.ws_per = workspace_floats(&net.net, self.tc, (self.rows + self.nchunks - 1) // self.nchunks)
         self.ws_threads = min(self.nchunks, available_cores())
-        self.ws = np.empty(self.ws_per * self.ws_threads, dtype=np.float32)
+        self.ws = aligned_empty(self.ws_per * self.ws_threads)
         self.hp = <float *>cnp.PyArray_DATA(self.h)
         self.cp = <float *>cnp.PyArray_DATA(self.c)
         self.wsp = <float *>cnp.PyArray_DATA(self.ws)

@@ -61,30 +61,22 @@ static inline void fl_cell_rows(float *z, long ldz, float *c, long ldc, float *h
 
 /* z[0:n] += v[0:k] @ W, W row-major (k, n) with row stride ldw.
  * Used for single-row steps, where a BLAS call costs more than the arithmetic
- * at small sizes.  Columns are done in register-sized blocks so the partial
- * sums stay in registers across the whole k loop. */
-#define FL_GEMV_BLOCK 64
+ * at small sizes.  W is streamed row by row, four rows at a time, so every
+ * weight is read once, sequentially (the prefetcher's best case), while z
+ * (a few KB) stays in L1: 4 FMAs per load and store of z. */
 FL_HOT static void fl_gemv_acc(const float *restrict v, long k, const float *restrict W, long ldw,
                                long n, float *restrict z)
 {
-    long j0 = 0;
-    for (; j0 + FL_GEMV_BLOCK <= n; j0 += FL_GEMV_BLOCK) {
-        float acc[FL_GEMV_BLOCK];
-        for (long j = 0; j < FL_GEMV_BLOCK; j++) acc[j] = z[j0 + j];
-        for (long i = 0; i < k; i++) {
-            const float vi = v[i];
-            const float *w = W + i * ldw + j0;
-            for (long j = 0; j < FL_GEMV_BLOCK; j++) acc[j] += vi * w[j];
-        }
-        for (long j = 0; j < FL_GEMV_BLOCK; j++) z[j0 + j] = acc[j];
+    long i = 0;
+    for (; i + 3 < k; i += 4) {
+        const float v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
+        const float *w0 = W + i * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+        for (long j = 0; j < n; j++) z[j] += v0 * w0[j] + v1 * w1[j] + v2 * w2[j] + v3 * w3[j];
     }
-    if (j0 < n) {
-        const long rest = n - j0;
-        for (long i = 0; i < k; i++) {
-            const float vi = v[i];
-            const float *w = W + i * ldw + j0;
-            for (long j = 0; j < rest; j++) z[j0 + j] += vi * w[j];
-        }
+    for (; i < k; i++) {
+        const float vi = v[i];
+        const float *w = W + i * ldw;
+        for (long j = 0; j < n; j++) z[j] += vi * w[j];
     }
 }
 
