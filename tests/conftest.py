@@ -1,0 +1,66 @@
+"""Shared fixtures for the engine tests.
+
+Tests import the float64 reference as ``import oracle``; the tests folder is put on ``sys.path``
+here so that also works under ``--import-mode=importlib`` (which does not add it).
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import oracle  # noqa: E402
+
+
+@pytest.fixture
+def rng():
+    """A fixed-seed generator, fresh per test, so each test is reproducible on its own."""
+    return np.random.default_rng(20240611)
+
+
+@pytest.fixture
+def make_model():
+    """Factory: ``make_model(I, H, L, seed=..., **random_stack_kw)`` -> (fastlstm.Model, layers, head).
+
+    Returns the layer description too so a test can run the oracle on exactly the same weights.
+    ``return_sequences`` is passed to the Model, everything else to :func:`oracle.random_stack`.
+    """
+    import fastlstm
+
+    def build(input_size, hidden_size, num_layers=1, *, seed=0, return_sequences=True, **kw):
+        layers, head = oracle.random_stack(np.random.default_rng(seed), input_size, hidden_size,
+                                           num_layers, **kw)
+        model = fastlstm.Model(layers, head, return_sequences=return_sequences)
+        return model, layers, head
+
+    return build
+
+
+@pytest.fixture
+def restore_threads():
+    """Put fastlstm's thread count back after a test that changes it (other tests assume the default)."""
+    import fastlstm
+
+    before = fastlstm.get_num_threads()
+    yield
+    fastlstm.set_num_threads(before)
+
+
+def assert_state_equal(a, b):
+    """Exact equality of two states' h and c lists (shared by the streaming and refusal tests)."""
+    assert len(a.h) == len(b.h) and len(a.c) == len(b.c)
+    for x, y in zip(list(a.h) + list(a.c), list(b.h) + list(b.c)):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.shape == y.shape
+        assert np.array_equal(x, y)
+
+
+@pytest.fixture
+def state_equal():
+    """The exact state comparison, as a fixture (conftest holds no importable helpers)."""
+    return assert_state_equal
