@@ -61,17 +61,17 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-def _extension():
+def _extension(name):
     compile_args = [] if sys.platform == "win32" else ["-O3", "-std=c99", "-ffp-contract=fast", "-Wno-unused-function"]
     link_args = []
     if os.environ.get("FASTLSTM_SANITIZE") == "1":
         compile_args += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
         link_args += ["-fsanitize=address"]
     return Extension(
-        "fastlstm._kernels",
-        ["fastlstm/_kernels.pyx"],
+        f"fastlstm.{name}",
+        [f"fastlstm/{name}.pyx"],
         include_dirs=["include", numpy.get_include()],
-        depends=HEADERS,
+        depends=HEADERS + ["fastlstm/_kernels.pxd"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
@@ -81,7 +81,7 @@ def _extension():
 debug = os.environ.get("FASTLSTM_CYTHON_DEBUG") == "1"
 setup(
     ext_modules=cythonize(
-        [_extension()],
+        [_extension("_kernels"), _extension("_streams")],
         compiler_directives={"boundscheck": debug, "wraparound": debug, "initializedcheck": debug},
     ),
     cmdclass={"build_ext": BuildExt},

@@ -7,7 +7,8 @@
     >>> y_t = stream.step(x_t)
 """
 
-from ._kernels import Stream, openmp_enabled
+from ._kernels import openmp_enabled
+from ._streams import Stream
 from ._threads import get_num_threads, set_num_threads
 from .layers import Dense, LSTMLayer, LSTMWeights
 from .model import Model

@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, nonecheck=False, embedsignature=True
 """Compiled kernels: the whole network forward for a block of time steps and
-batch rows, the streaming step, and the thread/BLAS plumbing around them.
+batch rows, and the thread/BLAS plumbing around it (streams: _streams.pyx).
 
 Everything numeric runs without the GIL.  The Python layer (model.py,
 stream.py) validates arguments and owns the arrays; this module trusts the
@@ -14,9 +14,9 @@ The chunking depends only on the batch and layer sizes, never on the thread
 count, so results are bit-identical whatever the thread count.
 """
 
-from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
-                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 from cython.parallel cimport prange, threadid
+
+from fastlstm._packing import aligned_empty
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
@@ -31,7 +31,6 @@ cdef extern from "fastlstm_cell.h" nogil:
                       int gate_act, int cell_act)
     void fl_gemv_acc(const float *v, long k, const float *W, long ldw, long n, float *z)
     void fl_merge_rows(const float *inp, float *out, long nrows, long n, int mode)
-    int fl_all_finite(const float *x, long n)
     void fl_activate(int kind, float *x, long n)
     void fl_softmax_row(float *x, long n)
     int FL_ACT_SOFTMAX, FL_ACT_LINEAR, FL_MERGE_CONCAT
@@ -100,6 +99,10 @@ def _get_num_threads():
     return g_num_threads
 
 
+cdef int num_threads() noexcept nogil:
+    return g_num_threads
+
+
 # ---------------------------------------------------------------------------
 # Dense algebra, row-major.
 
@@ -127,36 +130,8 @@ cdef inline void fill_rows(float *dst, const float *row, int nrows, int n) noexc
 # ---------------------------------------------------------------------------
 # The packed network.
 
-cdef struct Dir:
-    const float *w_x        # (n_in, 4H) row-major, gate columns [i f o g]
-    const float *w_h        # (n_out, 4H), stored right after w_x
-    const float *bias       # (4H,), b_ih + b_hh
-    const float *w_proj     # (H, P) or NULL
-    int reverse             # runs from the last time step to the first
-    long h_off, c_off       # offsets of this direction's h and c within a stream's state row
-
-cdef struct Layer:
-    Dir dirs[2]
-    int n_dirs, n_in, hidden, n_out   # n_out: P with a projection, else H
-    int gate_act, cell_act, merge, go_backwards
-    int width                         # output width after merging directions
-
-cdef struct Net:
-    Layer *layers
-    int n_layers, n_in, n_out         # network input and output widths
-    const float *head_w               # (width, O) row-major, or NULL
-    const float *head_b               # (O,)
-    int head_act
-    long h_size, c_size               # state floats per stream: rows of (B, h_size), (B, c_size)
-    int max_gates, max_cat, max_hidden  # workspace dimensions
-
-
 cdef class Network:
     """Packed weights and layer descriptors; immutable, shared by streams and threads."""
-
-    cdef Net net
-    cdef list _keep            # the arrays the raw pointers point into
-    cdef readonly bint streamable
 
     def __cinit__(self):
         self.net.layers = NULL
@@ -269,14 +244,14 @@ cdef class Network:
 DEF ROWS_SMALL = 16
 DEF ROWS_LARGE = 32
 
-cdef inline int n_chunks(const Net *net, int B) noexcept nogil:
+cdef int n_chunks(const Net *net, int B) noexcept nogil:
     # Big recurrent matrices are re-read (and re-packed by BLAS) once per chunk
     # and step, so they get bigger chunks.
     cdef int rows = ROWS_SMALL if net.max_hidden <= 256 else ROWS_LARGE
     return max(1, B // rows)
 
 
-cdef inline long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil:
+cdef long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil:
     cdef long blk = <long>Tc * rows
     return (pad16(blk * net.n_in) + pad16(blk * net.max_gates) + 2 * pad16(blk * net.max_cat)
             + pad16(blk * net.n_out) + pad16(<long>rows * net.max_hidden))
@@ -397,166 +372,6 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 memcpy(out + (<long>dst * nb + r) * cat + d * P, hs + <long>r * ldh, P * sizeof(float))
     if L.n_dirs == 2 and L.merge != FL_MERGE_CONCAT:
         fl_merge_rows(out, out, rows, P, L.merge)
-
-
-# ---------------------------------------------------------------------------
-# Streaming: state kept between calls, nothing allocated per step.
-
-from fastlstm import _validate
-from fastlstm._packing import aligned_empty
-
-
-cdef class Stream:
-    """Steps one fixed batch of streams, keeping each stream's state between calls.
-
-    Made by :meth:`fastlstm.Model.stream`.  ``step`` is the per-step hot path:
-    with ``out=`` given it allocates nothing, and the compute runs without the
-    GIL.  Calls on one stream from several threads are serialised by a lock
-    held for the duration of each call; different streams run in parallel.
-    """
-
-    cdef Network net
-    cdef readonly object model
-    cdef readonly object batch_size       # None: unbatched (x is (I,))
-    cdef int rows                         # batch rows per step (1 when unbatched)
-    cdef cnp.ndarray h, c, ws             # state (rows, h_size), (rows, c_size); workspace
-    cdef float *hp
-    cdef float *cp
-    cdef float *wsp
-    cdef long ws_per
-    cdef int ws_threads, tc, nchunks, n_in, n_out
-    cdef PyThread_type_lock lock
-
-    def __cinit__(self):
-        self.lock = PyThread_allocate_lock()
-        if self.lock == NULL:
-            raise MemoryError()
-
-    def __init__(self, model, Network net, batch_size):
-        from fastlstm._threads import available_cores  # (_threads imports this module)
-        cdef long hs, cs
-        hs, cs = net.state_size
-        self.model = model
-        self.net = net
-        self.batch_size = batch_size
-        self.rows = 1 if batch_size is None else batch_size
-        self.n_in = net.net.n_in
-        self.n_out = net.net.n_out
-        self.h = np.zeros((self.rows, hs), dtype=np.float32)
-        self.c = np.zeros((self.rows, cs), dtype=np.float32)
-        self.nchunks = n_chunks(&net.net, self.rows)
-        self.tc = net.time_block(256, self.rows)
-        self.ws_per = workspace_floats(&net.net, self.tc, (self.rows + self.nchunks - 1) // self.nchunks)
-        self.ws_threads = min(self.nchunks, available_cores())
-        self.ws = aligned_empty(self.ws_per * self.ws_threads)
-        self.hp = <float *>cnp.PyArray_DATA(self.h)
-        self.cp = <float *>cnp.PyArray_DATA(self.c)
-        self.wsp = <float *>cnp.PyArray_DATA(self.ws)
-
-    def __dealloc__(self):
-        if self.lock != NULL:
-            PyThread_free_lock(self.lock)
-
-    def __repr__(self):
-        return f"<fastlstm.Stream batch_size={self.batch_size} of {self.model.describe_short()}>"
-
-    cdef tuple _out_shape(self):
-        if self.batch_size is None:
-            return (self.n_out,)
-        return (self.rows, self.n_out)
-
-    cdef object _advance(self, int T, cnp.ndarray x, cnp.ndarray y):
-        """Check x is finite, then run T steps under the stream's lock, without the GIL."""
-        cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
-        cdef float *yp = <float *>cnp.PyArray_DATA(y)
-        cdef long n = cnp.PyArray_SIZE(x)
-        cdef int ok
-        cdef int nthreads = max(1, min(min(g_num_threads, self.nchunks), self.ws_threads))
-        with nogil:
-            ok = fl_all_finite(xp, n)
-            if ok:
-                PyThread_acquire_lock(self.lock, WAIT_LOCK)
-                run_batch(&self.net.net, T, self.tc, self.rows, xp, yp, self.hp, self.cp, self.wsp,
-                          self.ws_per, self.nchunks, nthreads)
-                PyThread_release_lock(self.lock)
-        if not ok:
-            raise ValueError("x: contains NaN or infinite values (the stream's state is unchanged)")
-        return y
-
-    def step(self, x, out=None):
-        """Advance every stream by one time step.
-
-        Parameters
-        ----------
-        x : array (I,) when the stream is unbatched, else (B, I)
-        out : float32 array (O,) or (B, O), optional
-            Written in place and returned; nothing is allocated when given.
-
-        Returns
-        -------
-        The output of this step, (O,) or (B, O).
-        """
-        cdef cnp.ndarray xa, ya
-        cdef int nd = 1 if self.batch_size is None else 2
-        cdef cnp.npy_intp dims[2]
-        if (cnp.PyArray_CheckExact(x) and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) and cnp.PyArray_NDIM(<cnp.ndarray>x) == nd
-                and cnp.PyArray_DIMS(<cnp.ndarray>x)[nd - 1] == self.n_in
-                and (nd == 1 or cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == self.rows)):
-            xa = <cnp.ndarray>x
-        else:
-            xa = _validate.step_input(x, self.n_in, self.batch_size)
-        if out is None:
-            dims[0] = self.rows if nd == 2 else self.n_out
-            dims[1] = self.n_out
-            ya = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT32, 0)
-        elif (cnp.PyArray_CheckExact(out) and cnp.PyArray_TYPE(<cnp.ndarray>out) == cnp.NPY_FLOAT32
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
-                and cnp.PyArray_NDIM(<cnp.ndarray>out) == nd
-                and cnp.PyArray_DIMS(<cnp.ndarray>out)[nd - 1] == self.n_out
-                and (nd == 1 or cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == self.rows)):
-            ya = <cnp.ndarray>out
-        else:
-            _validate.raise_bad_out(out, self._out_shape())
-        return self._advance(1, xa, ya)
-
-    def step_many(self, x, out=None):
-        """Advance by a chunk of T steps: x (T, I) or (T, B, I) -> (T, O) or (T, B, O).
-
-        Gives the same result as calling :meth:`step` T times, and as one
-        ``model.predict`` over the whole sequence (to float32 rounding)."""
-        xa = _validate.chunk_input(x, self.n_in, self.batch_size)
-        shape = (xa.shape[0], self.n_out) if self.batch_size is None else (xa.shape[0], self.rows, self.n_out)
-        ya = _validate.output_buffer(out, shape, xa)
-        if xa.shape[0] == 0:
-            return ya
-        return self._advance(xa.shape[0], xa, ya)
-
-    def reset(self):
-        """Zero the state of every stream."""
-        with nogil:
-            PyThread_acquire_lock(self.lock, WAIT_LOCK)
-        self.h.fill(0)
-        self.c.fill(0)
-        PyThread_release_lock(self.lock)
-
-    @property
-    def state(self):
-        """A copy of the current state, as a :class:`fastlstm.State`.  Assign one to restore it."""
-        with nogil:
-            PyThread_acquire_lock(self.lock, WAIT_LOCK)
-        h, c = self.h.copy(), self.c.copy()
-        PyThread_release_lock(self.lock)
-        return self.model._state_from_buffers(h, c, self.batch_size)
-
-    @state.setter
-    def state(self, value):
-        h, c = self.model._state_to_buffers(value, self.rows, self.batch_size, "state")
-        with nogil:
-            PyThread_acquire_lock(self.lock, WAIT_LOCK)
-        self.h[...] = h
-        self.c[...] = c
-        PyThread_release_lock(self.lock)
 
 
 # ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import _kernels, _validate
+from . import _kernels, _streams, _validate
 from ._packing import pack_head, pack_layer
 from .layers import Dense, LSTMLayer, check_stack
 from .state import State
@@ -169,7 +169,7 @@ class Model:
                 raise ValueError(
                     f"this model cannot stream: layer {k} {why}, so each output depends on future "
                     "inputs; use model.predict on whole sequences instead")
-        return _kernels.Stream(self, self._net, _batch_size(batch_size))
+        return _streams.Stream(self, self._net, _batch_size(batch_size))
 
     def save(self, path) -> None:
         """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly."""
