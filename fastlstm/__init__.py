@@ -8,7 +8,7 @@
 """
 
 from ._kernels import openmp_enabled
-from ._streams import Stream
+from ._streams import Stream, StreamPool
 from ._threads import get_num_threads, set_num_threads
 from .layers import Dense, LSTMLayer, LSTMWeights
 from .model import Model
@@ -17,6 +17,6 @@ from .state import State
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "Stream", "State", "LSTMLayer", "LSTMWeights", "Dense",
+    "Model", "Stream", "StreamPool", "State", "LSTMLayer", "LSTMWeights", "Dense",
     "openmp_enabled", "set_num_threads", "get_num_threads", "__version__",
 ]

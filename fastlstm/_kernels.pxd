@@ -36,6 +36,7 @@ cdef class Network:
 
 cdef int num_threads() noexcept nogil
 cdef int n_chunks(const Net *net, int B) noexcept nogil
+cdef int max_chunk_rows(const Net *net, int B) noexcept nogil
 cdef long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil
 cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
                     float *ws, long per, int nchunks, int nthreads) noexcept nogil

@@ -247,8 +247,16 @@ DEF ROWS_LARGE = 32
 cdef int n_chunks(const Net *net, int B) noexcept nogil:
     # Big recurrent matrices are re-read (and re-packed by BLAS) once per chunk
     # and step, so they get bigger chunks.
-    cdef int rows = ROWS_SMALL if net.max_hidden <= 256 else ROWS_LARGE
-    return max(1, B // rows)
+    return max(1, B // chunk_rows(net))
+
+
+cdef inline int chunk_rows(const Net *net) noexcept nogil:
+    return ROWS_SMALL if net.max_hidden <= 256 else ROWS_LARGE
+
+
+cdef int max_chunk_rows(const Net *net, int B) noexcept nogil:
+    """The most rows any chunk has, over every batch of at most B rows."""
+    return min(B, 2 * chunk_rows(net) - 1)
 
 
 cdef long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil:

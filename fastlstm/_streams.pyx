@@ -2,7 +2,8 @@
 # cython: initializedcheck=False, nonecheck=False, embedsignature=True
 """Streams: state kept between calls, nothing allocated per step.
 
-``Stream`` steps one fixed batch; the compute is fastlstm._kernels.run_batch,
+``Stream`` steps one fixed batch; ``StreamPool`` steps any subset of many
+streams that open and close.  The compute is fastlstm._kernels.run_batch,
 called without the GIL under a per-object lock.
 """
 
@@ -12,7 +13,9 @@ from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThr
 cimport numpy as cnp
 import numpy as np
 
-from fastlstm._kernels cimport (Network, fl_all_finite, n_chunks, num_threads, run_batch,
+from libc.string cimport memcpy
+
+from fastlstm._kernels cimport (Network, fl_all_finite, max_chunk_rows, n_chunks, num_threads, run_batch,
                                 workspace_floats)
 from fastlstm import _validate
 from fastlstm._packing import aligned_empty
@@ -171,3 +174,308 @@ cdef class Stream:
         self.h[...] = h
         self.c[...] = c
         PyThread_release_lock(self.lock)
+
+
+# ---------------------------------------------------------------------------
+# StreamPool
+
+ctypedef unsigned long long u64
+
+DEF SLOT_BITS = 32
+cdef long long SLOT_MASK = 0xFFFFFFFF    # an id's low 32 bits: its slot
+DEF BAD_NONE = 0
+DEF BAD_UNKNOWN = 1
+DEF BAD_DUPLICATE = 2
+
+
+cdef class StreamPool:
+    """Many independent streams that join and leave, stepped together in one batched call.
+
+    Made by :meth:`fastlstm.Model.pool`.  State for ``capacity`` streams is
+    allocated up front; :meth:`reserve` grows it, nothing grows it silently.
+    A stream id packs a slot number and that slot's generation, so the id of
+    a closed stream stays invalid even after its slot is reused.
+
+    ``step(ids, x)`` gathers the named streams' states into one contiguous
+    batch, runs one batched kernel call (OpenMP across the rows) and scatters
+    the states back.  Every id is checked before anything is touched: a bad
+    call changes no state.  All methods are serialised by one lock per pool,
+    so concurrent use from several threads is safe (calls run one at a time).
+    """
+
+    cdef Network net
+    cdef readonly object model
+    cdef int cap, n_in, n_out, ws_threads
+    cdef long h_size, c_size, ws_per
+    cdef u64 stamp
+    cdef cnp.ndarray h, c            # (cap, h_size), (cap, c_size): each slot's state
+    cdef cnp.ndarray hg, cg          # the same shapes: gathered batch state
+    cdef cnp.ndarray gen             # uint32 (cap,): bumped when a slot is closed
+    cdef cnp.ndarray opened          # uint8 (cap,)
+    cdef cnp.ndarray mark            # uint64 (cap,): duplicate detection stamps
+    cdef cnp.ndarray slots           # int64 (cap,): slots of the current step's ids
+    cdef cnp.ndarray free_stack      # int64 (cap,): free slots, top at n_free - 1
+    cdef int n_free
+    cdef cnp.ndarray ws
+    cdef PyThread_type_lock lock
+
+    def __cinit__(self):
+        self.lock = PyThread_allocate_lock()
+        if self.lock == NULL:
+            raise MemoryError()
+
+    def __init__(self, model, Network net, int capacity):
+        if capacity < 1:
+            raise ValueError(f"capacity: expected at least 1, got {capacity}")
+        self.model = model
+        self.net = net
+        self.n_in = net.net.n_in
+        self.n_out = net.net.n_out
+        self.h_size, self.c_size = net.state_size
+        self.cap = 0
+        self.n_free = 0
+        self.stamp = 0
+        self._grow(capacity)
+
+    def __dealloc__(self):
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+
+    cdef void _grow(self, int capacity):
+        """Reallocate every per-slot array for ``capacity`` slots, keeping the open streams."""
+        from fastlstm._threads import available_cores  # (_threads imports _kernels)
+        cdef int old = self.cap
+        def grown(arr, shape, dtype):
+            new = np.zeros(shape, dtype=dtype)
+            if arr is not None:
+                new[:old] = arr[:old]
+            return new
+        self.h = grown(self.h, (capacity, self.h_size), np.float32)
+        self.c = grown(self.c, (capacity, self.c_size), np.float32)
+        self.gen = grown(self.gen, capacity, np.uint32)
+        self.opened = grown(self.opened, capacity, np.uint8)
+        self.mark = grown(self.mark, capacity, np.uint64)
+        self.hg = np.empty((capacity, self.h_size), dtype=np.float32)
+        self.cg = np.empty((capacity, self.c_size), dtype=np.float32)
+        self.slots = np.empty(capacity, dtype=np.int64)
+        # New slots go on the free stack below the old free ones, lowest slot on top.
+        stack = np.empty(capacity, dtype=np.int64)
+        stack[:capacity - old] = np.arange(capacity - 1, old - 1, -1)
+        if self.n_free:
+            stack[capacity - old:capacity - old + self.n_free] = self.free_stack[:self.n_free]
+        self.free_stack = stack
+        self.n_free += capacity - old
+        nchunks = n_chunks(&self.net.net, capacity)
+        self.ws_threads = max(1, min(nchunks, available_cores()))
+        self.ws_per = workspace_floats(&self.net.net, 1, max_chunk_rows(&self.net.net, capacity))
+        self.ws = aligned_empty(self.ws_per * self.ws_threads)
+        self.cap = capacity
+
+    def __repr__(self):
+        return f"<fastlstm.StreamPool {len(self)}/{self.cap} open of {self.model.describe_short()}>"
+
+    def __len__(self):
+        return self.cap - self.n_free
+
+    @property
+    def capacity(self):
+        """Streams the pool holds state for (open or free)."""
+        return self.cap
+
+    def reserve(self, n):
+        """Make room for at least ``n`` streams (never shrinks)."""
+        n = _validate.positive_int(n, "n")
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            if n > self.cap:
+                if n >= (1 << SLOT_BITS) - 1:
+                    raise ValueError(f"n: at most {(1 << SLOT_BITS) - 2} streams, got {n}")
+                self._grow(n)
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def open(self):
+        """Open a stream with zero state; returns its id (an int)."""
+        cdef long slot
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            if self.n_free == 0:
+                raise RuntimeError(f"the pool is full ({self.cap} streams open); "
+                                   "call pool.reserve(n) to make room, or close a stream")
+            self.n_free -= 1
+            slot = self.free_stack[self.n_free]
+            self.h[slot] = 0
+            self.c[slot] = 0
+            self.opened[slot] = 1
+            return (int(self.gen[slot]) << SLOT_BITS) | slot
+        finally:
+            PyThread_release_lock(self.lock)
+
+    cdef long _slot(self, sid) except -1:
+        """The slot of an open stream id, or ValueError (call with the lock held)."""
+        cdef long long v
+        try:
+            v = sid
+        except (TypeError, OverflowError):
+            raise TypeError(f"sid: expected an int stream id, got {type(sid).__name__}") from None
+        cdef long slot = v & SLOT_MASK
+        if v < 0 or slot >= self.cap or not self.opened[slot] or self.gen[slot] != (v >> SLOT_BITS):
+            raise ValueError(f"sid: {sid} is not an open stream of this pool")
+        return slot
+
+    def close(self, sid):
+        """Close a stream; its id becomes invalid and its slot free for reuse."""
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            slot = self._slot(sid)
+            self.opened[slot] = 0
+            self.gen[slot] = (int(self.gen[slot]) + 1) & 0x7fffffff
+            self.free_stack[self.n_free] = slot
+            self.n_free += 1
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def reset(self, sid):
+        """Zero one stream's state."""
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            slot = self._slot(sid)
+            self.h[slot] = 0
+            self.c[slot] = 0
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def get_state(self, sid):
+        """A copy of one stream's state (unbatched :class:`fastlstm.State`)."""
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            slot = self._slot(sid)
+            h, c = self.h[slot:slot + 1].copy(), self.c[slot:slot + 1].copy()
+        finally:
+            PyThread_release_lock(self.lock)
+        return self.model._state_from_buffers(h, c, None)
+
+    def set_state(self, sid, state):
+        """Replace one stream's state with an unbatched :class:`fastlstm.State` (e.g. from get_state)."""
+        h, c = self.model._state_to_buffers(state, 1, None, "state")
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            slot = self._slot(sid)
+            self.h[slot] = h[0]
+            self.c[slot] = c[0]
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def ids(self):
+        """The ids of the open streams, in slot order."""
+        with nogil:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            open_slots = np.flatnonzero(self.opened[:self.cap])
+            return [(int(self.gen[s]) << SLOT_BITS) | int(s) for s in open_slots]
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def step(self, ids, x, out=None):
+        """Advance the streams ``ids`` by one step each: x (N, I) -> (N, O).
+
+        ``ids`` are distinct open stream ids, in any order; row k of ``x`` is
+        the input of stream ``ids[k]``.  With ``out`` given (float32 (N, O))
+        nothing is allocated.  A bad id (unknown, closed, repeated) raises
+        ValueError and no stream's state changes."""
+        cdef cnp.ndarray ia, xa, ya
+        cdef cnp.npy_intp dims[2]
+        if (cnp.PyArray_CheckExact(ids) and cnp.PyArray_TYPE(<cnp.ndarray>ids) == cnp.NPY_INT64
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>ids) and cnp.PyArray_NDIM(<cnp.ndarray>ids) == 1):
+            ia = <cnp.ndarray>ids
+        else:
+            ia = _validate.stream_ids(ids)
+        cdef int N = <int>cnp.PyArray_DIMS(ia)[0]
+        if (cnp.PyArray_CheckExact(x) and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2
+                and cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == N and cnp.PyArray_DIMS(<cnp.ndarray>x)[1] == self.n_in):
+            xa = <cnp.ndarray>x
+        else:
+            xa = _validate.step_input(x, self.n_in, N)
+        if out is None:
+            dims[0] = N
+            dims[1] = self.n_out
+            ya = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+        elif (cnp.PyArray_CheckExact(out) and cnp.PyArray_TYPE(<cnp.ndarray>out) == cnp.NPY_FLOAT32
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
+                and cnp.PyArray_NDIM(<cnp.ndarray>out) == 2 and cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == N
+                and cnp.PyArray_DIMS(<cnp.ndarray>out)[1] == self.n_out):
+            ya = <cnp.ndarray>out
+        else:
+            _validate.raise_bad_out(out, (N, self.n_out))
+        if N == 0:
+            return ya
+        cdef const long long *idp = <const long long *>cnp.PyArray_DATA(ia)
+        cdef const float *xp = <const float *>cnp.PyArray_DATA(xa)
+        cdef float *yp = <float *>cnp.PyArray_DATA(ya)
+        cdef long n = cnp.PyArray_SIZE(xa)
+        cdef int bad = BAD_NONE, bad_at = 0, finite
+        with nogil:
+            finite = fl_all_finite(xp, n)
+            if finite:
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+                bad = self._check_ids(idp, N, &bad_at)
+                if bad == BAD_NONE:
+                    self._step_slots(N, xp, yp)
+                PyThread_release_lock(self.lock)
+        if not finite:
+            raise ValueError("x: contains NaN or infinite values (no stream's state changed)")
+        if bad == BAD_UNKNOWN:
+            raise ValueError(f"ids: ids[{bad_at}] = {ia[bad_at]} is not an open stream of this pool "
+                             "(no stream's state changed)")
+        if bad == BAD_DUPLICATE:
+            raise ValueError(f"ids: ids[{bad_at}] = {ia[bad_at]} appears more than once "
+                             "(no stream's state changed)")
+        return ya
+
+    cdef int _check_ids(self, const long long *idp, int N, int *bad_at) noexcept nogil:
+        """Map ids to slots (into self.slots); BAD_* for the first bad one. Touches no state."""
+        cdef long long *slots = <long long *>cnp.PyArray_DATA(self.slots)
+        cdef const unsigned char *opened = <const unsigned char *>cnp.PyArray_DATA(self.opened)
+        cdef const unsigned int *gen = <const unsigned int *>cnp.PyArray_DATA(self.gen)
+        cdef u64 *mark = <u64 *>cnp.PyArray_DATA(self.mark)
+        cdef long long v, slot
+        cdef int k
+        self.stamp += 1    # marks from earlier calls are stale: no clearing needed
+        for k in range(N):
+            v = idp[k]
+            slot = v & SLOT_MASK
+            if v < 0 or slot >= self.cap or not opened[slot] or gen[slot] != (v >> SLOT_BITS):
+                bad_at[0] = k
+                return BAD_UNKNOWN
+            if mark[slot] == self.stamp:
+                bad_at[0] = k
+                return BAD_DUPLICATE
+            mark[slot] = self.stamp
+            slots[k] = slot
+        return BAD_NONE
+
+    cdef void _step_slots(self, int N, const float *xp, float *yp) noexcept nogil:
+        """Gather the states of self.slots[:N], run one batched step, scatter them back."""
+        cdef const long long *slots = <const long long *>cnp.PyArray_DATA(self.slots)
+        cdef float *h = <float *>cnp.PyArray_DATA(self.h)
+        cdef float *c = <float *>cnp.PyArray_DATA(self.c)
+        cdef float *hg = <float *>cnp.PyArray_DATA(self.hg)
+        cdef float *cg = <float *>cnp.PyArray_DATA(self.cg)
+        cdef long hs = self.h_size, cs = self.c_size
+        cdef int k
+        cdef int nchunks = n_chunks(&self.net.net, N)
+        for k in range(N):
+            memcpy(hg + k * hs, h + slots[k] * hs, hs * sizeof(float))
+            memcpy(cg + k * cs, c + slots[k] * cs, cs * sizeof(float))
+        run_batch(&self.net.net, 1, 1, N, xp, yp, hg, cg, <float *>cnp.PyArray_DATA(self.ws), self.ws_per,
+                  nchunks, max(1, min(min(num_threads(), nchunks), self.ws_threads)))
+        for k in range(N):
+            memcpy(h + slots[k] * hs, hg + k * hs, hs * sizeof(float))
+            memcpy(c + slots[k] * cs, cg + k * cs, cs * sizeof(float))

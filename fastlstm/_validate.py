@@ -6,6 +6,8 @@ shape or a non-numeric input raises with a message that names the argument,
 the expected shape and the shape received.
 """
 
+import operator
+
 import numpy as np
 
 
@@ -88,3 +90,26 @@ def output_buffer(out, shape, x):
     if np.may_share_memory(out, x):
         raise ValueError("out: must not overlap the input x")
     return out
+
+
+def positive_int(n, name):
+    """``n`` as an int >= 1, or TypeError/ValueError naming ``name``."""
+    try:
+        value = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int, got {type(n).__name__}") from None
+    if value < 1:
+        raise ValueError(f"{name}: expected at least 1, got {value}")
+    return value
+
+
+def stream_ids(ids):
+    """StreamPool.step's ids as a 1-d C-contiguous int64 array; TypeError for non-integer ids."""
+    arr = np.asarray(ids) if not isinstance(ids, np.ndarray) else ids
+    if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+        raise TypeError(f"ids: expected integer stream ids, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"ids: expected shape (N,), got {arr.shape}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError("ids: contains ids out of range")
+    return np.ascontiguousarray(arr, dtype=np.int64)

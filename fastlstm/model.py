@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Optional, Sequence
 
 import numpy as np
@@ -163,13 +162,22 @@ class Model:
         """A :class:`Stream` stepping ``batch_size`` streams (or one unbatched stream) from zero state.
 
         Raises ValueError when a layer needs the whole sequence (bidirectional or go_backwards)."""
+        self._check_streamable()
+        batch_size = None if batch_size is None else _validate.positive_int(batch_size, "batch_size")
+        return _streams.Stream(self, self._net, batch_size)
+
+    def _check_streamable(self):
         for k, layer in enumerate(self._layers):
             if not layer.streamable:
                 why = "is bidirectional" if layer.bidirectional else "reads the sequence backwards (go_backwards)"
                 raise ValueError(
                     f"this model cannot stream: layer {k} {why}, so each output depends on future "
                     "inputs; use model.predict on whole sequences instead")
-        return _streams.Stream(self, self._net, _batch_size(batch_size))
+
+    def pool(self, capacity: int):
+        """A :class:`StreamPool` with state preallocated for ``capacity`` streams (see ``reserve``)."""
+        self._check_streamable()
+        return _streams.StreamPool(self, self._net, _validate.positive_int(capacity, "capacity"))
 
     def save(self, path) -> None:
         """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly."""
@@ -216,18 +224,6 @@ class Model:
         if batch_size is None:
             hs, cs = [a[0] for a in hs], [a[0] for a in cs]
         return State(hs, cs, self._signature)
-
-
-def _batch_size(batch_size):
-    if batch_size is None:
-        return None
-    try:
-        n = operator.index(batch_size)
-    except TypeError:
-        raise TypeError(f"batch_size: expected an int or None, got {type(batch_size).__name__}") from None
-    if n < 1:
-        raise ValueError(f"batch_size: expected at least 1, got {n}")
-    return n
 
 
 def _restore(layers, head, return_sequences):
