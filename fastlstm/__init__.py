@@ -11,14 +11,14 @@ from ._kernels import openmp_enabled
 from ._streams import Stream, StreamPool
 from ._threads import get_num_threads, set_num_threads
 from .layers import Dense, LSTMLayer, LSTMWeights
-from .loaders import from_keras, from_torch, load
+from .loaders import LoadWarning, from_keras, from_torch, load
 from .model import Model
 from .state import State
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "load", "from_torch", "from_keras",
+    "load", "from_torch", "from_keras", "LoadWarning",
     "Model", "Stream", "StreamPool", "State", "LSTMLayer", "LSTMWeights", "Dense",
     "openmp_enabled", "set_num_threads", "get_num_threads", "__version__",
 ]

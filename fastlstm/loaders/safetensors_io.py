@@ -1,0 +1,152 @@
+"""A small, strict safetensors reader and writer (no dependency on the safetensors package).
+
+Layout: ``u64 little-endian N`` | ``N bytes of UTF-8 JSON header`` | data buffer.  The
+header maps each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}``,
+offsets relative to the start of the data buffer, plus an optional ``__metadata__``
+str -> str map.  We validate everything the reference implementation does (header
+size cap, dtype, ``end - begin == numel * itemsize``, tensors tiling the buffer with no
+gap, overlap or trailing bytes) and a little more (duplicate JSON keys, non-integer
+shapes), because a header is untrusted input that decides how much memory we touch.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+
+#: The reference implementation's cap on the JSON header.
+MAX_HEADER_BYTES = 100_000_000
+
+_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_NAMES = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16"}
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def looks_like_safetensors(head: bytes) -> bool:
+    """Content sniff: an 8-byte length, then the header's opening ``{``.  Deliberately loose, so
+    a damaged header (absurd length, bad JSON) reaches the parser and gets a precise error."""
+    return len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] >= 2
+
+
+def read_safetensors(data: bytes, source: str):
+    """Parse ``data``; return ``(tensors, metadata, data_start)``.
+
+    ``tensors`` maps name -> NumPy array (a copy, in header order; BF16 widened to
+    float32), ``metadata`` is the ``__metadata__`` dict (empty if absent) and
+    ``data_start`` the file offset of the data buffer.
+    """
+    if len(data) < 8:
+        raise ValueError(f"{source}: file too short for a safetensors header ({len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"{source}: safetensors header claims {n} bytes (limit {MAX_HEADER_BYTES})")
+    if 8 + n > len(data):
+        raise ValueError(f"{source}: safetensors header claims {n} bytes but the file has {len(data) - 8} after "
+                         "the length field (truncated?)")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates,
+                            parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{source}: safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{source}: safetensors header must be a JSON object")
+
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise ValueError(f"{source}: safetensors __metadata__ must map strings to strings")
+
+    start = 8 + n
+    buf_len = len(data) - start
+    entries = []
+    for name, info in header.items():
+        where = f"{source}: tensor {name!r}"
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise ValueError(f"{where}: header entry must have exactly dtype, shape and data_offsets")
+        dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype_name not in _DTYPES:
+            raise ValueError(f"{where}: unsupported dtype {dtype_name!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            raise ValueError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
+        numel = 1
+        for d in shape:
+            numel *= d
+        dtype = _DTYPES[dtype_name]
+        if offsets[1] - offsets[0] != numel * dtype.itemsize:
+            raise ValueError(f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} "
+                             f"of {dtype_name} needs {numel * dtype.itemsize}")
+        if offsets[1] > buf_len:
+            raise ValueError(f"{where}: data ends at byte {offsets[1]} of a {buf_len}-byte buffer (truncated?)")
+        entries.append((offsets[0], offsets[1], name, dtype_name, tuple(shape)))
+
+    # The tensors must tile the buffer exactly: no overlap (two names aliasing the same
+    # bytes), no gap and no trailing bytes (where unchecked data could hide).
+    pos = 0
+    for begin, end, name, _, _ in sorted(entries):
+        if begin != pos:
+            kind = "overlaps the previous tensor" if begin < pos else f"leaves a gap at byte {pos}"
+            raise ValueError(f"{source}: tensor {name!r} {kind}; tensors must tile the data buffer")
+        pos = end
+    if pos != buf_len:
+        raise ValueError(f"{source}: {buf_len - pos} bytes after the last tensor; the data buffer must end there")
+
+    tensors = {}
+    for begin, end, name, dtype_name, shape in entries:
+        dtype = _DTYPES[dtype_name]
+        arr = np.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=start + begin)
+        arr = arr.reshape(shape).copy()
+        if dtype_name == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
+    return tensors, metadata, start
+
+
+def encode_safetensors(tensors, metadata=None) -> bytes:
+    """Serialise ``tensors`` (name -> float NumPy array) with optional str -> str ``metadata``.
+
+    Tensors are written in name order, C-contiguous and little-endian, and the header is
+    padded with spaces so the data buffer starts 8-byte aligned, as the reference writer does.
+    """
+    header = {}
+    chunks = []
+    pos = 0
+    for name in sorted(tensors):
+        arr = np.asarray(tensors[name])
+        dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder != "|" else arr.dtype
+        if dtype not in _NAMES:
+            raise TypeError(f"tensors[{name!r}]: dtype {arr.dtype} cannot be written (float16/32/64 only)")
+        raw = np.ascontiguousarray(arr, dtype=dtype).tobytes()
+        header[name] = {"dtype": _NAMES[dtype], "shape": list(arr.shape), "data_offsets": [pos, pos + len(raw)]}
+        chunks.append(raw)
+        pos += len(raw)
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError("metadata: keys and values must be str")
+        header = {"__metadata__": dict(metadata), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)

@@ -1,0 +1,276 @@
+"""Fuzz: valid model files with a few bytes changed (or cut short) must give a clean ValueError, or a
+model whose outputs equal the clean load's.  The one exception is a change inside raw weight bytes
+of a format with no checksum (PyTorch-style safetensors, legacy .h5): that is a different but valid
+model, and it must still load without any other kind of error.
+
+.pt and .keras are zips with a CRC per member, and fastlstm's own files carry a SHA-256 of their
+weights, so for those any change to the weights must be detected.
+"""
+
+import functools
+import io
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastlstm.loaders as loaders
+from fastlstm.loaders import read_spec
+from fastlstm.loaders._common import build_model
+from loader_helpers import import_keras
+from loader_helpers import torch_one_thread  # noqa: F401 (autouse fixture)
+
+X = np.random.default_rng(0).standard_normal((16, 2, 3)).astype(np.float32)
+
+
+def _module():
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4, num_layers=2)
+    head = torch.nn.Linear(4, 2)
+    sd = {"lstm." + k: v for k, v in lstm.state_dict().items()}
+    sd.update({"fc." + k: v for k, v in head.state_dict().items()})
+    return sd
+
+
+@functools.lru_cache(maxsize=None)
+def _clean(kind):
+    """(file bytes, clean outputs, byte ranges where a change may legitimately alter the weights)."""
+    buf = io.BytesIO()
+    free = []
+    if kind == "pt":
+        torch.save(_module(), buf)
+    elif kind == "safetensors":
+        from fastlstm.loaders.safetensors_io import encode_safetensors
+
+        buf.write(encode_safetensors({k: v.numpy() for k, v in _module().items()}))
+        (n,) = struct.unpack("<Q", buf.getvalue()[:8])
+        free = [(8 + n, len(buf.getvalue()))]  # the raw data buffer: no checksum in this format
+    elif kind == "native":
+        model = loaders.from_torch(_module(), head_activation="tanh")
+        loaders.save_model(model, _tmp("fuzz.fastlstm"))
+        buf.write(open(_tmp("fuzz.fastlstm"), "rb").read())
+    else:
+        keras = import_keras()
+        keras.utils.set_random_seed(0)
+        L = keras.layers
+        m = keras.Sequential([keras.Input((None, 3)), L.LSTM(4, return_sequences=True), L.Dropout(0.1),
+                              L.Dense(2, activation="sigmoid")])
+        path = _tmp(f"fuzz.{kind}")
+        m.save(path)
+        buf.write(open(path, "rb").read())
+        if kind == "h5":
+            free = _h5_free_ranges(path, buf.getvalue())
+    data = buf.getvalue()
+    spec = read_spec(io.BytesIO(data), head_activation="tanh") if kind in ("pt", "safetensors") \
+        else read_spec(io.BytesIO(data))
+    return data, build_model(spec).predict(X), free
+
+
+def _h5_free_ranges(path, data):
+    """Byte ranges of the datasets and of the model_config text in a legacy .h5 file."""
+    import h5py
+
+    ranges = []
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.id.get_offset() is not None:
+                ranges.append((obj.id.get_offset(), obj.id.get_offset() + obj.id.get_storage_size()))
+        f.visititems(visit)
+        cfg = f.attrs["model_config"]
+        cfg = cfg.encode() if isinstance(cfg, str) else bytes(cfg)
+    at = data.find(cfg)
+    if at >= 0:
+        # A config edit can be a valid, different model (e.g. another activation name).
+        ranges.append((at, at + len(cfg)))
+    json.loads(cfg)
+    return ranges
+
+
+_TMP = {}
+
+
+def _tmp(name):
+    """A scratch path shared by the cached fuzz targets (hypothesis tests cannot use tmp_path)."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    if "dir" not in _TMP:
+        _TMP["dir"] = tempfile.mkdtemp(prefix="fastlstm_fuzz_")
+        atexit.register(shutil.rmtree, _TMP["dir"], True)
+    return os.path.join(_TMP["dir"], name)
+
+
+def _mutate(data, edits):
+    out = bytearray(data)
+    for pos, value in edits:
+        out[pos] = value
+    return bytes(out)
+
+
+def _check(kind, edits, cut):
+    data, clean, free = _clean(kind)
+    edits = [(min(int(frac * len(data)), len(data) - 1), value) for frac, value in edits]
+    mutated = _mutate(data, edits)
+    if cut is not None:
+        mutated = mutated[:int(cut * len(data))]
+    if mutated == data:
+        return
+    overrides = {"head_activation": "tanh"} if kind in ("pt", "safetensors") else {}
+    try:
+        spec = read_spec(io.BytesIO(mutated), **overrides)
+    except ValueError:
+        return  # a clean, explained refusal
+    y = build_model(spec).predict(X)
+    if np.array_equal(y, clean):
+        return  # the change hit bytes the model does not depend on
+    assert cut is None, "a truncated file loaded as a different model"
+    # A different model is legitimate only as the effect of edits inside unprotected weight bytes:
+    # the same edits without the others must give exactly this model.
+    inside = [(p, v) for p, v in edits if any(a <= p < b for a, b in free)]
+    assert inside, f"{kind}: edits {edits} outside any weight data changed the model without an error"
+    y_inside = build_model(read_spec(io.BytesIO(_mutate(data, inside)), **overrides)).predict(X)
+    assert np.array_equal(y, y_inside, equal_nan=True), f"{kind}: edits {edits} changed the model's structure"
+
+
+EDITS = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4)
+CUT = st.none() | st.floats(0, 1, exclude_max=True)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["pt", "safetensors", "native", "keras"]), edits=EDITS, cut=CUT)
+def test_fuzz_in_process_formats(kind, edits, cut):
+    _check(kind, edits, cut)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=EDITS, cut=CUT)
+def test_fuzz_legacy_h5(edits, cut):
+    """Each .h5 load parses HDF5 in a child process (libhdf5 can crash on damaged files), so fewer examples."""
+    _check("h5", edits, cut)
+
+
+def test_fuzz_targets_are_valid():
+    for kind in ("pt", "safetensors", "native", "keras", "h5"):
+        data, clean, _ = _clean(kind)
+        assert clean.shape == (16, 2, 2) and np.all(np.isfinite(clean))
+
+
+# --- structure fuzz: valid archives whose JSON config has one node replaced ------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 40) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["", "tanh", "relu", "softmax", "LSTM", "Dense", "InputLayer", "lstm", "concat", "mul",
+                       "hard_sigmoid", "__keras_tensor__"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
+        ["name", "config", "class_name", "units", "layer", "args"]), inner, max_size=3),
+    max_leaves=6)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in children:
+        yield from _paths(v, prefix + (k,))
+
+
+def _replaced(config, path, value):
+    import copy
+
+    if not path:
+        return value
+    out = copy.deepcopy(config)
+    node = out
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    return out
+
+
+def _runs(spec, x):
+    """A structure that loads must also build and run."""
+    model = build_model(spec)
+    y = model.predict(x)
+    assert y.shape == ((16, 2, model.output_size) if model.return_sequences else (2, model.output_size))
+
+
+@functools.lru_cache(maxsize=None)
+def _keras_parts():
+    """The config and already-extracted weights of a .keras file, so no HDF5 child runs per example."""
+    import zipfile
+
+    from fastlstm.loaders.hdf5_reader import parse
+
+    data, _, _ = _clean("keras")
+    z = zipfile.ZipFile(io.BytesIO(data))
+    return json.loads(z.read("config.json")), parse(z.read("model.weights.h5"), ("optimizer/",))[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
+def test_fuzz_keras_config_nodes(pick, value):
+    """Any JSON node of config.json replaced by any JSON value: a ValueError or a working model."""
+    from fastlstm.loaders.keras_files import keras3_spec
+
+    config, datasets = _keras_parts()
+    paths = list(_paths(config))
+    mutated = _replaced(config, paths[pick % len(paths)], value)
+    try:
+        spec = keras3_spec(datasets, mutated, "3.15.1", "fuzz.keras")
+    except ValueError:
+        return
+    _runs(spec, X)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
+def test_fuzz_native_config_nodes(pick, value):
+    """Same for fastlstm's own config, re-signed so that validation (not the checksum) must catch it."""
+    from fastlstm.loaders.native import _digest, spec_from_native
+    from fastlstm.loaders.safetensors_io import read_safetensors
+
+    data, _, _ = _clean("native")
+    tensors, meta, start = read_safetensors(data, "fuzz")
+    config = json.loads(meta["fastlstm_config"])
+    paths = list(_paths(config))
+    text = json.dumps(_replaced(config, paths[pick % len(paths)], value))
+    meta = dict(meta, fastlstm_config=text, sha256=_digest(text, data[start:]))
+    try:
+        spec = spec_from_native(tensors, meta, data, start, "fuzz")
+    except ValueError:
+        return
+    _runs(spec, X)
+
+
+@functools.lru_cache(maxsize=None)
+def _legacy_parts():
+    """A Keras-2-style Functional .h5 (see test_load_keras2_h5), parsed once."""
+    from fastlstm.loaders.hdf5_reader import parse
+    from test_load_keras2_h5 import _functional_old_names
+
+    _functional_old_names(_tmp("k2f.h5"))
+    attrs, datasets = parse(open(_tmp("k2f.h5"), "rb").read(), ("optimizer_weights/",))
+    return attrs, datasets
+
+
+@settings(max_examples=200, deadline=None)
+@given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
+def test_fuzz_legacy_config_nodes(pick, value):
+    """Same for a Keras 2 Functional model_config (inbound_nodes, input_layers, ...)."""
+    from fastlstm.loaders.keras_files import legacy_spec
+
+    attrs, datasets = _legacy_parts()
+    config = json.loads(attrs[""]["model_config"])
+    paths = list(_paths(config))
+    mutated = dict(attrs, **{"": dict(attrs[""], model_config=json.dumps(_replaced(config, paths[pick % len(paths)],
+                                                                                    value)))})
+    try:
+        spec = legacy_spec(mutated, datasets, "fuzz.h5")
+    except ValueError:
+        return
+    _runs(spec, X[:, :, :1].repeat(4, -1))
