@@ -26,6 +26,11 @@ import numpy as np
 
 cnp.import_array()
 
+cdef extern from "fastlstm_single.h" nogil:
+    void fl_lstm_single(int tn, int reverse, int go_backwards, float *gates, const float *x, long ldx,
+                        long n_in, const float *W, long H, float *h, float *c, float *hnext,
+                        float *out, long ldo, int gate_act, int cell_act, int nthreads)
+
 cdef extern from "fastlstm_cell.h" nogil:
     void fl_cell_rows(float *z, long ldz, float *c, long ldc, float *h, long ldh, long nrows, long H,
                       int gate_act, int cell_act)
@@ -241,22 +246,21 @@ cdef class Network:
                       <float *>cnp.PyArray_DATA(ws), per, nchunks, nthreads)
 
 
-DEF ROWS_SMALL = 16
-DEF ROWS_LARGE = 32
+# A single stream's layer is split over threads from this hidden size on: below
+# it the weights fit one core's L2 and the per-step barrier costs more than it saves.
+DEF SPLIT_MIN_HIDDEN = 256
+DEF CHUNK_ROWS = 64
 
 cdef int n_chunks(const Net *net, int B) noexcept nogil:
-    # Big recurrent matrices are re-read (and re-packed by BLAS) once per chunk
-    # and step, so they get bigger chunks.
-    return max(1, B // chunk_rows(net))
-
-
-cdef inline int chunk_rows(const Net *net) noexcept nogil:
-    return ROWS_SMALL if net.max_hidden <= 256 else ROWS_LARGE
+    # BLAS re-packs the weights on every call, so a chunk must be tall enough to
+    # amortise that.  A batch that is one chunk is spread over the threads by
+    # BLAS itself instead (same per-element arithmetic, whatever the count).
+    return max(1, B // CHUNK_ROWS)
 
 
 cdef int max_chunk_rows(const Net *net, int B) noexcept nogil:
     """The most rows any chunk has, over every batch of at most B rows."""
-    return min(B, 2 * chunk_rows(net) - 1)
+    return min(B, 2 * CHUNK_ROWS - 1)
 
 
 cdef long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil:
@@ -280,20 +284,22 @@ cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float 
         for k in range(nchunks):
             b0 = <int>((<long>k * B) // nchunks)
             b1 = <int>((<long>(k + 1) * B) // nchunks)
-            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws)
+            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, g_num_threads if B == 1 else 1)
         blas_threads_pop(g_num_threads, saved)
     else:
         blas_threads_push(1, saved)
         for k in prange(nchunks, num_threads=nthreads, schedule='static'):
             b0 = <int>((<long>k * B) // nchunks)
             b1 = <int>((<long>(k + 1) * B) // nchunks)
-            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws + threadid() * per)
+            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws + threadid() * per, 1)
         blas_threads_pop(1, saved)
 
 
 cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const float *x, float *y,
-                   float *h, float *c, float *ws) noexcept nogil:
-    """Rows b0:b0+nb of x (T, B, I) through every layer and the head, Tc steps at a time."""
+                   float *h, float *c, float *ws, int inner) noexcept nogil:
+    """Rows b0:b0+nb of x (T, B, I) through every layer and the head, Tc steps at a time.
+
+    inner: threads a single stream (B = 1) may split its hidden units over."""
     cdef fl_fpmode_t mode = fl_flush_denormals()
     cdef long blk = <long>Tc * nb
     cdef float *xin = ws
@@ -320,7 +326,7 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const f
         for l in range(net.n_layers):
             out = buf0 if l % 2 == 0 else buf1
             run_layer(&net.layers[l], tn, nb, inp, out, h + <long>b0 * net.h_size, net.h_size,
-                      c + <long>b0 * net.c_size, net.c_size, gates, hfull)
+                      c + <long>b0 * net.c_size, net.c_size, gates, hfull, inner)
             inp = out
         res = inp
         if net.head_w != NULL:
@@ -343,7 +349,8 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const f
 
 
 cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out,
-                    float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull) noexcept nogil:
+                    float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
+                    int inner) noexcept nogil:
     """One layer over tn steps of nb rows: inp (tn*nb, n_in) -> out (tn*nb, width).
 
     hrows/crows: the state of the first of the nb rows, one row per stream
@@ -359,11 +366,19 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     cdef float *g
     for d in range(L.n_dirs):
         D = &L.dirs[d]
-        # Input projection of the whole block, hoisted out of the time loop.
-        fill_rows(gates, D.bias, rows, G4)
-        matmul_acc(rows, G4, L.n_in, inp, L.n_in, D.w_x, G4, gates, G4)
         hs = hrows + D.h_off
         cs = crows + D.c_off
+        fill_rows(gates, D.bias, rows, G4)
+        if nb == 1 and inner > 1 and D.w_proj == NULL and H >= SPLIT_MIN_HIDDEN:
+            # One stream, big weights: split the hidden units over the threads.  A single
+            # step's input projection is done inside (a BLAS call would run on one core).
+            if tn > 1:
+                matmul_acc(rows, G4, L.n_in, inp, L.n_in, D.w_x, G4, gates, G4)
+            fl_lstm_single(tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL, L.n_in, L.n_in,
+                           D.w_x, H, hs, cs, hfull, out + d * P, cat, L.gate_act, L.cell_act, inner)
+            continue
+        # Input projection of the whole block, hoisted out of the time loop.
+        matmul_acc(rows, G4, L.n_in, inp, L.n_in, D.w_x, G4, gates, G4)
         hcell = hfull if D.w_proj != NULL else hs
         for s in range(tn):
             t = tn - 1 - s if D.reverse else s

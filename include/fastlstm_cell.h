@@ -21,42 +21,50 @@
 #define FL_HOT
 #endif
 
-/* One row, sigmoid gates and tanh cell (the PyTorch cell): the fast path. */
-FL_HOT static void fl_cell_row_sigmoid_tanh(const float *restrict z, float *restrict c,
-                                            float *restrict h, long H)
+/* n hidden units of one row.  Gate g of unit j is z[g * gs + j]: gs = H for a
+ * whole row; a thread that owns a slice of the units passes z + u0 and gs = H. */
+
+/* Sigmoid gates and tanh cell (the PyTorch cell): the fast path. */
+FL_HOT static void fl_cell_units_sigmoid_tanh(const float *restrict z, long gs, float *restrict c,
+                                              float *restrict h, long n)
 {
-    const float *zi = z, *zf = z + H, *zo = z + 2 * H, *zg = z + 3 * H;
-    for (long j = 0; j < H; j++) {
+    const float *zi = z, *zf = z + gs, *zo = z + 2 * gs, *zg = z + 3 * gs;
+    for (long j = 0; j < n; j++) {
         float cn = fl_sigmoid(zf[j]) * c[j] + fl_sigmoid(zi[j]) * fl_tanh(zg[j]);
         c[j] = cn;
         h[j] = fl_sigmoid(zo[j]) * fl_tanh(cn);
     }
 }
 
-/* One row, any gate/cell activation (Keras options).  z is overwritten. */
-static void fl_cell_row_generic(float *restrict z, float *restrict c, float *restrict h,
-                                long H, int gate_act, int cell_act)
+/* Any gate/cell activation (Keras options).  The n used gates of z are overwritten. */
+static void fl_cell_units_generic(float *restrict z, long gs, float *restrict c, float *restrict h,
+                                  long n, int gate_act, int cell_act)
 {
-    const float *zi = z, *zf = z + H, *zo = z + 2 * H, *zg = z + 3 * H;
-    fl_activate(gate_act, z, 3 * H);
-    fl_activate(cell_act, z + 3 * H, H);
-    for (long j = 0; j < H; j++) {
+    float *zi = z, *zf = z + gs, *zo = z + 2 * gs, *zg = z + 3 * gs;
+    fl_activate(gate_act, zi, n);
+    fl_activate(gate_act, zf, n);
+    fl_activate(gate_act, zo, n);
+    fl_activate(cell_act, zg, n);
+    for (long j = 0; j < n; j++) {
         c[j] = zf[j] * c[j] + zi[j] * zg[j];
         h[j] = c[j];
     }
-    fl_activate(cell_act, h, H);
-    for (long j = 0; j < H; j++) h[j] *= zo[j];
+    fl_activate(cell_act, h, n);
+    for (long j = 0; j < n; j++) h[j] *= zo[j];
+}
+
+static inline void fl_cell_units(float *z, long gs, float *c, float *h, long n, int gate_act, int cell_act)
+{
+    if (gate_act == FL_ACT_SIGMOID && cell_act == FL_ACT_TANH) fl_cell_units_sigmoid_tanh(z, gs, c, h, n);
+    else fl_cell_units_generic(z, gs, c, h, n, gate_act, cell_act);
 }
 
 /* nrows rows of gates (row stride ldz) -> c rows (stride ldc), h rows (stride ldh). */
 static inline void fl_cell_rows(float *z, long ldz, float *c, long ldc, float *h, long ldh, long nrows,
                                 long H, int gate_act, int cell_act)
 {
-    int fast = gate_act == FL_ACT_SIGMOID && cell_act == FL_ACT_TANH;
-    for (long r = 0; r < nrows; r++) {
-        if (fast) fl_cell_row_sigmoid_tanh(z + r * ldz, c + r * ldc, h + r * ldh, H);
-        else fl_cell_row_generic(z + r * ldz, c + r * ldc, h + r * ldh, H, gate_act, cell_act);
-    }
+    for (long r = 0; r < nrows; r++)
+        fl_cell_units(z + r * ldz, H, c + r * ldc, h + r * ldh, H, gate_act, cell_act);
 }
 
 /* z[0:n] += v[0:k] @ W, W row-major (k, n) with row stride ldw.

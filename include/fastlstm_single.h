@@ -1,0 +1,87 @@
+/* One direction of one layer for a single stream (batch of one row), over
+ * several threads.
+ *
+ * A single stream's step is a matrix-vector product: memory-bound once the
+ * weights leave one core's L2 (H >= 256 here), so two cores -- each streaming
+ * its own half of the weights -- are up to twice as fast.  Each step has two
+ * phases, each ended by a barrier:
+ *   1. thread k computes a contiguous range of the 4H gate columns (long
+ *      contiguous runs of every weight row, which the prefetchers stream well);
+ *   2. thread k updates c and h of a range of hidden units (it needs all four
+ *      gates of its units, written by various threads in phase 1).
+ * Every column and unit gets the same arithmetic, in the same order, as with
+ * one thread, so results do not depend on the thread count.
+ */
+#ifndef FASTLSTM_SINGLE_H
+#define FASTLSTM_SINGLE_H
+
+#include "fastlstm_cell.h"
+#include "fastlstm_fpmode.h"
+#include "fastlstm_omp.h"
+
+/* Units per slice are a multiple of this, so slices start on cache lines. */
+#define FL_UNIT_ALIGN 16
+
+/* tn steps of one direction.
+ *   gates  (tn, 4H): bias (+ x @ W_x when x == NULL) already in; overwritten
+ *   x      (tn, n_in) input rows (row stride ldx), or NULL: then each thread adds
+ *          its columns of x @ W_x itself (used for a single step, where a separate
+ *          BLAS call would run on one core)
+ *   W      (n_in + H, 4H) row-major [W_x; W_h], gate columns [i f o g]
+ *   h, c   (H,) state in/out;  hnext (H,) scratch
+ *   out    step t's h goes to out + dst * ldo, dst = processing index if
+ *          go_backwards else t (re-aligned to input time)
+ */
+static inline void fl_split_range(long n, int k, int nt, long *lo, long *hi)
+{
+    const long blocks = (n + FL_UNIT_ALIGN - 1) / FL_UNIT_ALIGN;
+    *lo = (blocks * k / nt) * FL_UNIT_ALIGN;
+    *hi = (blocks * (k + 1) / nt) * FL_UNIT_ALIGN;
+    if (*hi > n) *hi = n;
+    if (*lo > n) *lo = n;
+}
+
+static void fl_lstm_single(int tn, int reverse, int go_backwards, float *gates, const float *x, long ldx,
+                           long n_in, const float *W, long H, float *h, float *c, float *hnext,
+                           float *out, long ldo, int gate_act, int cell_act, int nthreads)
+{
+    const long G4 = 4 * H;
+    const float *Wh = W + n_in * G4;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        fl_fpmode_t mode = fl_flush_denormals();
+        const int tid = fl_omp_thread_num(), nt = fl_omp_num_threads();
+        long c0, c1, u0, u1;
+        fl_split_range(G4, tid, nt, &c0, &c1);
+        fl_split_range(H, tid, nt, &u0, &u1);
+        float *hin = h, *hout = hnext;
+        for (int s = 0; s < tn; s++) {
+            const int t = reverse ? tn - 1 - s : s;
+            float *g = gates + (long)t * G4;
+            if (c1 > c0) {
+                if (x != NULL) fl_gemv_acc(x + (long)t * ldx, n_in, W + c0, G4, c1 - c0, g + c0);
+                fl_gemv_acc(hin, H, Wh + c0, G4, c1 - c0, g + c0);
+            }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+            if (u1 > u0) {
+                fl_cell_units(g + u0, H, c + u0, hout + u0, u1 - u0, gate_act, cell_act);
+                float *o = out + (long)(go_backwards ? s : t) * ldo;
+                for (long j = u0; j < u1; j++) o[j] = hout[j];
+            }
+            /* Everyone has read hin and written its part of hout. */
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+            float *tmp = hin; hin = hout; hout = tmp;
+        }
+        if (hin != h)
+            for (long j = u0; j < u1; j++) h[j] = hin[j];
+        fl_restore_fpmode(mode);
+    }
+}
+
+#endif /* FASTLSTM_SINGLE_H */
