@@ -25,7 +25,7 @@ cdef struct Net:
     const float *head_b               # (O,)
     int head_act
     long h_size, c_size               # state floats per stream: rows of (B, h_size), (B, c_size)
-    int max_gates, max_cat, max_hidden  # workspace dimensions
+    int max_gates, max_cat, max_hidden, max_stack  # workspace dimensions
 
 
 cdef class Network:

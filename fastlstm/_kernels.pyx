@@ -65,9 +65,19 @@ cdef blas_get_fn g_blas_get[MAX_BLAS_LIBS]
 cdef int g_n_blas = 0
 
 
-def _set_blas_hooks(list pairs):
-    """Register (set_address, get_address) of each BLAS library's thread-count functions."""
-    global g_n_blas
+# An ILP64 Fortran sgemm (numpy's bundled OpenBLAS), used instead of scipy's when set.
+ctypedef void (*sgemm64_fn)(const char *ta, const char *tb, const long long *m, const long long *n,
+                            const long long *k, const float *alpha, const float *a, const long long *lda,
+                            const float *b, const long long *ldb, const float *beta, float *c,
+                            const long long *ldc) noexcept nogil
+cdef sgemm64_fn g_sgemm64 = NULL
+
+
+def _set_blas_hooks(list pairs, sgemm64):
+    """Register (set_address, get_address) of each BLAS library's thread-count functions,
+    and the address of a preferred ILP64 sgemm (or None for scipy's)."""
+    global g_n_blas, g_sgemm64
+    g_sgemm64 = <sgemm64_fn><size_t>sgemm64 if sgemm64 else NULL
     g_n_blas = 0
     for set_addr, get_addr in pairs[:MAX_BLAS_LIBS]:
         g_blas_set[g_n_blas] = <blas_set_fn><size_t>set_addr
@@ -117,10 +127,13 @@ cdef inline void matmul_acc(int m, int n, int k, const float *A, int lda, const 
     cdef int r
     cdef char tr = b'N'
     cdef float one = 1.0
+    cdef long long m8 = m, n8 = n, k8 = k, lda8 = lda, ldb8 = ldb, ldc8 = ldc
     if m <= 2:
         # A BLAS call costs more than a few small rows of arithmetic.
         for r in range(m):
             fl_gemv_acc(A + r * lda, k, B, ldb, n, C + r * ldc)
+    elif g_sgemm64 != NULL:
+        g_sgemm64(&tr, &tr, &n8, &m8, &k8, &one, B, &ldb8, A, &lda8, &one, C, &ldc8)
     else:
         # Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
         sgemm(&tr, &tr, &n, &m, &k, &one, <float *>B, &ldb, <float *>A, &lda, &one, C, &ldc)
@@ -153,7 +166,7 @@ cdef class Network:
         if self.net.layers == NULL:
             raise MemoryError()
         self.net.n_layers = n
-        self.net.max_gates = self.net.max_cat = self.net.max_hidden = 0
+        self.net.max_gates = self.net.max_cat = self.net.max_hidden = self.net.max_stack = 0
         self.streamable = True
         for li in range(n):
             spec = layers[li]
@@ -183,6 +196,7 @@ cdef class Network:
                 c_off += L.hidden
             self.net.max_gates = max(self.net.max_gates, 4 * L.hidden)
             self.net.max_cat = max(self.net.max_cat, L.n_dirs * L.n_out)
+            self.net.max_stack = max(self.net.max_stack, L.n_in + L.n_out)
             self.net.max_hidden = max(self.net.max_hidden, L.hidden)
         self.net.h_size = h_off
         self.net.c_size = c_off
@@ -249,12 +263,11 @@ cdef class Network:
 # A single stream's layer is split over threads from this hidden size on: below
 # it the weights fit one core's L2 and the per-step barrier costs more than it saves.
 DEF SPLIT_MIN_HIDDEN = 256
-DEF CHUNK_ROWS = 64
+DEF CHUNK_ROWS = 32
 
 cdef int n_chunks(const Net *net, int B) noexcept nogil:
     # BLAS re-packs the weights on every call, so a chunk must be tall enough to
-    # amortise that.  A batch that is one chunk is spread over the threads by
-    # BLAS itself instead (same per-element arithmetic, whatever the count).
+    # amortise that (a 16-row sgemm ran at 40 GFLOP/s here, 32 rows at 58).
     return max(1, B // CHUNK_ROWS)
 
 
@@ -266,7 +279,7 @@ cdef int max_chunk_rows(const Net *net, int B) noexcept nogil:
 cdef long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil:
     cdef long blk = <long>Tc * rows
     return (pad16(blk * net.n_in) + pad16(blk * net.max_gates) + 2 * pad16(blk * net.max_cat)
-            + pad16(blk * net.n_out) + pad16(<long>rows * net.max_hidden))
+            + pad16(blk * net.n_out) + pad16(<long>rows * net.max_hidden) + pad16(<long>rows * net.max_stack))
 
 
 cdef inline long pad16(long n) noexcept nogil:
@@ -276,23 +289,26 @@ cdef inline long pad16(long n) noexcept nogil:
 
 cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
                     float *ws, long per, int nchunks, int nthreads) noexcept nogil:
-    """All rows of the batch, cut into chunks spread over the threads."""
+    """All rows of the batch, cut into chunks spread over the threads.
+
+    BLAS runs on one thread throughout: OpenBLAS's own threading changes the
+    rounding of some products with its thread count (seen at M=3, N=1040), and
+    results must not depend on set_num_threads.  Our threads go to chunks, or
+    for a single stream to slices of its hidden units."""
     cdef int k, b0, b1
     cdef int saved[MAX_BLAS_LIBS]
+    blas_threads_push(1, saved)
     if nthreads <= 1:
-        blas_threads_push(g_num_threads, saved)
         for k in range(nchunks):
             b0 = <int>((<long>k * B) // nchunks)
             b1 = <int>((<long>(k + 1) * B) // nchunks)
             run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, g_num_threads if B == 1 else 1)
-        blas_threads_pop(g_num_threads, saved)
     else:
-        blas_threads_push(1, saved)
         for k in prange(nchunks, num_threads=nthreads, schedule='static'):
             b0 = <int>((<long>k * B) // nchunks)
             b1 = <int>((<long>(k + 1) * B) // nchunks)
             run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws + threadid() * per, 1)
-        blas_threads_pop(1, saved)
+    blas_threads_pop(1, saved)
 
 
 cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const float *x, float *y,
@@ -308,6 +324,7 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const f
     cdef float *buf1 = buf0 + pad16(blk * net.max_cat)
     cdef float *yc = buf1 + pad16(blk * net.max_cat)
     cdef float *hfull = yc + pad16(blk * net.n_out)
+    cdef float *xh = hfull + pad16(<long>nb * net.max_hidden)
     cdef const float *inp
     cdef float *out
     cdef const float *res
@@ -326,7 +343,7 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const f
         for l in range(net.n_layers):
             out = buf0 if l % 2 == 0 else buf1
             run_layer(&net.layers[l], tn, nb, inp, out, h + <long>b0 * net.h_size, net.h_size,
-                      c + <long>b0 * net.c_size, net.c_size, gates, hfull, inner)
+                      c + <long>b0 * net.c_size, net.c_size, gates, hfull, xh, inner)
             inp = out
         res = inp
         if net.head_w != NULL:
@@ -350,15 +367,18 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const f
 
 cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out,
                     float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
-                    int inner) noexcept nogil:
+                    float *xh, int inner) noexcept nogil:
     """One layer over tn steps of nb rows: inp (tn*nb, n_in) -> out (tn*nb, width).
 
     hrows/crows: the state of the first of the nb rows, one row per stream
-    (row strides ldh, ldc); each direction's h and c sit at its offsets in a row."""
+    (row strides ldh, ldc); each direction's h and c sit at its offsets in a row.
+    xh: scratch for nb rows of [x | h]."""
     cdef int G4 = 4 * L.hidden, H = L.hidden, P = L.n_out
     cdef int cat = L.n_dirs * P
     cdef int rows = tn * nb
+    cdef int K = L.n_in + P
     cdef int d, s, t, dst, r
+    cdef bint stacked = tn == 1 and nb > 2
     cdef const Dir *D
     cdef float *hs
     cdef float *cs
@@ -377,13 +397,22 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
             fl_lstm_single(tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL, L.n_in, L.n_in,
                            D.w_x, H, hs, cs, hfull, out + d * P, cat, L.gate_act, L.cell_act, inner)
             continue
-        # Input projection of the whole block, hoisted out of the time loop.
-        matmul_acc(rows, G4, L.n_in, inp, L.n_in, D.w_x, G4, gates, G4)
+        if stacked:
+            # One step of a batch: [x | h] @ [W_x; W_h] is one BLAS call instead of
+            # two (W_h is stored right after W_x), so the weights are packed once.
+            for r in range(nb):
+                memcpy(xh + <long>r * K, inp + <long>r * L.n_in, L.n_in * sizeof(float))
+                memcpy(xh + <long>r * K + L.n_in, hs + <long>r * ldh, P * sizeof(float))
+            matmul_acc(nb, G4, K, xh, K, D.w_x, G4, gates, G4)
+        else:
+            # Input projection of the whole block, hoisted out of the time loop.
+            matmul_acc(rows, G4, L.n_in, inp, L.n_in, D.w_x, G4, gates, G4)
         hcell = hfull if D.w_proj != NULL else hs
         for s in range(tn):
             t = tn - 1 - s if D.reverse else s
             g = gates + <long>t * nb * G4
-            matmul_acc(nb, G4, P, hs, ldh, D.w_h, G4, g, G4)
+            if not stacked:
+                matmul_acc(nb, G4, P, hs, ldh, D.w_h, G4, g, G4)
             fl_cell_rows(g, G4, cs, ldc, hcell, H if D.w_proj != NULL else ldh, nb, H, L.gate_act, L.cell_act)
             if D.w_proj != NULL:
                 for r in range(nb):
