@@ -12,6 +12,7 @@ from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThr
 
 cimport numpy as cnp
 import numpy as np
+import operator
 
 from libc.string cimport memcpy
 
@@ -317,9 +318,11 @@ cdef class StreamPool:
         """The slot of an open stream id, or ValueError (call with the lock held)."""
         cdef long long v
         try:
-            v = sid
-        except (TypeError, OverflowError):
+            v = operator.index(sid)     # refuses floats, which C conversion would truncate
+        except TypeError:
             raise TypeError(f"sid: expected an int stream id, got {type(sid).__name__}") from None
+        except OverflowError:
+            raise ValueError(f"sid: {sid} is not an open stream of this pool") from None
         cdef long slot = v & SLOT_MASK
         if v < 0 or slot >= self.cap or not self.opened[slot] or self.gen[slot] != (v >> SLOT_BITS):
             raise ValueError(f"sid: {sid} is not an open stream of this pool")
