@@ -1,0 +1,103 @@
+"""``fastlstm info`` and ``fastlstm convert``, and the file-format sniffing they share with bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+
+from . import CommandError, load_model
+from ..data import MODEL_PATH
+
+
+def file_format(path) -> str:
+    """A human name for the format of ``path``, from its first bytes (what ``fastlstm.load`` detects)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head.startswith(b"PK\x03\x04"):
+            try:
+                names = zipfile.ZipFile(f).namelist()
+            except zipfile.BadZipFile:
+                return "zip archive"
+            return "Keras .keras" if "config.json" in names else "PyTorch state_dict (zip)"
+        if head == b"\x89HDF\r\n\x1a\n":
+            return "Keras .h5"
+        if len(head) == 8:
+            (n,) = struct.unpack("<Q", head)
+            if 2 <= n < 100_000_000:  # a safetensors header: its length, then JSON
+                try:
+                    header = json.loads(f.read(n))
+                except ValueError:
+                    return "unknown"
+                meta = header.get("__metadata__") or {}
+                return "fastlstm" if meta.get("format") == "fastlstm" else "safetensors (PyTorch names)"
+    return "unknown"
+
+
+def is_keras_file(path) -> bool:
+    return file_format(path).startswith("Keras")
+
+
+def _layer_params(layer):
+    return sum(a.size for d in layer.directions
+               for a in (d.weight_ih, d.weight_hh, d.bias_ih, d.bias_hh, d.weight_hr) if a is not None)
+
+
+def _kib(n_bytes):
+    return f"{n_bytes / 1024:,.1f} KiB" if n_bytes < 1024 ** 2 else f"{n_bytes / 1024 ** 2:,.2f} MiB"
+
+
+def describe(model, path) -> str:
+    """The text ``fastlstm info`` prints."""
+    shown = "bundled model (" + os.path.basename(path) + ")" if path == MODEL_PATH else path
+    lines = [f"{shown}: {file_format(path)} file, {_kib(os.path.getsize(path))}"]
+    rows = [(f"layer {k}", layer.describe(), _layer_params(layer)) for k, layer in enumerate(model.layers)]
+    if model.head is not None:
+        h = model.head
+        rows.append(("head", h.describe(), h.weight.size + (0 if h.bias is None else h.bias.size)))
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    for name, text, n in rows:
+        lines.append(f"  {name:<{w0}}  {text:<{w1}}  {n:>11,} parameters")
+    n = model.num_parameters
+    lines.append(f"input size {model.input_size}, output size {model.output_size}; "
+                 f"{'returns every step' if model.return_sequences else 'returns the last step only'}")
+    lines.append(f"parameters: {n:,}; weight memory {_kib(4 * n)} (float32, shared by every stream)")
+    state = sum(layer.hidden_size + layer.directions[0].output_size for layer in model.layers
+                for _ in layer.directions)
+    lines.append(f"state per stream: {state:,} floats ({_kib(4 * state)})")
+    if model.streamable:
+        lines.append("can stream: yes (model.stream(), model.pool())")
+    else:
+        why = next(f"layer {k} is {'bidirectional' if layer.bidirectional else 'go_backwards'}"
+                   for k, layer in enumerate(model.layers) if not layer.streamable)
+        lines.append(f"can stream: no ({why}: each output depends on future inputs; use model.predict)")
+    return "\n".join(lines)
+
+
+def run_info(args):
+    model = load_model(args.model, args.head_activation)
+    print(describe(model, MODEL_PATH if args.model is None else args.model))
+    return 0
+
+
+def run_convert(args):
+    from ..loaders import load
+
+    model = load_model(args.model, args.head_activation)
+    if os.path.isdir(args.out):
+        raise CommandError(f"{args.out}: is a directory, expected a file name")
+    if os.path.exists(args.out) and os.path.samefile(args.out, args.model):
+        raise CommandError(f"{args.out}: is the input file; choose another output name")
+    model.save(args.out)
+    # Read it back and run both on the same input: the file must reproduce the model exactly.
+    again = load(args.out)
+    x = np.random.default_rng(0).standard_normal((16, model.input_size)).astype(np.float32)
+    if not np.array_equal(model.predict(x), again.predict(x)):
+        raise CommandError(f"{args.out}: written, but reading it back gives different outputs")
+    print(f"wrote {args.out} ({_kib(os.path.getsize(args.out))}, fastlstm format): "
+          f"{model.describe_short()}, read back and checked")
+    return 0
+
