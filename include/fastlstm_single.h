@@ -2,7 +2,7 @@
  * several threads.
  *
  * A single stream's step is a matrix-vector product: memory-bound once the
- * weights leave one core's L2 (H >= 256 here), so two cores -- each streaming
+ * weights leave one core's L2 (used from H = 512), so two cores -- each streaming
  * its own half of the weights -- are up to twice as fast.  Each step has two
  * phases, each ended by a barrier:
  *   1. thread k computes a contiguous range of the 4H gate columns (long

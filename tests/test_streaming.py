@@ -142,9 +142,9 @@ def test_step_out_is_written_and_returned(B, model_and_weights, rng):
     assert np.array_equal(out, s2.step_many(x))
 
 
-# H=48 runs every layer on one thread per chunk; H=260 (not a multiple of the 16-unit slices) takes
-# the path that splits a single stream's hidden units over threads; B=130 is cut into two chunks.
-@pytest.mark.parametrize("H, B", [(48, 1), (48, 3), (48, 64), (48, 130), (260, 1), (260, 3)])
+# H=48 runs every layer on one thread per chunk; H=516 (not a multiple of the 16-unit slices) takes
+# the path that splits a single stream's hidden units over threads; B=130 is cut into four chunks.
+@pytest.mark.parametrize("H, B", [(48, 1), (48, 3), (48, 64), (48, 130), (516, 1), (516, 3)])
 def test_results_do_not_depend_on_thread_count(H, B, make_model, rng, restore_threads):
     model, _, _ = make_model(16, H, 2, seed=22, head_size=4)
     x = _x(rng, 25, B, 16)
