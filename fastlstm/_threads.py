@@ -1,9 +1,8 @@
 """Thread policy: how many OpenMP threads the kernels use (see _blas.py for BLAS's)."""
 
-import operator
 import os
 
-from . import _blas, _kernels
+from . import _blas, _kernels, _validate
 
 
 def available_cores():
@@ -21,13 +20,7 @@ def set_num_threads(n):
     ----------
     n : int >= 1
     """
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"n: expected an int, got {type(n).__name__}") from None
-    if n < 1:
-        raise ValueError(f"n: expected at least 1 thread, got {n}")
-    _kernels._set_num_threads(n)
+    _kernels._set_num_threads(_validate.positive_int(n, "n"))
 
 
 def get_num_threads():
