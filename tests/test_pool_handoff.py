@@ -112,7 +112,9 @@ def test_state_moves_to_a_new_process_and_continues_bit_identically(tmp_path, rn
     pool_to_stream = model.stream()
     pool_to_stream.state = pool.get_state(moved[0])
 
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], env=_child_env(),
+    # cwd=tmp_path: with -c the child puts its cwd first on sys.path, where a source checkout's
+    # fastlstm/ (no compiled kernels under a regular install) would shadow the installed one.
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], env=_child_env(), cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "result.pkl", "rb") as f:
