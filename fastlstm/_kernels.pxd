@@ -9,6 +9,8 @@ cdef struct Dir:
     const float *w_h        # (n_out, 4H), stored right after w_x
     const float *bias       # (4H,), b_ih + b_hh
     const float *w_proj     # (H, P) or NULL
+    int n_stack             # rows of the stacked matrix: n_in + n_out
+    const float *w_panels   # [W_x; W_h] in 16-column panels (fastlstm_gemm.h), or NULL
     int reverse             # runs from the last time step to the first
     long h_off, c_off       # offsets of this direction's h and c within a stream's state row
 

@@ -16,7 +16,7 @@ count, so results are bit-identical whatever the thread count.
 
 from cython.parallel cimport prange, threadid
 
-from fastlstm._packing import aligned_empty
+from fastlstm._packing import aligned_empty, pack_panels
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
@@ -25,6 +25,12 @@ cimport numpy as cnp
 import numpy as np
 
 cnp.import_array()
+
+cdef extern from "fastlstm_gemm.h" nogil:
+    int FL_PANEL
+    int fl_packed_gemm_available()
+    void fl_gemm_packed(long m, long n, long k, const float *A, long lda, const float *Wp, long ps,
+                        float *C, long ldc)
 
 cdef extern from "fastlstm_single.h" nogil:
     void fl_lstm_single(int tn, int reverse, int go_backwards, float *gates, const float *x, long ldx,
@@ -139,6 +145,20 @@ cdef inline void matmul_acc(int m, int n, int k, const float *A, int lda, const 
         sgemm(&tr, &tr, &n, &m, &k, &one, <float *>B, &ldb, <float *>A, &lda, &one, C, &ldc)
 
 
+# Up to this many rows a product uses the pre-packed kernel; above it BLAS's
+# packing is amortised and its sgemm is as fast.
+DEF PACKED_MAX_ROWS = 128
+
+cdef inline void matmul_w(int m, int n, int k, const float *A, int lda, const Dir *D, int k0,
+                          float *C, int ldc) noexcept nogil:
+    """C[m, n] += A[m, k] @ rows k0:k0+k of D's stacked [W_x; W_h] (n = 4H columns)."""
+    cdef long ps = <long>(D.n_stack) * FL_PANEL
+    if D.w_panels != NULL and 3 <= m <= PACKED_MAX_ROWS:
+        fl_gemm_packed(m, n, k, A, lda, D.w_panels + <long>k0 * FL_PANEL, ps, C, ldc)
+    else:
+        matmul_acc(m, n, k, A, lda, D.w_x + <long>k0 * n, n, C, ldc)
+
+
 cdef inline void fill_rows(float *dst, const float *row, int nrows, int n) noexcept nogil:
     cdef int r
     for r in range(nrows):
@@ -189,6 +209,12 @@ cdef class Network:
                 L.dirs[d].w_h = L.dirs[d].w_x + <long>L.n_in * 4 * L.hidden
                 L.dirs[d].bias = <const float *>cnp.PyArray_DATA(b)
                 L.dirs[d].w_proj = <const float *>cnp.PyArray_DATA(p) if p is not None else NULL
+                L.dirs[d].n_stack = L.n_in + L.n_out
+                L.dirs[d].w_panels = NULL
+                if fl_packed_gemm_available():
+                    panels = pack_panels(w)
+                    self._keep.append(panels)
+                    L.dirs[d].w_panels = <const float *>cnp.PyArray_DATA(panels)
                 L.dirs[d].reverse = d == 1 or L.go_backwards
                 L.dirs[d].h_off = h_off
                 L.dirs[d].c_off = c_off
@@ -395,7 +421,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
             # One stream, big weights: split the hidden units over the threads.  A single
             # step's input projection is done inside (a BLAS call would run on one core).
             if tn > 1:
-                matmul_acc(rows, G4, L.n_in, inp, L.n_in, D.w_x, G4, gates, G4)
+                matmul_w(rows, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
             fl_lstm_single(tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL, L.n_in, L.n_in,
                            D.w_x, H, hs, cs, hfull, out + d * P, cat, L.gate_act, L.cell_act, inner)
             continue
@@ -405,16 +431,16 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
             for r in range(nb):
                 memcpy(xh + <long>r * K, inp + <long>r * L.n_in, L.n_in * sizeof(float))
                 memcpy(xh + <long>r * K + L.n_in, hs + <long>r * ldh, P * sizeof(float))
-            matmul_acc(nb, G4, K, xh, K, D.w_x, G4, gates, G4)
+            matmul_w(nb, G4, K, xh, K, D, 0, gates, G4)
         else:
             # Input projection of the whole block, hoisted out of the time loop.
-            matmul_acc(rows, G4, L.n_in, inp, L.n_in, D.w_x, G4, gates, G4)
+            matmul_w(rows, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
         hcell = hfull if D.w_proj != NULL else hs
         for s in range(tn):
             t = tn - 1 - s if D.reverse else s
             g = gates + <long>t * nb * G4
             if not stacked:
-                matmul_acc(nb, G4, P, hs, ldh, D.w_h, G4, g, G4)
+                matmul_w(nb, G4, P, hs, ldh, D, L.n_in, g, G4)
             fl_cell_rows(g, G4, cs, ldc, hcell, H if D.w_proj != NULL else ldh, nb, H, L.gate_act, L.cell_act)
             if D.w_proj != NULL:
                 for r in range(nb):

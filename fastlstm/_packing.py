@@ -79,3 +79,14 @@ def aligned_empty(shape, align=64):
     buf = np.empty(n + align // 4, dtype=np.float32)
     start = (-buf.ctypes.data % align) // 4
     return buf[start:start + n].reshape(shape)
+
+
+def pack_panels(stacked, panel=16):
+    """``stacked`` (K, N) as panels of ``panel`` columns: (ceil(N/panel), K, panel), zero-padded.
+
+    The layout include/fastlstm_gemm.h streams: one panel's K rows are contiguous."""
+    K, N = stacked.shape
+    n_panels = -(-N // panel)
+    padded = np.zeros((K, n_panels * panel), dtype=np.float32)
+    padded[:, :N] = stacked
+    return _frozen(padded.reshape(K, n_panels, panel).transpose(1, 0, 2))
