@@ -59,8 +59,15 @@ def timeit(fn, sample_s=0.03, repeats=9):
     return statistics.median(out)
 
 
-def time_interleaved(fns, sample_s, repeats):
-    """Like :func:`timeit` for several callables, interleaved so machine noise hits them alike."""
+def time_interleaved(fns, sample_s, repeats, settle_s=0.0):
+    """Like :func:`timeit` for several callables, interleaved so machine noise hits them alike.
+
+    With ``settle_s`` > 0 (at more than one thread) each sample is preceded by
+    that pause and one untimed call: an OpenBLAS pool keeps spinning ~0.1 s
+    after a call and would otherwise take the core fastlstm's second thread
+    needs (and vice versa), and the previous callable has evicted this one's
+    weights from the caches.
+    """
     ns = {}
     for k, fn in fns.items():
         n = 1
@@ -76,6 +83,9 @@ def time_interleaved(fns, sample_s, repeats):
     res = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            if settle_s > 0:
+                time.sleep(settle_s)
+            fn()  # warm the caches with this callable's data
             n = ns[k]
             t0 = time.perf_counter()
             for _ in range(n):
@@ -159,7 +169,8 @@ def profile(cfg: fw.Config, threads: int, sample_s: float, repeats: int, blas: B
                 f()
 
     fns = {"fl.step_out": lambda: stream.step(x1, out=out), "blas.stacked": run_stacked, "blas.engine": run_split}
-    step, _ = time_interleaved(fns, sample_s, repeats)
+    settle = 0.25 if threads > 1 else 0.0
+    step, _ = time_interleaved(fns, sample_s, repeats, settle)
     step["blas.stacked"] -= len(stacked) * overhead
     step["blas.engine"] -= chunks * len(split) * overhead
 
@@ -191,7 +202,7 @@ def profile(cfg: fw.Config, threads: int, sample_s: float, repeats: int, blas: B
                         rec()
 
     seq_fns = {"fl.predict": lambda: model.predict(seq), "blas.engine": run_floor}
-    pred, _ = time_interleaved(seq_fns, sample_s * 3, max(3, repeats // 2))
+    pred, _ = time_interleaved(seq_fns, sample_s * 3, max(3, repeats // 2), settle)
     pred["blas.engine"] -= n_calls * overhead
     return {"step": step, "predict": pred, "chunks": chunks, "rows": rows, "tc": tc,
             "weights_mb": sum(4 * 4 * H * (i + H) for i in cfg.layer_inputs()) / 1e6,
@@ -208,6 +219,8 @@ def main(argv=None):
                    help="whose OpenBLAS the yardsticks call (default numpy's, which fastlstm prefers when newer)")
     args = p.parse_args(argv)
     blas = Blas(args.blas)
+    import fastlstm  # noqa: F401 - before thread_policy, which only sets engines already loaded
+
     rows_out = []
     with fw.thread_policy(args.threads):
         overhead = blas.call_overhead()
