@@ -5,8 +5,7 @@ cdef extern from "fastlstm_cell.h" nogil:
     int fl_all_finite(const float *x, long n)
 
 cdef struct Dir:
-    const float *w_x        # (n_in, 4H) row-major, gate columns [i f o g]
-    const float *w_h        # (n_out, 4H), stored right after w_x
+    const float *w_x        # [W_x; W_h]: (n_in + n_out, 4H) row-major, gate columns [i f o g]
     const float *bias       # (4H,), b_ih + b_hh
     const float *w_proj     # (H, P) or NULL
     int n_stack             # rows of the stacked matrix: n_in + n_out

@@ -206,7 +206,6 @@ cdef class Network:
                 w, b, p = spec["dirs"][d]
                 self._keep.extend((w, b, p))
                 L.dirs[d].w_x = <const float *>cnp.PyArray_DATA(w)
-                L.dirs[d].w_h = L.dirs[d].w_x + <long>L.n_in * 4 * L.hidden
                 L.dirs[d].bias = <const float *>cnp.PyArray_DATA(b)
                 L.dirs[d].w_proj = <const float *>cnp.PyArray_DATA(p) if p is not None else NULL
                 L.dirs[d].n_stack = L.n_in + L.n_out
@@ -258,10 +257,6 @@ cdef class Network:
     def chunks(self, int B):
         """Number of batch-row chunks; a function of B and the layer sizes only."""
         return n_chunks(&self.net, B)
-
-    def workspace_floats(self, int Tc, int rows):
-        """Workspace (floats) one thread needs for Tc steps of `rows` batch rows."""
-        return workspace_floats(&self.net, Tc, rows)
 
     def forward(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray h, cnp.ndarray c):
         """Run x (T, B, I) -> y (T, B, O) from the state (h (B, h_size), c (B, c_size)), updated in place.
