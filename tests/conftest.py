@@ -15,6 +15,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import oracle  # noqa: E402
+from checks import assert_state_equal  # noqa: E402
 
 
 @pytest.fixture
@@ -49,15 +50,6 @@ def restore_threads():
     before = fastlstm.get_num_threads()
     yield
     fastlstm.set_num_threads(before)
-
-
-def assert_state_equal(a, b):
-    """Exact equality of two states' h and c lists (shared by the streaming and refusal tests)."""
-    assert len(a.h) == len(b.h) and len(a.c) == len(b.c)
-    for x, y in zip(list(a.h) + list(a.c), list(b.h) + list(b.c)):
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.shape == y.shape
-        assert np.array_equal(x, y)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import fastlstm
 import oracle
+from checks import assert_state_equal
 
 I, H, L, O = 5, 12, 2, 3
 TOL_STREAM = 2e-6   # pool vs lone Stream (both float32, different summation order)
@@ -23,13 +24,6 @@ TOL_ORACLE = 2e-5   # pool vs float64 oracle (float32 state + approximate activa
 
 _LAYERS, _HEAD = oracle.random_stack(np.random.default_rng(4), I, H, L, head_size=O)
 MODEL = fastlstm.Model(_LAYERS, _HEAD)
-
-
-def assert_state_equal(a, b):
-    """Exact equality of two states (same shapes, same values), as in conftest's state_equal fixture."""
-    assert len(a.h) == len(b.h) and len(a.c) == len(b.c)
-    for x, y in zip(list(a.h) + list(a.c), list(b.h) + list(b.c)):
-        assert x.shape == y.shape and np.array_equal(x, y)
 
 
 def _max_rel_diff(a, b):

@@ -16,6 +16,7 @@ import pytest
 
 import fastlstm
 import oracle
+from checks import assert_state_equal
 
 I, H, L, O = 7, 20, 2, 4
 
@@ -66,13 +67,6 @@ out["pid"] = __import__("os").getpid()
 with open(f"{d}/result.pkl", "wb") as f:
     pickle.dump(out, f)
 """
-
-
-def assert_state_equal(a, b):
-    """Exact equality of two states (same shapes, same values), as in conftest's state_equal fixture."""
-    assert len(a.h) == len(b.h) and len(a.c) == len(b.c)
-    for x, y in zip(list(a.h) + list(a.c), list(b.h) + list(b.c)):
-        assert x.shape == y.shape and np.array_equal(x, y)
 
 
 def _child_env():

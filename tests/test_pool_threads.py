@@ -18,19 +18,13 @@ import pytest
 
 import fastlstm
 import oracle
+from checks import assert_state_equal
 
 I, H, L, O = 8, 40, 2, 3
 N_THREADS = 4
 
 _LAYERS, _HEAD = oracle.random_stack(np.random.default_rng(11), I, H, L, head_size=O)
 MODEL = fastlstm.Model(_LAYERS, _HEAD)
-
-
-def assert_state_equal(a, b):
-    """Exact equality of two states (same shapes, same values), as in conftest's state_equal fixture."""
-    assert len(a.h) == len(b.h) and len(a.c) == len(b.c)
-    for x, y in zip(list(a.h) + list(a.c), list(b.h) + list(b.c)):
-        assert x.shape == y.shape and np.array_equal(x, y)
 
 
 def _run_threads(fns, switch_interval=None):
