@@ -45,6 +45,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import frameworks as fw  # noqa: E402
+from fastlstm.cli.timing import OtherLoad  # noqa: E402  (cores other processes kept busy)
 
 STREAM_COUNTS = (1, 16, 256, 1024)
 CONFIG_NAMES = ("small", "medium")
@@ -53,33 +54,6 @@ N_INPUTS = 8          # distinct input ticks, cycled
 
 
 # --------------------------------------------------------------------------- load meter
-
-def _busy_seconds():
-    """CPU seconds all processes spent busy (from /proc/stat), or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-    except OSError:
-        return None
-    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-
-
-class OtherLoad:
-    """Cores kept busy by *other* processes while the block ran (machine busy time minus ours)."""
-
-    def __enter__(self):
-        self.b0, t = _busy_seconds(), os.times()
-        self.own0, self.w0 = t.user + t.system, time.perf_counter()
-        self.cores = math.nan
-        return self
-
-    def __exit__(self, *exc):
-        b1, t = _busy_seconds(), os.times()
-        wall = time.perf_counter() - self.w0
-        if self.b0 is not None and b1 is not None and wall > 0:
-            self.cores = max(0.0, (b1 - self.b0 - (t.user + t.system - self.own0)) / wall)
-        return False
-
 
 def wait_for_quiet(max_load, timeout_s):
     """Wait (1 s windows) until other processes use at most ``max_load`` cores, or the timeout."""

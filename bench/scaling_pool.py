@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 import fastlstm
+from fastlstm.cli.timing import OtherLoad  # cores other processes kept busy
 
 I, H, L, N = 128, 256, 2, 1024
 
@@ -53,15 +54,6 @@ def build_model(seed=0):
     return fastlstm.Model(layers)
 
 
-def busy_seconds():
-    try:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-    except OSError:
-        return None
-    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def timed_block(pool, ids, xs, out, seconds, min_ticks):
     """Ticks for ``seconds`` (at least ``min_ticks``, at most 5 x seconds) after 2 warm-up ticks.
 
@@ -69,24 +61,18 @@ def timed_block(pool, ids, xs, out, seconds, min_ticks):
     step = pool.step
     for k in range(2):
         step(ids, xs[k % len(xs)], out=out)
-    b0, t = busy_seconds(), os.times()
-    own0 = t.user + t.system
     times = []
     perf = time.perf_counter
     t_begin = perf()
     stop, hard = t_begin + seconds, t_begin + 5 * seconds
     k = 0
-    while not times or perf() < stop or (len(times) < min_ticks and perf() < hard):
-        t0 = perf()
-        step(ids, xs[k % len(xs)], out=out)
-        times.append(perf() - t0)
-        k += 1
-    wall = perf() - t_begin
-    b1, t = busy_seconds(), os.times()
-    other = math.nan
-    if b0 is not None and b1 is not None and wall > 0:
-        other = max(0.0, (b1 - b0 - (t.user + t.system - own0)) / wall)
-    return times, other
+    with OtherLoad() as load:
+        while not times or perf() < stop or (len(times) < min_ticks and perf() < hard):
+            t0 = perf()
+            step(ids, xs[k % len(xs)], out=out)
+            times.append(perf() - t0)
+            k += 1
+    return times, load.cores
 
 
 def check_identical(model, thread_counts, xs):
