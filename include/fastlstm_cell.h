@@ -1,9 +1,9 @@
 /* The fused LSTM gate pass and the small dense kernels of the per-step path.
  *
- * Gate layout of a packed pre-activation row z (4H floats): [ i | f | o | g ],
- * the three sigmoid gates first so a generic activation can treat them as one
- * 3H block.  The fused pass does all activations and the c/h update while the
- * row is in cache:  c' = f*c + i*g,  h' = o*act(c').
+ * Gate layout of a packed pre-activation row z (4H floats): [ i | f | o | g ]
+ * (the three sigmoid gates first).  A thread that owns a slice of the hidden
+ * units reads its four gates at stride H.  The fused pass does all activations
+ * and the c/h update while the row is in cache:  c' = f*c + i*g,  h' = o*act(c').
  *
  * The hot functions are compiled for AVX-512, AVX2+FMA and baseline x86-64 in
  * one binary (GCC target_clones picks at load time), so the default build is
