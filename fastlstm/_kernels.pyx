@@ -10,11 +10,16 @@ pointers it is given.
 Parallel scheme: batch rows are independent through the whole network, so
 the batch is cut into row chunks and each OpenMP thread runs every layer and
 every time step of its chunks on its own workspace -- no barrier per step.
-The chunking depends only on the batch and layer sizes, never on the thread
-count, so results are bit-identical whatever the thread count.
+When there are fewer chunks than threads (a batch of 32 is one chunk), the
+threads instead work as a team on each chunk, each owning a slice of the
+hidden units, with a barrier per step.  A single stream with big weights
+splits its units the same way (fastlstm_single.h).  The chunking depends only
+on the batch and layer sizes, and every output element is the same chain of
+operations however the work is split, so results are bit-identical whatever
+the thread count.
 """
 
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 
 from fastlstm._packing import aligned_empty, pack_panels
 from libc.stdlib cimport malloc, free
@@ -38,8 +43,8 @@ cdef extern from "fastlstm_single.h" nogil:
                         float *out, long ldo, int gate_act, int cell_act, int nthreads)
 
 cdef extern from "fastlstm_cell.h" nogil:
-    void fl_cell_rows(float *z, long ldz, float *c, long ldc, float *h, long ldh, long nrows, long H,
-                      int gate_act, int cell_act)
+    void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc, float *h, long ldh, long nrows,
+                      long n, int gate_act, int cell_act)
     void fl_gemv_acc(const float *v, long k, const float *W, long ldw, long n, float *z)
     void fl_merge_rows(const float *inp, float *out, long nrows, long n, int mode)
     void fl_activate(int kind, float *x, long n)
@@ -53,6 +58,10 @@ cdef extern from "fastlstm_fpmode.h" nogil:
 
 cdef extern from "fastlstm_omp.h" nogil:
     int FL_HAVE_OPENMP
+    int fl_omp_thread_num()
+    int fl_omp_num_threads()
+    void fl_barrier()
+    void fl_split_range(long n, int k, int nt, long *lo, long *hi)
 
 
 # ---------------------------------------------------------------------------
@@ -145,18 +154,38 @@ cdef inline void matmul_acc(int m, int n, int k, const float *A, int lda, const 
         sgemm(&tr, &tr, &n, &m, &k, &one, <float *>B, &ldb, <float *>A, &lda, &one, C, &ldc)
 
 
-# Up to this many rows a product uses the pre-packed kernel; above it BLAS's
-# packing is amortised and its sgemm is as fast.
-DEF PACKED_MAX_ROWS = 128
-
 cdef inline void matmul_w(int m, int n, int k, const float *A, int lda, const Dir *D, int k0,
                           float *C, int ldc) noexcept nogil:
     """C[m, n] += A[m, k] @ rows k0:k0+k of D's stacked [W_x; W_h] (n = 4H columns)."""
-    cdef long ps = <long>(D.n_stack) * FL_PANEL
-    if D.w_panels != NULL and 3 <= m <= PACKED_MAX_ROWS:
-        fl_gemm_packed(m, n, k, A, lda, D.w_panels + <long>k0 * FL_PANEL, ps, C, ldc)
+    if D.w_panels != NULL and m >= 3:
+        fl_gemm_packed(m, n, k, A, lda, D.w_panels + <long>k0 * FL_PANEL, <long>(D.n_stack) * FL_PANEL, C, ldc)
     else:
         matmul_acc(m, n, k, A, lda, D.w_x + <long>k0 * n, n, C, ldc)
+
+
+cdef inline void matmul_units(int m, int k, const float *A, int lda, const Dir *D, int k0, float *gates,
+                              int H, long u0, long u1) noexcept nogil:
+    """gates[m, 4H] += A @ rows k0:k0+k of [W_x; W_h], in the four gate columns of units u0:u1 only.
+
+    A slice needs the packed kernel (the caller checks), whose every output is
+    the same FMA chain whatever columns a call covers: a thread's slice gives
+    bit for bit what the whole product does."""
+    cdef long ps = <long>(D.n_stack) * FL_PANEL
+    cdef int q
+    if u0 == 0 and u1 == H:
+        matmul_w(m, 4 * H, k, A, lda, D, k0, gates, 4 * H)
+        return
+    for q in range(4):
+        fl_gemm_packed(m, u1 - u0, k, A, lda, D.w_panels + ((q * H + u0) // FL_PANEL) * ps + <long>k0 * FL_PANEL,
+                       ps, gates + q * H + u0, 4 * H)
+
+
+cdef inline void fill_units(float *gates, const float *bias, int rows, int H, long u0, long u1) noexcept nogil:
+    """The four gate columns of units u0:u1 of each gate row <- bias."""
+    cdef int r, q
+    for r in range(rows):
+        for q in range(4):
+            memcpy(gates + <long>r * 4 * H + q * H + u0, bias + q * H + u0, (u1 - u0) * sizeof(float))
 
 
 cdef inline void fill_rows(float *dst, const float *row, int nrows, int n) noexcept nogil:
@@ -258,6 +287,11 @@ cdef class Network:
         """Number of batch-row chunks; a function of B and the layer sizes only."""
         return n_chunks(&self.net, B)
 
+    def plan(self, int B):
+        """How a batch of B rows runs at the current thread count: "team" (all threads on
+        each chunk, splitting hidden units) or "chunks" (a thread per chunk)."""
+        return "team" if use_team(&self.net, B, n_chunks(&self.net, B)) else "chunks"
+
     def forward(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray h, cnp.ndarray c):
         """Run x (T, B, I) -> y (T, B, O) from the state (h (B, h_size), c (B, c_size)), updated in place.
 
@@ -286,17 +320,32 @@ cdef class Network:
 # saves: at H=256 a step went 158 -> 136 us but a 200-step predict 11.8 -> 13.8 ms,
 # while at H=1024 both ran 2.4x faster.
 DEF SPLIT_MIN_HIDDEN = 512
+
+# Rows per batch chunk.  Each chunk re-reads every weight once per step, so
+# chunks of layers whose weights leave L2 are taller (64 rows ran the packed
+# kernel at 92 GFLOP/s where 32 ran at 79, for 4 MB of weights); small layers
+# keep short chunks, so that more of them spread over the threads.
 DEF CHUNK_ROWS = 32
+DEF CHUNK_ROWS_BIG = 64
+DEF BIG_WEIGHTS = 1 << 18      # floats of one stacked [W_x; W_h]: 1 MB
+
+# A team of threads shares one chunk (splitting its hidden units) only when a
+# step's product is at least this many flops: each step then waits at a barrier,
+# which costs a few microseconds on an idle machine and more on a busy one.
+DEF TEAM_MIN_FLOPS = 4000000
+
+
+cdef int chunk_rows(const Net *net) noexcept nogil:
+    return CHUNK_ROWS_BIG if <long>net.max_stack * net.max_gates >= BIG_WEIGHTS else CHUNK_ROWS
+
 
 cdef int n_chunks(const Net *net, int B) noexcept nogil:
-    # BLAS re-packs the weights on every call, so a chunk must be tall enough to
-    # amortise that (a 16-row sgemm ran at 40 GFLOP/s here, 32 rows at 58).
-    return max(1, B // CHUNK_ROWS)
+    return max(1, B // chunk_rows(net))
 
 
 cdef int max_chunk_rows(const Net *net, int B) noexcept nogil:
     """The most rows any chunk has, over every batch of at most B rows."""
-    return min(B, 2 * CHUNK_ROWS - 1)
+    return min(B, 2 * chunk_rows(net) - 1)
 
 
 cdef long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil:
@@ -310,35 +359,85 @@ cdef inline long pad16(long n) noexcept nogil:
     return (n + 15) & ~15
 
 
+cdef bint layer_splits(const Layer *L) noexcept nogil:
+    """Whether a team can split this layer's hidden units: the packed kernel, and
+    gate blocks that start on a 16-column panel.  (Projection layers need every
+    unit's h before their product, so one thread runs them.)"""
+    return L.dirs[0].w_panels != NULL and L.hidden % FL_PANEL == 0 and L.dirs[0].w_proj == NULL
+
+
+cdef bint team_pays(const Net *net, int rows) noexcept nogil:
+    """Whether chunks of this many rows are worth a team of threads each."""
+    cdef int l
+    cdef const Layer *L
+    if rows < 3:
+        return False
+    for l in range(net.n_layers):
+        L = &net.layers[l]
+        if layer_splits(L) and 2.0 * rows * L.n_out * 4 * L.hidden >= TEAM_MIN_FLOPS:
+            return True
+    return False
+
+
+cdef bint use_team(const Net *net, int B, int nchunks) noexcept nogil:
+    """Whether the threads work as one team per chunk (too few chunks to go round)."""
+    return FL_HAVE_OPENMP and g_num_threads > nchunks and team_pays(net, B // nchunks)
+
+
 cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
                     float *ws, long per, int nchunks, int nthreads) noexcept nogil:
     """All rows of the batch, cut into chunks spread over the threads.
 
+    nthreads: threads that may each run chunks (one workspace of `per` floats each).
+    With fewer chunks than set_num_threads threads, the threads instead work
+    as one team on each chunk in turn, each owning a slice of the hidden units.
+    Either way every number is computed by the same arithmetic, so results do
+    not depend on the thread count.
+
     BLAS runs on one thread throughout: OpenBLAS's own threading changes the
-    rounding of some products with its thread count (seen at M=3, N=1040), and
-    results must not depend on set_num_threads.  Our threads go to chunks, or
-    for a single stream to slices of its hidden units."""
+    rounding of some products with its thread count (seen at M=3, N=1040)."""
     cdef int k, b0, b1
     cdef int saved[MAX_BLAS_LIBS]
     blas_threads_push(1, saved)
-    if nthreads <= 1:
+    if use_team(net, B, nchunks):
+        with parallel(num_threads=g_num_threads):
+            run_team(net, T, Tc, B, x, y, h, c, ws, nchunks)
+    elif nthreads <= 1:
         for k in range(nchunks):
             b0 = <int>((<long>k * B) // nchunks)
             b1 = <int>((<long>(k + 1) * B) // nchunks)
-            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, g_num_threads if B == 1 else 1)
+            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, g_num_threads if B == 1 else 1, 0, 1)
     else:
         for k in prange(nchunks, num_threads=nthreads, schedule='static'):
             b0 = <int>((<long>k * B) // nchunks)
             b1 = <int>((<long>(k + 1) * B) // nchunks)
-            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws + threadid() * per, 1)
+            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws + threadid() * per, 1, 0, 1)
     blas_threads_pop(1, saved)
 
 
+cdef void run_team(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
+                   float *ws, int nchunks) noexcept nogil:
+    """One thread of a team: every chunk in turn, on the shared workspace."""
+    cdef int k, b0, b1
+    cdef int tid = fl_omp_thread_num(), nt = fl_omp_num_threads()
+    for k in range(nchunks):
+        b0 = <int>((<long>k * B) // nchunks)
+        b1 = <int>((<long>(k + 1) * B) // nchunks)
+        run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, 1, tid, nt)
+
+
+cdef inline void sync(int nt) noexcept nogil:
+    if nt > 1:
+        fl_barrier()
+
+
 cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const float *x, float *y,
-                   float *h, float *c, float *ws, int inner) noexcept nogil:
+                   float *h, float *c, float *ws, int inner, int tid, int nt) noexcept nogil:
     """Rows b0:b0+nb of x (T, B, I) through every layer and the head, Tc steps at a time.
 
-    inner: threads a single stream (B = 1) may split its hidden units over."""
+    inner: threads a single stream (B = 1) may split its hidden units over.
+    tid, nt: this thread's place in the team working on these rows (nt = 1: alone).
+    Thread 0 of a team does the gathering, the head and the scattering."""
     cdef fl_fpmode_t mode = fl_flush_denormals()
     cdef long blk = <long>Tc * nb
     cdef float *xin = ws
@@ -351,6 +450,7 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const f
     cdef const float *inp
     cdef float *out
     cdef const float *res
+    cdef const Layer *L
     cdef int t0, tn, t, l, r, rows
     cdef int I = net.n_in, O = net.n_out
     t0 = 0
@@ -360,93 +460,153 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const f
         if nb == B:
             inp = x + <long>t0 * B * I
         else:
-            for t in range(tn):
-                memcpy(xin + <long>t * nb * I, x + (<long>(t0 + t) * B + b0) * I, nb * I * sizeof(float))
+            if tid == 0:
+                for t in range(tn):
+                    memcpy(xin + <long>t * nb * I, x + (<long>(t0 + t) * B + b0) * I, nb * I * sizeof(float))
             inp = xin
         for l in range(net.n_layers):
+            L = &net.layers[l]
             out = buf0 if l % 2 == 0 else buf1
-            run_layer(&net.layers[l], tn, nb, inp, out, h + <long>b0 * net.h_size, net.h_size,
-                      c + <long>b0 * net.c_size, net.c_size, gates, hfull, xh, inner)
+            # Every layer reads all of the previous one's output (or the gathered x).
+            sync(nt)
+            if nt == 1 or layer_splits(L):
+                run_layer(L, tn, nb, inp, out, h + <long>b0 * net.h_size, net.h_size,
+                          c + <long>b0 * net.c_size, net.c_size, gates, hfull, xh, inner, tid, nt)
+            elif tid == 0:
+                run_layer(L, tn, nb, inp, out, h + <long>b0 * net.h_size, net.h_size,
+                          c + <long>b0 * net.c_size, net.c_size, gates, hfull, xh, inner, 0, 1)
             inp = out
-        res = inp
-        if net.head_w != NULL:
-            fill_rows(yc, net.head_b, rows, O)
-            matmul_acc(rows, O, net.layers[net.n_layers - 1].width, inp,
-                       net.layers[net.n_layers - 1].width, net.head_w, O, yc, O)
-            if net.head_act == FL_ACT_SOFTMAX:
-                for r in range(rows):
-                    fl_softmax_row(yc + <long>r * O, O)
+        sync(nt)
+        if tid == 0:
+            res = inp
+            if net.head_w != NULL:
+                L = &net.layers[net.n_layers - 1]
+                fill_rows(yc, net.head_b, rows, O)
+                matmul_acc(rows, O, L.width, inp, L.width, net.head_w, O, yc, O)
+                if net.head_act == FL_ACT_SOFTMAX:
+                    for r in range(rows):
+                        fl_softmax_row(yc + <long>r * O, O)
+                else:
+                    fl_activate(net.head_act, yc, <long>rows * O)
+                res = yc
+            if nb == B:
+                memcpy(y + <long>t0 * B * O, res, <long>rows * O * sizeof(float))
             else:
-                fl_activate(net.head_act, yc, <long>rows * O)
-            res = yc
-        if nb == B:
-            memcpy(y + <long>t0 * B * O, res, <long>rows * O * sizeof(float))
-        else:
-            for t in range(tn):
-                memcpy(y + (<long>(t0 + t) * B + b0) * O, res + <long>t * nb * O, nb * O * sizeof(float))
+                for t in range(tn):
+                    memcpy(y + (<long>(t0 + t) * B + b0) * O, res + <long>t * nb * O, nb * O * sizeof(float))
         t0 += tn
     fl_restore_fpmode(mode)
 
 
+cdef inline void cell_step(const Layer *L, const Dir *D, int nb, float *gates, float *cs, int ldc,
+                           float *ho, int ldo, float *hfull, long u0, long u1) noexcept nogil:
+    """The cell update of one step, units u0:u1 of nb rows: gates (nb, 4H) -> c, and h into ho.
+
+    With a projection, h = (o * tanh(c)) @ W_proj, through hfull (nb, H); one
+    thread has all the units then."""
+    cdef int H = L.hidden, P = L.n_out, r
+    if D.w_proj == NULL:
+        fl_cell_rows(gates + u0, 4 * H, H, cs + u0, ldc, ho + u0, ldo, nb, u1 - u0, L.gate_act, L.cell_act)
+        return
+    fl_cell_rows(gates, 4 * H, H, cs, ldc, hfull, H, nb, H, L.gate_act, L.cell_act)
+    for r in range(nb):
+        memset(ho + <long>r * ldo, 0, P * sizeof(float))
+    matmul_acc(nb, P, H, hfull, H, D.w_proj, P, ho, ldo)
+
+
 cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out,
                     float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
-                    float *xh, int inner) noexcept nogil:
+                    float *xh, int inner, int tid, int nt) noexcept nogil:
     """One layer over tn steps of nb rows: inp (tn*nb, n_in) -> out (tn*nb, width).
 
     hrows/crows: the state of the first of the nb rows, one row per stream
     (row strides ldh, ldc); each direction's h and c sit at its offsets in a row.
-    xh: scratch for nb rows of [x | h]."""
+    xh: scratch for nb rows of [x | h].
+
+    Step t's h is written straight into its output rows and the next step reads
+    it from there; the state rows get the last one at the end.  A team thread
+    (nt > 1) computes only the gate columns and the c, h of its slice of hidden
+    units, so threads share no writes; they wait for each other only where a
+    product reads every unit of h."""
     cdef int G4 = 4 * L.hidden, H = L.hidden, P = L.n_out
     cdef int cat = L.n_dirs * P
     cdef int rows = tn * nb
     cdef int K = L.n_in + P
     cdef int d, s, t, dst, r
+    cdef bint packed_steps = L.dirs[0].w_panels != NULL and nb >= 3
     cdef bint stacked = tn == 1 and nb > 2
+    cdef long u0 = 0, u1 = H, v0, v1
     cdef const Dir *D
     cdef float *hs
     cdef float *cs
-    cdef float *hcell
-    cdef float *g
+    cdef float *ho
+    cdef const float *hprev
+    cdef int ldprev
+    if nt > 1:
+        fl_split_range(H, tid, nt, &u0, &u1)
     for d in range(L.n_dirs):
         D = &L.dirs[d]
         hs = hrows + D.h_off
         cs = crows + D.c_off
-        fill_rows(gates, D.bias, rows, G4)
         if nb == 1 and inner > 1 and D.w_proj == NULL and H >= SPLIT_MIN_HIDDEN:
             # One stream, big weights: split the hidden units over the threads.  A single
             # step's input projection is done inside (a BLAS call would run on one core).
+            fill_rows(gates, D.bias, rows, G4)
             if tn > 1:
                 matmul_w(rows, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
             fl_lstm_single(tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL, L.n_in, L.n_in,
                            D.w_x, H, hs, cs, hfull, out + d * P, cat, L.gate_act, L.cell_act, inner)
             continue
-        if stacked:
-            # One step of a batch: [x | h] @ [W_x; W_h] is one BLAS call instead of
-            # two (W_h is stored right after W_x), so the weights are packed once.
-            for r in range(nb):
-                memcpy(xh + <long>r * K, inp + <long>r * L.n_in, L.n_in * sizeof(float))
-                memcpy(xh + <long>r * K + L.n_in, hs + <long>r * ldh, P * sizeof(float))
-            matmul_w(nb, G4, K, xh, K, D, 0, gates, G4)
+        hprev = hs
+        ldprev = ldh
+        if packed_steps:
+            # Both products every step, on weights packed once: the step's gate tile
+            # stays in cache (a hoisted input projection wrote the whole block's gates
+            # first, and each step fetched its rows back from L3).
+            for s in range(tn):
+                t = tn - 1 - s if D.reverse else s
+                dst = s if L.go_backwards else t
+                ho = out + <long>dst * nb * cat + d * P
+                fill_units(gates, D.bias, nb, H, u0, u1)
+                matmul_units(nb, L.n_in, inp + <long>t * nb * L.n_in, L.n_in, D, 0, gates, H, u0, u1)
+                if s > 0:
+                    sync(nt)    # every thread's slice of the previous h is written
+                matmul_units(nb, P, hprev, ldprev, D, L.n_in, gates, H, u0, u1)
+                cell_step(L, D, nb, gates, cs, ldc, ho, cat, hfull, u0, u1)
+                hprev = ho
+                ldprev = cat
         else:
-            # Input projection of the whole block, hoisted out of the time loop.
-            matmul_w(rows, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
-        hcell = hfull if D.w_proj != NULL else hs
-        for s in range(tn):
-            t = tn - 1 - s if D.reverse else s
-            g = gates + <long>t * nb * G4
-            if not stacked:
-                matmul_w(nb, G4, P, hs, ldh, D, L.n_in, g, G4)
-            fl_cell_rows(g, G4, cs, ldc, hcell, H if D.w_proj != NULL else ldh, nb, H, L.gate_act, L.cell_act)
-            if D.w_proj != NULL:
+            fill_rows(gates, D.bias, rows, G4)
+            if stacked:
+                # One step of a batch through BLAS: [x | h] @ [W_x; W_h] is one call
+                # instead of two (W_h is stored right after W_x), so it packs once.
                 for r in range(nb):
-                    memset(hs + <long>r * ldh, 0, P * sizeof(float))
-                matmul_acc(nb, P, H, hfull, H, D.w_proj, P, hs, ldh)
-            # go_backwards layers emit in processing order (Keras); others re-align to input time.
-            dst = s if L.go_backwards else t
-            for r in range(nb):
-                memcpy(out + (<long>dst * nb + r) * cat + d * P, hs + <long>r * ldh, P * sizeof(float))
+                    memcpy(xh + <long>r * K, inp + <long>r * L.n_in, L.n_in * sizeof(float))
+                    memcpy(xh + <long>r * K + L.n_in, hs + <long>r * ldh, P * sizeof(float))
+                matmul_w(nb, G4, K, xh, K, D, 0, gates, G4)
+            else:
+                # Input projection of the whole block, hoisted out of the time loop.
+                matmul_w(rows, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
+            for s in range(tn):
+                t = tn - 1 - s if D.reverse else s
+                dst = s if L.go_backwards else t
+                ho = out + <long>dst * nb * cat + d * P
+                if not stacked:
+                    matmul_w(nb, G4, P, hprev, ldprev, D, L.n_in, gates + <long>t * nb * G4, G4)
+                cell_step(L, D, nb, gates + <long>t * nb * G4, cs, ldc, ho, cat, hfull, u0, u1)
+                hprev = ho
+                ldprev = cat
+        if tn == 1:
+            sync(nt)            # every thread's product has read the old state
+        # (With tn > 1 the barrier of the second step has already passed.)
+        v0 = 0 if D.w_proj != NULL else u0
+        v1 = P if D.w_proj != NULL else u1
+        for r in range(nb):
+            memcpy(hs + <long>r * ldh + v0, hprev + <long>r * cat + v0, (v1 - v0) * sizeof(float))
     if L.n_dirs == 2 and L.merge != FL_MERGE_CONCAT:
-        fl_merge_rows(out, out, rows, P, L.merge)
+        sync(nt)
+        if tid == 0:
+            fl_merge_rows(out, out, rows, P, L.merge)
 
 
 # ---------------------------------------------------------------------------

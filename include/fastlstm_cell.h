@@ -59,12 +59,13 @@ static inline void fl_cell_units(float *z, long gs, float *c, float *h, long n, 
     else fl_cell_units_generic(z, gs, c, h, n, gate_act, cell_act);
 }
 
-/* nrows rows of gates (row stride ldz) -> c rows (stride ldc), h rows (stride ldh). */
-static inline void fl_cell_rows(float *z, long ldz, float *c, long ldc, float *h, long ldh, long nrows,
-                                long H, int gate_act, int cell_act)
+/* nrows rows of gates (row stride ldz, gate stride gs) -> c rows (stride ldc), h rows
+ * (stride ldh); n units per row (a thread's slice passes pointers offset to it). */
+static inline void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc, float *h, long ldh,
+                                long nrows, long n, int gate_act, int cell_act)
 {
     for (long r = 0; r < nrows; r++)
-        fl_cell_units(z + r * ldz, H, c + r * ldc, h + r * ldh, H, gate_act, cell_act);
+        fl_cell_units(z + r * ldz, gs, c + r * ldc, h + r * ldh, n, gate_act, cell_act);
 }
 
 /* z[0:n] += v[0:k] @ W, W row-major (k, n) with row stride ldw.

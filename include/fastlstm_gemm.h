@@ -1,15 +1,21 @@
-/* C[m, n] += A[m, k] @ W for small m (a chunk of batch rows), with W packed
- * once at load into panels of 16 columns.
+/* C[m, n] += A[m, k] @ W with W packed once at load into panels of 16 columns.
  *
- * BLAS packs the weights again on every call; at the 3-64 rows of one step of
- * a batch that packing is as costly as the multiply (OpenBLAS ran 32x1536x4096
- * at 43 GFLOP/s here, this kernel at 64-70).  Panel p holds W[0:k, 16p:16p+16]
- * row-major (k x 16, zero-padded past n), panels ps floats apart, so a
- * product with rows k0.. of W starts at Wp + 16*k0 with the same ps.
+ * BLAS packs the weights again on every call; at the 3-128 rows of one step of
+ * a batch that packing costs as much as the multiply.  Panel p holds
+ * W[0:k, 16p:16p+16] row-major (k x 16, zero-padded past n), panels ps floats
+ * apart, so a product with rows k0.. of W starts at Wp + 16*k0 with the same
+ * ps, and one with columns 16*j0.. at Wp + j0*ps.
  *
- * The kernel is AVX-512 (eight rows x one zmm of 16 columns per pass over k,
- * so eight FMA chains are in flight); fl_packed_gemm_available() says whether
- * this CPU and compiler have it, and the caller uses BLAS otherwise.
+ * The register block is 8 rows x 2 panels (16 zmm accumulators): per step of k
+ * it loads two weight vectors and broadcasts eight A values for 16 FMAs, which
+ * keeps both FMA ports busy without running out of load slots (an 8 x 1 block
+ * ran 15-30% slower).  Rows go in blocks of 128 so that A stays in L2 while the
+ * panels stream past it.  Every output element is the same chain of FMAs over
+ * k in order, whichever block shape computes it, so results do not depend on m,
+ * on n, or on how a caller splits the columns over threads.
+ *
+ * fl_packed_gemm_available() says whether this CPU and compiler have AVX-512;
+ * the caller uses BLAS otherwise.
  */
 #ifndef FASTLSTM_GEMM_H
 #define FASTLSTM_GEMM_H
@@ -29,38 +35,60 @@ static int fl_packed_gemm_available(void)
     return known;
 }
 
+/* R rows (<= 8) x NP panels (<= 2); `last` masks the columns of the final panel. */
+__attribute__((target("avx512f"), always_inline))
+static inline void fl_gemm_block(const int R, const int NP, long k, const float *restrict a, long lda,
+                                 const float *restrict w, long ps, float *restrict c, long ldc,
+                                 __mmask16 last)
+{
+    __m512 acc[8][2];
+    for (int r = 0; r < R; r++)
+        for (int q = 0; q < NP; q++) acc[r][q] = _mm512_setzero_ps();
+    for (long i = 0; i < k; i++) {
+        __m512 wv[2];
+        for (int q = 0; q < NP; q++) wv[q] = _mm512_loadu_ps(w + q * ps + i * FL_PANEL);
+        for (int r = 0; r < R; r++) {
+            const __m512 av = _mm512_set1_ps(a[r * lda + i]);
+            for (int q = 0; q < NP; q++) acc[r][q] = _mm512_fmadd_ps(av, wv[q], acc[r][q]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int q = 0; q < NP; q++) {
+            const __mmask16 mask = q == NP - 1 ? last : (__mmask16)0xffff;
+            float *cc = c + r * ldc + q * FL_PANEL;
+            _mm512_mask_storeu_ps(cc, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cc), acc[r][q]));
+        }
+}
+
+/* Rows m0..m1 of one column group of NP panels, in blocks of 8, 4 and 1 rows. */
+__attribute__((target("avx512f"), always_inline))
+static inline void fl_gemm_rows(const int NP, long m0, long m1, long k, const float *A, long lda,
+                                const float *w, long ps, float *C, long ldc, __mmask16 last)
+{
+    long r = m0;
+    for (; r + 8 <= m1; r += 8) fl_gemm_block(8, NP, k, A + r * lda, lda, w, ps, C + r * ldc, ldc, last);
+    for (; r + 4 <= m1; r += 4) fl_gemm_block(4, NP, k, A + r * lda, lda, w, ps, C + r * ldc, ldc, last);
+    for (; r < m1; r++) fl_gemm_block(1, NP, k, A + r * lda, lda, w, ps, C + r * ldc, ldc, last);
+}
+
+#define FL_GEMM_ROW_BLOCK 128
+
 __attribute__((target("avx512f")))
 static void fl_gemm_packed(long m, long n, long k, const float *restrict A, long lda,
                            const float *restrict Wp, long ps, float *restrict C, long ldc)
 {
     const long np = (n + FL_PANEL - 1) / FL_PANEL;
-    for (long p = 0; p < np; p++) {
-        const float *w = Wp + p * ps;
-        const long j0 = p * FL_PANEL, nw = n - j0 < FL_PANEL ? n - j0 : FL_PANEL;
-        const __mmask16 mask = (__mmask16)((1u << nw) - 1u);
-        long r = 0;
-        for (; r + 8 <= m; r += 8) {
-            __m512 acc[8];
-            const float *a = A + r * lda;
-            for (int q = 0; q < 8; q++) acc[q] = _mm512_setzero_ps();
-            for (long i = 0; i < k; i++) {
-                const __m512 wv = _mm512_loadu_ps(w + i * FL_PANEL);
-                for (int q = 0; q < 8; q++)
-                    acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(a[q * lda + i]), wv, acc[q]);
-            }
-            for (int q = 0; q < 8; q++) {
-                float *c = C + (r + q) * ldc + j0;
-                _mm512_mask_storeu_ps(c, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, c), acc[q]));
-            }
+    const long tail = n - (np - 1) * FL_PANEL;
+    for (long m0 = 0; m0 < m; m0 += FL_GEMM_ROW_BLOCK) {
+        const long m1 = m - m0 < FL_GEMM_ROW_BLOCK ? m : m0 + FL_GEMM_ROW_BLOCK;
+        long p = 0;
+        for (; p + 2 <= np; p += 2) {
+            const __mmask16 last = p + 2 == np ? (__mmask16)((1u << tail) - 1u) : (__mmask16)0xffff;
+            fl_gemm_rows(2, m0, m1, k, A, lda, Wp + p * ps, ps, C + p * FL_PANEL, ldc, last);
         }
-        for (; r < m; r++) {
-            __m512 acc = _mm512_setzero_ps();
-            const float *a = A + r * lda;
-            for (long i = 0; i < k; i++)
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), _mm512_loadu_ps(w + i * FL_PANEL), acc);
-            float *c = C + r * ldc + j0;
-            _mm512_mask_storeu_ps(c, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, c), acc));
-        }
+        if (p < np)
+            fl_gemm_rows(1, m0, m1, k, A, lda, Wp + p * ps, ps, C + p * FL_PANEL, ldc,
+                         (__mmask16)((1u << tail) - 1u));
     }
 }
 #else

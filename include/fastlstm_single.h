@@ -19,9 +19,6 @@
 #include "fastlstm_fpmode.h"
 #include "fastlstm_omp.h"
 
-/* Units per slice are a multiple of this, so slices start on cache lines. */
-#define FL_UNIT_ALIGN 16
-
 /* tn steps of one direction.
  *   gates  (tn, 4H): bias (+ x @ W_x when x == NULL) already in; overwritten
  *   x      (tn, n_in) input rows (row stride ldx), or NULL: then each thread adds
@@ -32,15 +29,6 @@
  *   out    step t's h goes to out + dst * ldo, dst = processing index if
  *          go_backwards else t (re-aligned to input time)
  */
-static inline void fl_split_range(long n, int k, int nt, long *lo, long *hi)
-{
-    const long blocks = (n + FL_UNIT_ALIGN - 1) / FL_UNIT_ALIGN;
-    *lo = (blocks * k / nt) * FL_UNIT_ALIGN;
-    *hi = (blocks * (k + 1) / nt) * FL_UNIT_ALIGN;
-    if (*hi > n) *hi = n;
-    if (*lo > n) *lo = n;
-}
-
 static void fl_lstm_single(int tn, int reverse, int go_backwards, float *gates, const float *x, long ldx,
                            long n_in, const float *W, long H, float *h, float *c, float *hnext,
                            float *out, long ldo, int gate_act, int cell_act, int nthreads)

@@ -1,0 +1,102 @@
+"""A team of threads on one batch chunk: exact against one thread, and right against the oracle.
+
+When a batch has fewer row chunks than threads (a batch of 40 at H=256 is one chunk), the
+threads share each chunk, each computing the gates and state of its own slice of hidden
+units, with a barrier wherever a product needs all of h.  These tests pick shapes the
+engine really runs that way (checked through ``Network.plan``), then require every output
+and the final state to be bit-identical to a single-threaded run, and predict to match the
+float64 oracle.  Layers a team cannot split (a projection, a hidden size off the 16-unit
+slices) run on one thread of the team, in between split ones.
+"""
+
+import numpy as np
+import pytest
+
+import fastlstm
+import oracle
+from checks import assert_state_equal
+
+B, T = 40, 12
+
+
+def _stack(rng, parts):
+    """Concatenate random_stack pieces: parts = [(hidden, kwargs), ...], input 16."""
+    layers, n_in = [], 16
+    for hidden, kw in parts:
+        piece, _ = oracle.random_stack(rng, n_in, hidden, 1, **kw)
+        layers += piece
+        n_in = piece[0].output_size
+    head = oracle.torch_default_dense(rng, n_in, 5, "tanh")
+    return layers, head
+
+
+CASES = {
+    "two layers": [(256, {}), (256, {})],
+    "projection between": [(256, {}), (128, {"proj_size": 48}), (256, {})],
+    "odd hidden size between": [(256, {}), (40, {}), (256, {})],
+    "bidirectional sum": [(256, {"bidirectional": True, "merge_mode": "sum"}), (256, {})],
+    "bidirectional concat": [(256, {"bidirectional": True})],
+    "go_backwards": [(256, {"go_backwards": True})],
+}
+
+
+def _model(name):
+    layers, head = _stack(np.random.default_rng(7), CASES[name])
+    return fastlstm.Model(layers, head), layers, head
+
+
+def _run_all(model, x, h0, c0):
+    """Every batched entry point the engine has, from the same start state."""
+    out = {"predict": model.predict(x, fastlstm.State(h0, c0))}
+    if not model.streamable:
+        return out
+    s = model.stream(B)
+    s.state = fastlstm.State(h0, c0)
+    out["step"] = np.stack([s.step(x[t]) for t in range(T)])
+    out["step state"] = s.state
+    s = model.stream(B)
+    s.state = fastlstm.State(h0, c0)
+    out["step_many"] = np.concatenate([s.step_many(x[a:b]) for a, b in ((0, 5), (5, 6), (6, T))])
+    pool = model.pool(B)
+    ids = np.array([pool.open() for _ in range(B)])
+    for k, sid in enumerate(ids):
+        pool.set_state(sid, fastlstm.State([a[k] for a in h0], [a[k] for a in c0]))
+    out["pool"] = np.stack([pool.step(ids, x[t]) for t in range(T)])
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_team_matches_one_thread_and_oracle(name, restore_threads):
+    model, layers, head = _model(name)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((T, B, 16)).astype(np.float32)
+    start = oracle.random_state(rng, layers, batch=B)
+    h0, c0 = start.h, start.c
+
+    fastlstm.set_num_threads(2)
+    assert model._net.plan(B) == "team", "the shapes no longer reach the team path; pick bigger ones"
+    two = _run_all(model, x, h0, c0)
+    fastlstm.set_num_threads(1)
+    assert model._net.plan(B) == "chunks"
+    one = _run_all(model, x, h0, c0)
+
+    for key, value in one.items():
+        if isinstance(value, fastlstm.State):
+            assert_state_equal(value, two[key])
+        else:
+            assert np.array_equal(value, two[key]), key
+
+    want, _ = oracle.forward(layers, head, x, state=fastlstm.State(h0, c0))
+    assert np.max(np.abs(one["predict"] - want)) <= 2e-6
+
+
+def test_three_threads_split_unevenly(restore_threads):
+    """16 hidden-unit slices of 256 over 3 threads (6/5/5 panels) still give identical results."""
+    model, layers, head = _model("two layers")
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((T, B, 16)).astype(np.float32)
+    fastlstm.set_num_threads(1)
+    one = model.predict(x)
+    fastlstm.set_num_threads(3)
+    assert model._net.plan(B) == "team"
+    assert np.array_equal(one, model.predict(x))
