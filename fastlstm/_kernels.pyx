@@ -36,6 +36,9 @@ cdef extern from "fastlstm_gemm.h" nogil:
     int fl_packed_gemm_available()
     void fl_gemm_packed(long m, long n, long k, const float *A, long lda, const float *Wp, long ps,
                         float *C, long ldc)
+    void fl_pack_a(long m, long k, float *ap, long i0, long i1, const float *src, long lds)
+    void fl_gemm_apacked(long m, long n, long k, const float *ap, const float *Wp, long ps, const float *bias,
+                         float *C, long ldc)
 
 cdef extern from "fastlstm_single.h" nogil:
     void fl_lstm_single(int tn, int reverse, int go_backwards, float *gates, const float *x, long ldx,
@@ -163,29 +166,21 @@ cdef inline void matmul_w(int m, int n, int k, const float *A, int lda, const Di
         matmul_acc(m, n, k, A, lda, D.w_x + <long>k0 * n, n, C, ldc)
 
 
-cdef inline void matmul_units(int m, int k, const float *A, int lda, const Dir *D, int k0, float *gates,
-                              int H, long u0, long u1) noexcept nogil:
-    """gates[m, 4H] += A @ rows k0:k0+k of [W_x; W_h], in the four gate columns of units u0:u1 only.
+cdef inline void matmul_units(int m, int k, const float *ap, const Dir *D, float *gates, int H,
+                              long u0, long u1) noexcept nogil:
+    """gates[m, 4H] = bias + A @ [W_x; W_h] in the four gate columns of units u0:u1 only (A
+    packed by fl_pack_a, k = n_in + n_out wide).
 
-    A slice needs the packed kernel (the caller checks), whose every output is
-    the same FMA chain whatever columns a call covers: a thread's slice gives
-    bit for bit what the whole product does."""
+    Every output is the same FMA chain whatever columns a call covers, so a
+    thread's slice gives bit for bit what the whole product does."""
     cdef long ps = <long>(D.n_stack) * FL_PANEL
     cdef int q
     if u0 == 0 and u1 == H:
-        matmul_w(m, 4 * H, k, A, lda, D, k0, gates, 4 * H)
+        fl_gemm_apacked(m, 4 * H, k, ap, D.w_panels, ps, D.bias, gates, 4 * H)
         return
     for q in range(4):
-        fl_gemm_packed(m, u1 - u0, k, A, lda, D.w_panels + ((q * H + u0) // FL_PANEL) * ps + <long>k0 * FL_PANEL,
-                       ps, gates + q * H + u0, 4 * H)
-
-
-cdef inline void fill_units(float *gates, const float *bias, int rows, int H, long u0, long u1) noexcept nogil:
-    """The four gate columns of units u0:u1 of each gate row <- bias."""
-    cdef int r, q
-    for r in range(rows):
-        for q in range(4):
-            memcpy(gates + <long>r * 4 * H + q * H + u0, bias + q * H + u0, (u1 - u0) * sizeof(float))
+        fl_gemm_apacked(m, u1 - u0, k, ap, D.w_panels + ((q * H + u0) // FL_PANEL) * ps, ps,
+                        D.bias + q * H + u0, gates + q * H + u0, 4 * H)
 
 
 cdef inline void fill_rows(float *dst, const float *row, int nrows, int n) noexcept nogil:
@@ -351,7 +346,7 @@ cdef int max_chunk_rows(const Net *net, int B) noexcept nogil:
 cdef long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil:
     cdef long blk = <long>Tc * rows
     return (pad16(blk * net.n_in) + pad16(blk * net.max_gates) + 2 * pad16(blk * net.max_cat)
-            + pad16(blk * net.n_out) + pad16(<long>rows * net.max_hidden) + pad16(<long>rows * net.max_stack))
+            + pad16(blk * net.n_out) + pad16(<long>rows * net.max_hidden) + 2 * pad16(<long>rows * net.max_stack))
 
 
 cdef inline long pad16(long n) noexcept nogil:
@@ -521,7 +516,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
 
     hrows/crows: the state of the first of the nb rows, one row per stream
     (row strides ldh, ldc); each direction's h and c sit at its offsets in a row.
-    xh: scratch for nb rows of [x | h].
+    xh: scratch for two packed copies of nb rows of [x | h].
 
     Step t's h is written straight into its output rows and the next step reads
     it from there; the state rows get the last one at the end.  A team thread
@@ -535,7 +530,9 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     cdef int d, s, t, dst, r
     cdef bint packed_steps = L.dirs[0].w_panels != NULL and nb >= 3
     cdef bint stacked = tn == 1 and nb > 2
-    cdef long u0 = 0, u1 = H, v0, v1
+    cdef long u0 = 0, u1 = H, v0, v1, x0, x1
+    cdef long flip = 0
+    cdef float *ap
     cdef const Dir *D
     cdef float *hs
     cdef float *cs
@@ -560,18 +557,27 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
         hprev = hs
         ldprev = ldh
         if packed_steps:
-            # Both products every step, on weights packed once: the step's gate tile
-            # stays in cache (a hoisted input projection wrote the whole block's gates
-            # first, and each step fetched its rows back from L3).
+            # Both products every step as one, [x_t | h] @ [W_x; W_h], into a gate
+            # tile that stays in cache (hoisting the input projection wrote a whole
+            # block of gates that each step then fetched back from L3).  A is packed
+            # for the kernel; each thread packs its share of x_t's columns and the
+            # columns of its own h units, which it wrote itself, so one barrier per
+            # step suffices.  The packed A alternates between two buffers so a thread
+            # may pack the next step while the others still read this one.
+            v0 = 0 if D.w_proj != NULL else u0
+            v1 = P if D.w_proj != NULL else u1
+            x0 = L.n_in * tid // nt
+            x1 = L.n_in * (tid + 1) // nt
             for s in range(tn):
                 t = tn - 1 - s if D.reverse else s
                 dst = s if L.go_backwards else t
                 ho = out + <long>dst * nb * cat + d * P
-                fill_units(gates, D.bias, nb, H, u0, u1)
-                matmul_units(nb, L.n_in, inp + <long>t * nb * L.n_in, L.n_in, D, 0, gates, H, u0, u1)
-                if s > 0:
-                    sync(nt)    # every thread's slice of the previous h is written
-                matmul_units(nb, P, hprev, ldprev, D, L.n_in, gates, H, u0, u1)
+                ap = xh + (flip % 2) * pad16(<long>nb * K)
+                flip += 1
+                fl_pack_a(nb, K, ap, x0, x1, inp + <long>t * nb * L.n_in + x0, L.n_in)
+                fl_pack_a(nb, K, ap, L.n_in + v0, L.n_in + v1, hprev + v0, ldprev)
+                sync(nt)
+                matmul_units(nb, K, ap, D, gates, H, u0, u1)
                 cell_step(L, D, nb, gates, cs, ldc, ho, cat, hfull, u0, u1)
                 hprev = ho
                 ldprev = cat
@@ -596,9 +602,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 cell_step(L, D, nb, gates + <long>t * nb * G4, cs, ldc, ho, cat, hfull, u0, u1)
                 hprev = ho
                 ldprev = cat
-        if tn == 1:
-            sync(nt)            # every thread's product has read the old state
-        # (With tn > 1 the barrier of the second step has already passed.)
+        # A thread reads and writes only its own units of the state (packing above).
         v0 = 0 if D.w_proj != NULL else u0
         v1 = P if D.w_proj != NULL else u1
         for r in range(nb):
