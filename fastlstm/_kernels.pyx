@@ -40,10 +40,20 @@ cdef extern from "fastlstm_gemm.h" nogil:
     void fl_gemm_apacked(long m, long n, long k, const float *ap, const float *Wp, long ps, const float *bias,
                          float *C, long ldc)
 
+cdef extern from "fastlstm_omp.h" nogil:
+    int FL_HAVE_OPENMP
+    int fl_omp_thread_num()
+    int fl_omp_num_threads()
+    ctypedef struct fl_spin_barrier:
+        pass
+    void fl_spin_barrier_wait(fl_spin_barrier *b, int nt)
+    void fl_split_range(long n, int k, int nt, long *lo, long *hi)
+
 cdef extern from "fastlstm_single.h" nogil:
-    void fl_lstm_single(int tn, int reverse, int go_backwards, float *gates, const float *x, long ldx,
-                        long n_in, const float *W, long H, float *h, float *c, float *hnext,
-                        float *out, long ldo, int gate_act, int cell_act, int nthreads)
+    void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, int reverse, int go_backwards,
+                             float *gates, const float *x, long ldx, long n_in, const float *W, long H,
+                             float *h, float *c, float *hnext, float *out, long ldo, int gate_act,
+                             int cell_act)
 
 cdef extern from "fastlstm_cell.h" nogil:
     void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc, float *h, long ldh, long nrows,
@@ -58,13 +68,6 @@ cdef extern from "fastlstm_fpmode.h" nogil:
     ctypedef unsigned int fl_fpmode_t
     fl_fpmode_t fl_flush_denormals()
     void fl_restore_fpmode(fl_fpmode_t old)
-
-cdef extern from "fastlstm_omp.h" nogil:
-    int FL_HAVE_OPENMP
-    int fl_omp_thread_num()
-    int fl_omp_num_threads()
-    void fl_barrier()
-    void fl_split_range(long n, int k, int nt, long *lo, long *hi)
 
 
 # ---------------------------------------------------------------------------
@@ -310,11 +313,11 @@ cdef class Network:
                       <float *>cnp.PyArray_DATA(ws), per, nchunks, nthreads)
 
 
-# A single stream's layer is split over threads from this hidden size on.  Below
-# it the two barriers per step (waking sleeping threads) cost about what the split
-# saves: at H=256 a step went 158 -> 136 us but a 200-step predict 11.8 -> 13.8 ms,
-# while at H=1024 both ran 2.4x faster.
-DEF SPLIT_MIN_HIDDEN = 512
+# A single stream's layer is split over a team from this hidden size on: its
+# weights then outgrow one core's L2, and the split streams half from each.
+# (At H=256, 2 threads: a 200-step predict 10.7 -> 6.8 ms, a step 158 -> 69 us;
+# at H=128 the weights fit one L2 and the two barriers per step ate the gain.)
+DEF SPLIT_MIN_HIDDEN = 256
 
 # Rows per batch chunk.  Each chunk re-reads every weight once per step, so
 # chunks of layers whose weights leave L2 are taller (64 rows ran the packed
@@ -354,22 +357,27 @@ cdef inline long pad16(long n) noexcept nogil:
     return (n + 15) & ~15
 
 
-cdef bint layer_splits(const Layer *L) noexcept nogil:
-    """Whether a team can split this layer's hidden units: the packed kernel, and
-    gate blocks that start on a 16-column panel.  (Projection layers need every
-    unit's h before their product, so one thread runs them.)"""
-    return L.dirs[0].w_panels != NULL and L.hidden % FL_PANEL == 0 and L.dirs[0].w_proj == NULL
+cdef bint layer_splits(const Layer *L, int nb) noexcept nogil:
+    """Whether a team can split this layer's hidden units for chunks of nb rows.
+
+    One row: a hidden size worth two barriers per step (fastlstm_single.h).
+    3+ rows: the packed kernel, and gate blocks that start on a 16-column panel.
+    Projection layers need every unit's h before their product, so one thread
+    runs them, as it does 2-row chunks (too little work to share)."""
+    if L.dirs[0].w_proj != NULL:
+        return False
+    if nb == 1:
+        return L.hidden >= SPLIT_MIN_HIDDEN
+    return nb >= 3 and L.dirs[0].w_panels != NULL and L.hidden % FL_PANEL == 0
 
 
 cdef bint team_pays(const Net *net, int rows) noexcept nogil:
     """Whether chunks of this many rows are worth a team of threads each."""
     cdef int l
     cdef const Layer *L
-    if rows < 3:
-        return False
     for l in range(net.n_layers):
         L = &net.layers[l]
-        if layer_splits(L) and 2.0 * rows * L.n_out * 4 * L.hidden >= TEAM_MIN_FLOPS:
+        if layer_splits(L, rows) and (rows == 1 or 2.0 * rows * L.n_out * 4 * L.hidden >= TEAM_MIN_FLOPS):
             return True
     return False
 
@@ -393,45 +401,45 @@ cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float 
     rounding of some products with its thread count (seen at M=3, N=1040)."""
     cdef int k, b0, b1
     cdef int saved[MAX_BLAS_LIBS]
+    cdef fl_spin_barrier bar
+    memset(&bar, 0, sizeof(bar))
     blas_threads_push(1, saved)
     if use_team(net, B, nchunks):
         with parallel(num_threads=g_num_threads):
-            run_team(net, T, Tc, B, x, y, h, c, ws, nchunks)
+            run_team(net, T, Tc, B, x, y, h, c, ws, nchunks, &bar)
     elif nthreads <= 1:
         for k in range(nchunks):
             b0 = <int>((<long>k * B) // nchunks)
             b1 = <int>((<long>(k + 1) * B) // nchunks)
-            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, g_num_threads if B == 1 else 1, 0, 1)
+            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, 0, 1, &bar)
     else:
         for k in prange(nchunks, num_threads=nthreads, schedule='static'):
             b0 = <int>((<long>k * B) // nchunks)
             b1 = <int>((<long>(k + 1) * B) // nchunks)
-            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws + threadid() * per, 1, 0, 1)
+            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws + threadid() * per, 0, 1, &bar)
     blas_threads_pop(1, saved)
 
 
 cdef void run_team(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
-                   float *ws, int nchunks) noexcept nogil:
+                   float *ws, int nchunks, fl_spin_barrier *bar) noexcept nogil:
     """One thread of a team: every chunk in turn, on the shared workspace."""
     cdef int k, b0, b1
     cdef int tid = fl_omp_thread_num(), nt = fl_omp_num_threads()
     for k in range(nchunks):
         b0 = <int>((<long>k * B) // nchunks)
         b1 = <int>((<long>(k + 1) * B) // nchunks)
-        run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, 1, tid, nt)
+        run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, tid, nt, bar)
 
 
-cdef inline void sync(int nt) noexcept nogil:
-    if nt > 1:
-        fl_barrier()
+cdef inline void sync(fl_spin_barrier *bar, int nt) noexcept nogil:
+    fl_spin_barrier_wait(bar, nt)
 
 
 cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const float *x, float *y,
-                   float *h, float *c, float *ws, int inner, int tid, int nt) noexcept nogil:
+                   float *h, float *c, float *ws, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
     """Rows b0:b0+nb of x (T, B, I) through every layer and the head, Tc steps at a time.
 
-    inner: threads a single stream (B = 1) may split its hidden units over.
-    tid, nt: this thread's place in the team working on these rows (nt = 1: alone).
+    tid, nt, bar: this thread's place in the team working on these rows (nt = 1: alone).
     Thread 0 of a team does the gathering, the head and the scattering."""
     cdef fl_fpmode_t mode = fl_flush_denormals()
     cdef long blk = <long>Tc * nb
@@ -463,15 +471,15 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const f
             L = &net.layers[l]
             out = buf0 if l % 2 == 0 else buf1
             # Every layer reads all of the previous one's output (or the gathered x).
-            sync(nt)
-            if nt == 1 or layer_splits(L):
+            sync(bar, nt)
+            if nt == 1 or layer_splits(L, nb):
                 run_layer(L, tn, nb, inp, out, h + <long>b0 * net.h_size, net.h_size,
-                          c + <long>b0 * net.c_size, net.c_size, gates, hfull, xh, inner, tid, nt)
+                          c + <long>b0 * net.c_size, net.c_size, gates, hfull, xh, tid, nt, bar)
             elif tid == 0:
                 run_layer(L, tn, nb, inp, out, h + <long>b0 * net.h_size, net.h_size,
-                          c + <long>b0 * net.c_size, net.c_size, gates, hfull, xh, inner, 0, 1)
+                          c + <long>b0 * net.c_size, net.c_size, gates, hfull, xh, 0, 1, bar)
             inp = out
-        sync(nt)
+        sync(bar, nt)
         if tid == 0:
             res = inp
             if net.head_w != NULL:
@@ -511,7 +519,7 @@ cdef inline void cell_step(const Layer *L, const Dir *D, int nb, float *gates, f
 
 cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out,
                     float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
-                    float *xh, int inner, int tid, int nt) noexcept nogil:
+                    float *xh, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
     """One layer over tn steps of nb rows: inp (tn*nb, n_in) -> out (tn*nb, width).
 
     hrows/crows: the state of the first of the nb rows, one row per stream
@@ -545,14 +553,18 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
         D = &L.dirs[d]
         hs = hrows + D.h_off
         cs = crows + D.c_off
-        if nb == 1 and inner > 1 and D.w_proj == NULL and H >= SPLIT_MIN_HIDDEN:
-            # One stream, big weights: split the hidden units over the threads.  A single
-            # step's input projection is done inside (a BLAS call would run on one core).
-            fill_rows(gates, D.bias, rows, G4)
-            if tn > 1:
-                matmul_w(rows, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
-            fl_lstm_single(tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL, L.n_in, L.n_in,
-                           D.w_x, H, hs, cs, hfull, out + d * P, cat, L.gate_act, L.cell_act, inner)
+        if nb == 1 and nt > 1:
+            # One stream, big weights: the team splits the gemv's columns, then the
+            # units (fastlstm_single.h).  A single step's input projection is done
+            # inside; a block's is hoisted, by one thread.
+            if tid == 0:
+                fill_rows(gates, D.bias, rows, G4)
+                if tn > 1:
+                    matmul_w(rows, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
+            sync(bar, nt)
+            fl_lstm_single_part(tid, nt, bar, tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL,
+                                L.n_in, L.n_in, D.w_x, H, hs, cs, hfull, out + d * P, cat, L.gate_act,
+                                L.cell_act)
             continue
         hprev = hs
         ldprev = ldh
@@ -576,7 +588,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 flip += 1
                 fl_pack_a(nb, K, ap, x0, x1, inp + <long>t * nb * L.n_in + x0, L.n_in)
                 fl_pack_a(nb, K, ap, L.n_in + v0, L.n_in + v1, hprev + v0, ldprev)
-                sync(nt)
+                sync(bar, nt)
                 matmul_units(nb, K, ap, D, gates, H, u0, u1)
                 cell_step(L, D, nb, gates, cs, ldc, ho, cat, hfull, u0, u1)
                 hprev = ho
@@ -608,7 +620,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
         for r in range(nb):
             memcpy(hs + <long>r * ldh + v0, hprev + <long>r * cat + v0, (v1 - v0) * sizeof(float))
     if L.n_dirs == 2 and L.merge != FL_MERGE_CONCAT:
-        sync(nt)
+        sync(bar, nt)
         if tid == 0:
             fl_merge_rows(out, out, rows, P, L.merge)
 

@@ -2,6 +2,9 @@
 #ifndef FASTLSTM_OMP_H
 #define FASTLSTM_OMP_H
 
+#include <sched.h>
+#include <stddef.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #define FL_HAVE_OPENMP 1
@@ -13,13 +16,62 @@ static inline int fl_omp_thread_num(void) { return 0; }
 static inline int fl_omp_num_threads(void) { return 1; }
 #endif
 
-/* A barrier of the enclosing parallel region.  Only for threads working as one
- * team on the same rows; every thread of the team must reach the same barriers. */
-static inline void fl_barrier(void)
+/* A barrier for the threads of one parallel region that expect to wait only
+ * briefly (a step's work is split evenly): spin on a shared generation counter
+ * for FL_SPIN_ROUNDS pauses, then sleep on it (a futex) until the last thread
+ * arrives.
+ *
+ * libgomp's barrier under OMP_WAIT_POLICY=PASSIVE sleeps at once, and waking
+ * a thread costs 10-50 us, more than a whole step of a 256-unit layer; under
+ * ACTIVE it spins without end.  On a loaded machine a spinning (or yielding)
+ * waiter is worse than a sleeping one: an idle core is what lets the scheduler
+ * move the thread being waited for onto it.  Zero the struct before the
+ * parallel region; every thread of the team must pass the same barriers. */
+#define FL_SPIN_ROUNDS 1000
+
+typedef struct {
+    int count, gen, sleepers;
+    char pad[52];            /* a cache line of its own */
+} fl_spin_barrier;
+
+static inline void fl_cpu_relax(void)
 {
-#ifdef _OPENMP
-#pragma omp barrier
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_ia32_pause();
 #endif
+}
+
+#ifdef __linux__
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void fl_sleep_while(int *addr, int val) { syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0); }
+static void fl_wake_all(int *addr) { syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0); }
+#else
+static void fl_sleep_while(int *addr, int val) { (void)addr; (void)val; sched_yield(); }
+static void fl_wake_all(int *addr) { (void)addr; }
+#endif
+
+static void fl_spin_barrier_wait(fl_spin_barrier *b, int nt)
+{
+    if (nt <= 1) return;
+    const int gen = __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == nt) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        /* seq_cst pairs with the sleepers' increment: either a sleeper sees the
+         * new generation before it sleeps, or this sees the sleeper. */
+        __atomic_store_n(&b->gen, gen + 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&b->sleepers, __ATOMIC_SEQ_CST) > 0) fl_wake_all(&b->gen);
+        return;
+    }
+    for (int spins = 0; spins < FL_SPIN_ROUNDS; spins++) {
+        if (__atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) != gen) return;
+        fl_cpu_relax();
+    }
+    __atomic_add_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&b->gen, __ATOMIC_SEQ_CST) == gen) fl_sleep_while(&b->gen, gen);
+    __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_RELAXED);
 }
 
 /* Units per slice are a multiple of this, so slices start on cache lines and

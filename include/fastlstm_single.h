@@ -1,9 +1,9 @@
-/* One direction of one layer for a single stream (batch of one row), over
- * several threads.
+/* One direction of one layer for a single stream (batch of one row), split
+ * over the threads of a team (_kernels.pyx: run_team).
  *
  * A single stream's step is a matrix-vector product: memory-bound once the
- * weights leave one core's L2 (used from H = 512), so two cores -- each streaming
- * its own half of the weights -- are up to twice as fast.  Each step has two
+ * weights leave one core's L2, so two cores -- each streaming its own half of
+ * the weights from its own L2 -- are up to twice as fast.  Each step has two
  * phases, each ended by a barrier:
  *   1. thread k computes a contiguous range of the 4H gate columns (long
  *      contiguous runs of every weight row, which the prefetchers stream well);
@@ -16,60 +16,48 @@
 #define FASTLSTM_SINGLE_H
 
 #include "fastlstm_cell.h"
-#include "fastlstm_fpmode.h"
 #include "fastlstm_omp.h"
 
-/* tn steps of one direction.
+/* This thread's part (tid of nt, barrier bar) of tn steps of one direction.
  *   gates  (tn, 4H): bias (+ x @ W_x when x == NULL) already in; overwritten
  *   x      (tn, n_in) input rows (row stride ldx), or NULL: then each thread adds
  *          its columns of x @ W_x itself (used for a single step, where a separate
- *          BLAS call would run on one core)
+ *          product would run on one core)
  *   W      (n_in + H, 4H) row-major [W_x; W_h], gate columns [i f o g]
  *   h, c   (H,) state in/out;  hnext (H,) scratch
  *   out    step t's h goes to out + dst * ldo, dst = processing index if
  *          go_backwards else t (re-aligned to input time)
  */
-static void fl_lstm_single(int tn, int reverse, int go_backwards, float *gates, const float *x, long ldx,
-                           long n_in, const float *W, long H, float *h, float *c, float *hnext,
-                           float *out, long ldo, int gate_act, int cell_act, int nthreads)
+static void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, int reverse,
+                                int go_backwards, float *gates, const float *x, long ldx, long n_in,
+                                const float *W, long H, float *h, float *c, float *hnext, float *out,
+                                long ldo, int gate_act, int cell_act)
 {
     const long G4 = 4 * H;
     const float *Wh = W + n_in * G4;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads)
-#endif
-    {
-        fl_fpmode_t mode = fl_flush_denormals();
-        const int tid = fl_omp_thread_num(), nt = fl_omp_num_threads();
-        long c0, c1, u0, u1;
-        fl_split_range(G4, tid, nt, &c0, &c1);
-        fl_split_range(H, tid, nt, &u0, &u1);
-        float *hin = h, *hout = hnext;
-        for (int s = 0; s < tn; s++) {
-            const int t = reverse ? tn - 1 - s : s;
-            float *g = gates + (long)t * G4;
-            if (c1 > c0) {
-                if (x != NULL) fl_gemv_acc(x + (long)t * ldx, n_in, W + c0, G4, c1 - c0, g + c0);
-                fl_gemv_acc(hin, H, Wh + c0, G4, c1 - c0, g + c0);
-            }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-            if (u1 > u0) {
-                fl_cell_units(g + u0, H, c + u0, hout + u0, u1 - u0, gate_act, cell_act);
-                float *o = out + (long)(go_backwards ? s : t) * ldo;
-                for (long j = u0; j < u1; j++) o[j] = hout[j];
-            }
-            /* Everyone has read hin and written its part of hout. */
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-            float *tmp = hin; hin = hout; hout = tmp;
+    long c0, c1, u0, u1;
+    fl_split_range(G4, tid, nt, &c0, &c1);
+    fl_split_range(H, tid, nt, &u0, &u1);
+    float *hin = h, *hout = hnext;
+    for (int s = 0; s < tn; s++) {
+        const int t = reverse ? tn - 1 - s : s;
+        float *g = gates + (long)t * G4;
+        if (c1 > c0) {
+            if (x != NULL) fl_gemv_acc(x + (long)t * ldx, n_in, W + c0, G4, c1 - c0, g + c0);
+            fl_gemv_acc(hin, H, Wh + c0, G4, c1 - c0, g + c0);
         }
-        if (hin != h)
-            for (long j = u0; j < u1; j++) h[j] = hin[j];
-        fl_restore_fpmode(mode);
+        fl_spin_barrier_wait(bar, nt);
+        if (u1 > u0) {
+            fl_cell_units(g + u0, H, c + u0, hout + u0, u1 - u0, gate_act, cell_act);
+            float *o = out + (long)(go_backwards ? s : t) * ldo;
+            for (long j = u0; j < u1; j++) o[j] = hout[j];
+        }
+        /* Everyone has read hin and written its part of hout. */
+        fl_spin_barrier_wait(bar, nt);
+        float *tmp = hin; hin = hout; hout = tmp;
     }
+    if (hin != h)
+        for (long j = u0; j < u1; j++) h[j] = hin[j];
 }
 
 #endif /* FASTLSTM_SINGLE_H */

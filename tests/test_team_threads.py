@@ -100,3 +100,34 @@ def test_three_threads_split_unevenly(restore_threads):
     fastlstm.set_num_threads(3)
     assert model._net.plan(B) == "team"
     assert np.array_equal(one, model.predict(x))
+
+
+@pytest.mark.parametrize("name", ["two layers", "projection between", "bidirectional concat"])
+def test_single_stream_team(name, restore_threads):
+    """One stream: the team splits each big layer's gemv columns, then its units."""
+    model, layers, head = _model(name)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((T, 16)).astype(np.float32)
+
+    def run():
+        out = {"predict": model.predict(x)}
+        if model.streamable:
+            s = model.stream()
+            out["step"] = np.stack([s.step(x[t]) for t in range(T)])
+            s = model.stream()
+            out["step_many"] = np.concatenate([s.step_many(x[a:b]) for a, b in ((0, 1), (1, 7), (7, T))])
+            out["state"] = s.state
+        return out
+
+    fastlstm.set_num_threads(2)
+    assert model._net.plan(1) == "team"
+    two = run()
+    fastlstm.set_num_threads(1)
+    one = run()
+    for key, value in one.items():
+        if isinstance(value, fastlstm.State):
+            assert_state_equal(value, two[key])
+        else:
+            assert np.array_equal(value, two[key]), key
+    want, _ = oracle.forward(layers, head, x)
+    assert np.max(np.abs(one["predict"] - want)) <= 2e-6
