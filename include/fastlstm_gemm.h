@@ -41,6 +41,13 @@ static int fl_packed_gemm_available(void)
     return known;
 }
 
+/* Weight rows a block asks for ahead of use.  A panel pair of a step's product
+ * (k x 32 floats, 48 KB at k = 384) does not fit L1, so each row block streams
+ * it from L2 again, and the hardware prefetcher alone left the FMAs waiting on
+ * those loads: prefetching 16 rows ahead ran the step shapes 10% faster.  (A
+ * prefetch past the end of a panel is harmless: prefetches never fault.) */
+#define FL_PREFETCH_ROWS 16
+
 /* R rows (<= 12) x NP panels (<= 2) over all k: c += a @ w, or with a bias
  * row c = bias + a @ w (the sums start from the bias and c is not read).  Element (r, i) of A is at
  * a[r * ars + i * ais]: ars = lda, ais = 1 for a plain row-major A; ars = 1,
@@ -59,7 +66,10 @@ static inline void fl_gemm_block(const int R, const int NP, long k, const float 
     }
     for (long i = 0; i < k; i++) {
         __m512 wv[2];
-        for (int q = 0; q < NP; q++) wv[q] = _mm512_loadu_ps(w + q * ps + i * FL_PANEL);
+        for (int q = 0; q < NP; q++) {
+            wv[q] = _mm512_loadu_ps(w + q * ps + i * FL_PANEL);
+            _mm_prefetch((const char *)(w + q * ps + (i + FL_PREFETCH_ROWS) * FL_PANEL), _MM_HINT_T0);
+        }
         for (int r = 0; r < R; r++) {
             const __m512 av = _mm512_set1_ps(a[r * ars + i * ais]);
             for (int q = 0; q < NP; q++) acc[r][q] = _mm512_fmadd_ps(av, wv[q], acc[r][q]);
