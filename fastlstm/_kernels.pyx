@@ -538,7 +538,8 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     cdef int d, s, t, dst, r
     cdef bint packed_steps = L.dirs[0].w_panels != NULL and nb >= 3
     cdef bint stacked = tn == 1 and nb > 2
-    cdef long u0 = 0, u1 = H, v0, v1, x0, x1
+    cdef long u0 = 0, u1 = H, v0, v1, x0, x1, c0, c1
+    cdef long ps = <long>(L.n_in + L.n_out) * FL_PANEL
     cdef long flip = 0
     cdef float *ap
     cdef const Dir *D
@@ -556,8 +557,17 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
         if nb == 1 and nt > 1:
             # One stream, big weights: the team splits the gemv's columns, then the
             # units (fastlstm_single.h).  A single step's input projection is done
-            # inside; a block's is hoisted, by one thread.
-            if tid == 0:
+            # inside; a block's is hoisted, split by columns when matmul_w would use
+            # the packed kernel (whose outputs do not depend on the split), else by
+            # one thread.
+            if D.w_panels != NULL and rows >= 3:
+                fl_split_range(G4, tid, nt, &c0, &c1)
+                for r in range(rows):
+                    memcpy(gates + <long>r * G4 + c0, D.bias + c0, (c1 - c0) * sizeof(float))
+                if c1 > c0:
+                    fl_gemm_packed(rows, c1 - c0, L.n_in, inp, L.n_in, D.w_panels + (c0 // FL_PANEL) * ps,
+                                   ps, gates + c0, G4)
+            elif tid == 0:
                 fill_rows(gates, D.bias, rows, G4)
                 if tn > 1:
                     matmul_w(rows, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
