@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import frameworks as fw  # noqa: E402
 
 
-def timeit(fn, sample_s=0.03, repeats=9):
-    """Median seconds per call of ``fn`` (calibrated loops; the calibration warms it up)."""
+def _calibrate(fn, sample_s):
+    """Calls of ``fn`` per sample so one sample lasts about ``sample_s`` (the loop warms it up)."""
     n = 1
     while True:
         t0 = time.perf_counter()
@@ -49,7 +49,12 @@ def timeit(fn, sample_s=0.03, repeats=9):
         if dt >= sample_s / 2:
             break
         n *= 2
-    n = max(1, int(n * sample_s / dt))
+    return max(1, int(n * sample_s / max(dt, 1e-9)))
+
+
+def timeit(fn, sample_s=0.03, repeats=9):
+    """Median seconds per call of ``fn`` (calibrated loops; the calibration warms it up)."""
+    n = _calibrate(fn, sample_s)
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -68,18 +73,7 @@ def time_interleaved(fns, sample_s, repeats, settle_s=0.0):
     needs (and vice versa), and the previous callable has evicted this one's
     weights from the caches.
     """
-    ns = {}
-    for k, fn in fns.items():
-        n = 1
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            dt = time.perf_counter() - t0
-            if dt >= sample_s / 2:
-                break
-            n *= 2
-        ns[k] = max(1, int(n * sample_s / max(dt, 1e-9)))
+    ns = {k: _calibrate(fn, sample_s) for k, fn in fns.items()}
     res = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
