@@ -20,14 +20,14 @@ from ._kernels import openmp_enabled  # noqa: E402
 from ._streams import Stream, StreamPool  # noqa: E402
 from ._threads import get_num_threads, set_num_threads  # noqa: E402
 from .layers import Dense, LSTMLayer, LSTMWeights  # noqa: E402
-from .loaders import LoadWarning, from_keras, from_torch, load  # noqa: E402
+from .loaders import LoadError, LoadWarning, from_keras, from_torch, load  # noqa: E402
 from .model import Model  # noqa: E402
 from .state import State  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "load", "from_torch", "from_keras", "LoadWarning",
+    "load", "from_torch", "from_keras", "LoadError", "LoadWarning",
     "Model", "Stream", "StreamPool", "State", "LSTMLayer", "LSTMWeights", "Dense",
     "openmp_enabled", "set_num_threads", "get_num_threads", "__version__",
 ]

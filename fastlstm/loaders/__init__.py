@@ -10,21 +10,52 @@ Public entry points (re-exported by :mod:`fastlstm`):
 File loading needs neither torch nor Keras (h5py only for Keras files) and never runs
 code from the file.  Each reader produces a :class:`~._common.Spec`; only
 :func:`~._common.build_model` touches the engine.
+
+Every file is read within the caps of :mod:`._limits` (file size, a memory budget derived
+from it, zip member counts, the HDF5 child's memory and time), and every problem with a
+file's content surfaces as :class:`LoadError`, a ValueError naming the file: see
+:func:`_reading`, the one place where other exception types are turned into it.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
 import os
+import stat
 
-from ._common import LoadWarning, Spec, build_model, open_zip
+from ._common import LoadWarning, Spec, build_model, describe_keys, open_zip
+from ._limits import MAX_FILE_BYTES, Budget, shown
 from .keras_files import is_hdf5, read_keras_h5, read_keras_zip
 from .native import is_native, save_model, spec_from_native
 from .safetensors_io import looks_like_safetensors, read_safetensors
 from .torch_state import OVERRIDES, check_overrides, spec_from_state_dict
 from .torch_zip import LEGACY_MAGIC, read_torch_zip, sniff as sniff_torch_zip
 
-__all__ = ["load", "from_torch", "from_keras", "save_model", "read_spec", "LoadWarning", "Spec"]
+__all__ = ["load", "from_torch", "from_keras", "save_model", "read_spec", "LoadError", "LoadWarning", "Spec"]
+
+
+class LoadError(ValueError):
+    """A model file is corrupt, hostile, too large or of an unsupported kind; the message names the
+    file and the cause.  A ValueError, so ``except ValueError`` catches it too."""
+
+
+@contextlib.contextmanager
+def _reading(source):
+    """Turn whatever reading ``source``'s content raises into a :class:`LoadError` naming the file.
+
+    The readers raise ValueError with precise messages for everything they check; any other
+    type escaping them (an OverflowError deep in NumPy, a RecursionError, a KeyError) still
+    means a bad file, never a bad argument, so it is reported as one rather than leaking out.
+    """
+    try:
+        yield
+    except LoadError:
+        raise
+    except ValueError as exc:
+        msg = str(exc)
+        raise LoadError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+    except (ArithmeticError, LookupError, RecursionError, TypeError, AttributeError, MemoryError) as exc:
+        raise LoadError(f"{source}: corrupt or unsupported file ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 #: Overrides a PyTorch file accepts: the torch ones, plus ``key`` to pick the state_dict
 #: out of a training checkpoint (``{"model_state_dict": ..., "optimizer": ...}``).
@@ -32,16 +63,37 @@ _FILE_OVERRIDES = OVERRIDES + ("key",)
 
 
 def _read_source(path):
-    """Return ``(bytes, label)`` for a path or a binary file object."""
+    """Return ``(bytes, label)`` for a path or a binary file object, at most MAX_FILE_BYTES of it.
+
+    Paths must name regular files (a device such as /dev/zero, a FIFO or a directory never
+    ends or never starts); the size is checked before reading, and again on the bytes read.
+    """
     if hasattr(path, "read"):
-        data = path.read()
+        source = str(getattr(path, "name", "<file object>"))
+        data = path.read(MAX_FILE_BYTES + 1)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("path: the file object must be opened in binary mode")
-        return bytes(data), getattr(path, "name", "<file object>")
+        return _capped(bytes(data), source), source
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path: expected a file path or a binary file object, got {type(path).__name__}")
-    with open(path, "rb") as f:
-        return f.read(), os.fsdecode(os.fspath(path))
+    source = os.fsdecode(os.fspath(path))
+    # O_NONBLOCK: opening a FIFO must not wait for a writer before we can refuse it.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb", closefd=True) as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise LoadError(f"{source}: not a regular file; fastlstm.load reads model files only")
+        _capped(info.st_size, source)
+        return _capped(f.read(MAX_FILE_BYTES + 1), source), source
+
+
+def _capped(data, source):
+    """``data`` (bytes, or a size) if within MAX_FILE_BYTES, else LoadError."""
+    size = data if isinstance(data, int) else len(data)
+    if size > MAX_FILE_BYTES:
+        raise LoadError(f"{source}: the file has more than {MAX_FILE_BYTES:,} bytes, the largest model file "
+                        "fastlstm reads")
+    return data
 
 
 def _no_overrides(overrides, kind):
@@ -51,24 +103,57 @@ def _no_overrides(overrides, kind):
 
 
 def spec_from_bytes(data, source, **overrides):
-    """Detect the format of ``data`` (a whole file) and read it into a Spec."""
+    """Detect the format of ``data`` (a whole file) and read it into a Spec.
+
+    Overrides are checked as arguments (TypeError/ValueError naming them) outside :func:`_reading`;
+    everything about the file's content raises :class:`LoadError`.
+    """
+    check_overrides(overrides, _FILE_OVERRIDES)
+    if "key" in overrides:
+        try:
+            hash(overrides["key"])
+        except TypeError:
+            raise TypeError(f"key: expected a dict key (a str), got {type(overrides['key']).__name__}") from None
+    budget = Budget(len(data), source)
+    with _reading(source):
+        kind, parsed = _detect(data, source)
+    if kind == "safetensors":
+        check_overrides(overrides)  # no ``key``: a safetensors file is one flat mapping
+    elif kind != "torch":
+        _no_overrides(overrides, kind)
+    with _reading(source):
+        if kind == "torch":
+            return _spec_from_torch(data, source, overrides, budget)
+        if kind == ".keras file":
+            return read_keras_zip(data, source, budget)
+        if kind == "Keras .h5 file":
+            return read_keras_h5(data, source, budget)
+        tensors, metadata, start = parsed
+        if kind == "fastlstm file":
+            return spec_from_native(tensors, metadata, data, start, source)
+        return spec_from_state_dict(tensors, source, **overrides)
+
+
+def _detect(data, source):
+    """``(kind, parsed)``: the format of ``data``; ``parsed`` is the safetensors parse where one was needed."""
     if not data:
         raise ValueError(f"{source}: the file is empty")
     if data.startswith(LEGACY_MAGIC):
         raise ValueError(f"{source}: this is a pre-1.6 PyTorch file (legacy non-zip format), which can only be read "
                          "by unpickling arbitrary objects; re-save it with a current torch.save(model.state_dict())")
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return _spec_from_zip(data, source, overrides)
+        names = open_zip(data, source).namelist()
+        if "config.json" in names and any(n.startswith("model.weights") for n in names):
+            return ".keras file", None
+        if sniff_torch_zip(names) is None:
+            raise ValueError(f"{source}: a zip archive that is neither a PyTorch file nor a .keras file "
+                             f"(members: {describe_keys(names, 8)})")
+        return "torch", None
     if is_hdf5(data):
-        _no_overrides(overrides, "Keras .h5 file")
-        return read_keras_h5(data, source)
+        return "Keras .h5 file", None
     if looks_like_safetensors(data[:9]):
-        tensors, metadata, start = read_safetensors(data, source)
-        if is_native(metadata):
-            _no_overrides(overrides, "fastlstm file")
-            return spec_from_native(tensors, metadata, data, start, source)
-        check_overrides(overrides)
-        return spec_from_state_dict(tensors, source, **overrides)
+        parsed = read_safetensors(data, source)
+        return ("fastlstm file" if is_native(parsed[1]) else "safetensors"), parsed
     if data[:1] == b"\x80":
         raise ValueError(f"{source}: this looks like a bare pickle; fastlstm never unpickles arbitrary files. Save "
                          "a state_dict with torch.save (zip format) or use safetensors")
@@ -76,25 +161,16 @@ def spec_from_bytes(data, source, **overrides):
                      "safetensors, Keras .keras and .h5 files, and fastlstm's own files")
 
 
-def _spec_from_zip(data, source, overrides):
-    names = open_zip(io.BytesIO(data), source).namelist()
-    if "config.json" in names and any(n.startswith("model.weights") for n in names):
-        _no_overrides(overrides, ".keras file")
-        return read_keras_zip(data, source)
-    kind = sniff_torch_zip(names)
-    if kind is None:
-        raise ValueError(f"{source}: a zip archive that is neither a PyTorch file nor a .keras file "
-                         f"(members: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
-    check_overrides(overrides, _FILE_OVERRIDES)
+def _spec_from_torch(data, source, overrides, budget):
     overrides = dict(overrides)
     key = overrides.pop("key", None)
-    obj = read_torch_zip(data, source)  # refuses TorchScript and forbidden globals
+    obj = read_torch_zip(data, source, budget)  # refuses TorchScript and forbidden globals
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             keys = list(obj) if isinstance(obj, dict) else []
-            raise ValueError(f"{source}: key={key!r} is not in the file (top-level keys: {keys[:20]})")
+            raise ValueError(f"{source}: key={shown(key)} is not in the file (top-level keys: {describe_keys(keys)})")
         obj = obj[key]
-        source = f"{source}[{key!r}]"
+        source = f"{source}[{shown(key)}]"
     if not isinstance(obj, dict):
         raise ValueError(f"{source}: the file holds a {type(obj).__name__}, not a state_dict")
     return spec_from_state_dict(obj, source, **overrides)
@@ -112,7 +188,9 @@ def load(path, **overrides):
     Reads PyTorch ``torch.save(state_dict)`` files (.pt/.pth), safetensors with PyTorch
     names, Keras 3 ``.keras``, Keras 2 / legacy ``.h5`` and fastlstm's own files.  Needs
     neither torch nor Keras, and never executes code from the file: anything it cannot
-    represent exactly raises ``ValueError`` naming the layer, key or option.
+    represent exactly, and any corrupt, hostile or oversized file, raises :class:`LoadError`
+    (a ``ValueError``) naming the file and the layer, key or cause.  Reads stay within the
+    caps in README.md ("Security and limits"); a path must name a regular file.
 
     ``overrides`` apply to PyTorch state_dict files only (a state_dict cannot record them):
     ``head_activation`` ('linear' by default, with a :class:`LoadWarning`), ``return_sequences``
@@ -150,11 +228,12 @@ def from_keras(obj):
 
     if isinstance(obj, (str, bytes, os.PathLike)) or hasattr(obj, "read"):
         data, source = _read_source(obj)
-        if is_hdf5(data):
-            return build_model(read_keras_h5(data, source))
-        if data[:4] == b"PK\x03\x04":
-            return build_model(read_keras_zip(data, source))
-        raise ValueError(f"{source}: not a Keras .keras or .h5 file; use fastlstm.load for other formats")
+        with _reading(source):
+            if is_hdf5(data):
+                return build_model(read_keras_h5(data, source))
+            if data[:4] == b"PK\x03\x04":
+                return build_model(read_keras_zip(data, source))
+            raise ValueError(f"{source}: not a Keras .keras or .h5 file; use fastlstm.load for other formats")
     if not is_keras_model(obj):
         raise TypeError(f"obj: expected a Keras model or a path to a .keras/.h5 file, got {type(obj).__name__}")
     return build_model(spec_from_keras_object(obj))

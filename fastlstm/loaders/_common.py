@@ -9,7 +9,10 @@ the compute code.
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import struct
 import sys
 import warnings
 import zipfile
@@ -19,6 +22,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..layers import Dense, LSTMLayer, check_stack
+from ._limits import JSON_BYTES_PER_TEXT_BYTE, MAX_DEFLATE_RATIO, MAX_ZIP_DIRECTORY_BYTES, MAX_ZIP_MEMBERS, shown
 
 
 class LoadWarning(UserWarning):
@@ -74,70 +78,120 @@ def float_weight(value, key, source, ndim=None):
     """
     arr = np.asarray(value)
     if arr.dtype.kind not in _FLOAT_KINDS:
-        raise ValueError(f"{source}: tensor {key!r} has dtype {arr.dtype}; expected a floating-point weight")
+        raise ValueError(f"{source}: tensor {shown(key)} has dtype {arr.dtype}; expected a floating-point weight")
     if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{source}: tensor {key!r} has shape {arr.shape}; expected a {ndim}-d array")
+        raise ValueError(f"{source}: tensor {shown(key)} has shape {arr.shape}; expected a {ndim}-d array")
     if arr.size == 0:
-        raise ValueError(f"{source}: tensor {key!r} is empty (shape {arr.shape})")
+        raise ValueError(f"{source}: tensor {shown(key)} is empty (shape {arr.shape})")
     out = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.all(np.isfinite(out)):
         what = "NaN" if np.isnan(out).any() else "infinite"
         if np.all(np.isfinite(arr)):
             what = "values too large for float32 (they overflow to inf)"
-        raise ValueError(f"{source}: tensor {key!r} contains {what} values; refusing to load a broken weight")
+        raise ValueError(f"{source}: tensor {shown(key)} contains {what} values; refusing to load a broken weight")
     return out
+
+
+def parse_json(text, what, source, budget, **hooks):
+    """``json.loads(text, **hooks)`` for file content: the parsed size is charged to ``budget`` first,
+    and every failure (bad UTF-8 or JSON, nesting deep enough to exhaust the stack, an error
+    from a hook) is a ValueError naming ``what``."""
+    budget.charge(JSON_BYTES_PER_TEXT_BYTE * len(text), f"parsing {what} ({len(text):,} bytes of JSON)")
+    try:
+        if isinstance(text, (bytes, bytearray)):
+            text = text.decode("utf-8")  # strictly: json.loads would also guess UTF-16 and UTF-32
+        return json.loads(text, **hooks)
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{source}: {what} is not valid JSON ({str(exc)[:200]})") from None
 
 
 def check_shape(arr, expected, key, source):
     if tuple(arr.shape) != tuple(expected):
-        raise ValueError(f"{source}: tensor {key!r} has shape {tuple(arr.shape)}; expected {tuple(expected)}")
+        raise ValueError(f"{source}: tensor {shown(key)} has shape {tuple(arr.shape)}; expected {tuple(expected)}")
 
 
 # --- zip archives -----------------------------------------------------------------
 
-#: Largest member we agree to read.  Weights of any LSTM worth streaming on a CPU are far
-#: below this; a declared size above it is a corrupt or hostile archive.
-MAX_MEMBER_BYTES = 1 << 32
-#: A deflated member may not claim to expand more than this (zip-bomb guard).
-MAX_DEFLATE_RATIO = 1000
+_EOCD = struct.Struct("<4s4H2LH")          # end of central directory record
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 
 
-def open_zip(fileobj, source):
+def _central_directory_size(data):
+    """The central directory size ``zipfile`` will read, from the end record (None if absent).
+
+    Found the way ``zipfile`` finds it (the last end record, zip64 if flagged), so that the
+    directory can be refused before ``zipfile`` parses every entry into objects.
+    """
+    at = len(data) - _EOCD.size
+    if at < 0:
+        return None
+    if data[at:at + 4] != b"PK\x05\x06":
+        at = data.rfind(b"PK\x05\x06", max(0, len(data) - _EOCD.size - 0xFFFF))
+        if at < 0 or at + _EOCD.size > len(data):
+            return None
+    size = _EOCD.unpack_from(data, at)[6]
+    loc = at - _ZIP64_LOCATOR.size
+    if loc >= 0 and data[loc:loc + 4] == b"PK\x06\x07":
+        z64 = _ZIP64_LOCATOR.unpack_from(data, loc)[2]
+        if z64 + _ZIP64_EOCD.size <= len(data) and data[z64:z64 + 4] == b"PK\x06\x06":
+            size = _ZIP64_EOCD.unpack_from(data, z64)[8]
+    return size
+
+
+def open_zip(data, source):
+    """A ``zipfile.ZipFile`` over the bytes ``data``, refusing oversized directories up front.
+
+    Everything after this is linear in the member count, which is capped at MAX_ZIP_MEMBERS.
+    """
+    directory = _central_directory_size(data)
+    if directory is not None and directory > MAX_ZIP_DIRECTORY_BYTES:
+        raise ValueError(f"{source}: the zip directory takes {directory:,} bytes (limit {MAX_ZIP_DIRECTORY_BYTES:,}); "
+                         "a model archive has a few entries per tensor")
     try:
-        zf = zipfile.ZipFile(fileobj)
+        zf = zipfile.ZipFile(io.BytesIO(data))
         names = zf.namelist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, KeyError,
-            IndexError, UnicodeDecodeError, NotImplementedError) as exc:
+            IndexError, UnicodeDecodeError, NotImplementedError, struct.error) as exc:
         raise ValueError(f"{source}: not a readable zip archive ({exc})") from None
+    if len(names) > MAX_ZIP_MEMBERS:
+        raise ValueError(f"{source}: zip archive has {len(names):,} members (limit {MAX_ZIP_MEMBERS:,})")
     if len(set(names)) != len(names):
         raise ValueError(f"{source}: zip archive has duplicate member names; refusing an ambiguous file")
     return zf
 
 
-def read_member(zf, name, source, limit=MAX_MEMBER_BYTES):
-    """Read one zip member with size caps and the CRC check ``zipfile`` performs on a full read."""
+def read_member(zf, name, source, budget, limit=None):
+    """Read one zip member, charging its size to ``budget``, with the CRC check ``zipfile`` performs.
+
+    The declared size is checked (against ``limit``, the budget and MAX_DEFLATE_RATIO times the
+    compressed size) before anything is decompressed, and ``zipfile`` stops decompressing at
+    the declared size, so a member that lies about its size is truncated or fails its CRC
+    rather than expanding without bound.
+    """
     try:
         info = zf.getinfo(name)
     except KeyError:
-        raise ValueError(f"{source}: archive member {name!r} is missing") from None
-    if info.file_size > limit:
-        raise ValueError(f"{source}: archive member {name!r} declares {info.file_size} bytes (limit {limit})")
+        raise ValueError(f"{source}: archive member {shown(name)} is missing") from None
+    if limit is not None and info.file_size > limit:
+        raise ValueError(f"{source}: archive member {shown(name)} declares {info.file_size} bytes (limit {limit})")
     if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
-        raise ValueError(f"{source}: archive member {name!r} expands too much; refusing a possible zip bomb")
+        raise ValueError(f"{source}: archive member {shown(name)} expands too much; refusing a possible zip bomb")
+    budget.charge(info.file_size, f"archive member {shown(name)}")
     try:
         data = zf.read(info)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError,
             UnicodeDecodeError) as exc:
         # zipfile raises these for bad CRCs, truncated data, unknown compression, encryption.
-        raise ValueError(f"{source}: archive member {name!r} is corrupt ({exc})") from None
+        raise ValueError(f"{source}: archive member {shown(name)} is corrupt ({exc})") from None
     except Exception as exc:  # zlib.error and friends: still a corrupt file, never a crash
-        raise ValueError(f"{source}: archive member {name!r} is corrupt ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{source}: archive member {shown(name)} is corrupt ({type(exc).__name__}: {exc})") from None
     if len(data) != info.file_size:
-        raise ValueError(f"{source}: archive member {name!r} is truncated")
+        raise ValueError(f"{source}: archive member {shown(name)} is truncated")
     return data
 
 
 def describe_keys(keys, limit=20):
     keys = list(keys)
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+    text = ", ".join(shown(k) for k in keys[:limit])
+    return text + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ..layers import HEAD_ACTIVATIONS, Dense, LSTMLayer, LSTMWeights
 from ._common import float_weight, make_spec
+from ._limits import shown
 
 #: Layers that do nothing at inference time.
 IDENTITY_LAYERS = frozenset({"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
@@ -36,7 +37,7 @@ _REFUSED_WHY = {
 
 def _fail(source, entry, why):
     name = entry.get("config", {}).get("name") if isinstance(entry.get("config"), dict) else None
-    raise ValueError(f"{source}: layer {name!r} ({entry.get('class_name')}): {why}")
+    raise ValueError(f"{source}: layer {shown(name)} ({str(entry.get('class_name'))[:80]}): {why}")
 
 
 def _opt(source, entry, key, types, default):
@@ -45,7 +46,7 @@ def _opt(source, entry, key, types, default):
     if value is None and default is None:
         return None
     if not isinstance(value, types) or (types in (int, (int,)) and isinstance(value, bool)):
-        _fail(source, entry, f"config {key}={value!r} has the wrong type")
+        _fail(source, entry, f"config {key}={shown(value)} has the wrong type")
     return value
 
 
@@ -82,7 +83,7 @@ def cell_activation(source, entry, key, major, default):
             return "hard_sigmoid"
         _fail(source, entry, f"{key}='hard_sigmoid' means different formulas in Keras 2 and 3, and the file "
                              "records no keras_version")
-    _fail(source, entry, f"{key}={raw!r} is not supported (supported: sigmoid, tanh, hard_sigmoid, relu, linear)")
+    _fail(source, entry, f"{key}={shown(raw)} is not supported (supported: sigmoid, tanh, hard_sigmoid, relu, linear)")
 
 
 def _check_names(source, entry, weights, expected, direction=None):
@@ -99,8 +100,8 @@ def _check_names(source, entry, weights, expected, direction=None):
         scope = [p for p in parts[1:] if p.startswith(("forward_", "backward_"))]
         wrong_dir = direction is not None and scope and not scope[-1].startswith(direction + "_")
         if parts[-1].split(":")[0] != want or wrong_dir:
-            _fail(source, entry, f"weight {name!r} found where the {direction + ' ' if direction else ''}"
-                                 f"{want!r} was expected")
+            _fail(source, entry, f"weight {shown(name)} found where the {direction + ' ' if direction else ''}"
+                                 f"{shown(want)} was expected")
 
 
 def _lstm_weights(source, entry, units, use_bias, weights, direction=None, label=None):
@@ -124,7 +125,7 @@ def _lstm_weights(source, entry, units, use_bias, weights, direction=None, label
 def _lstm_options(source, entry, major):
     units = _opt(source, entry, "units", int, None)
     if units is None or units <= 0:
-        _fail(source, entry, f"units={units!r} must be a positive integer")
+        _fail(source, entry, f"units={shown(units)} must be a positive integer")
     if _opt(source, entry, "return_state", bool, False):
         _fail(source, entry, "return_state=True makes the layer return extra tensors; not supported")
     return dict(units=units,
@@ -155,7 +156,7 @@ def _bidirectional_layer(source, entry, major, weights):
         _fail(source, entry, f"wraps a {fwd.get('class_name')}; only Bidirectional(LSTM) is supported")
     merge = entry["config"].get("merge_mode", "concat")
     if merge not in ("concat", "sum", "mul", "ave"):
-        _fail(source, entry, f"merge_mode={merge!r} is not supported (concat, sum, mul, ave are)")
+        _fail(source, entry, f"merge_mode={shown(merge)} is not supported (concat, sum, mul, ave are)")
     fo = _lstm_options(source, fwd, major)
     if fo["go_backwards"]:
         _fail(source, entry, "wraps an LSTM with go_backwards=True, which swaps the directions; not supported")
@@ -167,7 +168,8 @@ def _bidirectional_layer(source, entry, major, weights):
         bo = _lstm_options(source, bwd, major)
         for k in ("units", "activation", "recurrent_activation", "use_bias", "return_sequences"):
             if bo[k] != fo[k]:
-                _fail(source, entry, f"backward_layer has {k}={bo[k]!r} but the forward layer has {fo[k]!r}; "
+                _fail(source, entry, f"backward_layer has {k}={shown(bo[k])} but the forward layer has "
+                                     f"{shown(fo[k])}; "
                                      "fastlstm needs both directions alike")
         if not bo["go_backwards"]:
             _fail(source, entry, "backward_layer must have go_backwards=True")
@@ -183,10 +185,10 @@ def _bidirectional_layer(source, entry, major, weights):
 def _dense(source, entry, weights, wrapper=None):
     units = _opt(source, entry, "units", int, None)
     if units is None or units <= 0:
-        _fail(source, wrapper or entry, f"units={units!r} must be a positive integer")
+        _fail(source, wrapper or entry, f"units={shown(units)} must be a positive integer")
     act = _activation_name(entry["config"].get("activation", "linear"))
     if act not in HEAD_ACTIVATIONS:
-        _fail(source, wrapper or entry, f"activation={entry['config'].get('activation')!r} is not supported "
+        _fail(source, wrapper or entry, f"activation={shown(entry['config'].get('activation'))} is not supported "
                                         f"(supported: {', '.join(HEAD_ACTIVATIONS)})")
     if entry["config"].get("lora_rank") or entry["config"].get("quantization_config"):
         _fail(source, wrapper or entry, "LoRA or quantized Dense weights are not supported")
@@ -230,7 +232,7 @@ def spec_from_chain(chain, keras_version, get_weights, source):
             if cls == "Activation":
                 act = _activation_name(cfg.get("activation"))
                 if head.activation != "linear" or act not in HEAD_ACTIVATIONS:
-                    _fail(source, entry, f"activation {act!r} after a Dense with activation {head.activation!r} "
+                    _fail(source, entry, f"activation {shown(act)} after a Dense with activation {head.activation!r} "
                                          "cannot be folded into one head")
                 head = Dense(head.weight, head.bias, act)
             continue
@@ -280,7 +282,7 @@ def _inbound(source, entry):
     nodes = entry.get("inbound_nodes")
     if not isinstance(nodes, list) or len(nodes) != 1:
         count = len(nodes) if isinstance(nodes, list) else nodes
-        _fail(source, entry, f"is called {count!r} times; only a simple chain of layers is supported")
+        _fail(source, entry, f"is called {shown(count)} times; only a simple chain of layers is supported")
     node = nodes[0]
     if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         args, kwargs = node.get("args"), node.get("kwargs", {})
@@ -308,7 +310,7 @@ def _endpoint(source, value, what):
         value = value[0]
     if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
         return value[0]
-    raise ValueError(f"{source}: the model must have exactly one {what}; got {value!r:.200}")
+    raise ValueError(f"{source}: the model must have exactly one {what}; got {shown(value)}")
 
 
 def chain_from_config(model_config, source):
@@ -325,7 +327,7 @@ def chain_from_config(model_config, source):
             raise ValueError(f"{source}: model config has no 'config' object")
         layers = cfg.get("layers")
     else:
-        raise ValueError(f"{source}: model class {cls!r} is not supported; only Sequential and Functional models "
+        raise ValueError(f"{source}: model class {shown(cls)} is not supported; only Sequential and Functional models "
                          "have a config fastlstm can read (subclassed models do not)")
     if not isinstance(layers, list) or not all(isinstance(e, dict) for e in layers):
         raise ValueError(f"{source}: model config has no layer list")
@@ -342,18 +344,18 @@ def chain_from_config(model_config, source):
     for e in layers:
         name = e.get("config", {}).get("name") if isinstance(e.get("config"), dict) else None
         if not isinstance(name, str) or name in by_name:
-            raise ValueError(f"{source}: layer names in the config are missing or repeated ({name!r})")
+            raise ValueError(f"{source}: layer names in the config are missing or repeated ({shown(name)})")
         by_name[name] = e
     first = _endpoint(source, cfg.get("input_layers"), "input")
     last = _endpoint(source, cfg.get("output_layers"), "output")
     chain, name = [], last
     while name != first:
         if name not in by_name or len(chain) > len(layers):
-            raise ValueError(f"{source}: layer {name!r} is referenced but not defined (or the graph has a cycle)")
+            raise ValueError(f"{source}: layer {shown(name)} is referenced but not defined (or the graph has a cycle)")
         chain.append(by_name[name])
         name = _inbound(source, by_name[name])
     if first not in by_name:
-        raise ValueError(f"{source}: input layer {first!r} is not defined")
+        raise ValueError(f"{source}: input layer {shown(first)} is not defined")
     chain.append(by_name[first])
     chain.reverse()
     off = [e["config"]["name"] for e in layers if all(e is not c for c in chain)]

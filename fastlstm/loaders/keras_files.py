@@ -18,11 +18,10 @@ is training data, not part of the model, and is ignored.
 
 from __future__ import annotations
 
-import io
-import json
 import re
 
-from ._common import describe_keys, open_zip, read_member
+from ._common import describe_keys, open_zip, parse_json, read_member
+from ._limits import HDF5_CHILD_BASE_BYTES, Budget, hdf5_child_seconds, hdf5_max_chunks, shown
 from .hdf5_reader import HDF5Error, extract
 from .keras_config import chain_from_config, spec_from_chain
 
@@ -40,17 +39,27 @@ def is_hdf5(data: bytes) -> bool:
     return False
 
 
-def _extract(data, source, skip):
+#: A variable number, as .keras files name them ("0", "1", ...): ASCII digits only, since
+#: ``str.isdigit`` accepts characters such as '²' that ``int`` then refuses.
+_INDEX = re.compile(r"[0-9]{1,9}")
+
+
+def _extract(data, source, skip, budget):
+    """Parse HDF5 bytes in the child process, within the load's budget and the child's limits."""
     try:
-        return extract(data, skip)
+        attrs, datasets = extract(data, skip, budget=budget.left, max_chunks=hdf5_max_chunks(budget.file_size),
+                                  address_space=HDF5_CHILD_BASE_BYTES + 2 * budget.left,
+                                  seconds=hdf5_child_seconds(budget.file_size))
     except HDF5Error as exc:
         raise ValueError(f"{source}: {exc}") from None
+    budget.charge(sum(getattr(v, "nbytes", 0) for v in datasets.values()), "the HDF5 datasets")
+    return attrs, datasets
 
 
 def _array(datasets, path, source):
     value = datasets[path]
     if isinstance(value, tuple):
-        raise ValueError(f"{source}: dataset {path!r} has dtype {value[0]}; expected floating-point weights")
+        raise ValueError(f"{source}: dataset {shown(path)} has dtype {value[0]}; expected floating-point weights")
     return value
 
 
@@ -76,11 +85,8 @@ def _attr_text(attrs, key):
     return value if isinstance(value, str) else None
 
 
-def _json(text, what, source):
-    try:
-        return json.loads(text)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise ValueError(f"{source}: {what} is not valid JSON ({exc})") from None
+def _json(text, what, source, budget=None):
+    return parse_json(text, what, source, Budget(len(text), source) if budget is None else budget)
 
 
 def snake_case(name):
@@ -106,22 +112,23 @@ def _check_unused(all_paths, used, ignore, source):
                          f"{describe_keys(unused)}; refusing to load part of the model")
 
 
-def read_keras_zip(data, source):
-    """Spec from the bytes of a ``.keras`` archive."""
-    zf = open_zip(io.BytesIO(data), source)
+def read_keras_zip(data, source, budget=None):
+    """Spec from the bytes of a ``.keras`` archive (within ``budget``; by default that of its size)."""
+    budget = Budget(len(data), source) if budget is None else budget
+    zf = open_zip(data, source)
     names = set(zf.namelist())
     if "config.json" not in names:
         raise ValueError(f"{source}: not a .keras archive (no config.json)")
     if "model.weights.h5" not in names:
         raise ValueError(f"{source}: .keras archive has no model.weights.h5 (sharded or missing weights are not "
                          "supported)")
-    config = _json(read_member(zf, "config.json", source, MAX_CONFIG_BYTES), "config.json", source)
+    config = _json(read_member(zf, "config.json", source, budget, MAX_CONFIG_BYTES), "config.json", source, budget)
     version = None
     if "metadata.json" in names:
-        meta = _json(read_member(zf, "metadata.json", source, MAX_CONFIG_BYTES), "metadata.json", source)
+        meta = _json(read_member(zf, "metadata.json", source, budget, MAX_CONFIG_BYTES), "metadata.json", source, budget)
         version = meta.get("keras_version") if isinstance(meta, dict) else None
-    _, datasets = _extract(read_member(zf, "model.weights.h5", source), f"{source}: model.weights.h5",
-                           ("optimizer/",))
+    _, datasets = _extract(read_member(zf, "model.weights.h5", source, budget), f"{source}: model.weights.h5",
+                           ("optimizer/",), budget)
     return keras3_spec(datasets, config, version, source)
 
 
@@ -139,7 +146,7 @@ def keras3_spec(datasets, config, version, source):
         out = []
         for sub in _KERAS3_VARS.get(entry.get("class_name"), ()):
             prefix = f"{group_of[id(entry)]}/{sub}/"
-            found = sorted((p for p in datasets if p.startswith(prefix) and p[len(prefix):].isdigit()),
+            found = sorted((p for p in datasets if p.startswith(prefix) and _INDEX.fullmatch(p[len(prefix):])),
                            key=lambda p: int(p[len(prefix):]))
             for p in found:
                 used.add(p)
@@ -151,13 +158,14 @@ def keras3_spec(datasets, config, version, source):
     return spec
 
 
-def read_keras_h5(data, source):
-    """Spec from the bytes of a legacy Keras ``.h5`` whole-model file."""
-    attrs, datasets = _extract(data, source, ("optimizer_weights/",))
-    return legacy_spec(attrs, datasets, source)
+def read_keras_h5(data, source, budget=None):
+    """Spec from the bytes of a legacy Keras ``.h5`` whole-model file (within ``budget``)."""
+    budget = Budget(len(data), source) if budget is None else budget
+    attrs, datasets = _extract(data, source, ("optimizer_weights/",), budget)
+    return legacy_spec(attrs, datasets, source, budget)
 
 
-def legacy_spec(attrs, datasets, source):
+def legacy_spec(attrs, datasets, source, budget=None):
     """The legacy-.h5 mapping, on the HDF5 reader's plain output (attrs by group path, datasets)."""
     root = attrs.get("", {})
     text = _attr_text(root, "model_config")
@@ -167,7 +175,7 @@ def legacy_spec(attrs, datasets, source):
                              "Load it into your Keras model and use fastlstm.from_keras(model)")
         raise ValueError(f"{source}: HDF5 file has no model_config (a weights-only file from save_weights?); "
                          "fastlstm needs the architecture: save with model.save(...) or use from_keras(model)")
-    config = _json(text, "model_config", source)
+    config = _json(text, "model_config", source, budget)
     wattrs = attrs.get("model_weights")
     if wattrs is None:
         raise ValueError(f"{source}: HDF5 file has a model_config but no model_weights group")
@@ -182,14 +190,15 @@ def legacy_spec(attrs, datasets, source):
         for wn in _attr_strings(group or {}, "weight_names"):
             path = f"model_weights/{name}/{wn}"
             if path not in datasets:
-                raise ValueError(f"{source}: weight {wn!r} of layer {name!r} is listed but missing from the file")
+                raise ValueError(f"{source}: weight {shown(wn)} of layer {shown(name)} is listed but missing from the file")
             used.add(path)
             out.append((wn, _array(datasets, path, source)))
         return out
 
     spec = spec_from_chain(chain, version, get_weights, source)
     listed = set(_attr_strings(wattrs, "layer_names"))
-    known = {e["config"].get("name") for e in all_layers if isinstance(e.get("config"), dict)}
+    known = {e["config"].get("name") for e in all_layers
+             if isinstance(e.get("config"), dict) and isinstance(e["config"].get("name"), str)}
     stray = sorted(n for n in listed - known if any(p.startswith(f"model_weights/{n}/") for p in datasets))
     if stray:
         raise ValueError(f"{source}: weights for layer(s) {stray} that the model config does not contain")

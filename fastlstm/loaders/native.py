@@ -20,7 +20,8 @@ import os
 import struct
 
 from ..layers import Dense, LSTMLayer, LSTMWeights
-from ._common import describe_keys, float_weight, make_spec
+from ._common import describe_keys, float_weight, make_spec, parse_json
+from ._limits import Budget, shown
 from .safetensors_io import encode_safetensors, read_safetensors
 
 FORMAT_TAG = "fastlstm"
@@ -84,7 +85,7 @@ def is_native(metadata) -> bool:
 
 def _cfg(obj, key, types, where, source):
     if key not in obj:
-        raise ValueError(f"{source}: fastlstm_config {where} lacks {key!r}")
+        raise ValueError(f"{source}: fastlstm_config {where} lacks {shown(key)}")
     value = obj[key]
     if not isinstance(value, types) or (types is int and isinstance(value, bool)):
         raise ValueError(f"{source}: fastlstm_config {where}.{key} has the wrong type ({type(value).__name__})")
@@ -100,14 +101,11 @@ def spec_from_native(tensors, metadata, data, data_start, source):
     if extra_meta:
         raise ValueError(f"{source}: unknown metadata {describe_keys(sorted(extra_meta))} "
                          "(written by a newer fastlstm?)")
-    try:
-        config = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{source}: fastlstm_config is not valid JSON ({exc})") from None
+    config = parse_json(text, "fastlstm_config", source, Budget(len(data), source))
     if not isinstance(config, dict) or set(config) != {"version", "return_sequences", "layers", "head"}:
         raise ValueError(f"{source}: fastlstm_config must have exactly version, return_sequences, layers, head")
     if type(config["version"]) is not int or config["version"] != VERSION:
-        raise ValueError(f"{source}: fastlstm format version {config['version']!r} is not supported (this "
+        raise ValueError(f"{source}: fastlstm format version {shown(config['version'])} is not supported (this "
                          f"fastlstm reads version {VERSION}); upgrade fastlstm")
     rs = _cfg(config, "return_sequences", bool, "", source)
     try:

@@ -16,8 +16,14 @@ import struct
 
 import numpy as np
 
-#: The reference implementation's cap on the JSON header.
+from ._common import parse_json
+from ._limits import Budget, shown
+
+#: The reference implementation's cap on the JSON header (the parse is also charged to the budget).
 MAX_HEADER_BYTES = 100_000_000
+#: Dimensions and the largest extent of one tensor (NumPy cannot go beyond 64 dimensions).
+_MAX_DIMS = 32
+_MAX_EXTENT = 1 << 48
 
 _DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
@@ -32,7 +38,7 @@ def _no_duplicates(pairs):
     out = {}
     for k, v in pairs:
         if k in out:
-            raise ValueError(f"duplicate key {k!r}")
+            raise ValueError(f"duplicate key {shown(k)}")
         out[k] = v
     return out
 
@@ -47,13 +53,15 @@ def looks_like_safetensors(head: bytes) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] >= 2
 
 
-def read_safetensors(data: bytes, source: str):
+def read_safetensors(data: bytes, source: str, budget=None):
     """Parse ``data``; return ``(tensors, metadata, data_start)``.
 
     ``tensors`` maps name -> NumPy array (a copy, in header order; BF16 widened to
     float32), ``metadata`` is the ``__metadata__`` dict (empty if absent) and
-    ``data_start`` the file offset of the data buffer.
+    ``data_start`` the file offset of the data buffer.  The parsed header and the tensors
+    are charged to ``budget`` (by default, the budget of a file of ``len(data)`` bytes).
     """
+    budget = Budget(len(data), source) if budget is None else budget
     if len(data) < 8:
         raise ValueError(f"{source}: file too short for a safetensors header ({len(data)} bytes)")
     (n,) = struct.unpack("<Q", data[:8])
@@ -62,11 +70,8 @@ def read_safetensors(data: bytes, source: str):
     if 8 + n > len(data):
         raise ValueError(f"{source}: safetensors header claims {n} bytes but the file has {len(data) - 8} after "
                          "the length field (truncated?)")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates,
-                            parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValueError(f"{source}: safetensors header is not valid JSON ({exc})") from None
+    header = parse_json(data[8:8 + n], "the safetensors header", source, budget,
+                        object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     if not isinstance(header, dict):
         raise ValueError(f"{source}: safetensors header must be a JSON object")
 
@@ -81,17 +86,18 @@ def read_safetensors(data: bytes, source: str):
     buf_len = len(data) - start
     entries = []
     for name, info in header.items():
-        where = f"{source}: tensor {name!r}"
+        where = f"{source}: tensor {shown(name)}"
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise ValueError(f"{where}: header entry must have exactly dtype, shape and data_offsets")
         dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype_name not in _DTYPES:
-            raise ValueError(f"{where}: unsupported dtype {dtype_name!r}")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+            raise ValueError(f"{where}: unsupported dtype {shown(dtype_name)}")
+        if not isinstance(shape, list) or len(shape) > _MAX_DIMS or \
+                not all(type(d) is int and 0 <= d < _MAX_EXTENT for d in shape):
+            raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shown(shape)}")
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
-            raise ValueError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
+            raise ValueError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {shown(offsets)}")
         numel = 1
         for d in shape:
             numel *= d
@@ -101,6 +107,7 @@ def read_safetensors(data: bytes, source: str):
                              f"of {dtype_name} needs {numel * dtype.itemsize}")
         if offsets[1] > buf_len:
             raise ValueError(f"{where}: data ends at byte {offsets[1]} of a {buf_len}-byte buffer (truncated?)")
+        budget.charge(numel * (4 if dtype_name == "BF16" else dtype.itemsize), f"tensor {shown(name)}")
         entries.append((offsets[0], offsets[1], name, dtype_name, tuple(shape)))
 
     # The tensors must tile the buffer exactly: no overlap (two names aliasing the same
@@ -109,7 +116,7 @@ def read_safetensors(data: bytes, source: str):
     for begin, end, name, _, _ in sorted(entries):
         if begin != pos:
             kind = "overlaps the previous tensor" if begin < pos else f"leaves a gap at byte {pos}"
-            raise ValueError(f"{source}: tensor {name!r} {kind}; tensors must tile the data buffer")
+            raise ValueError(f"{source}: tensor {shown(name)} {kind}; tensors must tile the data buffer")
         pos = end
     if pos != buf_len:
         raise ValueError(f"{source}: {buf_len - pos} bytes after the last tensor; the data buffer must end there")
@@ -138,7 +145,7 @@ def encode_safetensors(tensors, metadata=None) -> bytes:
         arr = np.asarray(tensors[name])
         dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder != "|" else arr.dtype
         if dtype not in _NAMES:
-            raise TypeError(f"tensors[{name!r}]: dtype {arr.dtype} cannot be written (float16/32/64 only)")
+            raise TypeError(f"tensors[{shown(name)}]: dtype {arr.dtype} cannot be written (float16/32/64 only)")
         raw = np.ascontiguousarray(arr, dtype=dtype).tobytes()
         header[name] = {"dtype": _NAMES[dtype], "shape": list(arr.shape), "data_offsets": [pos, pos + len(raw)]}
         chunks.append(raw)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..layers import HEAD_ACTIVATIONS, Dense, LSTMLayer, LSTMWeights
 from ._common import describe_keys, float_weight, make_spec, warn
+from ._limits import shown
 
 _LSTM_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
                        r"_l(?P<layer>0|[1-9][0-9]*)(?P<rev>_reverse)?$")
@@ -38,7 +39,7 @@ def check_overrides(overrides, allowed=OVERRIDES):
         raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; accepted: {', '.join(allowed)}")
     act = overrides.get("head_activation")
     if act is not None and act not in HEAD_ACTIVATIONS:
-        raise ValueError(f"head_activation: {act!r} is not supported; expected one of {HEAD_ACTIVATIONS}")
+        raise ValueError(f"head_activation: {shown(act)} is not supported; expected one of {HEAD_ACTIVATIONS}")
     rs = overrides.get("return_sequences")
     if rs is not None and not isinstance(rs, (bool, np.bool_)):
         raise TypeError(f"return_sequences: expected a bool, got {type(rs).__name__}")
@@ -77,20 +78,20 @@ def _direction(t, keys, key_for, name, source, need_hr):
     """Build one LSTMWeights from the keys of one (layer, direction); ``key_for(kind)`` names a key."""
     for kind in ("weight_ih", "weight_hh"):
         if kind not in keys:
-            raise ValueError(f"{source}: missing {key_for(kind)!r} "
+            raise ValueError(f"{source}: missing {shown(key_for(kind))} "
                              f"(found {describe_keys(sorted(keys.values())) or 'nothing else for this layer'})")
     if ("bias_ih" in keys) != ("bias_hh" in keys):
         have, miss = ("bias_ih", "bias_hh") if "bias_ih" in keys else ("bias_hh", "bias_ih")
-        raise ValueError(f"{source}: {keys[have]!r} is present but {key_for(miss)!r} is missing")
+        raise ValueError(f"{source}: {shown(keys[have])} is present but {shown(key_for(miss))} is missing")
     w = {kind: float_weight(t[key], key, source) for kind, key in keys.items()}
     for kind in ("weight_ih", "weight_hh", "weight_hr"):
         if kind in w and w[kind].ndim != 2:
-            raise ValueError(f"{source}: tensor {keys[kind]!r} has shape {w[kind].shape}; expected a 2-d matrix")
+            raise ValueError(f"{source}: tensor {shown(keys[kind])} has shape {w[kind].shape}; expected a 2-d matrix")
     hint = _shape_hint(w["weight_ih"], w["weight_hh"], keys["weight_hh"])
     if hint:
         raise ValueError(f"{source}: {hint}")
     if need_hr and "weight_hr" not in w:
-        raise ValueError(f"{source}: {key_for('weight_hr')!r} is missing while other layers have a projection")
+        raise ValueError(f"{source}: {shown(key_for('weight_hr'))} is missing while other layers have a projection")
     try:
         return LSTMWeights(w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"), w.get("weight_hr"),
                            name=name)
@@ -145,12 +146,12 @@ def spec_from_state_dict(tensors, source, *, head_activation=None, return_sequen
     if nested:
         raise ValueError(f"{source}: entries {describe_keys(nested)} are nested mappings, so this looks like a "
                          f"training checkpoint, not a state_dict; pick the model's entry, e.g. "
-                         f"fastlstm.load(path, key={nested[0]!r})")
+                         f"fastlstm.load(path, key={shown(nested[0])})")
     t = OrderedDict()
     for key in tensors.keys():
         value = tensors[key]
         if not isinstance(value, np.ndarray):
-            raise ValueError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise ValueError(f"{source}: entry {shown(key)} is a {type(value).__name__}, not a tensor")
         t[key] = value
     lstm, cell, linear = _group(t.keys())
 
@@ -185,10 +186,10 @@ def spec_from_state_dict(tensors, source, *, head_activation=None, return_sequen
         b = float_weight(t[keys["bias"]], keys["bias"], source, ndim=1) if "bias" in keys else None
         out = layers[-1].output_size
         if w.shape[1] != out:
-            raise ValueError(f"{source}: {keys['weight']!r} has shape {w.shape}, so it cannot be a head on an LSTM "
+            raise ValueError(f"{source}: {shown(keys['weight'])} has shape {w.shape}, so it cannot be a head on an LSTM "
                              f"that outputs {out} features; refusing an unused or misplaced tensor")
         if b is not None and b.shape != (w.shape[0],):
-            raise ValueError(f"{source}: tensor {keys['bias']!r} has shape {b.shape}; expected ({w.shape[0]},)")
+            raise ValueError(f"{source}: tensor {shown(keys['bias'])} has shape {b.shape}; expected ({w.shape[0]},)")
         if head_activation is None:
             warn(f"{source}: using {describe_keys(keys.values())} as a dense head applied to every step. "
                  "Its activation is not recorded in weights; assuming 'linear' (nn.Linear's raw output). "

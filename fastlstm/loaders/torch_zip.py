@@ -8,25 +8,36 @@ globals a plain state_dict uses, and each of them maps to a harmless local stand
 that records ``(storage, offset, size, stride)``.  Arrays are cut out of the storages
 only after unpickling has finished, with every bound checked, so a hostile pickle can
 neither run code nor make us read outside a storage.
+
+Memory: before the C unpickler sees ``data.pkl``, :func:`_prescan` walks its opcodes once
+(linear), refusing memo indices beyond the pickle's length (the C unpickler sizes its memo
+array by the largest index: 9 bytes could cost gigabytes) and length fields that reach past
+the end of the data (the C unpickler allocates the declared length before reading).  The
+tensors cut out of the storages are charged to the load's :class:`~._limits.Budget`, so
+stride-0 views cannot expand a tiny storage into terabytes.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 from collections import OrderedDict
 
 import numpy as np
 
 from ._common import open_zip, read_member
+from ._limits import MAX_PICKLE_BYTES, Budget, shown
 
 #: The first bytes of the pre-1.6 (non-zip) torch format: a pickled magic number.
 LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8"
 
-#: Cap on data.pkl: a state_dict's pickle is a few hundred bytes per tensor.
-MAX_PICKLE_BYTES = 64 << 20
 #: Cap on the objects visited when converting the unpickled structure.
 MAX_NODES = 200_000
+#: Dimensions, and the largest size, stride or offset, of a tensor view (NumPy's own limits are
+#: 32-64 dimensions and int64 byte strides: beyond them it raises OverflowError, not our error).
+_MAX_DIMS = 32
+_MAX_EXTENT = 1 << 48
 
 #: torch storage class name -> NumPy dtype of its elements.  BFloat16 has no NumPy
 #: dtype: it is read as uint16 and widened to float32 by hand.
@@ -98,11 +109,12 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError("_rebuild_tensor_v2: first argument is not a storage")
     if not _is_int(storage_offset) or storage_offset < 0:
-        raise pickle.UnpicklingError(f"_rebuild_tensor_v2: bad storage offset {storage_offset!r}")
+        raise pickle.UnpicklingError(f"_rebuild_tensor_v2: bad storage offset {shown(storage_offset)}")
     if not isinstance(size, tuple) or not isinstance(stride, tuple) or len(size) != len(stride):
         raise pickle.UnpicklingError("_rebuild_tensor_v2: size and stride must be tuples of equal length")
-    if not all(_is_int(s) and s >= 0 for s in size) or not all(_is_int(s) and s >= 0 for s in stride):
-        raise pickle.UnpicklingError(f"_rebuild_tensor_v2: bad size {size!r} or stride {stride!r}")
+    if len(size) > _MAX_DIMS or not all(_is_int(s) and 0 <= s < _MAX_EXTENT for s in size + stride) \
+            or storage_offset >= _MAX_EXTENT:
+        raise pickle.UnpicklingError(f"_rebuild_tensor_v2: bad size {shown(size)} or stride {shown(stride)}")
     return _TensorRef(storage, storage_offset, size, stride)
 
 
@@ -113,51 +125,86 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
     return data
 
 
+class _Global:
+    """A fresh callable per global the pickle names, so that every object the pickle can reach
+    is one the unpickler created: a BUILD opcode aimed at a global hits this wrapper (and is
+    refused), never fastlstm's own functions or classes."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target):
+        self._target = target
+
+    def __call__(self, *args):
+        return self._target(*args)
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("unexpected BUILD on a global")
+
+
+_GLOBALS = {
+    ("collections", "OrderedDict"): _StateDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolve only state_dict globals; every other global is refused before it can run."""
 
     def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-            return _StateDict
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor_v2
-        if (module, name) == ("torch._utils", "_rebuild_parameter"):
-            return _rebuild_parameter
+        if (module, name) in _GLOBALS:
+            return _Global(_GLOBALS[module, name])
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        raise pickle.UnpicklingError(f"forbidden global {str(module)[:80]}.{str(name)[:80]}")
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+            raise pickle.UnpicklingError(f"unexpected persistent id {shown(pid)}")
         _, stype, key, location, numel = pid
         if not isinstance(stype, _StorageType) or not isinstance(key, str) or not isinstance(location, str):
-            raise pickle.UnpicklingError(f"malformed storage reference {pid!r:.80}")
+            raise pickle.UnpicklingError(f"malformed storage reference {shown(pid)}")
         if not _is_int(numel) or numel < 0:
-            raise pickle.UnpicklingError(f"bad storage element count {numel!r}")
+            raise pickle.UnpicklingError(f"bad storage element count {shown(numel)}")
         if not key or "/" in key or "\\" in key or key in (".", ".."):
-            raise pickle.UnpicklingError(f"bad storage key {key!r}")
+            raise pickle.UnpicklingError(f"bad storage key {shown(key)}")
         return _Storage(stype, key, numel)
 
 
 def sniff(zf_names):
-    """Classify a zip by its member names: 'torch', 'torchscript', or None."""
-    tops = {n.split("/", 1)[0] for n in zf_names if "/" in n}
-    for top in tops:
-        if f"{top}/constants.pkl" in zf_names or any(n.startswith(f"{top}/code/") for n in zf_names):
+    """Classify a zip by its member names: 'torch', 'torchscript', or None (linear in the names)."""
+    names = set(zf_names)
+    for name in names:
+        top, _, rest = name.partition("/")
+        if rest and (rest == "constants.pkl" or rest.startswith("code/")):
             return "torchscript"
-    if any(n.count("/") == 1 and n.endswith("/data.pkl") for n in zf_names):
+    if any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
         return "torch"
     return None
 
 
-def read_torch_zip(data, source):
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def _prescan(pkl):
+    """Walk the opcodes of ``pkl`` once, refusing what would make the C unpickler allocate memory
+    the data does not hold: memo indices beyond the pickle's length, and strings, bytes or
+    integers whose declared length runs past the end (``genops`` raises ValueError for those)."""
+    for opcode, arg, _ in pickletools.genops(pkl):
+        if opcode.name in _MEMO_PUTS and not (isinstance(arg, int) and 0 <= arg <= len(pkl)):
+            raise pickle.UnpicklingError(f"memo index {shown(arg)} in a {len(pkl)}-byte pickle")
+
+
+def read_torch_zip(data, source, budget=None):
     """Return the unpickled top-level object of a torch zip file, tensors as float/int NumPy arrays.
 
     The result is whatever the file holds (usually a ``state_dict``: an ordered mapping of
-    name -> array); callers check that it is the mapping they expect.
+    name -> array); callers check that it is the mapping they expect.  Everything decoded is
+    charged to ``budget`` (by default, the budget of a file of ``len(data)`` bytes).
     """
-    zf = open_zip(io.BytesIO(data), source)
+    budget = Budget(len(data), source) if budget is None else budget
+    zf = open_zip(data, source)
     names = zf.namelist()
     kind = sniff(names)
     if kind == "torchscript":
@@ -168,33 +215,34 @@ def read_torch_zip(data, source):
         raise ValueError(f"{source}: expected exactly one '<dir>/data.pkl' in the torch archive, found {len(pkls)}")
     prefix = pkls[0][: -len("data.pkl")]
     order = "little"
-    if prefix + "byteorder" in names:
-        order = read_member(zf, prefix + "byteorder", source, limit=16).decode("ascii", "replace").strip()
+    if zf.NameToInfo.get(prefix + "byteorder") is not None:
+        order = read_member(zf, prefix + "byteorder", source, budget, limit=16).decode("ascii", "replace").strip()
         if order not in ("little", "big"):
-            raise ValueError(f"{source}: unknown byte order {order!r}")
+            raise ValueError(f"{source}: unknown byte order {shown(order)}")
 
-    pkl = read_member(zf, pkls[0], source, limit=MAX_PICKLE_BYTES)
+    pkl = read_member(zf, pkls[0], source, budget, limit=MAX_PICKLE_BYTES)
     try:
+        _prescan(pkl)
         obj = _RestrictedUnpickler(io.BytesIO(pkl)).load()
     except pickle.UnpicklingError as exc:
         raise ValueError(f"{source}: refused to unpickle: {exc}. Only plain state_dicts (tensors in "
                          "ordered dicts) can be loaded; a whole pickled module or arbitrary objects cannot") from None
     except Exception as exc:  # truncated or garbled pickle stream: any error is a corrupt file
-        raise ValueError(f"{source}: corrupt pickle in {pkls[0]!r} ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{source}: corrupt pickle in {pkls[0]!r} ({type(exc).__name__}: {str(exc)[:200]})") from None
 
     cache = {}
 
     def storage_bytes(storage):
         if storage.key not in cache:
             member = f"{prefix}data/{storage.key}"
-            raw = read_member(zf, member, source)
+            raw = read_member(zf, member, source, budget)
             want = storage.numel * storage.stype.dtype.itemsize
             if len(raw) < want:
-                raise ValueError(f"{source}: storage {member!r} holds {len(raw)} bytes; its tensors need {want}")
+                raise ValueError(f"{source}: storage {shown(member)} holds {len(raw)} bytes; its tensors need {want}")
             cache[storage.key] = (raw, storage.stype.name)
         raw, stype_name = cache[storage.key]
         if stype_name != storage.stype.name:
-            raise ValueError(f"{source}: storage {storage.key!r} is referenced with two different dtypes")
+            raise ValueError(f"{source}: storage {shown(storage.key)} is referenced with two different dtypes")
         return raw
 
     def materialise(ref, where):
@@ -204,10 +252,10 @@ def read_torch_zip(data, source):
         count = 1
         for n in ref.size:
             count *= n
-        if count > max(st.numel, (64 << 20) // dtype.itemsize):
-            # Only a stride-0 (expanded) view can hold more elements than its storage; cap it so a
-            # hostile header cannot make us allocate terabytes.
-            raise ValueError(f"{source}: tensor {where} claims {count} elements from a storage of {st.numel}")
+        # A stride-0 (expanded) view can hold far more elements than its storage: the budget
+        # bounds them all together (float32 for bfloat16, which is widened).
+        budget.charge(count * max(dtype.itemsize, 4 if st.stype.name == "BFloat16Storage" else 1),
+                      f"tensor {where} ({count:,} elements)")
         if count == 0:
             arr = np.zeros(ref.size, dtype=dtype)
         else:
@@ -215,9 +263,10 @@ def read_torch_zip(data, source):
             if last >= st.numel:
                 raise ValueError(f"{source}: tensor {where} reaches element {last} of a storage with {st.numel}")
             base = np.frombuffer(raw, dtype=dtype, count=st.numel)
-            arr = np.lib.stride_tricks.as_strided(
-                base[ref.offset:], shape=ref.size, strides=tuple(s * dtype.itemsize for s in ref.stride),
-                writeable=False).copy()
+            # The stride of a dimension of size 1 is never used: zero it, so an absurd one cannot overflow.
+            strides = tuple(s * dtype.itemsize if n > 1 else 0 for n, s in zip(ref.size, ref.stride))
+            arr = np.lib.stride_tricks.as_strided(base[ref.offset:], shape=ref.size, strides=strides,
+                                                  writeable=False).copy()
         if st.stype.name == "BFloat16Storage":
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         return arr.astype(arr.dtype.newbyteorder("=")) if order == "big" else arr
@@ -234,7 +283,7 @@ def read_torch_zip(data, source):
         if isinstance(value, dict):
             out = OrderedDict()
             for k, v in value.items():
-                out[k] = convert(v, f"{where}[{k!r}]" if where else repr(k), depth + 1)
+                out[k] = convert(v, f"{where}[{shown(k)}]" if where else shown(k), depth + 1)
             return out
         if isinstance(value, (list, tuple)):
             return type(value)(convert(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
