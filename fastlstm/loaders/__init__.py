@@ -54,7 +54,7 @@ def _reading(source):
     except ValueError as exc:
         msg = str(exc)
         raise LoadError(msg if msg.startswith(source) else f"{source}: {msg}") from None
-    except (ArithmeticError, LookupError, RecursionError, TypeError, AttributeError, MemoryError) as exc:
+    except (ArithmeticError, LookupError, RecursionError, TypeError, AttributeError) as exc:
         raise LoadError(f"{source}: corrupt or unsupported file ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 #: Overrides a PyTorch file accepts: the torch ones, plus ``key`` to pick the state_dict
@@ -66,34 +66,52 @@ def _read_source(path):
     """Return ``(bytes, label)`` for a path or a binary file object, at most MAX_FILE_BYTES of it.
 
     Paths must name regular files (a device such as /dev/zero, a FIFO or a directory never
-    ends or never starts); the size is checked before reading, and again on the bytes read.
+    ends or never starts); the size is checked before reading, and again while reading.
     """
     if hasattr(path, "read"):
         source = str(getattr(path, "name", "<file object>"))
-        data = path.read(MAX_FILE_BYTES + 1)
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError("path: the file object must be opened in binary mode")
-        return _capped(bytes(data), source), source
+        return _read_capped(path, source, 1 << 20), source
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path: expected a file path or a binary file object, got {type(path).__name__}")
     source = os.fsdecode(os.fspath(path))
     # O_NONBLOCK: opening a FIFO must not wait for a writer before we can refuse it.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    with open(fd, "rb", closefd=True) as f:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise LoadError(f"{source}: not a regular file; fastlstm.load reads model files only")
-        _capped(info.st_size, source)
-        return _capped(f.read(MAX_FILE_BYTES + 1), source), source
+        if info.st_size > MAX_FILE_BYTES:
+            raise _too_large(source)
+        f = open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        return _read_capped(f, source, info.st_size + 1), source
 
 
-def _capped(data, source):
-    """``data`` (bytes, or a size) if within MAX_FILE_BYTES, else LoadError."""
-    size = data if isinstance(data, int) else len(data)
-    if size > MAX_FILE_BYTES:
-        raise LoadError(f"{source}: the file has more than {MAX_FILE_BYTES:,} bytes, the largest model file "
-                        "fastlstm reads")
-    return data
+def _read_capped(f, source, first):
+    """Read ``f`` to its end in pieces (``first`` bytes, then 1 MiB), refusing more than MAX_FILE_BYTES.
+
+    Never ``read(MAX_FILE_BYTES)``: a buffered file preallocates what it is asked for.
+    """
+    chunks, total, want = [], 0, first
+    while True:
+        chunk = f.read(min(want, MAX_FILE_BYTES + 1 - total))
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise TypeError("path: the file object must be opened in binary mode")
+        if not len(chunk):
+            return chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > MAX_FILE_BYTES:
+            raise _too_large(source)
+        want = 1 << 20
+
+
+def _too_large(source):
+    return LoadError(f"{source}: the file has more than {MAX_FILE_BYTES:,} bytes, the largest model file fastlstm "
+                     "reads")
 
 
 def _no_overrides(overrides, kind):

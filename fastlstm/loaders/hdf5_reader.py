@@ -231,7 +231,7 @@ def extract(data, skip_data_under=(), budget=None, max_chunks=None, address_spac
     try:
         proc = subprocess.run(cmd, input=bytes(data), capture_output=True, timeout=seconds, env=env)
     except subprocess.TimeoutExpired:
-        raise HDF5Error(f"the HDF5 reader did not finish within its time limit of {seconds:.0f} s for a file of this "
+        raise HDF5Error(f"the HDF5 reader did not finish within its time limit of {seconds:.3g} s for a file of this "
                         "size; the file is corrupt or hostile") from None
     except OSError:
         return parse(data, skip_data_under, budget, max_chunks)  # no usable interpreter to isolate the parse in

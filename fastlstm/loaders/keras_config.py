@@ -334,6 +334,9 @@ def chain_from_config(model_config, source):
     for k, e in enumerate(layers):
         if not isinstance(e.get("class_name"), str) or not isinstance(e.get("config"), dict):
             raise ValueError(f"{source}: layer entry {k} of the model config lacks a class_name or config")
+        if not isinstance(e["config"].get("name", ""), str):
+            raise ValueError(f"{source}: layer entry {k} of the model config has a name that is not a string "
+                             f"({shown(e['config']['name'])})")
         if e.get("class_name") in ("Sequential", "Functional", "Model"):
             _fail(source, e, "nested models are not supported; flatten the model")
         if e.get("class_name") not in _SUPPORTED:
