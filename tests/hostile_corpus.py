@@ -377,8 +377,8 @@ def _mutate(data, rng):
 
 def fuzzed(counts=None, seed=9):
     """Seeded mutations of each valid file: ``counts`` maps a valid file's name to how many."""
-    counts = counts or {"valid.pt": 60, "valid.safetensors": 60, "valid.fastlstm": 60, "valid.h5": 8,
-                        "valid.keras": 8}
+    counts = counts or {"valid.pt": 150, "valid.safetensors": 150, "valid.fastlstm": 150, "valid.h5": 10,
+                        "valid.keras": 10}
     rng = random.Random(seed)
     for name, data in valid_files().items():
         for k in range(counts.get(name, 0)):

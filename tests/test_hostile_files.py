@@ -14,8 +14,6 @@ import selectors
 import subprocess
 import sys
 
-import pytest
-
 import hostile_corpus
 
 LIMIT_MB = 512

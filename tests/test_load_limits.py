@@ -3,6 +3,7 @@
 The hostile corpus (test_hostile_files.py) checks every attack file under a memory limit in a
 subprocess; these tests check the individual mechanisms in-process, with messages."""
 
+import functools
 import io
 import json
 import os
@@ -21,8 +22,13 @@ from fastlstm.loaders import _common, _limits, torch_zip
 from fastlstm.loaders.hdf5_reader import HDF5Error, extract
 
 
+@functools.lru_cache(maxsize=None)
+def _cases():
+    return {c.name: c for c in hc.hostile()}
+
+
 def _case(name):
-    return next(c for c in hc.hostile() if c.name == name)
+    return _cases()[name]
 
 
 def _load_case(name, tmp_path):

@@ -15,6 +15,8 @@ from ..data import MODEL_PATH
 
 def file_format(path) -> str:
     """A human name for the format of ``path``, from its first bytes (what ``fastlstm.load`` detects)."""
+    if not os.path.isfile(path):  # a FIFO or device: opening or reading it may never end
+        return "unknown"
     with open(path, "rb") as f:
         head = f.read(8)
         if head.startswith(b"PK\x03\x04"):

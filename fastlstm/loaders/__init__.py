@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import struct
 
 from ._common import LoadWarning, Spec, build_model, describe_keys, open_zip
 from ._limits import MAX_FILE_BYTES, Budget, shown
@@ -54,8 +55,9 @@ def _reading(source):
     except ValueError as exc:
         msg = str(exc)
         raise LoadError(msg if msg.startswith(source) else f"{source}: {msg}") from None
-    except (ArithmeticError, LookupError, RecursionError, TypeError, AttributeError) as exc:
+    except (ArithmeticError, LookupError, RecursionError, TypeError, AttributeError, EOFError, struct.error) as exc:
         raise LoadError(f"{source}: corrupt or unsupported file ({type(exc).__name__}: {str(exc)[:200]})") from None
+
 
 #: Overrides a PyTorch file accepts: the torch ones, plus ``key`` to pick the state_dict
 #: out of a training checkpoint (``{"model_state_dict": ..., "optimizer": ...}``).

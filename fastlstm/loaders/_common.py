@@ -153,7 +153,7 @@ def open_zip(data, source):
         names = zf.namelist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, KeyError,
             IndexError, UnicodeDecodeError, NotImplementedError, struct.error) as exc:
-        raise ValueError(f"{source}: not a readable zip archive ({exc})") from None
+        raise ValueError(f"{source}: not a readable zip archive ({str(exc)[:200]})") from None
     if len(names) > MAX_ZIP_MEMBERS:
         raise ValueError(f"{source}: zip archive has {len(names):,} members (limit {MAX_ZIP_MEMBERS:,})")
     if len(set(names)) != len(names):
@@ -183,9 +183,10 @@ def read_member(zf, name, source, budget, limit=None):
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError,
             UnicodeDecodeError) as exc:
         # zipfile raises these for bad CRCs, truncated data, unknown compression, encryption.
-        raise ValueError(f"{source}: archive member {shown(name)} is corrupt ({exc})") from None
+        raise ValueError(f"{source}: archive member {shown(name)} is corrupt ({str(exc)[:200]})") from None
     except Exception as exc:  # zlib.error and friends: still a corrupt file, never a crash
-        raise ValueError(f"{source}: archive member {shown(name)} is corrupt ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{source}: archive member {shown(name)} is corrupt "
+                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if len(data) != info.file_size:
         raise ValueError(f"{source}: archive member {shown(name)} is truncated")
     return data

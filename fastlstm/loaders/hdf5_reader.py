@@ -75,7 +75,7 @@ def parse(data, skip_data_under=(), budget=None, max_chunks=None):
     try:
         f = h5py.File(io.BytesIO(data), "r")
     except Exception as exc:
-        raise HDF5Error(f"not a readable HDF5 file ({type(exc).__name__}: {exc})") from None
+        raise HDF5Error(f"not a readable HDF5 file ({type(exc).__name__}: {str(exc)[:200]})") from None
     attrs, datasets, count = {}, {}, [0]
     left = [float("inf") if budget is None else budget]
 

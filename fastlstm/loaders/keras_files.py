@@ -125,7 +125,8 @@ def read_keras_zip(data, source, budget=None):
     config = _json(read_member(zf, "config.json", source, budget, MAX_CONFIG_BYTES), "config.json", source, budget)
     version = None
     if "metadata.json" in names:
-        meta = _json(read_member(zf, "metadata.json", source, budget, MAX_CONFIG_BYTES), "metadata.json", source, budget)
+        meta = _json(read_member(zf, "metadata.json", source, budget, MAX_CONFIG_BYTES), "metadata.json", source,
+                     budget)
         version = meta.get("keras_version") if isinstance(meta, dict) else None
     _, datasets = _extract(read_member(zf, "model.weights.h5", source, budget), f"{source}: model.weights.h5",
                            ("optimizer/",), budget)
@@ -190,7 +191,8 @@ def legacy_spec(attrs, datasets, source, budget=None):
         for wn in _attr_strings(group or {}, "weight_names"):
             path = f"model_weights/{name}/{wn}"
             if path not in datasets:
-                raise ValueError(f"{source}: weight {shown(wn)} of layer {shown(name)} is listed but missing from the file")
+                raise ValueError(f"{source}: weight {shown(wn)} of layer {shown(name)} is listed but missing from "
+                                 "the file")
             used.add(path)
             out.append((wn, _array(datasets, path, source)))
         return out

@@ -186,8 +186,8 @@ def spec_from_state_dict(tensors, source, *, head_activation=None, return_sequen
         b = float_weight(t[keys["bias"]], keys["bias"], source, ndim=1) if "bias" in keys else None
         out = layers[-1].output_size
         if w.shape[1] != out:
-            raise ValueError(f"{source}: {shown(keys['weight'])} has shape {w.shape}, so it cannot be a head on an LSTM "
-                             f"that outputs {out} features; refusing an unused or misplaced tensor")
+            raise ValueError(f"{source}: {shown(keys['weight'])} has shape {w.shape}, so it cannot be a head on an "
+                             f"LSTM that outputs {out} features; refusing an unused or misplaced tensor")
         if b is not None and b.shape != (w.shape[0],):
             raise ValueError(f"{source}: tensor {shown(keys['bias'])} has shape {b.shape}; expected ({w.shape[0]},)")
         if head_activation is None:

@@ -176,7 +176,7 @@ def sniff(zf_names):
     """Classify a zip by its member names: 'torch', 'torchscript', or None (linear in the names)."""
     names = set(zf_names)
     for name in names:
-        top, _, rest = name.partition("/")
+        _, _, rest = name.partition("/")
         if rest and (rest == "constants.pkl" or rest.startswith("code/")):
             return "torchscript"
     if any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
