@@ -116,7 +116,7 @@ def _pickle_cases():
     yield Case("memo_bomb.pt", _pt_with({"weight_ih_l0": ok}, extra=b"r" + struct.pack("<I", 1 << 28)),
                match="memo index")
     yield Case("binbytes8_bomb.pt", _pt_with({"a": b"\x8e" + struct.pack("<Q", 1 << 33) + b"xx"}),
-               match="corrupt pickle")
+               match="corrupt pickle .* runs past the end")
     yield Case("stride0_view.pt", _pt_with({"weight_ih_l0": ("0", "FloatStorage", 64, 0, (1 << 20, 1 << 20), (0, 0))}),
                match="memory budget")
     many = {f"t{k}.weight": ("0", "FloatStorage", 64, 0, (1 << 12, 1 << 10), (0, 0)) for k in range(40)}

@@ -29,9 +29,9 @@ MAX_ZIP_MEMBERS = 65_536
 MAX_ZIP_DIRECTORY_BYTES = 16 << 20
 MAX_DEFLATE_RATIO = 1000
 
-#: A pickle memo index may not exceed the pickle's length (each memo entry takes an opcode).
-#: Cap on data.pkl itself: a state_dict's pickle is a few hundred bytes per tensor.
-MAX_PICKLE_BYTES = 64 << 20
+#: Cap on data.pkl: a state_dict's pickle takes about 100 bytes per tensor, so this is 160,000
+#: tensors; it also bounds the opcode scan before unpickling (about 0.25 s per MiB).
+MAX_PICKLE_BYTES = 16 << 20
 
 #: The HDF5 child process: address space beyond its own start-up, and wall/CPU time.
 HDF5_CHILD_BASE_BYTES = 1 << 30

@@ -184,16 +184,63 @@ def sniff(zf_names):
     return None
 
 
-_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+_TWO_LINES = -100
+
+
+def _arg_widths():
+    """Per opcode byte: its argument's fixed width (>= 0), or how the width is given (pickletools' codes:
+    -1 up to a newline, -2/-3/-4/-5 a 1/4/4/8-byte length prefix; _TWO_LINES for GLOBAL and INST's
+    "module\\nname\\n"); None for bytes that are no opcode."""
+    table = [None] * 256
+    for op in pickletools.opcodes:
+        table[ord(op.code)] = (0 if op.arg is None else
+                               _TWO_LINES if op.arg is pickletools.stringnl_noescape_pair else op.arg.n)
+    return table
+
+
+_ARG_WIDTHS = _arg_widths()
+_LENGTH_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False), pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+                  pickletools.TAKEN_FROM_ARGUMENT4U: (4, False), pickletools.TAKEN_FROM_ARGUMENT8U: (8, False)}
+_PUT, _LONG_BINPUT, _STOP = ord("p"), ord("r"), ord(".")
 
 
 def _prescan(pkl):
     """Walk the opcodes of ``pkl`` once, refusing what would make the C unpickler allocate memory
-    the data does not hold: memo indices beyond the pickle's length, and strings, bytes or
-    integers whose declared length runs past the end (``genops`` raises ValueError for those)."""
-    for opcode, arg, _ in pickletools.genops(pkl):
-        if opcode.name in _MEMO_PUTS and not (isinstance(arg, int) and 0 <= arg <= len(pkl)):
-            raise pickle.UnpicklingError(f"memo index {shown(arg)} in a {len(pkl)}-byte pickle")
+    the data does not hold: a memo index beyond the pickle's length (the C memo is an array sized
+    by the largest index) and a length prefix that runs past the end (the C unpickler allocates
+    the declared length before reading).  A plain loop over bytes: ``pickletools.genops`` decodes
+    every argument and is ten times slower.  Raises ValueError: such a pickle is corrupt or hostile."""
+    n, i = len(pkl), 0
+    while i < n:
+        code = pkl[i]
+        width = _ARG_WIDTHS[code]
+        i += 1
+        if width is None:
+            raise ValueError(f"invalid opcode {code:#04x} at byte {i - 1}")
+        if width >= 0:
+            if code == _LONG_BINPUT and int.from_bytes(pkl[i:i + 4], "little") > n:
+                raise ValueError(f"memo index {int.from_bytes(pkl[i:i + 4], 'little')} in a {n}-byte "
+                                             "pickle")
+            i += width
+        elif width in (pickletools.UP_TO_NEWLINE, _TWO_LINES):
+            end = pkl.find(b"\n", i)
+            if width == _TWO_LINES and end >= 0:
+                end = pkl.find(b"\n", end + 1)
+            if end < 0:
+                break
+            if code == _PUT and not (end - i <= 20 and pkl[i:end].isdigit() and int(pkl[i:end]) <= n):
+                raise ValueError(f"memo index {shown(pkl[i:end])} in a {n}-byte pickle")
+            i = end + 1
+        else:
+            size, signed = _LENGTH_PREFIX[width]
+            length = int.from_bytes(pkl[i:i + size], "little", signed=signed)
+            i += size + length
+            if length < 0 or i > n:
+                raise ValueError(f"an argument of {length:,} bytes at byte {i - size - length - 1} runs "
+                                             "past the end of the pickle")
+        if code == _STOP:
+            return
+    raise ValueError("the pickle is truncated (no STOP opcode)")
 
 
 def read_torch_zip(data, source, budget=None):
