@@ -17,6 +17,7 @@ Version 2 (written since the checksum was added) and version 1 (no checksum) are
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from typing import Optional, Sequence, Tuple
@@ -107,7 +108,7 @@ class State:
         if len(shapes) > _MAX_ARRAYS or n_h * 2 != len(shapes) or not all(
                 len(s) in (1, 2) and all(type(d) is int and 0 <= d < _MAX_DIM for d in s) for s in shapes):
             raise ValueError("data: corrupt State header (bad array shapes)")
-        sizes = [int(np.prod(s)) for s in shapes]
+        sizes = [math.prod(s) for s in shapes]  # exact: np.prod would wrap around at 2**63
         if 4 * sum(sizes) != len(body):
             raise ValueError(f"data: the State header describes {4 * sum(sizes)} bytes of arrays, the data holds "
                              f"{len(body)}")
