@@ -234,7 +234,7 @@ def test_state_header_errors_are_value_errors(header):
 
 
 def test_state_sizes_do_not_wrap_around():
-    # 2**39 x 2**39 floats: np.prod wraps this product around to 0 elements (it was accepted as empty).
+    # 2**39 x 2**39 floats: np.prod wraps this product around to 0, so the size check passed.
     header = json.dumps({"h": [[2 ** 39, 2 ** 39]], "c": [[2 ** 39, 2 ** 39]], "signature": None}).encode()
     with pytest.raises(ValueError, match="describes [0-9]+ bytes of arrays, the data holds 0"):
         fastlstm.State.from_bytes(_v1_with_header(header))
