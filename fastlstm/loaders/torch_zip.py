@@ -262,7 +262,7 @@ def read_torch_zip(data, source, budget=None):
         raise ValueError(f"{source}: expected exactly one '<dir>/data.pkl' in the torch archive, found {len(pkls)}")
     prefix = pkls[0][: -len("data.pkl")]
     order = "little"
-    if zf.NameToInfo.get(prefix + "byteorder") is not None:
+    if prefix + "byteorder" in set(names):
         order = read_member(zf, prefix + "byteorder", source, budget, limit=16).decode("ascii", "replace").strip()
         if order not in ("little", "big"):
             raise ValueError(f"{source}: unknown byte order {shown(order)}")
