@@ -136,7 +136,7 @@ def spec_from_bytes(data, source, **overrides):
             raise TypeError(f"key: expected a dict key (a str), got {type(overrides['key']).__name__}") from None
     budget = Budget(len(data), source)
     with _reading(source):
-        kind, parsed = _detect(data, source)
+        kind, parsed = _detect(data, source, budget)
     if kind == "safetensors":
         check_overrides(overrides)  # no ``key``: a safetensors file is one flat mapping
     elif kind != "torch":
@@ -154,7 +154,7 @@ def spec_from_bytes(data, source, **overrides):
         return spec_from_state_dict(tensors, source, **overrides)
 
 
-def _detect(data, source):
+def _detect(data, source, budget):
     """``(kind, parsed)``: the format of ``data``; ``parsed`` is the safetensors parse where one was needed."""
     if not data:
         raise ValueError(f"{source}: the file is empty")
@@ -172,7 +172,7 @@ def _detect(data, source):
     if is_hdf5(data):
         return "Keras .h5 file", None
     if looks_like_safetensors(data[:9]):
-        parsed = read_safetensors(data, source)
+        parsed = read_safetensors(data, source, budget)
         return ("fastlstm file" if is_native(parsed[1]) else "safetensors"), parsed
     if data[:1] == b"\x80":
         raise ValueError(f"{source}: this looks like a bare pickle; fastlstm never unpickles arbitrary files. Save "
