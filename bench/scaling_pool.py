@@ -28,16 +28,9 @@ import time
 import numpy as np
 
 import fastlstm
-from fastlstm.cli.timing import OtherLoad  # cores other processes kept busy
+from fastlstm.harness.timing import OtherLoad, available_cores  # cores other processes kept busy
 
 I, H, L, N = 128, 256, 2, 1024
-
-
-def available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def build_model(seed=0):

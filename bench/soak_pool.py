@@ -28,6 +28,7 @@ import tracemalloc
 import numpy as np
 
 import fastlstm
+from fastlstm.harness.timing import traced_memory as traced
 
 I, H, L, O = 16, 64, 2, 4
 
@@ -44,15 +45,6 @@ def build_model(seed=0):
 def rss_bytes():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def traced(loop, n):
-    """(growth, peak above start) of tracemalloc's traced memory over loop(n)."""
-    tracemalloc.reset_peak()
-    before = tracemalloc.get_traced_memory()[0]
-    loop(n)
-    after, peak = tracemalloc.get_traced_memory()
-    return after - before, peak - before
 
 
 def alloc_check(name, loop, n):

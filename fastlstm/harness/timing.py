@@ -27,7 +27,8 @@ from typing import Callable, Iterable, Iterator, List, Optional
 from fastlstm._threads import available_cores
 
 __all__ = ["Case", "calibrate", "measure", "OtherLoad", "wait_for_quiet", "thread_policy", "available_cores",
-           "rotations", "PAUSE_S", "REFERENCE_ENGINES"]
+           "rotations", "traced_memory", "PAUSE_S",
+           "REFERENCE_ENGINES"]
 
 #: Idle time before each sample, so worker threads the previous engine left spinning (OpenMP,
 #: ORT's intra-op pool) have gone to sleep and do not eat into the next engine's sample.
@@ -227,3 +228,15 @@ def thread_policy(n: int) -> Iterator[int]:
             undo.callback(torch.set_num_threads, torch.get_num_threads())
             torch.set_num_threads(n)
         yield n
+
+
+def traced_memory(loop: Callable[[int], object], n: int):
+    """``(growth, peak above the start)`` of tracemalloc's traced memory over ``loop(n)``, in bytes
+    (tracemalloc must be running): how an allocation-free path is shown to be one."""
+    import tracemalloc
+
+    tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]
+    loop(n)
+    after, peak = tracemalloc.get_traced_memory()
+    return after - before, peak - before
