@@ -45,6 +45,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -69,7 +70,14 @@ from fastlstm import harness  # noqa: E402
 from fastlstm.harness import configs, yardsticks  # noqa: E402
 from fastlstm.harness._common import cycle_inputs  # noqa: E402
 from fastlstm.harness.configs import CONFIGS, Config  # noqa: E402
-from fastlstm.harness.timing import Case, OtherLoad, available_cores, measure, thread_policy, wait_for_quiet  # noqa: E402,E501
+from fastlstm.harness.timing import (  # noqa: E402
+    Case,
+    OtherLoad,
+    available_cores,
+    measure,
+    thread_policy,
+    wait_for_quiet,
+)
 
 #: Registry peers with their own columns in the tables below; every other installed peer gets
 #: a row in the "other peers" table ("--engines peers").
@@ -253,7 +261,8 @@ def blas_cases(cfg: Config, libs) -> List[Case]:
             for _ in range(n):
                 floor()
 
-        cases += [Case(f"blas.peak.{lib}", "blas", blas_peak, "seq"), Case(f"blas.floor.{lib}", "blas", blas_floor, "seq")]
+        cases += [Case(f"blas.peak.{lib}", "blas", blas_peak, "seq"),
+                  Case(f"blas.floor.{lib}", "blas", blas_floor, "seq")]
     return cases
 
 
@@ -341,7 +350,7 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
             "torch LSTMCell | fl vs ORT best | fl vs torch best | target | met | other load |")
         out("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for c in cfgs:
-            g = lambda k: _get(results, c.name, n, k)  # noqa: E731
+            g = partial(_get, results, c.name, n)
             fl = g("fl.step_out")
             ort_best = min(g("ort.step"), g("ort.step_iobind"))
             torch_best = min(g("torch.lstm_step"), g("torch.cell_step"))
@@ -362,7 +371,8 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
                 f"{_fmt_t(g('torch.cell_step'), 'us')} | {_fmt_r(r_ort)} | {_fmt_r(r_torch)} | {tgt} | {met} | "
                 f"{g('foreign_load'):.2f} |")
         loops = [_get(results, c.name, n, "loop") for c in cfgs]
-        out(f"\nPython loop overhead included in every step figure: {_fmt_t(statistics.median(loops), 'us')} us/step.\n")
+        overhead = _fmt_t(statistics.median(loops), "us")
+        out(f"\nPython loop overhead included in every step figure: {overhead} us/step.\n")
 
     for n in thread_list:
         out(f"### predict (whole sequence), {n} thread{'s' if n > 1 else ''}: milliseconds per sequence (median)\n")
@@ -370,7 +380,7 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
             "sgemm peak GFLOP/s | fl % of peak | BLAS floor ms | fl / floor | other load |")
         out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for c in cfgs:
-            g = lambda k: _get(results, c.name, n, k)  # noqa: E731
+            g = partial(_get, results, c.name, n)
             fl, tt, oo = g("fl.predict"), g("torch.seq"), g("ort.seq")
             best = min(tt, oo)
             r = best / fl if fl == fl else None
@@ -419,7 +429,7 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
         out("| config | " + " | ".join(f"{p} step | {p} predict" for p in others) + " |")
         out("|---|" + "---|---|" * len(others))
         for c in cfgs:
-            g = lambda k: _get(results, c.name, n, k)  # noqa: E731
+            g = partial(_get, results, c.name, n)
             cells = []
             for p in others:
                 st, sq = g(f"{p}.step"), g(f"{p}.seq")
@@ -460,7 +470,8 @@ def environment(thread_list, fl_info) -> Dict[str, str]:
         pass
     env["CPU"] = f"{cpu}, {available_cores()} cores available"
     env["threads compared"] = ", ".join(map(str, thread_list)) + \
-        " (the same n for fastlstm.set_num_threads, BLAS via threadpoolctl, torch.set_num_threads, ORT intra_op_num_threads)"
+        (" (the same n for fastlstm.set_num_threads, BLAS via threadpoolctl, torch.set_num_threads, ORT "
+         "intra_op_num_threads, OpenVINO INFERENCE_NUM_THREADS)")
     vers = [f"python {platform.python_version()}", f"numpy {np.__version__}"]
     from importlib import metadata
 

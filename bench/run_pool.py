@@ -1,7 +1,8 @@
 """Many live streams per tick: fastlstm StreamPool against per-stream and hand-batched alternatives.
 
 A service holds N users' streams, each with its own LSTM state; every tick each of them gets one
-new input.  For N = 1, 16, 256 and 1024 active streams, on the small and medium engine configs, this script times one tick (all N streams advanced by one step) with:
+new input.  For N = 1, 16, 256 and 1024 active streams, on the small and medium engine configs,
+this script times one tick (all N streams advanced by one step) with:
 
   pool          fastlstm ``pool.step(ids, x, out=out)``: one batched call for the N streams
   stream/each   fastlstm, one unbatched ``Stream.step(x_k, out=out_k)`` per stream
@@ -34,7 +35,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import platform
 import sys
 import time

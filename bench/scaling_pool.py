@@ -20,7 +20,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -147,7 +146,8 @@ def main(argv=None):
     print(f"StreamPool.step scaling: {env['config']}  ({cores} cores available, {cpu})")
     print(f"outputs bit-identical across thread counts: {identical}")
     print()
-    print("| threads | ticks | p50 / tick | p99 / tick | per stream-step | GFLOP/s | speedup | efficiency | other load |")
+    print("| threads | ticks | p50 / tick | p99 / tick | per stream-step | GFLOP/s | speedup | efficiency "
+          "| other load |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mark = " (oversubscribed)" if r["oversubscribed"] else ""

@@ -35,7 +35,7 @@ def _as_float32_matrix(name, value, ndim):
     """Return ``value`` as a read-only C-contiguous float32 array, or raise naming ``name``."""
     try:
         arr = np.asarray(value)
-    except Exception as exc:  # e.g. a ragged list
+    except Exception as exc:  # noqa: BLE001 - e.g. a ragged list: whatever numpy raises, the input is not numeric
         raise TypeError(f"{name}: expected a numeric array, got {type(value).__name__} ({exc})") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
@@ -226,7 +226,8 @@ class Dense:
                 raise ValueError(f"head.bias: expected shape ({self.weight.shape[0]},), got {bias.shape}")
             object.__setattr__(self, "bias", bias)
         if self.activation not in HEAD_ACTIVATIONS:
-            raise ValueError(f"head activation: {self.activation!r} is not supported; expected one of {HEAD_ACTIVATIONS}")
+            raise ValueError(f"head activation: {self.activation!r} is not supported; "
+                             f"expected one of {HEAD_ACTIVATIONS}")
 
     @property
     def input_size(self) -> int:

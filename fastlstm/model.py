@@ -156,7 +156,7 @@ class Model:
         if self._head is None:
             return np.ascontiguousarray(merged, dtype=np.float32)
         w, b, act = pack_head(self._head)
-        return _kernels._activate(act, np.ascontiguousarray(merged @ w + b, dtype=np.float32))
+        return _kernels._activate(act, np.ascontiguousarray(merged @ w + b, dtype=np.float32))  # noqa: SLF001
 
     def stream(self, batch_size: Optional[int] = None):
         """A :class:`Stream` stepping ``batch_size`` streams (or one unbatched stream) from zero state.

@@ -354,7 +354,8 @@ def _weights(rng, I, H, P=None):
 
 def _shapes():
     """Models bench may meet that take each framework's less common paths."""
-    from fastlstm import Dense, LSTMLayer as L, Model
+    from fastlstm import Dense, Model
+    from fastlstm import LSTMLayer as L
 
     r = np.random.default_rng(11)
     head = lambda o, i, act: Dense(r.standard_normal((o, i)), r.standard_normal(o), act)  # noqa: E731

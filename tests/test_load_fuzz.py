@@ -22,7 +22,8 @@ import fastlstm.loaders as loaders
 from fastlstm.loaders import read_spec
 from fastlstm.loaders._common import build_model
 from loader_helpers import import_keras
-from loader_helpers import torch_one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 X = np.random.default_rng(0).standard_normal((16, 2, 3)).astype(np.float32)
 
@@ -250,8 +251,9 @@ def test_fuzz_native_config_nodes(pick, value):
 @functools.lru_cache(maxsize=None)
 def _legacy_parts():
     """A Keras-2-style Functional .h5 (see test_load_keras2_h5), parsed once."""
-    from fastlstm.loaders.hdf5_reader import parse
     from test_load_keras2_h5 import _functional_old_names
+
+    from fastlstm.loaders.hdf5_reader import parse
 
     _functional_old_names(_tmp("k2f.h5"))
     attrs, datasets = parse(open(_tmp("k2f.h5"), "rb").read(), ("optimizer_weights/",))

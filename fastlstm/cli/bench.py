@@ -17,11 +17,11 @@ import warnings
 
 import numpy as np
 
-from . import CommandError, load_model
 from ..data import MODEL_PATH
 from ..harness import PEERS, build_runners
 from ..harness.compare import cases, check_parity, steppers
 from ..harness.timing import OtherLoad, available_cores, measure, thread_policy
+from . import CommandError, load_model
 from .info import file_format
 
 #: (repeats, sample seconds, sequence length) per mode.
@@ -72,7 +72,8 @@ def _machine():
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": available_cores(), "platform": platform.platform(), "python": platform.python_version()}
+    return {"cpu": cpu, "cores": available_cores(), "platform": platform.platform(),
+            "python": platform.python_version()}
 
 
 def run(args):

@@ -105,29 +105,30 @@ def measure(cases: List[Case], repeats: int, sample_s: float, tick: Callable[[],
     engines = [c for c in cases if c.engine not in REFERENCE_ENGINES]
     reference = [c for c in cases if c.engine in REFERENCE_ENGINES]
     for group in (engines, reference):
-        last: List[Optional[str]] = [None]
-
-        def switch_to(c: Case, warm: bool) -> None:
-            if last[0] is not None and last[0] != c.engine:
-                if settle_s > 0:
-                    time.sleep(settle_s)
-                if warm and c.unit_s < 0.02:
-                    c.timed(c.n)
-            last[0] = c.engine
-
+        last: Optional[str] = None
         for c in group:
-            switch_to(c, warm=False)  # calibration warms the case up itself
+            last = _switch(last, c, settle_s, warm=False)  # calibration warms the case up itself
             calibrate(c, sample_s)
             tick()
         for order in rotations(group, repeats):
             for c in order:
-                switch_to(c, warm=True)
+                last = _switch(last, c, settle_s, warm=True)
                 if pause_s > 0:
                     time.sleep(pause_s)
                 c.samples.append(c.timed(c.n) / c.n)
                 tick()
         if settle_s > 0 and group:
             time.sleep(settle_s)
+
+
+def _switch(last: Optional[str], case: Case, settle_s: float, warm: bool) -> str:
+    """Settle and warm up before ``case`` when the engine changes (see :func:`measure`)."""
+    if last is not None and last != case.engine:
+        if settle_s > 0:
+            time.sleep(settle_s)
+        if warm and case.unit_s < 0.02:
+            case.timed(case.n)
+    return case.engine
 
 
 def rotations(items: list, rounds: int) -> Iterator[list]:

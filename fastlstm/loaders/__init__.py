@@ -22,7 +22,8 @@ from .keras_files import is_hdf5, read_keras_h5, read_keras_zip
 from .native import is_native, save_model, spec_from_native
 from .safetensors_io import looks_like_safetensors, read_safetensors
 from .torch_state import OVERRIDES, check_overrides, spec_from_state_dict
-from .torch_zip import LEGACY_MAGIC, read_torch_zip, sniff as sniff_torch_zip
+from .torch_zip import LEGACY_MAGIC, read_torch_zip
+from .torch_zip import sniff as sniff_torch_zip
 
 __all__ = ["load", "from_torch", "from_keras", "save_model", "read_spec", "LoadWarning", "Spec"]
 

@@ -65,7 +65,7 @@ def parse(data, skip_data_under=()):
 
     try:
         f = h5py.File(io.BytesIO(data), "r")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - h5py raises many types on a file that is not HDF5
         raise HDF5Error(f"not a readable HDF5 file ({type(exc).__name__}: {exc})") from None
     attrs, datasets, count = {}, {}, [0]
 
@@ -107,7 +107,7 @@ def parse(data, skip_data_under=()):
         visit(f, "", 0)
     except HDF5Error:
         raise
-    except Exception as exc:  # h5py raises many types on damaged files
+    except Exception as exc:  # noqa: BLE001 - h5py raises many types on damaged files
         raise HDF5Error(f"corrupt HDF5 data ({type(exc).__name__}: {exc})") from None
     finally:
         f.close()
@@ -196,7 +196,7 @@ def extract(data, skip_data_under=()):
         return _decode(proc.stdout)
     except HDF5Error:
         raise
-    except Exception as exc:  # the child's output is ours, so this should not happen; still no crash
+    except Exception as exc:  # noqa: BLE001 - the child's output is ours, so this should not happen; still no crash
         raise HDF5Error(f"could not decode the HDF5 reader's output ({type(exc).__name__}: {exc})") from None
 
 

@@ -21,7 +21,7 @@ import struct
 
 from ..layers import Dense, LSTMLayer, LSTMWeights
 from ._common import describe_keys, float_weight, make_spec
-from .safetensors_io import encode_safetensors, read_safetensors
+from .safetensors_io import encode_safetensors
 
 FORMAT_TAG = "fastlstm"
 VERSION = 1
@@ -158,9 +158,3 @@ def _build(config, tensors, source):
         raise ValueError(f"{source}: tensors not described by the config: {describe_keys(extra)}")
     return layers, head
 
-
-def read_native_bytes(data, source):
-    tensors, metadata, start = read_safetensors(data, source)
-    if not is_native(metadata):
-        raise ValueError(f"{source}: not a fastlstm file (no format='fastlstm' metadata)")
-    return spec_from_native(tensors, metadata, data, start, source)
