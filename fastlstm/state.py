@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class State:
         return _HEADER.pack(_MAGIC, _VERSION, len(text)) + text + body
 
     @classmethod
-    def from_bytes(cls, data) -> "State":
+    def from_bytes(cls, data: Union[bytes, bytearray, memoryview]) -> "State":
         """Rebuild a State written by :meth:`to_bytes`; ValueError on anything malformed."""
         try:
             data = memoryview(data).cast("B")

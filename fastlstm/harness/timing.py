@@ -181,12 +181,11 @@ class OtherLoad:
         self.cores = math.nan
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> None:
         if self._busy0 is not None:
             wall = time.perf_counter() - self._t0
             others = self._busy_s() - self._busy0 - (self._own_s() - self._own0)
             self.cores = max(0.0, others / wall) if wall > 0 else math.nan
-        return False
 
 
 def wait_for_quiet(max_load: float, timeout_s: float) -> float:

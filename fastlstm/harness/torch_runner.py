@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import numpy as np
 
 from ._common import Stepper, require_standard_cells
@@ -74,9 +76,10 @@ def torch_module(model):
                     x = torch.flip(x, (0,))
                 x, hc = lstm(x) if state is None else lstm(x, state[k])
                 new_state.append(hc)
-                if self.merges[k] not in (None, "concat"):
+                merge = self.merges[k]
+                if merge is not None and merge != "concat":
                     a, b = x.chunk(2, dim=-1)
-                    x = {"sum": a + b, "mul": a * b, "ave": (a + b) * 0.5}[self.merges[k]]
+                    x = {"sum": a + b, "mul": a * b, "ave": (a + b) * 0.5}[merge]
             if self.head is not None:
                 x = self.head(x)
                 if self.act is not None:
@@ -144,7 +147,7 @@ class TorchRunner:
     def steppers(self, xs):
         """Both ways to step in PyTorch, by name; ``nn.LSTM`` on T=1 is not always the faster
         (its oneDNN path costs more per call on some CPUs), so the benchmark times both."""
-        out = {"nn.LSTM": TorchStepper(self, xs)}
+        out: Dict[str, Stepper] = {"nn.LSTM": TorchStepper(self, xs)}
         if not any(layer.proj_size for layer in self.model.layers):
             out["nn.LSTMCell"] = TorchCellStepper(self, xs)
         return out
@@ -154,7 +157,7 @@ class _TorchMixin(Stepper):
     """Steps inside ``torch.inference_mode()``, entered once per call of outputs/run, as a
     streaming user would hold it around the loop: it is not charged per step."""
 
-    torch: object
+    torch: Any
 
     def outputs(self, steps):
         with self.torch.inference_mode():
