@@ -3,6 +3,7 @@ from typing import Any, List, Literal, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 def openmp_enabled() -> bool:
     """Whether the compiled kernels were built with OpenMP."""
@@ -12,6 +13,7 @@ def _set_num_threads(n: int) -> None: ...
 def _get_num_threads() -> int: ...
 def _activate(kind: int, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
 
+@disjoint_base
 class Network:
     """The packed network the kernels run: raw pointers into the arrays it keeps."""
 

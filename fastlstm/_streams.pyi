@@ -4,6 +4,7 @@ from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 from ._kernels import Network
 from .model import Model
@@ -11,6 +12,7 @@ from .state import State
 
 _Out = Optional[npt.NDArray[np.float32]]
 
+@disjoint_base
 class Stream:
     """Steps one fixed batch of streams, keeping each stream's state between calls."""
 
@@ -27,6 +29,7 @@ class Stream:
     @state.setter
     def state(self, value: State) -> None: ...
 
+@disjoint_base
 class StreamPool:
     """Many independent streams that join and leave, stepped together in one batched call."""
 
