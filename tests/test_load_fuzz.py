@@ -143,12 +143,14 @@ EDITS = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255
 CUT = st.none() | st.floats(0, 1, exclude_max=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(["pt", "safetensors", "native", "keras"]), edits=EDITS, cut=CUT)
 def test_fuzz_in_process_formats(kind, edits, cut):
     _check(kind, edits, cut)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=EDITS, cut=CUT)
 def test_fuzz_legacy_h5(edits, cut):
@@ -212,6 +214,7 @@ def _keras_parts():
     return json.loads(z.read("config.json")), parse(z.read("model.weights.h5"), ("optimizer/",))[1]
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
 def test_fuzz_keras_config_nodes(pick, value):
@@ -228,6 +231,7 @@ def test_fuzz_keras_config_nodes(pick, value):
     _runs(spec, X)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
 def test_fuzz_native_config_nodes(pick, value):
@@ -260,6 +264,7 @@ def _legacy_parts():
     return attrs, datasets
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
 def test_fuzz_legacy_config_nodes(pick, value):

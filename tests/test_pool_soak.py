@@ -17,6 +17,7 @@ import os
 import tracemalloc
 
 import numpy as np
+import pytest
 
 import fastlstm
 import oracle
@@ -160,6 +161,7 @@ def _soak(pool, n_steps, rng_seed=3):
     return sentinel, np.array(sentinel_x, np.int16), xs
 
 
+@pytest.mark.slow
 def test_pool_soak_keeps_rss_bounded():
     """10^5 pool steps with open/close churn: RSS after warm-up grows by less than 4 MB."""
     pool = _MODEL.pool(200)
