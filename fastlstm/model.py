@@ -17,6 +17,10 @@ from .state import State
 class Model:
     """An LSTM network ready for inference.
 
+    The weights are validated and repacked once, here; afterwards the model is
+    read-only and may be shared by any number of streams and threads.  Every
+    loader (``fastlstm.load``, ``from_torch``, ``from_keras``) returns one.
+
     Parameters
     ----------
     layers : sequence of :class:`fastlstm.LSTMLayer`
@@ -25,10 +29,6 @@ class Model:
         A dense layer applied to the last layer's output at every step.
     return_sequences : bool
         ``False`` (Keras) makes :meth:`predict` return only the last step's output.
-
-    The weights are validated and repacked once, here; afterwards the model is
-    read-only and may be shared by any number of streams and threads.  Every
-    loader (``fastlstm.load``, ``from_torch``, ``from_keras``) returns one.
     """
 
     def __init__(self, layers: Sequence[LSTMLayer], head: Optional[Dense] = None, *,
