@@ -74,6 +74,7 @@ from fastlstm.harness.timing import (  # noqa: E402
     Case,
     OtherLoad,
     available_cores,
+    cpu_name,
     measure,
     thread_policy,
     wait_for_quiet,
@@ -458,17 +459,7 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
 
 
 def environment(thread_list, fl_info) -> Dict[str, str]:
-    env = {}
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    env["CPU"] = f"{cpu}, {available_cores()} cores available"
+    env = {"CPU": f"{cpu_name()}, {available_cores()} cores available"}
     env["threads compared"] = ", ".join(map(str, thread_list)) + \
         (" (the same n for fastlstm.set_num_threads, BLAS via threadpoolctl, torch.set_num_threads, ORT "
          "intra_op_num_threads, OpenVINO INFERENCE_NUM_THREADS)")

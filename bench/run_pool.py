@@ -45,7 +45,14 @@ import numpy as np
 from fastlstm.harness import configs
 from fastlstm.harness.configs import CONFIGS
 from fastlstm.harness.ort_runner import OrtBoundStepper, OrtRunner, OrtRunStepper
-from fastlstm.harness.timing import OtherLoad, available_cores, rotations, thread_policy, wait_for_quiet
+from fastlstm.harness.timing import (
+    OtherLoad,
+    available_cores,
+    cpu_name,
+    rotations,
+    thread_policy,
+    wait_for_quiet,
+)
 from fastlstm.harness.torch_runner import TorchRunner
 
 STREAM_COUNTS = (1, 16, 256, 1024)
@@ -334,11 +341,7 @@ def environment(threads) -> Dict[str, str]:
             env[mod] = __import__(mod).__version__
         except ImportError:
             env[mod] = "missing"
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        env["cpu"] = platform.processor() or "?"
+    env["cpu"] = cpu_name()
     return env
 
 

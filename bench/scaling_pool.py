@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 import fastlstm
-from fastlstm.harness.timing import OtherLoad, available_cores  # cores other processes kept busy
+from fastlstm.harness.timing import OtherLoad, available_cores, cpu_name
 
 I, H, L, N = 128, 256, 2, 1024
 
@@ -131,19 +131,13 @@ def main(argv=None):
                      "speedup": base / p50, "efficiency": base / p50 * min(counts[0], cores) / min(n, cores),
                      "other_load_cores": float(np.nanmax(loads[n])) if loads[n] else math.nan})
 
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    env = {"cores_available": cores, "cpu": cpu, "fastlstm": fastlstm.__version__,
+    env = {"cores_available": cores, "cpu": cpu_name(), "fastlstm": fastlstm.__version__,
            "openmp": fastlstm.openmp_enabled(), "python": platform.python_version(), "numpy": np.__version__,
            "config": f"I={I} H={H} layers={L}, {N} streams, no head", "flops_per_tick": flops,
            "bit_identical_across_thread_counts": identical, "wall_s": round(time.perf_counter() - t_start, 1)}
 
     print()
-    print(f"StreamPool.step scaling: {env['config']}  ({cores} cores available, {cpu})")
+    print(f"StreamPool.step scaling: {env['config']}  ({cores} cores available, {env['cpu']})")
     print(f"outputs bit-identical across thread counts: {identical}")
     print()
     print("| threads | ticks | p50 / tick | p99 / tick | per stream-step | GFLOP/s | speedup | efficiency "

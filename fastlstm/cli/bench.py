@@ -20,7 +20,7 @@ import numpy as np
 from ..data import MODEL_PATH
 from ..harness import PEERS, build_runners
 from ..harness.compare import cases, check_parity, steppers
-from ..harness.timing import OtherLoad, available_cores, measure, thread_policy
+from ..harness.timing import OtherLoad, available_cores, cpu_name, measure, thread_policy
 from . import CommandError, load_model
 from .info import file_format
 
@@ -66,13 +66,7 @@ def _model_facts(model, path, bundled):
 
 
 def _machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": available_cores(), "platform": platform.platform(),
+    return {"cpu": cpu_name(), "cores": available_cores(), "platform": platform.platform(),
             "python": platform.python_version()}
 
 

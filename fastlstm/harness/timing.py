@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, List, Optional
 from fastlstm._threads import available_cores
 
 __all__ = ["Case", "calibrate", "measure", "OtherLoad", "wait_for_quiet", "thread_policy", "available_cores",
-           "rotations", "traced_memory", "PAUSE_S",
+           "rotations", "traced_memory", "cpu_name", "PAUSE_S",
            "REFERENCE_ENGINES"]
 
 #: Idle time before each sample, so worker threads the previous engine left spinning (OpenMP,
@@ -136,6 +136,17 @@ def rotations(items: list, rounds: int) -> Iterator[list]:
     for r in range(rounds):
         k = r % max(1, len(items))
         yield items[k:] + items[:k]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux; what the platform module says elsewhere)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "?"
 
 
 class OtherLoad:
