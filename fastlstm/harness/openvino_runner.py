@@ -13,39 +13,46 @@ from ._common import Stepper, Unsupported
 from .onnx_export import OnnxGraphs, export_graphs
 
 
-def ov_compiled(path: str, threads: int, precision: str):
-    """The graph at ``path`` compiled for CPU: ``precision`` ("f32" or "bf16"), ``threads``
-    threads, one stream and the latency hint (one request at a time, as a live stream has)."""
-    import openvino as ov
-
-    core = ov.Core()
-    return core.compile_model(core.read_model(path), "CPU", {
-        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
-        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
-
-
 class OpenVinoRunner:
-    """OpenVINO CPU on the sequence and step graphs, in f32 or bf16."""
+    """OpenVINO CPU on the sequence and step graphs, in f32 or bf16.
+
+    Each graph is compiled for the input shapes it is called with (static shapes ran a step
+    twice as fast as the dynamic graph), on ``threads`` threads, with one stream and the
+    latency hint: one request at a time, as a live stream makes them.
+    """
 
     def __init__(self, model, threads: int = 1, precision: str = "f32"):
+        import openvino as ov
+
         if precision not in ("f32", "bf16"):
             raise ValueError(f"precision: expected 'f32' or 'bf16', got {precision!r}")
         self.name = "openvino" if precision == "f32" else f"openvino-{precision}"
-        self.model = model
+        self.model, self.core = model, ov.Core()
+        self.config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
+                       "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
         graphs = export_graphs(model, "OpenVINO")
-        try:  # a compiled model holds its graph; the files are no longer needed
-            self.seq = ov_compiled(graphs.sequence, threads, precision)
-            self.step_model = ov_compiled(graphs.step, threads, precision) if graphs.step else None
+        try:  # read into memory; the files are no longer needed
+            self.seq_ir = self.core.read_model(graphs.sequence)
+            self.step_ir = self.core.read_model(graphs.step) if graphs.step else None
         finally:
             graphs.remove()
         self.graphs: OnnxGraphs = graphs
-        self.seq_request = self.seq.create_infer_request()
+        self._compiled: dict = {}
+
+    def compiled(self, ir, shapes: dict):
+        """``ir`` reshaped to ``{input name: shape}`` and compiled (cached per shape)."""
+        key = (id(ir), tuple(sorted((k, tuple(v)) for k, v in shapes.items())))
+        if key not in self._compiled:
+            m = ir.clone()
+            m.reshape({k: list(v) for k, v in shapes.items()})
+            self._compiled[key] = self.core.compile_model(m, "CPU", self.config)
+        return self._compiled[key]
 
     def predict(self, x):
-        return self.seq_request.infer({"x": x})[0].copy()
+        return self.compiled(self.seq_ir, {"x": x.shape}).create_infer_request().infer({"x": x})[0].copy()
 
     def seq_loop(self, x):
-        infer, feeds = self.seq_request.infer, {"x": x}
+        infer, feeds = self.compiled(self.seq_ir, {"x": x.shape}).create_infer_request().infer, {"x": x}
 
         def run(n):
             for _ in range(n):
@@ -53,9 +60,12 @@ class OpenVinoRunner:
         return run
 
     def steppers(self, xs):
-        if self.step_model is None:
+        if self.step_ir is None:
             raise Unsupported("the model cannot stream")
-        return {"": OpenVinoStepper(self.step_model, self.graphs, xs)}
+        B = xs.shape[1]
+        shapes = {"x": (1, B, xs.shape[2])}
+        shapes.update({name: a.shape for name, a in zip(self.graphs.state_in, self.graphs.zero_state(B))})
+        return {"": OpenVinoStepper(self.compiled(self.step_ir, shapes), self.graphs, xs)}
 
 
 class OpenVinoStepper(Stepper):
@@ -69,7 +79,7 @@ class OpenVinoStepper(Stepper):
         self.batch = B
         self.inputs = [np.ascontiguousarray(xs[t:t + 1]) for t in range(T)]
         self.x_buf = np.zeros((1, B, I), np.float32)
-        self.y_buf = np.zeros((1, B, compiled.outputs[0].get_partial_shape()[-1].get_length()), np.float32)
+        self.y_buf = np.zeros(tuple(compiled.outputs[0].get_shape()), np.float32)
         self.bufs = [graphs.zero_state(B) for _ in range(2)]
         shared = lambda a: ov.Tensor(a, shared_memory=True)  # noqa: E731
         self.requests = []
