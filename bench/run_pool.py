@@ -51,6 +51,7 @@ from fastlstm.harness.timing import (
     cpu_name,
     rotations,
     thread_policy,
+    tick_latencies,
     wait_for_quiet,
 )
 from fastlstm.harness.torch_runner import TorchRunner
@@ -186,24 +187,11 @@ class TorchBatchedEngine(Engine):
 
 def run_block(engine: Engine, seconds: float, min_ticks: int, max_ticks: int, start: int,
               inference_mode) -> List[float]:
-    """Tick for ``seconds`` after 3 untimed warm-up ticks; returns the seconds each timed tick took.
-
-    Goes on past ``seconds`` until ``min_ticks`` are timed (for a meaningful p99), but never past
-    5 x ``seconds``: a slow engine then reports fewer ticks (see the ticks column), not a longer run."""
-    out = []
-    perf = time.perf_counter
+    """Tick for ``seconds`` after 3 untimed warm-up ticks; returns the seconds each timed tick took
+    (the harness's tick_latencies, inside torch's inference mode)."""
     with inference_mode():
-        for j in range(3):
-            engine.tick((start + j) % N_INPUTS)
-        k = start + 3
-        t_begin = perf()
-        stop, hard_stop = t_begin + seconds, t_begin + 5 * seconds
-        while not out or (len(out) < max_ticks and (perf() < stop or (len(out) < min_ticks and perf() < hard_stop))):
-            t0 = perf()
-            engine.tick(k % N_INPUTS)
-            out.append(perf() - t0)
-            k += 1
-    return out
+        return tick_latencies(lambda k: engine.tick(k % N_INPUTS), seconds, min_ticks, max_ticks, warmup=3,
+                              start=start)
 
 
 def measure_case(engines: Dict[str, Engine], budget_s, min_ticks, max_ticks, rounds, inference_mode):

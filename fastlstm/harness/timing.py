@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, List, Optional
 from fastlstm._threads import available_cores
 
 __all__ = ["Case", "calibrate", "measure", "OtherLoad", "wait_for_quiet", "thread_policy", "available_cores",
-           "rotations", "traced_memory", "cpu_name", "PAUSE_S",
+           "rotations", "tick_latencies", "traced_memory", "cpu_name", "PAUSE_S",
            "REFERENCE_ENGINES"]
 
 #: Idle time before each sample, so worker threads the previous engine left spinning (OpenMP,
@@ -129,6 +129,30 @@ def _switch(last: Optional[str], case: Case, settle_s: float, warm: bool) -> str
         if warm and case.unit_s < 0.02:
             case.timed(case.n)
     return case.engine
+
+
+def tick_latencies(tick: Callable[[int], object], seconds: float, min_ticks: int, max_ticks: Optional[int] = None,
+                   warmup: int = 2, start: int = 0) -> List[float]:
+    """Seconds each call ``tick(k)`` took (k counting up from ``start``), after ``warmup`` untimed calls.
+
+    For latency distributions (p50, p99) rather than medians of calibrated loops: ticks go on
+    for ``seconds``, past it until ``min_ticks`` are timed (for a meaningful p99), but never past
+    5 x ``seconds`` nor ``max_ticks``: a slow engine then reports fewer ticks, not a longer run.
+    """
+    for k in range(start, start + warmup):
+        tick(k)
+    out: List[float] = []
+    perf = time.perf_counter
+    k = start + warmup
+    t_begin = perf()
+    stop, hard_stop = t_begin + seconds, t_begin + 5 * seconds
+    while not out or ((max_ticks is None or len(out) < max_ticks)
+                      and (perf() < stop or (len(out) < min_ticks and perf() < hard_stop))):
+        t0 = perf()
+        tick(k)
+        out.append(perf() - t0)
+        k += 1
+    return out
 
 
 def rotations(items: list, rounds: int) -> Iterator[list]:
