@@ -1,5 +1,10 @@
 """Build of the compiled kernels: Cython + the C headers in include/, with an OpenMP probe.
 
+Needs GCC or Clang (Linux, macOS; MinGW-w64 untested): the headers use GCC builtins
+(``__atomic_*``, ``target_clones``, ``__builtin_cpu_supports``) and POSIX ``<sched.h>``, which
+MSVC does not have, so an MSVC build stops at once with that message instead of failing
+deep in a header.
+
 Environment switches:
   FASTLSTM_NO_OPENMP=1    build serially even where OpenMP works
   FASTLSTM_CYTHON_DEBUG=1 bounds checks on, for debugging the kernels
@@ -7,7 +12,6 @@ Environment switches:
 """
 
 import os
-import sys
 import tempfile
 import textwrap
 import warnings
@@ -36,7 +40,7 @@ def _flag_works(compiler, flags):
         try:
             objs = compiler.compile([path], output_dir=tmp, extra_postargs=flags)
             compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=flags)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any compile or link failure means: no OpenMP with these flags
             return False
     return True
 
@@ -45,15 +49,18 @@ class BuildExt(build_ext):
     """Adds OpenMP where the compiler supports it, and says so where it does not."""
 
     def build_extensions(self):
-        flags = ["/openmp"] if self.compiler.compiler_type == "msvc" else ["-fopenmp"]
+        if self.compiler.compiler_type == "msvc":
+            raise RuntimeError("fastlstm builds with GCC or Clang only: its C headers use GCC builtins "
+                               "(__atomic_*, target_clones) and <sched.h>, which MSVC lacks")
+        flags = ["-fopenmp"]
         if os.environ.get("FASTLSTM_NO_OPENMP") == "1":
             use_omp = False
-            warnings.warn("fastlstm: FASTLSTM_NO_OPENMP=1, building the kernels without OpenMP")
+            warnings.warn("fastlstm: FASTLSTM_NO_OPENMP=1, building the kernels without OpenMP", stacklevel=1)
         else:
             use_omp = _flag_works(self.compiler, flags)
             if not use_omp:
                 warnings.warn("fastlstm: the compiler does not support OpenMP; building serial kernels "
-                              "(batches run on one thread; fastlstm.openmp_enabled() returns False)")
+                              "(batches run on one thread; fastlstm.openmp_enabled() returns False)", stacklevel=1)
         for ext in self.extensions:
             if use_omp:
                 ext.extra_compile_args += flags
@@ -62,7 +69,7 @@ class BuildExt(build_ext):
 
 
 def _extension(name):
-    compile_args = [] if sys.platform == "win32" else ["-O3", "-std=c99", "-ffp-contract=fast", "-Wno-unused-function"]
+    compile_args = ["-O3", "-std=c99", "-ffp-contract=fast", "-Wno-unused-function"]
     link_args = []
     if os.environ.get("FASTLSTM_SANITIZE") == "1":
         compile_args += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]

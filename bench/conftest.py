@@ -12,23 +12,16 @@ Options:
   --bench-configs a,b run only these configs
 """
 
-import os
-import sys
-
 import pytest
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:  # works under --import-mode=importlib too
-    sys.path.insert(0, _HERE)
-
-import frameworks as fw  # noqa: E402
+from fastlstm.harness.configs import CONFIGS as _CONFIGS
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("fastlstm bench")
     group.addoption("--bench-threads", type=int, default=1, help="threads for every engine (default 1)")
     group.addoption("--bench-head", type=int, default=0, help="dense head outputs (default: no head)")
-    group.addoption("--bench-configs", default="", help="comma-separated subset of " + ",".join(fw.CONFIGS))
+    group.addoption("--bench-configs", default="", help="comma-separated subset of " + ",".join(_CONFIGS))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,9 +30,9 @@ def pytest_collection_modifyitems(config, items):
     if not wanted:
         return
     wanted = set(wanted.split(","))
-    unknown = wanted - set(fw.CONFIGS)
+    unknown = wanted - set(_CONFIGS)
     if unknown:
-        raise pytest.UsageError(f"--bench-configs: unknown {sorted(unknown)}; known {list(fw.CONFIGS)}")
+        raise pytest.UsageError(f"--bench-configs: unknown {sorted(unknown)}; known {list(_CONFIGS)}")
     keep, drop = [], []
     for item in items:
         cs = getattr(item, "callspec", None)
@@ -54,56 +47,40 @@ def pytest_collection_modifyitems(config, items):
 def bench_threads(request):
     """Enter the thread policy for the whole session, so every engine runs on the same count.
 
-    The engines are imported first (thread_policy only sets engines already
-    loaded), fastlstm before torch: the process has one libgomp, and the first
-    to load it sets its OMP_WAIT_POLICY for both, so here torch runs with
-    fastlstm's sleeping waiters.  ``bench/run_engine.py`` avoids this by running
-    fastlstm in its own process; use it for figures at more than one thread.
+    The engines are imported first (thread_policy only sets engines already loaded), fastlstm
+    before torch: the process has one libgomp, and the first to load it sets its
+    OMP_WAIT_POLICY for both, so here torch runs with fastlstm's sleeping waiters.
+    ``bench/run_engine.py`` avoids this by running fastlstm in its own process; use it for
+    figures at more than one thread.
     """
-    for mod in ("fastlstm", "torch"):
-        try:
-            __import__(mod)
-        except ImportError:
-            pass
-    n = request.config.getoption("--bench-threads")
-    with fw.thread_policy(n):
+    from fastlstm.harness.timing import thread_policy
+
+    pytest.importorskip("torch")
+    with thread_policy(request.config.getoption("--bench-threads")) as n:
         yield n
 
 
 @pytest.fixture(scope="session")
-def bundles(request, tmp_path_factory, bench_threads):
-    """``bundles(cfg_name)`` -> a dict with the torch model, its fastlstm and ONNX twins and inputs.
+def bundles(request, bench_threads):
+    """``bundles(cfg_name)`` -> a dict with the model, its torch and ONNX Runtime rebuilds and inputs.
 
-    Keys: cfg, x (T, B, I), lstm, head, cells, ref (torch output), fl (Model or None),
-    ort_seq (session or None), ort_step (OrtStepper or None).
+    Keys: cfg, x (T, B, I), fl (the fastlstm Model), torch (TorchRunner), ref (torch's output),
+    ort (OrtRunner, or None without onnxruntime).
     """
-    pytest.importorskip("torch")
+    from fastlstm.harness import configs, missing_modules
+    from fastlstm.harness.ort_runner import OrtRunner
+    from fastlstm.harness.torch_runner import TorchRunner
+
     head_size = request.config.getoption("--bench-head") or None
     cache = {}
-    tmp = tmp_path_factory.mktemp("onnx")
 
     def get(name):
-        if name in cache:
-            return cache[name]
-        cfg = fw.CONFIGS[name]
-        lstm, head = fw.build_torch(cfg, head_size)
-        x = fw.make_inputs(cfg)
-        b = {"cfg": cfg, "x": x, "lstm": lstm, "head": head, "cells": fw.torch_cells(lstm),
-             "ref": fw.torch_forward(lstm, head, x), "fl": None, "ort_seq": None, "ort_step": None}
-        try:
-            b["fl"] = fw.to_fastlstm(lstm, head)
-        except ImportError:
-            pass
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            seq = fw.export_onnx_sequence(lstm, head, cfg, str(tmp / f"{name}-seq.onnx"))
-            step = fw.export_onnx_step(lstm, head, cfg, str(tmp / f"{name}-step.onnx"))
-            b["ort_seq"] = fw.ort_session(seq, bench_threads)
-            b["ort_step"] = fw.OrtStepper(fw.ort_session(step, bench_threads), cfg)
-        cache[name] = b
-        return b
+        if name not in cache:
+            cfg = _CONFIGS[name]
+            model, x = configs.random_model(cfg, head_size), configs.make_inputs(cfg)
+            torch_runner = TorchRunner(model)
+            cache[name] = {"cfg": cfg, "x": x, "fl": model, "torch": torch_runner, "ref": torch_runner.predict(x),
+                           "ort": None if missing_modules("onnxruntime") else OrtRunner(model, bench_threads)}
+        return cache[name]
 
     return get

@@ -1,8 +1,8 @@
 """Many live streams per tick: fastlstm StreamPool against per-stream and hand-batched alternatives.
 
 A service holds N users' streams, each with its own LSTM state; every tick each of them gets one
-new input.  For N = 1, 16, 256 and 1024 active streams, on the engine issue's small and medium
-configs, this script times one tick (all N streams advanced by one step) with:
+new input.  For N = 1, 16, 256 and 1024 active streams, on the small and medium engine configs,
+this script times one tick (all N streams advanced by one step) with:
 
   pool          fastlstm ``pool.step(ids, x, out=out)``: one batched call for the N streams
   stream/each   fastlstm, one unbatched ``Stream.step(x_k, out=out_k)`` per stream
@@ -21,10 +21,12 @@ and prints per-tick latency (p50, p99), per-stream-step cost (p50 tick / N) and 
     python bench/run_pool.py              # full, < 10 min on 2 cores
     python bench/run_pool.py --configs small --streams 256 --json /tmp/pool.json
 
-Every engine runs the same weights (a seeded ``nn.LSTM`` with PyTorch's default init, converted
-through bench/frameworks.py) and its outputs are checked against PyTorch before anything is timed.
-One thread count for every engine (default: the cores this process may use): fastlstm, torch and
-the BLAS pools through ``frameworks.thread_policy``, ORT's ``intra_op_num_threads``.
+Every engine runs the same weights (drawn like PyTorch's default init, fastlstm/harness/configs.py)
+and its outputs are checked against PyTorch before anything is timed.  One thread count for every
+engine (default: the cores this process may use): fastlstm, torch and the BLAS pools through the
+harness's ``thread_policy``, ORT's ``intra_op_num_threads``.  The ORT and torch rebuilds, the load
+meter and the thread policy are the harness's (fastlstm/harness); the per-stream engines, the tick
+loop and the report are this script's.
 """
 
 from __future__ import annotations
@@ -33,38 +35,31 @@ import argparse
 import gc
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
-from dataclasses import replace
 from typing import Callable, Dict, List
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import frameworks as fw  # noqa: E402
-from fastlstm.cli.timing import OtherLoad  # noqa: E402  (cores other processes kept busy)
+from fastlstm.harness import configs
+from fastlstm.harness.configs import CONFIGS
+from fastlstm.harness.ort_runner import OrtBoundStepper, OrtRunner, OrtRunStepper
+from fastlstm.harness.timing import (
+    OtherLoad,
+    available_cores,
+    cpu_name,
+    rotations,
+    thread_policy,
+    tick_latencies,
+    wait_for_quiet,
+)
+from fastlstm.harness.torch_runner import TorchRunner
 
 STREAM_COUNTS = (1, 16, 256, 1024)
 CONFIG_NAMES = ("small", "medium")
 ENGINES = ("pool", "stream/each", "ort/batched", "ort/each", "ort/each-io", "torch/batched")
 N_INPUTS = 8          # distinct input ticks, cycled
-
-
-# --------------------------------------------------------------------------- load meter
-
-def wait_for_quiet(max_load, timeout_s):
-    """Wait (1 s windows) until other processes use at most ``max_load`` cores, or the timeout."""
-    deadline = time.perf_counter() + timeout_s
-    load = math.nan
-    while True:
-        with OtherLoad() as ol:
-            time.sleep(1.0)
-        load = ol.cores
-        if not load > max_load or time.perf_counter() >= deadline:
-            return load
 
 
 # --------------------------------------------------------------------------- engines
@@ -124,21 +119,19 @@ class StreamEachEngine(Engine):
 class OrtBatchedEngine(Engine):
     name = "ort/batched"
 
-    def __init__(self, session, cfg, xs):
+    def __init__(self, runner: OrtRunner, xs):
         N = xs.shape[1]
-        self.sess = session
-        self.hs = [np.zeros((cfg.L, 1, cfg.H), np.float32) for _ in range(N)]
-        self.cs = [np.zeros((cfg.L, 1, cfg.H), np.float32) for _ in range(N)]
+        self.sess, self.names, self.N = runner.step_sess, runner.graphs.state_in, N
+        self.states = [runner.graphs.zero_state(1) for _ in range(N)]  # each stream's own arrays
         self.xs = [np.ascontiguousarray(x[None]) for x in xs]   # (1, N, I)
-        self.N = N
         self.y = None
 
     def tick(self, k):
-        h = np.concatenate(self.hs, axis=1)
-        c = np.concatenate(self.cs, axis=1)
-        self.y, hn, cn = self.sess.run(None, {"x": self.xs[k], "h0": h, "c0": c})
-        self.hs = np.split(hn, self.N, axis=1)
-        self.cs = np.split(cn, self.N, axis=1)
+        feeds = {name: np.concatenate([st[j] for st in self.states], axis=1) for j, name in enumerate(self.names)}
+        feeds["x"] = self.xs[k]
+        self.y, *new = self.sess.run(None, feeds)
+        split = [np.split(a, self.N, axis=1) for a in new]
+        self.states = [[part[i] for part in split] for i in range(self.N)]
 
     def outputs(self, k):
         self.tick(k)
@@ -148,53 +141,41 @@ class OrtBatchedEngine(Engine):
 class OrtEachEngine(Engine):
     name = "ort/each"
 
-    def __init__(self, session, cfg, xs, bound):
-        N = xs.shape[1]
-        one = replace(cfg, B=1)
-        self.steppers = [fw.OrtStepper(session, one) for _ in range(N)]
-        self.bound = bound
+    def __init__(self, runner: OrtRunner, xs, bound):
+        kind = OrtBoundStepper if bound else OrtRunStepper
+        self.steppers = [kind(runner.step_sess, runner.graphs, np.ascontiguousarray(xs[:, j:j + 1]))
+                         for j in range(xs.shape[1])]
         if bound:
             self.name = "ort/each-io"
-        self.xs = [[np.ascontiguousarray(x[j][None, None]) for j in range(N)] for x in xs]   # (1, 1, I)
-        self.last = [None] * N
 
     def tick(self, k):
-        if self.bound:
-            for st, x in zip(self.steppers, self.xs[k]):
-                st.step_bound(x)
-        else:
-            for st, x in zip(self.steppers, self.xs[k]):
-                st.step(x)
+        for st in self.steppers:
+            st.step(st.inputs[k])
 
     def outputs(self, k):
-        rows = []
-        for st, x in zip(self.steppers, self.xs[k]):
-            rows.append((st.step_bound(x) if self.bound else st.step(x))[0, 0].copy())
-        return np.stack(rows)
+        return np.stack([np.array(st.step(st.inputs[k]))[0, 0] for st in self.steppers])
 
 
 class TorchBatchedEngine(Engine):
     name = "torch/batched"
 
-    def __init__(self, lstm, head, cfg, xs):
+    def __init__(self, runner: TorchRunner, xs):
         import torch
 
-        self.torch = torch
-        self.lstm, self.head = lstm, head
+        self.torch, self.net = torch, runner.net
         N = xs.shape[1]
-        self.hs = [torch.zeros(cfg.L, 1, cfg.H) for _ in range(N)]
-        self.cs = [torch.zeros(cfg.L, 1, cfg.H) for _ in range(N)]
+        _, zero = self.net(torch.zeros(1, 1, xs.shape[2]))  # the state layout at batch 1
+        self.states = [[(torch.zeros_like(h), torch.zeros_like(c)) for h, c in zero] for _ in range(N)]
         self.xs = [torch.from_numpy(np.ascontiguousarray(x[None])) for x in xs]   # converted up front
         self.y = None
 
     def tick(self, k):
-        torch = self.torch
-        h = torch.cat(self.hs, dim=1)
-        c = torch.cat(self.cs, dim=1)
-        y, (hn, cn) = self.lstm(self.xs[k], (h, c))
-        self.y = self.head(y) if self.head is not None else y
-        self.hs = torch.split(hn, 1, dim=1)
-        self.cs = torch.split(cn, 1, dim=1)
+        torch, states = self.torch, self.states
+        batched = [(torch.cat([st[j][0] for st in states], dim=1), torch.cat([st[j][1] for st in states], dim=1))
+                   for j in range(len(states[0]))]
+        self.y, new = self.net(self.xs[k], batched)
+        parts = [(torch.split(h, 1, dim=1), torch.split(c, 1, dim=1)) for h, c in new]
+        self.states = [[(h[i], c[i]) for h, c in parts] for i in range(len(states))]
 
     def outputs(self, k):
         with self.torch.inference_mode():
@@ -206,24 +187,11 @@ class TorchBatchedEngine(Engine):
 
 def run_block(engine: Engine, seconds: float, min_ticks: int, max_ticks: int, start: int,
               inference_mode) -> List[float]:
-    """Tick for ``seconds`` after 3 untimed warm-up ticks; returns the seconds each timed tick took.
-
-    Goes on past ``seconds`` until ``min_ticks`` are timed (for a meaningful p99), but never past
-    5 x ``seconds``: a slow engine then reports fewer ticks (see the ticks column), not a longer run."""
-    out = []
-    perf = time.perf_counter
+    """Tick for ``seconds`` after 3 untimed warm-up ticks; returns the seconds each timed tick took
+    (the harness's tick_latencies, inside torch's inference mode)."""
     with inference_mode():
-        for j in range(3):
-            engine.tick((start + j) % N_INPUTS)
-        k = start + 3
-        t_begin = perf()
-        stop, hard_stop = t_begin + seconds, t_begin + 5 * seconds
-        while not out or (len(out) < max_ticks and (perf() < stop or (len(out) < min_ticks and perf() < hard_stop))):
-            t0 = perf()
-            engine.tick(k % N_INPUTS)
-            out.append(perf() - t0)
-            k += 1
-    return out
+        return tick_latencies(lambda k: engine.tick(k % N_INPUTS), seconds, min_ticks, max_ticks, warmup=3,
+                              start=start)
 
 
 def measure_case(engines: Dict[str, Engine], budget_s, min_ticks, max_ticks, rounds, inference_mode):
@@ -231,9 +199,7 @@ def measure_case(engines: Dict[str, Engine], budget_s, min_ticks, max_ticks, rou
     other processes hits every engine alike.  Each block lasts budget_s / rounds."""
     samples = {name: [] for name in engines}
     loads = []
-    names = list(engines)
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+    for r, order in enumerate(rotations(list(engines), rounds)):
         for name in order:
             gc.collect()
             gc.disable()
@@ -256,37 +222,19 @@ def summarize(samples: List[float], N: int) -> Dict[str, float]:
 
 # --------------------------------------------------------------------------- building
 
-def build_engines(cfg, N, lstm, head, fl_model, tmp, threads, which, xs):
+def build_engines(model, ort: OrtRunner, torch_runner: TorchRunner, which, xs):
     """Fresh engines for N streams (a fresh call gives zero states again)."""
-    cfgN = replace(cfg, B=N, T=1)
-    engines: Dict[str, Callable[[], Engine]] = {}
-    if "pool" in which:
-        engines["pool"] = lambda: PoolEngine(fl_model, xs)
-    if "stream/each" in which:
-        engines["stream/each"] = lambda: StreamEachEngine(fl_model, xs)
-    if any(w.startswith("ort") for w in which):
-        if "ort/batched" in which:
-            path_n = os.path.join(tmp, f"{cfg.name}_step_b{N}.onnx")
-            if not os.path.exists(path_n):
-                fw.export_onnx_step(lstm, head, cfgN, path_n)
-            sess_n = fw.ort_session(path_n, threads)
-            engines["ort/batched"] = lambda: OrtBatchedEngine(sess_n, cfg, xs)
-        path_1 = os.path.join(tmp, f"{cfg.name}_step_b1.onnx")
-        if not os.path.exists(path_1):
-            fw.export_onnx_step(lstm, head, replace(cfg, B=1, T=1), path_1)
-        sess_1 = fw.ort_session(path_1, threads)
-        if "ort/each" in which:
-            engines["ort/each"] = lambda: OrtEachEngine(sess_1, cfg, xs, bound=False)
-        if "ort/each-io" in which:
-            engines["ort/each-io"] = lambda: OrtEachEngine(sess_1, cfg, xs, bound=True)
-    if "torch/batched" in which:
-        engines["torch/batched"] = lambda: TorchBatchedEngine(lstm, head, cfg, xs)
-    return engines
+    makers: Dict[str, Callable[[], Engine]] = {
+        "pool": lambda: PoolEngine(model, xs), "stream/each": lambda: StreamEachEngine(model, xs),
+        "ort/batched": lambda: OrtBatchedEngine(ort, xs), "ort/each": lambda: OrtEachEngine(ort, xs, bound=False),
+        "ort/each-io": lambda: OrtEachEngine(ort, xs, bound=True),
+        "torch/batched": lambda: TorchBatchedEngine(torch_runner, xs)}
+    return {name: make for name, make in makers.items() if name in which}
 
 
-def check_parity(factories, lstm, head, xs) -> Dict[str, float]:
+def check_parity(factories, torch_runner: TorchRunner, xs) -> Dict[str, float]:
     """Each engine, fresh, runs 3 ticks; max |difference| from nn.LSTM run over the same 3 steps."""
-    ref = fw.torch_forward(lstm, head, np.ascontiguousarray(xs[:3]))          # (3, N, O)
+    ref = torch_runner.predict(np.ascontiguousarray(xs[:3]))          # (3, N, O)
     errs = {}
     for name, make in factories.items():
         e = make()
@@ -315,7 +263,7 @@ def report(results, args, env) -> str:
     lines += ["", "Per tick = all N active streams advanced by one step. Per stream = p50 tick / N.",
               "Ratios: the other engine's per-stream cost over pool.step's (higher = pool faster).", ""]
     for cfg_name in args.configs:
-        cfg = fw.CONFIGS[cfg_name]
+        cfg = CONFIGS[cfg_name]
         lines += [f"## {cfg_name}: I={cfg.I} H={cfg.H} layers={cfg.L}", "",
                   "| N | engine | ticks | p50 / tick | p99 / tick | p99/p50 | per stream-step | vs pool | other load |",
                   "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -373,7 +321,7 @@ def environment(threads) -> Dict[str, str]:
 
     env = {"threads (every engine)": f"{threads} (fastlstm.set_num_threads, torch.set_num_threads, "
                                      f"BLAS via threadpoolctl, ORT intra_op_num_threads)",
-           "cores available": str(fw.available_cores()),
+           "cores available": str(available_cores()),
            "fastlstm": f"{fastlstm.__version__}, OpenMP {'on' if fastlstm.openmp_enabled() else 'off'}",
            "python": platform.python_version(), "numpy": np.__version__}
     for mod in ("torch", "onnxruntime"):
@@ -381,11 +329,7 @@ def environment(threads) -> Dict[str, str]:
             env[mod] = __import__(mod).__version__
         except ImportError:
             env[mod] = "missing"
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        env["cpu"] = platform.processor() or "?"
+    env["cpu"] = cpu_name()
     return env
 
 
@@ -414,7 +358,7 @@ def main(argv=None) -> int:
     unknown = set(which) - set(ENGINES)
     if unknown:
         p.error(f"unknown engines {sorted(unknown)}")
-    threads = args.threads or fw.available_cores()
+    threads = args.threads or available_cores()
     budget = args.budget if args.budget is not None else (0.35 if args.quick else 2.5)
     rounds = args.rounds or (3 if args.quick else 5)
     min_ticks, max_ticks = (30, 5000) if args.quick else (200, 50000)
@@ -424,17 +368,17 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     env = environment(threads)
-    print(f"threads for every engine: {threads} (cores available: {fw.available_cores()})", flush=True)
+    print(f"threads for every engine: {threads} (cores available: {available_cores()})", flush=True)
     results = {}
-    with fw.thread_policy(threads), tempfile.TemporaryDirectory() as tmp:
+    with thread_policy(threads):
         for cfg_name in args.configs:
-            cfg = fw.CONFIGS[cfg_name]
-            lstm, head = fw.build_torch(cfg, args.head or None)
-            fl_model = fw.to_fastlstm(lstm, head)
+            cfg = CONFIGS[cfg_name]
+            fl_model = configs.random_model(cfg, args.head or None)
+            ort, torch_runner = OrtRunner(fl_model, threads), TorchRunner(fl_model)  # batch is dynamic in ORT's
             for N in args.streams:
                 xs = np.random.default_rng(N).standard_normal((N_INPUTS, N, cfg.I), dtype=np.float32)
-                factories = build_engines(cfg, N, lstm, head, fl_model, tmp, threads, which, xs)
-                parity = check_parity(factories, lstm, head, xs)
+                factories = build_engines(fl_model, ort, torch_runner, which, xs)
+                parity = check_parity(factories, torch_runner, xs)
                 bad = {k: v for k, v in parity.items() if not v <= 1e-4}
                 if bad:
                     print(f"PARITY FAILURE {cfg_name} N={N}: {bad}", file=sys.stderr)

@@ -20,7 +20,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -28,30 +27,12 @@ import time
 import numpy as np
 
 import fastlstm
-from fastlstm.cli.timing import OtherLoad  # cores other processes kept busy
+from fastlstm.harness import configs
+from fastlstm.harness.configs import CONFIGS
+from fastlstm.harness.timing import OtherLoad, available_cores, cpu_name, tick_latencies
 
-I, H, L, N = 128, 256, 2, 1024
-
-
-def available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def build_model(seed=0):
-    """The medium config with weights uniform in +-1/sqrt(H), like torch.nn.LSTM's default init."""
-    rng = np.random.default_rng(seed)
-    bound = 1.0 / math.sqrt(H)
-    u = lambda *shape: rng.uniform(-bound, bound, size=shape).astype(np.float32)  # noqa: E731
-    layers = []
-    for k in range(L):
-        n_in = I if k == 0 else H
-        w = fastlstm.LSTMWeights(weight_ih=u(4 * H, n_in), weight_hh=u(4 * H, H), bias_ih=u(4 * H),
-                                 bias_hh=u(4 * H), name=f"l{k}")
-        layers.append(fastlstm.LSTMLayer((w,)))
-    return fastlstm.Model(layers)
+CFG = CONFIGS["medium"]
+I, H, L, N = CFG.I, CFG.H, CFG.L, 1024
 
 
 def timed_block(pool, ids, xs, out, seconds, min_ticks):
@@ -59,19 +40,8 @@ def timed_block(pool, ids, xs, out, seconds, min_ticks):
 
     Returns (seconds per tick list, cores used by other processes meanwhile)."""
     step = pool.step
-    for k in range(2):
-        step(ids, xs[k % len(xs)], out=out)
-    times = []
-    perf = time.perf_counter
-    t_begin = perf()
-    stop, hard = t_begin + seconds, t_begin + 5 * seconds
-    k = 0
     with OtherLoad() as load:
-        while not times or perf() < stop or (len(times) < min_ticks and perf() < hard):
-            t0 = perf()
-            step(ids, xs[k % len(xs)], out=out)
-            times.append(perf() - t0)
-            k += 1
+        times = tick_latencies(lambda k: step(ids, xs[k % len(xs)], out=out), seconds, min_ticks)
     return times, load.cores
 
 
@@ -103,7 +73,7 @@ def main(argv=None):
     cores = available_cores()
     t_start = time.perf_counter()
 
-    model = build_model()
+    model = configs.random_model(CFG)  # weights like torch.nn.LSTM's default init
     xs = np.random.default_rng(1).standard_normal((8, N, I), dtype=np.float32)
     identical = check_identical(model, counts, xs)
 
@@ -139,22 +109,17 @@ def main(argv=None):
                      "speedup": base / p50, "efficiency": base / p50 * min(counts[0], cores) / min(n, cores),
                      "other_load_cores": float(np.nanmax(loads[n])) if loads[n] else math.nan})
 
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    env = {"cores_available": cores, "cpu": cpu, "fastlstm": fastlstm.__version__,
+    env = {"cores_available": cores, "cpu": cpu_name(), "fastlstm": fastlstm.__version__,
            "openmp": fastlstm.openmp_enabled(), "python": platform.python_version(), "numpy": np.__version__,
            "config": f"I={I} H={H} layers={L}, {N} streams, no head", "flops_per_tick": flops,
            "bit_identical_across_thread_counts": identical, "wall_s": round(time.perf_counter() - t_start, 1)}
 
     print()
-    print(f"StreamPool.step scaling: {env['config']}  ({cores} cores available, {cpu})")
+    print(f"StreamPool.step scaling: {env['config']}  ({cores} cores available, {env['cpu']})")
     print(f"outputs bit-identical across thread counts: {identical}")
     print()
-    print("| threads | ticks | p50 / tick | p99 / tick | per stream-step | GFLOP/s | speedup | efficiency | other load |")
+    print("| threads | ticks | p50 / tick | p99 / tick | per stream-step | GFLOP/s | speedup | efficiency "
+          "| other load |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mark = " (oversubscribed)" if r["oversubscribed"] else ""

@@ -28,31 +28,15 @@ import tracemalloc
 import numpy as np
 
 import fastlstm
+from fastlstm.harness import configs
+from fastlstm.harness.timing import traced_memory as traced
 
 I, H, L, O = 16, 64, 2, 4
-
-
-def build_model(seed=0):
-    rng = np.random.default_rng(seed)
-    b = 1.0 / np.sqrt(H)
-    u = lambda *s: rng.uniform(-b, b, size=s).astype(np.float32)  # noqa: E731
-    layers = [fastlstm.LSTMLayer((fastlstm.LSTMWeights(u(4 * H, I if k == 0 else H), u(4 * H, H),
-                                                       u(4 * H), u(4 * H)),)) for k in range(L)]
-    return fastlstm.Model(layers, fastlstm.Dense(u(O, H), u(O)))
 
 
 def rss_bytes():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def traced(loop, n):
-    """(growth, peak above start) of tracemalloc's traced memory over loop(n)."""
-    tracemalloc.reset_peak()
-    before = tracemalloc.get_traced_memory()[0]
-    loop(n)
-    after, peak = tracemalloc.get_traced_memory()
-    return after - before, peak - before
 
 
 def alloc_check(name, loop, n):
@@ -141,7 +125,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         fastlstm.set_num_threads(args.threads)
-    model = build_model()
+    model = configs.random_model(configs.Config("soak", I, H, L, 1, 1), head_size=O)
     n = args.steps
     print(f"fastlstm {fastlstm.__version__}, threads {fastlstm.get_num_threads()}, "
           f"model I={I} H={H} layers={L} head={O}")

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite: fastlstm vs PyTorch vs ONNX Runtime on the six configs of issue 2.
+"""pytest-benchmark suite: fastlstm vs PyTorch vs ONNX Runtime on the six engine configs.
 
     pytest bench                                   # 1 thread, every config
     pytest bench --bench-threads 2                 # the multi-thread figures
@@ -22,9 +22,9 @@ import itertools
 import numpy as np
 import pytest
 
-import frameworks as fw
+from fastlstm.harness.configs import CONFIGS
 
-CONFIG_NAMES = list(fw.CONFIGS)
+CONFIG_NAMES = list(CONFIGS)
 cfg_param = pytest.mark.parametrize("cfg_name", CONFIG_NAMES)
 
 # float32 rounding against torch over up to 1000 recurrent steps; parity tests
@@ -33,15 +33,12 @@ ATOL = 1e-4
 
 
 def _fl(bundles, cfg_name):
-    b = bundles(cfg_name)
-    if b["fl"] is None:
-        pytest.skip("fastlstm engine not importable")
-    return b
+    return bundles(cfg_name)
 
 
 def _ort(bundles, cfg_name):
     b = bundles(cfg_name)
-    if b["ort_seq"] is None:
+    if b["ort"] is None:
         pytest.skip("onnxruntime not installed")
     return b
 
@@ -109,101 +106,67 @@ def test_fastlstm_predict(benchmark, bundles, cfg_name):
 
 # --------------------------------------------------------------------------- PyTorch
 
-@cfg_param
-def test_torch_lstm_step(benchmark, bundles, cfg_name):
-    """nn.LSTM on a T=1 slice, (h, c) carried by the caller."""
+def _torch_step(benchmark, bundles, cfg_name, route):
     import torch
 
     b = bundles(cfg_name)
-    cfg, lstm, head = b["cfg"], b["lstm"], b["head"]
-    xt = torch.from_numpy(b["x"])
-    it = itertools.cycle([xt[t:t + 1] for t in range(cfg.T)])
-    st = [torch.zeros(cfg.L, cfg.B, cfg.H), torch.zeros(cfg.L, cfg.B, cfg.H)]
-
-    def step():
-        y, (st[0], st[1]) = lstm(next(it), (st[0], st[1]))
-        return head(y) if head is not None else y
-
+    stepper = b["torch"].steppers(b["x"])[route]
+    it = itertools.cycle(stepper.inputs)
     _info(benchmark, b, "step")
     with torch.inference_mode():
-        benchmark(step)
+        benchmark(lambda: stepper.step(next(it)))
+
+
+@cfg_param
+def test_torch_lstm_step(benchmark, bundles, cfg_name):
+    """nn.LSTM on a T=1 slice, (h, c) carried by the caller."""
+    _torch_step(benchmark, bundles, cfg_name, "nn.LSTM")
 
 
 @cfg_param
 def test_torch_cell_step(benchmark, bundles, cfg_name):
     """One nn.LSTMCell per layer, chained by hand: the other usual way to stream in PyTorch."""
-    import torch
-
-    b = bundles(cfg_name)
-    cfg, cells, head = b["cfg"], b["cells"], b["head"]
-    xt = torch.from_numpy(b["x"])
-    it = itertools.cycle([xt[t] for t in range(cfg.T)])
-    hs = [torch.zeros(cfg.B, cfg.H) for _ in range(cfg.L)]
-    cs = [torch.zeros(cfg.B, cfg.H) for _ in range(cfg.L)]
-
-    def step():
-        inp = next(it)
-        for k, cell in enumerate(cells):
-            hs[k], cs[k] = cell(inp, (hs[k], cs[k]))
-            inp = hs[k]
-        return head(inp) if head is not None else inp
-
-    _info(benchmark, b, "step")
-    with torch.inference_mode():
-        benchmark(step)
+    _torch_step(benchmark, bundles, cfg_name, "nn.LSTMCell")
 
 
 @cfg_param
 def test_torch_predict(benchmark, bundles, cfg_name):
     """nn.LSTM over the whole sequence (oneDNN path where torch takes it)."""
-    import torch
-
     b = bundles(cfg_name)
-    lstm, head = b["lstm"], b["head"]
-    xt = torch.from_numpy(b["x"])
-
-    def run():
-        y, _ = lstm(xt)
-        return head(y) if head is not None else y
-
     _info(benchmark, b, "predict")
-    with torch.inference_mode():
-        benchmark(run)
+    benchmark(b["torch"].predict, b["x"])
     _add_gflops(benchmark, b)
 
 
 # --------------------------------------------------------------------------- ONNX Runtime
 
+def _ort_step(benchmark, bundles, cfg_name, stepper):
+    b = _ort(bundles, cfg_name)
+    first = stepper.outputs(min(b["cfg"].T, 16))
+    np.testing.assert_allclose(first, b["ref"][:len(first)], atol=ATOL)
+    it = itertools.cycle(stepper.inputs)
+    _info(benchmark, b, "step")
+    benchmark(lambda: stepper.step(next(it)))
+
+
 @cfg_param
 def test_ort_step(benchmark, bundles, cfg_name):
     """T=1 model, session.run with h/c fed back: the plain ORT streaming loop."""
     b = _ort(bundles, cfg_name)
-    cfg, st = b["cfg"], b["ort_step"]
-    it = itertools.cycle([np.ascontiguousarray(b["x"][t:t + 1]) for t in range(cfg.T)])
-    st.reset()
-    _info(benchmark, b, "step")
-    benchmark(lambda: st.step(next(it)))
+    _ort_step(benchmark, bundles, cfg_name, b["ort"].run_stepper(b["x"]))
 
 
 @cfg_param
 def test_ort_step_iobind(benchmark, bundles, cfg_name):
     """T=1 model through prepared IOBindings (no allocation): ORT's fastest Python streaming loop."""
     b = _ort(bundles, cfg_name)
-    cfg, st = b["cfg"], b["ort_step"]
-    inputs = [np.ascontiguousarray(b["x"][t:t + 1]) for t in range(cfg.T)]
-    st.reset()
-    first = np.concatenate([st.step_bound(inputs[t]).copy() for t in range(min(cfg.T, 16))])
-    np.testing.assert_allclose(first, b["ref"][:len(first)], atol=ATOL)
-    it = itertools.cycle(inputs)
-    _info(benchmark, b, "step")
-    benchmark(lambda: st.step_bound(next(it)))
+    _ort_step(benchmark, bundles, cfg_name, b["ort"].steppers(b["x"])[""])
 
 
 @cfg_param
 def test_ort_predict(benchmark, bundles, cfg_name):
     b = _ort(bundles, cfg_name)
-    sess, feeds = b["ort_seq"], {"x": b["x"]}
     _info(benchmark, b, "predict")
-    y = benchmark(sess.run, None, feeds)[0]
+    y = benchmark(b["ort"].predict, b["x"])
     np.testing.assert_allclose(y, b["ref"], atol=ATOL)
     _add_gflops(benchmark, b)

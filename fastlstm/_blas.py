@@ -2,8 +2,9 @@
 
 The kernels call sgemm through scipy's ``cython_blas`` by default.  numpy's
 wheels bundle their own, often newer OpenBLAS (ILP64, symbols suffixed
-``64_``); on this project's machine numpy's 0.3.31 ran the kernels' sgemm
-shapes 1.6x faster than scipy's 0.3.30, so the newest OpenBLAS that exports an
+``64_``).  Measured on the development machine in November 2026 (numpy
+2.4's OpenBLAS 0.3.31 against scipy 1.17's 0.3.30), the newer one ran the
+kernels' sgemm shapes 1.6x faster, so the newest OpenBLAS that exports an
 ILP64 ``sgemm`` is preferred when it is newer than scipy's.
 
 Inside a kernel call every OpenBLAS is held to one thread (see _kernels.run_batch),

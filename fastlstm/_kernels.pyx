@@ -3,9 +3,9 @@
 """Compiled kernels: the whole network forward for a block of time steps and
 batch rows, and the thread/BLAS plumbing around it (streams: _streams.pyx).
 
-Everything numeric runs without the GIL.  The Python layer (model.py,
-stream.py) validates arguments and owns the arrays; this module trusts the
-pointers it is given.
+Everything numeric runs without the GIL.  The Python layer (model.py and
+_streams.pyx, with the checks of _validate.py) validates arguments and owns
+the arrays; this module trusts the pointers it is given.
 
 Parallel scheme: batch rows are independent through the whole network, so
 the batch is cut into row chunks and each OpenMP thread runs every layer and
@@ -27,7 +27,6 @@ from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
 
 cimport numpy as cnp
-import numpy as np
 
 cnp.import_array()
 
@@ -76,7 +75,7 @@ cdef extern from "fastlstm_fpmode.h" nogil:
 cdef int g_num_threads = 1
 
 # openblas_{set,get}_num_threads of every OpenBLAS in the process, found by
-# _threads.py.  Inside our parallel region BLAS must run on one thread, or the
+# _blas.discover (and handed over by _threads.py).  Inside our parallel region BLAS must run on one thread, or the
 # two thread pools multiply (oversubscription).
 ctypedef void (*blas_set_fn)(int) noexcept nogil
 ctypedef int (*blas_get_fn)() noexcept nogil
@@ -636,7 +635,8 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
 
 
 # ---------------------------------------------------------------------------
-# Test hooks: the C activations and the fp-mode guard, callable from Python.
+# Test hook: the C activations, callable from Python (model.py also applies a
+# head activation through it for Keras' last step of a bidirectional layer).
 
 def _activate(int kind, cnp.ndarray x):
     """Apply activation `kind` (fl_activation) to a float32 array in place."""

@@ -51,7 +51,7 @@ cdef class Stream:
             raise MemoryError()
 
     def __init__(self, model, Network net, batch_size):
-        from fastlstm._threads import available_cores  # (_threads imports this module)
+        from fastlstm._threads import available_cores  # (_threads imports _kernels)
         cdef long hs, cs
         hs, cs = net.state_size
         self.model = model
@@ -246,6 +246,7 @@ cdef class StreamPool:
         """Reallocate every per-slot array for ``capacity`` slots, keeping the open streams."""
         from fastlstm._threads import available_cores  # (_threads imports _kernels)
         cdef int old = self.cap
+
         def grown(arr, shape, dtype):
             new = np.zeros(shape, dtype=dtype)
             if arr is not None:

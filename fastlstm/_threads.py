@@ -5,7 +5,7 @@ import os
 from . import _blas, _kernels, _validate
 
 
-def available_cores():
+def available_cores() -> int:
     """The number of cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
@@ -13,7 +13,7 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Set the number of threads used across the batch (results do not depend on it).
 
     Parameters
@@ -23,7 +23,7 @@ def set_num_threads(n):
     _kernels._set_num_threads(_validate.positive_int(n, "n"))
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The number of threads used across the batch (default: the cores this process may use)."""
     return _kernels._get_num_threads()
 

@@ -13,8 +13,8 @@ anything reaches compiled code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def _as_float32_matrix(name, value, ndim):
     """Return ``value`` as a read-only C-contiguous float32 array, or raise naming ``name``."""
     try:
         arr = np.asarray(value)
-    except Exception as exc:  # e.g. a ragged list
+    except Exception as exc:  # noqa: BLE001 - e.g. a ragged list: whatever numpy raises, the input is not numeric
         raise TypeError(f"{name}: expected a numeric array, got {type(value).__name__} ({exc})") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
@@ -50,8 +50,40 @@ def _as_float32_matrix(name, value, ndim):
     return arr
 
 
-@dataclass(frozen=True)
-class LSTMWeights:
+def _same(a: Any, b: Any) -> bool:
+    """Value equality through arrays (same shape and values) and tuples of them."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+class _ArrayValue:
+    """Equality by value and a short repr for the frozen dataclasses below, which hold arrays.
+
+    The generated ``__eq__`` would compare the arrays element-wise and raise on two equal
+    objects, and the generated ``__repr__`` would print every weight.  Fields declared with
+    ``compare=False`` (a weight's ``name``) do not count.  Unhashable, like the arrays inside.
+    """
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name))
+                   for f in fields(self) if f.compare)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class LSTMWeights(_ArrayValue):
     """One direction of one LSTM layer, in PyTorch's layout (gate rows i, f, g, o).
 
     Parameters
@@ -112,9 +144,14 @@ class LSTMWeights:
         """Width of ``h``: the projection size if there is one, else the hidden size."""
         return self.weight_hr.shape[0] if self.weight_hr is not None else self.hidden_size
 
+    def describe(self) -> str:
+        biases = sum(b is not None for b in (self.bias_ih, self.bias_hh))
+        proj = f", proj_size={self.output_size}" if self.weight_hr is not None else ""
+        return f"LSTMWeights({self.name!r}: {self.input_size} -> {self.hidden_size}{proj}, {biases} bias vector(s))"
 
-@dataclass(frozen=True)
-class LSTMLayer:
+
+@dataclass(frozen=True, eq=False, repr=False)
+class LSTMLayer(_ArrayValue):
     """One LSTM layer: one direction, or two for a bidirectional layer.
 
     Parameters
@@ -201,8 +238,8 @@ class LSTMLayer:
         return "".join(parts) + ")"
 
 
-@dataclass(frozen=True)
-class Dense:
+@dataclass(frozen=True, eq=False, repr=False)
+class Dense(_ArrayValue):
     """A dense head applied at every time step: ``y = activation(h @ weight.T + bias)``.
 
     Parameters
@@ -226,7 +263,8 @@ class Dense:
                 raise ValueError(f"head.bias: expected shape ({self.weight.shape[0]},), got {bias.shape}")
             object.__setattr__(self, "bias", bias)
         if self.activation not in HEAD_ACTIVATIONS:
-            raise ValueError(f"head activation: {self.activation!r} is not supported; expected one of {HEAD_ACTIVATIONS}")
+            raise ValueError(f"head activation: {self.activation!r} is not supported; "
+                             f"expected one of {HEAD_ACTIVATIONS}")
 
     @property
     def input_size(self) -> int:

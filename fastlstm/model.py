@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import os
+from typing import Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _kernels, _streams, _validate
 from ._packing import pack_head, pack_layer
@@ -15,6 +17,10 @@ from .state import State
 class Model:
     """An LSTM network ready for inference.
 
+    The weights are validated and repacked once, here; afterwards the model is
+    read-only and may be shared by any number of streams and threads.  Every
+    loader (``fastlstm.load``, ``from_torch``, ``from_keras``) returns one.
+
     Parameters
     ----------
     layers : sequence of :class:`fastlstm.LSTMLayer`
@@ -23,10 +29,6 @@ class Model:
         A dense layer applied to the last layer's output at every step.
     return_sequences : bool
         ``False`` (Keras) makes :meth:`predict` return only the last step's output.
-
-    The weights are validated and repacked once, here; afterwards the model is
-    read-only and may be shared by any number of streams and threads.  Every
-    loader (``fastlstm.load``, ``from_torch``, ``from_keras``) returns one.
     """
 
     def __init__(self, layers: Sequence[LSTMLayer], head: Optional[Dense] = None, *,
@@ -52,7 +54,7 @@ class Model:
         return self._head.output_size if self._head is not None else self._layers[-1].output_size
 
     @property
-    def layers(self):
+    def layers(self) -> Tuple[LSTMLayer, ...]:
         """The LSTM layers (tuple of :class:`fastlstm.LSTMLayer`); the head is :attr:`head`."""
         return self._layers
 
@@ -93,8 +95,16 @@ class Model:
 
     # -- inference ---------------------------------------------------------------------
 
-    def predict(self, x, state: Optional[State] = None, *, batch_first: bool = False,
-                return_state: bool = False):
+    @overload
+    def predict(self, x: npt.ArrayLike, state: Optional[State] = None, *, batch_first: bool = False,
+                return_state: Literal[False] = False) -> np.ndarray: ...
+
+    @overload
+    def predict(self, x: npt.ArrayLike, state: Optional[State] = None, *, batch_first: bool = False,
+                return_state: Literal[True]) -> Tuple[np.ndarray, State]: ...
+
+    def predict(self, x: npt.ArrayLike, state: Optional[State] = None, *, batch_first: bool = False,
+                return_state: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, State]]:
         """Run whole sequences.
 
         Parameters
@@ -156,9 +166,9 @@ class Model:
         if self._head is None:
             return np.ascontiguousarray(merged, dtype=np.float32)
         w, b, act = pack_head(self._head)
-        return _kernels._activate(act, np.ascontiguousarray(merged @ w + b, dtype=np.float32))
+        return _kernels._activate(act, np.ascontiguousarray(merged @ w + b, dtype=np.float32))  # noqa: SLF001
 
-    def stream(self, batch_size: Optional[int] = None):
+    def stream(self, batch_size: Optional[int] = None) -> _streams.Stream:
         """A :class:`Stream` stepping ``batch_size`` streams (or one unbatched stream) from zero state.
 
         Raises ValueError when a layer needs the whole sequence (bidirectional or go_backwards)."""
@@ -174,12 +184,12 @@ class Model:
                     f"this model cannot stream: layer {k} {why}, so each output depends on future "
                     "inputs; use model.predict on whole sequences instead")
 
-    def pool(self, capacity: int):
+    def pool(self, capacity: int) -> _streams.StreamPool:
         """A :class:`StreamPool` with state preallocated for ``capacity`` streams (see ``reserve``)."""
         self._check_streamable()
         return _streams.StreamPool(self, self._net, _validate.positive_int(capacity, "capacity"))
 
-    def save(self, path) -> None:
+    def save(self, path: Union[str, os.PathLike]) -> None:
         """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly."""
         from .loaders import save_model
         save_model(self, path)

@@ -20,7 +20,7 @@ import json
 import math
 import struct
 import zlib
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -87,7 +87,7 @@ class State:
         return blob + _CHECKSUM.pack(zlib.crc32(blob))
 
     @classmethod
-    def from_bytes(cls, data) -> "State":
+    def from_bytes(cls, data: Union[bytes, bytearray, memoryview]) -> "State":
         """Rebuild a State written by :meth:`to_bytes`; ValueError on anything malformed or corrupt.
 
         Version 2 blobs carry a CRC-32, so any corruption is refused; version 1 blobs (no

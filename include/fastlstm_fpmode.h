@@ -18,12 +18,10 @@ static inline fl_fpmode_t fl_flush_denormals(void)
     return old;
 }
 static inline void fl_restore_fpmode(fl_fpmode_t old) { _mm_setcsr(old); }
-static inline int fl_denormals_flushed(void) { return (_mm_getcsr() & 0x8040u) == 0x8040u; }
 #else
 typedef int fl_fpmode_t;
 static inline fl_fpmode_t fl_flush_denormals(void) { return 0; }
 static inline void fl_restore_fpmode(fl_fpmode_t old) { (void)old; }
-static inline int fl_denormals_flushed(void) { return 0; }
 #endif
 
 #endif /* FASTLSTM_FPMODE_H */

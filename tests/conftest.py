@@ -17,6 +17,9 @@ if _HERE not in sys.path:
 import oracle  # noqa: E402
 from checks import assert_state_equal  # noqa: E402
 
+#: The loader tests' fixtures (torch_one_thread), available to every module that asks for them.
+pytest_plugins = ["loader_helpers"]
+
 
 @pytest.fixture
 def rng():

@@ -14,18 +14,19 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-#: The issue's bar: max abs error against the framework over 1000 steps.
+#: The loaders' parity bar: max abs error against the framework over 1000 steps.
 TOL = 1e-5
 STEPS = 1000
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(scope="module")
 def torch_one_thread():
     """Run torch (and Keras on torch) single-threaded in the loader tests, restoring it afterwards.
 
     The reference models are tiny, so one thread is also the fastest; and torch's OpenMP
     workers spin-wait, which on a busy 2-core CI machine turned a 50 ms LSTM call into 20 s.
-    Import this fixture into a test module to use it.
+    A loader test module uses it with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``
+    (tests/conftest.py registers this module as a plugin).
     """
     try:
         import torch

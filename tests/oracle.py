@@ -10,7 +10,7 @@ at a time and in float64::
     c' = f*c + i*g;   h' = o*act(c')   (with projection: h' = W_hr (o*act(c')))
     y  = head_act(W_y h' + b_y)
 
-Direction conventions (formats.md sections 1.1, 2.3, 2.4):
+Direction conventions (those of PyTorch's nn.LSTM and Keras' Bidirectional/go_backwards):
 
 * a bidirectional layer's backward direction reads x[T-1] .. x[0] and its outputs are re-aligned
   to input time before merging (PyTorch concatenates ``[fwd, bwd]``; Keras may also sum, multiply

@@ -22,7 +22,8 @@ import fastlstm.loaders as loaders
 from fastlstm.loaders import read_spec
 from fastlstm.loaders._common import build_model
 from loader_helpers import import_keras
-from loader_helpers import torch_one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 X = np.random.default_rng(0).standard_normal((16, 2, 3)).astype(np.float32)
 
@@ -142,12 +143,14 @@ EDITS = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255
 CUT = st.none() | st.floats(0, 1, exclude_max=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(["pt", "safetensors", "native", "keras"]), edits=EDITS, cut=CUT)
 def test_fuzz_in_process_formats(kind, edits, cut):
     _check(kind, edits, cut)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=EDITS, cut=CUT)
 def test_fuzz_legacy_h5(edits, cut):
@@ -211,6 +214,7 @@ def _keras_parts():
     return json.loads(z.read("config.json")), parse(z.read("model.weights.h5"), ("optimizer/",))[1]
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
 def test_fuzz_keras_config_nodes(pick, value):
@@ -227,6 +231,7 @@ def test_fuzz_keras_config_nodes(pick, value):
     _runs(spec, X)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
 def test_fuzz_native_config_nodes(pick, value):
@@ -250,14 +255,16 @@ def test_fuzz_native_config_nodes(pick, value):
 @functools.lru_cache(maxsize=None)
 def _legacy_parts():
     """A Keras-2-style Functional .h5 (see test_load_keras2_h5), parsed once."""
-    from fastlstm.loaders.hdf5_reader import parse
     from test_load_keras2_h5 import _functional_old_names
+
+    from fastlstm.loaders.hdf5_reader import parse
 
     _functional_old_names(_tmp("k2f.h5"))
     attrs, datasets = parse(open(_tmp("k2f.h5"), "rb").read(), ("optimizer_weights/",))
     return attrs, datasets
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
 def test_fuzz_legacy_config_nodes(pick, value):

@@ -9,7 +9,8 @@ import pytest
 import fastlstm.loaders as loaders
 from fastlstm.loaders import read_spec
 from loader_helpers import STEPS, check_parity, import_keras
-from loader_helpers import torch_one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 keras = import_keras()
 L = keras.layers

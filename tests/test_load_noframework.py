@@ -12,12 +12,14 @@ import textwrap
 import warnings
 
 import numpy as np
+import pytest
 import safetensors.torch as safetensors_torch
 import torch
 
 import fastlstm.loaders as loaders
 from loader_helpers import import_keras, torch_outputs
-from loader_helpers import torch_one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 BLOCKED = ("torch", "keras", "tensorflow", "tf_keras", "jax", "safetensors")

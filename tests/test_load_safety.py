@@ -13,7 +13,8 @@ import torch
 
 import fastlstm.loaders as loaders
 from fastlstm.loaders.safetensors_io import encode_safetensors
-from loader_helpers import torch_one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 

@@ -11,7 +11,8 @@ import torch
 import fastlstm.loaders as loaders
 from fastlstm.loaders import LoadWarning, read_spec
 from loader_helpers import STEPS, check_parity, torch_cell_outputs, torch_outputs
-from loader_helpers import torch_one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 nn = torch.nn
 

@@ -20,7 +20,7 @@ import fastlstm
 import oracle
 from fastlstm.layers import LSTMLayer, LSTMWeights
 
-#: The issue's bound: max abs error over the whole output, float32 engine vs float64 oracle.
+#: The accuracy bound: max abs error over the whole output, float32 engine vs float64 oracle.
 TOL = 2e-6
 
 # (name, I, H, layers, B, T): the benchmark shapes, then odd sizes.
@@ -179,7 +179,7 @@ def _keras():
 
 
 def _keras_weights_to_layer(cell_weights, **layer_kw):
-    """Keras (kernel (I,4H), recurrent (H,4H), bias) per direction -> LSTMLayer (formats.md 2.1)."""
+    """Keras (kernel (I,4H), recurrent (H,4H), bias) per direction -> LSTMLayer (gate order i, f, c, o)."""
     dirs = tuple(LSTMWeights(k.T, r.T, b, None) for k, r, b in cell_weights)
     return LSTMLayer(dirs, **layer_kw)
 

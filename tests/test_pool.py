@@ -469,8 +469,9 @@ def test_closed_ids_stay_invalid_after_their_slot_is_reused(rng):
         sid = new
     before = _snapshot(pool, [keep, sid])
     for d in dead[::37] + dead[-2:]:
-        for call in (lambda: pool.get_state(d), lambda: pool.close(d), lambda: pool.reset(d),
-                     lambda: pool.step([d], np.zeros((1, I))), lambda: pool.step([keep, d], np.zeros((2, I)))):
+        for call in (lambda d=d: pool.get_state(d), lambda d=d: pool.close(d), lambda d=d: pool.reset(d),
+                     lambda d=d: pool.step([d], np.zeros((1, I))),
+                     lambda d=d: pool.step([keep, d], np.zeros((2, I)))):
             with pytest.raises(ValueError):
                 call()
     _assert_unchanged(pool, before)

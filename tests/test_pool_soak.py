@@ -17,24 +17,17 @@ import os
 import tracemalloc
 
 import numpy as np
+import pytest
 
 import fastlstm
 import oracle
+from fastlstm.harness.timing import traced_memory as _measure
 
 I, H, L, O = 16, 32, 2, 4
 STEPS = 100_000
 SLACK = 16   # bytes: below the size of any Python object (an int is 28)
 
 _MODEL = fastlstm.Model(*oracle.random_stack(np.random.default_rng(2), I, H, L, head_size=O))
-
-
-def _measure(loop, n):
-    """(growth of traced memory, peak above the start) over ``loop(n)``."""
-    tracemalloc.reset_peak()
-    before = tracemalloc.get_traced_memory()[0]
-    loop(n)
-    after, peak = tracemalloc.get_traced_memory()
-    return after - before, peak - before
 
 
 def _assert_allocation_free(loop, n=STEPS):
@@ -168,6 +161,7 @@ def _soak(pool, n_steps, rng_seed=3):
     return sentinel, np.array(sentinel_x, np.int16), xs
 
 
+@pytest.mark.slow
 def test_pool_soak_keeps_rss_bounded():
     """10^5 pool steps with open/close churn: RSS after warm-up grows by less than 4 MB."""
     pool = _MODEL.pool(200)

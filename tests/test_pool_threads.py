@@ -92,7 +92,7 @@ def test_threads_on_different_pools_and_streams_match_serial():
     serial = [_own_objects_worker(w) for w in range(N_THREADS)]
     for _ in range(2):
         rounds = threading.Barrier(N_THREADS, timeout=60)
-        threaded = _run_threads([lambda w=w: _own_objects_worker(w, rounds=rounds) for w in range(N_THREADS)],
+        threaded = _run_threads([lambda w=w, r=rounds: _own_objects_worker(w, rounds=r) for w in range(N_THREADS)],
                                 switch_interval=1e-5)
         for (outs_s, fin_s), (outs_t, fin_t) in zip(serial, threaded):
             assert len(outs_s) == len(outs_t)
@@ -155,7 +155,8 @@ def test_threads_sharing_one_pool_with_disjoint_ids_match_serial():
     for _ in range(2):
         pool = MODEL.pool(1000)
         rounds = threading.Barrier(N_THREADS, timeout=60)
-        threaded = _run_threads([lambda w=w: _shared_pool_worker(pool, w, rounds=rounds) for w in range(N_THREADS)],
+        threaded = _run_threads([lambda w=w, p=pool, r=rounds: _shared_pool_worker(p, w, rounds=r)
+                                 for w in range(N_THREADS)],
                                 switch_interval=1e-5)
         for (outs_s, fin_s), (outs_t, fin_t) in zip(serial, threaded):
             assert all(np.array_equal(a, b) for a, b in zip(outs_s, outs_t))

@@ -18,14 +18,14 @@ TOL = 1e-5
 
 
 def _layers_from_torch(lstm: torch.nn.LSTM):
-    """state_dict keys (formats.md 1.1) -> a tuple of fastlstm.LSTMLayer, PyTorch layout unchanged."""
+    """state_dict keys (``weight_ih_l{k}[_reverse]`` ...) -> a tuple of fastlstm.LSTMLayer, PyTorch layout unchanged."""
     sd = {k: v.detach().cpu().numpy() for k, v in lstm.state_dict().items()}
     suffixes = ["", "_reverse"] if lstm.bidirectional else [""]
     layers = []
     for k in range(lstm.num_layers):
         dirs = []
         for suf in suffixes:
-            get = lambda name: sd.get(f"{name}_l{k}{suf}")  # noqa: E731
+            get = lambda name, k=k, suf=suf: sd.get(f"{name}_l{k}{suf}")  # noqa: E731
             dirs.append(LSTMWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"),
                                              get("bias_hh"), get("weight_hr")))
         layers.append(LSTMLayer(tuple(dirs)))

@@ -88,6 +88,7 @@ def _stream_counts(text):
 
 def build_parser():
     from .. import __version__
+    from ..harness.peers import PEERS  # the registry only: no framework is imported
 
     p = argparse.ArgumentParser(
         prog="fastlstm", description="Fast CPU inference of LSTM networks: benchmark, inspect, convert, demo.",
@@ -102,7 +103,8 @@ def build_parser():
 
     b = add("bench", "time fastlstm against the frameworks installed",
             "Run MODEL in fastlstm and in every installed framework that can run it (PyTorch rebuilt from "
-            "the weights, ONNX Runtime exported through torch, Keras for Keras files); check that they agree, "
+            "the weights; ONNX Runtime, OpenVINO f32 and bf16, and tract on the graphs exported through torch; "
+            "Keras for Keras files); check that they agree, "
             "then time streaming steps, whole sequences and many streams stepped together, side by side, "
             "and print medians with ratios. Frameworks that are not installed are listed as skipped.")
     _model_arg(b)
@@ -112,8 +114,8 @@ def build_parser():
     b.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="threads for every engine (default: fastlstm's default, the cores this process may use)")
     b.add_argument("--frameworks", default="auto", metavar="LIST",
-                   help="comma-separated from torch,onnxruntime,keras; 'auto' (default) runs torch and "
-                        "onnxruntime, plus keras for Keras files")
+                   help=f"comma-separated from {','.join(PEERS)}; 'auto' (default) runs every installed one "
+                        "but keras, plus keras for Keras files")
     b.add_argument("--streams", type=_stream_counts, default=[16, 256], metavar="N,N",
                    help="stream counts for the many-streams rows (default 16,256)")
     b.add_argument("--seq-len", type=_positive_int, default=None, metavar="T",

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from . import load_model
 from .. import data
+from . import load_model
 
 PASSES = 7  # latency: median over this many full passes of the record
 

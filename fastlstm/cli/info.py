@@ -9,8 +9,8 @@ import zipfile
 
 import numpy as np
 
-from . import CommandError, load_model
 from ..data import MODEL_PATH
+from . import CommandError, load_model
 
 
 def file_format(path) -> str:
@@ -37,10 +37,6 @@ def file_format(path) -> str:
                 meta = header.get("__metadata__") or {}
                 return "fastlstm" if meta.get("format") == "fastlstm" else "safetensors (PyTorch names)"
     return "unknown"
-
-
-def is_keras_file(path) -> bool:
-    return file_format(path).startswith("Keras")
 
 
 def _layer_params(layer):

@@ -13,9 +13,8 @@ import math
 import sys
 import time
 
-from ..compare import FRAMEWORKS, installed
+from ..harness import LABELS, PEERS, installed
 
-LABELS = {"fastlstm": "fastlstm", **{k: v[0] for k, v in FRAMEWORKS.items()}}
 UNITS = {"us/step": ("µs/step", 1e6), "ms/seq": ("ms/seq", 1e3)}
 
 
@@ -44,7 +43,8 @@ class Progress:
         t0 = time.perf_counter()
         if self.live and have_rich():
             from rich.console import Console
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
 
             with RichProgress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                               TimeElapsedColumn(), console=Console(file=self.stream), transient=True) as p:
@@ -145,7 +145,8 @@ def render(result) -> str:
              f"machine: {mach['cpu']}, {mach['cores']} cores; {s['threads']} thread(s) for every engine; "
              f"{s['mode']} run, {s['repeats']} interleaved repeats, medians"]
     names = ", ".join(f"{LABELS[n]} {e:.1e}" for n, per in result["parity"].items() for e in [max(per.values())])
-    verdict = "ok" if result["parity_ok"] else f"FAILED (tolerance {result['parity_tolerance']:.1e})"
+    verdict = "ok" if result["parity_ok"] else "FAILED (tolerances " + ", ".join(
+        f"{LABELS[n]} {t:.1e}" for n, t in result["parity_tolerances"].items()) + ")"
     lines.append(f"parity, max abs difference from fastlstm: {names or 'no other framework ran'} -> {verdict}")
     header, body = _table_cells(result)
     title = "time per call, median; (N.Nx) = that framework's time / fastlstm's"
@@ -158,8 +159,7 @@ def render(result) -> str:
     if routes:
         lines.append("PyTorch steps: the faster of nn.LSTM on T=1 and one nn.LSTMCell per layer; used, by row: "
                      + ", ".join(routes) + ".")
-    if "onnxruntime" in result["parity"]:
-        lines.append("ONNX Runtime steps: a T=1 graph with the state as inputs and outputs, through IOBinding.")
+    lines += [PEERS[n].note for n in result["parity"] if n != "torch" and PEERS[n].note]
     load = mach.get("other_load_cores")
     if load is not None and load == load and load > 0.25:
         lines.append(f"note: other processes kept {load:.1f} cores busy while this ran; the figures are noisy.")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -93,7 +93,7 @@ def forecast(series: Series, outputs: np.ndarray) -> np.ndarray:
     return series.co2 + DIFF_SCALE * np.asarray(outputs, dtype=np.float64).reshape(-1)
 
 
-def scored_weeks(series: Series, start: int = TEST_START, stop: int | None = None) -> np.ndarray:
+def scored_weeks(series: Series, start: int = TEST_START, stop: Optional[int] = None) -> np.ndarray:
     """Indices ``t`` whose forecast of week ``t + 1`` is scored: ``start <= date[t+1] < stop``,
     with week ``t + 1`` actually measured."""
     nxt = series.dates[1:]

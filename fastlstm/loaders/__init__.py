@@ -23,6 +23,7 @@ import contextlib
 import os
 import stat
 import struct
+from typing import TYPE_CHECKING, Any, Union
 
 from ._common import LoadWarning, Spec, build_model, describe_keys, open_zip
 from ._limits import MAX_FILE_BYTES, Budget, shown
@@ -30,7 +31,11 @@ from .keras_files import is_hdf5, read_keras_h5, read_keras_zip
 from .native import is_native, save_model, spec_from_native
 from .safetensors_io import looks_like_safetensors, read_safetensors
 from .torch_state import OVERRIDES, check_overrides, spec_from_state_dict
-from .torch_zip import LEGACY_MAGIC, read_torch_zip, sniff as sniff_torch_zip
+from .torch_zip import LEGACY_MAGIC, read_torch_zip
+from .torch_zip import sniff as sniff_torch_zip
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 __all__ = ["load", "from_torch", "from_keras", "save_model", "read_spec", "LoadError", "LoadWarning", "Spec"]
 
@@ -196,13 +201,13 @@ def _spec_from_torch(data, source, overrides, budget):
     return spec_from_state_dict(obj, source, **overrides)
 
 
-def read_spec(path, **overrides) -> Spec:
+def read_spec(path: Union[str, os.PathLike], **overrides: Any) -> Spec:
     """What :func:`load` reads, before building the engine model (useful for inspection and tests)."""
     data, source = _read_source(path)
     return spec_from_bytes(data, source, **overrides)
 
 
-def load(path, **overrides):
+def load(path: Union[str, os.PathLike], **overrides: Any) -> Model:
     """Open a model file; the format is detected from the content, not the extension.
 
     Reads PyTorch ``torch.save(state_dict)`` files (.pt/.pth), safetensors with PyTorch
@@ -219,7 +224,7 @@ def load(path, **overrides):
     return build_model(read_spec(path, **overrides))
 
 
-def from_torch(obj, **overrides):
+def from_torch(obj: Any, **overrides: Any) -> Model:
     """Build a model from ``nn.LSTM``, ``nn.LSTMCell``, a module holding one plus an ``nn.Linear``
     head, or a state_dict mapping (tensors or arrays).
 
@@ -238,7 +243,7 @@ def from_torch(obj, **overrides):
     return build_model(spec_from_torch_object(obj, **overrides))
 
 
-def from_keras(obj):
+def from_keras(obj: Any) -> Model:
     """Build a model from a Keras Sequential/Functional model object, or a ``.keras``/``.h5`` path.
 
     ``stateful=True`` layers load like any other: keep state across calls with

@@ -59,7 +59,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.
 
 def warn(message):
     """Warn with the location of the user's call, not of a loader internal."""
-    level, frame = 2, sys._getframe(1)
+    level, frame = 2, sys._getframe(1)  # noqa: SLF001 - the documented way to walk the caller's frames
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, LoadWarning, stacklevel=level)
@@ -184,7 +184,7 @@ def read_member(zf, name, source, budget, limit=None):
             UnicodeDecodeError) as exc:
         # zipfile raises these for bad CRCs, truncated data, unknown compression, encryption.
         raise ValueError(f"{source}: archive member {shown(name)} is corrupt ({str(exc)[:200]})") from None
-    except Exception as exc:  # zlib.error and friends: still a corrupt file, never a crash
+    except Exception as exc:  # noqa: BLE001 - zlib.error and friends: still a corrupt file, never a crash
         raise ValueError(f"{source}: archive member {shown(name)} is corrupt "
                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if len(data) != info.file_size:

@@ -74,7 +74,7 @@ def parse(data, skip_data_under=(), budget=None, max_chunks=None):
 
     try:
         f = h5py.File(io.BytesIO(data), "r")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - h5py raises many types on a file that is not HDF5
         raise HDF5Error(f"not a readable HDF5 file ({type(exc).__name__}: {str(exc)[:200]})") from None
     attrs, datasets, count = {}, {}, [0]
     left = [float("inf") if budget is None else budget]
@@ -127,7 +127,7 @@ def parse(data, skip_data_under=(), budget=None, max_chunks=None):
         visit(f, "", 0)
     except (HDF5Error, MemoryError):
         raise
-    except Exception as exc:  # h5py raises many types on damaged files
+    except Exception as exc:  # noqa: BLE001 - h5py raises many types on damaged files
         raise HDF5Error(f"corrupt HDF5 data ({type(exc).__name__}: {str(exc)[:200]})") from None
     finally:
         f.close()
@@ -253,7 +253,7 @@ def extract(data, skip_data_under=(), budget=None, max_chunks=None, address_spac
         return _decode(proc.stdout)
     except HDF5Error:
         raise
-    except Exception as exc:  # the child's output is ours, so this should not happen; still no crash
+    except Exception as exc:  # noqa: BLE001 - the child's output is ours, so this should not happen; still no crash
         raise HDF5Error(f"could not decode the HDF5 reader's output ({type(exc).__name__}: {exc})") from None
 
 

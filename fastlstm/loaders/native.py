@@ -156,9 +156,3 @@ def _build(config, tensors, source):
         raise ValueError(f"{source}: tensors not described by the config: {describe_keys(extra)}")
     return layers, head
 
-
-def read_native_bytes(data, source):
-    tensors, metadata, start = read_safetensors(data, source)
-    if not is_native(metadata):
-        raise ValueError(f"{source}: not a fastlstm file (no format='fastlstm' metadata)")
-    return spec_from_native(tensors, metadata, data, start, source)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Dict
 
 import numpy as np
 
@@ -25,7 +26,7 @@ MAX_HEADER_BYTES = 100_000_000
 _MAX_DIMS = 32
 _MAX_EXTENT = 1 << 48
 
-_DTYPES = {
+_DTYPES: Dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),

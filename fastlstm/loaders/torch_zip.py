@@ -274,7 +274,7 @@ def read_torch_zip(data, source, budget=None):
     except pickle.UnpicklingError as exc:
         raise ValueError(f"{source}: refused to unpickle: {exc}. Only plain state_dicts (tensors in "
                          "ordered dicts) can be loaded; a whole pickled module or arbitrary objects cannot") from None
-    except Exception as exc:  # truncated or garbled pickle stream: any error is a corrupt file
+    except Exception as exc:  # noqa: BLE001 - truncated or garbled pickle stream: any error is a corrupt file
         raise ValueError(f"{source}: corrupt pickle in {pkls[0]!r} ({type(exc).__name__}: {str(exc)[:200]})") from None
 
     cache = {}

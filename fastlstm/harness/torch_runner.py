@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import numpy as np
 
-from ._common import cycle_inputs, require_standard_cells
+from ._common import Stepper, require_standard_cells
 
 
 def _uniform(model):
@@ -74,9 +76,10 @@ def torch_module(model):
                     x = torch.flip(x, (0,))
                 x, hc = lstm(x) if state is None else lstm(x, state[k])
                 new_state.append(hc)
-                if self.merges[k] not in (None, "concat"):
+                merge = self.merges[k]
+                if merge is not None and merge != "concat":
                     a, b = x.chunk(2, dim=-1)
-                    x = {"sum": a + b, "mul": a * b, "ave": (a + b) * 0.5}[self.merges[k]]
+                    x = {"sum": a + b, "mul": a * b, "ave": (a + b) * 0.5}[merge]
             if self.head is not None:
                 x = self.head(x)
                 if self.act is not None:
@@ -141,48 +144,53 @@ class TorchRunner:
                     self._forward_seq(xt)
         return run
 
-    def stepper(self, xs):
-        return _TorchStepper(self, xs)
-
     def steppers(self, xs):
         """Both ways to step in PyTorch, by name; ``nn.LSTM`` on T=1 is not always the faster
         (its oneDNN path costs more per call on some CPUs), so the benchmark times both."""
-        out = {"nn.LSTM": _TorchStepper(self, xs)}
+        out: Dict[str, Stepper] = {"nn.LSTM": TorchStepper(self, xs)}
         if not any(layer.proj_size for layer in self.model.layers):
-            out["nn.LSTMCell"] = _TorchCellStepper(self, xs)
+            out["nn.LSTMCell"] = TorchCellStepper(self, xs)
         return out
 
 
-class _TorchStepper:
+class _TorchMixin(Stepper):
+    """Steps inside ``torch.inference_mode()``, entered once per call of outputs/run, as a
+    streaming user would hold it around the loop: it is not charged per step."""
+
+    torch: Any
+
+    def outputs(self, steps):
+        with self.torch.inference_mode():
+            return super().outputs(steps)
+
+    def run(self, n):
+        with self.torch.inference_mode():
+            super().run(n)
+
+
+class TorchStepper(_TorchMixin):
+    """The rebuilt module on a T=1 slice, the ``(h, c)`` pairs carried by the caller."""
+
     def __init__(self, runner, xs):
-        self.torch, self.net = runner.torch, runner.net
+        self.torch, self.net, self.batch = runner.torch, runner.net, xs.shape[1]
         xt = self.torch.from_numpy(xs)
         self.inputs = [xt[t:t + 1] for t in range(xs.shape[0])]  # (1, B, I) views
         self.state = None
 
-    def outputs(self, steps):
+    def reset(self):
         self.state = None
-        with self.torch.inference_mode():
-            ys = []
-            for x in self.inputs[:steps]:
-                y, self.state = self.net(x, self.state)
-                ys.append(y[0].numpy().copy())
-        return np.stack(ys)
 
-    def run(self, n):
-        net, state = self.net, self.state
-        with self.torch.inference_mode():
-            for x in cycle_inputs(self.inputs, n):
-                _, state = net(x, state)
-        self.state = state
+    def step(self, x):
+        y, self.state = self.net(x, self.state)
+        return y[0]
 
 
-class _TorchCellStepper:
+class TorchCellStepper(_TorchMixin):
     """One ``nn.LSTMCell`` per layer (same weights) plus the head: the other usual way to step."""
 
     def __init__(self, runner, xs):
         torch, nn = runner.torch, runner.torch.nn
-        self.torch, self.net = torch, runner.net
+        self.torch, self.net, self.batch = torch, runner.net, xs.shape[1]
         self.cells = []
         for layer in runner.model.layers:
             w = layer.directions[0]
@@ -198,7 +206,10 @@ class _TorchCellStepper:
         self.zero = [(torch.zeros(B, c.hidden_size), torch.zeros(B, c.hidden_size)) for c in self.cells]
         self.state = list(self.zero)
 
-    def _step(self, x):
+    def reset(self):
+        self.state = list(self.zero)
+
+    def step(self, x):
         state = self.state
         for k, cell in enumerate(self.cells):
             state[k] = cell(x, state[k])
@@ -208,14 +219,3 @@ class _TorchCellStepper:
             if self.net.act is not None:
                 x = self.net.act(x)
         return x
-
-    def outputs(self, steps):
-        self.state = list(self.zero)
-        with self.torch.inference_mode():
-            return np.stack([self._step(x).numpy().copy() for x in self.inputs[:steps]])
-
-    def run(self, n):
-        step = self._step
-        with self.torch.inference_mode():
-            for x in cycle_inputs(self.inputs, n):
-                step(x)

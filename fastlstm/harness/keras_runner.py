@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import Unsupported, choose_keras_backend, cycle_inputs
+from ._common import Stepper, Unsupported, choose_keras_backend
 
 _KERAS_ACTIVATIONS = {"sigmoid": "sigmoid", "tanh": "tanh", "hard_sigmoid": "hard_sigmoid", "relu": "relu",
                       "linear": "linear"}
@@ -82,25 +82,26 @@ class KerasRunner:
                 call(xb)
         return run
 
-    def stepper(self, xs):
+    def steppers(self, xs):
         if not self.model.streamable:
             raise Unsupported("the model cannot stream")
-        return _KerasStepper(self.model, xs)
+        return {"": KerasStepper(self.model, xs)}
 
 
-class _KerasStepper:
+class KerasStepper(Stepper):
+    """A ``stateful=True`` copy of the model, called on ``(B, 1, I)``."""
+
     def __init__(self, model, xs):
         T, B, _ = xs.shape
+        self.batch = B
         self.km = keras_model(model, batch_size=B, stateful=True)
         self.inputs = [np.ascontiguousarray(xs[t][:, None, :]) for t in range(T)]  # (B, 1, I)
+        self.call = self.km.predict_on_batch
 
-    def outputs(self, steps):
+    def reset(self):
         for layer in self.km.layers:
             if hasattr(layer, "reset_state"):
                 layer.reset_state()
-        return np.stack([np.asarray(self.km.predict_on_batch(x))[:, 0] for x in self.inputs[:steps]])
 
-    def run(self, n):
-        call = self.km.predict_on_batch
-        for x in cycle_inputs(self.inputs, n):
-            call(x)
+    def step(self, x):
+        return self.call(x)

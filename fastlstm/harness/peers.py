@@ -1,0 +1,158 @@
+"""The registry of peers: every framework fastlstm is compared with, in one table.
+
+Adding a peer is one entry in :data:`PEERS` plus a runner module beside this one
+(see ``CONTRIBUTING.md``, "Adding a peer to the benchmark").  A runner offers:
+
+* ``predict(x)``: ``x`` is ``(T, B, I)`` float32; returns ``(T, B, O)`` (or ``(B, O)`` for a
+  model that returns the last step only), from zero state;
+* ``seq_loop(x)``: a callable ``run(n)`` that runs ``predict`` on ``x`` ``n`` times;
+* ``steppers(xs)``: ``{route: stepper}`` stepping ``B`` streams through ``xs`` ``(T, B, I)``,
+  one step per call; a stepper has ``outputs(steps) -> (steps, B, O)`` (from zero state) and
+  ``run(n)`` (``n`` steps, state carried on).  Most runners have one route, named ``""``.
+
+A framework that cannot express a model raises :class:`Unsupported` saying why.  Every
+runner module imports its framework only when a runner is built, so this table can be
+read (``fastlstm bench --help``, the report) without any framework installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Tuple
+
+from ._common import Unsupported, choose_keras_backend
+
+
+def _torch(model, threads):
+    from .torch_runner import TorchRunner
+
+    return TorchRunner(model)
+
+
+def _onnxruntime(model, threads):
+    from .ort_runner import OrtRunner
+
+    return OrtRunner(model, threads=threads)
+
+
+def _openvino(precision):
+    def build(model, threads):
+        from .openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(model, threads=threads, precision=precision)
+    return build
+
+
+def _tract(model, threads):
+    from .tract_runner import TractRunner
+
+    return TractRunner(model)
+
+
+def _keras(model, threads):
+    from .keras_runner import KerasRunner
+
+    return KerasRunner(model)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One framework in the comparison."""
+
+    name: str                       #: the ``--frameworks`` name and the JSON key
+    label: str                      #: how reports name it
+    install: str                    #: the pip command that installs what it needs
+    modules: Tuple[str, ...]        #: what must import for it to run
+    build: Callable[[Any, int], Any]  #: ``build(model, threads)`` -> runner
+    #: max |difference| from fastlstm that still counts as the same function, per unit of
+    #: output scale; a reduced-precision peer needs more than float32 rounding
+    tolerance: float = 1e-5
+    #: whether ``fastlstm bench`` runs it without ``--frameworks`` (Keras: Keras files only)
+    auto: bool = True
+    note: str = ""                  #: one line for the report on how it is called
+
+
+PEERS: Dict[str, Peer] = {p.name: p for p in (
+    Peer("torch", "PyTorch", "pip install torch", ("torch",), _torch,
+         note="PyTorch steps: the faster of nn.LSTM on T=1 and one nn.LSTMCell per layer."),
+    Peer("onnxruntime", "ONNX Runtime", "pip install onnxruntime onnx torch", ("torch", "onnx", "onnxruntime"),
+         _onnxruntime,
+         note="ONNX Runtime steps: a T=1 graph with the state as inputs and outputs, through IOBinding."),
+    Peer("openvino", "OpenVINO f32", "pip install openvino onnx torch", ("torch", "onnx", "openvino"),
+         _openvino("f32"),
+         note="OpenVINO: the ONNX graphs compiled for CPU with INFERENCE_PRECISION_HINT set explicitly."),
+    # bfloat16 keeps 8 bits of mantissa: about 4e-3 relative per rounding, compounded over the steps.
+    Peer("openvino-bf16", "OpenVINO bf16", "pip install openvino onnx torch", ("torch", "onnx", "openvino"),
+         _openvino("bf16"), tolerance=3e-2),
+    Peer("tract", "tract", "pip install tract onnx torch", ("torch", "onnx", "tract"), _tract,
+         note="tract: the ONNX graphs, optimised for fixed shapes, one thread."),
+    Peer("keras", "Keras", "pip install keras torch", ("keras",), _keras, auto=False),
+)}
+
+#: How reports name each engine, fastlstm included.
+LABELS = {"fastlstm": "fastlstm", **{name: p.label for name, p in PEERS.items()}}
+
+
+def missing_modules(name: str) -> list:
+    """The modules peer ``name`` needs that cannot be imported (empty when it can run)."""
+    if name == "keras":
+        choose_keras_backend()
+    out = []
+    for mod in PEERS[name].modules:
+        try:
+            importlib.import_module(mod)
+        except Exception:  # noqa: BLE001 - a broken install is as good as a missing one here
+            out.append(mod)
+    return out
+
+
+def make_runner(name: str, model, threads: int = 1):
+    """The runner of peer ``name`` (a key of :data:`PEERS`); raises :class:`Unsupported` if it cannot."""
+    if name not in PEERS:
+        raise ValueError(f"unknown framework {name!r}; expected one of {', '.join(PEERS)}")
+    return PEERS[name].build(model, threads)
+
+
+def build_runners(model, left_out: Dict[str, str], threads: int, say=lambda msg: None):
+    """A runner for every peer that can run ``model``, and a status entry for every peer.
+
+    ``left_out`` maps peers not to try to the reason.  A missing framework is skipped with its
+    install command, one that cannot express the model with its reason, and one that fails
+    to build with its error: one framework's bug must not stop the comparison.
+    """
+    from .fastlstm_runner import FastlstmRunner
+
+    status: Dict[str, dict] = {"fastlstm": {"status": "ran", "version": _version("fastlstm")}}
+    runners: Dict[str, Any] = {"fastlstm": FastlstmRunner(model)}
+    for name, peer in PEERS.items():
+        if name in left_out:
+            status[name] = {"status": "skipped", "reason": left_out[name]}
+            continue
+        missing = missing_modules(name)
+        if missing:
+            status[name] = {"status": "skipped", "reason": f"not installed ({', '.join(missing)})",
+                            "install": peer.install}
+            continue
+        say(f"building the {peer.label} model")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                runners[name] = make_runner(name, model, threads=threads)
+        except Unsupported as exc:
+            status[name] = {"status": "skipped", "reason": f"cannot run this model: {exc}"}
+            continue
+        except Exception as exc:  # noqa: BLE001 - one framework's bug must not stop the comparison
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            status[name] = {"status": "skipped", "reason": f"failed to build: {type(exc).__name__}: {first}"}
+            continue
+        status[name] = {"status": "ran", "version": _version(peer.modules[-1])}
+    return runners, status
+
+
+def _version(module_name: str):
+    import sys
+
+    mod = sys.modules.get(module_name)
+    return getattr(mod, "__version__", None) if mod is not None else None

@@ -1,0 +1,101 @@
+"""The comparison harness (fastlstm.harness): every peer's runner agrees with fastlstm, and the
+runtime never imports the harness.
+
+Parity is against fastlstm's own Model, which tests/test_torch_parity.py and
+tests/test_oracle_parity.py hold to PyTorch and the float64 oracle; here each peer's rebuild of
+the same weights must compute the same function, on a tiny config, to 1e-5 (a reduced-precision
+peer, OpenVINO bf16, to the tolerance its registry entry states).
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastlstm import harness
+from fastlstm.harness import configs
+from fastlstm.harness.fastlstm_runner import FastlstmRunner
+from fastlstm.harness.timing import Case, calibrate, measure
+
+TINY = configs.Config("test-tiny", 5, 12, 2, 3, 20)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = configs.random_model(TINY, head_size=2)
+    x = configs.make_inputs(TINY)
+    ref = FastlstmRunner(model)
+    return model, x, ref.predict(x), {B: ref.steppers(np.ascontiguousarray(x[:, :B]))[""].outputs(TINY.T)
+                                      for B in (1, TINY.B)}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside keras
+@pytest.mark.parametrize("name", list(harness.PEERS))
+def test_every_peer_agrees_with_fastlstm(name, tiny):
+    missing = harness.missing_modules(name)
+    if missing:  # CI installs every peer (the bench extra); elsewhere a peer may be absent
+        pytest.skip(f"{name} not installed ({', '.join(missing)})")
+    model, x, want, steps = tiny
+    peer = harness.PEERS[name]
+    tol = max(1e-5, peer.tolerance)
+    runner = harness.make_runner(name, model, threads=1)
+    got = runner.predict(x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=tol, rtol=0, err_msg=name)
+    for B, expected in steps.items():
+        routes = runner.steppers(np.ascontiguousarray(x[:, :B]))
+        assert routes
+        for route, stepper in routes.items():
+            out = stepper.outputs(TINY.T)
+            np.testing.assert_allclose(out, expected, atol=tol, rtol=0, err_msg=f"{name} {route} B={B}")
+            stepper.run(5)  # the timed path runs, state carried on
+    if tol > 1e-5:  # a reduced-precision peer must really differ, or it is not what it says it is
+        assert np.abs(got - want).max() > 1e-5 or not _cpu_has_bf16(), name
+
+
+def _cpu_has_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def test_a_peer_refuses_what_it_cannot_express():
+    from fastlstm import LSTMLayer, LSTMWeights, Model
+
+    rng = np.random.default_rng(0)
+    w = LSTMWeights(*(rng.uniform(-0.3, 0.3, s).astype(np.float32) for s in ((16, 3), (16, 4))))
+    model = Model([LSTMLayer([w], recurrent_activation="hard_sigmoid")])
+    with pytest.raises(harness.Unsupported, match="hard_sigmoid"):
+        harness.make_runner("torch", model)
+    with pytest.raises(ValueError, match="unknown framework 'nope'"):
+        harness.make_runner("nope", model)
+
+
+def test_import_fastlstm_never_imports_the_harness():
+    code = ("import sys, fastlstm; m = fastlstm.load; "
+            "print(sorted(k for k in sys.modules if k.startswith('fastlstm.harness') or k in "
+            "('torch', 'onnxruntime', 'openvino', 'tract', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_calibration_sizes_samples_and_measure_interleaves():
+    calls = []
+
+    def run(n):
+        calls.append(n)
+        s = 0
+        for i in range(200 * n):
+            s += i
+
+    case = Case("w", "a", run)
+    calibrate(case, 0.005)
+    assert case.n > 1 and case.unit_s > 0
+    other = Case("w", "b", run)
+    measure([case, other], repeats=3, sample_s=0.002, pause_s=0.0)
+    assert len(case.samples) == len(other.samples) == 3
+    assert all(t > 0 for t in case.samples + other.samples)
