@@ -146,6 +146,28 @@ def test_multiprocessing_fork_pool(tmp_path):
     _check_fork_reference(tmp_path)
 
 
+def test_concurrent_callers_each_get_a_team(restore_threads):
+    """Three Python threads step their own H=256 streams (a team of 2 threads per step) at once: the
+    pool hands each caller its own team, and every output equals the serial run's."""
+    from concurrent.futures import ThreadPoolExecutor
+    layers, head = oracle.random_stack(np.random.default_rng(1), 8, 256, 1, head_size=3)
+    model = fastlstm.Model(layers, head)
+    fastlstm.set_num_threads(2)
+    assert model._net.plan(1) == "team"
+    xs = [np.random.default_rng(k).standard_normal((40, 8)).astype(np.float32) for k in range(3)]
+
+    def run(x):
+        s = model.stream()
+        return np.stack([s.step(v) for v in x])
+
+    serial = [run(x) for x in xs]
+    with ThreadPoolExecutor(3) as ex:
+        for _ in range(3):
+            assert all(np.array_equal(a, b) for a, b in zip(ex.map(run, xs), serial))
+    want, _ = oracle.forward(layers, head, xs[0])
+    assert _rel(serial[0], want) < TOL
+
+
 # --------------------------------------------------------------------------- thread count
 @pytest.mark.parametrize("n", [10 ** 4, 10 ** 6, 2 ** 31, 2 ** 64])
 def test_set_num_threads_refuses_absurd_counts(n, restore_threads):
