@@ -71,6 +71,7 @@ CASES = [
     ("step small (H=128), 2 threads", 2, 64, 128, 1, "step"),
     ("step medium (H=256, 2 layers), 1 thread", 1, 128, 256, 2, "step"),
     ("step medium (H=256, 2 layers), 2 threads", 2, 128, 256, 2, "step"),
+    ("pool 256 streams (H=128), 1 thread", 1, 64, 128, 1, "pool", 256),
     ("pool 256 streams (H=128), 2 threads", 2, 64, 128, 1, "pool", 256),
     ("pool 32 streams (H=256), 2 threads", 2, 128, 256, 1, "pool", 32),
     ("predict T=20 B=64 (H=256), 2 threads", 2, 128, 256, 1, "predict", 64),
@@ -95,12 +96,15 @@ def main():
     ap.add_argument("new")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--sample-ms", type=float, default=40.0)
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this")
     args = ap.parse_args()
     global CASES
     CASES = [(c[0].replace(" ", "_"),) + c[1:] for c in CASES]
     workers = {"old": Worker(os.path.abspath(args.old)), "new": Worker(os.path.abspath(args.new))}
     print(f"{'case':44s} {'old':>10s} {'new':>10s}  old/new")
     for name, *_ in CASES:
+        if args.only.replace(" ", "_") not in name:
+            continue
         per = workers["new"].time(name, 3)
         n = max(1, int(args.sample_ms / 1e3 / max(per, 1e-7)))
         samples = {"old": [], "new": []}
