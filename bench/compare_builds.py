@@ -8,7 +8,9 @@ OLD_ROOT and NEW_ROOT are source trees with compiled kernels (``python setup.py 
 runs in a worker process of its own (two builds cannot share one interpreter); every repeat
 times every case on both, in alternating order, so a burst of load from other processes hits
 both alike.  A figure is the median over repeats of the time per call; the ratio is
-old / new (above 1: the new build is faster).
+old / new (above 1: the new build is faster).  The CPU time per call (all of the process's
+threads, spinning included) is printed too: on a machine shared with other load, where a
+process gets a varying share of the cores, it is the steadier of the two.
 
 Written for issue 9, where fastlstm's own thread pool replaced OpenMP: it shows what the
 pool, the per-step copy of x and the state check cost on the per-step path.
@@ -58,10 +60,10 @@ for line in sys.stdin:
     threads, run = CASES[name]
     fastlstm.set_num_threads(threads)
     run()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(int(n)):
         run()
-    print((time.perf_counter() - t0) / int(n), flush=True)
+    print((time.perf_counter() - t0) / int(n), (time.process_time() - c0) / int(n), flush=True)
 """
 
 CASES = [
@@ -87,7 +89,7 @@ class Worker:
     def time(self, name, n):
         self.proc.stdin.write(f"{name.replace(' ', '_')} {n}\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        return [float(v) for v in self.proc.stdout.readline().split()]
 
 
 def main():
@@ -101,18 +103,20 @@ def main():
     global CASES
     CASES = [(c[0].replace(" ", "_"),) + c[1:] for c in CASES]
     workers = {"old": Worker(os.path.abspath(args.old)), "new": Worker(os.path.abspath(args.new))}
-    print(f"{'case':44s} {'old':>10s} {'new':>10s}  old/new")
+    print(f"{'case':44s} {'old':>10s} {'new':>10s}  old/new   CPU time: {'old':>10s} {'new':>10s}  old/new")
     for name, *_ in CASES:
         if args.only.replace(" ", "_") not in name:
             continue
-        per = workers["new"].time(name, 3)
+        per = workers["new"].time(name, 3)[0]
         n = max(1, int(args.sample_ms / 1e3 / max(per, 1e-7)))
         samples = {"old": [], "new": []}
         for r in range(args.repeats):
             for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
                 samples[which].append(workers[which].time(name, n))
-        old, new = (statistics.median(samples[k]) for k in ("old", "new"))
-        print(f"{name.replace('_', ' '):44s} {old * 1e6:8.2f}us {new * 1e6:8.2f}us  {old / new:5.2f}x")
+        old, new = (statistics.median(s[0] for s in samples[k]) for k in ("old", "new"))
+        cold, cnew = (statistics.median(s[1] for s in samples[k]) for k in ("old", "new"))
+        print(f"{name.replace('_', ' '):44s} {old * 1e6:8.2f}us {new * 1e6:8.2f}us  {old / new:5.2f}x"
+              f"             {cold * 1e6:8.2f}us {cnew * 1e6:8.2f}us  {cold / cnew:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ static void fl_pool_run(int nt, fl_task_fn fn, void *arg)
     __atomic_store_n(&t->pending, nt - 1, __ATOMIC_SEQ_CST);
     for (int k = 1; k < nt; k++) {
         fl_worker *w = t->workers[k - 1];
-        fl_signal_change(&w->gen, w->gen + 1, &w->sleeping);
+        fl_signal_change(&w->gen, __atomic_load_n(&w->gen, __ATOMIC_RELAXED) + 1, &w->sleeping);
     }
     fn(0, nt, arg);
     for (;;) {
