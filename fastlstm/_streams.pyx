@@ -81,7 +81,7 @@ cdef class Stream:
         self.lock = PyThread_allocate_lock()
         if self.lock == NULL:
             raise MemoryError()
-        if net is None:
+        if net is None or getattr(model, "_net", None) is not net:
             raise TypeError("Stream: made by model.stream(batch_size), not directly")
         hs, cs = net.state_size
         self.model = model
@@ -288,7 +288,7 @@ cdef class StreamPool:
         self.lock = PyThread_allocate_lock()
         if self.lock == NULL:
             raise MemoryError()
-        if net is None:
+        if net is None or getattr(model, "_net", None) is not net:
             raise TypeError("StreamPool: made by model.pool(capacity), not directly")
         capacity = _validate.positive_int(capacity, "capacity", _validate.MAX_COUNT)
         self.model = model

@@ -252,6 +252,46 @@ def test_objects_cannot_be_half_built():
     assert whole[2:] == [True, True]
 
 
+NEW_ARGS = {
+    "nothing": lambda m: (),
+    "model only": lambda m: (m,),
+    "a string for the network": lambda m: (m, "net", None),
+    "another model's network": lambda m: (fastlstm.Model(m.layers), fastlstm.Model(m.layers)._net, 2),
+    "no model": lambda m: (None, m._net, 2),
+    "size 0": lambda m: (m, m._net, 0),
+    "size -1": lambda m: (m, m._net, -1),
+    "size 2**31": lambda m: (m, m._net, 2 ** 31),
+    "size 2**70": lambda m: (m, m._net, 2 ** 70),
+    "size 2.5": lambda m: (m, m._net, 2.5),
+    "size '3'": lambda m: (m, m._net, "3"),
+    "right": lambda m: (m, m._net, 3),
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cls=st.sampled_from(["Stream", "StreamPool"]), args=st.sampled_from(sorted(NEW_ARGS)),
+       how=st.sampled_from(["__new__", "call"]))
+def test_api_fuzz_construction(small, cls, args, how):
+    """Built through ``__new__`` or called directly, with any arguments: either a clean TypeError or
+    ValueError, or an object that steps correctly."""
+    model, layers, head = small
+    klass = getattr(fastlstm, cls)
+    a = NEW_ARGS[args](model)
+    try:
+        obj = klass.__new__(klass, *a) if how == "__new__" else klass(*a)
+    except (TypeError, ValueError):
+        assert args != "right"
+        return
+    assert args == "right"
+    x = np.full((3, I), 0.5, np.float32)
+    if cls == "Stream":
+        y = obj.step(x)
+    else:
+        y = obj.step([obj.open() for _ in range(3)], x)
+    want, _ = oracle.forward(layers, head, x[None])
+    assert _rel(y, want[0]) < TOL
+
+
 # --------------------------------------------------------------------------- byte order
 def test_big_endian_inputs_are_read_by_value(small, rng):
     model, layers, head = small
