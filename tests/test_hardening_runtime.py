@@ -77,8 +77,8 @@ def run_both():
     s, b = big.stream(), wide.stream(64)
     return np.stack([s.step(v) for v in x1]), np.stack([b.step(v) for v in x64])
 
-ref1, ref64 = run_both()
-assert big._net.plan(1) == "team" and wide._net.plan(64) == "chunks"          # the parent uses its threads first, as a preloading server does
+ref1, ref64 = run_both()          # the parent uses its threads first, as a preloading server does
+assert big._net.plan(1) == "team" and wide._net.plan(64) == "chunks"
 np.save(sys.argv[1] + "/ref1.npy", ref1)
 np.save(sys.argv[1] + "/ref64.npy", ref64)
 """
