@@ -1,20 +1,14 @@
-"""Build of the compiled kernels: Cython + the C headers in include/, with an OpenMP probe.
+"""Build of the compiled kernels: Cython + the C headers in include/.
 
-Needs GCC or Clang (Linux, macOS; MinGW-w64 untested): the headers use GCC builtins
-(``__atomic_*``, ``target_clones``, ``__builtin_cpu_supports``) and POSIX ``<sched.h>``, which
-MSVC does not have, so an MSVC build stops at once with that message instead of failing
-deep in a header.
+The kernels' threads are fastlstm's own (include/fastlstm_pool.h, POSIX
+threads), so no OpenMP runtime is linked.
 
 Environment switches:
-  FASTLSTM_NO_OPENMP=1    build serially even where OpenMP works
   FASTLSTM_CYTHON_DEBUG=1 bounds checks on, for debugging the kernels
-  FASTLSTM_SANITIZE=1     build with AddressSanitizer (see README, "Checking memory safety")
+  FASTLSTM_SANITIZE=1     build with AddressSanitizer (docs/security.md, "Memory safety of the kernels")
 """
 
 import os
-import tempfile
-import textwrap
-import warnings
 
 import numpy
 from Cython.Build import cythonize
@@ -24,53 +18,19 @@ from setuptools.command.build_ext import build_ext
 HEADERS = [os.path.join("include", f) for f in sorted(os.listdir("include")) if f.endswith(".h")]
 
 
-def _flag_works(compiler, flags):
-    """Whether a tiny OpenMP program compiles and links with ``flags``."""
-    src = textwrap.dedent("""
-        #include <omp.h>
-        int main(void) { int n = 0;
-        #pragma omp parallel reduction(+:n)
-          n += 1;
-          return omp_get_max_threads() > 0 && n > 0 ? 0 : 1; }
-    """)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "probe.c")
-        with open(path, "w") as f:
-            f.write(src)
-        try:
-            objs = compiler.compile([path], output_dir=tmp, extra_postargs=flags)
-            compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=flags)
-        except Exception:  # noqa: BLE001 - any compile or link failure means: no OpenMP with these flags
-            return False
-    return True
-
-
 class BuildExt(build_ext):
-    """Adds OpenMP where the compiler supports it, and says so where it does not."""
+    """Refuses MSVC up front, with the reason, instead of failing deep inside a header."""
 
     def build_extensions(self):
         if self.compiler.compiler_type == "msvc":
             raise RuntimeError("fastlstm builds with GCC or Clang only: its C headers use GCC builtins "
-                               "(__atomic_*, target_clones) and <sched.h>, which MSVC lacks")
-        flags = ["-fopenmp"]
-        if os.environ.get("FASTLSTM_NO_OPENMP") == "1":
-            use_omp = False
-            warnings.warn("fastlstm: FASTLSTM_NO_OPENMP=1, building the kernels without OpenMP", stacklevel=1)
-        else:
-            use_omp = _flag_works(self.compiler, flags)
-            if not use_omp:
-                warnings.warn("fastlstm: the compiler does not support OpenMP; building serial kernels "
-                              "(batches run on one thread; fastlstm.openmp_enabled() returns False)", stacklevel=1)
-        for ext in self.extensions:
-            if use_omp:
-                ext.extra_compile_args += flags
-                ext.extra_link_args += flags
+                               "(__atomic_*, target_clones) and POSIX threads, which MSVC lacks")
         super().build_extensions()
 
 
 def _extension(name):
-    compile_args = ["-O3", "-std=c99", "-ffp-contract=fast", "-Wno-unused-function"]
-    link_args = []
+    compile_args = ["-O3", "-std=c99", "-ffp-contract=fast", "-Wno-unused-function", "-pthread"]
+    link_args = ["-pthread"]
     if os.environ.get("FASTLSTM_SANITIZE") == "1":
         compile_args += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
         link_args += ["-fsanitize=address"]

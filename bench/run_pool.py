@@ -322,7 +322,7 @@ def environment(threads) -> Dict[str, str]:
     env = {"threads (every engine)": f"{threads} (fastlstm.set_num_threads, torch.set_num_threads, "
                                      f"BLAS via threadpoolctl, ORT intra_op_num_threads)",
            "cores available": str(available_cores()),
-           "fastlstm": f"{fastlstm.__version__}, OpenMP {'on' if fastlstm.openmp_enabled() else 'off'}",
+           "fastlstm": f"{fastlstm.__version__}, threads {'on' if fastlstm.openmp_enabled() else 'off'}",
            "python": platform.python_version(), "numpy": np.__version__}
     for mod in ("torch", "onnxruntime"):
         try:

@@ -7,27 +7,18 @@
     >>> y_t = stream.step(x_t)
 """
 
-import os as _os
-
-# OpenMP threads that spin while waiting steal the core from the thread doing
-# the work whenever the machine has other load, which made a 2-thread step up
-# to 10x slower than a 1-thread one here; sleeping waiters cost a few
-# microseconds per parallel region instead.  Read once, when the OpenMP
-# runtime loads: set OMP_WAIT_POLICY=ACTIVE before importing fastlstm to spin.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from ._kernels import openmp_enabled  # noqa: E402
-from ._streams import Stream, StreamPool  # noqa: E402
-from ._threads import get_num_threads, set_num_threads  # noqa: E402
-from .layers import Dense, LSTMLayer, LSTMWeights  # noqa: E402
-from .loaders import LoadError, LoadWarning, from_keras, from_torch, load  # noqa: E402
-from .model import Model  # noqa: E402
-from .state import State  # noqa: E402
+from ._kernels import openmp_enabled
+from ._streams import Stream, StreamPool
+from ._threads import get_num_threads, set_num_threads, threads
+from .layers import Dense, LSTMLayer, LSTMWeights
+from .loaders import LoadError, LoadWarning, from_keras, from_torch, load
+from .model import Model
+from .state import State
 
 __version__ = "0.1.0"
 
 __all__ = [
     "load", "from_torch", "from_keras", "LoadError", "LoadWarning",
     "Model", "Stream", "StreamPool", "State", "LSTMLayer", "LSTMWeights", "Dense",
-    "openmp_enabled", "set_num_threads", "get_num_threads", "__version__",
+    "openmp_enabled", "set_num_threads", "get_num_threads", "threads", "__version__",
 ]

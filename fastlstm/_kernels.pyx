@@ -8,7 +8,7 @@ _streams.pyx, with the checks of _validate.py) validates arguments and owns
 the arrays; this module trusts the pointers it is given.
 
 Parallel scheme: batch rows are independent through the whole network, so
-the batch is cut into row chunks and each OpenMP thread runs every layer and
+the batch is cut into row chunks and each thread runs every layer and
 every time step of its chunks on its own workspace -- no barrier per step.
 When there are fewer chunks than threads (a batch of 32 is one chunk), the
 threads instead work as a team on each chunk, each owning a slice of the
@@ -16,12 +16,12 @@ hidden units, with a barrier per step.  A single stream with big weights
 splits its units the same way (fastlstm_single.h).  The chunking depends only
 on the batch and layer sizes, and every output element is the same chain of
 operations however the work is split, so results are bit-identical whatever
-the thread count.
+the thread count.  The threads are fastlstm's own (fastlstm_pool.h), which
+survive fork().
 """
 
-from cython.parallel cimport parallel, prange, threadid
-
 from fastlstm._packing import aligned_empty, pack_panels
+from libc.limits cimport INT_MAX
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
@@ -39,14 +39,17 @@ cdef extern from "fastlstm_gemm.h" nogil:
     void fl_gemm_apacked(long m, long n, long k, const float *ap, const float *Wp, long ps, const float *bias,
                          float *C, long ldc)
 
-cdef extern from "fastlstm_omp.h" nogil:
-    int FL_HAVE_OPENMP
-    int fl_omp_thread_num()
-    int fl_omp_num_threads()
+cdef extern from "fastlstm_barrier.h" nogil:
     ctypedef struct fl_spin_barrier:
         pass
     void fl_spin_barrier_wait(fl_spin_barrier *b, int nt)
     void fl_split_range(long n, int k, int nt, long *lo, long *hi)
+
+cdef extern from "fastlstm_pool.h" nogil:
+    int FL_HAVE_THREADS
+    int FL_POOL_MAX_THREADS
+    ctypedef void (*fl_task_fn)(int tid, int nt, void *arg) noexcept nogil
+    void fl_pool_run(int nt, fl_task_fn fn, void *arg)
 
 cdef extern from "fastlstm_single.h" nogil:
     void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, int reverse, int go_backwards,
@@ -70,7 +73,19 @@ cdef extern from "fastlstm_fpmode.h" nogil:
 
 
 # ---------------------------------------------------------------------------
-# Threads: ours (OpenMP across batch chunks) and the BLAS library's.
+# Limits
+
+# The widest layer (inputs, units, outputs) the kernels take: row offsets such as
+# 127 rows x width are computed in 32-bit ints.
+DEF MAX_WIDTH = 1 << 24
+
+# Why a call was refused after running: see the glitch guarantee in README "Security and limits".
+OVERFLOW_MESSAGE = ("x: a step overflowed float32: a state or output became NaN or infinite, from finite "
+                    "but huge inputs (no state changed)")
+
+
+# ---------------------------------------------------------------------------
+# Threads: ours (fastlstm_pool.h, across batch chunks) and the BLAS library's.
 
 cdef int g_num_threads = 1
 
@@ -121,11 +136,20 @@ cdef inline void blas_threads_pop(int n, const int *saved) noexcept nogil:
 
 
 def openmp_enabled():
-    """Whether the compiled kernels were built with OpenMP."""
-    return bool(FL_HAVE_OPENMP)
+    """Whether the compiled kernels run batches on several threads.
+
+    The name is historical: the threads are fastlstm's own pool (which survives
+    fork), not OpenMP's.  False only on platforms without POSIX threads."""
+    return bool(FL_HAVE_THREADS)
+
+
+def _max_threads():
+    """The most threads one kernel call can use (the pool's team size limit)."""
+    return FL_POOL_MAX_THREADS
 
 
 def _set_num_threads(int n):
+    """(fastlstm.set_num_threads checks n first.)"""
     global g_num_threads
     g_num_threads = n
 
@@ -195,18 +219,21 @@ cdef inline void fill_rows(float *dst, const float *row, int nrows, int n) noexc
 # The packed network.
 
 cdef class Network:
-    """Packed weights and layer descriptors; immutable, shared by streams and threads."""
+    """Packed weights and layer descriptors; immutable, shared by streams and threads.
 
-    def __cinit__(self):
-        self.net.layers = NULL
+    Network(layers, head): layers are dicts from fastlstm._packing.pack_layer, head is
+    (w (In, O), b (O,), act) or None.  Everything is set up in __cinit__, so an object
+    exists only fully built (``Network.__new__(Network)`` raises) and cannot be re-initialised."""
 
-    def __init__(self, list layers, head):
-        """layers: dicts from fastlstm._packing.pack_layer; head: (w (In, O), b (O,), act) or None."""
-        cdef int n = len(layers)
+    def __cinit__(self, list layers=None, head=None):
+        cdef int n
         cdef int li, d
         cdef Layer *L
         cdef cnp.ndarray w, b, p
         cdef long h_off = 0, c_off = 0
+        if not layers:
+            raise TypeError("Network: needs the packed layers; fastlstm.Model builds it")
+        n = len(layers)
         self._keep = []
         self.net.layers = <Layer *>malloc(max(n, 1) * sizeof(Layer))
         if self.net.layers == NULL:
@@ -226,6 +253,9 @@ cdef class Network:
             L.hidden = spec["hidden"]
             L.n_out = spec["n_out"]
             L.width = spec["width"]
+            for size in (L.n_in, L.hidden, L.n_out, L.width):
+                if size > MAX_WIDTH:
+                    raise ValueError(f"layer {li}: a width of {size} is more than the {MAX_WIDTH} fastlstm runs")
             if L.n_dirs > 1 or L.go_backwards:
                 self.streamable = False
             for d in range(L.n_dirs):
@@ -272,13 +302,13 @@ cdef class Network:
         """(floats of h, floats of c) per batch row."""
         return self.net.h_size, self.net.c_size
 
-    def time_block(self, int T, int rows):
+    def time_block(self, long T, int rows):
         """Steps per time block: the whole sequence if any layer needs it, else a
         block whose gate buffer stays around 4 MB, so the hoisted input sgemm is
         large while memory does not grow with T."""
         if not self.streamable:
             return max(T, 1)
-        return max(1, min(T, (1 << 20) // max(1, rows * self.net.max_gates)))
+        return max(1, min(T, (1 << 20) // max(1, <long>rows * self.net.max_gates)))
 
     def chunks(self, int B):
         """Number of batch-row chunks; a function of B and the layer sizes only."""
@@ -292,24 +322,34 @@ cdef class Network:
     def forward(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray h, cnp.ndarray c):
         """Run x (T, B, I) -> y (T, B, O) from the state (h (B, h_size), c (B, c_size)), updated in place.
 
-        Arrays must be C-contiguous float32 of those shapes (the caller checks);
-        x must be finite (checked here)."""
-        cdef int T = x.shape[0], B = x.shape[1]
-        cdef int nchunks = n_chunks(&self.net, B)
-        cdef int rows = (B + nchunks - 1) // nchunks
+        Arrays must be C-contiguous native float32 of those shapes (the caller checks);
+        x must be finite (checked here).  ValueError when a step overflowed (a state or
+        output that is not finite): h and c are then garbage, so callers pass copies."""
+        cdef Py_ssize_t T = x.shape[0], B = x.shape[1]
+        if T == 0 or B == 0:
+            return
+        if T > INT_MAX or B > INT_MAX:
+            raise ValueError(f"x: {T} steps of {B} rows is more than fastlstm runs in one call")
+        cdef int nchunks = n_chunks(&self.net, <int>B)
+        cdef int rows = <int>((B + nchunks - 1) // nchunks)
         cdef int Tc = self.time_block(T, rows)
         cdef int nthreads = min(g_num_threads, nchunks)
         cdef long per = workspace_floats(&self.net, Tc, rows)
         cdef cnp.ndarray ws
-        if T == 0 or B == 0:
-            return
+        if <long>Tc * rows > INT_MAX:
+            raise ValueError(f"x: {T} steps of {B} rows is more than fastlstm runs in one call for a "
+                             "bidirectional model; pass fewer rows per call")
         if not fl_all_finite(<const float *>cnp.PyArray_DATA(x), cnp.PyArray_SIZE(x)):
             raise ValueError("x: contains NaN or infinite values")
         ws = aligned_empty(per * nthreads)
         with nogil:
-            run_batch(&self.net, T, Tc, B, <const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y),
-                      <float *>cnp.PyArray_DATA(h), <float *>cnp.PyArray_DATA(c),
+            run_batch(&self.net, <int>T, Tc, <int>B, <const float *>cnp.PyArray_DATA(x),
+                      <float *>cnp.PyArray_DATA(y), <float *>cnp.PyArray_DATA(h), <float *>cnp.PyArray_DATA(c),
                       <float *>cnp.PyArray_DATA(ws), per, nchunks, nthreads)
+        if not (fl_all_finite(<const float *>cnp.PyArray_DATA(h), cnp.PyArray_SIZE(h))
+                and fl_all_finite(<const float *>cnp.PyArray_DATA(c), cnp.PyArray_SIZE(c))
+                and fl_all_finite(<const float *>cnp.PyArray_DATA(y), cnp.PyArray_SIZE(y))):
+            raise ValueError(OVERFLOW_MESSAGE)
 
 
 # A single stream's layer is split over a team from this hidden size on: its
@@ -383,7 +423,20 @@ cdef bint team_pays(const Net *net, int rows) noexcept nogil:
 
 cdef bint use_team(const Net *net, int B, int nchunks) noexcept nogil:
     """Whether the threads work as one team per chunk (too few chunks to go round)."""
-    return FL_HAVE_OPENMP and g_num_threads > nchunks and team_pays(net, B // nchunks)
+    return FL_HAVE_THREADS and g_num_threads > nchunks and team_pays(net, B // nchunks)
+
+
+cdef struct BatchJob:
+    # run_batch's arguments, for the pool's threads
+    const Net *net
+    int T, Tc, B, nchunks
+    const float *x
+    float *y
+    float *h
+    float *c
+    float *ws
+    long per
+    fl_spin_barrier *bar
 
 
 cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
@@ -398,36 +451,49 @@ cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float 
 
     BLAS runs on one thread throughout: OpenBLAS's own threading changes the
     rounding of some products with its thread count (seen at M=3, N=1040)."""
-    cdef int k, b0, b1
     cdef int saved[MAX_BLAS_LIBS]
+    cdef int team_threads = g_num_threads
     cdef fl_spin_barrier bar
+    cdef BatchJob job
     memset(&bar, 0, sizeof(bar))
+    job.net = net
+    job.T = T
+    job.Tc = Tc
+    job.B = B
+    job.nchunks = nchunks
+    job.x = x
+    job.y = y
+    job.h = h
+    job.c = c
+    job.ws = ws
+    job.per = per
+    job.bar = &bar
     blas_threads_push(1, saved)
     if use_team(net, B, nchunks):
-        with parallel(num_threads=g_num_threads):
-            run_team(net, T, Tc, B, x, y, h, c, ws, nchunks, &bar)
-    elif nthreads <= 1:
-        for k in range(nchunks):
-            b0 = <int>((<long>k * B) // nchunks)
-            b1 = <int>((<long>(k + 1) * B) // nchunks)
-            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, 0, 1, &bar)
+        fl_pool_run(team_threads, run_team, &job)
     else:
-        for k in prange(nchunks, num_threads=nthreads, schedule='static'):
-            b0 = <int>((<long>k * B) // nchunks)
-            b1 = <int>((<long>(k + 1) * B) // nchunks)
-            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws + threadid() * per, 0, 1, &bar)
+        fl_pool_run(max(1, nthreads), run_chunks, &job)
     blas_threads_pop(1, saved)
 
 
-cdef void run_team(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
-                   float *ws, int nchunks, fl_spin_barrier *bar) noexcept nogil:
-    """One thread of a team: every chunk in turn, on the shared workspace."""
+cdef void run_chunks(int tid, int nt, void *arg) noexcept nogil:
+    """One thread of a chunk split: a contiguous share of the chunks, alone, on its own workspace."""
+    cdef const BatchJob *J = <const BatchJob *>arg
     cdef int k, b0, b1
-    cdef int tid = fl_omp_thread_num(), nt = fl_omp_num_threads()
-    for k in range(nchunks):
-        b0 = <int>((<long>k * B) // nchunks)
-        b1 = <int>((<long>(k + 1) * B) // nchunks)
-        run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, tid, nt, bar)
+    for k in range(<int>(<long>J.nchunks * tid // nt), <int>(<long>J.nchunks * (tid + 1) // nt)):
+        b0 = <int>((<long>k * J.B) // J.nchunks)
+        b1 = <int>((<long>(k + 1) * J.B) // J.nchunks)
+        run_rows(J.net, J.T, J.Tc, J.B, b0, b1 - b0, J.x, J.y, J.h, J.c, J.ws + tid * J.per, 0, 1, J.bar)
+
+
+cdef void run_team(int tid, int nt, void *arg) noexcept nogil:
+    """One thread of a team: every chunk in turn, on the shared workspace."""
+    cdef const BatchJob *J = <const BatchJob *>arg
+    cdef int k, b0, b1
+    for k in range(J.nchunks):
+        b0 = <int>((<long>k * J.B) // J.nchunks)
+        b1 = <int>((<long>(k + 1) * J.B) // J.nchunks)
+        run_rows(J.net, J.T, J.Tc, J.B, b0, b1 - b0, J.x, J.y, J.h, J.c, J.ws, tid, nt, J.bar)
 
 
 cdef inline void sync(fl_spin_barrier *bar, int nt) noexcept nogil:

@@ -19,9 +19,30 @@ from libc.string cimport memcpy
 from fastlstm._kernels cimport (Network, fl_all_finite, max_chunk_rows, n_chunks, num_threads, run_batch,
                                 workspace_floats)
 from fastlstm import _validate
+from fastlstm._kernels import OVERFLOW_MESSAGE
 from fastlstm._packing import aligned_empty
 
 cnp.import_array()
+
+
+cdef inline bint overlaps(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Whether two C-contiguous arrays share any byte."""
+    cdef char *a0 = <char *>cnp.PyArray_DATA(a)
+    cdef char *b0 = <char *>cnp.PyArray_DATA(b)
+    return a0 < b0 + cnp.PyArray_NBYTES(b) and b0 < a0 + cnp.PyArray_NBYTES(a)
+
+
+cdef inline bint is_native(object a, int typenum, int nd) noexcept:
+    """Whether a is a plain C-contiguous, native-byte-order ndarray of this type and rank:
+    the arrays the per-step fast paths take as they are."""
+    return (cnp.PyArray_CheckExact(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == nd)
+
+
+cdef inline bint states_finite(const float *h, long nh, const float *c, long nc, const float *y,
+                               long ny) noexcept nogil:
+    return fl_all_finite(h, nh) and fl_all_finite(c, nc) and fl_all_finite(y, ny)
 
 
 cdef class Stream:
@@ -31,6 +52,11 @@ cdef class Stream:
     with ``out=`` given it allocates nothing, and the compute runs without the
     GIL.  Calls on one stream from several threads are serialised by a lock
     held for the duration of each call; different streams run in parallel.
+
+    A step reads its own copy of ``x`` (copied under the lock, then checked
+    finite), so another thread writing into ``x`` meanwhile cannot slip a NaN
+    past the check.  A step whose state or output comes out non-finite is
+    undone (the state restored from a copy taken before it) and refused.
     """
 
     cdef Network net
@@ -38,33 +64,44 @@ cdef class Stream:
     cdef readonly object batch_size       # None: unbatched (x is (I,))
     cdef int rows                         # batch rows per step (1 when unbatched)
     cdef cnp.ndarray h, c, ws             # state (rows, h_size), (rows, c_size); workspace
+    cdef cnp.ndarray h_saved, c_saved     # the state before the current call, to undo it
+    cdef cnp.ndarray x_own                # (rows, n_in): the step's copy of x
     cdef float *hp
     cdef float *cp
     cdef float *wsp
-    cdef long ws_per
-    cdef int ws_threads, tc, nchunks, n_in, n_out
+    cdef long ws_per, h_floats, c_floats
+    cdef int ws_threads, nchunks, n_in, n_out
     cdef PyThread_type_lock lock
 
-    def __cinit__(self):
+    def __cinit__(self, model=None, Network net=None, batch_size=None):
+        # Everything is set up here, not in __init__: a Stream exists only fully built
+        # (Stream.__new__(Stream) raises) and cannot be re-initialised while in use.
+        from fastlstm._threads import available_cores  # (_threads imports this module)
+        cdef long hs, cs
         self.lock = PyThread_allocate_lock()
         if self.lock == NULL:
             raise MemoryError()
-
-    def __init__(self, model, Network net, batch_size):
-        from fastlstm._threads import available_cores  # (_threads imports _kernels)
-        cdef long hs, cs
+        if net is None or getattr(model, "_net", None) is not net:
+            raise TypeError("Stream: made by model.stream(batch_size), not directly")
         hs, cs = net.state_size
         self.model = model
         self.net = net
         self.batch_size = batch_size
-        self.rows = 1 if batch_size is None else batch_size
+        self.rows = 1 if batch_size is None else _validate.positive_int(batch_size, "batch_size",
+                                                                        _validate.MAX_COUNT)
         self.n_in = net.net.n_in
         self.n_out = net.net.n_out
         self.h = np.zeros((self.rows, hs), dtype=np.float32)
         self.c = np.zeros((self.rows, cs), dtype=np.float32)
+        self.h_saved = np.empty_like(self.h)
+        self.c_saved = np.empty_like(self.c)
+        self.x_own = np.empty((self.rows, self.n_in), dtype=np.float32)
+        self.h_floats = cnp.PyArray_SIZE(self.h)
+        self.c_floats = cnp.PyArray_SIZE(self.c)
         self.nchunks = n_chunks(&net.net, self.rows)
-        self.tc = net.time_block(256, self.rows)
-        self.ws_per = workspace_floats(&net.net, self.tc, (self.rows + self.nchunks - 1) // self.nchunks)
+        # One step per time block, also in step_many: every step is then the same
+        # arithmetic, so step_many is bit-identical to calling step T times.
+        self.ws_per = workspace_floats(&net.net, 1, <int>((<long>self.rows + self.nchunks - 1) // self.nchunks))
         self.ws_threads = min(self.nchunks, available_cores())
         self.ws = aligned_empty(self.ws_per * self.ws_threads)
         self.hp = <float *>cnp.PyArray_DATA(self.h)
@@ -83,22 +120,39 @@ cdef class Stream:
             return (self.n_out,)
         return (self.rows, self.n_out)
 
-    cdef object _advance(self, int T, cnp.ndarray x, cnp.ndarray y):
-        """Check x is finite, then run T steps under the stream's lock, without the GIL."""
+    cdef object _advance(self, int T, cnp.ndarray x, cnp.ndarray y, bint copy_x):
+        """Run T steps under the stream's lock, without the GIL: x (copied first when copy_x:
+        it may be the caller's memory) checked finite, the state saved, the steps run, and
+        the state restored if it or the output came out non-finite."""
         cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
         cdef float *yp = <float *>cnp.PyArray_DATA(y)
-        cdef long n = cnp.PyArray_SIZE(x)
-        cdef int ok
+        cdef float *own = <float *>cnp.PyArray_DATA(self.x_own)
+        cdef float *hs = <float *>cnp.PyArray_DATA(self.h_saved)
+        cdef float *cs = <float *>cnp.PyArray_DATA(self.c_saved)
+        cdef long n = cnp.PyArray_SIZE(x), ny = cnp.PyArray_SIZE(y)
+        cdef long nh = self.h_floats, nc = self.c_floats
+        cdef bint finite, ok = False
         cdef int nthreads = max(1, min(min(num_threads(), self.nchunks), self.ws_threads))
         with nogil:
-            ok = fl_all_finite(xp, n)
-            if ok:
-                PyThread_acquire_lock(self.lock, WAIT_LOCK)
-                run_batch(&self.net.net, T, self.tc, self.rows, xp, yp, self.hp, self.cp, self.wsp,
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+            if copy_x:
+                memcpy(own, xp, n * sizeof(float))
+                xp = own
+            finite = fl_all_finite(xp, n)
+            if finite:
+                memcpy(hs, self.hp, nh * sizeof(float))
+                memcpy(cs, self.cp, nc * sizeof(float))
+                run_batch(&self.net.net, T, 1, self.rows, xp, yp, self.hp, self.cp, self.wsp,
                           self.ws_per, self.nchunks, nthreads)
-                PyThread_release_lock(self.lock)
-        if not ok:
+                ok = states_finite(self.hp, nh, self.cp, nc, yp, ny)
+                if not ok:
+                    memcpy(self.hp, hs, nh * sizeof(float))
+                    memcpy(self.cp, cs, nc * sizeof(float))
+            PyThread_release_lock(self.lock)
+        if not finite:
             raise ValueError("x: contains NaN or infinite values (the stream's state is unchanged)")
+        if not ok:
+            raise ValueError(OVERFLOW_MESSAGE)
         return y
 
     def step(self, x, out=None):
@@ -108,18 +162,21 @@ cdef class Stream:
         ----------
         x : array (I,) when the stream is unbatched, else (B, I)
         out : float32 array (O,) or (B, O), optional
-            Written in place and returned; nothing is allocated when given.
+            Written in place and returned; nothing is allocated when given.  Must not
+            overlap ``x``.
 
         Returns
         -------
         The output of this step, (O,) or (B, O).
+
+        Raises ValueError for NaN or infinite inputs, and for a step whose state or
+        output overflows to NaN or infinity (then ``out``'s contents are unspecified);
+        either way the state is unchanged.
         """
         cdef cnp.ndarray xa, ya
         cdef int nd = 1 if self.batch_size is None else 2
         cdef cnp.npy_intp dims[2]
-        if (cnp.PyArray_CheckExact(x) and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) and cnp.PyArray_NDIM(<cnp.ndarray>x) == nd
-                and cnp.PyArray_DIMS(<cnp.ndarray>x)[nd - 1] == self.n_in
+        if (is_native(x, cnp.NPY_FLOAT32, nd) and cnp.PyArray_DIMS(<cnp.ndarray>x)[nd - 1] == self.n_in
                 and (nd == 1 or cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == self.rows)):
             xa = <cnp.ndarray>x
         else:
@@ -128,27 +185,31 @@ cdef class Stream:
             dims[0] = self.rows if nd == 2 else self.n_out
             dims[1] = self.n_out
             ya = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT32, 0)
-        elif (cnp.PyArray_CheckExact(out) and cnp.PyArray_TYPE(<cnp.ndarray>out) == cnp.NPY_FLOAT32
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
-                and cnp.PyArray_NDIM(<cnp.ndarray>out) == nd
+        elif (is_native(out, cnp.NPY_FLOAT32, nd) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
                 and cnp.PyArray_DIMS(<cnp.ndarray>out)[nd - 1] == self.n_out
                 and (nd == 1 or cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == self.rows)):
             ya = <cnp.ndarray>out
+            if overlaps(xa, ya):
+                raise ValueError("out: must not overlap the input x")
         else:
             _validate.raise_bad_out(out, self._out_shape())
-        return self._advance(1, xa, ya)
+        return self._advance(1, xa, ya, True)
 
     def step_many(self, x, out=None):
         """Advance by a chunk of T steps: x (T, I) or (T, B, I) -> (T, O) or (T, B, O).
 
-        Gives the same result as calling :meth:`step` T times, and as one
-        ``model.predict`` over the whole sequence (to float32 rounding)."""
+        Bit-identical to calling :meth:`step` T times, and the same as one
+        ``model.predict`` over the whole sequence (to float32 rounding).  A refused
+        chunk (NaN or infinite inputs, or a step that overflowed) changes no state."""
         xa = _validate.chunk_input(x, self.n_in, self.batch_size)
         shape = (xa.shape[0], self.n_out) if self.batch_size is None else (xa.shape[0], self.rows, self.n_out)
         ya = _validate.output_buffer(out, shape, xa)
         if xa.shape[0] == 0:
             return ya
-        return self._advance(xa.shape[0], xa, ya)
+        if xa is x or not xa.flags.owndata:
+            # The caller's memory: the steps read a private copy, checked once.
+            xa = xa.copy()
+        return self._advance(xa.shape[0], xa, ya, False)
 
     def reset(self):
         """Zero the state of every stream."""
@@ -198,9 +259,10 @@ cdef class StreamPool:
     a closed stream stays invalid even after its slot is reused.
 
     ``step(ids, x)`` gathers the named streams' states into one contiguous
-    batch, runs one batched kernel call (OpenMP across the rows) and scatters
-    the states back.  Every id is checked before anything is touched: a bad
-    call changes no state.  All methods are serialised by one lock per pool,
+    batch, runs one batched kernel call (threads across the rows) and scatters
+    the states back.  Every id is checked before anything is touched, and the
+    states are scattered back only if they (and the outputs) came out finite:
+    a refused call changes no state.  All methods are serialised by one lock per pool,
     so concurrent use from several threads is safe (calls run one at a time).
     """
 
@@ -218,16 +280,17 @@ cdef class StreamPool:
     cdef cnp.ndarray free_stack      # int64 (cap,): free slots, top at n_free - 1
     cdef int n_free
     cdef cnp.ndarray ws
+    cdef cnp.ndarray x_own           # (cap, n_in): the step's copy of x
     cdef PyThread_type_lock lock
 
-    def __cinit__(self):
+    def __cinit__(self, model=None, Network net=None, capacity=None):
+        # Set up here, not in __init__, as Stream is: never half-built, never re-initialised.
         self.lock = PyThread_allocate_lock()
         if self.lock == NULL:
             raise MemoryError()
-
-    def __init__(self, model, Network net, int capacity):
-        if capacity < 1:
-            raise ValueError(f"capacity: expected at least 1, got {capacity}")
+        if net is None or getattr(model, "_net", None) is not net:
+            raise TypeError("StreamPool: made by model.pool(capacity), not directly")
+        capacity = _validate.positive_int(capacity, "capacity", _validate.MAX_COUNT)
         self.model = model
         self.net = net
         self.n_in = net.net.n_in
@@ -242,8 +305,11 @@ cdef class StreamPool:
         if self.lock != NULL:
             PyThread_free_lock(self.lock)
 
-    cdef void _grow(self, int capacity):
-        """Reallocate every per-slot array for ``capacity`` slots, keeping the open streams."""
+    cdef int _grow(self, int capacity) except -1:
+        """Reallocate every per-slot array for ``capacity`` slots, keeping the open streams.
+
+        Everything is allocated before anything is replaced, so a MemoryError leaves
+        the pool as it was."""
         from fastlstm._threads import available_cores  # (_threads imports _kernels)
         cdef int old = self.cap
 
@@ -252,26 +318,30 @@ cdef class StreamPool:
             if arr is not None:
                 new[:old] = arr[:old]
             return new
-        self.h = grown(self.h, (capacity, self.h_size), np.float32)
-        self.c = grown(self.c, (capacity, self.c_size), np.float32)
-        self.gen = grown(self.gen, capacity, np.uint32)
-        self.opened = grown(self.opened, capacity, np.uint8)
-        self.mark = grown(self.mark, capacity, np.uint64)
-        self.hg = np.empty((capacity, self.h_size), dtype=np.float32)
-        self.cg = np.empty((capacity, self.c_size), dtype=np.float32)
-        self.slots = np.empty(capacity, dtype=np.int64)
+        h = grown(self.h, (capacity, self.h_size), np.float32)
+        c = grown(self.c, (capacity, self.c_size), np.float32)
+        gen = grown(self.gen, capacity, np.uint32)
+        opened = grown(self.opened, capacity, np.uint8)
+        mark = grown(self.mark, capacity, np.uint64)
+        hg = np.empty((capacity, self.h_size), dtype=np.float32)
+        cg = np.empty((capacity, self.c_size), dtype=np.float32)
+        slots = np.empty(capacity, dtype=np.int64)
+        x_own = np.empty((capacity, self.n_in), dtype=np.float32)
         # New slots go on the free stack below the old free ones, lowest slot on top.
         stack = np.empty(capacity, dtype=np.int64)
         stack[:capacity - old] = np.arange(capacity - 1, old - 1, -1)
         if self.n_free:
             stack[capacity - old:capacity - old + self.n_free] = self.free_stack[:self.n_free]
-        self.free_stack = stack
-        self.n_free += capacity - old
         nchunks = n_chunks(&self.net.net, capacity)
-        self.ws_threads = max(1, min(nchunks, available_cores()))
-        self.ws_per = workspace_floats(&self.net.net, 1, max_chunk_rows(&self.net.net, capacity))
-        self.ws = aligned_empty(self.ws_per * self.ws_threads)
+        ws_threads = max(1, min(nchunks, available_cores()))
+        ws_per = workspace_floats(&self.net.net, 1, max_chunk_rows(&self.net.net, capacity))
+        ws = aligned_empty(ws_per * ws_threads)
+        self.h, self.c, self.gen, self.opened, self.mark = h, c, gen, opened, mark
+        self.hg, self.cg, self.slots, self.x_own, self.free_stack = hg, cg, slots, x_own, stack
+        self.ws, self.ws_per, self.ws_threads = ws, ws_per, ws_threads
+        self.n_free += capacity - old
         self.cap = capacity
+        return 0
 
     def __repr__(self):
         return f"<fastlstm.StreamPool {len(self)}/{self.cap} open of {self.model.describe_short()}>"
@@ -286,13 +356,11 @@ cdef class StreamPool:
 
     def reserve(self, n):
         """Make room for at least ``n`` streams (never shrinks)."""
-        n = _validate.positive_int(n, "n")
+        n = _validate.positive_int(n, "n", _validate.MAX_COUNT)
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
         try:
             if n > self.cap:
-                if n >= (1 << SLOT_BITS) - 1:
-                    raise ValueError(f"n: at most {(1 << SLOT_BITS) - 2} streams, got {n}")
                 self._grow(n)
         finally:
             PyThread_release_lock(self.lock)
@@ -390,20 +458,19 @@ cdef class StreamPool:
         """Advance the streams ``ids`` by one step each: x (N, I) -> (N, O).
 
         ``ids`` are distinct open stream ids, in any order; row k of ``x`` is
-        the input of stream ``ids[k]``.  With ``out`` given (float32 (N, O))
-        nothing is allocated.  A bad id (unknown, closed, repeated) raises
-        ValueError and no stream's state changes."""
+        the input of stream ``ids[k]``.  With ``out`` given (float32 (N, O), not
+        overlapping ``x``) nothing is allocated.  A bad id (unknown, closed,
+        repeated), a NaN or infinite input, or a step whose states or outputs
+        overflow to NaN or infinity raises ValueError, and no stream's state changes."""
         cdef cnp.ndarray ia, xa, ya
         cdef cnp.npy_intp dims[2]
-        if (cnp.PyArray_CheckExact(ids) and cnp.PyArray_TYPE(<cnp.ndarray>ids) == cnp.NPY_INT64
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>ids) and cnp.PyArray_NDIM(<cnp.ndarray>ids) == 1):
+        if is_native(ids, cnp.NPY_INT64, 1) and cnp.PyArray_DIMS(<cnp.ndarray>ids)[0] <= self.cap:
             ia = <cnp.ndarray>ids
         else:
-            ia = _validate.stream_ids(ids)
+            ia = _validate.stream_ids(ids, self.cap)
         cdef int N = <int>cnp.PyArray_DIMS(ia)[0]
-        if (cnp.PyArray_CheckExact(x) and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2
-                and cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == N and cnp.PyArray_DIMS(<cnp.ndarray>x)[1] == self.n_in):
+        if (is_native(x, cnp.NPY_FLOAT32, 2) and cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == N
+                and cnp.PyArray_DIMS(<cnp.ndarray>x)[1] == self.n_in):
             xa = <cnp.ndarray>x
         else:
             xa = _validate.step_input(x, self.n_in, N)
@@ -411,11 +478,11 @@ cdef class StreamPool:
             dims[0] = N
             dims[1] = self.n_out
             ya = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
-        elif (cnp.PyArray_CheckExact(out) and cnp.PyArray_TYPE(<cnp.ndarray>out) == cnp.NPY_FLOAT32
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
-                and cnp.PyArray_NDIM(<cnp.ndarray>out) == 2 and cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == N
-                and cnp.PyArray_DIMS(<cnp.ndarray>out)[1] == self.n_out):
+        elif (is_native(out, cnp.NPY_FLOAT32, 2) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
+                and cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == N and cnp.PyArray_DIMS(<cnp.ndarray>out)[1] == self.n_out):
             ya = <cnp.ndarray>out
+            if overlaps(xa, ya):
+                raise ValueError("out: must not overlap the input x")
         else:
             _validate.raise_bad_out(out, (N, self.n_out))
         if N == 0:
@@ -423,16 +490,20 @@ cdef class StreamPool:
         cdef const long long *idp = <const long long *>cnp.PyArray_DATA(ia)
         cdef const float *xp = <const float *>cnp.PyArray_DATA(xa)
         cdef float *yp = <float *>cnp.PyArray_DATA(ya)
+        cdef float *own = <float *>cnp.PyArray_DATA(self.x_own)
         cdef long n = cnp.PyArray_SIZE(xa)
-        cdef int bad = BAD_NONE, bad_at = 0, finite
+        cdef int bad = BAD_NONE, bad_at = 0
+        cdef bint finite, ok = True
         with nogil:
-            finite = fl_all_finite(xp, n)
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+            # The kernel reads this copy, so the check holds even if x changes meanwhile.
+            memcpy(own, xp, n * sizeof(float))
+            finite = fl_all_finite(own, n)
             if finite:
-                PyThread_acquire_lock(self.lock, WAIT_LOCK)
                 bad = self._check_ids(idp, N, &bad_at)
                 if bad == BAD_NONE:
-                    self._step_slots(N, xp, yp)
-                PyThread_release_lock(self.lock)
+                    ok = self._step_slots(N, own, yp)
+            PyThread_release_lock(self.lock)
         if not finite:
             raise ValueError("x: contains NaN or infinite values (no stream's state changed)")
         if bad == BAD_UNKNOWN:
@@ -441,6 +512,8 @@ cdef class StreamPool:
         if bad == BAD_DUPLICATE:
             raise ValueError(f"ids: ids[{bad_at}] = {ia[bad_at]} appears more than once "
                              "(no stream's state changed)")
+        if not ok:
+            raise ValueError(OVERFLOW_MESSAGE)
         return ya
 
     cdef int _check_ids(self, const long long *idp, int N, int *bad_at) noexcept nogil:
@@ -465,8 +538,9 @@ cdef class StreamPool:
             slots[k] = slot
         return BAD_NONE
 
-    cdef void _step_slots(self, int N, const float *xp, float *yp) noexcept nogil:
-        """Gather the states of self.slots[:N], run one batched step, scatter them back."""
+    cdef bint _step_slots(self, int N, const float *xp, float *yp) noexcept nogil:
+        """Gather the states of self.slots[:N], run one batched step on the copies, and scatter
+        them back if they and the outputs are finite; whether it did."""
         cdef const long long *slots = <const long long *>cnp.PyArray_DATA(self.slots)
         cdef float *h = <float *>cnp.PyArray_DATA(self.h)
         cdef float *c = <float *>cnp.PyArray_DATA(self.c)
@@ -480,6 +554,9 @@ cdef class StreamPool:
             memcpy(cg + k * cs, c + slots[k] * cs, cs * sizeof(float))
         run_batch(&self.net.net, 1, 1, N, xp, yp, hg, cg, <float *>cnp.PyArray_DATA(self.ws), self.ws_per,
                   nchunks, max(1, min(min(num_threads(), nchunks), self.ws_threads)))
+        if not states_finite(hg, N * hs, cg, N * cs, yp, <long>N * self.n_out):
+            return False
         for k in range(N):
             memcpy(h + slots[k] * hs, hg + k * hs, hs * sizeof(float))
             memcpy(c + slots[k] * cs, cg + k * cs, cs * sizeof(float))
+        return True

@@ -1,18 +1,24 @@
 """Argument checks shared by Model, Stream and StreamPool.
 
 Every public entry point converts its array arguments here, once: anything
-that is not C-contiguous float32 is converted (never truncated), and a wrong
-shape or a non-numeric input raises with a message that names the argument,
-the expected shape and the shape received.
+that is not C-contiguous, native-byte-order float32 is converted (never
+truncated), and a wrong shape or a non-numeric input raises with a message that
+names the argument, the expected shape and the shape received.  Shapes and
+sizes are checked before anything is converted, so a huge broadcast view is
+refused without being copied.
 """
 
 import operator
 
 import numpy as np
 
+#: The largest count (time steps, batch rows, streams) the kernels take: they
+#: index with 32-bit ints.  Larger counts are refused, never wrapped.
+MAX_COUNT = 2 ** 31 - 1
 
-def as_float32(x, name):
-    """``x`` as a C-contiguous float32 array; TypeError for non-numeric input."""
+
+def numeric_array(x, name):
+    """``x`` as an ndarray of real numbers, without converting it yet; TypeError otherwise."""
     if isinstance(x, np.ndarray):
         arr = x
     else:
@@ -23,7 +29,23 @@ def as_float32(x, name):
     kind = arr.dtype.kind
     if kind not in "fiu":  # bool, complex, object, str, bytes, void, datetime are refused
         raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def to_float32(arr):
+    """A checked ``numeric_array`` as C-contiguous native float32 (``np.float32`` is native byte order)."""
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def as_float32(x, name):
+    """``x`` as a C-contiguous float32 array; TypeError for non-numeric input."""
+    return to_float32(numeric_array(x, name))
+
+
+def check_count(n, name, what):
+    """ValueError when a count the kernels index with 32-bit ints is above MAX_COUNT."""
+    if n > MAX_COUNT:
+        raise ValueError(f"{name}: {n} {what} is more than the {MAX_COUNT} fastlstm takes in one call")
 
 
 def _shape_error(name, expected, got):
@@ -32,16 +54,16 @@ def _shape_error(name, expected, got):
 
 def step_input(x, n_in, batch_size):
     """One step's input: (I,) for an unbatched stream, (B, I) for a batch of B."""
-    arr = as_float32(x, "x")
+    arr = numeric_array(x, "x")
     expected = (n_in,) if batch_size is None else (batch_size, n_in)
     if arr.shape != expected:
         raise _shape_error("x", expected, arr.shape)
-    return arr
+    return to_float32(arr)
 
 
 def chunk_input(x, n_in, batch_size):
     """A chunk of steps: (T, I) for an unbatched stream, (T, B, I) for a batch of B."""
-    arr = as_float32(x, "x")
+    arr = numeric_array(x, "x")
     if batch_size is None:
         ok, expected = arr.ndim == 2 and arr.shape[1] == n_in, f"(T, {n_in})"
     else:
@@ -49,18 +71,22 @@ def chunk_input(x, n_in, batch_size):
         expected = f"(T, {batch_size}, {n_in})"
     if not ok:
         raise _shape_error("x", expected, arr.shape)
-    return arr
+    check_count(arr.shape[0], "x", "time steps")
+    return to_float32(arr)
 
 
 def sequence_input(x, n_in, batch_first):
     """predict's input as (T, B, I) C-contiguous float32, and whether it was batched."""
-    arr = as_float32(x, "x")
+    arr = numeric_array(x, "x")
     if arr.ndim == 2 and arr.shape[1] == n_in:
-        return arr[:, None, :], False
+        check_count(arr.shape[0], "x", "time steps")
+        return to_float32(arr)[:, None, :], False
     if arr.ndim == 3 and arr.shape[2] == n_in:
         if batch_first:
-            arr = np.ascontiguousarray(arr.transpose(1, 0, 2))
-        return arr, True
+            arr = arr.transpose(1, 0, 2)
+        check_count(arr.shape[0], "x", "time steps")
+        check_count(arr.shape[1], "x", "batch rows")
+        return to_float32(arr), True
     expected = f"(T, {n_in}) or " + (f"(B, T, {n_in})" if batch_first else f"(T, B, {n_in})")
     raise _shape_error("x", expected, arr.shape)
 
@@ -92,24 +118,29 @@ def output_buffer(out, shape, x):
     return out
 
 
-def positive_int(n, name):
-    """``n`` as an int >= 1, or TypeError/ValueError naming ``name``."""
+def positive_int(n, name, limit=None):
+    """``n`` as an int >= 1 (and <= ``limit`` when given), or TypeError/ValueError naming ``name``."""
     try:
         value = operator.index(n)
     except TypeError:
         raise TypeError(f"{name}: expected an int, got {type(n).__name__}") from None
     if value < 1:
         raise ValueError(f"{name}: expected at least 1, got {value}")
+    if limit is not None and value > limit:
+        raise ValueError(f"{name}: expected at most {limit}, got {value}")
     return value
 
 
-def stream_ids(ids):
-    """StreamPool.step's ids as a 1-d C-contiguous int64 array; TypeError for non-integer ids."""
+def stream_ids(ids, max_len):
+    """StreamPool.step's ids as a 1-d C-contiguous int64 array; TypeError for non-integer ids,
+    ValueError for more than ``max_len`` (the pool's capacity: more ids cannot all be distinct)."""
     arr = np.asarray(ids) if not isinstance(ids, np.ndarray) else ids
     if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
         raise TypeError(f"ids: expected integer stream ids, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"ids: expected shape (N,), got {arr.shape}")
+    if arr.shape[0] > max_len:
+        raise ValueError(f"ids: {arr.shape[0]} ids, but the pool holds only {max_len} streams")
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError("ids: contains ids out of range")
     return np.ascontiguousarray(arr, dtype=np.int64)

@@ -173,7 +173,8 @@ class Model:
 
         Raises ValueError when a layer needs the whole sequence (bidirectional or go_backwards)."""
         self._check_streamable()
-        batch_size = None if batch_size is None else _validate.positive_int(batch_size, "batch_size")
+        if batch_size is not None:
+            batch_size = _validate.positive_int(batch_size, "batch_size", _validate.MAX_COUNT)
         return _streams.Stream(self, self._net, batch_size)
 
     def _check_streamable(self):
@@ -187,7 +188,8 @@ class Model:
     def pool(self, capacity: int) -> _streams.StreamPool:
         """A :class:`StreamPool` with state preallocated for ``capacity`` streams (see ``reserve``)."""
         self._check_streamable()
-        return _streams.StreamPool(self, self._net, _validate.positive_int(capacity, "capacity"))
+        capacity = _validate.positive_int(capacity, "capacity", _validate.MAX_COUNT)
+        return _streams.StreamPool(self, self._net, capacity)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly."""

@@ -16,7 +16,7 @@
 #define FASTLSTM_SINGLE_H
 
 #include "fastlstm_cell.h"
-#include "fastlstm_omp.h"
+#include "fastlstm_barrier.h"
 
 /* This thread's part (tid of nt, barrier bar) of tn steps of one direction.
  *   gates  (tn, 4H): bias (+ x @ W_x when x == NULL) already in; overwritten

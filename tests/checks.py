@@ -10,3 +10,15 @@ def assert_state_equal(a, b):
         x, y = np.asarray(x), np.asarray(y)
         assert x.shape == y.shape
         assert np.array_equal(x, y)
+
+
+def child_env():
+    """The environment for a Python child process that imports exactly the fastlstm this process imported."""
+    import os
+
+    import fastlstm
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -103,7 +103,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.refs)
     @rule(seed=st.integers(0, 2**32 - 1), frac=st.floats(0.0, 1.0), scale=st.sampled_from([0.5, 1.0, 3.0]),
-          how=st.sampled_from(["array", "list", "out", "int32"]))
+          how=st.sampled_from(["array", "list", "out", "int32", "big-endian"]))
     def step(self, seed, frac, scale, how):
         rng = np.random.default_rng(seed)
         ids = self._pick(rng, frac, frac)          # any subset, in any order
@@ -114,6 +114,8 @@ class PoolMachine(RuleBasedStateMachine):
             y = self.pool.step([int(s) for s in ids], x.astype(np.float64).tolist())
         elif how == "int32" and ids.max() < 2**31:
             y = self.pool.step(ids.astype(np.int32), x)
+        elif how == "big-endian":                  # read by value, not as native bytes
+            y = self.pool.step(ids.astype(">i8"), x.astype(">f4"))
         else:
             out = np.full((len(ids), O), np.nan, np.float32)
             y = self.pool.step(ids, x, out=out)
@@ -156,13 +158,29 @@ class PoolMachine(RuleBasedStateMachine):
         assert_state_equal(self.pool.get_state(sid), new)
 
     @precondition(lambda self: self.refs)
-    @rule(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["dead", "repeat", "unknown", "nan"]))
+    @rule(seed=st.integers(0, 2**32 - 1),
+          kind=st.sampled_from(["dead", "repeat", "unknown", "nan", "overlap", "too many", "big-endian out"]))
     def refused_step(self, seed, kind):
-        """A step mixing good ids with one bad one (or a NaN) raises; the invariant then checks nothing moved."""
+        """A step mixing good ids with one bad one (or a NaN, an out= overlapping x, more ids than the
+        pool holds, a big-endian out=) raises; the invariant then checks nothing moved."""
         rng = np.random.default_rng(seed)
         ids = [int(s) for s in self._pick(rng, 0.0, 0.3)]
         if kind == "dead" and not self.dead:
             kind = "repeat"
+        if kind in ("overlap", "big-endian out"):
+            buf = rng.standard_normal(len(ids) * (I + O)).astype(np.float32)
+            x = buf[:len(ids) * I].reshape(len(ids), I)
+            lo = int(rng.integers(0, len(ids) * I)) if kind == "overlap" else len(ids) * I
+            out = buf[lo:lo + len(ids) * O].reshape(len(ids), O) if kind == "overlap" else \
+                np.empty((len(ids), O), ">f4")
+            with pytest.raises(ValueError if kind == "overlap" else TypeError, match=r"\bout\b"):
+                self.pool.step(np.array(ids, np.int64), x, out=out)
+            return
+        if kind == "too many":
+            ids = np.broadcast_to(np.int64(ids[0]), (CAPACITY + 1,))
+            with pytest.raises(ValueError, match=r"\bids\b"):
+                self.pool.step(ids, np.zeros((CAPACITY + 1, I), np.float32))
+            return
         if kind == "nan":
             x = rng.standard_normal((len(ids), I)).astype(np.float32)
             x[int(rng.integers(len(ids))), int(rng.integers(I))] = np.nan

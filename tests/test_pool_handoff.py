@@ -16,7 +16,7 @@ import pytest
 
 import fastlstm
 import oracle
-from checks import assert_state_equal
+from checks import assert_state_equal, child_env
 
 I, H, L, O = 7, 20, 2, 4
 
@@ -69,14 +69,6 @@ with open(f"{d}/result.pkl", "wb") as f:
 """
 
 
-def _child_env():
-    env = dict(os.environ)
-    # make the child import exactly the fastlstm this process imported
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def test_state_moves_to_a_new_process_and_continues_bit_identically(tmp_path, rng):
     layers, head = oracle.random_stack(np.random.default_rng(17), I, H, L, head_size=O)
     model = fastlstm.Model(layers, head)
@@ -108,7 +100,7 @@ def test_state_moves_to_a_new_process_and_continues_bit_identically(tmp_path, rn
 
     # cwd=tmp_path: with -c the child puts its cwd first on sys.path, where a source checkout's
     # fastlstm/ (no compiled kernels under a regular install) would shadow the installed one.
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], env=_child_env(), cwd=str(tmp_path),
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], env=child_env(), cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "result.pkl", "rb") as f:

@@ -67,7 +67,7 @@ def test_stream_step_with_out_allocates_nothing():
 
 def test_batched_stream_step_with_out_allocates_nothing(restore_threads):
     # 40 rows: two row chunks.  One thread: tracemalloc sees only the Python allocators, which the
-    # OpenMP team does not touch, and a 2-thread team on a busy 2-core CI box can stall for ms per step.
+    # thread team does not touch, and a 2-thread team on a busy 2-core CI box can stall for ms per step.
     fastlstm.set_num_threads(1)
     stream = _MODEL.stream(40)
     x = np.random.default_rng(0).standard_normal((40, I)).astype(np.float32)
@@ -145,7 +145,7 @@ def _soak(pool, n_steps, rng_seed=3):
     out = np.empty((160, O), np.float32)
     ids = np.empty(160, np.int64)
     sizes = rng.integers(1, 24, size=997)           # mostly one row chunk ...
-    sizes[::200] = 119                              # ... and every 200th tick several, through OpenMP
+    sizes[::200] = 119                              # ... and every 200th tick several, through the thread pool
     churn = rng.integers(0, len(live), size=991)
     sentinel_x = []
     for t in range(n_steps):

@@ -102,7 +102,7 @@ def test_threads_on_different_pools_and_streams_match_serial():
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_threads_match_serial_at_any_thread_count(n_threads, restore_threads):
-    """The OpenMP team size inside each call does not change the bits either."""
+    """The thread team size inside each call does not change the bits either."""
     serial = [_own_objects_worker(w, ticks=60) for w in range(N_THREADS)]
     fastlstm.set_num_threads(n_threads)
     rounds = threading.Barrier(N_THREADS, timeout=60)

@@ -1,32 +1,23 @@
-/* The one place that touches OpenMP: builds without it get serial fallbacks. */
-#ifndef FASTLSTM_OMP_H
-#define FASTLSTM_OMP_H
+/* The in-team synchronisation of the kernels' thread teams (fastlstm_pool.h):
+ * a spin-then-sleep barrier and the split of hidden units over a team. */
+#ifndef FASTLSTM_BARRIER_H
+#define FASTLSTM_BARRIER_H
 
 #include <sched.h>
 #include <stddef.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#define FL_HAVE_OPENMP 1
-static inline int fl_omp_thread_num(void) { return omp_get_thread_num(); }
-static inline int fl_omp_num_threads(void) { return omp_get_num_threads(); }
-#else
-#define FL_HAVE_OPENMP 0
-static inline int fl_omp_thread_num(void) { return 0; }
-static inline int fl_omp_num_threads(void) { return 1; }
-#endif
-
-/* A barrier for the threads of one parallel region that expect to wait only
+/* A barrier for the threads of one team that expect to wait only
  * briefly (a step's work is split evenly): spin on a shared generation counter
  * for FL_SPIN_ROUNDS pauses, then sleep on it (a futex) until the last thread
  * arrives.
  *
- * libgomp's barrier under OMP_WAIT_POLICY=PASSIVE sleeps at once, and waking
- * a thread costs 10-50 us, more than a whole step of a 256-unit layer; under
- * ACTIVE it spins without end.  On a loaded machine a spinning (or yielding)
- * waiter is worse than a sleeping one: an idle core is what lets the scheduler
- * move the thread being waited for onto it.  Zero the struct before the
- * parallel region; every thread of the team must pass the same barriers. */
+ * A barrier that sleeps at once (libgomp's under OMP_WAIT_POLICY=PASSIVE)
+ * pays 10-50 us per wake-up, more than a whole step of a 256-unit layer; one
+ * that spins without end (ACTIVE) starves other work.  On a loaded machine a
+ * spinning (or yielding) waiter is worse than a sleeping one: an idle core is
+ * what lets the scheduler move the thread being waited for onto it.  Zero the
+ * struct before the team starts; every thread of the team must pass the same
+ * barriers. */
 #define FL_SPIN_ROUNDS 1000
 
 typedef struct {
@@ -88,4 +79,4 @@ static inline void fl_split_range(long n, int k, int nt, long *lo, long *hi)
     if (*lo > n) *lo = n;
 }
 
-#endif /* FASTLSTM_OMP_H */
+#endif /* FASTLSTM_BARRIER_H */
