@@ -32,9 +32,9 @@ def add_parser(add):
 
 def run(args):
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here so that a missing extra is one clear line
 
-        from ..serving.app import create_app
+        from ..serving.app import create_app, run_server
     except ImportError as exc:
         raise CommandError(f"fastlstm serve needs the serve extra ({exc.name} is missing): "
                            "pip install 'fastlstm[serve]'") from None
@@ -50,6 +50,5 @@ def run(args):
     print(f"fastlstm serve: {args.model} ({model.input_size} in, {model.output_size} out) on "
           f"http://{args.host}:{args.port}  ws://{args.host}:{args.port}/ws  (max_batch={batcher.max_batch}, "
           f"max_delay={args.max_delay_ms:g} ms)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws="websockets-sansio",
-                ws_max_size=1 << 20)
+    run_server(app, args.host, args.port, args.log_level)
     return 0

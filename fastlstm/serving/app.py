@@ -211,6 +211,13 @@ def create_app(backend, *, title="fastlstm"):
     return app
 
 
+def run_server(app, host="127.0.0.1", port=8000, log_level="warning"):
+    """Serve ``app`` with uvicorn (blocks): the settings ``fastlstm serve`` and the load test share."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, ws="websockets-sansio", ws_max_size=1 << 20)
+
+
 async def _ws_loop(ws, backend, sid, n_in):
     """Serve one connection's frames in order: a stream's steps are answered in the order sent."""
     step = backend.step
