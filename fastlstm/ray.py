@@ -413,6 +413,9 @@ class RouterBackend:
     def reset(self, sid):
         self.router.reset(sid)
 
+    def shutdown(self):
+        self.router.shutdown()
+
     def prometheus(self):
         lines = ["# TYPE fastlstm_router_streams gauge", f"fastlstm_router_streams {len(self.router)}",
                  "# TYPE fastlstm_router_replicas gauge", f"fastlstm_router_replicas {self.router.num_replicas}",

@@ -116,3 +116,32 @@ def test_predict_dataset_equals_predict_per_sequence(local_ray):
     for r in rows:
         want = MODEL.predict(seqs[r["id"]])
         np.testing.assert_allclose(np.asarray(r["y"], np.float32), want, rtol=0, atol=TOL)
+
+
+def test_the_serving_protocol_in_front_of_the_router(local_ray):
+    """The WebSocket/HTTP app of ``fastlstm serve`` over RouterBackend: a client cannot tell."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from fastlstm.ray import RouterBackend
+    from fastlstm.serving import create_app
+
+    xs = np.random.default_rng(4).standard_normal((6, I)).astype(np.float32)
+    router = StreamRouter(MODEL, num_replicas=2)
+    with TestClient(create_app(RouterBackend(router))) as client:
+        with client.websocket_connect("/ws") as ws:
+            ws.receive_json()
+            got = []
+            for x in xs[:3]:
+                ws.send_bytes(x.astype("<f4").tobytes())
+                got.append(np.frombuffer(ws.receive_bytes(), "<f4"))
+            ws.send_json({"op": "export"})
+            blob = ws.receive_json()["state"]
+        import base64
+        sid = client.post("/streams").json()["sid"]
+        assert client.put(f"/streams/{sid}/state", content=base64.b64decode(blob)).status_code == 204
+        for x in xs[3:]:
+            got.append(np.array(client.post(f"/streams/{sid}/step", json={"x": x.tolist()}).json()["y"],
+                                np.float32))
+        assert client.get(f"/streams/{sid + 999}/state").status_code == 404
+    assert np.array_equal(np.stack(got), _lone(xs)[0])

@@ -27,6 +27,9 @@ def add_parser(add):
     s.add_argument("--max-streams", type=_positive_int, default=None, metavar="N",
                    help="most open streams (default: no limit)")
     s.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="compute threads")
+    s.add_argument("--ray-replicas", type=_positive_int, default=None, metavar="N",
+                   help="shard the streams over N Ray replica actors (fastlstm.ray; needs fastlstm[ray]); "
+                        "connects to RAY_ADDRESS or starts a local cluster")
     s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -44,11 +47,31 @@ def run(args):
     if args.threads is not None:
         from .. import set_num_threads
         set_num_threads(args.threads)
-    batcher = Batcher(model, max_batch=args.max_batch, max_delay=args.max_delay_ms / 1000,
-                      max_queue=args.max_queue, idle_timeout=args.idle_timeout, max_streams=args.max_streams)
-    app = create_app(batcher)
+    if args.ray_replicas:
+        backend = _ray_backend(model, args)
+    else:
+        backend = Batcher(model, max_batch=args.max_batch, max_delay=args.max_delay_ms / 1000,
+                          max_queue=args.max_queue, idle_timeout=args.idle_timeout, max_streams=args.max_streams)
+    app = create_app(backend)
+    where = f"{args.ray_replicas} Ray replicas, " if args.ray_replicas else ""
     print(f"fastlstm serve: {args.model} ({model.input_size} in, {model.output_size} out) on "
-          f"http://{args.host}:{args.port}  ws://{args.host}:{args.port}/ws  (max_batch={batcher.max_batch}, "
+          f"http://{args.host}:{args.port}  ws://{args.host}:{args.port}/ws  ({where}max_batch={args.max_batch}, "
           f"max_delay={args.max_delay_ms:g} ms)", file=sys.stderr, flush=True)
     run_server(app, args.host, args.port, args.log_level)
     return 0
+
+
+def _ray_backend(model, args):
+    try:
+        import ray
+
+        from ..ray import RouterBackend, StreamRouter
+    except ImportError as exc:
+        raise CommandError(f"--ray-replicas needs the ray extra ({exc.name} is missing): "
+                           "pip install 'fastlstm[ray]'") from None
+    if args.idle_timeout is not None or args.max_queue is not None or args.max_streams is not None:
+        raise CommandError("--idle-timeout, --max-queue and --max-streams apply to one process; "
+                           "they are not supported with --ray-replicas")
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return RouterBackend(StreamRouter(model, num_replicas=args.ray_replicas, max_batch=args.max_batch,
+                                      max_delay=args.max_delay_ms / 1000, threads_per_replica=args.threads or 1))
