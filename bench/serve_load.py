@@ -351,7 +351,8 @@ def main(argv=None):
           f"{args.seconds:g} s per point; batcher max_batch={args.max_batch} max_delay={args.max_delay_ms:g} ms; "
           f"{os.cpu_count()} CPUs; threads: batcher {fastlstm.get_num_threads()}, baselines {args.baseline_threads}; "
           f"{platform.processor() or platform.machine()}")
-    print(f"{'server':>8} {'streams':>6} {'offered/s':>10} {'steps/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>8} {'tries':>6}")
+    print(f"{'server':>8} {'streams':>6} {'offered/s':>10} {'steps/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'p99.9 ms':>8} {'tries':>6}")
     rows = []
     for mode in args.modes.split(","):
         rows += sweep(mode, model_path, cfg.I, args)

@@ -33,7 +33,6 @@ import threading
 from collections import defaultdict
 
 import numpy as np
-
 import ray
 
 from . import _validate
@@ -437,7 +436,7 @@ class _Predictor:
         self.model, self.column, self.output_column = model, column, output_column
 
     def __call__(self, batch):
-        arrays = [np.asarray(np.stack(s) if getattr(s, "dtype", None) == object else s, dtype=np.float32)
+        arrays = [np.asarray(np.stack(s) if isinstance(s, np.ndarray) and s.dtype == object else s, dtype=np.float32)
                   for s in batch[self.column]]
         outputs = [None] * len(arrays)
         by_length = defaultdict(list)

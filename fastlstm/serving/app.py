@@ -33,6 +33,7 @@ import base64
 import binascii
 import json
 from contextlib import asynccontextmanager
+from typing import Optional
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -182,7 +183,7 @@ def create_app(backend, *, title="fastlstm"):
         return Response(status_code=204)
 
     @app.websocket("/ws")
-    async def websocket(ws: WebSocket, sid: int = None):
+    async def websocket(ws: WebSocket, sid: Optional[int] = None):
         await ws.accept()
         owned = sid is None
         try:
