@@ -53,7 +53,7 @@ def measure(model, n, rounds, rng):
             t2 = time.perf_counter()
             await asyncio.gather(*[step(s, x) for s, x in zip(sids, rows)])
             t3 = time.perf_counter()
-            while m.ticks < ticks0 + r + 1:   # the worker records a tick just after handing it over
+            while m.overhead.count < ticks0 + r + 1:   # recorded just after the tick's hand-off
                 time.sleep(1e-5)
             if r >= 3:     # warm-up rounds left out
                 bare.append(t1 - t0)

@@ -352,14 +352,15 @@ class Batcher:
                 if failed is None:
                     rec.steps += 1
             self._unbusy.notify_all()
+        # Counted before the hand-off, so a caller holding its output sees its step in the metrics.
+        self.metrics.record_tick(n if failed is None else 0, t0 - arrivals, t2 - t1, t2)
         if failed is None:
             self._deliver(batch, results, False)
         else:
             self._fail(batch, failed)
         if error is not None:
             self._fail(*error)
-        t3 = _clock()
-        self.metrics.record_tick(n if failed is None else 0, t0 - arrivals, t2 - t1, (t1 - t0) + (t3 - t2), t3)
+        self.metrics.overhead.observe((t1 - t0) + (_clock() - t2))
 
     def _drop_nonfinite(self, batch):
         """Split off requests whose input has NaN/inf (they fail alone, not their tick-mates)."""

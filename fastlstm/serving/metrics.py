@@ -79,14 +79,14 @@ class BatcherMetrics:
         self._rate = deque(maxlen=64)        # (time, steps) samples for steps_per_second
         self._rate_lock = threading.Lock()
 
-    def record_tick(self, n, delays, compute_s, overhead_s, now):
-        """One tick of ``n`` steps (worker thread): ``delays`` are the requests' seconds in the queue."""
+    def record_tick(self, n, delays, compute_s, now):
+        """One tick of ``n`` steps (worker thread): ``delays`` are the requests' seconds in the queue.
+        The batcher adds the tick's ``overhead`` once it has handed the outputs over."""
         self.steps += n
         self.ticks += 1
         self.batch_size.observe(n)
         self.queue_delay.observe_many(delays)
         self.compute.observe(compute_s)
-        self.overhead.observe(overhead_s)
         rate = self._rate
         if not rate or now - rate[-1][0] >= 0.25:
             with self._rate_lock:
