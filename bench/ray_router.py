@@ -113,6 +113,27 @@ def online(model, replicas, counts, args):
     return rows
 
 
+def checkpoint_cost(model, args):
+    """What failover costs: the router's memory per stream and p99 with checkpoints every K steps
+    against (practically) never, same streams, same load."""
+    x = np.random.default_rng(0).standard_normal(model.input_size).astype(np.float32)
+    n = args.cost_streams
+    for every in (args.checkpoint_every, 10 ** 9):
+        router = StreamRouter(model, num_replicas=1, checkpoint_every=every, max_delay=args.max_delay_ms / 1000)
+        try:
+            sids = [router.open() for _ in range(n)]
+            lat, _ = asyncio.run(drive(router, sids, args.rate, args.seconds, x))
+            state_bytes = len(router.get_state(sids[0]).to_bytes())
+        finally:
+            router.shutdown()
+        label = f"checkpoint every {every} steps" if every < 10 ** 9 else "no checkpoints"
+        print(f"cost: {n} streams, {label}: p50 {np.percentile(lat, 50) * 1e3:.2f} ms, "
+              f"p99 {np.percentile(lat, 99) * 1e3:.2f} ms", flush=True)
+    per_stream = state_bytes + args.checkpoint_every * model.input_size * 4
+    print(f"cost: router memory per stream at most {per_stream:,} bytes (state {state_bytes:,} B + "
+          f"{args.checkpoint_every} inputs of {model.input_size * 4} B)", flush=True)
+
+
 def offline(model, actors, args):
     series = fastlstm.data.load_series()
     feats = fastlstm.data.features(series).astype(np.float32)
@@ -164,6 +185,7 @@ def main(argv=None):
     p.add_argument("--max-delay-ms", type=float, default=1.0)
     p.add_argument("--checkpoint-every", type=int, default=16)
     p.add_argument("--failover-streams", type=int, default=64)
+    p.add_argument("--cost-streams", type=int, default=32, help="streams for the checkpoint cost rows")
     p.add_argument("--windows", type=int, default=50000)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--quick", action="store_true", help="2 s points, 5000 windows")
@@ -179,6 +201,7 @@ def main(argv=None):
             model = fw.to_fastlstm(fw.build_torch(cfg)[0])
             online(model, [int(r) for r in args.replicas.split(",")], [int(n) for n in args.streams.split(",")],
                    args)
+            checkpoint_cost(model, args)
         if not args.skip_offline:
             offline(fastlstm.load(fastlstm.data.MODEL_PATH), [int(a) for a in args.actors.split(",")], args)
     finally:

@@ -129,15 +129,14 @@ class OrtPerRequest(StreamPerConnection):
     set_state = get_state
 
 
-def serve(mode, model_path, port, max_batch, max_delay_ms, baseline_threads):
+def serve(mode, model_path, port, max_batch, max_delay_ms, batcher_threads, baseline_threads):
     """The server process: one backend behind fastlstm.serving's app, run like ``fastlstm serve``."""
     import fastlstm
     from fastlstm.serving import Batcher
     from fastlstm.serving.app import create_app, run_server
 
     model = fastlstm.load(model_path)
-    if mode != "batcher":
-        fastlstm.set_num_threads(baseline_threads)
+    fastlstm.set_num_threads(batcher_threads if mode == "batcher" else baseline_threads)
     if mode == "batcher":
         backend = Batcher(model, max_batch=max_batch, max_delay=max_delay_ms / 1000)
     elif mode == "stream":
@@ -161,7 +160,7 @@ def start_server(mode, model_path, args):
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", mode, "--model", model_path,
                              "--port", str(port), "--max-batch", str(args.max_batch),
                              "--max-delay-ms", str(args.max_delay_ms), "--baseline-threads",
-                             str(args.baseline_threads)], env=env)
+                             str(args.baseline_threads), "--batcher-threads", str(args.batcher_threads)], env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -326,6 +325,9 @@ def main(argv=None):
     p.add_argument("--stop-ms", type=float, default=50.0, help="stop a sweep once p99 exceeds this")
     p.add_argument("--max-batch", type=int, default=256)
     p.add_argument("--max-delay-ms", type=float, default=1.0)
+    p.add_argument("--batcher-threads", type=int, default=1,
+                   help="compute threads of the batcher server (default 1: on a small machine the client "
+                        "and the event loop need the other cores)")
     p.add_argument("--baseline-threads", type=int, default=1,
                    help="compute threads of the stream and ort servers (default 1: one stream's step is too "
                         "small to split, and a second thread only waits for a core the client needs)")
@@ -337,7 +339,8 @@ def main(argv=None):
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        return serve(args.serve, args.model, args.port, args.max_batch, args.max_delay_ms, args.baseline_threads)
+        return serve(args.serve, args.model, args.port, args.max_batch, args.max_delay_ms, args.batcher_threads,
+                     args.baseline_threads)
     if args.quick:
         args.seconds, args.warmup = 2.0, 0.5
     cfg = fw.CONFIGS["medium"]
@@ -349,7 +352,7 @@ def main(argv=None):
     import fastlstm
     print(f"medium model (I={cfg.I}, H={cfg.H}, {cfg.L} layers), {args.rate:g} Hz per stream, "
           f"{args.seconds:g} s per point; batcher max_batch={args.max_batch} max_delay={args.max_delay_ms:g} ms; "
-          f"{os.cpu_count()} CPUs; threads: batcher {fastlstm.get_num_threads()}, baselines {args.baseline_threads}; "
+          f"{os.cpu_count()} CPUs; threads: batcher {args.batcher_threads}, baselines {args.baseline_threads}; "
           f"{platform.processor() or platform.machine()}")
     print(f"{'server':>8} {'streams':>6} {'offered/s':>10} {'steps/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'p99.9 ms':>8} {'tries':>6}")
