@@ -1,8 +1,10 @@
 """fastlstm on Ray: live streams sharded over replica actors, and offline ``predict`` over a Ray Dataset.
 
 ``StreamRouter(model, num_replicas=n)`` keeps a routing table from stream ids to replicas.  Each
-replica is a Ray actor holding the model and a :class:`fastlstm.serving.Batcher`, so concurrent
-steps of its streams share ``pool.step`` ticks.  A stream's state lives on exactly one replica:
+replica is a Ray actor holding the model and a :class:`fastlstm.serving.Batcher`.  The router keeps
+one call in flight per replica and sends the steps that arrived meanwhile as the next call, so Ray's
+per-call cost is paid per batch, and the replica's Batcher steps the batch in one ``pool.step``
+tick.  A stream's state lives on exactly one replica:
 
 - **Rescale** (``scale(n)``): a stream that must move waits for its step in flight, its state
   bytes are exported, imported on the new replica, and the old copy is closed.  Steps that arrive
@@ -59,9 +61,12 @@ class _Replica:
     async def close(self, sid):
         self.batcher.close(sid)
 
-    async def step(self, sid, x, checkpoint):
-        y = await self.batcher.step(sid, x)
-        return y, (self.batcher.get_state(sid).to_bytes() if checkpoint else None)
+    async def step_batch(self, sids, xs, checkpoints):
+        """One step of each (distinct) stream, through the Batcher: outputs (N, O) and, where asked,
+        the state bytes after the step (a checkpoint)."""
+        ys = await asyncio.gather(*[self.batcher.step(s, x) for s, x in zip(sids, xs)])
+        states = [self.batcher.get_state(s).to_bytes() if c else None for s, c in zip(sids, checkpoints)]
+        return np.stack(ys), states
 
     async def export(self, sid):
         return self.batcher.get_state(sid).to_bytes()
@@ -99,15 +104,18 @@ class _Shard:
         self.streams = set()          # router ids living here
         self.recovering = None        # a future while a replacement is being restored
         self.generation = 0
+        self.pending = []             # (entry, x, checkpoint?, future) waiting for the next call
+        self.dispatching = False
+        self.last_outputs = {}        # router id -> the last replayed output of a recovery
 
 
 class _Entry:
     """One stream on the router: where it lives, its last checkpoint and the inputs since then."""
 
-    __slots__ = ("shard", "rsid", "checkpoint", "log", "steps", "busy")
+    __slots__ = ("busy", "checkpoint", "log", "rsid", "shard", "sid", "steps")
 
-    def __init__(self, shard, rsid):
-        self.shard, self.rsid, self.checkpoint, self.log, self.steps = shard, rsid, None, [], 0
+    def __init__(self, sid, shard, rsid):
+        self.sid, self.shard, self.rsid, self.checkpoint, self.log, self.steps = sid, shard, rsid, None, [], 0
         self.busy = None              # a future while a step or a move is in progress
 
 
@@ -247,7 +255,7 @@ class StreamRouter:
             rsid = await self._call(shard, "open")
         sid = self._next_id
         self._next_id += 1
-        self._entries[sid] = _Entry(shard, rsid)
+        self._entries[sid] = _Entry(sid, shard, rsid)
         shard.streams.add(sid)
         return sid
 
@@ -267,18 +275,17 @@ class StreamRouter:
         e = self._entry(sid)
         x = np.array(_validate.step_input(x, self.input_size, None), copy=True)
         await self._settle(e)
-        if e.shard.recovering is not None:
-            await e.shard.recovering
         e.busy = self._loop.create_future()
         try:
-            e.log.append(x)
-            shard, generation = e.shard, e.shard.generation
-            checkpoint = len(e.log) >= self.checkpoint_every
-            try:
-                y, state = await shard.actor.step.remote(e.rsid, x, checkpoint)
-            except ray.exceptions.RayActorError:
-                y = await self._recover(shard, generation, answer_for=e)
-                state = None
+            while e.shard.recovering is not None:
+                await e.shard.recovering
+            e.log.append(x)             # before it is sent: a recovery from now on replays it
+            shard, done = e.shard, self._loop.create_future()
+            shard.pending.append((e, x, len(e.log) >= self.checkpoint_every, done))
+            if not shard.dispatching:
+                shard.dispatching = True
+                self._loop.create_task(self._dispatch(shard))
+            y, state = await done
             if state is not None:
                 e.checkpoint, e.log = state, []
             e.steps += 1
@@ -287,33 +294,56 @@ class StreamRouter:
             busy, e.busy = e.busy, None
             busy.set_result(None)
 
-    async def _recover(self, shard, generation, answer_for=None):
+    async def _dispatch(self, shard):
+        """Send a replica its waiting steps as one call; steps arriving meanwhile form the next call
+        (one call in flight per replica: Ray's per-call cost is paid per batch, not per step)."""
+        try:
+            while shard.pending:
+                if shard.recovering is not None:
+                    await shard.recovering
+                    continue
+                batch, shard.pending = shard.pending, []
+                generation = shard.generation
+                try:
+                    ys, states = await shard.actor.step_batch.remote(
+                        [e.rsid for e, _, _, _ in batch], np.stack([x for _, x, _, _ in batch]),
+                        [c for _, _, c, _ in batch])
+                except ray.exceptions.RayActorError:
+                    await self._recover(shard, generation)
+                    for e, _, _, done in batch:      # replayed by the recovery: its last output
+                        done.set_result((shard.last_outputs[e.sid], None))
+                    continue
+                for (_, _, _, done), y, state in zip(batch, ys, states):
+                    done.set_result((y, state))
+        finally:
+            shard.dispatching = False
+
+    async def _recover(self, shard, generation):
         """Replace a dead replica and restore its streams: checkpoint + replay of the logged inputs.
-        Returns the replay's last output of ``answer_for`` (the step that was in flight)."""
+        Steps waiting to be sent to it were logged, so the replay applies them: they are answered
+        with their replayed outputs here and not sent again."""
         if shard.generation == generation and shard.recovering is None:
             shard.recovering = self._loop.create_future()
             t0 = self._loop.time()
             try:
                 shard.actor = self._actor_cls.remote(*self._args)
                 shard.generation += 1
-                sids = sorted(shard.streams)
-                entries = [self._entries[s] for s in sids]
+                entries = [self._entries[s] for s in sorted(shard.streams)]
                 restored = await asyncio.gather(*[shard.actor.restore.remote(e.checkpoint, e.log)
                                                   for e in entries])
                 shard.last_outputs = {}
-                for sid, e, (rsid, y) in zip(sids, entries, restored):
+                for e, (rsid, y) in zip(entries, restored):
                     e.rsid = rsid
-                    shard.last_outputs[sid] = y
-                self.failovers.append((self._shards.index(shard), len(sids), self._loop.time() - t0))
+                    shard.last_outputs[e.sid] = y
+                waiting, shard.pending = shard.pending, []
+                for e, _, _, done in waiting:
+                    done.set_result((shard.last_outputs[e.sid], None))
+                self.failovers.append((self._shards.index(shard), len(entries), self._loop.time() - t0))
             finally:
                 done, shard.recovering = shard.recovering, None
                 done.set_result(None)
         elif shard.recovering is not None:
             await shard.recovering
-        if answer_for is None:
-            return None
-        sid = next(s for s, e in self._entries.items() if e is answer_for)
-        return shard.last_outputs[sid]
 
     async def _export(self, sid):
         e = self._entry(sid)
