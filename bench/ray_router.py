@@ -182,7 +182,7 @@ def main(argv=None):
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--p99-ms", type=float, default=10.0)
-    p.add_argument("--max-delay-ms", type=float, default=1.0)
+    p.add_argument("--max-delay-ms", type=float, default=0.0, help="the replicas' Batcher max_delay")
     p.add_argument("--checkpoint-every", type=int, default=16)
     p.add_argument("--failover-streams", type=int, default=64)
     p.add_argument("--cost-streams", type=int, default=32, help="streams for the checkpoint cost rows")

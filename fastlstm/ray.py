@@ -64,9 +64,9 @@ class _Replica:
     async def step_batch(self, sids, xs, checkpoints):
         """One step of each (distinct) stream, through the Batcher: outputs (N, O) and, where asked,
         the state bytes after the step (a checkpoint)."""
-        ys = await asyncio.gather(*[self.batcher.step(s, x) for s, x in zip(sids, xs)])
+        ys = await self.batcher.step_many(sids, xs)
         states = [self.batcher.get_state(s).to_bytes() if c else None for s, c in zip(sids, checkpoints)]
-        return np.stack(ys), states
+        return ys, states
 
     async def export(self, sid):
         return self.batcher.get_state(sid).to_bytes()
@@ -129,11 +129,12 @@ class StreamRouter:
     num_replicas : int
     checkpoint_every : int
         Steps between a stream's state checkpoints (the replay bound on failure).
-    max_batch, max_delay : the replicas' Batcher settings.
+    max_batch, max_delay : the replicas' Batcher settings (the router already batches each replica's
+        steps into one call, so by default a replica's tick runs as soon as a call's steps arrive).
     threads_per_replica, num_cpus_per_replica : compute threads and Ray CPUs per replica actor.
     """
 
-    def __init__(self, model, num_replicas=1, *, checkpoint_every=16, max_batch=256, max_delay=0.001,
+    def __init__(self, model, num_replicas=1, *, checkpoint_every=16, max_batch=256, max_delay=0.0,
                  threads_per_replica=1, num_cpus_per_replica=1):
         if not ray.is_initialized():
             raise RuntimeError("ray is not initialised: call ray.init() (or connect to a cluster) first")

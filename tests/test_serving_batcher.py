@@ -261,3 +261,23 @@ def test_metrics_render_as_prometheus_text(rng):
     buckets = [v for k, v in values.items() if k.startswith("fastlstm_batcher_batch_size_bucket")]
     assert buckets == sorted(buckets) and buckets[-1] == ticks
     assert 'fastlstm_batcher_batch_size_bucket{le="4"}' in values   # max_batch is a bucket bound
+
+
+def test_step_many_enqueues_all_or_nothing(rng):
+    xs = rng.standard_normal((3, 4, I)).astype(np.float32)
+    with Batcher(MODEL, max_batch=8, max_delay=0, max_queue=3) as b:
+        sids = [b.open() for _ in range(4)]
+
+        async def main():
+            got = [await b.step_many(sids[:3], xs[:, t]) for t in range(4)]
+            with pytest.raises(QueueFull):                 # 4 steps do not fit a queue of 3
+                await b.step_many(sids, np.zeros((4, I), np.float32))
+            with pytest.raises(ValueError, match="distinct"):
+                await b.step_many([sids[0], sids[0]], xs[:2, 0])
+            return np.stack(got, axis=1)
+
+        got = asyncio.run(main())
+        assert [b.steps(s) for s in sids] == [4, 4, 4, 0]
+        assert b.metrics.ticks == 4                       # each call was one tick
+    for k in range(3):
+        np.testing.assert_allclose(got[k], _lone_outputs(xs[k]), rtol=0, atol=TOL)

@@ -240,27 +240,54 @@ class Batcher:
             raise req.result
         return req.result
 
-    def _submit(self, sid, x, loop, fut, done):
-        sid = _as_sid(sid)
+    async def step_many(self, sids, xs):
+        """One step of each of the distinct streams ``sids`` (``xs`` (N, I)), enqueued at once so one
+        tick takes them together; outputs (N, O).  All or nothing: a refusal (QueueFull, unknown id,
+        bad input) enqueues none of them.  A cancelled await withdraws those still queued."""
+        sids = [_as_sid(s) for s in sids]
+        if len(set(sids)) != len(sids):
+            raise ValueError("sids: expected distinct stream ids (a stream's steps run one per tick)")
+        xs = _validate.step_input(xs, self.input_size, len(sids)) if len(sids) else xs
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in sids]
+        reqs = self._enqueue([(s, self._input(x)) for s, x in zip(sids, xs)], loop, futs, [None] * len(sids))
+        try:
+            return np.stack(await asyncio.gather(*futs)) if futs else np.zeros((0, self.output_size), np.float32)
+        except asyncio.CancelledError:
+            for req in reqs:
+                self._withdraw(req)
+            raise
+
+    def _input(self, x):
         if not (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 1
                 and x.shape[0] == self.input_size):
             x = _validate.step_input(x, self.input_size, None)
-        x = x.copy()   # the caller may reuse its array before the tick reads it
+        return x.copy()   # the caller may reuse its array before the tick reads it
+
+    def _submit(self, sid, x, loop, fut, done):
+        return self._enqueue([(_as_sid(sid), self._input(x))], loop, [fut], [done])[0]
+
+    def _enqueue(self, items, loop, futs, dones):
+        """Queue (sid, x) requests, all or none; wakes the worker when a tick may be due."""
         with self._lock:
             if self._closed:
                 raise StreamClosed("the batcher is shut down")
-            rec = self._lookup(sid)
-            if self._live >= self.max_queue:
-                self.metrics.rejected += 1
-                raise QueueFull(f"the queue is full ({self.max_queue} steps waiting); stream {sid} was not "
+            recs = [self._lookup(sid) for sid, _ in items]
+            if self._live + len(items) > self.max_queue:
+                self.metrics.rejected += len(items)
+                which = f"stream {items[0][0]}" if len(items) == 1 else f"{len(items)} streams"
+                raise QueueFull(f"the queue is full ({self.max_queue} steps waiting); {which} not "
                                 "stepped, retry later or raise max_queue")
-            req = _Request(rec, x, _clock(), loop, fut, done)
-            self._queue.append(req)
-            rec.pending += 1
-            self._live += 1
-            if self._live == 1 or self._live == self.max_batch:
+            now = _clock()
+            reqs = [_Request(rec, x, now, loop, fut, done) for rec, (_, x), fut, done in zip(recs, items, futs, dones)]
+            self._queue.extend(reqs)
+            for rec in recs:
+                rec.pending += 1
+            before = self._live
+            self._live += len(reqs)
+            if before == 0 or before < self.max_batch <= self._live:
                 self._wake.notify()
-        return req
+        return reqs
 
     def _withdraw(self, req):
         """Withdraw a still-queued request; False when its tick has already taken it."""
