@@ -288,6 +288,7 @@ def served(rows):
 
 def plot(rows, path, rate):
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -304,6 +305,7 @@ def plot(rows, path, rate):
         ax.plot(n, [r["p50_ms"] for r in rs], ":", color=color, label=f"{labels[mode]}, p50")
     ax.axhline(10, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_yscale("log")
     ax.set_xlabel(f"concurrent streams (WebSocket connections), each {rate:g} steps/s")
     ax.set_ylabel("end-to-end latency (ms)")
