@@ -163,6 +163,7 @@ class StreamRouter:
         return self._run(self._open())
 
     def close(self, sid):
+        """Close stream ``sid`` on its replica."""
         self._run(self._close(sid))
 
     def step(self, sid, x):
@@ -218,10 +219,12 @@ class StreamRouter:
         return self._shards[k].actor
 
     def shutdown(self):
+        """Kill the replica actors and stop the router's loop (the streams are gone)."""
         for shard in self._shards:
             ray.kill(shard.actor)
-        self._shards = []
+        self._shards, self._entries = [], {}
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
 
     def __len__(self):
         return len(self._entries)
@@ -237,23 +240,21 @@ class StreamRouter:
     def _new_shard(self):
         return _Shard(self._actor_cls.remote(*self._args))
 
-    async def _call(self, shard, method, *args):
-        """``await actor.method(*args)``, recovering the replica once if it died."""
+    async def _call(self, shard, method, args=tuple):
+        """``await actor.method(*args())``, on the replacement if the replica died.  ``args`` is read
+        again after a recovery: the restored streams have new replica-side ids."""
         while True:
             if shard.recovering is not None:
                 await shard.recovering
             generation = shard.generation
             try:
-                return await getattr(shard.actor, method).remote(*args)
+                return await getattr(shard.actor, method).remote(*args())
             except ray.exceptions.RayActorError:
                 await self._recover(shard, generation)
-                return None
 
     async def _open(self):
         shard = min(self._shards, key=lambda s: len(s.streams))
         rsid = await self._call(shard, "open")
-        while rsid is None:                  # the replica died: ask its replacement
-            rsid = await self._call(shard, "open")
         sid = self._next_id
         self._next_id += 1
         self._entries[sid] = _Entry(sid, shard, rsid)
@@ -270,7 +271,7 @@ class StreamRouter:
         await self._settle(e)
         del self._entries[sid]
         e.shard.streams.discard(sid)
-        await self._call(e.shard, "close", e.rsid)
+        await self._call(e.shard, "close", lambda: (e.rsid,))
 
     async def _step(self, sid, x):
         e = self._entry(sid)
@@ -339,7 +340,8 @@ class StreamRouter:
                 waiting, shard.pending = shard.pending, []
                 for e, _, _, done in waiting:
                     done.set_result((shard.last_outputs[e.sid], None))
-                self.failovers.append((self._shards.index(shard), len(entries), self._loop.time() - t0))
+                where = self._shards.index(shard) if shard in self._shards else -1   # -1: a leaving replica
+                self.failovers.append((where, len(entries), self._loop.time() - t0))
             finally:
                 done, shard.recovering = shard.recovering, None
                 done.set_result(None)
@@ -349,21 +351,15 @@ class StreamRouter:
     async def _export(self, sid):
         e = self._entry(sid)
         await self._settle(e)
-        return await self._call(e.shard, "export", e.rsid)
+        return await self._call(e.shard, "export", lambda: (e.rsid,))
 
     async def _load(self, sid, state):
         e = self._entry(sid)
         await self._settle(e)
         e.busy = self._loop.create_future()
         try:
-            while True:      # a replica that died is restored first, then the new state applies
-                shard = e.shard
-                generation = shard.generation
-                try:
-                    await shard.actor.load.remote(e.rsid, state)
-                    break
-                except ray.exceptions.RayActorError:
-                    await self._recover(shard, generation)
+            # (a replica that died is restored first, then the new state applies)
+            await self._call(e.shard, "load", lambda: (e.rsid, state))
             e.checkpoint, e.log = state, []
         finally:
             busy, e.busy = e.busy, None
@@ -374,10 +370,8 @@ class StreamRouter:
         await self._settle(e)
         e.busy = self._loop.create_future()
         try:
-            state = await self._call(e.shard, "export", e.rsid)
-            if state is None:                  # its replica died and was restored meanwhile
-                state = await self._call(e.shard, "export", e.rsid)
-            await self._call(e.shard, "close", e.rsid)
+            state = await self._call(e.shard, "export", lambda: (e.rsid,))
+            await self._call(e.shard, "close", lambda: (e.rsid,))
             rsid, _ = await target.actor.restore.remote(state, [])
             e.shard.streams.discard(sid)
             e.shard, e.rsid, e.checkpoint, e.log = target, rsid, state, []
