@@ -145,3 +145,32 @@ def test_the_serving_protocol_in_front_of_the_router(local_ray):
                                 np.float32))
         assert client.get(f"/streams/{sid + 999}/state").status_code == 404
     assert np.array_equal(np.stack(got), _lone(xs)[0])
+
+
+def test_kill_during_concurrent_steps_replays_waiting_steps_once(local_ray):
+    """Steps of many streams in flight and waiting when the replica dies: each is applied once."""
+    import threading
+    import time
+
+    xs = np.random.default_rng(6).standard_normal((30, 10, I)).astype(np.float32)
+    router = StreamRouter(MODEL, num_replicas=2, checkpoint_every=3)
+    try:
+        sids = [router.open() for _ in range(30)]
+        got = []
+        runner = threading.Thread(target=lambda: got.extend(router.step_many(sids, xs[:, t]) for t in range(10)))
+        runner.start()
+        while router.steps(sids[-1]) < 4:          # kill while rounds 5..10 are still to come
+            time.sleep(0.001)
+        ray.kill(router.replica(1), no_restart=True)
+        runner.join()
+        got = np.stack(got, axis=1)
+        states = [router.get_state(s) for s in sids]
+        assert [router.steps(s) for s in sids] == [10] * 30
+        assert len(router.failovers) == 1
+    finally:
+        router.shutdown()
+    for k in range(30):
+        want, state = _lone(xs[k])
+        np.testing.assert_allclose(got[k], want, rtol=0, atol=TOL, err_msg=f"stream {k}")
+        for a, b in zip(states[k].h + states[k].c, state.h + state.c):
+            np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
