@@ -22,3 +22,12 @@ __all__ = [
     "Model", "Stream", "StreamPool", "State", "LSTMLayer", "LSTMWeights", "Dense",
     "openmp_enabled", "set_num_threads", "get_num_threads", "threads", "__version__",
 ]
+
+
+def __getattr__(name):
+    """``fastlstm.serving`` and ``fastlstm.ray`` load on first use (ray is large and optional)."""
+    if name in ("serving", "ray"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'fastlstm' has no attribute {name!r}")

@@ -4,6 +4,7 @@
     fastlstm info [MODEL]       layers, sizes, parameters, weight memory, whether it streams
     fastlstm convert MODEL OUT  write fastlstm's own format
     fastlstm demo               stream the bundled CO2 record through the bundled model
+    fastlstm serve MODEL        serve live streams over WebSocket and HTTP (fastlstm[serve])
 
 Exit codes: 0 success, 2 usage error (argparse), 1 any other failure, reported as
 one line on stderr (``--debug`` shows the traceback instead).  Each command lives in
@@ -137,6 +138,8 @@ def build_parser():
             "latency.")
     d.add_argument("--rows", type=_positive_int, default=12, metavar="N", help="weeks to print (default 12)")
     d.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    from .serve import add_parser as add_serve  # light: imports the server only when run
+    add_serve(add)
     return p
 
 
@@ -151,6 +154,8 @@ def main(argv=None) -> int:
             from .info import run_info as run
         elif args.command == "convert":
             from .info import run_convert as run
+        elif args.command == "serve":
+            from .serve import run
         else:
             from .demo import run
         return int(run(args) or 0)
