@@ -30,6 +30,9 @@ __all__ = ["load", "from_torch", "from_keras", "save_model", "read_spec", "LoadW
 #: out of a training checkpoint (``{"model_state_dict": ..., "optimizer": ...}``).
 _FILE_OVERRIDES = OVERRIDES + ("key",)
 
+#: How a Git LFS pointer file starts: a clone without ``git lfs`` holds this text instead of the model.
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
+
 
 def _read_source(path):
     """Return ``(bytes, label)`` for a path or a binary file object."""
@@ -50,10 +53,17 @@ def _no_overrides(overrides, kind):
                         "records its own structure")
 
 
+def _refuse_lfs_pointer(data, source):
+    if data.startswith(LFS_POINTER):
+        raise ValueError(f"{source}: this is a Git LFS pointer file ({len(data)} bytes), not the model itself; "
+                         "run `git lfs pull` in the repository to download the real file")
+
+
 def spec_from_bytes(data, source, **overrides):
     """Detect the format of ``data`` (a whole file) and read it into a Spec."""
     if not data:
         raise ValueError(f"{source}: the file is empty")
+    _refuse_lfs_pointer(data, source)
     if data.startswith(LEGACY_MAGIC):
         raise ValueError(f"{source}: this is a pre-1.6 PyTorch file (legacy non-zip format), which can only be read "
                          "by unpickling arbitrary objects; re-save it with a current torch.save(model.state_dict())")
@@ -150,6 +160,7 @@ def from_keras(obj):
 
     if isinstance(obj, (str, bytes, os.PathLike)) or hasattr(obj, "read"):
         data, source = _read_source(obj)
+        _refuse_lfs_pointer(data, source)
         if is_hdf5(data):
             return build_model(read_keras_h5(data, source))
         if data[:4] == b"PK\x03\x04":
