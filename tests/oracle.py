@@ -240,3 +240,127 @@ def random_state(rng, layers, batch=None, scale=0.5):
             h.append((scale * rng.standard_normal(shape(weights.output_size))).astype(np.float32))
             c.append((scale * rng.standard_normal(shape(weights.hidden_size))).astype(np.float32))
     return OracleState(h, c)
+
+
+# --------------------------------------------------------------------------- Keras-layout layers
+# Straight from the Keras equations (formats.md 2.5) on the arrays exactly as Keras stores them,
+# batch first: x is (B, T, I).  They share no code with fastlstm's conversions, so a wrong gate
+# permutation or a misplaced reset gate in a loader shows up as a mismatch.
+
+def _elu(z, alpha=1.0):
+    return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0.0)))
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+_GELU_C = np.sqrt(2.0 / np.pi)
+
+#: Every activation name fastlstm's loaders produce, in float64.
+ACTIVATIONS = {
+    **CELL_ACTIVATIONS, **HEAD_ACTIVATIONS,
+    "elu": _elu,
+    "selu": lambda z: _SELU_SCALE * _elu(z, _SELU_ALPHA),
+    "leaky_relu": lambda z, slope=0.2: np.where(z >= 0, z, slope * z),
+    "gelu": lambda z: 0.5 * z * (1.0 + np.vectorize(__import__("math").erf)(z / np.sqrt(2.0))),
+    "gelu_tanh": lambda z: 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z ** 3))),
+    "silu": lambda z: z * _sigmoid(z),
+    "softplus": lambda z: np.logaddexp(0.0, z),
+    "softsign": lambda z: z / (1.0 + np.abs(z)),
+}
+
+
+def keras_gru(x, kernel, rec, bias, *, reset_after=True, activation="tanh", recurrent_activation="sigmoid",
+              go_backwards=False):
+    """Keras GRU, columns [z | r | h].  ``bias`` is (2, 3H) with reset_after (input row, recurrent row),
+    (3H,) without, or None.  Returns (B, T, H) in processing order."""
+    x = np.asarray(x, np.float64)
+    k, r = np.asarray(kernel, np.float64), np.asarray(rec, np.float64)
+    H = r.shape[0]
+    b = np.zeros((2, 3 * H)) if bias is None else np.asarray(bias, np.float64).reshape(-1, 3 * H)
+    b_in, b_rec = (b[0], b[1]) if b.shape[0] == 2 else (b[0], np.zeros(3 * H))
+    act, ract = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
+    h = np.zeros((x.shape[0], H))
+    out = []
+    for t in (range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])):
+        xz = x[:, t] @ k + b_in
+        if reset_after:
+            hz = h @ r + b_rec
+            z = ract(xz[:, :H] + hz[:, :H])
+            rr = ract(xz[:, H:2 * H] + hz[:, H:2 * H])
+            hh = act(xz[:, 2 * H:] + rr * hz[:, 2 * H:])
+        else:
+            z = ract(xz[:, :H] + h @ r[:, :H])
+            rr = ract(xz[:, H:2 * H] + h @ r[:, H:2 * H])
+            hh = act(xz[:, 2 * H:] + (rr * h) @ r[:, 2 * H:])
+        h = z * h + (1.0 - z) * hh
+        out.append(h)
+    return np.stack(out, axis=1)
+
+
+def keras_simple_rnn(x, kernel, rec, bias, *, activation="tanh", go_backwards=False):
+    """Keras SimpleRNN: h' = act(x K + h R + b).  Returns (B, T, H) in processing order."""
+    x = np.asarray(x, np.float64)
+    k, r = np.asarray(kernel, np.float64), np.asarray(rec, np.float64)
+    b = 0.0 if bias is None else np.asarray(bias, np.float64)
+    h = np.zeros((x.shape[0], r.shape[0]))
+    out = []
+    for t in (range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])):
+        h = ACTIVATIONS[activation](x[:, t] @ k + h @ r + b)
+        out.append(h)
+    return np.stack(out, axis=1)
+
+
+def conv1d(x, kernel, bias, *, stride=1, dilation=1, pad_left=0, pad_right=0, groups=1):
+    """Cross-correlation over time, Keras kernel layout (K, I/groups, O); x is (B, T, I)."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(kernel, np.float64)
+    K, ig, O = w.shape
+    x = np.pad(x, ((0, 0), (pad_left, pad_right), (0, 0)))
+    span = dilation * (K - 1) + 1
+    T_out = (x.shape[1] - span) // stride + 1
+    og = O // groups
+    y = np.zeros((x.shape[0], max(T_out, 0), O))
+    for t in range(max(T_out, 0)):
+        window = x[:, t * stride: t * stride + span: dilation]  # (B, K, I)
+        for g in range(groups):
+            y[:, t, g * og:(g + 1) * og] = np.einsum("bki,kio->bo", window[:, :, g * ig:(g + 1) * ig],
+                                                     w[:, :, g * og:(g + 1) * og])
+    return y + (0.0 if bias is None else np.asarray(bias, np.float64))
+
+
+def keras_conv_padding(padding, kernel_size, dilation, stride=1, length=None):
+    """(left, right) zero padding Keras applies for 'valid', 'causal' and 'same'."""
+    span = dilation * (kernel_size - 1)
+    if padding == "valid":
+        return 0, 0
+    if padding == "causal":
+        return span, 0
+    out = -(-length // stride)
+    total = max((out - 1) * stride + span + 1 - length, 0)
+    return total // 2, total - total // 2
+
+
+def pool1d(x, size, stride, mode, *, pad_left=0, pad_right=0):
+    """Max or average pooling over time of (B, T, F); padded positions are ignored (Keras 'same')."""
+    x = np.asarray(x, np.float64)
+    T = x.shape[1] + pad_left + pad_right
+    out = []
+    for start in range(0, T - size + 1, stride):
+        lo, hi = max(start - pad_left, 0), min(start + size - pad_left, x.shape[1])
+        window = x[:, lo:hi]
+        out.append(window.max(axis=1) if mode == "max" else window.mean(axis=1))
+    return np.stack(out, axis=1)
+
+
+def batchnorm(x, gamma, beta, mean, var, eps):
+    x = np.asarray(x, np.float64)
+    g = 1.0 if gamma is None else np.asarray(gamma, np.float64)
+    b = 0.0 if beta is None else np.asarray(beta, np.float64)
+    return (x - np.asarray(mean, np.float64)) / np.sqrt(np.asarray(var, np.float64) + eps) * g + b
+
+
+def layernorm(x, gamma, beta, eps):
+    x = np.asarray(x, np.float64)
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    y = (x - mu) / np.sqrt(var + eps)
+    return y * (1.0 if gamma is None else np.asarray(gamma, np.float64)) + (0.0 if beta is None else beta)

@@ -174,7 +174,7 @@ def run(args):
         if folder and not os.path.isdir(folder):  # fail now, not after minutes of measuring
             raise CommandError(f"{option} {target}: the folder {folder} does not exist")
     path = MODEL_PATH if args.model is None else args.model
-    model = load_model(args.model, args.head_activation)
+    model = load_model(args.model, args)
     keras_file = file_format(path).startswith("Keras")
     left_out = _left_out(args, keras_file)
     repeats, sample_s, seq_len = QUICK if args.quick else FULL

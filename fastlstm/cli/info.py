@@ -78,7 +78,7 @@ def describe(model, path) -> str:
 
 
 def run_info(args):
-    model = load_model(args.model, args.head_activation)
+    model = load_model(args.model, args)
     print(describe(model, MODEL_PATH if args.model is None else args.model))
     return 0
 
@@ -86,7 +86,7 @@ def run_info(args):
 def run_convert(args):
     from ..loaders import load
 
-    model = load_model(args.model, args.head_activation)
+    model = load_model(args.model, args)
     if os.path.isdir(args.out):
         raise CommandError(f"{args.out}: is a directory, expected a file name")
     if os.path.exists(args.out) and os.path.samefile(args.out, args.model):
