@@ -1,8 +1,7 @@
 """Pieces every loader shares: the loaded-model description, weight checks, safe zip reads.
 
-Loaders turn a file or a framework object into a :class:`Spec` (layers, head,
-``return_sequences``) made of the framework-neutral classes in
-:mod:`fastlstm.layers`; only :func:`build_model` touches the engine.  Keeping
+Loaders turn a file or a framework object into a :class:`Spec` (the chain of layers,
+first layer first) made of the framework-neutral classes in :mod:`fastlstm.layers`; only :func:`build_model` touches the engine.  Keeping
 the two apart lets every loader be tested for *what* it read independently of
 the compute code.
 """
@@ -14,11 +13,11 @@ import sys
 import warnings
 import zipfile
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
-from ..layers import Dense, LSTMLayer, check_stack
+from ..layers import check_chain
 
 
 class LoadWarning(UserWarning):
@@ -27,27 +26,25 @@ class LoadWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Spec:
-    """What a loader read: enough to build a :class:`fastlstm.Model`."""
+    """What a loader read: the chain of layers, enough to build a :class:`fastlstm.Model`."""
 
-    layers: Tuple[LSTMLayer, ...]
-    head: Optional[Dense]
-    return_sequences: bool = True
+    layers: Tuple
 
 
-def make_spec(layers, head, return_sequences, source):
-    """Validate that the pieces chain together; prefix any complaint with ``source``."""
+def make_spec(layers, source):
+    """Validate that the layers chain together; prefix any complaint with ``source``."""
     try:
-        layers, head = check_stack(layers, head)
+        layers = check_chain(layers)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: {exc}") from None
-    return Spec(layers, head, bool(return_sequences))
+    return Spec(layers)
 
 
 def build_model(spec: Spec):
     """Turn a :class:`Spec` into an engine :class:`fastlstm.Model` (imported late: the engine imports us)."""
     from ..model import Model
 
-    return Model(spec.layers, spec.head, return_sequences=spec.return_sequences)
+    return Model(layers=list(spec.layers))
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep

@@ -440,7 +440,14 @@ def _pool(source, entry):
     padding = entry["config"].get("padding", "valid")
     if padding not in ("valid", "same"):
         _fail(source, entry, f"padding={padding!r} is not supported (valid, same are)")
-    kw = {"count_include_pad": False} if _POOLS[cls] is AvgPool1D else {}  # Keras averages real steps only
+    kw = {}
+    if _POOLS[cls] is AvgPool1D:
+        kw["count_include_pad"] = False  # Keras averages the real steps only
+        if padding == "same" and (stride != 1 or size % 2 == 0):
+            # Uneven 'same' padding: TensorFlow averages the real steps at the edge, Keras' torch
+            # backend repeats the edge step; the file cannot say which one the model was meant for.
+            _fail(source, entry, "AveragePooling1D(padding='same') with an even pool_size or strides > 1 pads "
+                                 "unevenly, and Keras backends average such edges differently; not supported")
     return [_POOLS[cls](size, stride, padding, **kw)]
 
 

@@ -92,9 +92,10 @@ def snake_case(name):
 
 # Where each supported class keeps its variables inside its .keras layer group.
 _KERAS3_VARS = {
-    "LSTM": ("cell/vars",),
+    **{cls: ("cell/vars",) for cls in ("LSTM", "GRU", "SimpleRNN")},
     "Bidirectional": ("forward_layer/cell/vars", "backward_layer/cell/vars"),
-    "Dense": ("vars",),
+    **{cls: ("vars",) for cls in ("Dense", "Conv1D", "BatchNormalization", "LayerNormalization", "Embedding",
+                                  "PReLU")},
     "TimeDistributed": ("layer/vars",),
 }
 
@@ -187,7 +188,7 @@ def legacy_spec(attrs, datasets, source):
             out.append((wn, _array(datasets, path, source)))
         return out
 
-    spec = spec_from_chain(chain, version, get_weights, source)
+    spec = spec_from_chain(chain, version, get_weights, source, _attr_text(root, "backend"))
     listed = set(_attr_strings(wattrs, "layer_names"))
     known = {e["config"].get("name") for e in all_layers if isinstance(e.get("config"), dict)}
     stray = sorted(n for n in listed - known if any(p.startswith(f"model_weights/{n}/") for p in datasets))
