@@ -364,3 +364,43 @@ def layernorm(x, gamma, beta, eps):
     var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
     y = (x - mu) / np.sqrt(var + eps)
     return y * (1.0 if gamma is None else np.asarray(gamma, np.float64)) + (0.0 if beta is None else beta)
+
+
+def keras1_lstm(x, gates, *, activation="tanh", inner_activation="hard_sigmoid_keras2"):
+    """Keras 1 LSTM from its per-gate arrays ``gates[g] = (W_g, U_g, b_g)``, g in i, f, c, o.
+
+    i = ia(x W_i + h U_i + b_i), f = ia(...), c' = f*c + i*act(x W_c + h U_c + b_c),
+    o = ia(...), h' = o*act(c').  x is (B, T, I); returns (B, T, H)."""
+    x = np.asarray(x, np.float64)
+    g = {k: [np.asarray(a, np.float64) for a in v] for k, v in gates.items()}
+    act, ia = ACTIVATIONS[activation], ACTIVATIONS[inner_activation]
+    H = g["i"][1].shape[0]
+    h, c = np.zeros((x.shape[0], H)), np.zeros((x.shape[0], H))
+    pre = lambda k, xt: xt @ g[k][0] + h @ g[k][1] + g[k][2]  # noqa: E731
+    out = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        i, f, o, cc = ia(pre("i", xt)), ia(pre("f", xt)), ia(pre("o", xt)), act(pre("c", xt))
+        c = f * c + i * cc
+        h = o * act(c)
+        out.append(h)
+    return np.stack(out, axis=1)
+
+
+def keras1_gru(x, gates, *, activation="tanh", inner_activation="hard_sigmoid_keras2"):
+    """Keras 1 GRU from per-gate arrays ``gates[g] = (W_g, U_g, b_g)``, g in z, r, h:
+    z, r = ia(x W + h U + b);  hh = act(x W_h + b_h + (r*h) U_h);  h' = z*h + (1-z)*hh."""
+    x = np.asarray(x, np.float64)
+    g = {k: [np.asarray(a, np.float64) for a in v] for k, v in gates.items()}
+    act, ia = ACTIVATIONS[activation], ACTIVATIONS[inner_activation]
+    H = g["z"][1].shape[0]
+    h = np.zeros((x.shape[0], H))
+    out = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        z = ia(xt @ g["z"][0] + h @ g["z"][1] + g["z"][2])
+        r = ia(xt @ g["r"][0] + h @ g["r"][1] + g["r"][2])
+        hh = act(xt @ g["h"][0] + g["h"][2] + (r * h) @ g["h"][1])
+        h = z * h + (1.0 - z) * hh
+        out.append(h)
+    return np.stack(out, axis=1)

@@ -124,24 +124,27 @@ def load(path, **overrides):
     neither torch nor Keras, and never executes code from the file: anything it cannot
     represent exactly raises ``ValueError`` naming the layer, key or option.
 
-    ``overrides`` apply to PyTorch state_dict files only (a state_dict cannot record them):
-    ``head_activation`` ('linear' by default, with a :class:`LoadWarning`), ``return_sequences``
-    (True by default) and ``key`` (pick the state_dict out of a checkpoint dict).
+    ``overrides`` apply to PyTorch state_dict files only (a state_dict cannot record what
+    ``forward()`` does): ``layers`` (the order of its modules and activations, by key prefix
+    and activation name, e.g. ``["embedding", "lstm", "fc1", "relu", "fc2"]``; needed for
+    anything but one recurrent module plus at most one Linear), ``head_activation`` (that
+    Linear's activation; 'linear' by default, with a :class:`LoadWarning`),
+    ``return_sequences`` (False keeps the last step only) and ``key`` (pick the state_dict out
+    of a checkpoint dict).  docs/loading.md lists what each source supports.
     """
     return build_model(read_spec(path, **overrides))
 
 
 def from_torch(obj, **overrides):
-    """Build a model from ``nn.LSTM``, ``nn.LSTMCell``, a module holding one plus an ``nn.Linear``
-    head, or a state_dict mapping (tensors or arrays).
+    """Build a model from a live PyTorch module or a state_dict mapping (tensors or arrays).
 
-    The structure (layers, directions, proj_size, bias) is inferred from the weights.  What
-    weights cannot tell comes from ``overrides``: ``head_activation`` (detected from an
-    ``nn.Sigmoid``/``Tanh``/``ReLU``/``Softmax(dim=-1)`` registered after the Linear; else
-    'linear' with a :class:`LoadWarning`) and ``return_sequences`` (default True, like
-    ``nn.LSTM``; pass False for a module whose forward keeps only the last step).
-    ``batch_first`` is not a property of the model here: pass ``batch_first=True`` to
-    ``predict`` instead.  torch is not imported: only the object's own methods are used.
+    ``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells load directly.  Any other module (your
+    own, or an ``nn.Sequential``) has its ``forward()`` traced with ``torch.fx``, so heads
+    such as ``fc2(relu(fc1(out[:, -1])))``, norms, Conv1d front ends (with their
+    ``permute`` glue), poolings and an Embedding load in the order forward() runs them;
+    an op fastlstm cannot run is refused by name.  A state_dict takes the overrides of
+    :func:`load` (``layers``, ``head_activation``, ``return_sequences``).  ``batch_first``
+    is not a property of the model here: pass ``batch_first=True`` to ``predict`` instead.
     """
     from .torch_objects import spec_from_torch_object
 
