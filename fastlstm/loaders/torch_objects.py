@@ -170,6 +170,9 @@ def spec_from_torch_object(obj, **overrides):
                             "these overrides apply to state_dicts only")
         if cls in _RECURRENT + _CELLS:
             return make_spec(_recurrent(obj, source), source)
+        if cls is not None and cls != "Sequential":
+            raise ValueError(f"{source}: a torch.nn.{cls} on its own; fastlstm runs models built around an "
+                             "nn.LSTM, nn.GRU or nn.RNN")
         ops, layout, out = trace_chain(obj, source)
         _check_layout(source, layout, out)
         if not any(op.kind == "module" and torch_class(op.module) in _RECURRENT for op in ops):

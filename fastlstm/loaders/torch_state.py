@@ -228,7 +228,7 @@ def plain_layer(t, prefix, keys, source, *, first=False, next_input=None):
         as_linear, as_table = next_input == w.shape[0], next_input == w.shape[1]
         if as_table and not as_linear:
             return Embedding(w)
-        if not as_linear:
+        if as_table == as_linear:
             raise ValueError(f"{source}: {where} comes first, so it is an nn.Embedding (vocab, dim) or an "
                              f"nn.Linear(bias=False) (out, in), and the next layer's input ({next_input}) does not "
                              "tell which; load the live module with fastlstm.from_torch(module)")

@@ -150,7 +150,7 @@ def _chain(graph, source):
     result = out.args[0]
     if isinstance(result, (tuple, list)):
         # (output, hidden) as char-RNN modules return: fastlstm keeps the state itself.
-        extra = [r for r in result[1:] if not _is_recurrent_state(r)]
+        extra = [r for r in _flat(result[1:]) if not _is_recurrent_state(r)]
         if extra or not result:
             raise TraceError(f"{source}: forward() returns {len(result)} values; fastlstm runs modules that return "
                              "one tensor (optionally with the recurrent module's own final state)")
@@ -173,6 +173,14 @@ def _chain(graph, source):
             raise TraceError(f"{source}: {_describe(n)} ({n.name}) is not on the path from input to output; "
                              "fastlstm runs one chain of layers")
     return chain
+
+
+def _flat(values):
+    for v in values:
+        if isinstance(v, (tuple, list)):
+            yield from _flat(v)
+        else:
+            yield v
 
 
 def _is_recurrent_state(node):
