@@ -111,7 +111,7 @@ def _keras12_embedding_theano(path):
                  for k, g in enumerate("ifco")}  # Keras 1.2 W columns are [i | f | c | o]
         h = oracle.keras1_lstm(h, gates)
         return oracle.ACTIVATIONS["softmax"](h @ dense_w + dense_b)
-    return expected, True
+    return expected, False  # a 'valid' conv: each output needs a later input
 
 
 def _keras2_gru_variants(path):
