@@ -200,8 +200,8 @@ def _gru_rows(a, units):
     return np.concatenate([a[..., units:2 * units], a[..., :units], a[..., 2 * units:]], axis=-1)
 
 
-def _rnn_weights(source, entry, opts, weights, direction=None, label=None):
-    cls = entry.get("class_name")
+def _rnn_weights(source, entry, cls, opts, weights, direction=None, label=None):
+    """One direction's weights; ``entry`` is the layer named in errors (a Bidirectional for its halves)."""
     _, weight_cls, gates = _RECURRENT[cls]
     units = opts["units"]
     expected = ("kernel", "recurrent_kernel", "bias") if opts["use_bias"] else ("kernel", "recurrent_kernel")
@@ -250,7 +250,7 @@ def _make_recurrent(cls, dirs, opts, merge_mode="concat"):
 
 def _recurrent_layer(source, entry, major, weights):
     opts = _rnn_options(source, entry, major)
-    w = _rnn_weights(source, entry, opts, weights)
+    w = _rnn_weights(source, entry, entry["class_name"], opts, weights)
     return _make_recurrent(entry["class_name"], (w,), opts), opts["return_sequences"]
 
 
@@ -288,8 +288,8 @@ def _bidirectional_layer(source, entry, major, weights):
     if n < 0:
         _fail(source, entry, f"expected weights for two directions, found {len(weights)}")
     name = entry["config"].get("name")
-    f = _rnn_weights(source, fwd, fo, weights[:n], "forward", f"{name}/forward")
-    b = _rnn_weights(source, fwd, fo, weights[n:], "backward", f"{name}/backward")
+    f = _rnn_weights(source, entry, cls, fo, weights[:n], "forward", f"{name}/forward")
+    b = _rnn_weights(source, entry, cls, fo, weights[n:], "backward", f"{name}/backward")
     return _make_recurrent(cls, (f, b), fo, merge), fo["return_sequences"]
 
 

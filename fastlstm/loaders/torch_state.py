@@ -178,7 +178,7 @@ def _shape(t, keys, kind):
 def describe_module(t, prefix, keys, recurrent_input=None):
     """What a plain module's tensors look like, in words, for refusals."""
     w = _shape(t, keys, "weight")
-    name = repr(prefix.rstrip(".") or "<top level>")
+    name = describe_keys(sorted(keys.values()))
     if w is None:
         return f"{name}: {describe_keys(sorted(keys.values()))} without a weight"
     if len(w) == 3:
