@@ -190,7 +190,8 @@ def legacy_spec(attrs, datasets, source):
 
     spec = spec_from_chain(chain, version, get_weights, source, _attr_text(root, "backend"))
     listed = set(_attr_strings(wattrs, "layer_names"))
-    known = {e["config"].get("name") for e in all_layers if isinstance(e.get("config"), dict)}
+    known = {e["config"].get("name") for e in all_layers
+             if isinstance(e.get("config"), dict) and isinstance(e["config"].get("name"), str)}
     stray = sorted(n for n in listed - known if any(p.startswith(f"model_weights/{n}/") for p in datasets))
     if stray:
         raise ValueError(f"{source}: weights for layer(s) {stray} that the model config does not contain")

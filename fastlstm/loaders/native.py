@@ -179,10 +179,28 @@ def _build(config, tensors, take, source):
             elif tensor in tensors:
                 kwargs[name] = take(tensor)
             elif name in lc:
-                value = lc[name]
-                kwargs[name] = tuple(value) if isinstance(value, list) else value
+                kwargs[name] = _option(cls, name, lc[name], where, source)
         layers.append(cls(**kwargs))
     return layers
+
+
+def _option(cls, name, value, where, source):
+    """A scalar option from the config, of the type its field's default has (the classes check values,
+    not always types: ``go_backwards=None`` must not pass as False)."""
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:  # ints, and options that also take a pair or a string (padding): the class checks those
+        ok = not isinstance(value, (bool, dict)) and value is not None
+    if not ok:
+        raise ValueError(f"{source}: fastlstm_config {where}.{name}={value!r} has the wrong type")
+    return value
 
 
 def _directions(lc, k, tensors, take, where, source):
