@@ -42,6 +42,9 @@ def _variants(keras):
                              False, False),
         "global_average_streams": ([L.Conv1D(4, 2, padding="causal"), L.GRU(5, **seq), L.GlobalAveragePooling1D(),
                                     L.Dense(2)], False, True),
+        # Built with the Functional API (a chain of calls) instead of Sequential.
+        "functional_conv_gru": ([L.Conv1D(6, 3, groups=3, padding="same"), L.GRU(5), L.Dense(1, activation="sigmoid")],
+                                False, False),
     }
 
 
@@ -52,12 +55,15 @@ def _built(name):
     keras.utils.set_random_seed(7)
     layers, tokens, streams = _variants(keras)[name]
     rng = np.random.default_rng(3)
-    if tokens:
-        model = keras.Sequential([keras.Input((None,), dtype="int32")] + layers)
-        x = rng.integers(0, 13, (B, STEPS))
+    inp = keras.Input((None,), dtype="int32") if tokens else keras.Input((None, I))
+    if name.startswith("functional_"):
+        h = inp
+        for layer in layers:
+            h = layer(h)
+        model = keras.Model(inp, h)
     else:
-        model = keras.Sequential([keras.Input((None, I))] + layers)
-        x = rng.standard_normal((B, STEPS, I)).astype(np.float32)
+        model = keras.Sequential([inp] + layers)
+    x = rng.integers(0, 13, (B, STEPS)) if tokens else rng.standard_normal((B, STEPS, I)).astype(np.float32)
     for layer in model.layers:  # BatchNormalization: non-trivial statistics (fresh ones are the identity)
         if type(layer).__name__ == "BatchNormalization":
             n = layer.moving_mean.shape[0]
@@ -73,7 +79,7 @@ def _names():
     """The variant names, listed here so that collecting the tests does not import Keras."""
     return ["gru_stack", "bidirectional_gru_last", "simple_rnn", "bidirectional_rnn_sum", "causal_conv",
             "strided_same_conv_pool", "dense_stack_norms", "embedding", "autoencoder", "conv_global_pool",
-            "global_average_streams"]
+            "global_average_streams", "functional_conv_gru"]
 
 
 @pytest.mark.parametrize("source", ["object", "keras", "h5"])

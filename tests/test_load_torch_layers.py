@@ -118,6 +118,27 @@ class DepthwiseAvg(nn.Module):
         return self.fc(self.lstm(y)[0].mean(dim=1))
 
 
+class CausalAmp(nn.Module):
+    """A guitar-amp-style model: dilated causal convs written as F.pad + Conv1d and as a symmetric
+    padding trimmed with y[..., :-p], an LSTM, and a Dense x2 head, one sample per step (streams)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, 4, kernel_size=3, dilation=2)
+        self.pad2 = nn.ConstantPad1d((2, 0), 0.0)
+        self.conv2 = nn.Conv1d(4, 4, kernel_size=3, groups=4)
+        self.conv3 = nn.Conv1d(4, 6, kernel_size=2, padding=1)
+        self.lstm = nn.LSTM(6, 8, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 1)
+
+    def forward(self, x):  # x: (batch, samples)
+        y = self.conv1(F.pad(x.unsqueeze(1), (4, 0)))
+        y = torch.tanh(self.conv2(self.pad2(y)))
+        y = self.conv3(y)[:, :, :-1]
+        out, _ = self.lstm(y.transpose(1, 2))
+        return self.fc2(torch.tanh(self.fc1(out)))
+
+
 def _bn_stats(module):
     """Give BatchNorm layers non-trivial running statistics (a fresh one is the identity)."""
     g = torch.Generator().manual_seed(9)
@@ -163,6 +184,15 @@ def test_traced_module_parity(name):
     _, bf, tokens, streams = MODULES[name]
     x = _input(bf, tokens)
     check_parity(loaders.from_torch(module), x, torch_outputs(module, x), batch_first=bf, stream=streams)
+
+
+def test_causal_conv_front_streams():
+    """F.pad + Conv1d and Conv1d + y[..., :-p] fold into causal convs, which stream sample by sample."""
+    module = _bn_stats(CausalAmp()).eval()
+    x = np.random.default_rng(4).standard_normal((B, STEPS)).astype(np.float32)  # (batch, samples)
+    model = loaders.from_torch(module)
+    assert [layer.padding for layer in model.layers if hasattr(layer, "padding")] == [(4, 0), (2, 0), (1, 0)]
+    check_parity(model, x[..., None], torch_outputs(module, x), batch_first=True, stream=True)
 
 
 def test_traced_module_keeps_training_flags():
@@ -294,7 +324,27 @@ class RandomState(nn.Module):
         return self.lstm(x, (torch.randn(1, x.size(1), 4), torch.randn(1, x.size(1), 4)))[0]
 
 
+class ReflectPad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.lstm = nn.Conv1d(I, 4, 3), nn.LSTM(4, 3, batch_first=True)
+
+    def forward(self, x):
+        return self.lstm(self.conv(F.pad(x.permute(0, 2, 1), (2, 0), mode="reflect")).permute(0, 2, 1))[0]
+
+
+class PadBeforeLstm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(I, 3, batch_first=True)
+
+    def forward(self, x):
+        return self.lstm(F.pad(x.permute(0, 2, 1), (2, 0)).permute(0, 2, 1))[0]
+
+
 @pytest.mark.parametrize("module,match", [
+    (ReflectPad(), "mode='reflect'"),
+    (PadBeforeLstm(), "only right before a Conv1d"),
     (Residual(), "add combines 2 tensors"),
     (Cumsum(), "cumsum"),
     (CellLoop(), "cannot trace forward"),

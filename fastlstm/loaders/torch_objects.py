@@ -11,6 +11,8 @@ converters as state_dict files (:mod:`.torch_state`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, GlobalAvgPool1D, GlobalMaxPool1D,
@@ -75,6 +77,20 @@ def _first(value):
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
+def _conv1d(m, where, extra=(0, 0)):
+    """nn.Conv1d, with ``extra`` zero steps padded before/after it in forward()."""
+    t = _state(m)
+    padding = _padding(m, where)
+    if extra != (0, 0):
+        if isinstance(padding, str):
+            if padding != "valid":
+                raise ValueError(f"{where}: F.pad before a Conv1d(padding={padding!r}) is not supported")
+            padding = (0, 0)
+        padding = (padding[0] + extra[0], padding[1] + extra[1])
+    return Conv1D(t["weight"], t.get("bias"), stride=_first(m.stride), dilation=_first(m.dilation),
+                  groups=m.groups, padding=padding)
+
+
 def _module_layer(m, where):
     """A traced built-in non-recurrent module as one fastlstm layer."""
     cls = torch_class(m)
@@ -94,9 +110,6 @@ def _module_layer(m, where):
             raise ValueError(f"{where}: BatchNorm1d(track_running_stats=False) normalizes with batch statistics; "
                              "not supported")
         return BatchNorm(t["running_mean"], t["running_var"], t.get("weight"), t.get("bias"), eps=m.eps)
-    if cls == "Conv1d":
-        return Conv1D(t["weight"], t.get("bias"), stride=_first(m.stride), dilation=_first(m.dilation),
-                      groups=m.groups, padding=_padding(m, where))
     if cls in ("MaxPool1d", "AvgPool1d"):
         if cls == "MaxPool1d" and (_first(m.dilation) != 1 or m.return_indices):
             raise ValueError(f"{where}: MaxPool1d with dilation or return_indices is not supported")
@@ -129,11 +142,36 @@ def _activation(op, where):
     return Activation(name)
 
 
+def _fold_pad(layers, op, pending, where):
+    """Zero padding before a Conv1d becomes part of its padding (returned as the pending pad); steps cut
+    off after a stride-1 Conv1d (``y[:, :, :-p]``) are taken off its padding."""
+    left, right = op.options["left"], op.options["right"]
+    if op.name == "pad":
+        return (pending[0] + left, pending[1] + right)
+    conv = layers[-1] if layers else None
+    if not isinstance(conv, Conv1D) or conv.stride != 1 or pending != (0, 0) or isinstance(conv.padding, str):
+        raise ValueError(f"{where}: slicing time is supported only right after a stride-1 Conv1d")
+    padding = (conv.padding[0] + left, conv.padding[1] + right)
+    if min(padding) < 0:
+        raise ValueError(f"{where}: the slice cuts more steps than the Conv1d padded")
+    layers[-1] = dataclasses.replace(conv, padding=padding)
+    return pending
+
+
 def _chain_from_ops(ops, source):
-    layers = []
+    layers, pending = [], (0, 0)
     for op in ops:
         where = f"{source}: module {op.name!r}" if op.kind == "module" else f"{source}: {op.name}"
-        if op.kind == "module":
+        if op.kind == "pad":
+            pending = _fold_pad(layers, op, pending, where)
+            continue
+        if pending != (0, 0) and not (op.kind == "module" and torch_class(op.module) == "Conv1d"):
+            raise ValueError(f"{where}: follows zero padding of the time axis, which fastlstm supports only right "
+                             "before a Conv1d")
+        if op.kind == "module" and torch_class(op.module) == "Conv1d":
+            layers.append(_conv1d(op.module, where, pending))
+            pending = (0, 0)
+        elif op.kind == "module":
             cls = torch_class(op.module)
             layers.extend(_recurrent(op.module, where) if cls in _RECURRENT else [_module_layer(op.module, where)])
         elif op.kind == "activation":
@@ -143,6 +181,9 @@ def _chain_from_ops(ops, source):
         elif op.kind == "global_pool":
             layers.append(GlobalAvgPool1D() if op.name == "avg" else GlobalMaxPool1D())
         # "unsqueeze" (a (B, T) input made (B, T, 1)) needs no layer: the model's input has 1 feature.
+    if pending != (0, 0):
+        raise ValueError(f"{source}: forward() ends with zero padding of the time axis; fastlstm supports it only "
+                         "right before a Conv1d")
     return layers
 
 

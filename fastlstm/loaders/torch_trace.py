@@ -53,7 +53,8 @@ class Op:
 
     ``kind`` is ``"module"`` (``module`` is the torch module, ``name`` its path),
     ``"activation"`` (``name`` is a fastlstm activation name, ``options`` its parameters),
-    ``"last_step"`` (keep the last time step only), or ``"global_pool"`` (``name`` 'avg' or 'max').
+    ``"last_step"`` (keep the last time step only), ``"global_pool"`` (``name`` 'avg' or 'max'),
+    or ``"pad"`` (zero steps added before/after, ``options`` left/right; negative: steps cut off).
     ``layout`` is the axes of the op's input tensor.
     """
 
@@ -248,6 +249,9 @@ class _Walker:
             return value
         if name in _ACT_FUNCS:
             return self.function_activation(node, _ACT_FUNCS[name], axes, args, kwargs)
+        if name == "pad":
+            return self.pad(node, axes, kwargs.get("pad", args[0] if args else None), kwargs.get("mode", "constant"),
+                            kwargs.get("value", 0) or 0)
         if name in ("permute", "transpose", "swapaxes", "swapdims", "movedim"):
             return ("tensor", self.permute(node, name, axes, args, kwargs))
         if name in ("flatten", "squeeze", "unsqueeze", "mean", "amax", "max"):
@@ -299,6 +303,8 @@ class _Walker:
             return ("tensor", ("B", "F", "1"))
         if cls == "Flatten":
             return ("tensor", self.flatten(node, axes, m.start_dim, m.end_dim))
+        if cls in ("ConstantPad1d", "ZeroPad1d"):
+            return self.pad(node, axes, m.padding, "constant", getattr(m, "value", 0))
         if cls in _ACT_MODULES:
             return self.module_activation(node, cls, m, axes)
         self.fail(node, f"torch.nn.{cls} is not supported by fastlstm")
@@ -365,6 +371,9 @@ class _Walker:
         if Ellipsis in idx:
             self.fail(node, "indexing with ... is not supported; write out[:, -1]")
         picks = [k for k, i in enumerate(idx) if not (isinstance(i, slice) and i == slice(None))]
+        if len(idx) <= len(axes) and len(picks) == 1 and isinstance(idx[picks[0]], slice) \
+                and axes[picks[0]] == "T" and axes[-1] == "T":
+            return ("tensor", self.trim(node, axes, idx[picks[0]]))
         if len(idx) > len(axes) or len(picks) != 1 or idx[picks[0]] != -1 or axes[picks[0]] != "T":
             if len(picks) == 1 and idx[picks[0]] == -1:
                 raise _Misfit("[-1] on a non-time axis")
@@ -372,6 +381,27 @@ class _Walker:
                             "out[-1]) only")
         self.emit("last_step", "last_step", axes)
         return ("tensor", tuple(a for k, a in enumerate(axes) if k != picks[0]))
+
+    def trim(self, node, axes, cut):
+        """y[:, :, a:-b] on (batch, channels, time): the steps a causal conv padded on both sides drops."""
+        start, stop = cut.start or 0, cut.stop
+        if cut.step not in (None, 1) or not isinstance(start, int) or start < 0 \
+                or not (stop is None or (isinstance(stop, int) and stop < 0)):
+            self.fail(node, f"slicing time with {cut!r}: only y[..., a:-b] right after a Conv1d is supported")
+        self.emit("pad", "trim", axes, left=-start, right=stop or 0)
+        return axes
+
+    def pad(self, node, axes, pad, mode="constant", value=0):
+        """F.pad / nn.ConstantPad1d / nn.ZeroPad1d of the time axis right before a Conv1d."""
+        pad = tuple(pad) if isinstance(pad, (tuple, list)) else (pad, pad)
+        if axes[-1] != "T":
+            raise _Misfit("padding of a non-time axis")
+        if len(pad) != 2 or mode != "constant" or value != 0 \
+                or not all(isinstance(p, int) and p >= 0 for p in pad):
+            self.fail(node, f"padding {pad} (mode={mode!r}, value={value!r}): only zero padding of the time axis "
+                            "of (batch, channels, time), right before a Conv1d, is supported")
+        self.emit("pad", "pad", axes, left=pad[0], right=pad[1])
+        return ("tensor", axes)
 
     def _h_n(self, node, m, index):
         """h_n[-1] of a unidirectional module is the last layer's output at the last step."""
@@ -418,11 +448,12 @@ class _Walker:
             end = kwargs.get("end_dim", args[1] if len(args) > 1 else -1)
             return self.flatten(node, axes, 0 if dim is None else dim, end)
         if name == "unsqueeze":
-            d = dim if dim is None else (dim % (n + 1) if isinstance(dim, int) else dim)
-            if "F" in axes or d != n:
-                raise _Misfit("unsqueeze adds the feature axis last")
+            # (batch, time) samples given one feature axis, anywhere: the model's input has 1 feature.
+            d = dim % (n + 1) if isinstance(dim, int) and not isinstance(dim, bool) else None
+            if "F" in axes or d is None:
+                raise _Misfit("unsqueeze adds the feature axis")
             self.emit("unsqueeze", "unsqueeze", axes)
-            return axes + ("F",)
+            return axes[:d] + ("F",) + axes[d:]
         if dim is None:
             self.fail(node, f".{name}() without a dim is not supported (write the axis explicitly)")
         d = _norm_dim(dim, n, node.name)
