@@ -74,11 +74,11 @@ def _opt(source, entry, key, types, default):
 
 def _one_int(source, entry, key, default=None, minimum=1):
     """An int option Keras may store as ``n`` or ``[n]`` (``kernel_size``, ``strides``, ...)."""
-    value = entry["config"].get(key, default)
+    raw = value = entry["config"].get(key, default)
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        _fail(source, entry, f"config {key}={value!r} must be an integer >= {minimum}")
+        _fail(source, entry, f"config {key}={raw!r} must be an integer >= {minimum}")
     return value
 
 
