@@ -3,13 +3,14 @@
 Public entry points (re-exported by :mod:`fastlstm`):
 
 * :func:`load` - any supported file, format detected from its content;
-* :func:`from_torch` - ``nn.LSTM``, ``nn.LSTMCell``, a module with an LSTM and a Linear head, or a state_dict;
+* :func:`from_torch` - a live module (``forward()`` traced with ``torch.fx``), or a state_dict;
 * :func:`from_keras` - a Keras Sequential/Functional model object, or a ``.keras``/``.h5`` path;
 * :func:`save_model` - fastlstm's own format (what ``Model.save`` writes).
 
 File loading needs neither torch nor Keras (h5py only for Keras files) and never runs
-code from the file.  Each reader produces a :class:`~._common.Spec`; only
-:func:`~._common.build_model` touches the engine.
+code from the file.  Each reader produces a :class:`~._common.Spec` (a chain of the layer
+classes of :mod:`fastlstm.layers`); only :func:`~._common.build_model` touches the engine.
+docs/loading.md lists what each source supports.
 """
 
 from __future__ import annotations
