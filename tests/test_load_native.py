@@ -173,3 +173,22 @@ def test_public_api_is_wired(tmp_path):
     x = np.ones((4, model.input_size), np.float32)
     assert np.array_equal(back.predict(x), model.predict(x))
     assert callable(fastlstm.from_torch) and callable(fastlstm.from_keras)
+
+
+def test_unbounded_options_refused(tmp_path):
+    """A re-signed config asking for a billion-step RepeatVector must not reach predict."""
+    import json
+
+    from fastlstm.loaders.native import _digest, spec_from_native
+    from fastlstm.loaders.safetensors_io import read_safetensors
+
+    loaders.save_model(_every_layer(np.random.default_rng(2)), tmp_path / "m.fastlstm")
+    data = (tmp_path / "m.fastlstm").read_bytes()
+    tensors, meta, start = read_safetensors(data, "m")
+    config = json.loads(meta["fastlstm_config"])
+    k = next(k for k, lc in enumerate(config["layers"]) if lc["type"] == "RepeatVector")
+    config["layers"][k]["n"] = 10 ** 9
+    text = json.dumps(config)
+    meta = dict(meta, fastlstm_config=text, sha256=_digest(text, data[start:]))
+    with pytest.raises(ValueError, match=r"layers\[9\].n=1000000000 is larger than fastlstm accepts"):
+        spec_from_native(tensors, meta, data, start, "m")

@@ -96,6 +96,12 @@ KERAS_CASES = {
                   "bias has shape \\(3,\\); expected \\(2,\\)"),
     "pool padding": (*_after_lstm(_entry("MaxPooling1D", pool_size=[2], padding="causal")),
                      "padding='causal' is not supported"),
+    "huge pool": (*_after_lstm(_entry("MaxPooling1D", pool_size=[1 << 40])), "pool_size=1099511627776 is larger "
+                                                                              "than fastlstm accepts from a file"),
+    "huge repeat": ([_entry("LSTM", "a", units=4, return_sequences=False), _entry("RepeatVector", n=10 ** 9)],
+                    [_rnn_weights("LSTM"), []], "n=1000000000 is larger than fastlstm accepts"),
+    "huge dilation": (*_after_lstm(_entry("Conv1D", filters=2, kernel_size=[2], dilation_rate=[1 << 20]),
+                                   [("kernel", _w(2, 4, 2)), ("bias", _w(2))]), "dilation_rate=1048576 is larger"),
     "keepdims": (*_after_lstm(_entry("GlobalMaxPooling1D", keepdims=True)), "keepdims"),
     "embedding shape": ([_entry("Embedding", input_dim=10, output_dim=I), _rnn("LSTM")],
                         [[("embeddings", _w(9, I))], _rnn_weights("LSTM")], "the config says \\(10, 3\\)"),

@@ -31,6 +31,19 @@ class Spec:
     layers: Tuple
 
 
+#: The largest window, stride, dilation or RepeatVector length a file may ask for.  Real models use
+#: at most a few thousand; a file asking for more would make predict or a stream allocate without bound.
+MAX_STEPS_OPTION = 1 << 16
+
+
+def check_steps_option(value, what, source):
+    """Refuse an int option that sets a number of time steps above :data:`MAX_STEPS_OPTION`."""
+    if isinstance(value, int) and value > MAX_STEPS_OPTION:
+        raise ValueError(f"{source}: {what}={value} is larger than fastlstm accepts from a file "
+                         f"({MAX_STEPS_OPTION}); refusing a model that would allocate without bound")
+    return value
+
+
 def make_spec(layers, source):
     """Validate that the layers chain together; prefix any complaint with ``source``."""
     try:

@@ -25,7 +25,7 @@ from ..layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding
                       GlobalMaxPool1D, GRULayer, GRUWeights, LastStep, LayerNorm, LSTMLayer, LSTMWeights, MaxPool1D,
                       RepeatVector, RNNLayer, RNNWeights)
 from . import keras1
-from ._common import float_weight, make_spec
+from ._common import check_steps_option, float_weight, make_spec
 
 #: Layers that do nothing at inference time.
 IDENTITY_LAYERS = frozenset({"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
@@ -79,7 +79,7 @@ def _one_int(source, entry, key, default=None, minimum=1):
         value = value[0]
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         _fail(source, entry, f"config {key}={raw!r} must be an integer >= {minimum}")
-    return value
+    return check_steps_option(value, f"layer {entry['config'].get('name')!r}: {key}", source)
 
 
 def _axis_is_last(source, entry, key, has_time):
@@ -515,7 +515,7 @@ def _map_layer(source, entry, weights, major, backend, has_time):
                                  "fastlstm supports Flatten after the last step or a global pool")
         return [Flatten()], False
     if cls == "RepeatVector":
-        return [RepeatVector(_opt(source, entry, "n", int, None) or 0)], True
+        return [RepeatVector(_one_int(source, entry, "n"))], True
     _refuse_class(source, entry)
 
 

@@ -30,7 +30,7 @@ import struct
 import numpy as np
 
 from .. import layers as L
-from ._common import describe_keys, float_weight, make_spec
+from ._common import check_steps_option, describe_keys, float_weight, make_spec
 from .safetensors_io import encode_safetensors, read_safetensors
 
 FORMAT_TAG = "fastlstm"
@@ -200,6 +200,9 @@ def _option(cls, name, value, where, source):
         ok = not isinstance(value, (bool, dict)) and value is not None
     if not ok:
         raise ValueError(f"{source}: fastlstm_config {where}.{name}={value!r} has the wrong type")
+    for v in value if isinstance(value, tuple) else (value,):
+        if not isinstance(v, bool):
+            check_steps_option(v, f"fastlstm_config {where}.{name}", source)
     return value
 
 
