@@ -36,6 +36,20 @@ def _module():
     return sd
 
 
+def _module_chain():
+    """A state_dict that loads only with layers=: GRU -> LayerNorm -> Linear -> ReLU -> Linear."""
+    torch.manual_seed(0)
+    parts = {"gru": torch.nn.GRU(3, 5, num_layers=2), "ln": torch.nn.LayerNorm(5), "fc1": torch.nn.Linear(5, 4),
+             "fc2": torch.nn.Linear(4, 2)}
+    return {f"{p}.{k}": v for p, m in parts.items() for k, v in m.state_dict().items()}
+
+
+def _overrides(kind):
+    if kind == "pt_layers":
+        return {"layers": ["gru", "ln", "fc1", "relu", "fc2"]}
+    return {"head_activation": "tanh"} if kind in ("pt", "safetensors") else {}
+
+
 @functools.lru_cache(maxsize=None)
 def _clean(kind):
     """(file bytes, clean outputs, byte ranges where a change may legitimately alter the weights)."""
@@ -43,6 +57,8 @@ def _clean(kind):
     free = []
     if kind == "pt":
         torch.save(_module(), buf)
+    elif kind == "pt_layers":
+        torch.save(_module_chain(), buf)
     elif kind == "safetensors":
         from fastlstm.loaders.safetensors_io import encode_safetensors
 
@@ -63,8 +79,7 @@ def _clean(kind):
         if kind == "h5":
             free = _h5_free_ranges(path, buf.getvalue())
     data = buf.getvalue()
-    spec = read_spec(io.BytesIO(data), head_activation="tanh") if kind in ("pt", "safetensors") \
-        else read_spec(io.BytesIO(data))
+    spec = read_spec(io.BytesIO(data), **_overrides(kind))
     return data, build_model(spec).predict(X), free
 
 
@@ -132,7 +147,7 @@ def _check(kind, edits, cut):
         mutated = mutated[:int(cut * len(data))]
     if mutated == data:
         return
-    overrides = {"head_activation": "tanh"} if kind in ("pt", "safetensors") else {}
+    overrides = _overrides(kind)
     try:
         spec = read_spec(io.BytesIO(mutated), **overrides)
     except ValueError:
@@ -154,8 +169,8 @@ CUT = st.none() | st.floats(0, 1, exclude_max=True)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(["pt", "safetensors", "native", "keras", "native_layers", "keras_layers"]), edits=EDITS,
-       cut=CUT)
+@given(kind=st.sampled_from(["pt", "safetensors", "native", "keras", "pt_layers", "native_layers", "keras_layers"]),
+       edits=EDITS, cut=CUT)
 def test_fuzz_in_process_formats(kind, edits, cut):
     _check(kind, edits, cut)
 
@@ -168,9 +183,11 @@ def test_fuzz_legacy_h5(kind, edits, cut):
 
 
 def test_fuzz_targets_are_valid():
-    for kind in ("pt", "safetensors", "native", "keras", "h5", "native_layers", "keras_layers", "h5_layers"):
+    for kind in ("pt", "safetensors", "native", "keras", "h5", "pt_layers", "native_layers", "keras_layers",
+                 "h5_layers"):
         data, clean, _ = _clean(kind)
-        assert clean.shape == ((8, 2, 2) if kind.endswith("_layers") else (16, 2, 2)) and np.all(np.isfinite(clean))
+        halved = kind.endswith("_layers") and kind != "pt_layers"  # their MaxPooling1D(2)
+        assert clean.shape == ((8, 2, 2) if halved else (16, 2, 2)) and np.all(np.isfinite(clean))
 
 
 # --- structure fuzz: valid archives whose JSON config has one node replaced ------------------
