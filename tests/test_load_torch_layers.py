@@ -48,6 +48,24 @@ class PreHeadActivation(nn.Module):
         return self.fc(self.act(out))
 
 
+class PublishedPattern(nn.Module):
+    """The tutorial pattern: zero initial states sized from x.shape / x.size(), on x.device, detached,
+    and a GRU's state built with x.new_zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(I, 6, num_layers=2, batch_first=True)
+        self.gru = nn.GRU(6, 5, batch_first=True)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x):
+        h0 = torch.zeros(2, x.size(0), 6).requires_grad_()
+        c0 = torch.zeros(2, x.shape[0], 6, device=x.device)
+        out, (hn, cn) = self.lstm(x, (h0.detach(), c0.detach()))
+        out, _ = self.gru(out, x.new_zeros(1, x.size()[0], 5))
+        return torch.sigmoid(self.fc(out[:, -1, :]))
+
+
 class NormGeluHead(nn.Module):
     def __init__(self):
         super().__init__()
@@ -155,6 +173,7 @@ def _bn_stats(module):
 MODULES = {
     "last_step_mlp": (LastStepMlp, True, False, True),
     "pre_head_activation": (PreHeadActivation, False, False, True),
+    "published_pattern": (PublishedPattern, True, False, True),
     "norm_gelu_head": (NormGeluHead, True, False, False),
     "sequential_head": (SequentialHead, True, False, True),
     "token_model": (TokenModel, True, True, True),

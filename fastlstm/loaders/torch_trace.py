@@ -43,8 +43,8 @@ _ACT_FUNCS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "gelu": "gel
 #: Calls that only move the tensor (device, dtype, memory layout).
 _NO_OPS = ("contiguous", "float", "detach", "clone")
 #: Calls that only build the zero initial state handed to a recurrent module.
-_STATE_BUILDERS = ("zeros", "zeros_like", "size", "to", "cuda", "float", "detach", "requires_grad_", "getattr",
-                   "type", "contiguous")
+_STATE_BUILDERS = ("zeros", "zeros_like", "new_zeros", "size", "to", "cuda", "float", "detach", "requires_grad_",
+                   "getattr", "getitem", "type", "contiguous")
 
 
 @dataclass
@@ -125,7 +125,7 @@ def _state_nodes(graph_nodes, placeholder):
         name = getattr(node.target, "__name__", node.target)
         if node.op not in ("call_function", "call_method") or name not in _STATE_BUILDERS:
             continue
-        reads_input = name in ("size", "getattr", "zeros_like")  # shape, device or dtype of x only
+        reads_input = name in ("size", "getattr", "zeros_like", "new_zeros")  # shape, device or dtype of x only
         if all(a in state or (reads_input and a is placeholder) for a in _node_args(node)):
             state.add(node)
     return state
