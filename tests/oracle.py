@@ -29,6 +29,7 @@ cannot leak into the reference.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -327,7 +328,7 @@ ACTIVATIONS = {
     "elu": _elu,
     "selu": lambda z: _SELU_SCALE * _elu(z, _SELU_ALPHA),
     "leaky_relu": lambda z, slope=0.2: np.where(z >= 0, z, slope * z),
-    "gelu": lambda z: 0.5 * z * (1.0 + np.vectorize(__import__("math").erf)(z / np.sqrt(2.0))),
+    "gelu": lambda z: 0.5 * z * (1.0 + np.vectorize(math.erf)(z / np.sqrt(2.0))),
     "gelu_tanh": lambda z: 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z ** 3))),
     "silu": lambda z: z * _sigmoid(z),
     "softplus": lambda z: np.logaddexp(0.0, z),

@@ -248,8 +248,8 @@ def test_state_dict_file_with_layers(name, layers, overrides):
 def test_several_recurrent_modules_with_layers():
     torch.manual_seed(2)
     lstm, gru, fc = nn.LSTM(I, 6), nn.GRU(6, 4, bidirectional=True), nn.Linear(8, 2)
-    sd = {**{f"enc.{k}": v for k, v in lstm.state_dict().items()}, **{f"dec.{k}": v for k, v in gru.state_dict().items()},
-          **{f"out.{k}": v for k, v in fc.state_dict().items()}}
+    parts = {"enc": lstm, "dec": gru, "out": fc}
+    sd = {f"{p}.{k}": v for p, m in parts.items() for k, v in m.state_dict().items()}
     x = _input(False, False)
     with torch.no_grad():
         expected = torch.tanh(fc(gru(lstm(torch.from_numpy(x))[0])[0])).numpy()

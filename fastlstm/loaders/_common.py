@@ -1,8 +1,8 @@
 """Pieces every loader shares: the loaded-model description, weight checks, safe zip reads.
 
 Loaders turn a file or a framework object into a :class:`Spec` (the chain of layers,
-first layer first) made of the framework-neutral classes in :mod:`fastlstm.layers`; only :func:`build_model` touches the engine.  Keeping
-the two apart lets every loader be tested for *what* it read independently of
+first layer first) made of the framework-neutral classes in :mod:`fastlstm.layers`;
+only :func:`build_model` touches the engine.  Keeping the two apart lets every loader be tested for *what* it read independently of
 the compute code.
 """
 

@@ -470,7 +470,8 @@ def _embedding(source, entry, weights):
 
 
 _SUPPORTED = frozenset({"InputLayer", "Bidirectional", "TimeDistributed", "Conv1D", "Embedding", "Flatten",
-                        "RepeatVector", "Convolution1D", "AtrousConvolution1D", "TimeDistributedDense"}) | set(_RECURRENT) | _PER_STEP | set(_POOLS) | set(_GLOBAL_POOLS)
+                        "RepeatVector", "Convolution1D", "AtrousConvolution1D", "TimeDistributedDense"}) \
+    | set(_RECURRENT) | _PER_STEP | set(_POOLS) | set(_GLOBAL_POOLS)
 
 
 def _refuse_class(source, entry):

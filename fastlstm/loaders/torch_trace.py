@@ -163,8 +163,9 @@ def _chain(graph, source):
             raise TraceError(f"{source}: forward() returns a constant, not a function of its input")
         data = [a for a in _node_args(node) if a not in zero_state]
         if len(data) != 1:
-            raise TraceError(f"{source}: {_describe(node)} combines {len(data)} tensors ({', '.join(a.name for a in data)}); "
-                             "fastlstm runs one chain of layers (no residual or parallel branches)")
+            names = ", ".join(a.name for a in data)
+            raise TraceError(f"{source}: {_describe(node)} combines {len(data)} tensors ({names}); fastlstm runs one "
+                             "chain of layers (no residual or parallel branches)")
         chain.append(node)
         node = data[0]
     chain.reverse()
