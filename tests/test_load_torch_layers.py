@@ -66,6 +66,20 @@ class PublishedPattern(nn.Module):
         return torch.sigmoid(self.fc(out[:, -1, :]))
 
 
+class ViewSqueeze(nn.Module):
+    """A CNN-style head: adaptive pool to one step, x.view(x.size(0), -1), a 1-wide Linear, .squeeze(-1)
+    (fastlstm returns the same values with the feature axis kept)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.pool, self.fc = nn.LSTM(I, 5, batch_first=True), nn.AdaptiveAvgPool1d(1), nn.Linear(5, 1)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        y = self.pool(out.transpose(1, 2))
+        return self.fc(y.view(y.size(0), -1)).squeeze(-1)
+
+
 class NormGeluHead(nn.Module):
     def __init__(self):
         super().__init__()
@@ -214,6 +228,12 @@ def test_causal_conv_front_streams():
     check_parity(model, x[..., None], torch_outputs(module, x), batch_first=True, stream=True)
 
 
+def test_view_and_final_squeeze():
+    module = _bn_stats(ViewSqueeze()).eval()
+    x = _input(True, False)
+    check_parity(loaders.from_torch(module), x, torch_outputs(module, x)[:, None], batch_first=True, stream=True)
+
+
 def test_traced_module_keeps_training_flags():
     module = LastStepMlp().train()
     loaders.from_torch(module)
@@ -352,6 +372,16 @@ class ReflectPad(nn.Module):
         return self.lstm(self.conv(F.pad(x.permute(0, 2, 1), (2, 0), mode="reflect")).permute(0, 2, 1))[0]
 
 
+class ViewTime(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.fc = nn.LSTM(I, 4, batch_first=True), nn.Linear(4, 1)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.fc(out.reshape(-1, 4))
+
+
 class PadBeforeLstm(nn.Module):
     def __init__(self):
         super().__init__()
@@ -364,6 +394,7 @@ class PadBeforeLstm(nn.Module):
 @pytest.mark.parametrize("module,match", [
     (ReflectPad(), "mode='reflect'"),
     (PadBeforeLstm(), "only right before a Conv1d"),
+    (ViewTime(), r"reshaping to \(-1, 4\): only x.view\(x.size\(0\), -1\)"),
     (Residual(), "add combines 2 tensors"),
     (Cumsum(), "cumsum"),
     (CellLoop(), "cannot trace forward"),

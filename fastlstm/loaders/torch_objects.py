@@ -180,6 +180,7 @@ def _chain_from_ops(ops, source):
             layers.append(LastStep())
         elif op.kind == "global_pool":
             layers.append(GlobalAvgPool1D() if op.name == "avg" else GlobalMaxPool1D())
+
         # "unsqueeze" (a (B, T) input made (B, T, 1)) needs no layer: the model's input has 1 feature.
     if pending != (0, 0):
         raise ValueError(f"{source}: forward() ends with zero padding of the time axis; fastlstm supports it only "

@@ -119,11 +119,15 @@ def _describe(node):
 
 
 def _state_nodes(graph_nodes, placeholder):
-    """Nodes that only build a zero initial state (torch.zeros(L, x.size(0), H).to(x.device))."""
+    """Nodes that only build a zero initial state (torch.zeros(L, x.size(0), H).to(x.device)) or read a
+    tensor's shape (``out.size(0)`` in ``out.view(out.size(0), -1)``): side inputs, not data."""
     state = set()
     for node in graph_nodes:
         name = getattr(node.target, "__name__", node.target)
         if node.op not in ("call_function", "call_method") or name not in _STATE_BUILDERS:
+            continue
+        if name == "size" or (name == "getattr" and node.args[1:] in (("shape",), ("device",), ("dtype",))):
+            state.add(node)  # metadata of any tensor: never data
             continue
         reads_input = name in ("size", "getattr", "zeros_like", "new_zeros")  # shape, device or dtype of x only
         if all(a in state or (reads_input and a is placeholder) for a in _node_args(node)):
@@ -255,6 +259,12 @@ class _Walker:
                             kwargs.get("value", 0) or 0)
         if name in ("permute", "transpose", "swapaxes", "swapdims", "movedim"):
             return ("tensor", self.permute(node, name, axes, args, kwargs))
+        if name in ("view", "reshape"):
+            return ("tensor", self.view(node, axes, args))
+        if name == "squeeze" and axes[-1] == "F" and [_norm_dim(a, len(axes), node.name) for a in args] \
+                == [len(axes) - 1] and axes[:-1] in (("B", "T"), ("T", "B"), ("B",)):
+            # y.squeeze(-1): the same values (a 1-wide output loses its axis in torch, fastlstm keeps it).
+            return ("tensor", axes)
         if name in ("flatten", "squeeze", "unsqueeze", "mean", "amax", "max"):
             # torch.max(x, dim) returns (values, indices): [0] takes the values.
             return ("max" if name == "max" else "tensor", self.reshape(node, name, axes, args, kwargs))
@@ -430,6 +440,14 @@ class _Walker:
         out = list(axes)
         out[a], out[b] = out[b], out[a]
         return tuple(out)
+
+    def view(self, node, axes, args):
+        """``x.view(x.size(0), -1)`` / ``reshape``: a flatten after the batch axis, nothing else."""
+        dims = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
+        if len(dims) != 2 or dims[1] != -1 or axes[0] != "B" or not hasattr(dims[0], "op"):
+            self.fail(node, f"reshaping to {dims!r}: only x.view(x.size(0), -1) after the last step or a global "
+                            "pool is supported")
+        return self.flatten(node, axes, 1, -1)
 
     def flatten(self, node, axes, start, end):
         n = len(axes)
