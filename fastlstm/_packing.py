@@ -232,10 +232,11 @@ def pack_chain(layers):
             spec = {"kind": KIND.FL_LAYER_ACTIVATION, **_act_fields(layer)}
         elif isinstance(layer, BatchNorm):
             scale, shift = layer.scale_shift()
-            spec = {"kind": KIND.FL_LAYER_AFFINE, "scale": _frozen(scale), "shift": _frozen(shift)}
+            spec = {"kind": KIND.FL_LAYER_AFFINE, "n_in": layer.input_size, "scale": _frozen(scale),
+                    "shift": _frozen(shift)}
         elif isinstance(layer, LayerNorm):
             ones, zeros = np.ones(layer.size, np.float32), np.zeros(layer.size, np.float32)
-            spec = {"kind": KIND.FL_LAYER_LAYERNORM, "eps": layer.eps,
+            spec = {"kind": KIND.FL_LAYER_LAYERNORM, "n_in": layer.size, "eps": layer.eps,
                     "scale": _frozen(ones if layer.gamma is None else layer.gamma),
                     "shift": _frozen(zeros if layer.beta is None else layer.beta)}
         elif isinstance(layer, Embedding):

@@ -42,6 +42,9 @@ def _variants(keras):
                              False, False),
         "global_average_streams": ([L.Conv1D(4, 2, padding="causal"), L.GRU(5, **seq), L.GlobalAveragePooling1D(),
                                     L.Dense(2)], False, True),
+        "normalization": ([L.Normalization(), L.LSTM(4, **seq), L.Normalization(invert=True, mean=[0.5] * 4,
+                                                                                   variance=[2.0] * 4),
+                           L.Dense(2)], False, True),
         # Built with the Functional API (a chain of calls) instead of Sequential.
         "functional_conv_gru": ([L.Conv1D(6, 3, groups=3, padding="same"), L.GRU(5), L.Dense(1, activation="sigmoid")],
                                 False, False),
@@ -69,6 +72,8 @@ def _built(name):
             n = layer.moving_mean.shape[0]
             layer.moving_mean.assign(rng.standard_normal(n).astype(np.float32) * 0.3)
             layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype(np.float32))
+        if type(layer).__name__ == "Normalization" and layer.input_mean is None:
+            layer.adapt(rng.standard_normal((4, 20, I)).astype(np.float32) * 3 + 1)
         if type(layer).__name__ == "PReLU":
             layer.alpha.assign(rng.uniform(0.05, 0.4, layer.alpha.shape).astype(np.float32))
     y = model(x)
@@ -79,7 +84,7 @@ def _names():
     """The variant names, listed here so that collecting the tests does not import Keras."""
     return ["gru_stack", "bidirectional_gru_last", "simple_rnn", "bidirectional_rnn_sum", "causal_conv",
             "strided_same_conv_pool", "dense_stack_norms", "embedding", "autoencoder", "conv_global_pool",
-            "global_average_streams", "functional_conv_gru"]
+            "global_average_streams", "functional_conv_gru", "normalization"]
 
 
 @pytest.mark.parametrize("source", ["object", "keras", "h5"])

@@ -66,6 +66,18 @@ class PublishedPattern(nn.Module):
         return torch.sigmoid(self.fc(out[:, -1, :]))
 
 
+class InputNorm(nn.Module):
+    """Normalization first: BatchNorm1d over the input features, then LayerNorm, an LSTM and a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.ln = nn.BatchNorm1d(I), nn.LayerNorm(I)
+        self.lstm, self.fc = nn.LSTM(I, 4, batch_first=True), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.lstm(self.ln(self.bn(x.transpose(1, 2)).transpose(1, 2)))[0])
+
+
 class ViewSqueeze(nn.Module):
     """A CNN-style head: adaptive pool to one step, x.view(x.size(0), -1), a 1-wide Linear, .squeeze(-1)
     (fastlstm returns the same values with the feature axis kept)."""
@@ -188,6 +200,7 @@ MODULES = {
     "last_step_mlp": (LastStepMlp, True, False, True),
     "pre_head_activation": (PreHeadActivation, False, False, True),
     "published_pattern": (PublishedPattern, True, False, True),
+    "input_norm": (InputNorm, True, False, True),
     "norm_gelu_head": (NormGeluHead, True, False, False),
     "sequential_head": (SequentialHead, True, False, True),
     "token_model": (TokenModel, True, True, True),

@@ -74,6 +74,15 @@ def warn(message):
 _FLOAT_KINDS = ("f",)
 
 
+@dataclass(frozen=True)
+class NonFloat:
+    """A stored tensor that is not floating point (e.g. Keras Normalization's int ``count``): kept unread,
+    so that a layer that ignores it loads and one that uses it is refused by :func:`float_weight`."""
+
+    dtype: str
+    shape: Tuple[int, ...]
+
+
 def float_weight(value, key, source, ndim=None):
     """Return ``value`` as a C-contiguous float32 array or raise ``ValueError`` naming ``key`` and ``source``.
 
@@ -82,6 +91,8 @@ def float_weight(value, key, source, ndim=None):
     NaN/inf are refused here (not only in :class:`LSTMWeights`) so the message can
     name the key as it appears in the file.
     """
+    if isinstance(value, NonFloat):
+        raise ValueError(f"{source}: tensor {key!r} has dtype {value.dtype}; expected a floating-point weight")
     arr = np.asarray(value)
     if arr.dtype.kind not in _FLOAT_KINDS:
         raise ValueError(f"{source}: tensor {key!r} has dtype {arr.dtype}; expected a floating-point weight")

@@ -50,7 +50,9 @@ _RECURRENT = {"LSTM": (LSTMLayer, LSTMWeights, 4), "GRU": (GRULayer, GRUWeights,
               "SimpleRNN": (RNNLayer, RNNWeights, 1)}
 #: Layers that act on each time step alone (what TimeDistributed may wrap).
 _PER_STEP = frozenset({"Dense", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "BatchNormalization",
-                       "LayerNormalization"}) | IDENTITY_LAYERS
+                       "LayerNormalization", "Normalization"}) | IDENTITY_LAYERS
+#: keras.config.epsilon(), which Normalization divides by at least (the file does not record it).
+_KERAS_EPSILON = 1e-7
 _POOLS = {"MaxPooling1D": MaxPool1D, "AveragePooling1D": AvgPool1D, "MaxPool1D": MaxPool1D,
           "AvgPool1D": AvgPool1D}
 _GLOBAL_POOLS = {"GlobalMaxPooling1D": GlobalMaxPool1D, "GlobalAveragePooling1D": GlobalAvgPool1D,
@@ -382,6 +384,37 @@ def _layernorm(source, entry, weights, has_time):
     return [LayerNorm(size, arrays.get("gamma"), arrays.get("beta"), eps=_number(source, entry, "epsilon", 1e-3))]
 
 
+def _config_vector(source, entry, key):
+    """Numbers a config holds (Normalization's mean/variance given as constants), as float32."""
+    try:
+        values = np.ravel(np.asarray(entry["config"][key], dtype=np.float64))
+    except (TypeError, ValueError, OverflowError):
+        _fail(source, entry, f"config {key} is not a list of numbers")
+    return float_weight(values, f"{entry['config'].get('name')}/{key}", source)
+
+
+def _normalization(source, entry, weights, has_time):
+    """Keras' Normalization (a preprocessing layer): (x - mean) / max(sqrt(variance), epsilon), or with
+    invert=True mean + x * max(...), as an exact BatchNorm."""
+    cfg = entry["config"]
+    _axis_is_last(source, entry, "axis", has_time)
+    if weights:
+        _check_names(source, entry, weights, ("mean", "variance", "count"))  # count (an int) is not used
+        mean, var = (float_weight(a, f"{cfg.get('name')}/{n}", source) for n, a in weights[:2])
+    elif cfg.get("mean") is not None and cfg.get("variance") is not None:
+        mean, var = _config_vector(source, entry, "mean"), _config_vector(source, entry, "variance")
+    else:
+        _fail(source, entry, "has neither adapted weights nor mean/variance in its config")
+    mean, var = np.ravel(mean), np.ravel(var)
+    if mean.shape != var.shape or np.any(var < 0):
+        _fail(source, entry, f"mean {mean.shape} and variance {var.shape} must match, with variances >= 0")
+    floor = np.float32(_KERAS_EPSILON) ** 2  # max(sqrt(v), e) == sqrt(max(v, e*e))
+    var = np.maximum(var, floor)
+    if cfg.get("invert", False):
+        return [BatchNorm(np.zeros_like(mean), np.ones_like(var), np.sqrt(var), mean, eps=0.0)]
+    return [BatchNorm(mean, var, eps=0.0)]
+
+
 def _per_step(source, entry, weights, major, has_time):
     """A layer that acts on each step alone; returns the fastlstm layers (none for an identity)."""
     cls = entry["class_name"]
@@ -395,6 +428,8 @@ def _per_step(source, entry, weights, major, has_time):
         return _batchnorm(source, entry, weights, has_time)
     if cls == "LayerNormalization":
         return _layernorm(source, entry, weights, has_time)
+    if cls == "Normalization":
+        return _normalization(source, entry, weights, has_time)
     if weights and cls != "PReLU":
         _fail(source, entry, f"has {len(weights)} unexpected weight(s)")
     return _activation_layer(source, entry, weights, major, has_time)

@@ -22,7 +22,7 @@ import io
 import json
 import re
 
-from ._common import describe_keys, open_zip, read_member
+from ._common import NonFloat, describe_keys, open_zip, read_member
 from .hdf5_reader import HDF5Error, extract
 from .keras_config import chain_from_config, spec_from_chain
 
@@ -47,11 +47,10 @@ def _extract(data, source, skip):
         raise ValueError(f"{source}: {exc}") from None
 
 
-def _array(datasets, path, source):
+def _array(datasets, path):
+    """A dataset's array; one that is not floating point stays a NonFloat (refused if a layer uses it)."""
     value = datasets[path]
-    if isinstance(value, tuple):
-        raise ValueError(f"{source}: dataset {path!r} has dtype {value[0]}; expected floating-point weights")
-    return value
+    return NonFloat(*value) if isinstance(value, tuple) else value
 
 
 def _attr_strings(attrs, key):
@@ -95,7 +94,7 @@ _KERAS3_VARS = {
     **{cls: ("cell/vars",) for cls in ("LSTM", "GRU", "SimpleRNN")},
     "Bidirectional": ("forward_layer/cell/vars", "backward_layer/cell/vars"),
     **{cls: ("vars",) for cls in ("Dense", "Conv1D", "BatchNormalization", "LayerNormalization", "Embedding",
-                                  "PReLU")},
+                                  "PReLU", "Normalization")},
     "TimeDistributed": ("layer/vars",),
 }
 
@@ -144,7 +143,7 @@ def keras3_spec(datasets, config, version, source):
                            key=lambda p: int(p[len(prefix):]))
             for p in found:
                 used.add(p)
-                out.append((p[len(prefix):], _array(datasets, p, source)))
+                out.append((p[len(prefix):], _array(datasets, p)))
         return out
 
     spec = spec_from_chain(chain, version, get_weights, source)
@@ -185,7 +184,7 @@ def legacy_spec(attrs, datasets, source):
             if path not in datasets:
                 raise ValueError(f"{source}: weight {wn!r} of layer {name!r} is listed but missing from the file")
             used.add(path)
-            out.append((wn, _array(datasets, path, source)))
+            out.append((wn, _array(datasets, path)))
         return out
 
     spec = spec_from_chain(chain, version, get_weights, source, _attr_text(root, "backend"))
