@@ -18,8 +18,10 @@ import sys
 import warnings
 
 from ..data import MODEL_PATH
+from ..layers import ACTIVATIONS
 
-HEAD_ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu", "softmax")
+#: What --head-activation accepts: every activation that needs no weights (as fastlstm.load does).
+HEAD_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "prelu")
 
 
 class CommandError(Exception):
