@@ -158,7 +158,31 @@ def _keras2_gru_variants(path):
     return expected, False  # bidirectional
 
 
-BUILDERS = {"keras1_per_gate": _keras1_per_gate, "keras12_embedding_theano": _keras12_embedding_theano,
+def _keras12_bidirectional(path):
+    """Keras 1.2: Bidirectional(LSTM(W, U, b), concat) -> Dense, weights named forward_/backward_lstm_1_W ..."""
+    rng = np.random.default_rng(24)
+    fwd, bwd = ([_u(rng, I, 16), _u(rng, 4, 16), _u(rng, 16)] for _ in range(2))
+    dense_w, dense_b = _u(rng, 8, 2), _u(rng, 2)
+    config = _seq([
+        {"class_name": "Bidirectional", "config": {"name": "bidirectional_1", "merge_mode": "concat", "layer": {
+            "class_name": "LSTM", "config": {"name": "lstm_1", "output_dim": 4, "inner_activation": "hard_sigmoid",
+                                             "activation": "tanh", "return_sequences": True}}}},
+        {"class_name": "Dense", "config": {"name": "dense_1", "output_dim": 2, "activation": "linear"}},
+    ])
+    names = lambda d, ws: [(f"{d}_lstm_1_{k}", w) for k, w in zip("WUb", ws)]  # noqa: E731
+    write(path, config, [("bidirectional_1", names("forward", fwd) + names("backward", bwd)),
+                         ("dense_1", [("dense_1_W", dense_w), ("dense_1_b", dense_b)])], version="1.2.2")
+
+    def expected(x):
+        gates = lambda W, U, b: {g: (W[:, k * 4:(k + 1) * 4], U[:, k * 4:(k + 1) * 4], b[k * 4:(k + 1) * 4])  # noqa: E731
+                                 for k, g in enumerate("ifco")}
+        f = oracle.keras1_lstm(x, gates(*fwd))
+        b = oracle.keras1_lstm(x[:, ::-1], gates(*bwd))[:, ::-1]
+        return np.concatenate([f, b], -1) @ dense_w + dense_b
+    return expected, False
+
+
+BUILDERS = {"keras1_per_gate": _keras1_per_gate, "keras12_bidirectional": _keras12_bidirectional, "keras12_embedding_theano": _keras12_embedding_theano,
             "keras2_gru_variants": _keras2_gru_variants}
 
 
@@ -198,6 +222,18 @@ def test_keras1_refusals(edit, match, tmp_path):
     _keras12_embedding_theano(tmp_path / "m.h5")
     _rewrite(tmp_path / "m.h5", edit)
     with pytest.raises(ValueError, match=match):
+        loaders.read_spec(tmp_path / "m.h5")
+
+
+def test_keras1_bidirectional_halves_in_the_wrong_order_are_refused(tmp_path):
+    import h5py
+
+    _keras12_bidirectional(tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5", "a") as f:
+        g = f["model_weights/bidirectional_1"]
+        names = list(g.attrs["weight_names"])
+        g.attrs["weight_names"] = np.array(names[3:] + names[:3])
+    with pytest.raises(ValueError, match="'backward_lstm_1/kernel' found where the forward 'kernel' was expected"):
         loaders.read_spec(tmp_path / "m.h5")
 
 

@@ -88,13 +88,17 @@ def upgrade_weights(cls, weights, fail):
         m = _NAME.search(name.split("/")[-1])
         if m is None:
             return weights
-        parsed.append((m["kind"], m["gate"], name, arr))
+        # Keep what precedes the suffix ('forward_lstm_1'), so a Bidirectional's halves stay checkable.
+        base = name.split("/")[-1][:m.start()]
+        parsed.append((m["kind"], m["gate"], name, arr, base))
     gates = _GATES.get(cls)
-    if gates and any(g is not None for _, g, _, _ in parsed):
-        by = {(k, g): (n, a) for k, g, n, a in parsed}
-        if len(by) != len(parsed) or any(g is None or g not in gates for _, g, _, _ in parsed):
-            fail(f"Keras 1 per-gate weights {[n for _, _, n, _ in parsed]} do not match the {cls} gates "
+    kind_names = dict(_KIND_NAMES, W="embeddings") if cls == "Embedding" else _KIND_NAMES
+    if gates and any(g is not None for _, g, _, _, _ in parsed):
+        by = {(k, g): (n, a) for k, g, n, a, _ in parsed}
+        if len(by) != len(parsed) or any(g is None or g not in gates for _, g, _, _, _ in parsed):
+            fail(f"Keras 1 per-gate weights {[n for _, _, n, _, _ in parsed]} do not match the {cls} gates "
                  f"{', '.join(gates)}")
+        base = parsed[0][4]
         out = []
         for kind in ("W", "U", "b"):
             present = [(kind, g) in by for g in gates]
@@ -106,10 +110,9 @@ def upgrade_weights(cls, weights, fail):
             arrays = [np.asarray(by[(kind, g)][1]) for g in gates]
             if len({a.ndim for a in arrays}) != 1 or len({a.shape[:-1] for a in arrays}) != 1:
                 fail(f"Keras 1 per-gate {kind} arrays have mismatched shapes {[a.shape for a in arrays]}")
-            out.append((_KIND_NAMES[kind], np.concatenate(arrays, axis=-1)))
+            out.append((f"{base}/{kind_names[kind]}", np.concatenate(arrays, axis=-1)))
         return out
-    names = dict(_KIND_NAMES, W="embeddings") if cls == "Embedding" else _KIND_NAMES
-    return [(names[k], a) for k, _, _, a in parsed]
+    return [(f"{base}/{kind_names[k]}", a) for k, _, _, a, base in parsed]
 
 
 def keras1_conv_kernel(kernel, kernel_size, filters, fail):

@@ -163,7 +163,7 @@ def _check_names(source, entry, weights, expected, direction=None):
         if name.isdigit():
             continue  # .keras files number their variables in creation order
         parts = name.split("/")
-        scope = [p for p in parts[1:] if p.startswith(("forward_", "backward_"))]
+        scope = [p for p in parts if p.startswith(("forward_", "backward_"))]
         wrong_dir = direction is not None and scope and not scope[-1].startswith(direction + "_")
         if parts[-1].split(":")[0] != want or wrong_dir:
             _fail(source, entry, f"weight {name!r} found where the {direction + ' ' if direction else ''}"
