@@ -278,7 +278,34 @@ def _modules():
         def forward(self, x):
             return self.norm(self.lstm(x)[0])
 
+    class TimeMajorWrongIndex(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(I, 4)  # time-major, so out[:, -1] is the last batch row, not the last step
+
+        def forward(self, x):
+            return self.lstm(x)[0][:, -1]
+
+    class LinearOnTuple(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.fc = nn.LSTM(I, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.lstm(x))
+
+    class ReturnsConstant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(I, 4)
+
+        def forward(self, x):
+            return 3.0
+
     return [
+        (TimeMajorWrongIndex(), "no input layout fits forward"),
+        (LinearOnTuple(), "applied to a recurrent module's \\(output, state\\) tuple"),
+        (ReturnsConstant(), "returns a constant"),
         (TwoInputs(), "takes 2 inputs"),
         (Constant(), "returns 2 values"),
         (CellState(), "cell state c_n"),
@@ -294,7 +321,7 @@ def _modules():
     ]
 
 
-@pytest.mark.parametrize("index", range(12))
+@pytest.mark.parametrize("index", range(15))
 def test_trace_refusals(index):
     import fastlstm.loaders as loaders
 

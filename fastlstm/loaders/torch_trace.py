@@ -276,8 +276,6 @@ class _Walker:
         if value[0] != "tensor":
             self.fail(node, "applied to a recurrent module's (output, state) tuple; take [0] first")
         axes = value[1]
-        if cls is None:
-            self.fail(node, f"custom module {type(m).__name__} with its own weights or ops fastlstm cannot read")
         if cls in _RECURRENT:
             want = ("B", "T", "F") if m.batch_first else ("T", "B", "F")
             if axes != want:
