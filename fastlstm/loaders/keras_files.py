@@ -8,7 +8,9 @@ layers: each is ``snake_case(class_name)`` plus a per-class counter (``lstm``,
 Legacy ``.h5``: root attrs ``model_config`` and ``keras_version``; group
 ``model_weights/<layer name>`` lists its datasets in the attr ``weight_names`` in
 Keras' variable order, which is the order we rely on (names differ between Keras
-versions: ``:0`` suffixes, with or without a ``lstm_cell`` scope).
+versions: ``:0`` suffixes, with or without a ``lstm_cell`` scope; Keras 1 wrote
+``lstm_1_W_i``-style names, rewritten by :mod:`.keras1`).  The root ``backend`` attribute says
+whether convolution kernels come from Theano (flipped).
 
 The HDF5 parsing itself happens in :mod:`.hdf5_reader` (in a child process, because
 libhdf5 can crash on damaged files); here we only map its plain output onto the config
