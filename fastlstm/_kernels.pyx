@@ -56,8 +56,8 @@ cdef extern from "fastlstm_omp.h" nogil:
 cdef extern from "fastlstm_single.h" nogil:
     void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, int reverse, int go_backwards,
                              float *gates, const float *x, long ldx, long n_in, const float *W, long H,
-                             float *h, float *c, float *hnext, float *out, long ldo, int gate_act,
-                             int cell_act)
+                             long G, int kind, float *h, float *c, float *hnext, float *out, long ldo,
+                             int gate_act, int cell_act)
 
 cdef extern from "fastlstm_cell.h" nogil:
     void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc, float *h, long ldh, long nrows,
@@ -592,7 +592,7 @@ cdef inline long pad16(long n) noexcept nogil:
 cdef bint layer_splits(const Layer *L, int nb) noexcept nogil:
     """Whether a team can split this layer's hidden units for chunks of nb rows.
 
-    One row: an LSTM with a hidden size worth two barriers per step (fastlstm_single.h).
+    One row: a hidden size worth two barriers per step (fastlstm_single.h).
     3+ rows: the packed kernel, and gate blocks that start on a 16-column panel.
     Projection layers need every unit's h before their product, so one thread
     runs them, as it does reset-before GRUs (the same, for r * h), 2-row chunks
@@ -600,7 +600,7 @@ cdef bint layer_splits(const Layer *L, int nb) noexcept nogil:
     if not is_recurrent(L) or L.dirs[0].w_proj != NULL:
         return False
     if nb == 1:
-        return L.kind == FL_LAYER_LSTM and L.hidden >= SPLIT_MIN_HIDDEN
+        return L.hidden >= SPLIT_MIN_HIDDEN
     return nb >= 3 and L.dirs[0].w_panels != NULL and L.hidden % FL_PANEL == 0
 
 
@@ -948,8 +948,8 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                     gate_products(L, D, rows, inp, L.n_in, False, gates)
             sync(bar, nt)
             fl_lstm_single_part(tid, nt, bar, tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL,
-                                L.n_in, L.n_in, D.w_x, H, hs, cs, hfull, out + d * P, cat, L.gate_act,
-                                L.cell_act)
+                                L.n_in, L.n_in, D.w_x, H, G4, L.kind, hs, cs, hfull, out + d * P, cat,
+                                L.gate_act, L.cell_act)
             continue
         hprev = hs
         ldprev = ldh
