@@ -10,7 +10,9 @@
 from ._kernels import openmp_enabled
 from ._streams import Stream, StreamPool
 from ._threads import get_num_threads, set_num_threads, threads
-from .layers import Dense, LSTMLayer, LSTMWeights
+from .layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, Flatten, GlobalAvgPool1D,
+                     GlobalMaxPool1D, GRULayer, GRUWeights, LastStep, LayerNorm, LSTMLayer, LSTMWeights,
+                     MaxPool1D, RepeatVector, RNNLayer, RNNWeights)
 from .loaders import LoadError, LoadWarning, from_keras, from_torch, load
 from .model import Model
 from .state import State
@@ -20,6 +22,9 @@ __version__ = "0.1.0"
 __all__ = [
     "load", "from_torch", "from_keras", "LoadError", "LoadWarning",
     "Model", "Stream", "StreamPool", "State", "LSTMLayer", "LSTMWeights", "Dense",
+    "GRULayer", "GRUWeights", "RNNLayer", "RNNWeights", "Conv1D", "Activation", "BatchNorm", "LayerNorm",
+    "Embedding", "MaxPool1D", "AvgPool1D", "GlobalMaxPool1D", "GlobalAvgPool1D", "LastStep", "Flatten",
+    "RepeatVector",
     "openmp_enabled", "set_num_threads", "get_num_threads", "threads", "__version__",
 ]
 

@@ -16,11 +16,12 @@ import operator
 
 from libc.string cimport memcpy
 
-from fastlstm._kernels cimport (Network, fl_all_finite, max_chunk_rows, n_chunks, num_threads, run_batch,
+from fastlstm._kernels cimport (Network, fl_all_finite, input_ok, max_chunk_rows, n_chunks, num_threads, run_batch,
                                 workspace_floats)
 from fastlstm import _validate
 from fastlstm._kernels import OVERFLOW_MESSAGE
 from fastlstm._packing import aligned_empty
+from fastlstm.state import state_from_rows, state_rows
 
 cnp.import_array()
 
@@ -40,9 +41,8 @@ cdef inline bint is_native(object a, int typenum, int nd) noexcept:
             and cnp.PyArray_NDIM(<cnp.ndarray>a) == nd)
 
 
-cdef inline bint states_finite(const float *h, long nh, const float *c, long nc, const float *y,
-                               long ny) noexcept nogil:
-    return fl_all_finite(h, nh) and fl_all_finite(c, nc) and fl_all_finite(y, ny)
+cdef inline bint states_finite(const float *s, long ns, const float *y, long ny) noexcept nogil:
+    return fl_all_finite(s, ns) and fl_all_finite(y, ny)
 
 
 cdef class Stream:
@@ -63,13 +63,12 @@ cdef class Stream:
     cdef readonly object model
     cdef readonly object batch_size       # None: unbatched (x is (I,))
     cdef int rows                         # batch rows per step (1 when unbatched)
-    cdef cnp.ndarray h, c, ws             # state (rows, h_size), (rows, c_size); workspace
-    cdef cnp.ndarray h_saved, c_saved     # the state before the current call, to undo it
-    cdef cnp.ndarray x_own                # (rows, n_in): the step's copy of x
-    cdef float *hp
-    cdef float *cp
+    cdef cnp.ndarray s, ws                # state (rows, state_size); workspace
+    cdef cnp.ndarray s_saved              # the state before the current call, to undo it
+    cdef cnp.ndarray x_own                # the step's copy of x: (rows, n_in) floats, or (rows,) token ids
+    cdef float *sp
     cdef float *wsp
-    cdef long ws_per, h_floats, c_floats
+    cdef long ws_per, s_floats
     cdef int ws_threads, nchunks, n_in, n_out
     cdef PyThread_type_lock lock
 
@@ -77,13 +76,11 @@ cdef class Stream:
         # Everything is set up here, not in __init__: a Stream exists only fully built
         # (Stream.__new__(Stream) raises) and cannot be re-initialised while in use.
         from fastlstm._threads import available_cores  # (_threads imports this module)
-        cdef long hs, cs
         self.lock = PyThread_allocate_lock()
         if self.lock == NULL:
             raise MemoryError()
         if net is None or getattr(model, "_net", None) is not net:
             raise TypeError("Stream: made by model.stream(batch_size), not directly")
-        hs, cs = net.state_size
         self.model = model
         self.net = net
         self.batch_size = batch_size
@@ -91,21 +88,18 @@ cdef class Stream:
                                                                         _validate.MAX_COUNT)
         self.n_in = net.net.n_in
         self.n_out = net.net.n_out
-        self.h = np.zeros((self.rows, hs), dtype=np.float32)
-        self.c = np.zeros((self.rows, cs), dtype=np.float32)
-        self.h_saved = np.empty_like(self.h)
-        self.c_saved = np.empty_like(self.c)
-        self.x_own = np.empty((self.rows, self.n_in), dtype=np.float32)
-        self.h_floats = cnp.PyArray_SIZE(self.h)
-        self.c_floats = cnp.PyArray_SIZE(self.c)
+        self.s = np.zeros((self.rows, net.state_size), dtype=np.float32)
+        self.s_saved = np.empty_like(self.s)
+        self.x_own = (np.empty(self.rows, dtype=np.int64) if net.net.token_input
+                      else np.empty((self.rows, self.n_in), dtype=np.float32))
+        self.s_floats = cnp.PyArray_SIZE(self.s)
         self.nchunks = n_chunks(&net.net, self.rows)
         # One step per time block, also in step_many: every step is then the same
         # arithmetic, so step_many is bit-identical to calling step T times.
         self.ws_per = workspace_floats(&net.net, 1, <int>((<long>self.rows + self.nchunks - 1) // self.nchunks))
         self.ws_threads = min(self.nchunks, available_cores())
         self.ws = aligned_empty(self.ws_per * self.ws_threads)
-        self.hp = <float *>cnp.PyArray_DATA(self.h)
-        self.cp = <float *>cnp.PyArray_DATA(self.c)
+        self.sp = <float *>cnp.PyArray_DATA(self.s)
         self.wsp = <float *>cnp.PyArray_DATA(self.ws)
 
     def __dealloc__(self):
@@ -122,35 +116,32 @@ cdef class Stream:
 
     cdef object _advance(self, int T, cnp.ndarray x, cnp.ndarray y, bint copy_x):
         """Run T steps under the stream's lock, without the GIL: x (copied first when copy_x:
-        it may be the caller's memory) checked finite, the state saved, the steps run, and
-        the state restored if it or the output came out non-finite."""
-        cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+        it may be the caller's memory) checked finite (or its token ids in range), the state
+        saved, the steps run, and the state restored if it or the output came out non-finite."""
+        cdef const void *xp = cnp.PyArray_DATA(x)
         cdef float *yp = <float *>cnp.PyArray_DATA(y)
-        cdef float *own = <float *>cnp.PyArray_DATA(self.x_own)
-        cdef float *hs = <float *>cnp.PyArray_DATA(self.h_saved)
-        cdef float *cs = <float *>cnp.PyArray_DATA(self.c_saved)
-        cdef long n = cnp.PyArray_SIZE(x), ny = cnp.PyArray_SIZE(y)
-        cdef long nh = self.h_floats, nc = self.c_floats
+        cdef void *own = cnp.PyArray_DATA(self.x_own)
+        cdef float *saved = <float *>cnp.PyArray_DATA(self.s_saved)
+        cdef long n = cnp.PyArray_SIZE(x), ny = cnp.PyArray_SIZE(y), nbytes = cnp.PyArray_NBYTES(x)
+        cdef long ns = self.s_floats
         cdef bint finite, ok = False
         cdef int nthreads = max(1, min(min(num_threads(), self.nchunks), self.ws_threads))
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             if copy_x:
-                memcpy(own, xp, n * sizeof(float))
+                memcpy(own, xp, nbytes)
                 xp = own
-            finite = fl_all_finite(xp, n)
+            finite = input_ok(&self.net.net, xp, n)
             if finite:
-                memcpy(hs, self.hp, nh * sizeof(float))
-                memcpy(cs, self.cp, nc * sizeof(float))
-                run_batch(&self.net.net, T, 1, self.rows, xp, yp, self.hp, self.cp, self.wsp,
+                memcpy(saved, self.sp, ns * sizeof(float))
+                run_batch(&self.net.net, T, 1, self.rows, xp, yp, self.sp, self.wsp,
                           self.ws_per, self.nchunks, nthreads)
-                ok = states_finite(self.hp, nh, self.cp, nc, yp, ny)
+                ok = states_finite(self.sp, ns, yp, ny)
                 if not ok:
-                    memcpy(self.hp, hs, nh * sizeof(float))
-                    memcpy(self.cp, cs, nc * sizeof(float))
+                    memcpy(self.sp, saved, ns * sizeof(float))
             PyThread_release_lock(self.lock)
         if not finite:
-            raise ValueError("x: contains NaN or infinite values (the stream's state is unchanged)")
+            raise ValueError(f"{_validate.input_complaint(self.net)} (the stream's state is unchanged)")
         if not ok:
             raise ValueError(OVERFLOW_MESSAGE)
         return y
@@ -176,11 +167,12 @@ cdef class Stream:
         cdef cnp.ndarray xa, ya
         cdef int nd = 1 if self.batch_size is None else 2
         cdef cnp.npy_intp dims[2]
-        if (is_native(x, cnp.NPY_FLOAT32, nd) and cnp.PyArray_DIMS(<cnp.ndarray>x)[nd - 1] == self.n_in
+        if (not self.net.net.token_input and is_native(x, cnp.NPY_FLOAT32, nd)
+                and cnp.PyArray_DIMS(<cnp.ndarray>x)[nd - 1] == self.n_in
                 and (nd == 1 or cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == self.rows)):
             xa = <cnp.ndarray>x
         else:
-            xa = _validate.step_input(x, self.n_in, self.batch_size)
+            xa = _validate.step_input(x, self.n_in, self.batch_size, self.net.net.token_input)
         if out is None:
             dims[0] = self.rows if nd == 2 else self.n_out
             dims[1] = self.n_out
@@ -201,7 +193,7 @@ cdef class Stream:
         Bit-identical to calling :meth:`step` T times, and the same as one
         ``model.predict`` over the whole sequence (to float32 rounding).  A refused
         chunk (NaN or infinite inputs, or a step that overflowed) changes no state."""
-        xa = _validate.chunk_input(x, self.n_in, self.batch_size)
+        xa = _validate.chunk_input(x, self.n_in, self.batch_size, self.net.net.token_input)
         shape = (xa.shape[0], self.n_out) if self.batch_size is None else (xa.shape[0], self.rows, self.n_out)
         ya = _validate.output_buffer(out, shape, xa)
         if xa.shape[0] == 0:
@@ -215,8 +207,7 @@ cdef class Stream:
         """Zero the state of every stream."""
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
-        self.h.fill(0)
-        self.c.fill(0)
+        self.s.fill(0)
         PyThread_release_lock(self.lock)
 
     @property
@@ -224,17 +215,16 @@ cdef class Stream:
         """A copy of the current state, as a :class:`fastlstm.State`.  Assign one to restore it."""
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
-        h, c = self.h.copy(), self.c.copy()
+        rows = self.s.copy()
         PyThread_release_lock(self.lock)
-        return self.model._state_from_buffers(h, c, self.batch_size)
+        return state_from_rows(rows, self.net.state_layout, self.net.signature, self.batch_size)
 
     @state.setter
     def state(self, value):
-        h, c = self.model._state_to_buffers(value, self.rows, self.batch_size, "state")
+        rows = state_rows(value, self.net.state_layout, self.net.signature, self.rows, self.batch_size, "state")
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
-        self.h[...] = h
-        self.c[...] = c
+        self.s[...] = rows
         PyThread_release_lock(self.lock)
 
 
@@ -269,10 +259,10 @@ cdef class StreamPool:
     cdef Network net
     cdef readonly object model
     cdef int cap, n_in, n_out, ws_threads
-    cdef long h_size, c_size, ws_per
+    cdef long s_size, ws_per
     cdef u64 stamp
-    cdef cnp.ndarray h, c            # (cap, h_size), (cap, c_size): each slot's state
-    cdef cnp.ndarray hg, cg          # the same shapes: gathered batch state
+    cdef cnp.ndarray s               # (cap, s_size): each slot's state
+    cdef cnp.ndarray sg              # the same shape: gathered batch state
     cdef cnp.ndarray gen             # uint32 (cap,): bumped when a slot is closed
     cdef cnp.ndarray opened          # uint8 (cap,)
     cdef cnp.ndarray mark            # uint64 (cap,): duplicate detection stamps
@@ -280,7 +270,7 @@ cdef class StreamPool:
     cdef cnp.ndarray free_stack      # int64 (cap,): free slots, top at n_free - 1
     cdef int n_free
     cdef cnp.ndarray ws
-    cdef cnp.ndarray x_own           # (cap, n_in): the step's copy of x
+    cdef cnp.ndarray x_own           # the step's copy of x: (cap, n_in) floats, or (cap,) token ids
     cdef PyThread_type_lock lock
 
     def __cinit__(self, model=None, Network net=None, capacity=None):
@@ -295,7 +285,7 @@ cdef class StreamPool:
         self.net = net
         self.n_in = net.net.n_in
         self.n_out = net.net.n_out
-        self.h_size, self.c_size = net.state_size
+        self.s_size = net.state_size
         self.cap = 0
         self.n_free = 0
         self.stamp = 0
@@ -318,15 +308,14 @@ cdef class StreamPool:
             if arr is not None:
                 new[:old] = arr[:old]
             return new
-        h = grown(self.h, (capacity, self.h_size), np.float32)
-        c = grown(self.c, (capacity, self.c_size), np.float32)
+        s = grown(self.s, (capacity, self.s_size), np.float32)
         gen = grown(self.gen, capacity, np.uint32)
         opened = grown(self.opened, capacity, np.uint8)
         mark = grown(self.mark, capacity, np.uint64)
-        hg = np.empty((capacity, self.h_size), dtype=np.float32)
-        cg = np.empty((capacity, self.c_size), dtype=np.float32)
+        sg = np.empty((capacity, self.s_size), dtype=np.float32)
         slots = np.empty(capacity, dtype=np.int64)
-        x_own = np.empty((capacity, self.n_in), dtype=np.float32)
+        x_own = (np.empty(capacity, dtype=np.int64) if self.net.net.token_input
+                 else np.empty((capacity, self.n_in), dtype=np.float32))
         # New slots go on the free stack below the old free ones, lowest slot on top.
         stack = np.empty(capacity, dtype=np.int64)
         stack[:capacity - old] = np.arange(capacity - 1, old - 1, -1)
@@ -336,8 +325,8 @@ cdef class StreamPool:
         ws_threads = max(1, min(nchunks, available_cores()))
         ws_per = workspace_floats(&self.net.net, 1, max_chunk_rows(&self.net.net, capacity))
         ws = aligned_empty(ws_per * ws_threads)
-        self.h, self.c, self.gen, self.opened, self.mark = h, c, gen, opened, mark
-        self.hg, self.cg, self.slots, self.x_own, self.free_stack = hg, cg, slots, x_own, stack
+        self.s, self.gen, self.opened, self.mark = s, gen, opened, mark
+        self.sg, self.slots, self.x_own, self.free_stack = sg, slots, x_own, stack
         self.ws, self.ws_per, self.ws_threads = ws, ws_per, ws_threads
         self.n_free += capacity - old
         self.cap = capacity
@@ -376,8 +365,7 @@ cdef class StreamPool:
                                    "call pool.reserve(n) to make room, or close a stream")
             self.n_free -= 1
             slot = self.free_stack[self.n_free]
-            self.h[slot] = 0
-            self.c[slot] = 0
+            self.s[slot] = 0
             self.opened[slot] = 1
             return (int(self.gen[slot]) << SLOT_BITS) | slot
         finally:
@@ -416,8 +404,7 @@ cdef class StreamPool:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
         try:
             slot = self._slot(sid)
-            self.h[slot] = 0
-            self.c[slot] = 0
+            self.s[slot] = 0
         finally:
             PyThread_release_lock(self.lock)
 
@@ -427,20 +414,19 @@ cdef class StreamPool:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
         try:
             slot = self._slot(sid)
-            h, c = self.h[slot:slot + 1].copy(), self.c[slot:slot + 1].copy()
+            rows = self.s[slot:slot + 1].copy()
         finally:
             PyThread_release_lock(self.lock)
-        return self.model._state_from_buffers(h, c, None)
+        return state_from_rows(rows, self.net.state_layout, self.net.signature, None)
 
     def set_state(self, sid, state):
         """Replace one stream's state with an unbatched :class:`fastlstm.State` (e.g. from get_state)."""
-        h, c = self.model._state_to_buffers(state, 1, None, "state")
+        rows = state_rows(state, self.net.state_layout, self.net.signature, 1, None, "state")
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
         try:
             slot = self._slot(sid)
-            self.h[slot] = h[0]
-            self.c[slot] = c[0]
+            self.s[slot] = rows[0]
         finally:
             PyThread_release_lock(self.lock)
 
@@ -469,11 +455,11 @@ cdef class StreamPool:
         else:
             ia = _validate.stream_ids(ids, self.cap)
         cdef int N = <int>cnp.PyArray_DIMS(ia)[0]
-        if (is_native(x, cnp.NPY_FLOAT32, 2) and cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == N
-                and cnp.PyArray_DIMS(<cnp.ndarray>x)[1] == self.n_in):
+        if (not self.net.net.token_input and is_native(x, cnp.NPY_FLOAT32, 2)
+                and cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == N and cnp.PyArray_DIMS(<cnp.ndarray>x)[1] == self.n_in):
             xa = <cnp.ndarray>x
         else:
-            xa = _validate.step_input(x, self.n_in, N)
+            xa = _validate.step_input(x, self.n_in, N, self.net.net.token_input)
         if out is None:
             dims[0] = N
             dims[1] = self.n_out
@@ -488,24 +474,24 @@ cdef class StreamPool:
         if N == 0:
             return ya
         cdef const long long *idp = <const long long *>cnp.PyArray_DATA(ia)
-        cdef const float *xp = <const float *>cnp.PyArray_DATA(xa)
+        cdef const void *xp = cnp.PyArray_DATA(xa)
         cdef float *yp = <float *>cnp.PyArray_DATA(ya)
-        cdef float *own = <float *>cnp.PyArray_DATA(self.x_own)
-        cdef long n = cnp.PyArray_SIZE(xa)
+        cdef void *own = cnp.PyArray_DATA(self.x_own)
+        cdef long n = cnp.PyArray_SIZE(xa), nbytes = cnp.PyArray_NBYTES(xa)
         cdef int bad = BAD_NONE, bad_at = 0
         cdef bint finite, ok = True
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             # The kernel reads this copy, so the check holds even if x changes meanwhile.
-            memcpy(own, xp, n * sizeof(float))
-            finite = fl_all_finite(own, n)
+            memcpy(own, xp, nbytes)
+            finite = input_ok(&self.net.net, own, n)
             if finite:
                 bad = self._check_ids(idp, N, &bad_at)
                 if bad == BAD_NONE:
                     ok = self._step_slots(N, own, yp)
             PyThread_release_lock(self.lock)
         if not finite:
-            raise ValueError("x: contains NaN or infinite values (no stream's state changed)")
+            raise ValueError(f"{_validate.input_complaint(self.net)} (no stream's state changed)")
         if bad == BAD_UNKNOWN:
             raise ValueError(f"ids: ids[{bad_at}] = {ia[bad_at]} is not an open stream of this pool "
                              "(no stream's state changed)")
@@ -538,25 +524,21 @@ cdef class StreamPool:
             slots[k] = slot
         return BAD_NONE
 
-    cdef bint _step_slots(self, int N, const float *xp, float *yp) noexcept nogil:
+    cdef bint _step_slots(self, int N, const void *xp, float *yp) noexcept nogil:
         """Gather the states of self.slots[:N], run one batched step on the copies, and scatter
         them back if they and the outputs are finite; whether it did."""
         cdef const long long *slots = <const long long *>cnp.PyArray_DATA(self.slots)
-        cdef float *h = <float *>cnp.PyArray_DATA(self.h)
-        cdef float *c = <float *>cnp.PyArray_DATA(self.c)
-        cdef float *hg = <float *>cnp.PyArray_DATA(self.hg)
-        cdef float *cg = <float *>cnp.PyArray_DATA(self.cg)
-        cdef long hs = self.h_size, cs = self.c_size
+        cdef float *s = <float *>cnp.PyArray_DATA(self.s)
+        cdef float *sg = <float *>cnp.PyArray_DATA(self.sg)
+        cdef long ss = self.s_size
         cdef int k
         cdef int nchunks = n_chunks(&self.net.net, N)
         for k in range(N):
-            memcpy(hg + k * hs, h + slots[k] * hs, hs * sizeof(float))
-            memcpy(cg + k * cs, c + slots[k] * cs, cs * sizeof(float))
-        run_batch(&self.net.net, 1, 1, N, xp, yp, hg, cg, <float *>cnp.PyArray_DATA(self.ws), self.ws_per,
+            memcpy(sg + k * ss, s + slots[k] * ss, ss * sizeof(float))
+        run_batch(&self.net.net, 1, 1, N, xp, yp, sg, <float *>cnp.PyArray_DATA(self.ws), self.ws_per,
                   nchunks, max(1, min(min(num_threads(), nchunks), self.ws_threads)))
-        if not states_finite(hg, N * hs, cg, N * cs, yp, <long>N * self.n_out):
+        if not states_finite(sg, N * ss, yp, <long>N * self.n_out):
             return False
         for k in range(N):
-            memcpy(h + slots[k] * hs, hg + k * hs, hs * sizeof(float))
-            memcpy(c + slots[k] * cs, cg + k * cs, cs * sizeof(float))
+            memcpy(s + slots[k] * ss, sg + k * ss, ss * sizeof(float))
         return True

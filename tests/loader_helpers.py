@@ -7,8 +7,10 @@ equations on the *Keras-layout* arrays (so it shares no conversion code with fas
 
 from __future__ import annotations
 
+import json
 import os
 
+import h5py
 import numpy as np
 import pytest
 
@@ -94,6 +96,36 @@ def torch_cell_outputs(cell, x):
             h, c = cell(xt) if h is None else cell(xt, (h, c))
             outs.append(h.numpy())
     return np.stack(outs)
+
+
+# --- hand-built Keras 1/2 files --------------------------------------------------------------
+
+def write_keras_h5(path, model_config, layers, version="2.15.0", backend="tensorflow"):
+    """A legacy Keras whole-model .h5 file written with h5py (formats.md 2.7).
+
+    layers: [(layer name, [(weight name relative to the layer group, array), ...]), ...]."""
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = version.encode() if version else b""
+        if not version:
+            del f.attrs["keras_version"]
+        if backend:
+            f.attrs["backend"] = backend.encode()
+        f.attrs["model_config"] = json.dumps(model_config).encode()
+        f.attrs["training_config"] = json.dumps({"loss": "mse"}).encode()
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([n.encode() for n, _ in layers])
+        if backend:
+            mw.attrs["backend"] = backend.encode()
+        if version:
+            mw.attrs["keras_version"] = version.encode()
+        for name, weights in layers:
+            g = mw.create_group(name)
+            g.attrs["weight_names"] = np.array([wn.encode() for wn, _ in weights])
+            for wn, arr in weights:
+                g[wn] = arr
+        mw.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype="S1")
+        opt = f.create_group("optimizer_weights")  # training state: must be ignored, not loaded
+        opt["Adam/iter:0"] = np.int64(10)
 
 
 # --- a float64 Keras-2 oracle -------------------------------------------------------------

@@ -29,12 +29,13 @@ cannot leak into the reference.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
 
-from fastlstm.layers import Dense, LSTMLayer, LSTMWeights
+from fastlstm.layers import Dense, GRULayer, LSTMLayer, LSTMWeights, RNNLayer
 
 
 # --------------------------------------------------------------------------- activations
@@ -106,6 +107,73 @@ def run_direction(x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_
             h = h @ w_hr.T
         ys[t] = h
     return ys, h, c
+
+
+def run_gru_direction(x, weights, h0, activation="tanh", recurrent_activation="sigmoid", reset_after=True):
+    """One GRU direction over ``x`` (T, B, I), gate rows r, z, n (PyTorch layout)::
+
+        r = ra(W_ir x + b_ir + W_hr h + b_hr);  z = ra(W_iz x + b_iz + W_hz h + b_hz)
+        n = act(W_in x + b_in + r * (W_hn h + b_hn))        reset_after
+        n = act(W_in x + b_in + W_hn (r * h) + b_hn)        not reset_after (Keras <= 2.2)
+        h' = (1 - z) * n + z * h
+    """
+    act, ract = CELL_ACTIVATIONS[activation], CELL_ACTIVATIONS[recurrent_activation]
+    H = weights.hidden_size
+    f64 = lambda a: np.zeros(3 * H) if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    w_ih, w_hh, b_ih, b_hh = f64(weights.weight_ih), f64(weights.weight_hh), f64(weights.bias_ih), f64(weights.bias_hh)
+    blocks = lambda v: (v[..., :H], v[..., H:2 * H], v[..., 2 * H:])  # noqa: E731
+    Wr, Wz, Wn = blocks(w_hh.T)
+    h = np.array(h0, dtype=np.float64)
+    ys = np.empty((x.shape[0], x.shape[1], H))
+    for t in range(x.shape[0]):
+        xr, xz, xn = blocks(x[t] @ w_ih.T + b_ih)
+        br, bz, bn = blocks(b_hh)
+        r = ract(xr + h @ Wr + br)
+        z = ract(xz + h @ Wz + bz)
+        n = act(xn + r * (h @ Wn + bn)) if reset_after else act(xn + (r * h) @ Wn + bn)
+        h = (1 - z) * n + z * h
+        ys[t] = h
+    return ys
+
+
+def run_rnn_direction(x, weights, h0, activation="tanh"):
+    """One Elman RNN direction: h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
+    act = CELL_ACTIVATIONS[activation]
+    H = weights.hidden_size
+    f64 = lambda a: np.zeros(H) if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    h = np.array(h0, dtype=np.float64)
+    ys = np.empty((x.shape[0], x.shape[1], H))
+    for t in range(x.shape[0]):
+        h = act(x[t] @ f64(weights.weight_ih).T + f64(weights.bias_ih) + h @ f64(weights.weight_hh).T
+                + f64(weights.bias_hh))
+        ys[t] = h
+    return ys
+
+
+def forward_recurrent(layers, x, last_step=False):
+    """A stack of LSTM, GRU and RNN layers over ``x`` (T, B, I) from zero state, in float64;
+    ``last_step``: Keras' return_sequences=False on the last layer."""
+    seq = np.asarray(x, dtype=np.float64)
+    pair = None
+    for layer in layers:
+        outs = []
+        for d, w in enumerate(layer.directions):
+            rev = d == 1 or layer.go_backwards
+            inp = seq[::-1] if rev else seq
+            h0 = np.zeros((seq.shape[1], w.output_size))
+            if isinstance(layer, GRULayer):
+                ys = run_gru_direction(inp, w, h0, layer.activation, layer.recurrent_activation, layer.reset_after)
+            elif isinstance(layer, RNNLayer):
+                ys = run_rnn_direction(inp, w, h0, layer.activation)
+            else:
+                ys = run_direction(inp, w, h0, np.zeros((seq.shape[1], w.hidden_size)), layer.activation,
+                                   layer.recurrent_activation)[0]
+            outs.append(ys[::-1] if d == 1 else ys)
+        seq = MERGES[layer.merge_mode](*outs) if layer.bidirectional else outs[0]
+        pair = (outs[0][-1], outs[1][0]) if layer.bidirectional else None
+    if not last_step:
+        return seq
+    return MERGES[layers[-1].merge_mode](*pair) if pair is not None else seq[-1]
 
 
 def _directions_count(layers):
@@ -240,3 +308,167 @@ def random_state(rng, layers, batch=None, scale=0.5):
             h.append((scale * rng.standard_normal(shape(weights.output_size))).astype(np.float32))
             c.append((scale * rng.standard_normal(shape(weights.hidden_size))).astype(np.float32))
     return OracleState(h, c)
+
+
+# --------------------------------------------------------------------------- Keras-layout layers
+# Straight from the Keras equations (formats.md 2.5) on the arrays exactly as Keras stores them,
+# batch first: x is (B, T, I).  They share no code with fastlstm's conversions, so a wrong gate
+# permutation or a misplaced reset gate in a loader shows up as a mismatch.
+
+def _elu(z, alpha=1.0):
+    return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0.0)))
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+_GELU_C = np.sqrt(2.0 / np.pi)
+
+#: Every activation name fastlstm's loaders produce, in float64.
+ACTIVATIONS = {
+    **CELL_ACTIVATIONS, **HEAD_ACTIVATIONS,
+    "elu": _elu,
+    "selu": lambda z: _SELU_SCALE * _elu(z, _SELU_ALPHA),
+    "leaky_relu": lambda z, slope=0.2: np.where(z >= 0, z, slope * z),
+    "gelu": lambda z: 0.5 * z * (1.0 + np.vectorize(math.erf)(z / np.sqrt(2.0))),
+    "gelu_tanh": lambda z: 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z ** 3))),
+    "silu": lambda z: z * _sigmoid(z),
+    "softplus": lambda z: np.logaddexp(0.0, z),
+    "softsign": lambda z: z / (1.0 + np.abs(z)),
+}
+
+
+def keras_gru(x, kernel, rec, bias, *, reset_after=True, activation="tanh", recurrent_activation="sigmoid",
+              go_backwards=False):
+    """Keras GRU, columns [z | r | h].  ``bias`` is (2, 3H) with reset_after (input row, recurrent row),
+    (3H,) without, or None.  Returns (B, T, H) in processing order."""
+    x = np.asarray(x, np.float64)
+    k, r = np.asarray(kernel, np.float64), np.asarray(rec, np.float64)
+    H = r.shape[0]
+    b = np.zeros((2, 3 * H)) if bias is None else np.asarray(bias, np.float64).reshape(-1, 3 * H)
+    b_in, b_rec = (b[0], b[1]) if b.shape[0] == 2 else (b[0], np.zeros(3 * H))
+    act, ract = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
+    h = np.zeros((x.shape[0], H))
+    out = []
+    for t in (range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])):
+        xz = x[:, t] @ k + b_in
+        if reset_after:
+            hz = h @ r + b_rec
+            z = ract(xz[:, :H] + hz[:, :H])
+            rr = ract(xz[:, H:2 * H] + hz[:, H:2 * H])
+            hh = act(xz[:, 2 * H:] + rr * hz[:, 2 * H:])
+        else:
+            z = ract(xz[:, :H] + h @ r[:, :H])
+            rr = ract(xz[:, H:2 * H] + h @ r[:, H:2 * H])
+            hh = act(xz[:, 2 * H:] + (rr * h) @ r[:, 2 * H:])
+        h = z * h + (1.0 - z) * hh
+        out.append(h)
+    return np.stack(out, axis=1)
+
+
+def keras_simple_rnn(x, kernel, rec, bias, *, activation="tanh", go_backwards=False):
+    """Keras SimpleRNN: h' = act(x K + h R + b).  Returns (B, T, H) in processing order."""
+    x = np.asarray(x, np.float64)
+    k, r = np.asarray(kernel, np.float64), np.asarray(rec, np.float64)
+    b = 0.0 if bias is None else np.asarray(bias, np.float64)
+    h = np.zeros((x.shape[0], r.shape[0]))
+    out = []
+    for t in (range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])):
+        h = ACTIVATIONS[activation](x[:, t] @ k + h @ r + b)
+        out.append(h)
+    return np.stack(out, axis=1)
+
+
+def conv1d(x, kernel, bias, *, stride=1, dilation=1, pad_left=0, pad_right=0, groups=1):
+    """Cross-correlation over time, Keras kernel layout (K, I/groups, O); x is (B, T, I)."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(kernel, np.float64)
+    K, ig, O = w.shape
+    x = np.pad(x, ((0, 0), (pad_left, pad_right), (0, 0)))
+    span = dilation * (K - 1) + 1
+    T_out = (x.shape[1] - span) // stride + 1
+    og = O // groups
+    y = np.zeros((x.shape[0], max(T_out, 0), O))
+    for t in range(max(T_out, 0)):
+        window = x[:, t * stride: t * stride + span: dilation]  # (B, K, I)
+        for g in range(groups):
+            y[:, t, g * og:(g + 1) * og] = np.einsum("bki,kio->bo", window[:, :, g * ig:(g + 1) * ig],
+                                                     w[:, :, g * og:(g + 1) * og])
+    return y + (0.0 if bias is None else np.asarray(bias, np.float64))
+
+
+def keras_conv_padding(padding, kernel_size, dilation, stride=1, length=None):
+    """(left, right) zero padding Keras applies for 'valid', 'causal' and 'same'."""
+    span = dilation * (kernel_size - 1)
+    if padding == "valid":
+        return 0, 0
+    if padding == "causal":
+        return span, 0
+    out = -(-length // stride)
+    total = max((out - 1) * stride + span + 1 - length, 0)
+    return total // 2, total - total // 2
+
+
+def pool1d(x, size, stride, mode, *, pad_left=0, pad_right=0):
+    """Max or average pooling over time of (B, T, F); padded positions are ignored (Keras 'same')."""
+    x = np.asarray(x, np.float64)
+    T = x.shape[1] + pad_left + pad_right
+    out = []
+    for start in range(0, T - size + 1, stride):
+        lo, hi = max(start - pad_left, 0), min(start + size - pad_left, x.shape[1])
+        window = x[:, lo:hi]
+        out.append(window.max(axis=1) if mode == "max" else window.mean(axis=1))
+    return np.stack(out, axis=1)
+
+
+def batchnorm(x, gamma, beta, mean, var, eps):
+    x = np.asarray(x, np.float64)
+    g = 1.0 if gamma is None else np.asarray(gamma, np.float64)
+    b = 0.0 if beta is None else np.asarray(beta, np.float64)
+    return (x - np.asarray(mean, np.float64)) / np.sqrt(np.asarray(var, np.float64) + eps) * g + b
+
+
+def layernorm(x, gamma, beta, eps):
+    x = np.asarray(x, np.float64)
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    y = (x - mu) / np.sqrt(var + eps)
+    return y * (1.0 if gamma is None else np.asarray(gamma, np.float64)) + (0.0 if beta is None else beta)
+
+
+def keras1_lstm(x, gates, *, activation="tanh", inner_activation="hard_sigmoid_keras2"):
+    """Keras 1 LSTM from its per-gate arrays ``gates[g] = (W_g, U_g, b_g)``, g in i, f, c, o.
+
+    i = ia(x W_i + h U_i + b_i), f = ia(...), c' = f*c + i*act(x W_c + h U_c + b_c),
+    o = ia(...), h' = o*act(c').  x is (B, T, I); returns (B, T, H)."""
+    x = np.asarray(x, np.float64)
+    g = {k: [np.asarray(a, np.float64) for a in v] for k, v in gates.items()}
+    act, ia = ACTIVATIONS[activation], ACTIVATIONS[inner_activation]
+    H = g["i"][1].shape[0]
+    h, c = np.zeros((x.shape[0], H)), np.zeros((x.shape[0], H))
+    pre = lambda k, xt: xt @ g[k][0] + h @ g[k][1] + g[k][2]  # noqa: E731
+    out = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        i, f, o, cc = ia(pre("i", xt)), ia(pre("f", xt)), ia(pre("o", xt)), act(pre("c", xt))
+        c = f * c + i * cc
+        h = o * act(c)
+        out.append(h)
+    return np.stack(out, axis=1)
+
+
+def keras1_gru(x, gates, *, activation="tanh", inner_activation="hard_sigmoid_keras2"):
+    """Keras 1 GRU from per-gate arrays ``gates[g] = (W_g, U_g, b_g)``, g in z, r, h:
+    z, r = ia(x W + h U + b);  hh = act(x W_h + b_h + (r*h) U_h);  h' = z*h + (1-z)*hh."""
+    x = np.asarray(x, np.float64)
+    g = {k: [np.asarray(a, np.float64) for a in v] for k, v in gates.items()}
+    act, ia = ACTIVATIONS[activation], ACTIVATIONS[inner_activation]
+    H = g["z"][1].shape[0]
+    h = np.zeros((x.shape[0], H))
+    out = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        z = ia(xt @ g["z"][0] + h @ g["z"][1] + g["z"][2])
+        r = ia(xt @ g["r"][0] + h @ g["r"][1] + g["r"][2])
+        hh = act(xt @ g["h"][0] + g["h"][2] + (r * h) @ g["h"][1])
+        h = z * h + (1.0 - z) * hh
+        out.append(h)
+    return np.stack(out, axis=1)

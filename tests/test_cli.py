@@ -157,6 +157,46 @@ def test_convert_torch_file(torch_file, tmp_path):
     np.testing.assert_allclose(model.predict(x), want, atol=1e-5, rtol=0)
 
 
+class TwoHeads(torch.nn.Module):
+    """A model ``load`` can read only with layers=: an LSTM, then fc2(relu(fc1(out[-1])))."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 8)
+        self.fc1, self.fc2 = torch.nn.Linear(8, 5), torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(self.lstm(x)[0][-1])))
+
+
+def test_load_options_reach_every_command(tmp_path):
+    """--key, --layers and --return-sequences: what fastlstm.load reads, info and convert read too."""
+    import fastlstm.loaders
+
+    torch.manual_seed(3)
+    net = TwoHeads().eval()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": net.state_dict(), "epoch": torch.tensor(4)}, path)
+    opts = ("--key", "model", "--layers", "lstm,fc1,relu,fc2", "--no-return-sequences")
+    proc = run_cli("info", path, *opts, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "returns the last step only" in proc.stdout
+    assert f"parameters: {sum(p.numel() for p in net.parameters()):,};" in proc.stdout
+    out = tmp_path / "two.safetensors"
+    proc = run_cli("convert", path, out, *opts, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    x = np.random.default_rng(3).standard_normal((30, 3, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(fastlstm.loaders.load(out).predict(x), want, atol=1e-5, rtol=0)
+    proc = run_cli("info", path, "--key", "model", cwd=tmp_path)  # without --layers: refused, saying what to pass
+    assert proc.returncode == 1 and "layers=" in proc.stderr
+    proc = run_cli("info", "--layers", "lstm,fc", cwd=tmp_path)  # the bundled model is a fastlstm file
+    assert proc.returncode == 1 and "--layers apply to PyTorch files only" in proc.stderr
+    proc = run_cli("info", path, "--layers", "lstm,,fc", cwd=tmp_path)
+    assert proc.returncode == 2 and "comma-separated" in proc.stderr
+
+
 def test_convert_bundled_to_itself_is_refused(tmp_path):
     proc = run_cli("convert", data.MODEL_PATH, data.MODEL_PATH, cwd=tmp_path)
     assert "is the input file" in one_line_error(proc, "convert")

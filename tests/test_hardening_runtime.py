@@ -395,11 +395,12 @@ def test_sizes_past_32_bits_are_refused_before_allocating():
 def test_widest_layer_is_refused():
     """Row offsets are 32-bit: a layer wider than 2**24 is refused at build (not run with wrapped offsets)."""
     from fastlstm import _kernels
-    spec = {"dirs": [(np.zeros((2, 4), np.float32), np.zeros(4, np.float32), None)], "gate_act": 0,
-            "cell_act": 1, "merge": 0, "go_backwards": False, "n_in": 2 ** 24 + 1, "hidden": 1, "n_out": 1,
-            "width": 1}
+    spec = {"kind": _kernels.fl_layer_kind.FL_LAYER_LSTM,
+            "dirs": [(np.zeros((2, 4), np.float32), np.zeros(4, np.float32), None, 0, 0)],
+            "gate_act": 0, "cell_act": 1, "merge": 0, "go_backwards": False, "n_in": 2 ** 24 + 1, "hidden": 1,
+            "n_out": 1, "gates": 4, "width": 1, "streams": True}
     with pytest.raises(ValueError, match="layer 0"):
-        _kernels.Network([spec], None)
+        _kernels.Network([spec], [("h", 0, 0, 1), ("c", 0, 1, 1)], ())
 
 
 # --------------------------------------------------------------------------- finite glitches

@@ -37,6 +37,20 @@ def _module():
     return sd
 
 
+def _module_chain():
+    """A state_dict that loads only with layers=: GRU -> LayerNorm -> Linear -> ReLU -> Linear."""
+    torch.manual_seed(0)
+    parts = {"gru": torch.nn.GRU(3, 5, num_layers=2), "ln": torch.nn.LayerNorm(5), "fc1": torch.nn.Linear(5, 4),
+             "fc2": torch.nn.Linear(4, 2)}
+    return {f"{p}.{k}": v for p, m in parts.items() for k, v in m.state_dict().items()}
+
+
+def _overrides(kind):
+    if kind == "pt_layers":
+        return {"layers": ["gru", "ln", "fc1", "relu", "fc2"]}
+    return {"head_activation": "tanh"} if kind in ("pt", "safetensors") else {}
+
+
 @functools.lru_cache(maxsize=None)
 def _clean(kind):
     """(file bytes, clean outputs, byte ranges where a change may legitimately alter the weights)."""
@@ -44,31 +58,43 @@ def _clean(kind):
     free = []
     if kind == "pt":
         torch.save(_module(), buf)
+    elif kind == "pt_layers":
+        torch.save(_module_chain(), buf)
     elif kind == "safetensors":
         from fastlstm.loaders.safetensors_io import encode_safetensors
 
         buf.write(encode_safetensors({k: v.numpy() for k, v in _module().items()}))
         (n,) = struct.unpack("<Q", buf.getvalue()[:8])
         free = [(8 + n, len(buf.getvalue()))]  # the raw data buffer: no checksum in this format
-    elif kind == "native":
-        model = loaders.from_torch(_module(), head_activation="tanh")
+    elif kind in ("native", "native_layers"):
+        model = loaders.from_keras(_keras_model(True)) if kind == "native_layers" \
+            else loaders.from_torch(_module(), head_activation="tanh")
         loaders.save_model(model, _tmp("fuzz.fastlstm"))
         buf.write(open(_tmp("fuzz.fastlstm"), "rb").read())
     else:
-        keras = import_keras()
-        keras.utils.set_random_seed(0)
-        L = keras.layers
-        m = keras.Sequential([keras.Input((None, 3)), L.LSTM(4, return_sequences=True), L.Dropout(0.1),
-                              L.Dense(2, activation="sigmoid")])
+        m = _keras_model(kind.endswith("_layers"))
+        kind = kind.replace("_layers", "")
         path = _tmp(f"fuzz.{kind}")
         m.save(path)
         buf.write(open(path, "rb").read())
         if kind == "h5":
             free = _h5_free_ranges(path, buf.getvalue())
     data = buf.getvalue()
-    spec = read_spec(io.BytesIO(data), head_activation="tanh") if kind in ("pt", "safetensors") \
-        else read_spec(io.BytesIO(data))
+    spec = read_spec(io.BytesIO(data), **_overrides(kind))
     return data, build_model(spec).predict(X), free
+
+
+def _keras_model(new_layers):
+    """The Keras fuzz target: LSTM -> Dropout -> Dense, or a chain of the layers around the recurrent core."""
+    keras = import_keras()
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    if not new_layers:
+        return keras.Sequential([keras.Input((None, 3)), L.LSTM(4, return_sequences=True), L.Dropout(0.1),
+                                 L.Dense(2, activation="sigmoid")])
+    return keras.Sequential([keras.Input((None, 3)), L.Conv1D(4, 3, padding="causal"), L.BatchNormalization(),
+                             L.MaxPooling1D(2), L.GRU(5, return_sequences=True), L.LayerNormalization(),
+                             L.Dense(4, activation="gelu"), L.PReLU(shared_axes=[1]), L.Dense(2)])
 
 
 def _h5_free_ranges(path, data):
@@ -122,7 +148,7 @@ def _check(kind, edits, cut):
         mutated = mutated[:int(cut * len(data))]
     if mutated == data:
         return
-    overrides = {"head_activation": "tanh"} if kind in ("pt", "safetensors") else {}
+    overrides = _overrides(kind)
     try:
         spec = read_spec(io.BytesIO(mutated), **overrides)
     except ValueError:
@@ -145,23 +171,26 @@ CUT = st.none() | st.floats(0, 1, exclude_max=True)
 
 @pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(["pt", "safetensors", "native", "keras"]), edits=EDITS, cut=CUT)
+@given(kind=st.sampled_from(["pt", "safetensors", "native", "keras", "pt_layers", "native_layers", "keras_layers"]),
+       edits=EDITS, cut=CUT)
 def test_fuzz_in_process_formats(kind, edits, cut):
     _check(kind, edits, cut)
 
 
 @pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(edits=EDITS, cut=CUT)
-def test_fuzz_legacy_h5(edits, cut):
+@given(kind=st.sampled_from(["h5", "h5_layers"]), edits=EDITS, cut=CUT)
+def test_fuzz_legacy_h5(kind, edits, cut):
     """Each .h5 load parses HDF5 in a child process (libhdf5 can crash on damaged files), so fewer examples."""
-    _check("h5", edits, cut)
+    _check(kind, edits, cut)
 
 
 def test_fuzz_targets_are_valid():
-    for kind in ("pt", "safetensors", "native", "keras", "h5"):
+    for kind in ("pt", "safetensors", "native", "keras", "h5", "pt_layers", "native_layers", "keras_layers",
+                 "h5_layers"):
         data, clean, _ = _clean(kind)
-        assert clean.shape == (16, 2, 2) and np.all(np.isfinite(clean))
+        halved = kind.endswith("_layers") and kind != "pt_layers"  # their MaxPooling1D(2)
+        assert clean.shape == ((8, 2, 2) if halved else (16, 2, 2)) and np.all(np.isfinite(clean))
 
 
 # --- structure fuzz: valid archives whose JSON config has one node replaced ------------------
@@ -169,9 +198,11 @@ def test_fuzz_targets_are_valid():
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 40) | st.floats(allow_nan=False, allow_infinity=False)
     | st.sampled_from(["", "tanh", "relu", "softmax", "LSTM", "Dense", "InputLayer", "lstm", "concat", "mul",
-                       "hard_sigmoid", "__keras_tensor__"]),
+                       "hard_sigmoid", "__keras_tensor__", "GRU", "Conv1D", "Convolution1D", "GRULayer", "Embedding",
+                       "RepeatVector", "LastStep", "causal", "same", "valid", "theano", "gelu", "prelu"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
-        ["name", "config", "class_name", "units", "layer", "args"]), inner, max_size=3),
+        ["name", "config", "class_name", "units", "layer", "args", "type", "padding", "kernel_size", "reset_after",
+         "output_dim", "directions", "n"]), inner, max_size=3),
     max_leaves=6)
 
 
@@ -196,32 +227,39 @@ def _replaced(config, path, value):
 
 
 def _runs(spec, x):
-    """A structure that loads must also build and run."""
+    """A structure that loads must also build and run (or refuse this input cleanly, e.g. too short for a
+    window it grew)."""
     model = build_model(spec)
-    y = model.predict(x)
-    assert y.shape == ((16, 2, model.output_size) if model.return_sequences else (2, model.output_size))
+    if model.token_input:
+        x = np.zeros(x.shape[:2], np.int64)
+    try:
+        y = model.predict(x)
+    except ValueError as exc:
+        assert "x" in str(exc)  # a refusal naming the argument
+        return
+    assert y.shape[1:] == (2, model.output_size) if model.return_sequences else y.shape == (2, model.output_size)
 
 
 @functools.lru_cache(maxsize=None)
-def _keras_parts():
+def _keras_parts(kind="keras"):
     """The config and already-extracted weights of a .keras file, so no HDF5 child runs per example."""
     import zipfile
 
     from fastlstm.loaders.hdf5_reader import parse
 
-    data, _, _ = _clean("keras")
+    data, _, _ = _clean(kind)
     z = zipfile.ZipFile(io.BytesIO(data))
     return json.loads(z.read("config.json")), parse(z.read("model.weights.h5"), ("optimizer/",))[1]
 
 
 @pytest.mark.slow
 @settings(max_examples=200, deadline=None)
-@given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
-def test_fuzz_keras_config_nodes(pick, value):
+@given(kind=st.sampled_from(["keras", "keras_layers"]), pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
+def test_fuzz_keras_config_nodes(kind, pick, value):
     """Any JSON node of config.json replaced by any JSON value: a ValueError or a working model."""
     from fastlstm.loaders.keras_files import keras3_spec
 
-    config, datasets = _keras_parts()
+    config, datasets = _keras_parts(kind)
     paths = list(_paths(config))
     mutated = _replaced(config, paths[pick % len(paths)], value)
     try:
@@ -233,13 +271,13 @@ def test_fuzz_keras_config_nodes(pick, value):
 
 @pytest.mark.slow
 @settings(max_examples=200, deadline=None)
-@given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
-def test_fuzz_native_config_nodes(pick, value):
+@given(kind=st.sampled_from(["native", "native_layers"]), pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
+def test_fuzz_native_config_nodes(kind, pick, value):
     """Same for fastlstm's own config, re-signed so that validation (not the checksum) must catch it."""
     from fastlstm.loaders.native import _digest, spec_from_native
     from fastlstm.loaders.safetensors_io import read_safetensors
 
-    data, _, _ = _clean("native")
+    data, _, _ = _clean(kind)
     tensors, meta, start = read_safetensors(data, "fuzz")
     config = json.loads(meta["fastlstm_config"])
     paths = list(_paths(config))
@@ -253,25 +291,27 @@ def test_fuzz_native_config_nodes(pick, value):
 
 
 @functools.lru_cache(maxsize=None)
-def _legacy_parts():
-    """A Keras-2-style Functional .h5 (see test_load_keras2_h5), parsed once."""
-    from test_load_keras2_h5 import _functional_old_names
-
+def _legacy_parts(kind):
+    """A hand-built Keras 2 Functional .h5 (test_load_keras2_h5) or Keras 1 / 2.2 file with the layers around
+    the core (test_load_keras_legacy_layers), parsed once."""
     from fastlstm.loaders.hdf5_reader import parse
+    from test_load_keras2_h5 import _functional_old_names
+    from test_load_keras_legacy_layers import BUILDERS
 
-    _functional_old_names(_tmp("k2f.h5"))
-    attrs, datasets = parse(open(_tmp("k2f.h5"), "rb").read(), ("optimizer_weights/",))
+    (_functional_old_names if kind == "keras2_functional" else BUILDERS[kind])(_tmp(f"{kind}.h5"))
+    attrs, datasets = parse(open(_tmp(f"{kind}.h5"), "rb").read(), ("optimizer_weights/",))
     return attrs, datasets
 
 
 @pytest.mark.slow
-@settings(max_examples=200, deadline=None)
-@given(pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
-def test_fuzz_legacy_config_nodes(pick, value):
-    """Same for a Keras 2 Functional model_config (inbound_nodes, input_layers, ...)."""
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["keras2_functional", "keras1_per_gate", "keras12_embedding_theano",
+                             "keras2_gru_variants"]), pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
+def test_fuzz_legacy_config_nodes(kind, pick, value):
+    """Same for Keras 1 and 2 model_configs (inbound_nodes, input_layers, Keras 1 option names, ...)."""
     from fastlstm.loaders.keras_files import legacy_spec
 
-    attrs, datasets = _legacy_parts()
+    attrs, datasets = _legacy_parts(kind)
     config = json.loads(attrs[""]["model_config"])
     paths = list(_paths(config))
     mutated = dict(attrs, **{"": dict(attrs[""], model_config=json.dumps(_replaced(config, paths[pick % len(paths)],
@@ -280,4 +320,4 @@ def test_fuzz_legacy_config_nodes(pick, value):
         spec = legacy_spec(mutated, datasets, "fuzz.h5")
     except ValueError:
         return
-    _runs(spec, X[:, :, :1].repeat(4, -1))
+    _runs(spec, X[:, :, :1].repeat(4, -1) if kind == "keras2_functional" else X)

@@ -162,12 +162,11 @@ def test_refused_layers(tmp_path):
     _refused(_seq(L.Masking(0.0), L.LSTM(3)), tmp_path, r"'masking'.*Masking.*mask")
     _refused(_seq(L.LSTM(3, return_sequences=True), L.Lambda(lambda t: t * 2, name="times2")), tmp_path,
              r"'times2'.*Lambda.*code")
-    _refused(_seq(L.GRU(3, name="gru_a")), tmp_path, r"'gru_a'.*LSTMs only")
     _refused(_seq(L.LSTM(3, return_sequences=True), Doubler(name="dbl")), tmp_path, r"'dbl'.*not supported")
     _refused(_seq(L.Bidirectional(L.LSTM(3, return_sequences=True), merge_mode=None)), tmp_path, r"merge_mode")
     _refused(_seq(L.LSTM(3, activation="softsign", name="soft")), tmp_path, r"'soft'.*softsign")
-    _refused(_seq(L.LSTM(3, return_sequences=True), L.Dense(4), L.Dense(2, name="second")), tmp_path,
-             r"'second'.*one Dense head")
+    _refused(_seq(L.LSTM(3, return_sequences=True), L.Dense(4, activation="exponential", name="expo")), tmp_path,
+             r"'expo'.*exponential")
     inp = keras.Input((None, I))
     h = L.LSTM(4, return_sequences=True)(inp)
     att = L.MultiHeadAttention(num_heads=1, key_dim=4, name="mha")(h, h)

@@ -16,6 +16,7 @@ import pytest
 
 import fastlstm.loaders as loaders
 from loader_helpers import STEPS, check_parity, keras_dense_oracle, keras_lstm_oracle
+from loader_helpers import write_keras_h5 as _write
 
 I = 4
 
@@ -34,30 +35,6 @@ def _weights(rng, n_in, units, bias=True):
     if bias:
         w.append(rng.uniform(-0.5, 0.5, 4 * units))
     return [a.astype(np.float32) for a in w]
-
-
-def _write(path, model_config, layers, version="2.15.0"):
-    """layers: [(layer name, [(weight name relative to the layer group, array), ...]), ...]."""
-    with h5py.File(path, "w") as f:
-        f.attrs["keras_version"] = version.encode() if version else b""
-        if not version:
-            del f.attrs["keras_version"]
-        f.attrs["backend"] = b"tensorflow"
-        f.attrs["model_config"] = json.dumps(model_config).encode()
-        f.attrs["training_config"] = json.dumps({"loss": "mse"}).encode()
-        mw = f.create_group("model_weights")
-        mw.attrs["layer_names"] = np.array([n.encode() for n, _ in layers])
-        mw.attrs["backend"] = b"tensorflow"
-        if version:
-            mw.attrs["keras_version"] = version.encode()
-        for name, weights in layers:
-            g = mw.create_group(name)
-            g.attrs["weight_names"] = np.array([wn.encode() for wn, _ in weights])
-            for wn, arr in weights:
-                g[wn] = arr
-        mw.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype="S1")
-        opt = f.create_group("optimizer_weights")  # training state: must be ignored, not loaded
-        opt["Adam/iter:0"] = np.int64(10)
 
 
 def _sequential_bidirectional(path, version="2.15.0"):

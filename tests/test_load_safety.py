@@ -137,9 +137,11 @@ def test_wrong_shapes_and_gru(tmp_path):
     torch.save(sd, tmp_path / "shape.pt")
     with pytest.raises(ValueError, match="layers\\[1\\]"):
         loaders.load(tmp_path / "shape.pt")
-    torch.save(torch.nn.GRU(3, 4).state_dict(), tmp_path / "gru.pt")
-    with pytest.raises(ValueError, match="nn.GRU"):
-        loaders.load(tmp_path / "gru.pt")
+    sd = _lstm_sd(1)
+    sd["weight_hh_l0"] = torch.zeros(10, 4)  # neither 4H, 3H nor H rows for H=4
+    torch.save(sd, tmp_path / "rows.pt")
+    with pytest.raises(ValueError, match="not 4H x H"):
+        loaders.load(tmp_path / "rows.pt")
     sd = _lstm_sd(1)
     sd["bias_hh_l0"] = torch.zeros(15)
     torch.save(sd, tmp_path / "bias.pt")

@@ -19,17 +19,25 @@ import sys
 import warnings
 
 from ..data import MODEL_PATH
+from ..layers import ACTIVATIONS
 
-HEAD_ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu", "softmax")
+#: What --head-activation accepts: every activation that needs no weights (as fastlstm.load does).
+HEAD_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "prelu")
 
 
 class CommandError(Exception):
     """A failure the user can act on; printed as one line, exit code 1."""
 
 
-def load_model(path, head_activation=None):
-    """``fastlstm.load`` for the commands: the bundled model when ``path`` is None; a loader
-    warning (e.g. an assumed head activation) becomes one ``warning:`` line on stderr."""
+#: The load options a command takes, as (flag, keyword of fastlstm.load).
+LOAD_OPTIONS = (("--key", "key"), ("--layers", "layers"), ("--return-sequences", "return_sequences"),
+                ("--head-activation", "head_activation"))
+
+
+def load_model(path, args=None):
+    """``fastlstm.load`` for the commands: the bundled model when ``path`` is None, with the load
+    options given on the command line (``args``); a loader warning (e.g. an assumed head
+    activation) becomes one ``warning:`` line on stderr."""
     from ..loaders import load
 
     path = MODEL_PATH if path is None else path
@@ -37,14 +45,15 @@ def load_model(path, head_activation=None):
         raise CommandError(f"{path}: no such file")
     if os.path.isdir(path):
         raise CommandError(f"{path}: is a directory, expected a model file")
-    overrides = {} if head_activation is None else {"head_activation": head_activation}
+    overrides = {kw: getattr(args, kw) for _, kw in LOAD_OPTIONS if getattr(args, kw, None) is not None}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             model = load(path, **overrides)
         except TypeError as exc:
-            if head_activation is not None and "override" in str(exc):
-                raise CommandError(f"{path}: --head-activation applies to PyTorch files only ({exc})") from None
+            if overrides and "override" in str(exc):
+                flags = ", ".join(f for f, kw in LOAD_OPTIONS if kw in overrides)
+                raise CommandError(f"{path}: {flags} apply to PyTorch files only ({exc})") from None
             raise
     for w in caught:
         print(f"warning: {_one_line(str(w.message))}", file=sys.stderr)
@@ -63,8 +72,24 @@ def _model_arg(p, required=False):
         p.add_argument("model", metavar="MODEL", nargs="?", default=None,
                        help="a model file fastlstm.load reads (.pt/.pth, .safetensors, .keras, .h5, fastlstm's "
                             "own); default: the bundled CO2 model")
+    # What a PyTorch state_dict cannot record; the same keywords as fastlstm.load.
+    p.add_argument("--key", default=None, metavar="NAME",
+                   help="the entry of a training checkpoint that holds the state_dict (e.g. model_state_dict)")
+    p.add_argument("--layers", type=_layer_list, default=None, metavar="A,B,...",
+                   help="the order forward() runs a state_dict's modules and activations, by key prefix and "
+                        "activation name, e.g. embedding,lstm,fc1,relu,fc2")
+    p.add_argument("--return-sequences", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the model returns every step (default) or only the last one "
+                        "(--no-return-sequences), for PyTorch state_dict files")
     p.add_argument("--head-activation", choices=HEAD_ACTIVATIONS, default=None,
                    help="the dense head's activation, for PyTorch state_dict files (they do not record it)")
+
+
+def _layer_list(text):
+    names = [t.strip() for t in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated key prefixes and activation names, got {text!r}")
+    return names
 
 
 def _positive_int(text):

@@ -59,7 +59,7 @@ def _workloads(model, seq_len, streams, rng):
 
 
 def _model_facts(model, path, bundled):
-    layers = [layer.describe() for layer in model.layers] + ([model.head.describe()] if model.head else [])
+    layers = [layer.describe() for layer in model.layers]
     return {"path": os.path.abspath(path), "bundled": bundled, "format": file_format(path), "layers": layers,
             "input_size": model.input_size, "output_size": model.output_size,
             "parameters": model.num_parameters, "streamable": model.streamable}
@@ -83,7 +83,7 @@ def run(args):
         if folder and not os.path.isdir(folder):  # fail now, not after minutes of measuring
             raise CommandError(f"{option} {target}: the folder {folder} does not exist")
     path = MODEL_PATH if args.model is None else args.model
-    model = load_model(args.model, args.head_activation)
+    model = load_model(args.model, args)
     keras_file = file_format(path).startswith("Keras")
     left_out = _left_out(args, keras_file)
     repeats, sample_s, seq_len = QUICK if args.quick else FULL

@@ -84,7 +84,7 @@ def export_graphs(model, framework: str) -> OnnxGraphs:
     """Export ``model``'s sequence and step graphs to a new temporary folder."""
     import torch
 
-    require_no_projection(model, framework)
+    model = require_no_projection(model, framework)
     net = torch_module(model)
     folder = tempfile.mkdtemp(prefix="fastlstm-onnx-")
     graphs = OnnxGraphs(folder, os.path.join(folder, "sequence.onnx"), "", [], [], [])

@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from ._common import Stepper, require_standard_cells
+from ._common import Stepper, lstm_stack_view, require_standard_cells
 
 
 def _uniform(model):
@@ -25,7 +25,7 @@ def torch_module(model):
     ``nn.LSTM`` inside, to carry between calls.  Raises :class:`Unsupported` for
     cell activations ``nn.LSTM`` does not have.
     """
-    require_standard_cells(model, "torch.nn")
+    model = require_standard_cells(model, "torch.nn")
     import torch
     from torch import nn
 
@@ -123,8 +123,8 @@ class TorchRunner:
     def __init__(self, model):
         import torch
 
-        self.torch, self.model = torch, model
-        self.net = torch_module(model)
+        self.torch, self.model = torch, lstm_stack_view(model, "torch.nn")
+        self.net = torch_module(self.model)
 
     def _forward_seq(self, xt):
         if self.model.return_sequences:

@@ -3,13 +3,14 @@
 Public entry points (re-exported by :mod:`fastlstm`):
 
 * :func:`load` - any supported file, format detected from its content;
-* :func:`from_torch` - ``nn.LSTM``, ``nn.LSTMCell``, a module with an LSTM and a Linear head, or a state_dict;
+* :func:`from_torch` - a live module (``forward()`` traced with ``torch.fx``), or a state_dict;
 * :func:`from_keras` - a Keras Sequential/Functional model object, or a ``.keras``/``.h5`` path;
 * :func:`save_model` - fastlstm's own format (what ``Model.save`` writes).
 
 File loading needs neither torch nor Keras (h5py only for Keras files) and never runs
-code from the file.  Each reader produces a :class:`~._common.Spec`; only
-:func:`~._common.build_model` touches the engine.
+code from the file.  Each reader produces a :class:`~._common.Spec` (a chain of the layer
+classes of :mod:`fastlstm.layers`); only :func:`~._common.build_model` touches the engine.
+docs/loading.md lists what each source supports.
 
 Every file is read within the caps of :mod:`._limits` (file size, a memory budget derived
 from it, zip member counts, the HDF5 child's memory and time), and every problem with a
@@ -67,6 +68,9 @@ def _reading(source):
 #: Overrides a PyTorch file accepts: the torch ones, plus ``key`` to pick the state_dict
 #: out of a training checkpoint (``{"model_state_dict": ..., "optimizer": ...}``).
 _FILE_OVERRIDES = OVERRIDES + ("key",)
+
+#: How a Git LFS pointer file starts: a clone without ``git lfs`` holds this text instead of the model.
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
 
 
 def _read_source(path):
@@ -127,6 +131,12 @@ def _no_overrides(overrides, kind):
                         "records its own structure")
 
 
+def _refuse_lfs_pointer(data, source):
+    if data.startswith(LFS_POINTER):
+        raise ValueError(f"{source}: this is a Git LFS pointer file ({len(data)} bytes), not the model itself; "
+                         "run `git lfs pull` in the repository to download the real file")
+
+
 def spec_from_bytes(data, source, **overrides):
     """Detect the format of ``data`` (a whole file) and read it into a Spec.
 
@@ -163,6 +173,7 @@ def _detect(data, source, budget):
     """``(kind, parsed)``: the format of ``data``; ``parsed`` is the safetensors parse where one was needed."""
     if not data:
         raise ValueError(f"{source}: the file is empty")
+    _refuse_lfs_pointer(data, source)
     if data.startswith(LEGACY_MAGIC):
         raise ValueError(f"{source}: this is a pre-1.6 PyTorch file (legacy non-zip format), which can only be read "
                          "by unpickling arbitrary objects; re-save it with a current torch.save(model.state_dict())")
@@ -217,24 +228,27 @@ def load(path: Union[str, os.PathLike], **overrides: Any) -> Model:
     (a ``ValueError``) naming the file and the layer, key or cause.  Reads stay within the
     caps in README.md ("Security and limits"); a path must name a regular file.
 
-    ``overrides`` apply to PyTorch state_dict files only (a state_dict cannot record them):
-    ``head_activation`` ('linear' by default, with a :class:`LoadWarning`), ``return_sequences``
-    (True by default) and ``key`` (pick the state_dict out of a checkpoint dict).
+    ``overrides`` apply to PyTorch state_dict files only (a state_dict cannot record what
+    ``forward()`` does): ``layers`` (the order of its modules and activations, by key prefix
+    and activation name, e.g. ``["embedding", "lstm", "fc1", "relu", "fc2"]``; needed for
+    anything but one recurrent module plus at most one Linear), ``head_activation`` (that
+    Linear's activation; 'linear' by default, with a :class:`LoadWarning`),
+    ``return_sequences`` (False keeps the last step only) and ``key`` (pick the state_dict out
+    of a checkpoint dict).  docs/loading.md lists what each source supports.
     """
     return build_model(read_spec(path, **overrides))
 
 
 def from_torch(obj: Any, **overrides: Any) -> Model:
-    """Build a model from ``nn.LSTM``, ``nn.LSTMCell``, a module holding one plus an ``nn.Linear``
-    head, or a state_dict mapping (tensors or arrays).
+    """Build a model from a live PyTorch module or a state_dict mapping (tensors or arrays).
 
-    The structure (layers, directions, proj_size, bias) is inferred from the weights.  What
-    weights cannot tell comes from ``overrides``: ``head_activation`` (detected from an
-    ``nn.Sigmoid``/``Tanh``/``ReLU``/``Softmax(dim=-1)`` registered after the Linear; else
-    'linear' with a :class:`LoadWarning`) and ``return_sequences`` (default True, like
-    ``nn.LSTM``; pass False for a module whose forward keeps only the last step).
-    ``batch_first`` is not a property of the model here: pass ``batch_first=True`` to
-    ``predict`` instead.  torch is not imported: only the object's own methods are used.
+    ``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells load directly.  Any other module (your
+    own, or an ``nn.Sequential``) has its ``forward()`` traced with ``torch.fx``, so heads
+    such as ``fc2(relu(fc1(out[:, -1])))``, norms, Conv1d front ends (with their
+    ``permute`` glue), poolings and an Embedding load in the order forward() runs them;
+    an op fastlstm cannot run is refused by name.  A state_dict takes the overrides of
+    :func:`load` (``layers``, ``head_activation``, ``return_sequences``).  ``batch_first``
+    is not a property of the model here: pass ``batch_first=True`` to ``predict`` instead.
     """
     from .torch_objects import spec_from_torch_object
 
@@ -254,6 +268,7 @@ def from_keras(obj: Any) -> Model:
     if isinstance(obj, (str, bytes, os.PathLike)) or hasattr(obj, "read"):
         data, source = _read_source(obj)
         with _reading(source):
+            _refuse_lfs_pointer(data, source)
             if is_hdf5(data):
                 return build_model(read_keras_h5(data, source))
             if data[:4] == b"PK\x03\x04":

@@ -1,9 +1,8 @@
 """Pieces every loader shares: the loaded-model description, weight checks, safe zip reads.
 
-Loaders turn a file or a framework object into a :class:`Spec` (layers, head,
-``return_sequences``) made of the framework-neutral classes in
-:mod:`fastlstm.layers`; only :func:`build_model` touches the engine.  Keeping
-the two apart lets every loader be tested for *what* it read independently of
+Loaders turn a file or a framework object into a :class:`Spec` (the chain of layers,
+first layer first) made of the framework-neutral classes in :mod:`fastlstm.layers`;
+only :func:`build_model` touches the engine.  Keeping the two apart lets every loader be tested for *what* it read independently of
 the compute code.
 """
 
@@ -17,11 +16,11 @@ import sys
 import warnings
 import zipfile
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
-from ..layers import Dense, LSTMLayer, check_stack
+from ..layers import check_chain
 from ._limits import JSON_BYTES_PER_TEXT_BYTE, MAX_DEFLATE_RATIO, MAX_ZIP_DIRECTORY_BYTES, MAX_ZIP_MEMBERS, shown
 
 
@@ -31,27 +30,38 @@ class LoadWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Spec:
-    """What a loader read: enough to build a :class:`fastlstm.Model`."""
+    """What a loader read: the chain of layers, enough to build a :class:`fastlstm.Model`."""
 
-    layers: Tuple[LSTMLayer, ...]
-    head: Optional[Dense]
-    return_sequences: bool = True
+    layers: Tuple
 
 
-def make_spec(layers, head, return_sequences, source):
-    """Validate that the pieces chain together; prefix any complaint with ``source``."""
+#: The largest window, stride, dilation or RepeatVector length a file may ask for.  Real models use
+#: at most a few thousand; a file asking for more would make predict or a stream allocate without bound.
+MAX_STEPS_OPTION = 1 << 16
+
+
+def check_steps_option(value, what, source):
+    """Refuse an int option that sets a number of time steps above :data:`MAX_STEPS_OPTION`."""
+    if isinstance(value, int) and value > MAX_STEPS_OPTION:
+        raise ValueError(f"{source}: {what}={value} is larger than fastlstm accepts from a file "
+                         f"({MAX_STEPS_OPTION}); refusing a model that would allocate without bound")
+    return value
+
+
+def make_spec(layers, source):
+    """Validate that the layers chain together; prefix any complaint with ``source``."""
     try:
-        layers, head = check_stack(layers, head)
+        layers = check_chain(layers)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: {exc}") from None
-    return Spec(layers, head, bool(return_sequences))
+    return Spec(layers)
 
 
 def build_model(spec: Spec):
     """Turn a :class:`Spec` into an engine :class:`fastlstm.Model` (imported late: the engine imports us)."""
     from ..model import Model
 
-    return Model(spec.layers, spec.head, return_sequences=spec.return_sequences)
+    return Model(layers=list(spec.layers))
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -68,6 +78,15 @@ def warn(message):
 _FLOAT_KINDS = ("f",)
 
 
+@dataclass(frozen=True)
+class NonFloat:
+    """A stored tensor that is not floating point (e.g. Keras Normalization's int ``count``): kept unread,
+    so that a layer that ignores it loads and one that uses it is refused by :func:`float_weight`."""
+
+    dtype: str
+    shape: Tuple[int, ...]
+
+
 def float_weight(value, key, source, ndim=None):
     """Return ``value`` as a C-contiguous float32 array or raise ``ValueError`` naming ``key`` and ``source``.
 
@@ -76,6 +95,8 @@ def float_weight(value, key, source, ndim=None):
     NaN/inf are refused here (not only in :class:`LSTMWeights`) so the message can
     name the key as it appears in the file.
     """
+    if isinstance(value, NonFloat):
+        raise ValueError(f"{source}: tensor {shown(key)} has dtype {value.dtype}; expected a floating-point weight")
     arr = np.asarray(value)
     if arr.dtype.kind not in _FLOAT_KINDS:
         raise ValueError(f"{source}: tensor {shown(key)} has dtype {arr.dtype}; expected a floating-point weight")

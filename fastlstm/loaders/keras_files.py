@@ -8,7 +8,9 @@ layers: each is ``snake_case(class_name)`` plus a per-class counter (``lstm``,
 Legacy ``.h5``: root attrs ``model_config`` and ``keras_version``; group
 ``model_weights/<layer name>`` lists its datasets in the attr ``weight_names`` in
 Keras' variable order, which is the order we rely on (names differ between Keras
-versions: ``:0`` suffixes, with or without a ``lstm_cell`` scope).
+versions: ``:0`` suffixes, with or without a ``lstm_cell`` scope; Keras 1 wrote
+``lstm_1_W_i``-style names, rewritten by :mod:`.keras1`).  The root ``backend`` attribute says
+whether convolution kernels come from Theano (flipped).
 
 The HDF5 parsing itself happens in :mod:`.hdf5_reader` (in a child process, because
 libhdf5 can crash on damaged files); here we only map its plain output onto the config
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from ._common import describe_keys, open_zip, parse_json, read_member
+from ._common import NonFloat, describe_keys, open_zip, parse_json, read_member
 from ._limits import HDF5_CHILD_BASE_BYTES, Budget, hdf5_child_seconds, hdf5_max_chunks, shown
 from .hdf5_reader import HDF5Error, extract
 from .keras_config import chain_from_config, spec_from_chain
@@ -56,11 +58,10 @@ def _extract(data, source, skip, budget):
     return attrs, datasets
 
 
-def _array(datasets, path, source):
+def _array(datasets, path):
+    """A dataset's array; one that is not floating point stays a NonFloat (refused if a layer uses it)."""
     value = datasets[path]
-    if isinstance(value, tuple):
-        raise ValueError(f"{source}: dataset {shown(path)} has dtype {value[0]}; expected floating-point weights")
-    return value
+    return NonFloat(*value) if isinstance(value, tuple) else value
 
 
 def _attr_strings(attrs, key):
@@ -98,9 +99,10 @@ def snake_case(name):
 
 # Where each supported class keeps its variables inside its .keras layer group.
 _KERAS3_VARS = {
-    "LSTM": ("cell/vars",),
+    **{cls: ("cell/vars",) for cls in ("LSTM", "GRU", "SimpleRNN")},
     "Bidirectional": ("forward_layer/cell/vars", "backward_layer/cell/vars"),
-    "Dense": ("vars",),
+    **{cls: ("vars",) for cls in ("Dense", "Conv1D", "BatchNormalization", "LayerNormalization", "Embedding",
+                                  "PReLU", "Normalization")},
     "TimeDistributed": ("layer/vars",),
 }
 
@@ -151,7 +153,7 @@ def keras3_spec(datasets, config, version, source):
                            key=lambda p: int(p[len(prefix):]))
             for p in found:
                 used.add(p)
-                out.append((p[len(prefix):], _array(datasets, p, source)))
+                out.append((p[len(prefix):], _array(datasets, p)))
         return out
 
     spec = spec_from_chain(chain, version, get_weights, source)
@@ -194,10 +196,10 @@ def legacy_spec(attrs, datasets, source, budget=None):
                 raise ValueError(f"{source}: weight {shown(wn)} of layer {shown(name)} is listed but missing from "
                                  "the file")
             used.add(path)
-            out.append((wn, _array(datasets, path, source)))
+            out.append((wn, _array(datasets, path)))
         return out
 
-    spec = spec_from_chain(chain, version, get_weights, source)
+    spec = spec_from_chain(chain, version, get_weights, source, _attr_text(root, "backend"))
     listed = set(_attr_strings(wattrs, "layer_names"))
     known = {e["config"].get("name") for e in all_layers
              if isinstance(e.get("config"), dict) and isinstance(e["config"].get("name"), str)}

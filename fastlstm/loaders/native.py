@@ -1,11 +1,18 @@
-"""fastlstm's own file format: a safetensors file whose ``__metadata__`` carries the model config.
+"""fastlstm's own format: a safetensors file whose ``__metadata__`` carries the model config.
 
-Tensors are named ``layers.{k}.{forward|backward}.{weight_ih|weight_hh|bias_ih|bias_hh|weight_hr}``
-and ``head.{weight|bias}``, stored as float32 exactly as the model holds them, so a load
-reproduces the weights bit for bit.  Metadata (all strings, as safetensors requires):
+Version 2 (written now) describes the chain generically: ``layers`` is a list with, per
+layer, ``{"type": <class name in fastlstm.layers>, <its scalar options>}``.  Every array
+option is a tensor named ``layers.{k}.{field}`` (a recurrent layer's
+``layers.{k}.{forward|backward}.{weight_ih|...}``, with the weight class in
+``"directions"``; a Dense/Conv1D activation with options is ``{"name", "alpha"}`` plus the
+tensor ``layers.{k}.activation.weight`` for PReLU slopes).  Tensors are stored as float32
+exactly as the model holds them, so a load reproduces the weights bit for bit, and a layer
+is rebuilt by calling its class, which validates it like any other.  Version 1 (LSTM layers,
+an optional head, ``return_sequences``) is still read.  Metadata (all strings, as safetensors
+requires):
 
 * ``format``: ``"fastlstm"`` (how :func:`fastlstm.load` recognises the file);
-* ``fastlstm_config``: JSON ``{"version": 1, "return_sequences": bool, "layers": [...], "head": ...}``;
+* ``fastlstm_config``: JSON ``{"version": 2, "layers": [...]}``;
 * ``sha256``: digest of the config text and the data buffer.  safetensors has no checksum of its
   own; with this, any corruption of a native file is an error instead of a silently different model.
 
@@ -14,41 +21,64 @@ The files stay readable by any safetensors reader (``safetensors.numpy.load_file
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import struct
 
-from ..layers import Dense, LSTMLayer, LSTMWeights
-from ._common import describe_keys, float_weight, make_spec, parse_json
+import numpy as np
+
+from .. import layers as L
+from ._common import check_steps_option, describe_keys, float_weight, make_spec, parse_json
 from ._limits import Budget, shown
 from .safetensors_io import encode_safetensors, read_safetensors
 
 FORMAT_TAG = "fastlstm"
-VERSION = 1
+VERSION = 2
 _FIELDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 _DIRS = ("forward", "backward")
-_LAYER_KEYS = {"directions", "activation", "recurrent_activation", "merge_mode", "go_backwards"}
+#: Options that count time steps (bounded, so a crafted file cannot make a model allocate without end).
+_STEP_OPTIONS = ("size", "stride", "dilation", "padding", "n")
+_V1_LAYER_KEYS = {"directions", "activation", "recurrent_activation", "merge_mode", "go_backwards"}
+#: The classes a file may name: the layer types and the recurrent weight containers, nothing else.
+_LAYER_CLASSES = {cls.__name__: cls for cls in L.LAYER_TYPES}
+_WEIGHT_CLASSES = {cls.__name__: cls for cls in (L.LSTMWeights, L.GRUWeights, L.RNNWeights)}
 
 
-def encode_model(layers, head, return_sequences) -> bytes:
-    tensors, layer_cfg = {}, []
-    for k, layer in enumerate(layers):
-        for d, weights in enumerate(layer.directions):
-            for field in _FIELDS:
-                value = getattr(weights, field)
-                if value is not None:
-                    tensors[f"layers.{k}.{_DIRS[d]}.{field}"] = value
-        layer_cfg.append({"directions": len(layer.directions), "activation": layer.activation,
-                          "recurrent_activation": layer.recurrent_activation, "merge_mode": layer.merge_mode,
-                          "go_backwards": bool(layer.go_backwards)})
-    head_cfg = None
-    if head is not None:
-        tensors["head.weight"] = head.weight
-        if head.bias is not None:
-            tensors["head.bias"] = head.bias
-        head_cfg = {"activation": head.activation}
-    config = {"version": VERSION, "return_sequences": bool(return_sequences), "layers": layer_cfg, "head": head_cfg}
+def _scalar(value):
+    """A JSON-able option (tuples become lists) or None when ``value`` is not a plain option."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value):
+        return list(value)
+    raise TypeError(f"cannot store option {value!r}")
+
+
+def _encode_layer(k, layer, tensors):
+    cfg = {"type": type(layer).__name__}
+    for f in dataclasses.fields(layer):
+        value = getattr(layer, f.name)
+        if f.name == "directions":
+            cfg["directions"] = [type(d).__name__ for d in value]
+            for d, weights in enumerate(value):
+                for field in _FIELDS:
+                    if getattr(weights, field) is not None:
+                        tensors[f"layers.{k}.{_DIRS[d]}.{field}"] = getattr(weights, field)
+        elif f.name == "activation" and hasattr(layer, "act"):  # Dense / Conv1D: keep alpha and PReLU slopes
+            cfg["activation"] = {"name": layer.act.name, "alpha": layer.act.alpha}
+            if layer.act.weight is not None:
+                tensors[f"layers.{k}.activation.weight"] = layer.act.weight
+        elif isinstance(value, np.ndarray):
+            tensors[f"layers.{k}.{f.name}"] = value
+        elif value is not None:
+            cfg[f.name] = _scalar(value)
+    return cfg
+
+
+def encode_model(layers) -> bytes:
+    tensors = {}
+    config = {"version": VERSION, "layers": [_encode_layer(k, layer, tensors) for k, layer in enumerate(layers)]}
     text = json.dumps(config, sort_keys=True)
     body = encode_safetensors(tensors)  # to learn the data buffer, then again with metadata
     (n,) = struct.unpack("<Q", body[:8])
@@ -65,14 +95,14 @@ def _digest(config_text, buffer):
 
 
 def save_model(model, path):
-    """Write ``model`` (its ``layers``, ``head`` and ``return_sequences``) to ``path`` in fastlstm's format."""
+    """Write ``model`` (its chain of layers) to ``path`` in fastlstm's format."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     try:
-        layers, head, rs = model.layers, model.head, model.return_sequences
+        layers = tuple(model.layers)  # the whole chain
     except AttributeError as exc:
         raise TypeError(f"model: expected a fastlstm.Model, got {type(model).__name__} ({exc})") from None
-    data = encode_model(layers, head, rs)
+    data = encode_model(layers)
     tmp = os.fspath(path) + (b".tmp" if isinstance(path, bytes) else ".tmp")
     with open(tmp, "wb") as f:  # write then rename, so a crash never leaves a half-written model
         f.write(data)
@@ -102,47 +132,122 @@ def spec_from_native(tensors, metadata, data, data_start, source):
         raise ValueError(f"{source}: unknown metadata {describe_keys(sorted(extra_meta))} "
                          "(written by a newer fastlstm?)")
     config = parse_json(text, "fastlstm_config", source, Budget(len(data), source))
-    if not isinstance(config, dict) or set(config) != {"version", "return_sequences", "layers", "head"}:
-        raise ValueError(f"{source}: fastlstm_config must have exactly version, return_sequences, layers, head")
-    if type(config["version"]) is not int or config["version"] != VERSION:
-        raise ValueError(f"{source}: fastlstm format version {shown(config['version'])} is not supported (this "
-                         f"fastlstm reads version {VERSION}); upgrade fastlstm")
-    rs = _cfg(config, "return_sequences", bool, "", source)
-    try:
-        layers, head = _build(config, tensors, source)
-    except (TypeError, ValueError) as exc:  # from LSTMWeights/LSTMLayer/Dense: add the file's name
-        msg = str(exc)
-        raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
-    return make_spec(layers, head, rs, source)
-
-
-def _build(config, tensors, source):
+    version = config.get("version") if isinstance(config, dict) else None
+    if type(version) is not int or version not in (1, VERSION):
+        raise ValueError(f"{source}: fastlstm format version {shown(version)} is not supported (this fastlstm reads "
+                         f"versions 1 and {VERSION}); upgrade fastlstm")
     used = set()
 
-    def take(name, ndim):
+    def take(name, ndim=None):
         used.add(name)
         return float_weight(tensors[name], name, source, ndim=ndim)
+    try:
+        layers = _build_v1(config, tensors, take, source) if version == 1 else _build(config, tensors, take, source)
+    except (TypeError, ValueError) as exc:  # from the layer classes: add the file's name
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+    extra = [k for k in tensors if k not in used]
+    if extra:
+        raise ValueError(f"{source}: tensors not described by the config: {describe_keys(extra)}")
+    return make_spec(layers, source)
 
+
+def _build(config, tensors, take, source):
+    """Version 2: each layer rebuilt by its class from its options and tensors."""
+    if set(config) != {"version", "layers"}:
+        raise ValueError(f"{source}: fastlstm_config must have exactly version and layers")
+    entries = _cfg(config, "layers", list, "", source)
+    layers = []
+    for k, lc in enumerate(entries):
+        where = f"layers[{k}]"
+        if not isinstance(lc, dict) or lc.get("type") not in _LAYER_CLASSES:
+            raise ValueError(f"{source}: fastlstm_config {where} must be an object whose type is one of "
+                             f"{sorted(_LAYER_CLASSES)}")
+        cls = _LAYER_CLASSES[lc["type"]]
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(lc) - fields - {"type"}
+        if unknown:
+            raise ValueError(f"{source}: fastlstm_config {where} has unknown options {sorted(unknown)}")
+        kwargs = {}
+        for name in fields:
+            tensor = f"layers.{k}.{name}"
+            if name == "directions":
+                kwargs[name] = _directions(lc, k, tensors, take, where, source)
+            elif name == "activation" and isinstance(lc.get(name), dict):
+                kwargs[name] = _activation(lc[name], k, tensors, take, where, source)
+            elif tensor in tensors:
+                kwargs[name] = take(tensor)
+            elif name in lc:
+                kwargs[name] = _option(cls, name, lc[name], where, source)
+        layers.append(cls(**kwargs))
+    return layers
+
+
+def _option(cls, name, value, where, source):
+    """A scalar option from the config, of the type its field's default has (the classes check values,
+    not always types: ``go_backwards=None`` must not pass as False)."""
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:  # ints, and options that also take a pair or a string (padding): the class checks those
+        ok = not isinstance(value, (bool, dict)) and value is not None
+    if not ok:
+        raise ValueError(f"{source}: fastlstm_config {where}.{name}={shown(value)} has the wrong type")
+    if name in _STEP_OPTIONS:
+        for v in value if isinstance(value, tuple) else (value,):
+            check_steps_option(v, f"fastlstm_config {where}.{name}", source)
+    return value
+
+
+def _directions(lc, k, tensors, take, where, source):
+    kinds = lc.get("directions")
+    if not isinstance(kinds, list) or len(kinds) not in (1, 2) or any(n not in _WEIGHT_CLASSES for n in kinds):
+        raise ValueError(f"{source}: fastlstm_config {where}.directions must list one or two of "
+                         f"{sorted(_WEIGHT_CLASSES)}")
+    dirs = []
+    for d, kind in enumerate(kinds):
+        base = f"layers.{k}.{_DIRS[d]}."
+        parts = {f: take(base + f, 1 if f.startswith("bias") else 2) for f in _FIELDS if base + f in tensors}
+        if "weight_ih" not in parts or "weight_hh" not in parts:
+            raise ValueError(f"{source}: missing {base}weight_ih / {base}weight_hh")
+        dirs.append(_WEIGHT_CLASSES[kind](name=base.rstrip("."), **parts))
+    return tuple(dirs)
+
+
+def _activation(ac, k, tensors, take, where, source):
+    if set(ac) - {"name", "alpha"} or not isinstance(ac.get("name"), str):
+        raise ValueError(f"{source}: fastlstm_config {where}.activation must be {{'name': str, 'alpha': number}}")
+    name = f"layers.{k}.activation.weight"
+    return L.Activation(ac["name"], ac.get("alpha"), take(name, 1) if name in tensors else None)
+
+
+def _build_v1(config, tensors, take, source):
+    """Version 1: LSTM layers, an optional dense head, return_sequences; as the equivalent chain."""
+    if set(config) != {"version", "return_sequences", "layers", "head"}:
+        raise ValueError(f"{source}: fastlstm_config must have exactly version, return_sequences, layers, head")
+    rs = _cfg(config, "return_sequences", bool, "", source)
     layers = []
     for k, lc in enumerate(_cfg(config, "layers", list, "", source)):
         where = f"layers[{k}]"
-        if not isinstance(lc, dict) or set(lc) != _LAYER_KEYS:
-            raise ValueError(f"{source}: fastlstm_config {where} must have exactly {sorted(_LAYER_KEYS)}")
+        if not isinstance(lc, dict) or set(lc) != _V1_LAYER_KEYS:
+            raise ValueError(f"{source}: fastlstm_config {where} must have exactly {sorted(_V1_LAYER_KEYS)}")
         ndir = _cfg(lc, "directions", int, where, source)
         if ndir not in (1, 2):
             raise ValueError(f"{source}: fastlstm_config {where}.directions must be 1 or 2")
-        dirs = []
-        for d in range(ndir):
-            base = f"layers.{k}.{_DIRS[d]}."
-            parts = {f: take(base + f, 1 if f.startswith("bias") else 2) for f in _FIELDS if base + f in tensors}
-            if "weight_ih" not in parts or "weight_hh" not in parts:
-                raise ValueError(f"{source}: missing {base}weight_ih / {base}weight_hh")
-            dirs.append(LSTMWeights(name=base.rstrip("."), **parts))
-        layers.append(LSTMLayer(tuple(dirs), _cfg(lc, "activation", str, where, source),
-                                _cfg(lc, "recurrent_activation", str, where, source),
-                                _cfg(lc, "merge_mode", str, where, source),
-                                _cfg(lc, "go_backwards", bool, where, source)))
-    head = None
+        lc = dict(lc, directions=["LSTMWeights"] * ndir)
+        layers.append(L.LSTMLayer(_directions(lc, k, tensors, take, where, source),
+                                  _cfg(lc, "activation", str, where, source),
+                                  _cfg(lc, "recurrent_activation", str, where, source),
+                                  _cfg(lc, "merge_mode", str, where, source),
+                                  _cfg(lc, "go_backwards", bool, where, source)))
+    if not rs:
+        layers.append(L.LastStep(final_state=True))  # version 1 kept Keras' merge(fwd[T-1], bwd[0])
     hc = config["head"]
     if hc is not None:
         if not isinstance(hc, dict) or set(hc) != {"activation"}:
@@ -150,9 +255,6 @@ def _build(config, tensors, source):
         if "head.weight" not in tensors:
             raise ValueError(f"{source}: config has a head but tensor 'head.weight' is missing")
         bias = take("head.bias", 1) if "head.bias" in tensors else None
-        head = Dense(take("head.weight", 2), bias, _cfg(hc, "activation", str, "head", source))
-    extra = [k for k in tensors if k not in used]
-    if extra:
-        raise ValueError(f"{source}: tensors not described by the config: {describe_keys(extra)}")
-    return layers, head
+        layers.append(L.Dense(take("head.weight", 2), bias, _cfg(hc, "activation", str, "head", source)))
+    return layers
 

@@ -1,35 +1,28 @@
-"""Read live PyTorch objects: ``nn.LSTM``, ``nn.LSTMCell``, a module holding one of them plus an
-``nn.Linear`` head, or a state_dict-like mapping.
+"""Read live PyTorch objects: a module (its ``forward()`` traced with ``torch.fx``), the built-in
+recurrent modules and cells on their own, or a state_dict-like mapping.
 
-Modules are inspected by their registered submodules, which is how we learn what a
-state_dict cannot say: an activation module (``nn.Sigmoid``, ``nn.Tanh``, ``nn.ReLU``,
-``nn.Softmax(dim=-1)``) after the Linear of an ``nn.Sequential`` becomes the head's
-activation; in a custom module it is assumed to be, with a :class:`LoadWarning`, because
-registration order says nothing about what ``forward`` does.  Built-in modules that would
-change the outputs and that fastlstm cannot run (``nn.GRU``, ``nn.LayerNorm``, ``nn.GELU``,
-...) are refused by name.  ``forward()`` itself is invisible, so a custom module's extra
-logic (e.g. taking ``out[:, -1]``) must be stated with the overrides
-``return_sequences=False`` / ``head_activation=...``.
-
-torch is never imported: a module is recognised by its class name in ``torch.nn``.
+For a custom module or an ``nn.Sequential``, :mod:`.torch_trace` reads ``forward()`` as a chain
+and each step becomes a fastlstm layer here, with the options only the module knows (an
+nn.RNN's nonlinearity, a Conv1d's padding, a norm's eps).  So ``fc2(relu(fc1(out[:, -1])))``
+loads as written, and a module that does something fastlstm cannot run is refused naming
+the op rather than loaded in a guessed order.  The weights themselves go through the same
+converters as state_dict files (:mod:`.torch_state`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from ._common import warn
-from .torch_state import check_overrides, spec_from_state_dict
+from ..layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, GlobalAvgPool1D, GlobalMaxPool1D,
+                      LastStep, LayerNorm, MaxPool1D)
+from ._common import make_spec
+from .torch_state import _group, cell_layers, check_overrides, recurrent_layers, spec_from_state_dict
+from .torch_trace import torch_class, trace_chain
 
-_IGNORED = {"Dropout", "Dropout1d", "Dropout2d", "AlphaDropout", "Identity", "Sequential", "ModuleList",
-            "ModuleDict"}
-_HEAD_ACTS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "ReLU": "relu"}
-
-
-def _torch_class(module):
-    """The class name if ``module`` is a built-in ``torch.nn`` module, else None."""
-    cls = type(module)
-    return cls.__name__ if cls.__module__.startswith("torch.nn.") else None
+_RECURRENT = ("LSTM", "GRU", "RNN")
+_CELLS = ("LSTMCell", "GRUCell", "RNNCell")
 
 
 def is_torch_module(obj) -> bool:
@@ -46,103 +39,189 @@ def tensor_to_numpy(value):
     return np.asarray(value)
 
 
-def _activation_of(name, module, where):
-    if name in _HEAD_ACTS:
-        return _HEAD_ACTS[name]
-    if name == "Softmax":
-        dim = getattr(module, "dim", None)
-        if dim in (-1, 2):
-            return "softmax"
-        raise ValueError(f"{where}: nn.Softmax(dim={dim}) is not over the feature axis; only dim=-1 is supported")
-    return None
+def _state(module):
+    return {k: tensor_to_numpy(v) for k, v in module.state_dict().items()}
 
 
-def _is_ordered(module):
-    """True when registration order is execution order: nn.Sequential all the way down."""
-    return all(_torch_class(m) in ("Sequential", "LSTM", "LSTMCell") or not any(True for _ in m.children())
-               for m in module.modules())
+def _nonlinearity(module):
+    return getattr(module, "nonlinearity", "tanh") if torch_class(module) in ("RNN", "RNNCell") else None
 
 
-def _inspect(module, source):
-    """Walk the leaf modules, refuse what fastlstm cannot run, and return ``(activation, ordered)``.
+def _recurrent(module, where):
+    """nn.LSTM / GRU / RNN (or a cell) as fastlstm layers, cross-checked with the module's settings."""
+    t = _state(module)
+    rnn, cell, _ = _group(t.keys())
+    if torch_class(module) in _CELLS:
+        return cell_layers(t, "", cell[""], where, _nonlinearity(module))
+    layers = recurrent_layers(t, "", rnn[""], where, _nonlinearity(module))
+    first = layers[0]
+    got = (len(layers), first.bidirectional, getattr(first, "proj_size", 0), first.hidden_size)
+    want = (module.num_layers, bool(module.bidirectional), int(getattr(module, "proj_size", 0)), module.hidden_size)
+    if got != want:
+        raise ValueError(f"{where}: weights describe (layers, bidirectional, proj_size, hidden) = {got} but the "
+                         f"module says {want}")
+    return layers
 
-    ``activation`` is the head activation found from an activation module (or None);
-    ``ordered`` says whether module order is execution order (nn.Sequential).  In a custom
-    module, order of registration says nothing about ``forward``, so only an nn.Sequential
-    may be refused for putting the Linear first; elsewhere the shapes decide.
-    """
-    ordered = _is_ordered(module)
-    recurrent, linear, act = None, None, None
-    for path, sub in module.named_modules():
-        if any(True for _ in sub.children()):
-            continue  # a container: its leaves are visited on their own
-        name = _torch_class(sub)
-        where = f"{source}: module {path or '<root>'!r} ({type(sub).__name__})"
-        if name in ("LSTM", "LSTMCell"):
-            if recurrent is not None:
-                raise ValueError(f"{where}: a second recurrent module besides {recurrent!r}; fastlstm loads one "
-                                 "nn.LSTM (use num_layers for a stack)")
-            if ordered and linear is not None:
-                raise ValueError(f"{where}: comes after the Linear {linear!r}; only a head after the LSTM is "
-                                 "supported")
-            recurrent = path
-        elif name in ("GRU", "RNN", "GRUCell", "RNNCell"):
-            raise ValueError(f"{where}: fastlstm runs LSTMs only")
-        elif name == "Linear":
-            if linear is not None:
-                raise ValueError(f"{where}: a second Linear besides {linear!r}; fastlstm supports one dense head")
-            linear = path
-        elif name in _IGNORED:
+
+def _padding(m, where):
+    if getattr(m, "padding_mode", "zeros") != "zeros":
+        raise ValueError(f"{where}: padding_mode={m.padding_mode!r} is not supported (only zero padding)")
+    pad = m.padding
+    if isinstance(pad, str):
+        return pad
+    pad = pad[0] if isinstance(pad, (tuple, list)) else pad
+    return (int(pad), int(pad))
+
+
+def _first(value):
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def _conv1d(m, where, extra=(0, 0)):
+    """nn.Conv1d, with ``extra`` zero steps padded before/after it in forward()."""
+    t = _state(m)
+    padding = _padding(m, where)
+    if extra != (0, 0):
+        if isinstance(padding, str):
+            if padding != "valid":
+                raise ValueError(f"{where}: F.pad before a Conv1d(padding={padding!r}) is not supported")
+            padding = (0, 0)
+        padding = (padding[0] + extra[0], padding[1] + extra[1])
+    return Conv1D(t["weight"], t.get("bias"), stride=_first(m.stride), dilation=_first(m.dilation),
+                  groups=m.groups, padding=padding)
+
+
+def _module_layer(m, where):
+    """A traced built-in non-recurrent module as one fastlstm layer."""
+    cls = torch_class(m)
+    t = _state(m)
+    if cls == "Linear":
+        return Dense(t["weight"], t.get("bias"))
+    if cls == "Embedding":
+        if m.max_norm is not None:
+            raise ValueError(f"{where}: nn.Embedding(max_norm=...) rescales rows at lookup; not supported")
+        return Embedding(t["weight"])
+    if cls == "LayerNorm":
+        if len(m.normalized_shape) != 1:
+            raise ValueError(f"{where}: LayerNorm over {tuple(m.normalized_shape)} is not over the features only")
+        return LayerNorm(m.normalized_shape[0], t.get("weight"), t.get("bias"), eps=m.eps)
+    if cls == "BatchNorm1d":
+        if m.running_mean is None:
+            raise ValueError(f"{where}: BatchNorm1d(track_running_stats=False) normalizes with batch statistics; "
+                             "not supported")
+        return BatchNorm(t["running_mean"], t["running_var"], t.get("weight"), t.get("bias"), eps=m.eps)
+    if cls in ("MaxPool1d", "AvgPool1d"):
+        if cls == "MaxPool1d" and (_first(m.dilation) != 1 or m.return_indices):
+            raise ValueError(f"{where}: MaxPool1d with dilation or return_indices is not supported")
+        if m.ceil_mode:
+            raise ValueError(f"{where}: ceil_mode=True is not supported")
+        size, stride, pad = _first(m.kernel_size), _first(m.stride), _first(m.padding)
+        stride = size if stride is None else stride
+        if cls == "MaxPool1d":
+            return MaxPool1D(size, stride, (pad, pad))
+        return AvgPool1D(size, stride, (pad, pad), count_include_pad=bool(m.count_include_pad))
+    raise ValueError(f"{where}: torch.nn.{cls} is not supported by fastlstm")
+
+
+def _activation(op, where):
+    name, o = op.name, op.options
+    if name == "gelu":
+        approx = o.get("approximate", "none")
+        if approx not in ("none", "tanh"):
+            raise ValueError(f"{where}: gelu(approximate={approx!r}) is not supported")
+        return Activation("gelu_tanh" if approx == "tanh" else "gelu")
+    if name == "softplus" and (o.get("beta", 1.0) != 1.0 or o.get("threshold", 20.0) < 20.0):
+        raise ValueError(f"{where}: softplus with beta={o.get('beta')} / threshold={o.get('threshold')} is not "
+                         "supported (only beta=1, threshold>=20)")
+    if name == "elu":
+        return Activation("elu", alpha=o.get("alpha", 1.0))
+    if name == "leaky_relu":
+        return Activation("leaky_relu", alpha=o.get("negative_slope", 0.01))
+    if name == "prelu":
+        return Activation("prelu", weight=tensor_to_numpy(op.module.weight))
+    return Activation(name)
+
+
+def _fold_pad(layers, op, pending, where):
+    """Zero padding before a Conv1d becomes part of its padding (returned as the pending pad); steps cut
+    off after a stride-1 Conv1d (``y[:, :, :-p]``) are taken off its padding."""
+    left, right = op.options["left"], op.options["right"]
+    if op.name == "pad":
+        return (pending[0] + left, pending[1] + right)
+    conv = layers[-1] if layers else None
+    if not isinstance(conv, Conv1D) or conv.stride != 1 or pending != (0, 0) or isinstance(conv.padding, str):
+        raise ValueError(f"{where}: slicing time is supported only right after a stride-1 Conv1d")
+    padding = (conv.padding[0] + left, conv.padding[1] + right)
+    if min(padding) < 0:
+        raise ValueError(f"{where}: the slice cuts more steps than the Conv1d padded")
+    layers[-1] = dataclasses.replace(conv, padding=padding)
+    return pending
+
+
+def _chain_from_ops(ops, source):
+    layers, pending = [], (0, 0)
+    for op in ops:
+        where = f"{source}: module {op.name!r}" if op.kind == "module" else f"{source}: {op.name}"
+        if op.kind == "pad":
+            pending = _fold_pad(layers, op, pending, where)
             continue
-        elif name is not None and (_activation_of(name, sub, where) is not None):
-            if act is not None or (ordered and linear is None):
-                raise ValueError(f"{where}: an activation is supported only once, right after the Linear head")
-            act = _activation_of(name, sub, where)
-        elif name is not None:
-            raise ValueError(f"{where}: torch.nn.{name} is not supported by fastlstm")
-        elif any(True for _ in sub.parameters(recurse=False)) or any(True for _ in sub.buffers(recurse=False)):
-            raise ValueError(f"{where}: a custom module with its own weights is not supported")
-        # else: a custom parameter-free helper (e.g. one that picks the LSTM's output tensor).
-    if recurrent is None:
-        raise ValueError(f"{source}: no nn.LSTM or nn.LSTMCell inside the module")
-    if act is not None and linear is None:
-        raise ValueError(f"{source}: an activation module without a Linear head cannot be represented")
-    return act, ordered
+        if pending != (0, 0) and not (op.kind == "module" and torch_class(op.module) == "Conv1d"):
+            raise ValueError(f"{where}: follows zero padding of the time axis, which fastlstm supports only right "
+                             "before a Conv1d")
+        if op.kind == "module" and torch_class(op.module) == "Conv1d":
+            layers.append(_conv1d(op.module, where, pending))
+            pending = (0, 0)
+        elif op.kind == "module":
+            cls = torch_class(op.module)
+            layers.extend(_recurrent(op.module, where) if cls in _RECURRENT else [_module_layer(op.module, where)])
+        elif op.kind == "activation":
+            layers.append(_activation(op, where))
+        elif op.kind == "last_step":
+            layers.append(LastStep())
+        elif op.kind == "global_pool":
+            layers.append(GlobalAvgPool1D() if op.name == "avg" else GlobalMaxPool1D())
+
+        # "unsqueeze" (a (B, T) input made (B, T, 1)) needs no layer: the model's input has 1 feature.
+    if pending != (0, 0):
+        raise ValueError(f"{source}: forward() ends with zero padding of the time axis; fastlstm supports it only "
+                         "right before a Conv1d")
+    return layers
+
+
+def _check_layout(source, layout, out):
+    """The output must keep the input's batch/time placement (or have dropped time)."""
+    if "T" in out and ("B" not in out or out.index("B") != layout.index("B") or out.index("T") != layout.index("T")):
+        raise ValueError(f"{source}: forward() returns axes {out} for input axes {layout}; fastlstm returns the "
+                         "input's (time, batch) layout, so a module that moves them is not supported")
+    if "1" in out:
+        raise ValueError(f"{source}: forward() returns a size-1 axis left by a pool; squeeze it in forward()")
+
+
+def _numpy_tree(mapping):
+    """A state_dict (or a dict of them) with every tensor as a NumPy array."""
+    return {k: _numpy_tree(v) if hasattr(v, "keys") and hasattr(v, "__getitem__")
+            else tensor_to_numpy(v) if hasattr(v, "shape") else v for k, v in mapping.items()}
 
 
 def spec_from_torch_object(obj, **overrides):
-    check_overrides(overrides)
     if is_torch_module(obj):
         source = f"torch module {type(obj).__name__}"
-        name = _torch_class(obj)
-        if name in ("GRU", "RNN", "GRUCell", "RNNCell"):
-            raise ValueError(f"{source}: fastlstm runs LSTMs only (got nn.{name})")
-        detected, ordered = _inspect(obj, source)
-        state = {k: tensor_to_numpy(v) for k, v in obj.state_dict().items()}
-        act = overrides.get("head_activation")
-        if act is None and detected is not None:
-            act = detected
-            if not ordered:
-                warn(f"{source}: assuming the registered activation module ({detected}) is applied to the Linear "
-                     "head's output (forward() is not visible); pass head_activation=... to say so explicitly")
-        spec = spec_from_state_dict(state, source, head_activation=act,
-                                    return_sequences=overrides.get("return_sequences"))
-        if name == "LSTM":
-            _cross_check(obj, spec, source)
-        return spec
+        cls = torch_class(obj)
+        if overrides:
+            raise TypeError(f"{', '.join(sorted(overrides))}: a live module's structure is read from its forward(); "
+                            "these overrides apply to state_dicts only")
+        if cls in _RECURRENT + _CELLS:
+            return make_spec(_recurrent(obj, source), source)
+        if cls is not None and cls != "Sequential":
+            raise ValueError(f"{source}: a torch.nn.{cls} on its own; fastlstm runs models built around an "
+                             "nn.LSTM, nn.GRU or nn.RNN")
+        ops, layout, out = trace_chain(obj, source)
+        _check_layout(source, layout, out)
+        if not any(op.kind == "module" and torch_class(op.module) in _RECURRENT for op in ops):
+            raise ValueError(f"{source}: forward() runs no nn.LSTM, nn.GRU or nn.RNN")
+        return make_spec(_chain_from_ops(ops, source), source)
+    check_overrides(overrides)
     if hasattr(obj, "keys") and hasattr(obj, "__getitem__"):
-        state = {k: tensor_to_numpy(obj[k]) if hasattr(obj[k], "shape") else obj[k] for k in obj.keys()}
-        return spec_from_state_dict(state, "state_dict", head_activation=overrides.get("head_activation"),
-                                    return_sequences=overrides.get("return_sequences"))
-    raise TypeError(f"obj: expected an nn.LSTM, nn.LSTMCell, nn.Module or a state_dict mapping, "
-                    f"got {type(obj).__name__}")
-
-
-def _cross_check(lstm, spec, source):
-    """The keys told us the structure; make sure it agrees with the module's own settings."""
-    layers = spec.layers
-    got = (len(layers), layers[0].bidirectional, layers[0].proj_size, layers[0].hidden_size)
-    want = (lstm.num_layers, bool(lstm.bidirectional), int(lstm.proj_size), lstm.hidden_size)
-    if got != want:
-        raise ValueError(f"{source}: weights describe (layers, bidirectional, proj_size, hidden) = {got} but the "
-                         f"module says {want}")
+        return spec_from_state_dict(_numpy_tree(obj), "state_dict", **overrides)
+    raise TypeError(f"obj: expected an nn.Module (nn.LSTM, nn.GRU, nn.Sequential, your own module) or a "
+                    f"state_dict mapping, got {type(obj).__name__}")
