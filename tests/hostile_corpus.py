@@ -235,7 +235,7 @@ def valid_native():
     buf = io.BytesIO()
     from fastlstm.loaders.native import encode_model
 
-    buf.write(encode_model(model.layers, model.head, model.return_sequences))
+    buf.write(encode_model(model.layers))
     return buf.getvalue()
 
 

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -186,15 +187,22 @@ def _state():
 
 
 def _v1(blob):
-    """The version-1 form of a version-2 blob: no CRC trailer, version field 1."""
+    """The version-1 form of a current blob of a model without layer buffers: no CRC trailer, version 1."""
     out = bytearray(blob[:-4])
     struct.pack_into("<H", out, 8, 1)
     return bytes(out)
 
 
-def test_state_v2_refuses_every_corruption():
+def _v2(blob):
+    """The version-2 form (h and c, CRC-32 trailer) of a current blob of a model without layer buffers."""
+    out = bytearray(blob[:-4])
+    struct.pack_into("<H", out, 8, 2)
+    return bytes(out) + struct.pack("<I", zlib.crc32(out))
+
+
+def test_state_refuses_every_corruption():
     blob = _state().to_bytes()
-    assert struct.unpack_from("<H", blob, 8)[0] == 2
+    assert struct.unpack_from("<H", blob, 8)[0] == 3
     loaded = 0
     for pos in range(len(blob)):
         for flip in (0x01, 0x80, 0xFF):
@@ -211,12 +219,18 @@ def test_state_v2_refuses_every_corruption():
             fastlstm.State.from_bytes(blob[:cut])
 
 
-def test_state_v1_still_read():
+def test_state_v1_and_v2_still_read():
     state = _state()
     assert fastlstm.State.from_bytes(_v1(state.to_bytes())) == state
+    v2 = _v2(state.to_bytes())
+    assert fastlstm.State.from_bytes(v2) == state
+    bad = bytearray(v2)
+    bad[-5] ^= 1
+    with pytest.raises(ValueError, match="checksum"):
+        fastlstm.State.from_bytes(bytes(bad))
     future = bytearray(state.to_bytes())
-    struct.pack_into("<H", future, 8, 3)
-    with pytest.raises(ValueError, match="version 3 is not supported"):
+    struct.pack_into("<H", future, 8, 4)
+    with pytest.raises(ValueError, match="version 4 is not supported"):
         fastlstm.State.from_bytes(bytes(future))
 
 
