@@ -10,9 +10,27 @@
 from ._kernels import openmp_enabled
 from ._streams import Stream, StreamPool
 from ._threads import get_num_threads, set_num_threads, threads
-from .layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, Flatten, GlobalAvgPool1D,
-                     GlobalMaxPool1D, GRULayer, GRUWeights, LastStep, LayerNorm, LSTMLayer, LSTMWeights,
-                     MaxPool1D, RepeatVector, RNNLayer, RNNWeights)
+from .layers import (
+    Activation,
+    AvgPool1D,
+    BatchNorm,
+    Conv1D,
+    Dense,
+    Embedding,
+    Flatten,
+    GlobalAvgPool1D,
+    GlobalMaxPool1D,
+    GRULayer,
+    GRUWeights,
+    LastStep,
+    LayerNorm,
+    LSTMLayer,
+    LSTMWeights,
+    MaxPool1D,
+    RepeatVector,
+    RNNLayer,
+    RNNWeights,
+)
 from .loaders import LoadError, LoadWarning, from_keras, from_torch, load
 from .model import Model
 from .state import State

@@ -1,29 +1,92 @@
 # Type stubs for the compiled module _kernels.pyx (Cython emits none).
+from enum import IntEnum
 from typing import Any, List, Literal, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import disjoint_base
 
-def openmp_enabled() -> bool:
-    """Whether the compiled kernels were built with OpenMP."""
+OVERFLOW_MESSAGE: str
 
+# The C enums, exported by `cpdef enum` (values as in the C headers).
+class fl_activation(IntEnum):
+    FL_ACT_SIGMOID = 0
+    FL_ACT_TANH = 1
+    FL_ACT_HARD_SIGMOID = 2
+    FL_ACT_HARD_SIGMOID_KERAS2 = 3
+    FL_ACT_RELU = 4
+    FL_ACT_LINEAR = 5
+    FL_ACT_SOFTMAX = 6
+    FL_ACT_ELU = 7
+    FL_ACT_SELU = 8
+    FL_ACT_LEAKY_RELU = 9
+    FL_ACT_GELU = 10
+    FL_ACT_GELU_TANH = 11
+    FL_ACT_SILU = 12
+    FL_ACT_SOFTPLUS = 13
+    FL_ACT_SOFTSIGN = 14
+    FL_ACT_PRELU = 15
+
+class fl_merge(IntEnum):
+    FL_MERGE_CONCAT = 0
+    FL_MERGE_SUM = 1
+    FL_MERGE_MUL = 2
+    FL_MERGE_AVE = 3
+
+class fl_layer_kind(IntEnum):
+    FL_LAYER_LSTM = 0
+    FL_LAYER_GRU = 1
+    FL_LAYER_GRU_BEFORE = 2
+    FL_LAYER_RNN = 3
+    FL_LAYER_DENSE = 4
+    FL_LAYER_ACTIVATION = 5
+    FL_LAYER_AFFINE = 6
+    FL_LAYER_LAYERNORM = 7
+    FL_LAYER_EMBEDDING = 8
+    FL_LAYER_CONV = 9
+    FL_LAYER_MAXPOOL = 10
+    FL_LAYER_AVGPOOL = 11
+    FL_LAYER_GLOBAL_MAX = 12
+    FL_LAYER_GLOBAL_AVG = 13
+    FL_LAYER_LAST_STEP = 14
+    FL_LAYER_REPEAT = 15
+
+def openmp_enabled() -> bool:
+    """Whether the compiled kernels run batches on several threads (fastlstm's own pool)."""
+
+def _max_threads() -> int: ...
 def _set_blas_hooks(pairs: List[Tuple[int, int]], sgemm64: Optional[int]) -> None: ...
 def _set_num_threads(n: int) -> None: ...
 def _get_num_threads() -> int: ...
-def _activate(kind: int, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+def _activate(kind: int, x: npt.NDArray[np.float32], alpha: float = 0.0,
+              slopes: Optional[npt.NDArray[np.float32]] = None) -> npt.NDArray[np.float32]: ...
+
+# (label, entry, offset, width) of each piece of a stream's state row; label "h", "c" or "buf".
+_StateLayout = List[Tuple[str, int, int, int]]
 
 @disjoint_base
 class Network:
-    """The packed network the kernels run: raw pointers into the arrays it keeps."""
+    """The packed layer chain the kernels run: raw pointers into the arrays it keeps."""
 
     @property
     def streamable(self) -> bool: ...
-    def __init__(self, layers: List[Any], head: Optional[Any]) -> None: ...
     @property
-    def state_size(self) -> Tuple[int, int]: ...
+    def state_layout(self) -> _StateLayout: ...
+    @property
+    def signature(self) -> Tuple[Tuple[Any, ...], ...]: ...
+    def __init__(self, layers: List[Any], state_layout: _StateLayout, signature: Any) -> None: ...
+    @property
+    def state_size(self) -> int: ...
+    @property
+    def token_input(self) -> bool: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def n_in(self) -> int: ...
+    @property
+    def n_out(self) -> int: ...
     def time_block(self, T: int, rows: int) -> int: ...
+    def out_steps(self, T: int) -> int: ...
     def chunks(self, B: int) -> int: ...
     def plan(self, B: int) -> Literal["team", "chunks"]: ...
-    def forward(self, x: npt.NDArray[np.float32], y: npt.NDArray[np.float32], h: npt.NDArray[np.float32],
-                c: npt.NDArray[np.float32]) -> None: ...
+    def forward(self, x: npt.NDArray[Any], y: npt.NDArray[np.float32], s: npt.NDArray[np.float32]) -> None: ...

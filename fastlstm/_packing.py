@@ -27,9 +27,28 @@ exported by fastlstm._kernels (declared once, in the headers).
 import numpy as np
 
 from . import _kernels as K
-from .layers import (ACTIVATIONS, MERGE_MODES, RECURRENT, Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, Flatten,
-                     GlobalAvgPool1D, GlobalMaxPool1D, GRULayer, LastStep, LayerNorm, LSTMLayer, LSTMWeights,
-                     MaxPool1D, RepeatVector, RNNLayer, layer_streamable)
+from .layers import (
+    ACTIVATIONS,
+    MERGE_MODES,
+    RECURRENT,
+    Activation,
+    AvgPool1D,
+    BatchNorm,
+    Conv1D,
+    Dense,
+    Embedding,
+    Flatten,
+    GlobalAvgPool1D,
+    GlobalMaxPool1D,
+    GRULayer,
+    LastStep,
+    LayerNorm,
+    LSTMLayer,
+    LSTMWeights,
+    MaxPool1D,
+    RepeatVector,
+    layer_streamable,
+)
 
 #: Activation codes of include/fastlstm_activations.h (enum fl_activation), by name: FL_ACT_<NAME>.
 ACTIVATION_CODES = {name: K.fl_activation["FL_ACT_" + name.upper()] for name in ACTIVATIONS}
@@ -248,7 +267,8 @@ def pack_chain(layers):
             if streams and layer.streamable and layer.reach:
                 add_buffer(spec, 1 + layer.reach * width, (type(layer).__name__, width, layer.reach))
         elif isinstance(layer, (GlobalMaxPool1D, GlobalAvgPool1D)):
-            spec = {"kind": KIND.FL_LAYER_GLOBAL_MAX if isinstance(layer, GlobalMaxPool1D) else KIND.FL_LAYER_GLOBAL_AVG}
+            is_max = isinstance(layer, GlobalMaxPool1D)
+            spec = {"kind": KIND.FL_LAYER_GLOBAL_MAX if is_max else KIND.FL_LAYER_GLOBAL_AVG}
             add_buffer(spec, 2 + width, (type(layer).__name__, width))
         elif isinstance(layer, LastStep):
             prev = fused[k - 1][0]

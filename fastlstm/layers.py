@@ -28,7 +28,7 @@ at a time; each class's ``streamable`` says whether it does, and
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -350,6 +350,11 @@ class RNNWeights(LSTMWeights):
 
 class _Recurrent(_ArrayValue):
     """What the recurrent layers share: directions, merge, go_backwards, sizes."""
+
+    # The fields each subclass declares (annotations only, so that the checks below type-check).
+    directions: Tuple[LSTMWeights, ...]
+    merge_mode: str
+    go_backwards: bool
 
     WEIGHTS = LSTMWeights
     KIND = "LSTM"
@@ -871,7 +876,8 @@ class Conv1D(_ArrayValue):
 
     def out_steps(self, T: int) -> int:
         """Output steps for T input steps (0 when the input is shorter than a window)."""
-        left, right = same_padding(T, self.stride, self.reach) if self.padding == "same" else self.padding
+        pads = same_padding(T, self.stride, self.reach) if self.padding == "same" else self.padding
+        left, right = cast(Tuple[int, int], pads)  # __post_init__ made any other padding a pair
         return max(0, (T + left + right - self.reach - 1) // self.stride + 1)
 
     def arrays(self):

@@ -10,8 +10,18 @@ import numpy.typing as npt
 
 from . import _kernels, _streams, _validate
 from ._packing import pack_chain
-from .layers import (RECURRENT, TIME_COLLAPSING, Dense, Embedding, LastStep, LSTMLayer, RepeatVector,
-                     check_chain, check_stack, layer_streamable)
+from .layers import (
+    RECURRENT,
+    TIME_COLLAPSING,
+    Dense,
+    Embedding,
+    LastStep,
+    LSTMLayer,
+    RepeatVector,
+    check_chain,
+    check_stack,
+    layer_streamable,
+)
 from .state import State, state_from_rows, state_rows
 
 

@@ -3,9 +3,26 @@ layouts, for the layer parity tests (the loaders have their own mapping; this on
 
 import numpy as np
 
-from fastlstm.layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, GlobalAvgPool1D,
-                             GlobalMaxPool1D, GRULayer, GRUWeights, LastStep, LayerNorm, LSTMLayer, LSTMWeights,
-                             MaxPool1D, RepeatVector, RNNLayer, RNNWeights)
+from fastlstm.layers import (
+    Activation,
+    AvgPool1D,
+    BatchNorm,
+    Conv1D,
+    Dense,
+    Embedding,
+    GlobalAvgPool1D,
+    GlobalMaxPool1D,
+    GRULayer,
+    GRUWeights,
+    LastStep,
+    LayerNorm,
+    LSTMLayer,
+    LSTMWeights,
+    MaxPool1D,
+    RepeatVector,
+    RNNLayer,
+    RNNWeights,
+)
 
 KERAS_ACT = {"linear": "linear", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "softmax",
              "hard_sigmoid": "hard_sigmoid", "elu": "elu", "selu": "selu", "gelu": "gelu_tanh",
@@ -59,7 +76,6 @@ def _recurrent(layer, backward=None):
 
 
 def fastlstm_layers(model):
-    import keras
     out = []
     for layer in model.layers:
         name = type(layer).__name__

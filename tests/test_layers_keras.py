@@ -6,9 +6,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 from keras import layers as kl  # noqa: E402
+from keras_chain import fastlstm_layers, randomize  # noqa: E402
 
 import fastlstm  # noqa: E402
-from keras_chain import fastlstm_layers, randomize  # noqa: E402
 
 TOL = 1e-5
 

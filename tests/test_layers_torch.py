@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch_chain import GLOBAL_AVG, GLOBAL_MAX, LAST, TORCH_ACTIVATIONS, build, torch_run
 
 import fastlstm
-from torch_chain import GLOBAL_AVG, GLOBAL_MAX, LAST, TORCH_ACTIVATIONS, build, torch_run
 
 TOL = 1e-5
 T_LONG = 1000

@@ -294,9 +294,10 @@ def test_fuzz_native_config_nodes(kind, pick, value):
 def _legacy_parts(kind):
     """A hand-built Keras 2 Functional .h5 (test_load_keras2_h5) or Keras 1 / 2.2 file with the layers around
     the core (test_load_keras_legacy_layers), parsed once."""
-    from fastlstm.loaders.hdf5_reader import parse
     from test_load_keras2_h5 import _functional_old_names
     from test_load_keras_legacy_layers import BUILDERS
+
+    from fastlstm.loaders.hdf5_reader import parse
 
     (_functional_old_names if kind == "keras2_functional" else BUILDERS[kind])(_tmp(f"{kind}.h5"))
     attrs, datasets = parse(open(_tmp(f"{kind}.h5"), "rb").read(), ("optimizer_weights/",))

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 import fastlstm.loaders as loaders
-from loader_helpers import STEPS, check_parity, import_keras
-from loader_helpers import torch_one_thread  # noqa: F401 (autouse fixture)
+from loader_helpers import (
+    STEPS,
+    check_parity,
+    import_keras,
+    torch_one_thread,  # noqa: F401 (autouse fixture)
+)
 
 I, B = 3, 2
 

@@ -182,8 +182,8 @@ def _keras12_bidirectional(path):
     return expected, False
 
 
-BUILDERS = {"keras1_per_gate": _keras1_per_gate, "keras12_bidirectional": _keras12_bidirectional, "keras12_embedding_theano": _keras12_embedding_theano,
-            "keras2_gru_variants": _keras2_gru_variants}
+BUILDERS = {"keras1_per_gate": _keras1_per_gate, "keras12_bidirectional": _keras12_bidirectional,
+            "keras12_embedding_theano": _keras12_embedding_theano, "keras2_gru_variants": _keras2_gru_variants}
 
 
 def inputs(name):

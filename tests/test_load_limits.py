@@ -13,12 +13,12 @@ import sys
 import zipfile
 import zlib
 
+import hostile_corpus as hc
 import numpy as np
 import pytest
 
 import fastlstm
 import fastlstm.loaders as loaders
-import hostile_corpus as hc
 from fastlstm.loaders import _common, _limits, torch_zip
 from fastlstm.loaders.hdf5_reader import HDF5Error, extract
 

@@ -11,8 +11,12 @@ import torch
 
 import fastlstm.loaders as loaders
 from fastlstm.loaders import LoadWarning, read_spec
-from loader_helpers import STEPS, check_parity, torch_outputs
-from loader_helpers import torch_one_thread  # noqa: F401 (autouse fixture)
+from loader_helpers import (
+    STEPS,
+    check_parity,
+    torch_one_thread,  # noqa: F401 (autouse fixture)
+    torch_outputs,
+)
 
 nn = torch.nn
 F = torch.nn.functional

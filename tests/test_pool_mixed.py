@@ -10,8 +10,17 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import fastlstm
 from checks import assert_state_equal
-from fastlstm.layers import (AvgPool1D, Conv1D, Dense, GlobalAvgPool1D, GRULayer, GRUWeights, LayerNorm, LSTMLayer,
-                             LSTMWeights)
+from fastlstm.layers import (
+    AvgPool1D,
+    Conv1D,
+    Dense,
+    GlobalAvgPool1D,
+    GRULayer,
+    GRUWeights,
+    LayerNorm,
+    LSTMLayer,
+    LSTMWeights,
+)
 
 I, O = 3, 2
 TOL = 2e-6

@@ -6,10 +6,10 @@ import struct
 
 import numpy as np
 import pytest
+from test_pool_mixed import MODEL as MIXED
 
 import fastlstm
 import oracle
-from test_pool_mixed import MODEL as MIXED
 
 
 def _v1_bytes(h, c, signature):

@@ -9,14 +9,30 @@ Markers stand for what is not a module in PyTorch: ``LAST`` (``out[:, -1]``),
 ``GLOBAL_MAX``/``GLOBAL_AVG`` (``x.max(1)``, ``x.mean(1)``).
 """
 
-import numpy as np
 import torch
 from torch import nn
 
 import fastlstm
-from fastlstm.layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, GlobalAvgPool1D,
-                             GlobalMaxPool1D, GRULayer, GRUWeights, LastStep, LayerNorm, LSTMLayer, LSTMWeights,
-                             MaxPool1D, RepeatVector, RNNLayer, RNNWeights)
+from fastlstm.layers import (
+    Activation,
+    AvgPool1D,
+    BatchNorm,
+    Conv1D,
+    Dense,
+    Embedding,
+    GlobalAvgPool1D,
+    GlobalMaxPool1D,
+    GRULayer,
+    GRUWeights,
+    LastStep,
+    LayerNorm,
+    LSTMLayer,
+    LSTMWeights,
+    MaxPool1D,
+    RepeatVector,
+    RNNLayer,
+    RNNWeights,
+)
 
 LAST, GLOBAL_MAX, GLOBAL_AVG = "last", "global_max", "global_avg"
 
@@ -74,9 +90,9 @@ def _recurrent(m):
     for layer in range(m.num_layers):
         dirs = []
         for sfx in [""] + (["_reverse"] if m.bidirectional else []):
-            g = lambda n: _np(getattr(m, f"{n}_l{layer}{sfx}")) if hasattr(m, f"{n}_l{layer}{sfx}") else None  # noqa: E731
-            dirs.append(wcls(g("weight_ih"), g("weight_hh"), g("bias_ih"), g("bias_hh"),
-                             *((g("weight_hr"),) if wcls is LSTMWeights else ())))
+            names = [f"{n}_l{layer}{sfx}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]
+            arrays = [_np(getattr(m, n)) if hasattr(m, n) else None for n in names]
+            dirs.append(wcls(*arrays[:4], *(arrays[4:] if wcls is LSTMWeights else [])))
         out.append(cls(dirs, **kw))
     return out
 

@@ -2,8 +2,8 @@
 
 Loaders turn a file or a framework object into a :class:`Spec` (the chain of layers,
 first layer first) made of the framework-neutral classes in :mod:`fastlstm.layers`;
-only :func:`build_model` touches the engine.  Keeping the two apart lets every loader be tested for *what* it read independently of
-the compute code.
+only :func:`build_model` touches the engine.  Keeping the two apart lets every loader be
+tested for *what* it read independently of the compute code.
 """
 
 from __future__ import annotations

@@ -21,9 +21,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, Flatten, GlobalAvgPool1D,
-                      GlobalMaxPool1D, GRULayer, GRUWeights, LastStep, LayerNorm, LSTMLayer, LSTMWeights, MaxPool1D,
-                      RepeatVector, RNNLayer, RNNWeights)
+from ..layers import (
+    Activation,
+    AvgPool1D,
+    BatchNorm,
+    Conv1D,
+    Dense,
+    Embedding,
+    Flatten,
+    GlobalAvgPool1D,
+    GlobalMaxPool1D,
+    GRULayer,
+    GRUWeights,
+    LastStep,
+    LayerNorm,
+    LSTMLayer,
+    LSTMWeights,
+    MaxPool1D,
+    RepeatVector,
+    RNNLayer,
+    RNNWeights,
+)
 from . import keras1
 from ._common import check_steps_option, float_weight, make_spec
 from ._limits import shown
@@ -91,8 +109,8 @@ def _axis_is_last(source, entry, key, has_time):
     if isinstance(axis, list) and len(axis) == 1:
         axis = axis[0]
     if axis not in (-1, 2 if has_time else 1):
-        _fail(source, entry, f"{key}={shown(entry['config'].get(key))} is not the feature axis; fastlstm normalizes over "
-                             "features only")
+        _fail(source, entry, f"{key}={shown(entry['config'].get(key))} is not the feature axis; fastlstm "
+                             "normalizes over features only")
 
 
 def _channels_last(source, entry):

@@ -26,13 +26,14 @@ import hashlib
 import json
 import os
 import struct
+from typing import Dict
 
 import numpy as np
 
 from .. import layers as L
 from ._common import check_steps_option, describe_keys, float_weight, make_spec, parse_json
 from ._limits import Budget, shown
-from .safetensors_io import encode_safetensors, read_safetensors
+from .safetensors_io import encode_safetensors
 
 FORMAT_TAG = "fastlstm"
 VERSION = 2
@@ -77,7 +78,7 @@ def _encode_layer(k, layer, tensors):
 
 
 def encode_model(layers) -> bytes:
-    tensors = {}
+    tensors: Dict[str, np.ndarray] = {}
     config = {"version": VERSION, "layers": [_encode_layer(k, layer, tensors) for k, layer in enumerate(layers)]}
     text = json.dumps(config, sort_keys=True)
     body = encode_safetensors(tensors)  # to learn the data buffer, then again with metadata

@@ -15,8 +15,19 @@ import dataclasses
 
 import numpy as np
 
-from ..layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, GlobalAvgPool1D, GlobalMaxPool1D,
-                      LastStep, LayerNorm, MaxPool1D)
+from ..layers import (
+    Activation,
+    AvgPool1D,
+    BatchNorm,
+    Conv1D,
+    Dense,
+    Embedding,
+    GlobalAvgPool1D,
+    GlobalMaxPool1D,
+    LastStep,
+    LayerNorm,
+    MaxPool1D,
+)
 from ._common import make_spec
 from .torch_state import _group, cell_layers, check_overrides, recurrent_layers, spec_from_state_dict
 from .torch_trace import torch_class, trace_chain

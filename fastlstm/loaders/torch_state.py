@@ -26,8 +26,22 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..layers import (ACTIVATION_ALIASES, ACTIVATIONS, Activation, BatchNorm, Dense, Embedding, GRULayer,
-                      GRUWeights, LastStep, LayerNorm, LSTMLayer, LSTMWeights, RNNLayer, RNNWeights)
+from ..layers import (
+    ACTIVATION_ALIASES,
+    ACTIVATIONS,
+    Activation,
+    BatchNorm,
+    Dense,
+    Embedding,
+    GRULayer,
+    GRUWeights,
+    LastStep,
+    LayerNorm,
+    LSTMLayer,
+    LSTMWeights,
+    RNNLayer,
+    RNNWeights,
+)
 from ._common import describe_keys, float_weight, make_spec, warn
 from ._limits import shown
 

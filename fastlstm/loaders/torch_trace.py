@@ -95,7 +95,7 @@ def trace_graph(module, source):
     module.eval()  # F.dropout(x, training=self.training) must trace as the inference path
     try:
         graph = _leaf_tracer().trace(module)
-    except Exception as exc:  # fx raises many kinds: data-dependent control flow, unsupported calls...
+    except Exception as exc:  # noqa: BLE001 - fx raises many kinds: data-dependent control flow, unsupported calls...
         raise TraceError(f"{source}: torch.fx cannot trace forward() ({type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:300]}); fastlstm needs forward() as one chain of "
                          "torch.nn layers and functions to know their order") from None
