@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fastlstm  # noqa: E402  (before torch: see the method note)
 import frameworks as fw  # noqa: E402
-import torch  # noqa: E402,F401  (imported before thread_policy, which limits only loaded engines)
+import torch  # noqa: E402  (imported before thread_policy, which limits only loaded engines)
 from run_engine import Case, _cycle, measure  # noqa: E402
 
 SAMPLE_RATE = 48_000
@@ -49,7 +49,6 @@ SAMPLE_RATE = 48_000
 
 def gru_models(cfg, seed=0):
     """(nn.GRU, [nn.GRUCell per layer], fastlstm.Model) with the same weights."""
-    import torch
 
     torch.manual_seed(seed)
     gru = torch.nn.GRU(cfg.I, cfg.H, num_layers=cfg.L).eval()
@@ -72,7 +71,6 @@ def gru_models(cfg, seed=0):
 class _GRUStep:
     @staticmethod
     def module(gru):
-        import torch
 
         class Step(torch.nn.Module):
             def __init__(self):
@@ -96,7 +94,6 @@ class _GRUStep:
 
 def amp_models(seed=0, K=12, C=16, H=32):
     """(torch parts (conv, lstm, fc1, fc2), step-module for ONNX, fastlstm.Model)."""
-    import torch
     from torch import nn
 
     torch.manual_seed(seed)
@@ -178,7 +175,6 @@ def ort_cases(step_path, seq_path, cfg, x, states, x_shape=None):
 
 
 def gru_config(cfg, tmp, repeats, sample_s):
-    import torch
 
     gru, cells, model = gru_models(cfg)
     x = fw.make_inputs(cfg)
@@ -237,7 +233,6 @@ def gru_config(cfg, tmp, repeats, sample_s):
 
 
 def amp_bench(tmp, repeats, sample_s, T=4800):
-    import torch
 
     K, H = 12, 32
     step_mod, seq_mod, model = amp_models(K=K, H=H)

@@ -29,7 +29,7 @@ import numpy as np
 from . import _kernels as K
 from .layers import (ACTIVATIONS, MERGE_MODES, RECURRENT, Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, Flatten,
                      GlobalAvgPool1D, GlobalMaxPool1D, GRULayer, LastStep, LayerNorm, LSTMLayer, LSTMWeights,
-                     MaxPool1D, RepeatVector, RNNLayer, layer_streamable)
+                     MaxPool1D, RepeatVector, layer_streamable)
 
 #: Activation codes of include/fastlstm_activations.h (enum fl_activation), by name: FL_ACT_<NAME>.
 ACTIVATION_CODES = {name: K.fl_activation["FL_ACT_" + name.upper()] for name in ACTIVATIONS}

@@ -59,7 +59,6 @@ def _recurrent(layer, backward=None):
 
 
 def fastlstm_layers(model):
-    import keras
     out = []
     for layer in model.layers:
         name = type(layer).__name__

@@ -9,7 +9,6 @@ Markers stand for what is not a module in PyTorch: ``LAST`` (``out[:, -1]``),
 ``GLOBAL_MAX``/``GLOBAL_AVG`` (``x.max(1)``, ``x.mean(1)``).
 """
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -74,9 +73,9 @@ def _recurrent(m):
     for layer in range(m.num_layers):
         dirs = []
         for sfx in [""] + (["_reverse"] if m.bidirectional else []):
-            g = lambda n: _np(getattr(m, f"{n}_l{layer}{sfx}")) if hasattr(m, f"{n}_l{layer}{sfx}") else None  # noqa: E731
-            dirs.append(wcls(g("weight_ih"), g("weight_hh"), g("bias_ih"), g("bias_hh"),
-                             *((g("weight_hr"),) if wcls is LSTMWeights else ())))
+            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") + (("weight_hr",) if wcls is LSTMWeights else ())
+            dirs.append(wcls(*(_np(getattr(m, f"{n}_l{layer}{sfx}")) if hasattr(m, f"{n}_l{layer}{sfx}") else None
+                               for n in names)))
         out.append(cls(dirs, **kw))
     return out
 
