@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import frameworks as fw  # noqa: E402
-import torch  # noqa: E402,F401  (imported before thread_policy, which limits only loaded engines)
+import torch  # noqa: E402  (imported before thread_policy, which limits only loaded engines)
 from run_engine import Case, _cycle, measure  # noqa: E402
 
 import fastlstm  # noqa: E402  (before torch: see the method note)

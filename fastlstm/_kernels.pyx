@@ -310,11 +310,9 @@ cdef class Network:
             spec = layers[li]
             L = &self.net.layers[li]
             for key, value in spec.items():
-                if key in _INT_FIELDS:
-                    if key in _WIDTH_FIELDS and value > MAX_WIDTH:
-                        raise ValueError(f"layer {li}: a width of {value} is more than the {MAX_WIDTH} "
-                                         "fastlstm runs")
-                    setattr_layer(L, key, value)
+                if key in _WIDTH_FIELDS and value > MAX_WIDTH:
+                    raise ValueError(f"layer {li}: a width of {value} is more than the {MAX_WIDTH} fastlstm runs")
+                set_int_field(L, key, value)
             L.alpha = spec.get("alpha", 0.0)
             L.eps = spec.get("eps", 0.0)
             L.act = spec.get("act", FL_ACT_LINEAR)
@@ -450,38 +448,39 @@ cdef class Network:
             raise ValueError(OVERFLOW_MESSAGE)
 
 
-# The int fields a layer dict may set (the float and pointer fields are set by name above).
-_INT_FIELDS = frozenset(("kind", "n_in", "width", "hidden", "n_out", "gates", "gate_act", "cell_act", "merge",
-                         "go_backwards", "ksize", "stride", "dilation", "groups", "pad_l", "pad_r", "same_pad",
-                         "count_pad", "reach", "repeat", "last_half", "s_off", "s_size"))
-# Those of them checked against MAX_WIDTH (set into 32-bit ints, and used in 32-bit offsets).
+# Layer dict entries checked against MAX_WIDTH (32-bit fields, used in 32-bit offsets).
 _WIDTH_FIELDS = frozenset(("n_in", "width", "hidden", "n_out", "gates"))
 
 
-cdef void setattr_layer(Layer *L, str key, long v):
-    if key == "kind": L.kind = v
-    elif key == "n_in": L.n_in = v
-    elif key == "width": L.width = v
-    elif key == "hidden": L.hidden = v
-    elif key == "n_out": L.n_out = v
-    elif key == "gates": L.gates = v
-    elif key == "gate_act": L.gate_act = v
-    elif key == "cell_act": L.cell_act = v
-    elif key == "merge": L.merge = v
-    elif key == "go_backwards": L.go_backwards = v
-    elif key == "ksize": L.ksize = v
-    elif key == "stride": L.stride = v
-    elif key == "dilation": L.dilation = v
-    elif key == "groups": L.groups = v
-    elif key == "pad_l": L.pad_l = v
-    elif key == "pad_r": L.pad_r = v
-    elif key == "same_pad": L.same_pad = v
-    elif key == "count_pad": L.count_pad = v
-    elif key == "reach": L.reach = v
-    elif key == "repeat": L.repeat = v
-    elif key == "last_half": L.last_half = v
-    elif key == "s_off": L.s_off = v
-    elif key == "s_size": L.s_size = v
+cdef int set_int_field(Layer *L, str key, value) except -1:
+    """Set the int field ``key`` of L from a layer dict (fastlstm._packing); 0 when ``key`` is
+    not an int field (weights, floats and flags are read by name in Network.__cinit__)."""
+    if key == "kind": L.kind = value
+    elif key == "n_in": L.n_in = value
+    elif key == "width": L.width = value
+    elif key == "hidden": L.hidden = value
+    elif key == "n_out": L.n_out = value
+    elif key == "gates": L.gates = value
+    elif key == "gate_act": L.gate_act = value
+    elif key == "cell_act": L.cell_act = value
+    elif key == "merge": L.merge = value
+    elif key == "go_backwards": L.go_backwards = value
+    elif key == "ksize": L.ksize = value
+    elif key == "stride": L.stride = value
+    elif key == "dilation": L.dilation = value
+    elif key == "groups": L.groups = value
+    elif key == "pad_l": L.pad_l = value
+    elif key == "pad_r": L.pad_r = value
+    elif key == "same_pad": L.same_pad = value
+    elif key == "count_pad": L.count_pad = value
+    elif key == "reach": L.reach = value
+    elif key == "repeat": L.repeat = value
+    elif key == "last_half": L.last_half = value
+    elif key == "s_off": L.s_off = value
+    elif key == "s_size": L.s_size = value
+    else:
+        return 0
+    return 1
 
 
 cdef str input_error(const Net *net):

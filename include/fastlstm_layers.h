@@ -10,7 +10,8 @@
 #include <math.h>
 #include "fastlstm_activations.h"
 
-/* Layer kinds, shared with Cython (fastlstm/_kernels.pxd) and Python (fastlstm._packing). */
+/* Layer kinds, shared with Cython (fastlstm/_kernels.pxd) and Python (fastlstm._packing).
+ * The recurrent kinds come first: _kernels.is_recurrent is kind <= FL_LAYER_RNN. */
 enum fl_layer_kind {
     FL_LAYER_LSTM = 0,
     FL_LAYER_GRU = 1,           /* reset gate after the recurrent product (PyTorch) */

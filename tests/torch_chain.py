@@ -90,9 +90,9 @@ def _recurrent(m):
     for layer in range(m.num_layers):
         dirs = []
         for sfx in [""] + (["_reverse"] if m.bidirectional else []):
-            names = [f"{n}_l{layer}{sfx}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]
-            arrays = [_np(getattr(m, n)) if hasattr(m, n) else None for n in names]
-            dirs.append(wcls(*arrays[:4], *(arrays[4:] if wcls is LSTMWeights else [])))
+            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") + (("weight_hr",) if wcls is LSTMWeights else ())
+            dirs.append(wcls(*(_np(getattr(m, f"{n}_l{layer}{sfx}")) if hasattr(m, f"{n}_l{layer}{sfx}") else None
+                               for n in names)))
         out.append(cls(dirs, **kw))
     return out
 
