@@ -20,10 +20,9 @@ Prints Markdown tables of medians and ratios.
   fastlstm's Conv1D streams with that history as its state.  Per-step latency and the
   real-time factor (processing time / audio time at 48 kHz; < 1 keeps up).
 
-Method: run_engine's (cases timed interleaved, rotated, medians over repeats; each
-sample calibrated to --sample-ms).  Everything runs in this one process at one thread
-(fastlstm is imported first, so its OpenMP wait policy is the one in force; at one
-thread no pool waits).  Parity with torch is checked before any timing.
+Method: the harness' (fastlstm.harness.timing: cases timed interleaved, rotated, medians over
+repeats; each sample calibrated to --sample-ms).  Everything runs in this one process at one
+thread.  Parity with torch is checked before any timing.
 """
 
 from __future__ import annotations
@@ -35,13 +34,14 @@ import sys
 import tempfile
 
 import numpy as np
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import frameworks as fw  # noqa: E402
-import torch  # noqa: E402  (imported before thread_policy, which limits only loaded engines)
-from run_engine import Case, _cycle, measure  # noqa: E402
-
-import fastlstm  # noqa: E402  (before torch: see the method note)
+import fastlstm
+from fastlstm.harness._common import cycle_inputs
+from fastlstm.harness.configs import CONFIGS, make_inputs
+from fastlstm.harness.onnx_export import OnnxGraphs, export_onnx
+from fastlstm.harness.ort_runner import OrtBoundStepper, ort_session
+from fastlstm.harness.timing import Case, measure, thread_policy
 
 SAMPLE_RATE = 48_000
 
@@ -148,44 +148,54 @@ def fl_cases(model, x):
     step = stream.step
 
     def fl_step(n):
-        for xt in _cycle(steps, n):
+        for xt in cycle_inputs(steps, n):
             step(xt, out=out)
 
     def fl_predict(n):
         for _ in range(n):
             model.predict(seq)
 
-    return [Case("fl.step", "fastlstm", "step", fl_step), Case("fl.predict", "fastlstm", "seq", fl_predict)]
+    return [Case("fl.step", "fastlstm", fl_step), Case("fl.predict", "fastlstm", fl_predict)]
 
 
-def ort_cases(step_path, seq_path, cfg, x, states, x_shape=None):
-    """ORT's step (IOBindings) and whole-sequence cases, the stepper and the sequence session."""
-    sess = fw.ort_session(seq_path, 1)
-    stepper = fw.OrtStepper(fw.ort_session(step_path, 1), cfg, states, x_shape)
-    inputs = [np.ascontiguousarray(x[t:t + 1]) for t in range(x.shape[0])]
+def ort_cases(step_path, seq_path, x, states, state_shape, xs=None):
+    """ORT's step (IOBindings) and whole-sequence cases, the stepper and the sequence session.
+
+    ``states`` names the step graph's state tensors (input ``{name}0``, output ``{name}n``),
+    each ``state_shape`` at batch 1; ``xs``: the step inputs when they are not x's steps."""
+    sess = ort_session(seq_path, 1)
+    graphs = OnnxGraphs(os.path.dirname(step_path), seq_path, step_path, [f"{n}0" for n in states],
+                        [f"{n}n" for n in states], [state_shape] * len(states))
+    stepper = OrtBoundStepper(ort_session(step_path, 1), graphs, x if xs is None else xs)
 
     def ort_step(n):
-        for xt in _cycle(inputs, n):
-            stepper.step_bound(xt)
+        for xt in cycle_inputs(stepper.inputs, n):
+            stepper.step(xt)
 
     def ort_seq(n):
         for _ in range(n):
             sess.run(None, {"x": x})
 
-    return [Case("ort.step", "ort", "step", ort_step), Case("ort.seq", "ort", "seq", ort_seq)], stepper, sess
+    return [Case("ort.step", "ort", ort_step), Case("ort.seq", "ort", ort_seq)], stepper, sess
+
+
+def _export(module, args, path, input_names, output_names):
+    """A fixed-shape ONNX graph of ``module`` at ``path`` (the harness' exporter); returns the path."""
+    export_onnx(module, args, path, input_names, output_names, None)
+    return path
 
 
 def gru_config(cfg, tmp, repeats, sample_s):
 
     gru, cells, model = gru_models(cfg)
-    x = fw.make_inputs(cfg)
+    x = make_inputs(cfg)
     step_mod, seq_mod = _GRUStep.module(gru)
     h0 = torch.zeros(cfg.L, cfg.B, cfg.H)
-    step_path = fw._export(step_mod, (torch.zeros(1, cfg.B, cfg.I), h0), os.path.join(tmp, f"{cfg.name}.step.onnx"),
+    step_path = _export(step_mod, (torch.zeros(1, cfg.B, cfg.I), h0), os.path.join(tmp, f"{cfg.name}.step.onnx"),
                            ["x", "h0"], ["y", "hn"])
-    seq_path = fw._export(seq_mod, (torch.from_numpy(x),), os.path.join(tmp, f"{cfg.name}.seq.onnx"), ["x"], ["y"])
+    seq_path = _export(seq_mod, (torch.from_numpy(x),), os.path.join(tmp, f"{cfg.name}.seq.onnx"), ["x"], ["y"])
     cases = fl_cases(model, x)
-    ocases, stepper, sess = ort_cases(step_path, seq_path, cfg, x, ("h",))
+    ocases, stepper, sess = ort_cases(step_path, seq_path, x, ("h",), (cfg.L, 1, cfg.H))
     cases += ocases
 
     # parity before timing
@@ -194,7 +204,7 @@ def gru_config(cfg, tmp, repeats, sample_s):
     fl_y = model.predict(x if cfg.B > 1 else x[:, 0]).reshape(ref.shape)
     st = model.stream() if cfg.B == 1 else model.stream(cfg.B)
     fl_s = np.stack([st.step(x[t, 0] if cfg.B == 1 else x[t]).reshape(cfg.B, -1) for t in range(20)])
-    ort_s = np.concatenate([stepper.step_bound(x[t:t + 1]).copy() for t in range(20)])
+    ort_s = np.concatenate([stepper.step(x[t:t + 1]).copy() for t in range(20)])
     stepper.reset()
     errs = {"fl.predict": float(np.abs(fl_y - ref).max()), "fl.step": float(np.abs(fl_s - ref[:20]).max()),
             "ort.seq": float(np.abs(sess.run(None, {"x": x})[0] - ref).max()),
@@ -209,13 +219,13 @@ def gru_config(cfg, tmp, repeats, sample_s):
     def torch_gru_step(n):
         h = state["h"]
         with torch.inference_mode():
-            for xt in _cycle(x1, n):
+            for xt in cycle_inputs(x1, n):
                 _, h = gru(xt, h)
         state["h"] = h
 
     def torch_cell_step(n):
         with torch.inference_mode():
-            for xt in _cycle(xb, n):
+            for xt in cycle_inputs(xb, n):
                 inp = xt
                 for k, cell in enumerate(cells):
                     hs[k] = cell(inp, hs[k])
@@ -226,11 +236,11 @@ def gru_config(cfg, tmp, repeats, sample_s):
             for _ in range(n):
                 gru(xt_all)
 
-    cases += [Case("torch.gru_step", "torch", "step", torch_gru_step),
-              Case("torch.cell_step", "torch", "step", torch_cell_step),
-              Case("torch.seq", "torch", "seq", torch_seq)]
+    cases += [Case("torch.gru_step", "torch", torch_gru_step),
+              Case("torch.cell_step", "torch", torch_cell_step),
+              Case("torch.seq", "torch", torch_seq)]
     measure(cases, repeats, sample_s)
-    return {c.key: c.median for c in cases}, errs
+    return {c.workload: c.median for c in cases}, errs
 
 
 def amp_bench(tmp, repeats, sample_s, T=4800):
@@ -239,11 +249,10 @@ def amp_bench(tmp, repeats, sample_s, T=4800):
     step_mod, seq_mod, model = amp_models(K=K, H=H)
     rng = np.random.default_rng(3)
     x = (0.3 * rng.standard_normal((T, 1, 1))).astype(np.float32)
-    cfg = fw.Config("amp", 1, H, 1, 1, T)
     win0 = torch.zeros(1, 1, K)
-    step_path = fw._export(step_mod, (win0, torch.zeros(1, 1, H), torch.zeros(1, 1, H)),
+    step_path = _export(step_mod, (win0, torch.zeros(1, 1, H), torch.zeros(1, 1, H)),
                            os.path.join(tmp, "amp.step.onnx"), ["x", "h0", "c0"], ["y", "hn", "cn"])
-    seq_path = fw._export(seq_mod, (torch.from_numpy(x),), os.path.join(tmp, "amp.seq.onnx"), ["x"], ["y"])
+    seq_path = _export(seq_mod, (torch.from_numpy(x),), os.path.join(tmp, "amp.seq.onnx"), ["x"], ["y"])
     window = np.zeros((1, 1, K), np.float32)
 
     def shifted(t):
@@ -253,17 +262,18 @@ def amp_bench(tmp, repeats, sample_s, T=4800):
         return window
 
     cases = fl_cases(model, x)
-    ocases, stepper, sess = ort_cases(step_path, seq_path, cfg, x, ("h", "c"), (1, 1, K))
+    ocases, stepper, sess = ort_cases(step_path, seq_path, x, ("h", "c"), (1, 1, H),
+                                      np.zeros((1, 1, K), np.float32))
     samples = x[:, 0, 0]
     win = stepper.x_buf[0, 0]
 
     def ort_step(n):
-        for v in _cycle(samples, n):
+        for v in cycle_inputs(samples, n):
             win[:-1] = win[1:]
             win[-1] = v
             stepper.run_bound()
 
-    ocases[0] = Case("ort.step", "ort", "step", ort_step)
+    ocases[0] = Case("ort.step", "ort", ort_step)
     cases += ocases
 
     with torch.inference_mode():
@@ -289,7 +299,7 @@ def amp_bench(tmp, repeats, sample_s, T=4800):
     def torch_step(n):
         w, hc = tstate["w"], tstate["h"]
         with torch.inference_mode():
-            for v in _cycle(tsamples, n):
+            for v in cycle_inputs(tsamples, n):
                 w = torch.roll(w, -1, dims=2)
                 w[0, 0, -1] = v
                 y, h, c = step_mod(w, *hc)
@@ -303,9 +313,9 @@ def amp_bench(tmp, repeats, sample_s, T=4800):
             for _ in range(n):
                 seq_mod(xt_all)
 
-    cases += [Case("torch.step", "torch", "step", torch_step), Case("torch.seq", "torch", "seq", torch_seq)]
+    cases += [Case("torch.step", "torch", torch_step), Case("torch.seq", "torch", torch_seq)]
     measure(cases, repeats, sample_s)
-    return {c.key: c.median for c in cases}, errs, T
+    return {c.workload: c.median for c in cases}, errs, T
 
 
 # --------------------------------------------------------------------------- report
@@ -343,7 +353,7 @@ def amp_table(r, T):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=["gru", "amp", "all"], default="all")
-    ap.add_argument("--configs", default=",".join(fw.CONFIGS))
+    ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--quick", action="store_true", help="3 repeats of 50 ms samples, tiny/small/medium-batch")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--sample-ms", type=float, default=150.0)
@@ -351,14 +361,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.sample_ms = 3, 50.0
-        if args.configs == ",".join(fw.CONFIGS):
+        if args.configs == ",".join(CONFIGS):
             args.configs = "tiny,small,medium-batch"
     out = {}
-    with fw.thread_policy(1), tempfile.TemporaryDirectory() as tmp:
+    with thread_policy(1), tempfile.TemporaryDirectory() as tmp:
         if args.part in ("gru", "all"):
             results = {}
             for name in args.configs.split(","):
-                cfg = fw.CONFIGS[name]
+                cfg = CONFIGS[name]
                 print(f"# GRU {name} ({cfg.label()})", file=sys.stderr)
                 results[name] = gru_config(cfg, tmp, args.repeats, args.sample_ms / 1000)
             print("\n### GRU, 1 thread (medians)\n")

@@ -97,10 +97,10 @@ class OrtBoundStepper(Stepper):
     def __init__(self, session, graphs: OnnxGraphs, xs):
         import onnxruntime as ort
 
-        T, B, I = xs.shape
+        T, B = xs.shape[:2]
         self.sess, self.batch = session, B
         self.inputs = [np.ascontiguousarray(xs[t:t + 1]) for t in range(T)]
-        self.x_buf = np.zeros((1, B, I), np.float32)
+        self.x_buf = np.zeros((1,) + xs.shape[1:], np.float32)
         self.y_buf = np.zeros((1, B, session.get_outputs()[0].shape[-1]), np.float32)
         self.bufs = [graphs.zero_state(B) for _ in range(2)]
         val = ort.OrtValue.ortvalue_from_numpy  # wraps the numpy buffer, no copy
@@ -125,6 +125,11 @@ class OrtBoundStepper(Stepper):
 
     def step(self, x):
         self.x_buf[...] = x
+        return self.run_bound()
+
+    def run_bound(self):
+        """One step on whatever the caller left in ``x_buf`` (e.g. a window it shifts in place);
+        returns a view of the output buffer."""
         self.sess.run_with_iobinding(self.bindings[self.which])
         self.which ^= 1
         return self.y_buf
