@@ -509,6 +509,61 @@ def test_predict_refuses_an_overflowing_sequence():
         model.predict(x)
 
 
+def _overflowing_chain():
+    """The overflowing LSTM behind a causal Conv1D (whose state is its last input) and before a
+    running global pool and a Dense: every kind of layer state a glitch could leave behind."""
+    _, (lstm,) = _overflowing_model()
+    conv = fastlstm.Conv1D(np.full((I, I, 2), 0.5, np.float32), np.zeros(I, np.float32), padding="causal")
+    head = fastlstm.Dense(np.full((3, 4), 0.1, np.float32), np.zeros(3, np.float32))
+    return fastlstm.Model([conv, lstm, fastlstm.GlobalMaxPool1D(), head])
+
+
+@pytest.mark.parametrize("where", ["stream", "pool"])
+def test_an_overflowing_step_of_a_layer_chain_is_undone(where, state_equal):
+    """Every layer's state (conv history, recurrent h/c, pool buffer) is as before a refused step."""
+    model = _overflowing_chain()
+    x = np.full((2, I), 0.01, np.float32)
+    glitch = x.copy()
+    glitch[1] = GLITCH
+    if where == "stream":
+        s = model.stream(2)
+        s.step(x)
+        before = s.state
+        assert before.buffers, "the chain keeps layer buffers"
+        with pytest.raises(ValueError, match="overflow"):
+            s.step(glitch)
+        state_equal(s.state, before)
+        ok = s.step(x)
+    else:
+        pool = model.pool(2)
+        ids = [pool.open(), pool.open()]
+        pool.step(ids, x)
+        before = [pool.get_state(sid) for sid in ids]
+        with pytest.raises(ValueError, match="overflow"):
+            pool.step(ids, glitch)
+        for sid, b in zip(ids, before):
+            state_equal(pool.get_state(sid), b)
+        ok = pool.step(ids, x)
+    lone = model.stream(2)
+    assert np.array_equal(np.stack([lone.step(x), lone.step(x)])[1], ok)   # carries on as if never glitched
+
+
+def test_token_ids_are_read_by_value_and_checked_on_a_copy(state_equal):
+    """An Embedding chain: big-endian ids give the native ids' outputs; an id out of range is refused
+    with the state unchanged."""
+    rng = np.random.default_rng(5)
+    table = rng.standard_normal((10, I)).astype(np.float32)
+    layers, _ = oracle.random_stack(rng, I, 8, 1)
+    model = fastlstm.Model([fastlstm.Embedding(table), *layers])
+    ids = np.array([3, 7, 1], np.int64)
+    a, b = model.stream(3), model.stream(3)
+    assert np.array_equal(a.step(ids), b.step(ids.astype(">i8")))
+    before = a.state
+    with pytest.raises(ValueError, match="token ids"):
+        a.step(np.array([3, 10, 1]))
+    state_equal(a.state, before)
+
+
 # --------------------------------------------------------------------------- overlapping out= and x
 def test_step_refuses_out_overlapping_x(small, state_equal):
     model = small[0]
