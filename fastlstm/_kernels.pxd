@@ -23,8 +23,9 @@ cdef extern from "fastlstm_layers.h":
         FL_LAYER_AVGPOOL, FL_LAYER_GLOBAL_MAX, FL_LAYER_GLOBAL_AVG, FL_LAYER_LAST_STEP, FL_LAYER_REPEAT
 
 cdef struct Dir:
-    const float *w_x        # a product's weights, row-major (n_stack, columns): for a recurrent
-                            # direction [W_x; W_h] (n_in + n_out, gates), gate columns in the cell's order
+    # w_x: a product's weights, row-major (n_stack, columns): for a recurrent direction
+    # [W_x; W_h] (n_in + n_out, gates), gate columns in the cell's order
+    const float *w_x
     const float *bias       # (columns,): the biases summed
     const float *w_proj     # LSTM: the projection (H, P); reset-before GRU: W_hn (H, H); else NULL
     int n_stack             # rows of w_x

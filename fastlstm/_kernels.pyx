@@ -213,7 +213,8 @@ cdef inline void matmul_cols(int m, int c0, int c1, int n, int k, const float *A
                              float *C, int ldc) noexcept nogil:
     """C[m, c0:c1] += A[m, k] @ rows k0:k0+k, columns c0:c1 of D's weights (n columns in all)."""
     if D.w_panels != NULL and m >= 3 and c0 % FL_PANEL == 0:
-        fl_gemm_packed(m, c1 - c0, k, A, lda, D.w_panels + <long>k0 * FL_PANEL + (c0 // FL_PANEL) * <long>D.n_stack * FL_PANEL,
+        fl_gemm_packed(m, c1 - c0, k, A, lda,
+                       D.w_panels + <long>k0 * FL_PANEL + (c0 // FL_PANEL) * <long>D.n_stack * FL_PANEL,
                        <long>(D.n_stack) * FL_PANEL, C + c0, ldc)
     else:
         matmul_acc(m, c1 - c0, k, A, lda, D.w_x + <long>k0 * n + c0, n, C + c0, ldc)
@@ -455,29 +456,52 @@ _WIDTH_FIELDS = frozenset(("n_in", "width", "hidden", "n_out", "gates"))
 cdef int set_int_field(Layer *L, str key, value) except -1:
     """Set the int field ``key`` of L from a layer dict (fastlstm._packing); 0 when ``key`` is
     not an int field (weights, floats and flags are read by name in Network.__cinit__)."""
-    if key == "kind": L.kind = value
-    elif key == "n_in": L.n_in = value
-    elif key == "width": L.width = value
-    elif key == "hidden": L.hidden = value
-    elif key == "n_out": L.n_out = value
-    elif key == "gates": L.gates = value
-    elif key == "gate_act": L.gate_act = value
-    elif key == "cell_act": L.cell_act = value
-    elif key == "merge": L.merge = value
-    elif key == "go_backwards": L.go_backwards = value
-    elif key == "ksize": L.ksize = value
-    elif key == "stride": L.stride = value
-    elif key == "dilation": L.dilation = value
-    elif key == "groups": L.groups = value
-    elif key == "pad_l": L.pad_l = value
-    elif key == "pad_r": L.pad_r = value
-    elif key == "same_pad": L.same_pad = value
-    elif key == "count_pad": L.count_pad = value
-    elif key == "reach": L.reach = value
-    elif key == "repeat": L.repeat = value
-    elif key == "last_half": L.last_half = value
-    elif key == "s_off": L.s_off = value
-    elif key == "s_size": L.s_size = value
+    if key == "kind":
+        L.kind = value
+    elif key == "n_in":
+        L.n_in = value
+    elif key == "width":
+        L.width = value
+    elif key == "hidden":
+        L.hidden = value
+    elif key == "n_out":
+        L.n_out = value
+    elif key == "gates":
+        L.gates = value
+    elif key == "gate_act":
+        L.gate_act = value
+    elif key == "cell_act":
+        L.cell_act = value
+    elif key == "merge":
+        L.merge = value
+    elif key == "go_backwards":
+        L.go_backwards = value
+    elif key == "ksize":
+        L.ksize = value
+    elif key == "stride":
+        L.stride = value
+    elif key == "dilation":
+        L.dilation = value
+    elif key == "groups":
+        L.groups = value
+    elif key == "pad_l":
+        L.pad_l = value
+    elif key == "pad_r":
+        L.pad_r = value
+    elif key == "same_pad":
+        L.same_pad = value
+    elif key == "count_pad":
+        L.count_pad = value
+    elif key == "reach":
+        L.reach = value
+    elif key == "repeat":
+        L.repeat = value
+    elif key == "last_half":
+        L.last_half = value
+    elif key == "s_off":
+        L.s_off = value
+    elif key == "s_size":
+        L.s_size = value
     else:
         return 0
     return 1

@@ -218,6 +218,7 @@ class Model:
                 steps = 1
             elif isinstance(layer, RepeatVector):
                 steps *= layer.n
+                _validate.check_count(steps, "x", f"output steps of layers[{k}] ({layer.describe()})")
 
     def stream(self, batch_size: Optional[int] = None) -> _streams.Stream:
         """A :class:`Stream` stepping ``batch_size`` streams (or one unbatched stream) from zero state.
