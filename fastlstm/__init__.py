@@ -16,6 +16,8 @@ import os as _os
 # runtime loads: set OMP_WAIT_POLICY=ACTIVE before importing fastlstm to spin.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from . import _isa  # noqa: E402,F401  (checks FASTLSTM_ISA)
+from ._config import show_config  # noqa: E402
 from ._kernels import openmp_enabled  # noqa: E402
 from ._streams import Stream, StreamPool  # noqa: E402
 from ._threads import get_num_threads, set_num_threads  # noqa: E402
@@ -29,5 +31,5 @@ __version__ = "0.1.0"
 __all__ = [
     "load", "from_torch", "from_keras", "LoadWarning",
     "Model", "Stream", "StreamPool", "State", "LSTMLayer", "LSTMWeights", "Dense",
-    "openmp_enabled", "set_num_threads", "get_num_threads", "__version__",
+    "openmp_enabled", "show_config", "set_num_threads", "get_num_threads", "__version__",
 ]
