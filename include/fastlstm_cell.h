@@ -73,8 +73,9 @@ static inline void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc,
 FL_INLINE void fl_gemv_acc_body(const float *restrict v, long k, const float *restrict W, long ldw,
                                 long n, float *restrict z)
 {
+    const long k4 = k - k % 4;
     long i = 0;
-    for (; i + 3 < k; i += 4) {
+    for (; i < k4; i += 4) {
         const float v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
         const float *w0 = W + i * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
         for (long j = 0; j < n; j++) z[j] += v0 * w0[j] + v1 * w1[j] + v2 * w2[j] + v3 * w3[j];

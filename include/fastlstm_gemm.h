@@ -18,9 +18,9 @@
  *            8 x 2 for a plain one
  *   AVX2     6 rows x 1 panel (12 of 16 ymm accumulators, 2 weight vectors,
  *            1 broadcast)
- *   generic  6 rows (aarch64: 24 of 32 NEON registers) or 3 rows (x86-64 SSE2:
+ *   generic  5 rows (aarch64: 20 of 32 NEON registers) or 3 rows (x86-64 SSE2:
  *            12 of 16) x 1 panel, in GCC vector extensions, so one source
- *            compiles to NEON fmla or SSE mul/add
+ *            compiles to NEON fmla (by element) or SSE mul/add
  * Per step of k a block loads a panel row and broadcasts one A value per row,
  * so the FMA units stay busy without running out of load slots (AVX-512: 8 x 1
  * blocks ran 15-30% slower, 8 x 2 on an unpacked A 6-16% slower than 12 x 2).
@@ -58,7 +58,7 @@ static int fl_packed_gemm_available(void) { return 1; }
 /* Rows per register block of the one-panel kernels (AVX2 and generic). */
 #define FL_AVX2_ROWS 6
 #if defined(__aarch64__)
-#define FL_GENERIC_ROWS 6
+#define FL_GENERIC_ROWS 5      /* 6 spilled an accumulator: 24 + 4 weights + 6 broadcasts > 32 */
 #else
 #define FL_GENERIC_ROWS 3
 #endif
@@ -156,8 +156,7 @@ static void fl_gemm_block_generic(int R, long k, const float *a, long ars, long 
                                   long ldc, int nc, const float *bias)
 {
     switch (R) {  /* a constant R per copy keeps the accumulators in registers */
-#if FL_GENERIC_ROWS == 6
-    case 6: fl_gemm_block_generic_body(6, k, a, ars, ais, w, c, ldc, nc, bias); break;
+#if FL_GENERIC_ROWS == 5
     case 5: fl_gemm_block_generic_body(5, k, a, ars, ais, w, c, ldc, nc, bias); break;
     case 4: fl_gemm_block_generic_body(4, k, a, ars, ais, w, c, ldc, nc, bias); break;
 #endif
