@@ -406,6 +406,33 @@ class OrtStepper:
         return self.y_buf
 
 
+# --------------------------------------------------------------------------- OpenVINO
+
+def ov_model(path: str, threads: int):
+    """The ONNX file compiled by OpenVINO's CPU plugin: f32 (no bf16 down-cast on CPUs that have
+    it), the latency hint, ``threads`` inference threads."""
+    import openvino as ov
+
+    return ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+                                                 "PERFORMANCE_HINT": "LATENCY"})
+
+
+class OvStepper:
+    """Streams through the T=1 ONNX model on OpenVINO, feeding ``hn``/``cn`` back as ``h0``/``c0``
+    through one reused infer request; inputs are read in place (share_inputs), outputs copied."""
+
+    def __init__(self, compiled, cfg: Config):
+        self.req = compiled.create_infer_request()
+        self.ports = [compiled.output(name) for name in ("y", "hn", "cn")]
+        self.h = np.zeros((cfg.L, cfg.B, cfg.H), np.float32)
+        self.c = np.zeros_like(self.h)
+
+    def step(self, x1: np.ndarray) -> np.ndarray:
+        res = self.req.infer({"x": x1, "h0": self.h, "c0": self.c}, share_inputs=True)
+        y, self.h, self.c = (res[p] for p in self.ports)
+        return y
+
+
 # --------------------------------------------------------------------------- BLAS yardsticks
 
 def sgemm_rowmajor(lib: str = "scipy"):

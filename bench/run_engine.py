@@ -4,6 +4,7 @@
     python bench/run_engine.py            # full run, ~6-9 min on a quiet 2-core machine
     python bench/run_engine.py --quick    # smoke run, ~1.5 min on a quiet machine
     python bench/run_engine.py --configs tiny,small --threads 1 --json out.json
+    python bench/run_engine.py --isa avx2 --threads 1   # fastlstm's AVX2 path vs peers held to AVX2
 
 Prints Markdown tables (medians and ratios) ready to paste into a README.
 
@@ -29,11 +30,16 @@ Method (why it looks like this):
   steals the core the next one needs.
 * Parity with torch is checked before timing, so every engine is known to compute
   the same function.
+* ``--isa P`` runs fastlstm's kernel path P (FASTLSTM_ISA) and holds every peer that
+  has a switch to the same instruction set (ISA_HOLDS: oneDNN under PyTorch and
+  OpenVINO, OpenBLAS); ONNX Runtime has none.  These are read when the libraries
+  load, so the script sets them and starts itself again.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import math
@@ -169,6 +175,7 @@ def _fl_worker_main(conn):
 
                 gomp = [i["filepath"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp"]
                 res = {"version": getattr(fl, "__version__", "?"), "openmp": fl.openmp_enabled(),
+                       "isa": fl._isa.levels()[0],
                        "libgomp": gomp, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
                        "torch_loaded": "torch" in sys.modules}
             elif cmd == "setup":
@@ -242,7 +249,7 @@ class FlWorker:
 
 
 def make_cases(cfg: fw.Config, threads: int, torch_parts, onnx_paths, fl_model, x: np.ndarray,
-               want=("fl", "torch", "ort", "blas"), blas_libs=("scipy", "numpy")) -> List[Case]:
+               want=("fl", "torch", "ort", "ov", "blas"), blas_libs=("scipy", "numpy")) -> List[Case]:
     """Build every case for one config at one thread count (ORT sessions are built here, with ``threads``)."""
     cases: List[Case] = []
     T, B = cfg.T, cfg.B
@@ -324,6 +331,21 @@ def make_cases(cfg: fw.Config, threads: int, torch_parts, onnx_paths, fl_model, 
         cases += [Case("ort.step", "ort", "step", ort_step),
                   Case("ort.step_iobind", "ort", "step", ort_step_bound),
                   Case("ort.seq", "ort", "seq", ort_seq)]
+
+    if onnx_paths is not None and "ov" in want:
+        ov_seq = fw.ov_model(onnx_paths["seq"], threads).create_infer_request()
+        ov_stepper = fw.OvStepper(fw.ov_model(onnx_paths["step"], threads), cfg)
+        x1_ov = [np.ascontiguousarray(x[t:t + 1]) for t in range(T)]
+
+        def ov_step(n):
+            for xt in _cycle(x1_ov, n):
+                ov_stepper.step(xt)
+
+        def ov_predict(n):
+            for _ in range(n):
+                ov_seq.infer({"x": x})
+
+        cases += [Case("ov.step", "ov", "step", ov_step), Case("ov.seq", "ov", "seq", ov_predict)]
 
     if "blas" in want:
         # Both OpenBLAS builds in the process (scipy's, numpy's) are measured and the
@@ -484,7 +506,7 @@ def measure(cases: List[Case], repeats: int, sample_s: float, settle_s: float = 
 
 # --------------------------------------------------------------------------- parity
 
-def check_parity(cfg, lstm, head, fl_out, onnx_paths, x, steps) -> Dict[str, float]:
+def check_parity(cfg, lstm, head, fl_out, onnx_paths, x, steps, want=("ort", "ov")) -> Dict[str, float]:
     """Max |difference| from torch of every engine's output, before any timing.
 
     ``fl_out`` is fastlstm's ``(predict output, first streamed outputs)`` (from
@@ -496,12 +518,18 @@ def check_parity(cfg, lstm, head, fl_out, onnx_paths, x, steps) -> Dict[str, flo
         y, ys = fl_out
         errs["fl.predict"] = float(np.abs(y.reshape(ref.shape) - ref).max())
         errs["fl.step"] = float(np.abs(ys.reshape(ref[:steps].shape) - ref[:steps]).max())
-    if onnx_paths is not None:
+    if onnx_paths is not None and "ort" in want:
         y = fw.ort_session(onnx_paths["seq"], 1).run(None, {"x": x})[0]
         errs["ort.seq"] = float(np.abs(y - ref).max())
         st = fw.OrtStepper(fw.ort_session(onnx_paths["step"], 1), cfg)
         ys = np.concatenate([st.step_bound(x[t:t + 1]).copy() for t in range(steps)])
         errs["ort.step"] = float(np.abs(ys - ref[:steps]).max())
+    if onnx_paths is not None and "ov" in want:
+        compiled = fw.ov_model(onnx_paths["seq"], 1)
+        errs["ov.seq"] = float(np.abs(compiled({"x": x})[compiled.output("y")] - ref).max())
+        st = fw.OvStepper(fw.ov_model(onnx_paths["step"], 1), cfg)
+        ys = np.concatenate([st.step(x[t:t + 1]).copy() for t in range(steps)])
+        errs["ov.step"] = float(np.abs(ys - ref[:steps]).max())
     return errs
 
 
@@ -628,6 +656,9 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
                 out(f"| {c.name} | {k} ({unit}) | {_fmt_t(a, unit)} | {_fmt_t(b, unit)} | {_fmt_r(s)} | {tgt} |")
         out("")
 
+    if args.isa:
+        isa_table(out, results, cfgs, thread_list, args.isa)
+
     out("### Parity with torch before timing (max |diff|)\n")
     out("| config | " + " | ".join(sorted({k for e in errs.values() for k in e})) + " |")
     keys = sorted({k for e in errs.values() for k in e})
@@ -647,6 +678,44 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
     return "\n".join(lines)
 
 
+#: Per --isa path, the switches that hold peers to the same instruction set (read at library load).
+ISA_HOLDS = {
+    "avx512": {},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
+    "generic": {"ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Nehalem"},
+}
+#: Peers whose kernels ISA_HOLDS holds (ONNX Runtime has no switch).
+HELD_PEERS = {"torch": ("torch.lstm_step", "torch.cell_step", "torch.seq"), "OpenVINO": ("ov.step", "ov.step", "ov.seq")}
+
+
+def isa_table(out, results, cfgs, thread_list, isa):
+    """fastlstm on one kernel path against the best peer held to the same instruction set, and
+    against ONNX Runtime (not held): ratios > 1 mean fastlstm is faster."""
+    held = ", ".join(f"{k}={v}" for k, v in ISA_HOLDS[isa].items()) or "nothing (every engine at its best)"
+    for n in thread_list:
+        out(f"### fastlstm path {isa} vs peers held to it ({held}), {n} thread{'s' if n > 1 else ''}\n")
+        out("| config | step: fastlstm µs | best held peer | ratio | ORT | ratio vs ORT | "
+            "predict: fastlstm ms | best held peer | ratio | ORT | ratio vs ORT |")
+        out("|---|---|---|---|---|---|---|---|---|---|---|")
+        for c in cfgs:
+            g = lambda k: _get(results, c.name, n, k)  # noqa: E731
+            row = [c.name]
+            for kind, fl_key, ort_key, unit, pick in (
+                    ("step", "fl.step_out", None, "us", lambda keys: min(g(keys[0]), g(keys[1]))),
+                    ("seq", "fl.predict", "ort.seq", "ms", lambda keys: g(keys[2]))):
+                fl = g(fl_key)
+                peers = {name: pick(keys) for name, keys in HELD_PEERS.items()}
+                peers = {k: v for k, v in peers.items() if v == v}
+                best = min(peers, key=peers.get) if peers else None
+                ort = min(g("ort.step"), g("ort.step_iobind")) if kind == "step" else g(ort_key)
+                row += [_fmt_t(fl, unit),
+                        f"{_fmt_t(peers[best], unit)} ({best})" if best else "-",
+                        _fmt_r(peers[best] / fl if best and fl == fl else None),
+                        _fmt_t(ort, unit), _fmt_r(ort / fl if fl == fl else None)]
+            out("| " + " | ".join(row) + " |")
+        out("")
+
+
 def environment(thread_list, fl_info) -> Dict[str, str]:
     env = {}
     cpu = platform.processor() or platform.machine()
@@ -664,13 +733,13 @@ def environment(thread_list, fl_info) -> Dict[str, str]:
     vers = [f"python {platform.python_version()}", f"numpy {np.__version__}"]
     from importlib import metadata
 
-    for mod in ("scipy", "torch", "onnxruntime"):
+    for mod in ("scipy", "torch", "onnxruntime", "openvino"):
         try:
             vers.append(f"{mod} {metadata.version(mod)}")
         except metadata.PackageNotFoundError:
             vers.append(f"{mod} missing")
     if fl_info is not None:
-        vers.append(f"fastlstm {fl_info['version']} (openmp={fl_info['openmp']})")
+        vers.append(f"fastlstm {fl_info['version']} (openmp={fl_info['openmp']}, kernel path {fl_info['isa']})")
     env["versions"] = ", ".join(vers)
     env["source"] = _git_state()
     return env
@@ -706,7 +775,10 @@ def main(argv=None) -> int:
     p.add_argument("--sample-ms", type=float, default=None, help="target length of one sample (default 60; quick 15)")
     p.add_argument("--head", type=int, default=0, help="add a dense head with this many outputs (default: none)")
     p.add_argument("--json", default=None, help="also write raw medians and samples to this JSON file")
-    p.add_argument("--engines", default="fl,torch,ort,blas", help="subset of fl,torch,ort,blas")
+    p.add_argument("--engines", default="fl,torch,ort,ov,blas", help="subset of fl,torch,ort,ov (OpenVINO),blas")
+    p.add_argument("--isa", choices=sorted(ISA_HOLDS), default=None,
+                   help="fastlstm's kernel path (FASTLSTM_ISA), with oneDNN (torch, OpenVINO) and OpenBLAS held to "
+                        "the same instruction set; adds a table against the best held peer")
     p.add_argument("--max-load", type=float, default=0.3,
                    help="cores other processes may keep busy, beyond the cores a block leaves idle, before "
                         "the block counts as noisy (default 0.3)")
@@ -728,6 +800,15 @@ def main(argv=None) -> int:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds after which no more waiting or re-measuring is done (default 480; quick 90)")
     args = p.parse_args(argv)
+    if args.isa:
+        wanted = {"FASTLSTM_ISA": args.isa, **ISA_HOLDS[args.isa]}
+        if any(os.environ.get(k) != v for k, v in wanted.items()):
+            # numpy's OpenBLAS is already loaded: set the switches and start again.
+            if argv is not None:
+                raise SystemExit("--isa: set " + " ".join(f"{k}={v}" for k, v in wanted.items())
+                                 + " in the environment before calling main(argv)")
+            os.environ.update(wanted)
+            os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
     args.repeats = args.repeats or (5 if args.quick else 15)
     args.sample_ms = args.sample_ms or (15.0 if args.quick else 60.0)
     if args.time_budget is None:
@@ -737,6 +818,9 @@ def main(argv=None) -> int:
     if args.wait_quiet is None:
         args.wait_quiet = 0.0 if args.quick else 30.0
     want = tuple(args.engines.split(","))
+    if "ov" in want and importlib.util.find_spec("openvino") is None:
+        print("# openvino is not installed; its cases are skipped", file=sys.stderr)
+        want = tuple(w for w in want if w != "ov")
     cfgs = [fw.CONFIGS[n] for n in args.configs.split(",")]
     if args.threads:
         thread_list = sorted({int(t) for t in args.threads.split(",")})
@@ -763,12 +847,13 @@ def main(argv=None) -> int:
                 pass
         fl = fastlstm_available() if "fl" in want else None
         if fl is not None:
-            fl_info = {"version": getattr(fl, "__version__", "?"), "openmp": fl.openmp_enabled()}
+            fl_info = {"version": getattr(fl, "__version__", "?"), "openmp": fl.openmp_enabled(),
+                       "isa": fl._isa.levels()[0]}
         layout = (f"one process, {args.import_order}: libgomp's OMP_WAIT_POLICY is "
                   f"{os.environ.get('OMP_WAIT_POLICY', 'unset') if args.import_order == 'fastlstm-first' else _policy_before}"
                   " for fastlstm and torch alike")
     else:
-        for mod in ("torch", "onnxruntime"):
+        for mod in ("torch", "onnxruntime", "openvino"):
             try:
                 __import__(mod)
             except ImportError:
@@ -787,6 +872,9 @@ def main(argv=None) -> int:
                        f"torch loaded there: {fl_info['torch_loaded']}); samples interleave across the two")
     env = environment(thread_list, fl_info)
     env["processes"] = layout
+    held = ", ".join(f"{k}={v}" for k, v in ISA_HOLDS[args.isa].items()) if args.isa else ""
+    env["instruction sets"] = (f"fastlstm kernel path {fl_info['isa'] if fl_info else '-'}; peers held: "
+                               f"{held or 'none (each at its best)'}; ONNX Runtime never held")
     results: Dict[tuple, Dict[str, float]] = {}
     raw: Dict[str, Dict] = {}
     errs: Dict[str, Dict[str, float]] = {}
@@ -798,7 +886,7 @@ def main(argv=None) -> int:
             lstm, head = fw.build_torch(cfg, args.head or None)
             torch_parts = (lstm, head, fw.torch_cells(lstm))
             onnx_paths = None
-            if "ort" in want:
+            if "ort" in want or "ov" in want:
                 onnx_paths = {
                     "seq": fw.export_onnx_sequence(lstm, head, cfg, os.path.join(tmp, f"{cfg.name}-seq.onnx")),
                     "step": fw.export_onnx_step(lstm, head, cfg, os.path.join(tmp, f"{cfg.name}-step.onnx")),
@@ -812,7 +900,7 @@ def main(argv=None) -> int:
             elif fl_info is not None:
                 fl_model = fw.to_fastlstm(lstm, head)
                 fl_out = fl_outputs(cfg, fl_model, x, steps)
-            errs[cfg.name] = check_parity(cfg, lstm, head, fl_out, onnx_paths, x, steps)
+            errs[cfg.name] = check_parity(cfg, lstm, head, fl_out, onnx_paths, x, steps, want)
             for n in thread_list:
                 # Other processes may use the cores this block leaves idle (less a margin),
                 # plus --max-load: at 1 thread on 2 cores a neighbour on the other core is tolerable.
