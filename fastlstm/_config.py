@@ -7,6 +7,17 @@ import sys
 from . import _blas, _isa, _kernels, _threads
 
 
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def config():
     """The facts show_config() prints, as a dict of sections of {name: value}."""
     used, best, features = _isa.levels()
@@ -19,7 +30,7 @@ def config():
         },
         "CPU": {
             "machine": platform.machine(),
-            "processor": platform.processor() or "unknown",
+            "processor": _cpu_name(),
             "features": " ".join(f for f, has in features.items() if has) or "none detected",
             "missing": " ".join(f for f, has in features.items() if not has) or "none",
         },
