@@ -685,7 +685,8 @@ ISA_HOLDS = {
     "generic": {"ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Nehalem"},
 }
 #: Peers whose kernels ISA_HOLDS holds (ONNX Runtime has no switch).
-HELD_PEERS = {"torch": ("torch.lstm_step", "torch.cell_step", "torch.seq"), "OpenVINO": ("ov.step", "ov.step", "ov.seq")}
+HELD_PEERS = {"torch": ("torch.lstm_step", "torch.cell_step", "torch.seq"),
+              "OpenVINO": ("ov.step", "ov.step", "ov.seq")}
 
 
 def isa_table(out, results, cfgs, thread_list, isa):

@@ -29,8 +29,14 @@ TOL = 1e-6
 CFLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math", "-Wno-unused-function"]
 
 
+#: Where the fastlstm under test was imported from (the source tree, or site-packages in CI).
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
+
+
 def _env(path):
-    env = dict(os.environ, FASTLSTM_ISA=path, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    """The environment of a child on kernel path ``path`` that imports this same fastlstm."""
+    paths = [PACKAGE_PARENT, HERE] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    env = dict(os.environ, FASTLSTM_ISA=path, PYTHONPATH=os.pathsep.join(paths))
     env.setdefault("KERAS_BACKEND", "torch")
     return env
 
@@ -85,7 +91,7 @@ def test_suite_files_on_lower_path(path):
              "test_team_threads.py"]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           *[os.path.join(HERE, f) for f in files]],
-                         env=_env(path), cwd=ROOT, capture_output=True, text=True, timeout=900)
+                         env=_env(path), cwd=HERE, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1]
 
@@ -127,8 +133,9 @@ def test_show_config_forced_path():
 
 def _compile_and_run(cc, runner, tmp_path, extra=()):
     exe = tmp_path / "kernels_check"
-    subprocess.run([cc, *CFLAGS, *extra, "-I", os.path.join(ROOT, "include"), os.path.join(HERE, "c", "kernels_check.c"),
-                    "-lm", "-o", str(exe)], check=True, timeout=300)
+    source = os.path.join(HERE, "c", "kernels_check.c")
+    subprocess.run([cc, *CFLAGS, *extra, "-I", os.path.join(ROOT, "include"), source, "-lm", "-o", str(exe)],
+                   check=True, timeout=300)
     run = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.rstrip().endswith("all passed"), run.stdout + run.stderr
     return exe, run.stdout
