@@ -16,7 +16,7 @@
  * block sized to its registers:
  *   AVX-512  12 rows x 2 panels (24 of 32 zmm accumulators) for a packed A,
  *            8 x 2 for a plain one
- *   AVX2     3 rows x 2 panels (12 of 16 ymm accumulators)
+ *   AVX2     6 rows x 1 panel (12 of 16 ymm accumulators)
  *   generic  5 rows (aarch64: 20 of 32 NEON registers) or 3 rows (x86-64 SSE2:
  *            12 of 16) x 1 panel, in GCC vector extensions, so one source
  *            compiles to NEON fmla (by element) or SSE mul/add
@@ -59,7 +59,7 @@ static int fl_packed_gemm_available(void) { return 1; }
 #define FL_UNROLL _Pragma("GCC unroll 16")
 
 /* Rows per register block of the AVX2 and generic kernels. */
-#define FL_AVX2_ROWS 3
+#define FL_AVX2_ROWS 6
 #if defined(__aarch64__)
 #define FL_GENERIC_ROWS 5      /* 6 spilled an accumulator: 24 + 4 weights + 6 broadcasts > 32 */
 #else
@@ -96,15 +96,22 @@ static void fl_pack_a(long m, long k, float *restrict ap, long i0, long i1, cons
     }
 }
 
-/* ---- AVX2 and generic kernels ----------------------------------------------
- * fl_gemm_block_<isa>(R, NP, k, a, ars, ais, w, ps, c, ldc, nc, bias): R rows x
- * NP panels (ps floats apart) over all k, c += a @ w, or c = bias + a @ w when
- * bias is given (c is then not read).  Element (r, i) of A is at
- * a[r * ars + i * ais]: ars = lda, ais = 1 for a plain row-major A; ars = 1,
- * ais = R for a packed block.  Only the first nc (1..16) columns of the last
- * panel of c and bias are touched. */
-typedef void (*fl_gemm_block_fn)(int R, int NP, long k, const float *a, long ars, long ais, const float *w,
-                                 long ps, float *c, long ldc, int nc, const float *bias);
+/* ---- AVX2 and generic kernels: one panel per block ---------------------------
+ * fl_gemm_block_<isa>_body(R, k, a, ars, ais, w, c, ldc, nc, bias): R rows x
+ * one panel over all k, c += a @ w, or c = bias + a @ w when bias is given (c
+ * is then not read).  Element (r, i) of A is at a[r * ars + i * ais]: ars =
+ * lda, ais = 1 for a plain row-major A; ars = 1, ais = R for a packed block.
+ * Only the first nc (1..16) columns of c and bias are touched.
+ *
+ * fl_gemm_panel_<isa>(m, k, a, lda, w, c, ldc, nc, bias): all m rows against
+ * one panel, in blocks of the path's row count (the last one shorter); A is
+ * row-major with row stride lda, or packed by fl_pack_a when lda is 0. */
+typedef void (*fl_gemm_panel_fn)(long m, long k, const float *a, long lda, const float *w, float *c, long ldc,
+                                 int nc, const float *bias);
+
+/* Block b of rows r..r+R: where it starts, and its row and column strides. */
+#define FL_BLOCK_ARGS(a, lda, k, r, R) ((lda) ? (a) + (r) * (lda) : (a) + (r) * (k)), ((lda) ? (lda) : 1), \
+                                       ((lda) ? 1 : (R))
 
 /* Generic: 4-float vectors of GCC's vector extensions (SSE2 on x86-64, NEON on
  * aarch64, where -ffp-contract=fast turns acc + a * w into one fmla). */
@@ -156,78 +163,81 @@ FL_INLINE void fl_gemm_block_generic_body(const int R, long k, const float *rest
         }
 }
 
-/* Generic blocks are one panel wide (NP is always 1). */
-static void fl_gemm_block_generic(int R, int NP, long k, const float *a, long ars, long ais, const float *w, long ps,
-                                  float *c, long ldc, int nc, const float *bias)
+static void fl_gemm_panel_generic(long m, long k, const float *a, long lda, const float *w, float *c, long ldc,
+                                  int nc, const float *bias)
 {
-    (void)NP; (void)ps;
-    switch (R) {  /* a constant R per copy keeps the accumulators in registers */
+    for (long r = 0; r < m; r += FL_GENERIC_ROWS) {
+        const int R = (int)(m - r < FL_GENERIC_ROWS ? m - r : FL_GENERIC_ROWS);
+        float *cr = c + r * ldc;
+        switch (R) {  /* a constant R per copy keeps the accumulators in registers */
 #if FL_GENERIC_ROWS == 5
-    case 5: fl_gemm_block_generic_body(5, k, a, ars, ais, w, c, ldc, nc, bias); break;
-    case 4: fl_gemm_block_generic_body(4, k, a, ars, ais, w, c, ldc, nc, bias); break;
+        case 5: fl_gemm_block_generic_body(5, k, FL_BLOCK_ARGS(a, lda, k, r, 5), w, cr, ldc, nc, bias); break;
+        case 4: fl_gemm_block_generic_body(4, k, FL_BLOCK_ARGS(a, lda, k, r, 4), w, cr, ldc, nc, bias); break;
 #endif
-    case 3: fl_gemm_block_generic_body(3, k, a, ars, ais, w, c, ldc, nc, bias); break;
-    case 2: fl_gemm_block_generic_body(2, k, a, ars, ais, w, c, ldc, nc, bias); break;
-    default: fl_gemm_block_generic_body(1, k, a, ars, ais, w, c, ldc, nc, bias); break;
+        case 3: fl_gemm_block_generic_body(3, k, FL_BLOCK_ARGS(a, lda, k, r, 3), w, cr, ldc, nc, bias); break;
+        case 2: fl_gemm_block_generic_body(2, k, FL_BLOCK_ARGS(a, lda, k, r, 2), w, cr, ldc, nc, bias); break;
+        default: fl_gemm_block_generic_body(1, k, FL_BLOCK_ARGS(a, lda, k, r, 1), w, cr, ldc, nc, bias); break;
+        }
     }
 }
 
 #if FL_X86
-/* AVX2: R <= 3 rows x NP <= 2 panels: 12 ymm accumulators (a panel is two ymm
- * vectors), 4 weight vectors and a broadcast.  6 rows x 1 panel (also 12
- * accumulators) ran within the noise of it on the step and projection shapes
- * once both kept their accumulators in registers (FL_UNROLL; without it GCC
- * stored every accumulator to the stack on every k); 3 x 2 issues fewer loads
- * per FMA (7 per 12 against 8) and matches the AVX-512 panel pairs.  Masked
- * loads and stores keep the last panel's columns past nc untouched. */
-FL_TARGET_AVX2 FL_INLINE void fl_gemm_block_avx2_body(const int R, const int NP, long k, const float *restrict a,
-                                                      long ars, long ais, const float *restrict w, long ps,
-                                                      float *restrict c, long ldc, int nc,
-                                                      const float *restrict bias)
+/* AVX2: R <= 6 rows x 1 panel: 12 ymm accumulators (a panel is two ymm
+ * vectors), 2 weight vectors and a broadcast.  Measured in CPU time on the
+ * step shapes (m = 36, k = 384-512, n = 1024) it ran at 110-117 GFLOP/s, near
+ * the core's AVX2 peak, against 100-106 for 3 rows x 2 panels (also 12
+ * accumulators), and 112 against 90 on a tall projection (k = 16): a panel
+ * (k x 16 floats) stays in L1 while the row blocks go past it, where a pair
+ * outgrows it.  Both needed FL_UNROLL: without it GCC stored every accumulator
+ * to the stack on every k.  Masked loads and stores keep the columns past nc
+ * untouched. */
+FL_TARGET_AVX2 FL_INLINE void fl_gemm_block_avx2_body(const int R, long k, const float *restrict a, long ars,
+                                                      long ais, const float *restrict w, float *restrict c,
+                                                      long ldc, int nc, const float *restrict bias)
 {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256i mask[4];
-    __m256 acc[FL_AVX2_ROWS][4];
-    FL_UNROLL for (int v = 0; v < 2 * NP; v++) {   /* vector v: panel v / 2, columns 8 * (v % 2) on */
-        const int cols = (v / 2 == NP - 1 ? nc : FL_PANEL) - 8 * (v % 2);
-        mask[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols), lane);
-        const float *b = bias + (v / 2) * FL_PANEL + 8 * (v % 2);
-        const __m256 b0 = bias ? _mm256_maskload_ps(b, mask[v]) : _mm256_setzero_ps();
-        FL_UNROLL for (int r = 0; r < R; r++) acc[r][v] = b0;
+    const __m256i mask[2] = {_mm256_cmpgt_epi32(_mm256_set1_epi32(nc), lane),
+                             _mm256_cmpgt_epi32(_mm256_set1_epi32(nc - 8), lane)};
+    __m256 acc[FL_AVX2_ROWS][2];
+    FL_UNROLL for (int q = 0; q < 2; q++) {
+        const __m256 b0 = !bias ? _mm256_setzero_ps()
+                          : nc == FL_PANEL ? _mm256_loadu_ps(bias + 8 * q) : _mm256_maskload_ps(bias + 8 * q, mask[q]);
+        FL_UNROLL for (int r = 0; r < R; r++) acc[r][q] = b0;
     }
     for (long i = 0; i < k; i++) {
-        __m256 wv[4];
-        FL_UNROLL for (int q = 0; q < NP; q++) {
-            wv[2 * q] = _mm256_loadu_ps(w + q * ps + i * FL_PANEL);
-            wv[2 * q + 1] = _mm256_loadu_ps(w + q * ps + i * FL_PANEL + 8);
-            _mm_prefetch((const char *)(w + q * ps + (i + FL_PREFETCH_ROWS) * FL_PANEL), _MM_HINT_T0);
-        }
+        const __m256 w0 = _mm256_loadu_ps(w + i * FL_PANEL), w1 = _mm256_loadu_ps(w + i * FL_PANEL + 8);
+        _mm_prefetch((const char *)(w + (i + FL_PREFETCH_ROWS) * FL_PANEL), _MM_HINT_T0);
         FL_UNROLL for (int r = 0; r < R; r++) {
             const __m256 av = _mm256_broadcast_ss(a + r * ars + i * ais);
-            FL_UNROLL for (int v = 0; v < 2 * NP; v++) acc[r][v] = _mm256_fmadd_ps(av, wv[v], acc[r][v]);
+            acc[r][0] = _mm256_fmadd_ps(av, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(av, w1, acc[r][1]);
         }
     }
     FL_UNROLL for (int r = 0; r < R; r++)
-        FL_UNROLL for (int v = 0; v < 2 * NP; v++) {
-            float *cc = c + r * ldc + (v / 2) * FL_PANEL + 8 * (v % 2);
-            if (v / 2 < NP - 1 || nc == FL_PANEL)
-                _mm256_storeu_ps(cc, bias ? acc[r][v] : _mm256_add_ps(_mm256_loadu_ps(cc), acc[r][v]));
+        FL_UNROLL for (int q = 0; q < 2; q++) {
+            float *cc = c + r * ldc + 8 * q;
+            if (nc == FL_PANEL)
+                _mm256_storeu_ps(cc, bias ? acc[r][q] : _mm256_add_ps(_mm256_loadu_ps(cc), acc[r][q]));
             else
-                _mm256_maskstore_ps(cc, mask[v],
-                                    bias ? acc[r][v] : _mm256_add_ps(_mm256_maskload_ps(cc, mask[v]), acc[r][v]));
+                _mm256_maskstore_ps(cc, mask[q],
+                                    bias ? acc[r][q] : _mm256_add_ps(_mm256_maskload_ps(cc, mask[q]), acc[r][q]));
         }
 }
 
-FL_TARGET_AVX2 static void fl_gemm_block_avx2(int R, int NP, long k, const float *a, long ars, long ais,
-                                              const float *w, long ps, float *c, long ldc, int nc, const float *bias)
+FL_TARGET_AVX2 static void fl_gemm_panel_avx2(long m, long k, const float *a, long lda, const float *w, float *c,
+                                              long ldc, int nc, const float *bias)
 {
-    switch (2 * R + NP) {  /* a constant shape per copy keeps the accumulators in registers */
-    case 8: fl_gemm_block_avx2_body(3, 2, k, a, ars, ais, w, ps, c, ldc, nc, bias); break;
-    case 7: fl_gemm_block_avx2_body(3, 1, k, a, ars, ais, w, ps, c, ldc, nc, bias); break;
-    case 6: fl_gemm_block_avx2_body(2, 2, k, a, ars, ais, w, ps, c, ldc, nc, bias); break;
-    case 5: fl_gemm_block_avx2_body(2, 1, k, a, ars, ais, w, ps, c, ldc, nc, bias); break;
-    case 4: fl_gemm_block_avx2_body(1, 2, k, a, ars, ais, w, ps, c, ldc, nc, bias); break;
-    default: fl_gemm_block_avx2_body(1, 1, k, a, ars, ais, w, ps, c, ldc, nc, bias); break;
+    for (long r = 0; r < m; r += FL_AVX2_ROWS) {
+        const int R = (int)(m - r < FL_AVX2_ROWS ? m - r : FL_AVX2_ROWS);
+        float *cr = c + r * ldc;
+        switch (R) {  /* a constant R per copy keeps the accumulators in registers */
+        case 6: fl_gemm_block_avx2_body(6, k, FL_BLOCK_ARGS(a, lda, k, r, 6), w, cr, ldc, nc, bias); break;
+        case 5: fl_gemm_block_avx2_body(5, k, FL_BLOCK_ARGS(a, lda, k, r, 5), w, cr, ldc, nc, bias); break;
+        case 4: fl_gemm_block_avx2_body(4, k, FL_BLOCK_ARGS(a, lda, k, r, 4), w, cr, ldc, nc, bias); break;
+        case 3: fl_gemm_block_avx2_body(3, k, FL_BLOCK_ARGS(a, lda, k, r, 3), w, cr, ldc, nc, bias); break;
+        case 2: fl_gemm_block_avx2_body(2, k, FL_BLOCK_ARGS(a, lda, k, r, 2), w, cr, ldc, nc, bias); break;
+        default: fl_gemm_block_avx2_body(1, k, FL_BLOCK_ARGS(a, lda, k, r, 1), w, cr, ldc, nc, bias); break;
+        }
     }
 }
 #endif
@@ -239,39 +249,27 @@ static inline int fl_panel_cols(long n, long p)
     return (int)(left < FL_PANEL ? left : FL_PANEL);
 }
 
-/* fl_gemm_packed with blocks of `most` rows x `group` panels: a panel group
- * (k x 16 * group floats) stays in L1 or L2 while the row blocks go past it. */
-static void fl_gemm_packed_groups(fl_gemm_block_fn block, int most, int group, long m, long n, long k,
-                                  const float *A, long lda, const float *Wp, long ps, float *C, long ldc)
+/* fl_gemm_packed one panel at a time: a panel (k x 16 floats, 32 KB at
+ * k = 512) stays in L1 while the row blocks go past it. */
+static void fl_gemm_packed_panels(fl_gemm_panel_fn panel, long m, long n, long k, const float *A, long lda,
+                                  const float *Wp, long ps, float *C, long ldc)
 {
     const long np = (n + FL_PANEL - 1) / FL_PANEL;
     for (long m0 = 0; m0 < m; m0 += FL_GEMM_ROW_BLOCK) {
-        const long m1 = m - m0 < FL_GEMM_ROW_BLOCK ? m : m0 + FL_GEMM_ROW_BLOCK;
-        for (long p = 0; p < np; p += group) {
-            const int NP = (int)(np - p < group ? np - p : group);
-            for (long r = m0; r < m1; r += most) {
-                const int R = (int)(m1 - r < most ? m1 - r : most);
-                block(R, NP, k, A + r * lda, lda, 1, Wp + p * ps, ps, C + r * ldc + p * FL_PANEL, ldc,
-                      fl_panel_cols(n, p + NP - 1), NULL);
-            }
-        }
+        const long rows = m - m0 < FL_GEMM_ROW_BLOCK ? m - m0 : FL_GEMM_ROW_BLOCK;
+        for (long p = 0; p < np; p++)
+            panel(rows, k, A + m0 * lda, lda, Wp + p * ps, C + m0 * ldc + p * FL_PANEL, ldc, fl_panel_cols(n, p),
+                  NULL);
     }
 }
 
-/* fl_gemm_apacked with blocks of fl_pack_rows rows x `group` panels. */
-static void fl_gemm_apacked_groups(fl_gemm_block_fn block, int group, long m, long n, long k, const float *ap,
+/* fl_gemm_apacked one panel at a time (A packed in blocks of the path's row count). */
+static void fl_gemm_apacked_panels(fl_gemm_panel_fn panel, long m, long n, long k, const float *ap,
                                    const float *Wp, long ps, const float *bias, float *C, long ldc)
 {
     const long np = (n + FL_PANEL - 1) / FL_PANEL;
-    for (long p = 0; p < np; p += group) {
-        const int NP = (int)(np - p < group ? np - p : group);
-        for (long r0 = 0; r0 < m;) {
-            const int R = fl_pack_rows(m, r0);
-            block(R, NP, k, ap + r0 * k, 1, R, Wp + p * ps, ps, C + r0 * ldc + p * FL_PANEL, ldc,
-                  fl_panel_cols(n, p + NP - 1), bias + p * FL_PANEL);
-            r0 += R;
-        }
-    }
+    for (long p = 0; p < np; p++)
+        panel(m, k, ap, 0, Wp + p * ps, C + p * FL_PANEL, ldc, fl_panel_cols(n, p), bias + p * FL_PANEL);
 }
 
 #if FL_X86
@@ -381,10 +379,10 @@ static void fl_gemm_packed(long m, long n, long k, const float *restrict A, long
 #if FL_X86
     if (fl_isa == FL_ISA_AVX512) fl_gemm_packed_avx512(m, n, k, A, lda, Wp, ps, C, ldc);
     else if (fl_isa == FL_ISA_AVX2)
-        fl_gemm_packed_groups(fl_gemm_block_avx2, FL_AVX2_ROWS, 2, m, n, k, A, lda, Wp, ps, C, ldc);
+        fl_gemm_packed_panels(fl_gemm_panel_avx2, m, n, k, A, lda, Wp, ps, C, ldc);
     else
 #endif
-        fl_gemm_packed_groups(fl_gemm_block_generic, FL_GENERIC_ROWS, 1, m, n, k, A, lda, Wp, ps, C, ldc);
+        fl_gemm_packed_panels(fl_gemm_panel_generic, m, n, k, A, lda, Wp, ps, C, ldc);
 }
 
 /* C[m, n] = bias[n] + A[m, k] @ W, with A packed by fl_pack_a. */
@@ -393,10 +391,10 @@ static void fl_gemm_apacked(long m, long n, long k, const float *restrict ap, co
 {
 #if FL_X86
     if (fl_isa == FL_ISA_AVX512) fl_gemm_apacked_avx512(m, n, k, ap, Wp, ps, bias, C, ldc);
-    else if (fl_isa == FL_ISA_AVX2) fl_gemm_apacked_groups(fl_gemm_block_avx2, 2, m, n, k, ap, Wp, ps, bias, C, ldc);
+    else if (fl_isa == FL_ISA_AVX2) fl_gemm_apacked_panels(fl_gemm_panel_avx2, m, n, k, ap, Wp, ps, bias, C, ldc);
     else
 #endif
-        fl_gemm_apacked_groups(fl_gemm_block_generic, 1, m, n, k, ap, Wp, ps, bias, C, ldc);
+        fl_gemm_apacked_panels(fl_gemm_panel_generic, m, n, k, ap, Wp, ps, bias, C, ldc);
 }
 #else
 /* Without GCC or clang (vector extensions) nothing is packed and BLAS does every product. */
