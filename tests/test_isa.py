@@ -160,6 +160,6 @@ def test_c_kernels_aarch64(tmp_path):
     assert "generic: checked" in out
     dump = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(exe)], capture_output=True, text=True,
                           check=True).stdout
-    block = dump[dump.index("<fl_gemm_block_generic>:"):]
+    block = dump[dump.index("<fl_gemm_panel_generic>:"):]
     block = block[:block.index("\n\n")]
     assert "fmla\tv" in block and ".4s" in block
