@@ -7,6 +7,8 @@
     >>> y_t = stream.step(x_t)
 """
 
+from . import _isa  # noqa: F401  (checks FASTLSTM_ISA)
+from ._config import show_config
 from ._kernels import openmp_enabled
 from ._streams import Stream, StreamPool
 from ._threads import get_num_threads, set_num_threads, threads
@@ -20,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "load", "from_torch", "from_keras", "LoadError", "LoadWarning",
     "Model", "Stream", "StreamPool", "State", "LSTMLayer", "LSTMWeights", "Dense",
-    "openmp_enabled", "set_num_threads", "get_num_threads", "threads", "__version__",
+    "openmp_enabled", "show_config", "set_num_threads", "get_num_threads", "threads", "__version__",
 ]
 
 

@@ -1,5 +1,5 @@
 # Type stubs for the compiled module _kernels.pyx (Cython emits none).
-from typing import Any, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -8,9 +8,14 @@ from typing_extensions import disjoint_base
 def openmp_enabled() -> bool:
     """Whether the compiled kernels were built with OpenMP."""
 
+def _isa_levels() -> Tuple[int, int, Dict[str, bool]]:
+    """(path the kernels use, best path this CPU has, {CPU feature: present}), as levels of
+    enum fl_isa_level (fastlstm/_isa.py names them)."""
+
 def _set_blas_hooks(pairs: List[Tuple[int, int]], sgemm64: Optional[int]) -> None: ...
 def _set_num_threads(n: int) -> None: ...
 def _get_num_threads() -> int: ...
+def _max_threads() -> int: ...
 def _activate(kind: int, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
 
 @disjoint_base
