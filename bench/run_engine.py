@@ -273,9 +273,11 @@ def blas_cases(cfg: Config, libs) -> List[Case]:
     return cases
 
 
-def build_runners(model, threads: int, want) -> Dict[str, object]:
-    """The peers' runners at ``threads`` threads (ORT and OpenVINO fix it per session)."""
-    names = [n for n in harness.PEERS if n != "keras" and not harness.missing_modules(n)
+def build_runners(model, threads: int, want, path: Optional[str] = None) -> Dict[str, object]:
+    """The peers' runners at ``threads`` threads (ORT and OpenVINO fix it per session); ``path``:
+    the --isa run's kernel path, whose holds some peers cannot run under."""
+    names = [n for n in harness.PEERS if n != "keras" and n not in isa.left_out(path)
+             and not harness.missing_modules(n)
              and (("torch" in want and n == "torch") or ("ort" in want and n == "onnxruntime")
                   or ("peers" in want and n not in OWN_COLUMNS))]
     runners, _ = harness.build_runners(model, {n: "" for n in harness.PEERS if n not in names}, threads)
@@ -620,7 +622,8 @@ def main(argv=None) -> int:
     env = environment(thread_list, fl_info)
     env["processes"] = layout
     env["instruction sets"] = (f"fastlstm kernel path {fl_info['isa'] if fl_info else '-'}; peers held: "
-                               f"{isa.describe(args.isa)}; ONNX Runtime and tract never held")
+                               f"{isa.describe(args.isa)}; ONNX Runtime and tract never held"
+                               + "".join(f"; {k} left out: {v}" for k, v in isa.left_out(args.isa).items()))
     results: Dict[tuple, Dict[str, float]] = {}
     raw: Dict[str, Dict] = {}
     errs: Dict[str, Dict[str, float]] = {}
@@ -640,7 +643,7 @@ def main(argv=None) -> int:
             fl_out = fl_outputs(cfg, fl_model, x, steps)
         reference = build_runners(model, 1, ("torch",))
         ref = reference["torch"].predict(x) if reference else fl_out[0]
-        errs[cfg.name] = check_parity(ref, fl_out, build_runners(model, 1, want), x, steps)
+        errs[cfg.name] = check_parity(ref, fl_out, build_runners(model, 1, want, args.isa), x, steps)
         for n in thread_list:
             # Other processes may use the cores this block leaves idle (less a margin),
             # plus --max-load: at 1 thread on 2 cores a neighbour on the other core is tolerable.
@@ -657,7 +660,7 @@ def main(argv=None) -> int:
                     cases = fl_cases(cfg, fl_model, x) if fl_model is not None else []
                     if worker is not None:
                         cases = worker.cases(n)
-                    cases += peer_cases(build_runners(model, n, want), x)  # sessions built with n threads
+                    cases += peer_cases(build_runners(model, n, want, args.isa), x)  # sessions built with n threads
                     if "blas" in want:
                         cases += blas_cases(cfg, ("numpy",) if args.quick else ("scipy", "numpy"))
                     with OtherLoad([worker.pid] if worker is not None else []) as load:

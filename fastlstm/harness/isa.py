@@ -28,6 +28,15 @@ HOLDS: Dict[str, Dict[str, str]] = {
 HELD_PEERS = ("torch", "openvino")
 
 
+def left_out(isa: Optional[str]) -> Dict[str, str]:
+    """{peer: why} for the registry peers that cannot run under the holds of ``isa``: OpenVINO's
+    bfloat16 LSTM needs AVX-512 (BF16 or AMX), and oneDNN held below it has no such primitive."""
+    if isa in (None, "avx512"):
+        return {}
+    return {"openvino-bf16": f"bfloat16 needs AVX-512, which ONEDNN_MAX_CPU_ISA={HOLDS[isa]['ONEDNN_MAX_CPU_ISA']} "
+                             "forbids"}
+
+
 def environment(isa: str) -> Dict[str, str]:
     """The environment a run on kernel path ``isa`` needs: FASTLSTM_ISA and the peers' switches."""
     if isa not in HOLDS:
