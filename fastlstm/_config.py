@@ -8,15 +8,13 @@ from typing import Dict
 from . import _blas, _isa, _kernels, _threads
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux; what the platform module says elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "unknown"
 
 
 def config() -> Dict[str, Dict[str, object]]:
@@ -31,7 +29,7 @@ def config() -> Dict[str, Dict[str, object]]:
         },
         "CPU": {
             "machine": platform.machine(),
-            "processor": _cpu_name(),
+            "processor": cpu_name(),
             "features": " ".join(f for f, has in features.items() if has) or "none detected",
             "missing": " ".join(f for f, has in features.items() if not has) or "none",
         },

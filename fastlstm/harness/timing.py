@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional
 
+from fastlstm._config import cpu_name
 from fastlstm._threads import available_cores
 
 __all__ = ["Case", "calibrate", "measure", "OtherLoad", "wait_for_quiet", "thread_policy", "available_cores",
@@ -160,17 +161,6 @@ def rotations(items: list, rounds: int) -> Iterator[list]:
     for r in range(rounds):
         k = r % max(1, len(items))
         yield items[k:] + items[:k]
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux; what the platform module says elsewhere)."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine() or "?"
 
 
 class OtherLoad:
