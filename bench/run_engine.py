@@ -5,6 +5,7 @@
     python bench/run_engine.py            # full run, ~6-9 min on a quiet 2-core machine
     python bench/run_engine.py --quick    # smoke run, ~1.5 min on a quiet machine
     python bench/run_engine.py --configs tiny,small --threads 1 --json out.json
+    python bench/run_engine.py --isa avx2 --threads 1   # fastlstm's AVX2 path vs peers held to AVX2
 
 Prints Markdown tables (medians and ratios) ready to paste into a README.
 
@@ -30,6 +31,10 @@ Method (why it looks like this):
   steals the core the next one needs.
 * Parity with torch is checked before timing, so every engine is known to compute
   the same function.
+* ``--isa P`` runs fastlstm's kernel path P (FASTLSTM_ISA) and holds every peer that
+  has a switch to the same instruction set (fastlstm.harness.isa: oneDNN under PyTorch
+  and OpenVINO, OpenBLAS); ONNX Runtime and tract have none.  These are read when the
+  libraries load, so the script sets them and starts itself again.
 
 The runners, the timing loop and the load meter are the harness's (fastlstm/harness); this
 script holds the fastlstm worker process, the case table and the report.
@@ -67,7 +72,7 @@ if __name__ == "__main__":
             pass
 
 from fastlstm import harness  # noqa: E402
-from fastlstm.harness import configs, yardsticks  # noqa: E402
+from fastlstm.harness import configs, isa, yardsticks  # noqa: E402
 from fastlstm.harness._common import cycle_inputs  # noqa: E402
 from fastlstm.harness.configs import CONFIGS, Config  # noqa: E402
 from fastlstm.harness.timing import (  # noqa: E402
@@ -150,6 +155,7 @@ def _fl_worker_main(conn):
 
                 gomp = [i["filepath"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp"]
                 res = {"version": fastlstm.__version__, "openmp": fastlstm.openmp_enabled(),
+                       "isa": fastlstm._isa.levels()[0],
                        "libgomp": gomp, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
                        "torch_loaded": "torch" in sys.modules}
             elif cmd == "setup":
@@ -267,9 +273,11 @@ def blas_cases(cfg: Config, libs) -> List[Case]:
     return cases
 
 
-def build_runners(model, threads: int, want) -> Dict[str, object]:
-    """The peers' runners at ``threads`` threads (ORT and OpenVINO fix it per session)."""
-    names = [n for n in harness.PEERS if n != "keras" and not harness.missing_modules(n)
+def build_runners(model, threads: int, want, path: Optional[str] = None) -> Dict[str, object]:
+    """The peers' runners at ``threads`` threads (ORT and OpenVINO fix it per session); ``path``:
+    the --isa run's kernel path, whose holds some peers cannot run under."""
+    names = [n for n in harness.PEERS if n != "keras" and n not in isa.left_out(path)
+             and not harness.missing_modules(n)
              and (("torch" in want and n == "torch") or ("ort" in want and n == "onnxruntime")
                   or ("peers" in want and n not in OWN_COLUMNS))]
     runners, _ = harness.build_runners(model, {n: "" for n in harness.PEERS if n not in names}, threads)
@@ -402,6 +410,9 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
             "matmuls the design needs (one input-projection sgemm + T recurrent sgemm/sgemv per layer), "
             "called from Python (~1 us wrapper cost per call inflates it at small H).\n")
 
+    if args.isa:
+        isa_table(out, results, cfgs, thread_list, args.isa)
+
     if len(thread_list) > 1:
         lo, hi = min(thread_list), max(thread_list)
         out(f"### Threads: {hi} vs {lo} (speed-up = time at {lo} / time at {hi})\n")
@@ -458,6 +469,38 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
     return "\n".join(lines)
 
 
+#: The case keys of each peer isa.HELD_PEERS names: (step cases, predict case).
+HELD_CASES = {"torch": (("torch.lstm_step", "torch.cell_step"), "torch.seq"),
+              "openvino": (("openvino.step",), "openvino.seq")}
+
+
+def isa_table(out, results, cfgs, thread_list, path):
+    """fastlstm on one kernel path against the best peer held to the same instruction set, and
+    against ONNX Runtime (not held): ratios > 1 mean fastlstm is faster."""
+    for n in thread_list:
+        out(f"### fastlstm path {path} vs peers held to it ({isa.describe(path)}), "
+            f"{n} thread{'s' if n > 1 else ''}\n")
+        out("| config | step: fastlstm µs | best held peer | ratio | ORT | ratio vs ORT | "
+            "predict: fastlstm ms | best held peer | ratio | ORT | ratio vs ORT |")
+        out("|---|---|---|---|---|---|---|---|---|---|---|")
+        for c in cfgs:
+            g = partial(_get, results, c.name, n)
+            row = [c.name]
+            for kind, fl_key, unit in (("step", "fl.step_out", "us"), ("seq", "fl.predict", "ms")):
+                fl = g(fl_key)
+                peers = {name: min(g(k) for k in HELD_CASES[name][0]) if kind == "step" else g(HELD_CASES[name][1])
+                         for name in isa.HELD_PEERS}
+                peers = {k: v for k, v in peers.items() if v == v}
+                best = min(peers, key=peers.__getitem__) if peers else None
+                ort = min(g("ort.step"), g("ort.step_iobind")) if kind == "step" else g("ort.seq")
+                row += [_fmt_t(fl, unit),
+                        f"{_fmt_t(peers[best], unit)} ({best})" if best else "-",
+                        _fmt_r(peers[best] / fl if best and fl == fl else None),
+                        _fmt_t(ort, unit), _fmt_r(ort / fl if fl == fl else None)]
+            out("| " + " | ".join(row) + " |")
+        out("")
+
+
 def environment(thread_list, fl_info) -> Dict[str, str]:
     env = {"CPU": f"{cpu_name()}, {available_cores()} cores available"}
     env["threads compared"] = ", ".join(map(str, thread_list)) + \
@@ -466,13 +509,13 @@ def environment(thread_list, fl_info) -> Dict[str, str]:
     vers = [f"python {platform.python_version()}", f"numpy {np.__version__}"]
     from importlib import metadata
 
-    for mod in ("scipy", "torch", "onnxruntime"):
+    for mod in ("scipy", "torch", "onnxruntime", "openvino"):
         try:
             vers.append(f"{mod} {metadata.version(mod)}")
         except metadata.PackageNotFoundError:
             vers.append(f"{mod} missing")
     if fl_info is not None:
-        vers.append(f"fastlstm {fl_info['version']} (openmp={fl_info['openmp']})")
+        vers.append(f"fastlstm {fl_info['version']} (openmp={fl_info['openmp']}, kernel path {fl_info['isa']})")
     env["versions"] = ", ".join(vers)
     env["source"] = _git_state()
     return env
@@ -511,6 +554,9 @@ def main(argv=None) -> int:
     p.add_argument("--engines", default="fl,torch,ort,peers,blas",
                    help="subset of fl,torch,ort,peers,blas ('peers': every other installed peer of the "
                         "harness's registry, e.g. OpenVINO, tract)")
+    p.add_argument("--isa", choices=sorted(isa.HOLDS), default=None,
+                   help="fastlstm's kernel path (FASTLSTM_ISA), with oneDNN (torch, OpenVINO) and OpenBLAS held to "
+                        "the same instruction set; adds a table against the best held peer")
     p.add_argument("--max-load", type=float, default=0.3,
                    help="cores other processes may keep busy, beyond the cores a block leaves idle, before "
                         "the block counts as noisy (default 0.3)")
@@ -532,6 +578,8 @@ def main(argv=None) -> int:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds after which no more waiting or re-measuring is done (default 480; quick 90)")
     args = p.parse_args(argv)
+    if args.isa:
+        isa.restart_held(args.isa, __file__, argv)  # returns once the environment is in place
     args.repeats = args.repeats or (5 if args.quick else 15)
     args.sample_ms = args.sample_ms or (15.0 if args.quick else 60.0)
     if args.time_budget is None:
@@ -553,7 +601,8 @@ def main(argv=None) -> int:
         import fastlstm
 
         if "fl" in want:
-            fl_info = {"version": fastlstm.__version__, "openmp": fastlstm.openmp_enabled()}
+            fl_info = {"version": fastlstm.__version__, "openmp": fastlstm.openmp_enabled(),
+                       "isa": fastlstm._isa.levels()[0]}
         layout = (f"one process, {args.import_order}: libgomp's OMP_WAIT_POLICY is "
                   f"{os.environ.get('OMP_WAIT_POLICY', 'unset') if _FASTLSTM_FIRST else _policy_before}"
                   " for fastlstm and torch alike")
@@ -572,6 +621,9 @@ def main(argv=None) -> int:
                        f"torch loaded there: {fl_info['torch_loaded']}); samples interleave across the two")
     env = environment(thread_list, fl_info)
     env["processes"] = layout
+    env["instruction sets"] = (f"fastlstm kernel path {fl_info['isa'] if fl_info else '-'}; peers held: "
+                               f"{isa.describe(args.isa)}; ONNX Runtime and tract never held"
+                               + "".join(f"; {k} left out: {v}" for k, v in isa.left_out(args.isa).items()))
     results: Dict[tuple, Dict[str, float]] = {}
     raw: Dict[str, Dict] = {}
     errs: Dict[str, Dict[str, float]] = {}
@@ -591,7 +643,7 @@ def main(argv=None) -> int:
             fl_out = fl_outputs(cfg, fl_model, x, steps)
         reference = build_runners(model, 1, ("torch",))
         ref = reference["torch"].predict(x) if reference else fl_out[0]
-        errs[cfg.name] = check_parity(ref, fl_out, build_runners(model, 1, want), x, steps)
+        errs[cfg.name] = check_parity(ref, fl_out, build_runners(model, 1, want, args.isa), x, steps)
         for n in thread_list:
             # Other processes may use the cores this block leaves idle (less a margin),
             # plus --max-load: at 1 thread on 2 cores a neighbour on the other core is tolerable.
@@ -608,7 +660,7 @@ def main(argv=None) -> int:
                     cases = fl_cases(cfg, fl_model, x) if fl_model is not None else []
                     if worker is not None:
                         cases = worker.cases(n)
-                    cases += peer_cases(build_runners(model, n, want), x)  # sessions built with n threads
+                    cases += peer_cases(build_runners(model, n, want, args.isa), x)  # sessions built with n threads
                     if "blas" in want:
                         cases += blas_cases(cfg, ("numpy",) if args.quick else ("scipy", "numpy"))
                     with OtherLoad([worker.pid] if worker is not None else []) as load:

@@ -7,6 +7,8 @@
     >>> y_t = stream.step(x_t)
 """
 
+from . import _isa  # noqa: F401  (checks FASTLSTM_ISA)
+from ._config import show_config
 from ._kernels import openmp_enabled
 from ._streams import Stream, StreamPool
 from ._threads import get_num_threads, set_num_threads, threads
@@ -43,7 +45,7 @@ __all__ = [
     "GRULayer", "GRUWeights", "RNNLayer", "RNNWeights", "Conv1D", "Activation", "BatchNorm", "LayerNorm",
     "Embedding", "MaxPool1D", "AvgPool1D", "GlobalMaxPool1D", "GlobalAvgPool1D", "LastStep", "Flatten",
     "RepeatVector",
-    "openmp_enabled", "set_num_threads", "get_num_threads", "threads", "__version__",
+    "openmp_enabled", "show_config", "set_num_threads", "get_num_threads", "threads", "__version__",
 ]
 
 

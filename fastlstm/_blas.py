@@ -13,6 +13,9 @@ through each library's own ``openblas_{set,get}_num_threads``.
 
 import ctypes
 
+#: What discover() chose, for fastlstm.show_config(): {"sgemm": description, "libraries": [...]}.
+chosen = {"sgemm": "none found (threadpoolctl or scipy missing)", "libraries": []}
+
 
 def _version(lib):
     try:
@@ -40,6 +43,9 @@ def discover():
     libs = [lib for lib in ThreadpoolController().lib_controllers
             # An OpenMP-layer OpenBLAS already runs single-threaded inside a parallel region.
             if lib.internal_api == "openblas" and getattr(lib, "threading_layer", None) != "openmp"]
+    chosen["libraries"] = [f"{lib.prefix} {lib.version} ({lib.architecture}, {lib.threading_layer}): {lib.filepath}"
+                           for lib in libs]
+    chosen["sgemm"] = "scipy's cython_blas"
     hooks = []
     for lib in libs:
         set_fn = _symbol(lib.dynlib, "openblas_set_num_threads", ("", "64_", "_64"))
@@ -53,5 +59,6 @@ def discover():
         address = _symbol(lib.dynlib, "sgemm", ("_64_", "64_"))
         if address and _version(lib) > scipy_version:
             best = address
+            chosen["sgemm"] = f"ILP64 sgemm of {lib.prefix} {lib.version} ({lib.filepath})"
             break
     return hooks, best

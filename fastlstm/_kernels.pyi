@@ -1,6 +1,6 @@
 # Type stubs for the compiled module _kernels.pyx (Cython emits none).
 from enum import IntEnum
-from typing import Any, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +53,10 @@ class fl_layer_kind(IntEnum):
 
 def openmp_enabled() -> bool:
     """Whether the compiled kernels run batches on several threads (fastlstm's own pool)."""
+
+def _isa_levels() -> Tuple[int, int, Dict[str, bool]]:
+    """(path the kernels use, best path this CPU has, {CPU feature: present}), as levels of
+    enum fl_isa_level (fastlstm/_isa.py names them)."""
 
 def _max_threads() -> int: ...
 def _set_blas_hooks(pairs: List[Tuple[int, int]], sgemm64: Optional[int]) -> None: ...

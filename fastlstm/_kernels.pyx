@@ -44,6 +44,11 @@ cdef extern from "fastlstm_gemm.h" nogil:
                          float *C, long ldc)
     int fl_pack_rows(long m, long r)
 
+cdef extern from "fastlstm_isa.h" nogil:
+    int fl_isa_level()
+    int fl_isa_cpu()
+    int fl_cpu_feature(int i, const char **name)
+
 cdef extern from "fastlstm_barrier.h" nogil:
     ctypedef struct fl_spin_barrier:
         pass
@@ -166,6 +171,21 @@ def openmp_enabled():
 def _max_threads():
     """The most threads one kernel call can use (the pool's team size limit)."""
     return FL_POOL_MAX_THREADS
+
+
+def _isa_levels():
+    """(path the kernels use, best path this CPU has, {CPU feature: present}); levels of
+    enum fl_isa_level (fastlstm/_isa.py names them)."""
+    cdef const char *name = NULL
+    cdef int i = 0, has
+    features = {}
+    while True:
+        has = fl_cpu_feature(i, &name)
+        if has < 0:
+            break
+        features[name.decode()] = bool(has)
+        i += 1
+    return fl_isa_level(), fl_isa_cpu(), features
 
 
 def _set_num_threads(int n):

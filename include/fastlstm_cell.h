@@ -5,28 +5,23 @@
  * units reads its four gates at stride H.  The fused pass does all activations
  * and the c/h update while the row is in cache:  c' = f*c + i*g,  h' = o*act(c').
  *
- * The hot functions are compiled for AVX-512, AVX2+FMA and baseline x86-64 in
- * one binary (GCC target_clones picks at load time), so the default build is
- * portable and still fast; no -march=native.
+ * The hot functions come in one copy per instruction-set path (AVX-512,
+ * AVX2+FMA, generic; fastlstm_isa.h), compiled from one body, so the default
+ * build is portable and still fast (no -march=native), and FASTLSTM_ISA can
+ * force any path the CPU has.
  */
 #ifndef FASTLSTM_CELL_H
 #define FASTLSTM_CELL_H
 
 #include "fastlstm_activations.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(FASTLSTM_NO_CLONES)
-#define FL_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FL_HOT
-#endif
+#include "fastlstm_isa.h"
 
 /* n hidden units of one row.  Gate g of unit j is z[g * gs + j]: gs = H for a
  * whole row; a thread that owns a slice of the units passes z + u0 and gs = H. */
 
 /* Sigmoid gates and tanh cell (the PyTorch cell): the fast path. */
-FL_HOT static void fl_cell_units_sigmoid_tanh(const float *restrict z, long gs, float *restrict c,
-                                              float *restrict h, long n)
+FL_INLINE void fl_cell_units_sigmoid_tanh_body(const float *restrict z, long gs, float *restrict c,
+                                               float *restrict h, long n)
 {
     const float *zi = z, *zf = z + gs, *zo = z + 2 * gs, *zg = z + 3 * gs;
     for (long j = 0; j < n; j++) {
@@ -35,6 +30,8 @@ FL_HOT static void fl_cell_units_sigmoid_tanh(const float *restrict z, long gs, 
         h[j] = fl_sigmoid(zo[j]) * fl_tanh(cn);
     }
 }
+FL_ISA_VARIANTS(fl_cell_units_sigmoid_tanh, (const float *restrict z, long gs, float *restrict c,
+                                            float *restrict h, long n), (z, gs, c, h, n))
 
 /* Any gate/cell activation (Keras options).  The n used gates of z are overwritten. */
 static void fl_cell_units_generic(float *restrict z, long gs, float *restrict c, float *restrict h,
@@ -155,11 +152,12 @@ static void fl_rnn_rows(float *z, long ldz, float *h, long ldh, long nrows, long
  * at small sizes.  W is streamed row by row, four rows at a time, so every
  * weight is read once, sequentially (the prefetcher's best case), while z
  * (a few KB) stays in L1: 4 FMAs per load and store of z. */
-FL_HOT static void fl_gemv_acc(const float *restrict v, long k, const float *restrict W, long ldw,
-                               long n, float *restrict z)
+FL_INLINE void fl_gemv_acc_body(const float *restrict v, long k, const float *restrict W, long ldw,
+                                long n, float *restrict z)
 {
+    const long k4 = k - k % 4;
     long i = 0;
-    for (; i + 3 < k; i += 4) {
+    for (; i < k4; i += 4) {
         const float v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
         const float *w0 = W + i * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
         for (long j = 0; j < n; j++) z[j] += v0 * w0[j] + v1 * w1[j] + v2 * w2[j] + v3 * w3[j];
@@ -170,6 +168,8 @@ FL_HOT static void fl_gemv_acc(const float *restrict v, long k, const float *res
         for (long j = 0; j < n; j++) z[j] += vi * w[j];
     }
 }
+FL_ISA_VARIANTS(fl_gemv_acc, (const float *restrict v, long k, const float *restrict W, long ldw, long n,
+                              float *restrict z), (v, k, W, ldw, n, z))
 
 /* Merge a bidirectional row pair [a | b] (each n wide) into a, for Keras merge modes. */
 enum fl_merge { FL_MERGE_CONCAT = 0, FL_MERGE_SUM = 1, FL_MERGE_MUL = 2, FL_MERGE_AVE = 3 };

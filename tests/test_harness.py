@@ -99,3 +99,46 @@ def test_calibration_sizes_samples_and_measure_interleaves():
     measure([case, other], repeats=3, sample_s=0.002, pause_s=0.0)
     assert len(case.samples) == len(other.samples) == 3
     assert all(t > 0 for t in case.samples + other.samples)
+
+
+def test_thread_policy_sets_and_restores_fastlstm_threads():
+    import fastlstm
+    from fastlstm.harness.timing import thread_policy
+
+    before = fastlstm.get_num_threads()
+    other = 1 if before != 1 else 2
+    with thread_policy(other):
+        assert fastlstm.get_num_threads() == other
+    assert fastlstm.get_num_threads() == before
+
+
+def test_isa_holds_name_each_path_and_refuse_others():
+    from fastlstm.harness import isa
+
+    assert isa.environment("avx2") == {"FASTLSTM_ISA": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                                       "OPENBLAS_CORETYPE": "Haswell"}
+    assert isa.environment("avx512") == {"FASTLSTM_ISA": "avx512"}
+    with pytest.raises(ValueError, match="isa: expected one of generic, avx2, avx512"):
+        isa.environment("sse9")
+    assert isa.left_out("avx512") == {} and isa.left_out(None) == {}
+    assert "openvino-bf16" in isa.left_out("generic")
+
+
+def test_isa_restart_held_restarts_the_script_under_the_holds(tmp_path, monkeypatch):
+    from fastlstm.harness import isa
+
+    for k in isa.environment("generic"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(SystemExit, match="set FASTLSTM_ISA=generic ONEDNN_MAX_CPU_ISA=SSE41"):
+        isa.restart_held("generic", "driver.py", argv=["--isa", "generic"])  # main(argv) cannot restart
+    script = tmp_path / "driver.py"
+    script.write_text("import os, sys\n"
+                      "from fastlstm.harness import isa\n"
+                      "print('start', sys.argv[1:], flush=True)\n"
+                      "isa.restart_held('generic', __file__)\n"
+                      "import fastlstm\n"
+                      "print('held', os.environ['ONEDNN_MAX_CPU_ISA'], fastlstm._isa.levels()[0])\n")
+    run = subprocess.run([sys.executable, str(script), "--isa", "generic"], capture_output=True, text=True,
+                         timeout=120, check=True)
+    # Two starts (the second under the holds), then the kernels on the generic path.
+    assert run.stdout.splitlines() == ["start ['--isa', 'generic']"] * 2 + ["held SSE41 generic"]

@@ -148,7 +148,7 @@ def build_parser():
                    help="steps in the whole-sequence row (default 1000, 200 with --quick)")
 
     i = add("info", "describe a model file", "Print MODEL's layers, sizes, parameter count, weight memory and "
-            "whether it can stream.")
+            "whether it can stream, then this machine's kernel path, CPU features, BLAS and threads.")
     _model_arg(i)
 
     c = add("convert", "write a model in fastlstm's own format",

@@ -66,8 +66,11 @@ def describe(model, path) -> str:
 
 
 def run_info(args):
+    from .._config import format_config
+
     model = load_model(args.model, args)
     print(describe(model, MODEL_PATH if args.model is None else args.model))
+    print("\nThis machine (fastlstm.show_config()):\n" + format_config())
     return 0
 
 

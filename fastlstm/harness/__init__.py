@@ -13,6 +13,8 @@ Where things are:
   :mod:`.ort_runner`, :mod:`.openvino_runner`, :mod:`.tract_runner`, :mod:`.keras_runner`;
   :mod:`.onnx_export` exports the graphs the ONNX-based ones run.
 * :mod:`.timing`: calibrated interleaved samples, the load meter, the thread policy.
+* :mod:`.isa`: one of fastlstm's kernel paths against peers held to the same instruction set
+  (``bench/run_engine.py --isa``).
 * :mod:`.compare`: every runner on the same inputs, parity first, then timed cases.
 * :mod:`.configs`: the benchmark shapes and the models timed on them.  **To add a config**,
   add one ``Config`` to :data:`~.configs.CONFIGS`.

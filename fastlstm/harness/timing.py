@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional
 
+from fastlstm._config import cpu_name
 from fastlstm._threads import available_cores
 
 __all__ = ["Case", "calibrate", "measure", "OtherLoad", "wait_for_quiet", "thread_policy", "available_cores",
@@ -162,17 +163,6 @@ def rotations(items: list, rounds: int) -> Iterator[list]:
         yield items[k:] + items[:k]
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux; what the platform module says elsewhere)."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine() or "?"
-
-
 class OtherLoad:
     """How many cores *other* processes kept busy while the block ran (Linux; NaN elsewhere).
 
@@ -239,7 +229,7 @@ def wait_for_quiet(max_load: float, timeout_s: float) -> float:
 def thread_policy(n: int) -> Iterator[int]:
     """Hold every engine to ``n`` threads; previous settings are restored on exit.
 
-    * fastlstm: ``fastlstm.set_num_threads(n)`` (its OpenMP team across the batch);
+    * fastlstm: ``fastlstm.threads(n)`` (its thread pool's team across the batch);
     * BLAS: the OpenBLAS pools (scipy's and numpy's) through threadpoolctl, so a batch-1
       sgemm cannot quietly use a second core in a "1 thread" comparison;
     * PyTorch, and so Keras on the torch backend: ``torch.set_num_threads(n)``, only if a
@@ -256,8 +246,7 @@ def thread_policy(n: int) -> Iterator[int]:
             undo.callback(limiter.restore_original_limits)
         except ImportError:  # threadpoolctl is a dependency; a broken install only loses this
             pass
-        undo.callback(fastlstm.set_num_threads, fastlstm.get_num_threads())
-        fastlstm.set_num_threads(n)
+        undo.enter_context(fastlstm.threads(n))
         torch = sys.modules.get("torch")
         if torch is not None:
             undo.callback(torch.set_num_threads, torch.get_num_threads())
