@@ -69,8 +69,8 @@ static inline void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc,
  * Gate blocks of z at stride gs: [ r | z | n_x | n_h ], n_x = x W_in + b_in and n_h = h W_hn + b_hn
  * kept apart so that r multiplies only n_h:  n = act(n_x + r * n_h),  h' = n + u * (h - n)
  * (u the update gate; PyTorch's own form of (1 - u) n + u h).  The used gates are overwritten. */
-FL_HOT static void fl_gru_units_sigmoid_tanh(const float *restrict z, long gs, const float *restrict hprev,
-                                             float *restrict h, long n)
+FL_INLINE void fl_gru_units_sigmoid_tanh_body(const float *restrict z, long gs, const float *restrict hprev,
+                                              float *restrict h, long n)
 {
     const float *zr = z, *zu = z + gs, *zx = z + 2 * gs, *zh = z + 3 * gs;
     for (long j = 0; j < n; j++) {
@@ -78,6 +78,8 @@ FL_HOT static void fl_gru_units_sigmoid_tanh(const float *restrict z, long gs, c
         h[j] = nn + fl_sigmoid(zu[j]) * (hprev[j] - nn);
     }
 }
+FL_ISA_VARIANTS(fl_gru_units_sigmoid_tanh, (const float *restrict z, long gs, const float *restrict hprev,
+                                          float *restrict h, long n), (z, gs, hprev, h, n))
 
 static void fl_gru_units_generic(float *restrict z, long gs, const float *restrict hprev, float *restrict h,
                                  long n, int gate_act, int act)
