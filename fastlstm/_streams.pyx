@@ -476,13 +476,15 @@ cdef class StreamPool:
         cdef const long long *idp = <const long long *>cnp.PyArray_DATA(ia)
         cdef const void *xp = cnp.PyArray_DATA(xa)
         cdef float *yp = <float *>cnp.PyArray_DATA(ya)
-        cdef void *own = cnp.PyArray_DATA(self.x_own)
+        cdef void *own
         cdef long n = cnp.PyArray_SIZE(xa), nbytes = cnp.PyArray_NBYTES(xa)
         cdef int bad = BAD_NONE, bad_at = 0
         cdef bint finite, ok = True
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
-            # The kernel reads this copy, so the check holds even if x changes meanwhile.
+            # The kernel reads this copy, so the check holds even if x changes meanwhile.  Its buffer is
+            # looked up under the lock: reserve() on another thread replaces (and frees) the old one.
+            own = cnp.PyArray_DATA(self.x_own)
             memcpy(own, xp, nbytes)
             finite = input_ok(&self.net.net, own, n)
             if finite:

@@ -42,7 +42,8 @@ MAX_STEPS_OPTION = 1 << 16
 
 def check_steps_option(value, what, source):
     """Refuse an int option that sets a number of time steps above :data:`MAX_STEPS_OPTION`."""
-    if isinstance(value, int) and value > MAX_STEPS_OPTION:
+    # (floats too: the layer classes take an integral float such as 2.0 as the int it equals)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_STEPS_OPTION:
         raise ValueError(f"{source}: {what}={value} is larger than fastlstm accepts from a file "
                          f"({MAX_STEPS_OPTION}); refusing a model that would allocate without bound")
     return value
