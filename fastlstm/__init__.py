@@ -19,7 +19,9 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from ._kernels import openmp_enabled  # noqa: E402
 from ._streams import Stream, StreamPool  # noqa: E402
 from ._threads import get_num_threads, set_num_threads  # noqa: E402
-from .layers import Dense, LSTMLayer, LSTMWeights  # noqa: E402
+from .layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, Flatten,  # noqa: E402
+                     GlobalAvgPool1D, GlobalMaxPool1D, GRULayer, GRUWeights, LastStep, LayerNorm,
+                     LSTMLayer, LSTMWeights, MaxPool1D, RepeatVector, RNNLayer, RNNWeights)
 from .loaders import LoadWarning, from_keras, from_torch, load  # noqa: E402
 from .model import Model  # noqa: E402
 from .state import State  # noqa: E402
@@ -29,5 +31,8 @@ __version__ = "0.1.0"
 __all__ = [
     "load", "from_torch", "from_keras", "LoadWarning",
     "Model", "Stream", "StreamPool", "State", "LSTMLayer", "LSTMWeights", "Dense",
+    "GRULayer", "GRUWeights", "RNNLayer", "RNNWeights", "Conv1D", "Activation", "BatchNorm", "LayerNorm",
+    "Embedding", "MaxPool1D", "AvgPool1D", "GlobalMaxPool1D", "GlobalAvgPool1D", "LastStep", "Flatten",
+    "RepeatVector",
     "openmp_enabled", "set_num_threads", "get_num_threads", "__version__",
 ]
