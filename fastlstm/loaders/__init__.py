@@ -20,6 +20,7 @@ import os
 from ._common import LoadWarning, Spec, build_model, open_zip
 from .keras_files import is_hdf5, read_keras_h5, read_keras_zip
 from .native import is_native, save_model, spec_from_native
+from .onnx_files import folder_of, looks_like_onnx, spec_from_onnx
 from .safetensors_io import looks_like_safetensors, read_safetensors
 from .torch_state import OVERRIDES, check_overrides, spec_from_state_dict
 from .torch_zip import LEGACY_MAGIC, read_torch_zip, sniff as sniff_torch_zip
@@ -50,8 +51,10 @@ def _no_overrides(overrides, kind):
                         "records its own structure")
 
 
-def spec_from_bytes(data, source, **overrides):
-    """Detect the format of ``data`` (a whole file) and read it into a Spec."""
+def spec_from_bytes(data, source, folder=None, **overrides):
+    """Detect the format of ``data`` (a whole file) and read it into a Spec.
+
+    ``folder`` is the file's directory, where an ONNX model's external data may live."""
     if not data:
         raise ValueError(f"{source}: the file is empty")
     if data.startswith(LEGACY_MAGIC):
@@ -69,11 +72,14 @@ def spec_from_bytes(data, source, **overrides):
             return spec_from_native(tensors, metadata, data, start, source)
         check_overrides(overrides)
         return spec_from_state_dict(tensors, source, **overrides)
+    if looks_like_onnx(data):
+        _no_overrides(overrides, "ONNX file")
+        return spec_from_onnx(data, source, folder)
     if data[:1] == b"\x80":
         raise ValueError(f"{source}: this looks like a bare pickle; fastlstm never unpickles arbitrary files. Save "
                          "a state_dict with torch.save (zip format) or use safetensors")
     raise ValueError(f"{source}: unrecognised file format. fastlstm.load reads PyTorch state_dict files (.pt/.pth), "
-                     "safetensors, Keras .keras and .h5 files, and fastlstm's own files")
+                     "safetensors, Keras .keras and .h5 files, ONNX models and fastlstm's own files")
 
 
 def _spec_from_zip(data, source, overrides):
@@ -103,14 +109,15 @@ def _spec_from_zip(data, source, overrides):
 def read_spec(path, **overrides) -> Spec:
     """What :func:`load` reads, before building the engine model (useful for inspection and tests)."""
     data, source = _read_source(path)
-    return spec_from_bytes(data, source, **overrides)
+    return spec_from_bytes(data, source, folder_of(path), **overrides)
 
 
 def load(path, **overrides):
     """Open a model file; the format is detected from the content, not the extension.
 
     Reads PyTorch ``torch.save(state_dict)`` files (.pt/.pth), safetensors with PyTorch
-    names, Keras 3 ``.keras``, Keras 2 / legacy ``.h5`` and fastlstm's own files.  Needs
+    names, Keras 3 ``.keras``, Keras 2 / legacy ``.h5``, ONNX models (``.onnx``, read
+    without the ``onnx`` package or ONNX Runtime) and fastlstm's own files.  Needs
     neither torch nor Keras, and never executes code from the file: anything it cannot
     represent exactly raises ``ValueError`` naming the layer, key or option.
 

@@ -28,6 +28,10 @@ class FoldError(ValueError):
     """A node's constant result cannot be computed (the caller names the node)."""
 
 
+_PRIMES = (1000003, 1000033, 1000037, 1000039, 1000081, 1000099, 1000117, 1000121, 1000133, 1000151,
+           1000159, 1000171, 1000183, 1000187, 1000193, 1000199)
+
+
 class Sym:
     """A dimension the graph leaves open (time or batch), identified by where it came from.
 
@@ -35,10 +39,16 @@ class Sym:
     that wrote that number as a constant can still be matched.  ``role`` becomes 'T' or
     'B' once a recurrent op (or another op that knows) consumes the axis."""
 
+    _count = 0
+
     def __init__(self, label, bound=None):
         self.label = label
         self.bound = bound
         self.role = None
+        # A stand-in size for reshapes: primes above 10**6, distinct per symbol, so no product of
+        # a graph's fixed sizes can be mistaken for it.
+        Sym._count += 1
+        self.probe = _PRIMES[Sym._count % len(_PRIMES)] * (1 + Sym._count // len(_PRIMES)) ** 3
 
     def __repr__(self):
         return self.role or self.label

@@ -18,11 +18,10 @@ Every attribute either maps exactly or is refused with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import numpy as np
 
-from ..layers import CELL_ACTIVATIONS, LSTMLayer, LSTMWeights
+from ..layers import CELL_ACTIVATIONS, GRULayer, GRUWeights, LSTMLayer, LSTMWeights, RNNLayer, RNNWeights
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 #: Blocks of ONNX's gate order, listed in PyTorch's order.
@@ -48,34 +47,6 @@ class RecurrentInfo:
     layout: int              # 0: (T, B, I); 1: (B, T, I)
     hidden_size: int
     input_size: int
-
-
-@dataclass(frozen=True)
-class PendingRecurrent:
-    """A GRU or RNN layer read from ONNX, in PyTorch's layout, waiting for a layer class to hold it.
-
-    ``directions`` holds ``(weight_ih, weight_hh, bias_ih, bias_hh)`` per direction (gate rows in
-    PyTorch's order); ``linear_before_reset`` is GRU's (1 = PyTorch's ``nn.GRU``)."""
-
-    op: str
-    directions: Tuple
-    activations: Tuple[str, ...]
-    linear_before_reset: int = 1
-
-    @property
-    def input_size(self):
-        return self.directions[0][0].shape[1]
-
-    @property
-    def hidden_size(self):
-        return self.directions[0][1].shape[1]
-
-    @property
-    def output_size(self):
-        return self.hidden_size * len(self.directions)
-
-    def describe(self):
-        return f"{self.op}({self.input_size} -> {self.hidden_size}{', bidirectional' if len(self.directions) == 2 else ''})"
 
 
 def _activation_names(op, attrs):
@@ -133,7 +104,7 @@ def recurrent_layer(op, attrs, weights, has_input):
 
     ``weights(k)`` returns the node's k-th input as a float32 array (W, R, B, ..., P) and
     ``has_input(k)`` says whether it is given.  Returns ``(layer, RecurrentInfo)``; the
-    layer is an :class:`LSTMLayer`, or a :class:`PendingRecurrent` for GRU and RNN."""
+    layer is an :class:`LSTMLayer`, :class:`GRULayer` or :class:`RNNLayer`."""
     direction = _direction(attrs)
     ndir = 2 if direction == "bidirectional" else 1
     layout = attrs["layout"].i if "layout" in attrs else 0
@@ -168,12 +139,21 @@ def recurrent_layer(op, attrs, weights, has_input):
     for d in range(ndir):
         dirs.append((W[d][order], R[d][order], B[d, :gates * H][order], B[d, gates * H:][order]))
     info = RecurrentInfo(op, ndir, direction == "reverse", layout, H, W.shape[2])
+    backwards = direction == "reverse"
     if op == "LSTM":
         if acts[1] != acts[2]:
             raise RecurrentRefused(f"activations g={acts[1]} and h={acts[2]} differ; fastlstm's LSTM uses one "
                                    "activation for both")
         layer = LSTMLayer([LSTMWeights(*w, name=f"LSTM direction {k}") for k, w in enumerate(dirs)],
-                          activation=acts[1], recurrent_activation=acts[0], go_backwards=direction == "reverse")
-        return layer, info
-    lbr = attrs["linear_before_reset"].i if "linear_before_reset" in attrs else 0
-    return PendingRecurrent(op, tuple(dirs), acts, lbr), info
+                          activation=acts[1], recurrent_activation=acts[0], go_backwards=backwards)
+    elif op == "GRU":
+        # linear_before_reset=1 applies the reset gate after the recurrent product (PyTorch, Keras
+        # reset_after=True); 0 before it (Keras reset_after=False).
+        lbr = attrs["linear_before_reset"].i if "linear_before_reset" in attrs else 0
+        layer = GRULayer([GRUWeights(*w, name=f"GRU direction {k}") for k, w in enumerate(dirs)],
+                         activation=acts[1], recurrent_activation=acts[0], reset_after=bool(lbr),
+                         go_backwards=backwards)
+    else:
+        layer = RNNLayer([RNNWeights(*w, name=f"RNN direction {k}") for k, w in enumerate(dirs)],
+                         activation=acts[0], go_backwards=backwards)
+    return layer, info

@@ -1,0 +1,102 @@
+"""ONNX files -> fastlstm models: the reader (:mod:`.onnx_proto`) and the matcher (:mod:`.onnx_graph`) together.
+
+Neither ``onnx`` nor ONNX Runtime is needed.  A file is refused with a ``ValueError``
+naming the problem when it is malformed, too large, from a custom-op domain, stores
+weights outside its folder, or holds a graph that fastlstm cannot run exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..layers import Dense, LastStep, LSTMLayer, RECURRENT
+from ._common import Spec
+from .onnx_graph import GraphMatch, GraphRefused, Matcher
+from .onnx_proto import ProtoError, looks_like_onnx, read_model, tensor_array
+
+__all__ = ["looks_like_onnx", "read_onnx", "spec_from_onnx", "OnnxRead"]
+
+#: Default-domain opsets whose LSTM/GRU/RNN and glue ops fastlstm knows (7: LSTM as today, 14: layout).
+MIN_OPSET, MAX_OPSET = 7, 24
+#: Activations the engine's original dense head runs (the others need the layer chain).
+_HEAD_ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu", "softmax")
+
+
+@dataclass
+class OnnxRead:
+    """What :func:`read_onnx` found: the layer chain and how the graph's inputs and outputs map to it."""
+
+    chain: tuple
+    match: GraphMatch
+    opset: int
+    producer: str
+
+
+def read_onnx(data, source, folder=None) -> OnnxRead:
+    """Parse and match an ONNX model given as bytes; ``folder`` is where external data may live."""
+    try:
+        model = read_model(data)
+    except ProtoError as exc:
+        raise ValueError(f"{source}: not a readable ONNX file ({exc})") from None
+    opset = model.opsets.get("", model.opsets.get("ai.onnx"))
+    if opset is None:
+        raise ValueError(f"{source}: the model imports no standard ONNX opset (imports: {sorted(model.opsets)})")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"{source}: opset {opset} is outside the range fastlstm reads ({MIN_OPSET}..{MAX_OPSET})")
+    buf = memoryview(data)
+
+    def tensor(proto):
+        try:
+            return tensor_array(buf, proto, folder)
+        except ProtoError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+
+    try:
+        match = Matcher(model.graph, tensor, source).run()
+    except GraphRefused as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    return OnnxRead(match.chain, match, opset, model.producer)
+
+
+def spec_from_onnx(data, source, folder=None) -> Spec:
+    """The :class:`Spec` for an ONNX file (what ``fastlstm.load`` builds the model from)."""
+    return chain_spec(read_onnx(data, source, folder).chain)
+
+
+def chain_spec(chain) -> Spec:
+    """A Spec for ``chain``: the stack-plus-head form when the chain has that shape, else the chain itself."""
+    k = 0
+    while k < len(chain) and isinstance(chain[k], LSTMLayer):
+        k += 1
+    layers, rest = chain[:k], list(chain[k:])
+    return_sequences = True
+    if layers and rest and isinstance(rest[0], LastStep) and \
+            rest[0].final_state == layers[-1].bidirectional:
+        return_sequences = False
+        rest.pop(0)
+    head = rest.pop(0) if layers and rest and isinstance(rest[0], Dense) else None
+    if layers and not rest and (head is None or head.activation in _HEAD_ACTIVATIONS):
+        return Spec(tuple(layers), head, return_sequences)
+    return Spec(tuple(chain), None, True)
+
+
+def describe_chain(chain):
+    return ", ".join(layer.describe() for layer in chain)
+
+
+def is_recurrent(layer):
+    return isinstance(layer, RECURRENT)
+
+
+def folder_of(path):
+    """The folder external data of the model at ``path`` must stay in (None for file objects)."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        return os.path.dirname(os.path.abspath(os.fsdecode(os.fspath(path))))
+    return None
+
+
+def numpy_dtype_of_input(match):   # used by the benchmark to feed ONNX Runtime
+    return np.float32
