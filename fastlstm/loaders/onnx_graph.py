@@ -130,6 +130,12 @@ _KNOWN_REFUSALS = {
 }
 
 
+_UNROLLED = ("selects single steps of the input before any recurrent op: a recurrent layer unrolled step by "
+             "step into MatMul/Add/activation nodes (torch's dynamo exporter does this for nn.RNN) has no "
+             "LSTM/GRU/RNN op for fastlstm to match; export with torch.onnx.export(..., dynamo=False), which "
+             "emits the ONNX RNN op")
+
+
 def _attr(node, name, default=None):
     a = node.attributes.get(name)
     if a is None:
@@ -613,6 +619,8 @@ class Matcher:
             return replace(v, axes=tuple(axes), rows=(v.rows[i],))
         if a.kind == "S" and a.role == "T":
             return self._select_step(v, axis, i, keep, f"index {i}")
+        if a.kind == "S" and a.role is None and not any(isinstance(x, RECURRENT) for x in v.chain):
+            self.refuse(_UNROLLED)
         if a.kind in ("U",) or (a.kind == "D" and a.size == 1) or (a.kind == "S" and a.size.bound == 1
                                                                       and a.role is not None):
             if i not in (0, -1):
@@ -652,6 +660,11 @@ class Matcher:
                 v = replace(v, rows=tuple(v.rows[i] for i in picked),
                             axes=v.axes[:ax] + (Axis("R", len(picked)),) + v.axes[ax + 1:])
                 continue
+            if a.kind == "S" and a.role == "T" and sp == -1 and len(picked) == probe:
+                v = replace(v, reverse=not v.reverse)   # the whole sequence, backwards
+                continue
+            if a.kind == "S" and a.role is None and not any(isinstance(x, RECURRENT) for x in v.chain):
+                self.refuse(_UNROLLED)
             if a.kind == "S" and a.role == "T" and len(picked) == 1 and sp == 1:
                 i = picked[0] if n is not None or picked[0] == 0 else \
                     (-1 if picked[0] == probe - 1 else picked[0])
