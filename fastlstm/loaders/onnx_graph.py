@@ -765,7 +765,7 @@ class Matcher:
             w = self.const(1)
             if w.ndim != 2 or w.shape[0] != F:
                 self.refuse(f"multiplies {F} features by a weight of shape {w.shape}; expected ({F}, out)")
-            return self._append(v, Dense(w.T))
+            return self._widened(self._append(v, Dense(w.T)), w.shape[1])
         if len(v.axes) != 2:
             self.refuse(f"Gemm on a rank-{len(v.axes)} value")
         if self._attr_value(node, "transA", 0):
@@ -779,7 +779,12 @@ class Matcher:
         if len(node.inputs) > 2 and node.inputs[2]:
             c = np.asarray(self.const(2), dtype=np.float64) * beta
             bias = self._bias_vector(c, w.shape[1])
-        return self._append(v, Dense(alpha * w.T.astype(np.float64), bias))
+        return self._widened(self._append(v, Dense(alpha * w.T.astype(np.float64), bias)), w.shape[1])
+
+    @staticmethod
+    def _widened(v, width):
+        """``v`` with ``width`` features (after a dense layer)."""
+        return replace(v, axes=v.axes[:-1] + (Axis("F", width),))
 
     def _bias_vector(self, c, width):
         if c.size not in (1, width) or (c.ndim and c.shape[-1] not in (1, width)) or \
