@@ -113,7 +113,8 @@ def _huge_cases():
                         tensor("c", np.array(1, np.int64))]),
         "varint_bomb": b"\x08" + b"\xff" * 64,
         "length_claims_exabytes": b"\x08\x08\x3a" + b"\xff" * 8 + b"\x7f",
-        "many_dims": b"\x08\x08\x3a\x10\x2a\x0e\x0a" + bytes([12]) + b"\x01" * 12 + b"\x42\x02\x10\x11",
+        "twenty_dims": model_bytes([helper.make_node("Add", ["x", "deep"], ["out"])], x_in, out,
+                                   [TensorProto(name="deep", data_type=TensorProto.FLOAT, dims=[1] * 20)]),
     }
 
 
