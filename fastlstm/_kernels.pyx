@@ -7,6 +7,10 @@ Everything numeric runs without the GIL.  The Python layer (model.py,
 stream.py) validates arguments and owns the arrays; this module trusts the
 pointers it is given.
 
+A network is a chain of layers (Layer structs, built once by Network from
+the dicts of fastlstm._packing); run_rows takes a block of time steps of some
+batch rows through every layer in turn, so one call runs the whole chain.
+
 Parallel scheme: batch rows are independent through the whole network, so
 the batch is cut into row chunks and each OpenMP thread runs every layer and
 every time step of its chunks on its own workspace -- no barrier per step.
@@ -21,7 +25,6 @@ the thread count.
 
 from cython.parallel cimport parallel, prange, threadid
 
-from fastlstm._packing import aligned_empty, pack_panels
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
@@ -58,11 +61,26 @@ cdef extern from "fastlstm_single.h" nogil:
 cdef extern from "fastlstm_cell.h" nogil:
     void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc, float *h, long ldh, long nrows,
                       long n, int gate_act, int cell_act)
+    void fl_gru_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *h, long ldh,
+                     long nrows, long n, int gate_act, int act)
+    void fl_gru_reset_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *rh,
+                           long nrows, long n, int gate_act)
+    void fl_gru_update_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *h, long ldh,
+                            long nrows, long n, int act)
+    void fl_rnn_rows(float *z, long ldz, float *h, long ldh, long nrows, long n, int act)
     void fl_gemv_acc(const float *v, long k, const float *W, long ldw, long n, float *z)
     void fl_merge_rows(const float *inp, float *out, long nrows, long n, int mode)
-    void fl_activate(int kind, float *x, long n)
-    void fl_softmax_row(float *x, long n)
-    int FL_ACT_SOFTMAX, FL_ACT_LINEAR, FL_MERGE_CONCAT
+    void fl_activate_rows(int kind, float alpha, const float *pw, long npw, float *x, long nrows, long n)
+
+cdef extern from "fastlstm_layers.h" nogil:
+    void fl_layernorm_rows(const float *x, float *y, long nrows, long n, const float *gamma,
+                           const float *beta, float eps)
+    void fl_affine_rows(const float *x, float *y, long nrows, long n, const float *scale, const float *shift)
+    void fl_pool_frames(int is_max, int count_pad, const float *ext, long C, long fr, long lr, long size,
+                        long stride, long n_out, float *out, long ldo)
+    double fl_count_get(const float *cnt)
+    void fl_count_inc(float *cnt)
+    void fl_global_pool_step(int is_max, float *state, const float *x, float *y, long C)
 
 cdef extern from "fastlstm_fpmode.h" nogil:
     ctypedef unsigned int fl_fpmode_t
@@ -169,9 +187,9 @@ cdef inline void matmul_w(int m, int n, int k, const float *A, int lda, const Di
         matmul_acc(m, n, k, A, lda, D.w_x + <long>k0 * n, n, C, ldc)
 
 
-cdef inline void matmul_units(int m, int k, const float *ap, const Dir *D, float *gates, int H,
+cdef inline void matmul_units(int m, int k, const float *ap, const Dir *D, float *gates, int H, int G,
                               long u0, long u1) noexcept nogil:
-    """gates[m, 4H] = bias + A @ [W_x; W_h] in the four gate columns of units u0:u1 only (A
+    """gates[m, G] = bias + A @ [W_x; W_h] in the G/H gate blocks' columns of units u0:u1 only (A
     packed by fl_pack_a, k = n_in + n_out wide).
 
     Every output is the same FMA chain whatever columns a call covers, so a
@@ -179,11 +197,11 @@ cdef inline void matmul_units(int m, int k, const float *ap, const Dir *D, float
     cdef long ps = <long>(D.n_stack) * FL_PANEL
     cdef int q
     if u0 == 0 and u1 == H:
-        fl_gemm_apacked(m, 4 * H, k, ap, D.w_panels, ps, D.bias, gates, 4 * H)
+        fl_gemm_apacked(m, G, k, ap, D.w_panels, ps, D.bias, gates, G)
         return
-    for q in range(4):
+    for q in range(G // H):
         fl_gemm_apacked(m, u1 - u0, k, ap, D.w_panels + ((q * H + u0) // FL_PANEL) * ps, ps,
-                        D.bias + q * H + u0, gates + q * H + u0, 4 * H)
+                        D.bias + q * H + u0, gates + q * H + u0, G)
 
 
 cdef inline void fill_rows(float *dst, const float *row, int nrows, int n) noexcept nogil:
@@ -201,77 +219,107 @@ cdef class Network:
     def __cinit__(self):
         self.net.layers = NULL
 
-    def __init__(self, list layers, head):
-        """layers: dicts from fastlstm._packing.pack_layer; head: (w (In, O), b (O,), act) or None."""
+    def __init__(self, list layers, list state_layout, signature):
+        """layers: dicts from fastlstm._packing.pack_chain, one per Layer struct (keys named as its
+        fields; "dirs": per direction (w, bias, w_proj, h_off, c_off); "product": (w, bias));
+        state_layout: [(label, entry, offset, width)] of the state row (for fastlstm.state)."""
         cdef int n = len(layers)
-        cdef int li, d
+        cdef int li
         cdef Layer *L
-        cdef cnp.ndarray w, b, p
-        cdef long h_off = 0, c_off = 0
         self._keep = []
+        self.state_layout = state_layout
+        self.signature = signature
         self.net.layers = <Layer *>malloc(max(n, 1) * sizeof(Layer))
         if self.net.layers == NULL:
             raise MemoryError()
+        memset(self.net.layers, 0, max(n, 1) * sizeof(Layer))
         self.net.n_layers = n
         self.net.max_gates = self.net.max_cat = self.net.max_hidden = self.net.max_stack = 0
+        self.net.state_size = sum(width for _, _, _, width in state_layout)
         self.streamable = True
         for li in range(n):
             spec = layers[li]
             L = &self.net.layers[li]
-            L.n_dirs = len(spec["dirs"])
-            L.gate_act = spec["gate_act"]
-            L.cell_act = spec["cell_act"]
-            L.merge = spec["merge"]
-            L.go_backwards = spec["go_backwards"]
-            L.n_in = spec["n_in"]
-            L.hidden = spec["hidden"]
-            L.n_out = spec["n_out"]
-            L.width = spec["width"]
-            if L.n_dirs > 1 or L.go_backwards:
+            for key, value in spec.items():
+                if key in _INT_FIELDS:
+                    setattr_layer(L, key, value)
+            L.alpha = spec.get("alpha", 0.0)
+            L.eps = spec.get("eps", 0.0)
+            L.act = spec.get("act", FL_ACT_LINEAR)
+            L.act_w = self._pointer(spec.get("act_w"))
+            L.n_act_w = 0 if spec.get("act_w") is None else spec["act_w"].shape[0]
+            L.scale = self._pointer(spec.get("scale"))
+            L.shift = self._pointer(spec.get("shift"))
+            if "dirs" in spec:
+                L.n_dirs = len(spec["dirs"])
+                for d, (w, b, p, h_off, c_off) in enumerate(spec["dirs"]):
+                    self._set_product(&L.dirs[d], w, b)
+                    L.dirs[d].w_proj = self._pointer(p)
+                    L.dirs[d].reverse = d == 1 or L.go_backwards
+                    L.dirs[d].h_off = h_off
+                    L.dirs[d].c_off = c_off
+                self.net.max_gates = max(self.net.max_gates, L.gates)
+                self.net.max_stack = max(self.net.max_stack, L.n_in + L.n_out)
+                self.net.max_hidden = max(self.net.max_hidden, L.hidden)
+                self.net.max_cat = max(self.net.max_cat, L.n_dirs * L.n_out)
+            elif "product" in spec:
+                self._set_product(&L.dirs[0], spec["product"][0], spec["product"][1])
+                L.n_dirs = 1
+            elif "table" in spec:
+                L.dirs[0].w_x = self._pointer(spec["table"])   # rows are looked up, never multiplied
+                L.dirs[0].n_stack = spec["table"].shape[0]
+            if not spec["streams"]:
                 self.streamable = False
-            for d in range(L.n_dirs):
-                w, b, p = spec["dirs"][d]
-                self._keep.extend((w, b, p))
-                L.dirs[d].w_x = <const float *>cnp.PyArray_DATA(w)
-                L.dirs[d].bias = <const float *>cnp.PyArray_DATA(b)
-                L.dirs[d].w_proj = <const float *>cnp.PyArray_DATA(p) if p is not None else NULL
-                L.dirs[d].n_stack = L.n_in + L.n_out
-                L.dirs[d].w_panels = NULL
-                if fl_packed_gemm_available():
-                    panels = pack_panels(w)
-                    self._keep.append(panels)
-                    L.dirs[d].w_panels = <const float *>cnp.PyArray_DATA(panels)
-                L.dirs[d].reverse = d == 1 or L.go_backwards
-                L.dirs[d].h_off = h_off
-                L.dirs[d].c_off = c_off
-                h_off += L.n_out
-                c_off += L.hidden
-            self.net.max_gates = max(self.net.max_gates, 4 * L.hidden)
-            self.net.max_cat = max(self.net.max_cat, L.n_dirs * L.n_out)
-            self.net.max_stack = max(self.net.max_stack, L.n_in + L.n_out)
-            self.net.max_hidden = max(self.net.max_hidden, L.hidden)
-        self.net.h_size = h_off
-        self.net.c_size = c_off
+            self.net.max_cat = max(self.net.max_cat, L.n_in, L.width)
         self.net.n_in = self.net.layers[0].n_in
         self.net.n_out = self.net.layers[n - 1].width
-        self.net.head_w = NULL
-        self.net.head_b = NULL
-        self.net.head_act = FL_ACT_LINEAR
-        if head is not None:
-            w, b, act = head
-            self._keep.extend((w, b))
-            self.net.head_w = <const float *>cnp.PyArray_DATA(w)
-            self.net.head_b = <const float *>cnp.PyArray_DATA(b)
-            self.net.head_act = act
-            self.net.n_out = w.shape[1]
+        self.net.token_input = self.net.layers[0].kind == FL_LAYER_EMBEDDING
+        self.net.vocab = self.net.layers[0].dirs[0].n_stack if self.net.token_input else 0
+        # A chain that cannot stream runs each sequence as one block, where layers may change
+        # the number of steps; a streamable one keeps one output per input step.
+        self.net.whole = not self.streamable
+
+    cdef const float *_pointer(self, arr) except? NULL:
+        if arr is None:
+            return NULL
+        self._keep.append(arr)
+        return <const float *>cnp.PyArray_DATA(arr)
+
+    cdef int _set_product(self, Dir *D, w, b) except -1:
+        """D's weights w (K, N) and bias b (N,), and w in panels when the packed GEMM exists."""
+        D.w_x = self._pointer(w)
+        D.bias = self._pointer(b)
+        D.n_stack = w.shape[0]
+        D.w_panels = NULL
+        if fl_packed_gemm_available():
+            from fastlstm._packing import pack_panels  # (_packing reads this module's enums)
+            D.w_panels = self._pointer(pack_panels(w))
+        return 0
 
     def __dealloc__(self):
         free(self.net.layers)
 
     @property
     def state_size(self):
-        """(floats of h, floats of c) per batch row."""
-        return self.net.h_size, self.net.c_size
+        """State floats per batch row."""
+        return self.net.state_size
+
+    @property
+    def token_input(self):
+        """Whether the input is int64 token ids (the first layer is an Embedding)."""
+        return bool(self.net.token_input)
+
+    @property
+    def vocab_size(self):
+        return self.net.vocab
+
+    @property
+    def n_in(self):
+        return self.net.n_in
+
+    @property
+    def n_out(self):
+        return self.net.n_out
 
     def time_block(self, int T, int rows):
         """Steps per time block: the whole sequence if any layer needs it, else a
@@ -279,7 +327,11 @@ cdef class Network:
         large while memory does not grow with T."""
         if not self.streamable:
             return max(T, 1)
-        return max(1, min(T, (1 << 20) // max(1, rows * self.net.max_gates)))
+        return max(1, min(T, (1 << 20) // max(1, rows * max(self.net.max_gates, self.net.max_cat))))
+
+    def out_steps(self, int T):
+        """Output steps of a T-step sequence run in one call (T itself for a streamable chain)."""
+        return chain_steps(&self.net, T, self.net.n_layers)
 
     def chunks(self, int B):
         """Number of batch-row chunks; a function of B and the layer sizes only."""
@@ -290,11 +342,12 @@ cdef class Network:
         each chunk, splitting hidden units) or "chunks" (a thread per chunk)."""
         return "team" if use_team(&self.net, B, n_chunks(&self.net, B)) else "chunks"
 
-    def forward(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray h, cnp.ndarray c):
-        """Run x (T, B, I) -> y (T, B, O) from the state (h (B, h_size), c (B, c_size)), updated in place.
+    def forward(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray s):
+        """Run x (T, B, I) -> y (out_steps(T), B, O) from the state s (B, state_size), updated in place.
 
-        Arrays must be C-contiguous float32 of those shapes (the caller checks);
-        x must be finite (checked here)."""
+        Arrays must be C-contiguous, of those shapes, float32 (x: int64 (T, B) token
+        ids for an Embedding input) (the caller checks); x must be finite, or ids
+        in range (checked here)."""
         cdef int T = x.shape[0], B = x.shape[1]
         cdef int nchunks = n_chunks(&self.net, B)
         cdef int rows = (B + nchunks - 1) // nchunks
@@ -304,13 +357,106 @@ cdef class Network:
         cdef cnp.ndarray ws
         if T == 0 or B == 0:
             return
-        if not fl_all_finite(<const float *>cnp.PyArray_DATA(x), cnp.PyArray_SIZE(x)):
-            raise ValueError("x: contains NaN or infinite values")
+        if not input_ok(&self.net, cnp.PyArray_DATA(x), cnp.PyArray_SIZE(x)):
+            raise ValueError(input_error(&self.net))
+        from fastlstm._packing import aligned_empty
         ws = aligned_empty(per * nthreads)
         with nogil:
-            run_batch(&self.net, T, Tc, B, <const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y),
-                      <float *>cnp.PyArray_DATA(h), <float *>cnp.PyArray_DATA(c),
-                      <float *>cnp.PyArray_DATA(ws), per, nchunks, nthreads)
+            run_batch(&self.net, T, Tc, B, cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y),
+                      <float *>cnp.PyArray_DATA(s), <float *>cnp.PyArray_DATA(ws), per, nchunks, nthreads)
+
+
+# The int fields a layer dict may set (the float and pointer fields are set by name above).
+_INT_FIELDS = frozenset(("kind", "n_in", "width", "hidden", "n_out", "gates", "gate_act", "cell_act", "merge",
+                         "go_backwards", "ksize", "stride", "dilation", "groups", "pad_l", "pad_r", "same_pad",
+                         "count_pad", "reach", "repeat", "last_half", "s_off", "s_size"))
+
+
+cdef void setattr_layer(Layer *L, str key, long v):
+    if key == "kind": L.kind = v
+    elif key == "n_in": L.n_in = v
+    elif key == "width": L.width = v
+    elif key == "hidden": L.hidden = v
+    elif key == "n_out": L.n_out = v
+    elif key == "gates": L.gates = v
+    elif key == "gate_act": L.gate_act = v
+    elif key == "cell_act": L.cell_act = v
+    elif key == "merge": L.merge = v
+    elif key == "go_backwards": L.go_backwards = v
+    elif key == "ksize": L.ksize = v
+    elif key == "stride": L.stride = v
+    elif key == "dilation": L.dilation = v
+    elif key == "groups": L.groups = v
+    elif key == "pad_l": L.pad_l = v
+    elif key == "pad_r": L.pad_r = v
+    elif key == "same_pad": L.same_pad = v
+    elif key == "count_pad": L.count_pad = v
+    elif key == "reach": L.reach = v
+    elif key == "repeat": L.repeat = v
+    elif key == "last_half": L.last_half = v
+    elif key == "s_off": L.s_off = v
+    elif key == "s_size": L.s_size = v
+
+
+cdef str input_error(const Net *net):
+    if net.token_input:
+        return f"x: token ids must be in [0, {net.vocab})"
+    return "x: contains NaN or infinite values"
+
+
+cdef int input_ok(const Net *net, const void *x, long n) noexcept nogil:
+    """Whether an input may run: finite floats, or token ids inside the Embedding's table."""
+    cdef const long long *ids = <const long long *>x
+    cdef long j
+    cdef int bad = 0
+    if not net.token_input:
+        return fl_all_finite(<const float *>x, n)
+    for j in range(n):
+        bad |= (ids[j] < 0) | (ids[j] >= net.vocab)
+    return not bad
+
+
+cdef inline bint is_recurrent(const Layer *L) noexcept nogil:
+    return L.kind <= FL_LAYER_RNN
+
+
+cdef inline void window_pads(const Layer *L, int T, int *left, int *right) noexcept nogil:
+    """A conv's or pool's padding for a T-step input (Keras 'same' at stride > 1 depends on T)."""
+    cdef int out, total
+    if L.same_pad:
+        out = (T + L.stride - 1) // L.stride
+        total = max((out - 1) * L.stride + L.reach + 1 - T, 0)
+        left[0] = total // 2
+        right[0] = total - total // 2
+    else:
+        left[0] = L.pad_l
+        right[0] = L.pad_r
+
+
+cdef int layer_steps(const Net *net, const Layer *L, int T) noexcept nogil:
+    """Steps a layer outputs for T input steps.  A streamable chain keeps every step
+    (its last-step and global-pool layers then emit, each step, the value for the
+    sequence so far); a whole-sequence chain applies each layer's own shape."""
+    cdef int left, right
+    if not net.whole:
+        return T
+    if L.kind == FL_LAYER_CONV or L.kind == FL_LAYER_MAXPOOL or L.kind == FL_LAYER_AVGPOOL:
+        if L.s_size:                     # streaming form: causal history, one output per input
+            return T
+        window_pads(L, T, &left, &right)
+        return max(0, (T + left + right - L.reach - 1) // L.stride + 1)
+    if L.kind == FL_LAYER_LAST_STEP or L.kind == FL_LAYER_GLOBAL_MAX or L.kind == FL_LAYER_GLOBAL_AVG:
+        return min(T, 1)
+    if L.kind == FL_LAYER_REPEAT:
+        return L.repeat * T
+    return T
+
+
+cdef int chain_steps(const Net *net, int T, int upto) noexcept nogil:
+    cdef int l
+    for l in range(upto):
+        T = layer_steps(net, &net.layers[l], T)
+    return T
 
 
 # A single stream's layer is split over a team from this hidden size on: its
@@ -347,9 +493,52 @@ cdef int max_chunk_rows(const Net *net, int B) noexcept nogil:
 
 
 cdef long workspace_floats(const Net *net, int Tc, int rows) noexcept nogil:
-    cdef long blk = <long>Tc * rows
-    return (pad16(blk * net.n_in) + pad16(blk * net.max_gates) + 2 * pad16(blk * net.max_cat)
-            + pad16(blk * net.n_out) + pad16(<long>rows * net.max_hidden) + 2 * pad16(<long>rows * net.max_stack))
+    return ws_layout(net, Tc, rows, NULL, NULL)
+
+
+# Workspace parts of one chunk, in order.
+DEF WS_XIN = 0       # the chunk's rows of x, gathered (blocks of Tc steps)
+DEF WS_GATES = 1     # a recurrent layer's gate pre-activations
+DEF WS_BUF0 = 2      # layer outputs, alternating between two buffers
+DEF WS_BUF1 = 3
+DEF WS_HFULL = 4     # a row block of h before the projection / r * h of a reset-before GRU
+DEF WS_XH = 5        # two packed copies of [x | h]
+DEF WS_EXT = 6       # one row's padded frames and windows of a Conv1D or pool
+DEF WS_PARTS = 7
+
+
+cdef long ws_layout(const Net *net, int Tc, int nb, float *ws, float **parts) noexcept nogil:
+    """Floats of workspace for chunks of nb rows and blocks of Tc steps; with ws given,
+    also the start of each part (WS_*) in parts.  Layers that change the number of
+    steps (a whole-sequence chain) are followed through the chain."""
+    cdef long sizes[WS_PARTS]
+    cdef long total = 0, act = <long>Tc * net.n_in, gates = 0, ext = 0
+    cdef int l, T = Tc, T_out, left, right
+    cdef const Layer *L
+    for l in range(net.n_layers):
+        L = &net.layers[l]
+        T_out = layer_steps(net, L, T)
+        act = max(act, max(<long>T * L.n_in, <long>T_out * max(L.width, L.n_dirs * L.n_out)))
+        if is_recurrent(L):
+            gates = max(gates, <long>T * L.gates)
+        elif L.kind == FL_LAYER_CONV or L.kind == FL_LAYER_MAXPOOL or L.kind == FL_LAYER_AVGPOOL:
+            window_pads(L, T, &left, &right)
+            ext = max(ext, pad16((<long>(L.reach if L.s_size else left) + T + right) * L.n_in)
+                      + (<long>T_out * L.ksize * L.n_in if L.kind == FL_LAYER_CONV else 0))
+        elif L.kind == FL_LAYER_LAST_STEP:
+            ext = max(ext, <long>nb * 2 * L.last_half)
+        T = T_out
+    sizes[WS_XIN] = 0 if net.token_input else pad16(<long>Tc * nb * net.n_in)
+    sizes[WS_GATES] = pad16(gates * nb)
+    sizes[WS_BUF0] = sizes[WS_BUF1] = pad16(act * nb)
+    sizes[WS_HFULL] = pad16(<long>nb * net.max_hidden)
+    sizes[WS_XH] = 2 * pad16(<long>nb * net.max_stack)
+    sizes[WS_EXT] = pad16(ext)
+    for l in range(WS_PARTS):
+        if ws != NULL:
+            parts[l] = ws + total
+        total += sizes[l]
+    return total
 
 
 cdef inline long pad16(long n) noexcept nogil:
@@ -360,14 +549,15 @@ cdef inline long pad16(long n) noexcept nogil:
 cdef bint layer_splits(const Layer *L, int nb) noexcept nogil:
     """Whether a team can split this layer's hidden units for chunks of nb rows.
 
-    One row: a hidden size worth two barriers per step (fastlstm_single.h).
+    One row: an LSTM with a hidden size worth two barriers per step (fastlstm_single.h).
     3+ rows: the packed kernel, and gate blocks that start on a 16-column panel.
     Projection layers need every unit's h before their product, so one thread
-    runs them, as it does 2-row chunks (too little work to share)."""
-    if L.dirs[0].w_proj != NULL:
+    runs them, as it does reset-before GRUs (the same, for r * h), 2-row chunks
+    (too little work to share) and the layers that are not recurrent."""
+    if not is_recurrent(L) or L.dirs[0].w_proj != NULL:
         return False
     if nb == 1:
-        return L.hidden >= SPLIT_MIN_HIDDEN
+        return L.kind == FL_LAYER_LSTM and L.hidden >= SPLIT_MIN_HIDDEN
     return nb >= 3 and L.dirs[0].w_panels != NULL and L.hidden % FL_PANEL == 0
 
 
@@ -377,7 +567,7 @@ cdef bint team_pays(const Net *net, int rows) noexcept nogil:
     cdef const Layer *L
     for l in range(net.n_layers):
         L = &net.layers[l]
-        if layer_splits(L, rows) and (rows == 1 or 2.0 * rows * L.n_out * 4 * L.hidden >= TEAM_MIN_FLOPS):
+        if layer_splits(L, rows) and (rows == 1 or 2.0 * rows * L.n_out * L.gates >= TEAM_MIN_FLOPS):
             return True
     return False
 
@@ -387,10 +577,12 @@ cdef bint use_team(const Net *net, int B, int nchunks) noexcept nogil:
     return FL_HAVE_OPENMP and g_num_threads > nchunks and team_pays(net, B // nchunks)
 
 
-cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
+cdef void run_batch(const Net *net, int T, int Tc, int B, const void *x, float *y, float *s,
                     float *ws, long per, int nchunks, int nthreads) noexcept nogil:
     """All rows of the batch, cut into chunks spread over the threads.
 
+    x: (T, B, n_in) floats, or (T, B) int64 token ids; y: (out steps, B, n_out);
+    s: (B, state_size), every layer's state of each stream, updated in place.
     nthreads: threads that may each run chunks (one workspace of `per` floats each).
     With fewer chunks than set_num_threads threads, the threads instead work
     as one team on each chunk in turn, each owning a slice of the hidden units.
@@ -406,21 +598,21 @@ cdef void run_batch(const Net *net, int T, int Tc, int B, const float *x, float 
     blas_threads_push(1, saved)
     if use_team(net, B, nchunks):
         with parallel(num_threads=g_num_threads):
-            run_team(net, T, Tc, B, x, y, h, c, ws, nchunks, &bar)
+            run_team(net, T, Tc, B, x, y, s, ws, nchunks, &bar)
     elif nthreads <= 1:
         for k in range(nchunks):
             b0 = <int>((<long>k * B) // nchunks)
             b1 = <int>((<long>(k + 1) * B) // nchunks)
-            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, 0, 1, &bar)
+            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, s, ws, 0, 1, &bar)
     else:
         for k in prange(nchunks, num_threads=nthreads, schedule='static'):
             b0 = <int>((<long>k * B) // nchunks)
             b1 = <int>((<long>(k + 1) * B) // nchunks)
-            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws + threadid() * per, 0, 1, &bar)
+            run_rows(net, T, Tc, B, b0, b1 - b0, x, y, s, ws + threadid() * per, 0, 1, &bar)
     blas_threads_pop(1, saved)
 
 
-cdef void run_team(const Net *net, int T, int Tc, int B, const float *x, float *y, float *h, float *c,
+cdef void run_team(const Net *net, int T, int Tc, int B, const void *x, float *y, float *s,
                    float *ws, int nchunks, fl_spin_barrier *bar) noexcept nogil:
     """One thread of a team: every chunk in turn, on the shared workspace."""
     cdef int k, b0, b1
@@ -428,90 +620,228 @@ cdef void run_team(const Net *net, int T, int Tc, int B, const float *x, float *
     for k in range(nchunks):
         b0 = <int>((<long>k * B) // nchunks)
         b1 = <int>((<long>(k + 1) * B) // nchunks)
-        run_rows(net, T, Tc, B, b0, b1 - b0, x, y, h, c, ws, tid, nt, bar)
+        run_rows(net, T, Tc, B, b0, b1 - b0, x, y, s, ws, tid, nt, bar)
 
 
 cdef inline void sync(fl_spin_barrier *bar, int nt) noexcept nogil:
     fl_spin_barrier_wait(bar, nt)
 
 
-cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const float *x, float *y,
-                   float *h, float *c, float *ws, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
-    """Rows b0:b0+nb of x (T, B, I) through every layer and the head, Tc steps at a time.
+cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const void *x, float *y,
+                   float *s, float *ws, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
+    """Rows b0:b0+nb of x through every layer of the chain, Tc steps at a time.
 
     tid, nt, bar: this thread's place in the team working on these rows (nt = 1: alone).
-    Thread 0 of a team does the gathering, the head and the scattering."""
+    Thread 0 of a team does the gathering, the layers that are not split, and the
+    scattering; every thread follows the step counts."""
     cdef fl_fpmode_t mode = fl_flush_denormals()
-    cdef long blk = <long>Tc * nb
-    cdef float *xin = ws
-    cdef float *gates = xin + pad16(blk * net.n_in)
-    cdef float *buf0 = gates + pad16(blk * net.max_gates)
-    cdef float *buf1 = buf0 + pad16(blk * net.max_cat)
-    cdef float *yc = buf1 + pad16(blk * net.max_cat)
-    cdef float *hfull = yc + pad16(blk * net.n_out)
-    cdef float *xh = hfull + pad16(<long>nb * net.max_hidden)
+    cdef float *parts[WS_PARTS]
+    ws_layout(net, Tc, nb, ws, parts)
+    cdef const float *xf = <const float *>x
+    cdef const long long *ids = <const long long *>x
+    cdef long ss = net.state_size
+    cdef float *srow = s + <long>b0 * ss
     cdef const float *inp
     cdef float *out
-    cdef const float *res
     cdef const Layer *L
-    cdef int t0, tn, t, l, r, rows
+    cdef int t0 = 0, ty = 0, tn, t, l, steps
     cdef int I = net.n_in, O = net.n_out
-    t0 = 0
     while t0 < T:
         tn = min(Tc, T - t0)
-        rows = tn * nb
-        if nb == B:
-            inp = x + <long>t0 * B * I
+        steps = tn
+        inp = NULL
+        if net.token_input:
+            pass                        # the Embedding reads the ids itself
+        elif nb == B:
+            inp = xf + <long>t0 * B * I
         else:
             if tid == 0:
                 for t in range(tn):
-                    memcpy(xin + <long>t * nb * I, x + (<long>(t0 + t) * B + b0) * I, nb * I * sizeof(float))
-            inp = xin
+                    memcpy(parts[WS_XIN] + <long>t * nb * I, xf + (<long>(t0 + t) * B + b0) * I,
+                           nb * I * sizeof(float))
+            inp = parts[WS_XIN]
         for l in range(net.n_layers):
             L = &net.layers[l]
-            out = buf0 if l % 2 == 0 else buf1
+            out = parts[WS_BUF0] if l % 2 == 0 else parts[WS_BUF1]
             # Every layer reads all of the previous one's output (or the gathered x).
             sync(bar, nt)
-            if nt == 1 or layer_splits(L, nb):
-                run_layer(L, tn, nb, inp, out, h + <long>b0 * net.h_size, net.h_size,
-                          c + <long>b0 * net.c_size, net.c_size, gates, hfull, xh, tid, nt, bar)
+            if is_recurrent(L) and (nt == 1 or layer_splits(L, nb)):
+                run_layer(L, steps, nb, inp, out, srow, ss, srow, ss, parts[WS_GATES], parts[WS_HFULL],
+                          parts[WS_XH], tid, nt, bar)
+            elif tid == 0 and is_recurrent(L):
+                run_layer(L, steps, nb, inp, out, srow, ss, srow, ss, parts[WS_GATES], parts[WS_HFULL],
+                          parts[WS_XH], 0, 1, bar)
             elif tid == 0:
-                run_layer(L, tn, nb, inp, out, h + <long>b0 * net.h_size, net.h_size,
-                          c + <long>b0 * net.c_size, net.c_size, gates, hfull, xh, 0, 1, bar)
+                run_other(net, L, steps, nb, inp, out, ids + <long>t0 * B + b0, B, srow, ss, parts[WS_EXT])
+            steps = layer_steps(net, L, steps)
             inp = out
         sync(bar, nt)
         if tid == 0:
-            res = inp
-            if net.head_w != NULL:
-                L = &net.layers[net.n_layers - 1]
-                fill_rows(yc, net.head_b, rows, O)
-                matmul_acc(rows, O, L.width, inp, L.width, net.head_w, O, yc, O)
-                if net.head_act == FL_ACT_SOFTMAX:
-                    for r in range(rows):
-                        fl_softmax_row(yc + <long>r * O, O)
-                else:
-                    fl_activate(net.head_act, yc, <long>rows * O)
-                res = yc
             if nb == B:
-                memcpy(y + <long>t0 * B * O, res, <long>rows * O * sizeof(float))
+                memcpy(y + <long>ty * B * O, inp, <long>steps * nb * O * sizeof(float))
             else:
-                for t in range(tn):
-                    memcpy(y + (<long>(t0 + t) * B + b0) * O, res + <long>t * nb * O, nb * O * sizeof(float))
+                for t in range(steps):
+                    memcpy(y + (<long>(ty + t) * B + b0) * O, inp + <long>t * nb * O, nb * O * sizeof(float))
+        ty += steps
         t0 += tn
     fl_restore_fpmode(mode)
 
 
+cdef void run_other(const Net *net, const Layer *L, int T, int nb, const float *inp, float *out,
+                    const long long *ids, long ldi, float *srow, long ss, float *ext) noexcept nogil:
+    """A layer that is not recurrent over T steps of nb rows: inp (T*nb, n_in) -> out.
+
+    ids: the Embedding's token ids, row r of step t at ids[t * ldi + r];
+    srow: the state row of the first of the nb streams (stride ss); ext: scratch."""
+    cdef long rows = <long>T * nb, W = L.width
+    cdef const Dir *D = &L.dirs[0]
+    cdef int t, r, k
+    if L.kind == FL_LAYER_DENSE:
+        fill_rows(out, D.bias, rows, W)
+        matmul_w(rows, W, L.n_in, inp, L.n_in, D, 0, out, W)
+        fl_activate_rows(L.act, L.alpha, L.act_w, L.n_act_w, out, rows, W)
+    elif L.kind == FL_LAYER_ACTIVATION:
+        memcpy(out, inp, rows * W * sizeof(float))
+        fl_activate_rows(L.act, L.alpha, L.act_w, L.n_act_w, out, rows, W)
+    elif L.kind == FL_LAYER_AFFINE:
+        fl_affine_rows(inp, out, rows, W, L.scale, L.shift)
+    elif L.kind == FL_LAYER_LAYERNORM:
+        fl_layernorm_rows(inp, out, rows, W, L.scale, L.shift, L.eps)
+    elif L.kind == FL_LAYER_EMBEDDING:
+        for t in range(T):
+            for r in range(nb):
+                memcpy(out + (<long>t * nb + r) * W, D.w_x + ids[t * ldi + r] * W, W * sizeof(float))
+    elif L.kind == FL_LAYER_CONV:
+        conv_rows(net, L, T, nb, inp, out, srow, ss, ext)
+    elif L.kind == FL_LAYER_MAXPOOL or L.kind == FL_LAYER_AVGPOOL:
+        pool_rows(net, L, T, nb, inp, out, srow, ss, ext)
+    elif L.kind == FL_LAYER_GLOBAL_MAX or L.kind == FL_LAYER_GLOBAL_AVG:
+        # Running pools; a whole-sequence chain keeps only the last step's value.
+        for t in range(T):
+            for r in range(nb):
+                fl_global_pool_step(L.kind == FL_LAYER_GLOBAL_MAX, srow + r * ss + L.s_off,
+                                    inp + (<long>t * nb + r) * W, out + (<long>(0 if net.whole else t) * nb + r) * W, W)
+    elif L.kind == FL_LAYER_LAST_STEP:
+        if not net.whole:
+            memcpy(out, inp, rows * W * sizeof(float))     # streaming: each step is the last so far
+        elif L.last_half:
+            # Keras' last step of a bidirectional layer: forward half at T-1, backward half at 0.
+            for r in range(nb):
+                memcpy(ext + <long>r * 2 * L.last_half, inp + (<long>(T - 1) * nb + r) * 2 * L.last_half,
+                       L.last_half * sizeof(float))
+                memcpy(ext + <long>r * 2 * L.last_half + L.last_half, inp + <long>r * 2 * L.last_half + L.last_half,
+                       L.last_half * sizeof(float))
+            if L.merge == FL_MERGE_CONCAT:
+                memcpy(out, ext, <long>nb * W * sizeof(float))
+            else:
+                fl_merge_rows(ext, out, nb, L.last_half, L.merge)
+        elif T > 0:
+            memcpy(out, inp + <long>(T - 1) * nb * W, <long>nb * W * sizeof(float))
+    elif L.kind == FL_LAYER_REPEAT:
+        for k in range(L.repeat):
+            memcpy(out + k * rows * W, inp, rows * W * sizeof(float))
+
+
+cdef void conv_rows(const Net *net, const Layer *L, int T, int nb, const float *inp, float *out,
+                    float *srow, long ss, float *ext) noexcept nogil:
+    """Conv1D over T steps of nb rows, one row at a time: the row's frames go into ext with
+    their padding before (zeros, or the streaming form's history of past inputs) and after,
+    then out = bias + windows @ W.  Without groups the windows are laid out whole (im2col)
+    so one product covers every tap; with groups each (group, tap) is a product of its own.
+    The history is a plain buffer of the last `reach` inputs, oldest first, shifted once
+    per call (a ring would save that copy but scatter each window in two)."""
+    cdef int C = L.n_in, O = L.width, K = L.ksize, G = L.groups
+    cdef int Cg = C // G, Og = O // G
+    cdef int left, right, T_out = layer_steps(net, L, T), E, r, t, j, g
+    cdef long ldo = <long>nb * O
+    cdef const Dir *D = &L.dirs[0]
+    cdef float *cols
+    cdef float *hist
+    if L.s_size:
+        left, right = L.reach, 0
+    else:
+        window_pads(L, T, &left, &right)
+    E = left + T + right
+    cols = ext + pad16(<long>E * C)
+    fill_rows(out, D.bias, <long>T_out * nb, O)
+    for r in range(nb):
+        hist = srow + r * ss + L.s_off
+        if L.s_size:
+            memcpy(ext, hist, <long>left * C * sizeof(float))
+        else:
+            memset(ext, 0, <long>left * C * sizeof(float))
+        for t in range(T):
+            memcpy(ext + <long>(left + t) * C, inp + (<long>t * nb + r) * C, C * sizeof(float))
+        memset(ext + <long>(left + T) * C, 0, <long>right * C * sizeof(float))
+        if G == 1:
+            for t in range(T_out):
+                for j in range(K):
+                    memcpy(cols + (<long>t * K + j) * C, ext + (<long>t * L.stride + j * L.dilation) * C,
+                           C * sizeof(float))
+            matmul_w(T_out, O, K * C, cols, K * C, D, 0, out + <long>r * O, ldo)
+        else:
+            for g in range(G):
+                for j in range(K):
+                    matmul_acc(T_out, Og, Cg, ext + <long>j * L.dilation * C + g * Cg, L.stride * C,
+                               D.w_x + (<long>g * K + j) * Cg * Og, Og, out + <long>r * O + g * Og, ldo)
+        if L.s_size:
+            memcpy(hist, ext + <long>(E - L.reach) * C, <long>L.reach * C * sizeof(float))
+    fl_activate_rows(L.act, L.alpha, L.act_w, L.n_act_w, out, <long>T_out * nb, O)
+
+
+cdef void pool_rows(const Net *net, const Layer *L, int T, int nb, const float *inp, float *out,
+                    float *srow, long ss, float *ext) noexcept nogil:
+    """A windowed pool over T steps of nb rows, laid out per row like conv_rows.  The streaming
+    form's state is [inputs seen so far, up to reach (1 float) | the last reach inputs], so
+    the windows of a stream's first steps skip history it never had, as padding is skipped."""
+    cdef int C = L.width, left, right, T_out = layer_steps(net, L, T), r, t
+    cdef long fr
+    cdef float *st
+    if L.s_size:
+        left, right = L.reach, 0
+    else:
+        window_pads(L, T, &left, &right)
+    cdef int E = left + T + right
+    for r in range(nb):
+        st = srow + r * ss + L.s_off
+        fr = left
+        if L.s_size:
+            memcpy(ext, st + 1, <long>left * C * sizeof(float))
+            fr = left - <long>st[0]
+            st[0] = min(<float>L.reach, st[0] + T)
+        for t in range(T):
+            memcpy(ext + <long>(left + t) * C, inp + (<long>t * nb + r) * C, C * sizeof(float))
+        fl_pool_frames(L.kind == FL_LAYER_MAXPOOL, L.count_pad, ext, C, fr, left + T, L.ksize, L.stride,
+                       T_out, out + <long>r * C, <long>nb * C)
+        if L.s_size:
+            memcpy(st + 1, ext + <long>(E - L.reach) * C, <long>L.reach * C * sizeof(float))
+
+
 cdef inline void cell_step(const Layer *L, const Dir *D, int nb, float *gates, float *cs, int ldc,
-                           float *ho, int ldo, float *hfull, long u0, long u1) noexcept nogil:
-    """The cell update of one step, units u0:u1 of nb rows: gates (nb, 4H) -> c, and h into ho.
+                           const float *hprev, int ldprev, float *ho, int ldo, float *hfull,
+                           long u0, long u1) noexcept nogil:
+    """The cell update of one step, units u0:u1 of nb rows: gates (nb, G) and the previous h
+    (hprev, row stride ldprev) -> c (LSTM), and h into ho.
 
     With a projection, h = (o * tanh(c)) @ W_proj, through hfull (nb, H); one
-    thread has all the units then."""
-    cdef int H = L.hidden, P = L.n_out, r
-    if D.w_proj == NULL:
-        fl_cell_rows(gates + u0, 4 * H, H, cs + u0, ldc, ho + u0, ldo, nb, u1 - u0, L.gate_act, L.cell_act)
+    thread has all the units then, as for a reset-before GRU, whose candidate
+    needs (r * h) @ W_hn between the gates and the update."""
+    cdef int H = L.hidden, P = L.n_out, G = L.gates, r
+    if L.kind == FL_LAYER_GRU:
+        fl_gru_rows(gates + u0, G, H, hprev + u0, ldprev, ho + u0, ldo, nb, u1 - u0, L.gate_act, L.cell_act)
         return
-    fl_cell_rows(gates, 4 * H, H, cs, ldc, hfull, H, nb, H, L.gate_act, L.cell_act)
+    if L.kind == FL_LAYER_RNN:
+        fl_rnn_rows(gates + u0, G, ho + u0, ldo, nb, u1 - u0, L.cell_act)
+        return
+    if L.kind == FL_LAYER_GRU_BEFORE:
+        fl_gru_reset_rows(gates, G, H, hprev, ldprev, hfull, nb, H, L.gate_act)
+        matmul_acc(nb, H, H, hfull, H, D.w_proj, H, gates + 2 * H, G)
+        fl_gru_update_rows(gates, G, H, hprev, ldprev, ho, ldo, nb, H, L.cell_act)
+        return
+    if D.w_proj == NULL:
+        fl_cell_rows(gates + u0, G, H, cs + u0, ldc, ho + u0, ldo, nb, u1 - u0, L.gate_act, L.cell_act)
+        return
+    fl_cell_rows(gates, G, H, cs, ldc, hfull, H, nb, H, L.gate_act, L.cell_act)
     for r in range(nb):
         memset(ho + <long>r * ldo, 0, P * sizeof(float))
     matmul_acc(nb, P, H, hfull, H, D.w_proj, P, ho, ldo)
@@ -520,7 +850,7 @@ cdef inline void cell_step(const Layer *L, const Dir *D, int nb, float *gates, f
 cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out,
                     float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
                     float *xh, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
-    """One layer over tn steps of nb rows: inp (tn*nb, n_in) -> out (tn*nb, width).
+    """One recurrent layer over tn steps of nb rows: inp (tn*nb, n_in) -> out (tn*nb, width).
 
     hrows/crows: the state of the first of the nb rows, one row per stream
     (row strides ldh, ldc); each direction's h and c sit at its offsets in a row.
@@ -531,7 +861,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     (nt > 1) computes only the gate columns and the c, h of its slice of hidden
     units, so threads share no writes; they wait for each other only where a
     product reads every unit of h."""
-    cdef int G4 = 4 * L.hidden, H = L.hidden, P = L.n_out
+    cdef int G4 = L.gates, H = L.hidden, P = L.n_out
     cdef int cat = L.n_dirs * P
     cdef int rows = tn * nb
     cdef int K = L.n_in + P
@@ -599,8 +929,8 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 fl_pack_a(nb, K, ap, x0, x1, inp + <long>t * nb * L.n_in + x0, L.n_in)
                 fl_pack_a(nb, K, ap, L.n_in + v0, L.n_in + v1, hprev + v0, ldprev)
                 sync(bar, nt)
-                matmul_units(nb, K, ap, D, gates, H, u0, u1)
-                cell_step(L, D, nb, gates, cs, ldc, ho, cat, hfull, u0, u1)
+                matmul_units(nb, K, ap, D, gates, H, G4, u0, u1)
+                cell_step(L, D, nb, gates, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
                 hprev = ho
                 ldprev = cat
         else:
@@ -621,7 +951,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 ho = out + <long>dst * nb * cat + d * P
                 if not stacked:
                     matmul_w(nb, G4, P, hprev, ldprev, D, L.n_in, gates + <long>t * nb * G4, G4)
-                cell_step(L, D, nb, gates + <long>t * nb * G4, cs, ldc, ho, cat, hfull, u0, u1)
+                cell_step(L, D, nb, gates + <long>t * nb * G4, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
                 hprev = ho
                 ldprev = cat
         # A thread reads and writes only its own units of the state (packing above).
@@ -638,15 +968,14 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
 # ---------------------------------------------------------------------------
 # Test hooks: the C activations and the fp-mode guard, callable from Python.
 
-def _activate(int kind, cnp.ndarray x):
-    """Apply activation `kind` (fl_activation) to a float32 array in place."""
-    cdef float *p = <float *>cnp.PyArray_DATA(x)
+def _activate(int kind, cnp.ndarray x, float alpha=0.0, cnp.ndarray slopes=None):
+    """Apply activation `kind` (fl_activation) to a float32 array in place, row-wise over its
+    last axis (softmax, prelu with `slopes`); `alpha` for elu and leaky_relu."""
     cdef long n = cnp.PyArray_SIZE(x)
-    cdef long r, O
-    if kind == FL_ACT_SOFTMAX:
-        O = x.shape[x.ndim - 1]
-        for r in range(n // O):
-            fl_softmax_row(p + r * O, O)
-    else:
-        fl_activate(kind, p, n)
+    cdef long O = x.shape[x.ndim - 1] if x.ndim else 1
+    cdef const float *pw = NULL if slopes is None else <const float *>cnp.PyArray_DATA(slopes)
+    if kind == FL_ACT_PRELU and (slopes is None or slopes.shape[0] not in (1, O)):
+        raise ValueError("slopes: prelu needs 1 or one per feature")
+    fl_activate_rows(kind, alpha, pw, 0 if slopes is None else slopes.shape[0], <float *>cnp.PyArray_DATA(x),
+                     n // max(O, 1), O)
     return x

@@ -16,10 +16,11 @@ import operator
 
 from libc.string cimport memcpy
 
-from fastlstm._kernels cimport (Network, fl_all_finite, max_chunk_rows, n_chunks, num_threads, run_batch,
+from fastlstm._kernels cimport (Network, input_ok, max_chunk_rows, n_chunks, num_threads, run_batch,
                                 workspace_floats)
 from fastlstm import _validate
 from fastlstm._packing import aligned_empty
+from fastlstm.state import state_from_rows, state_rows
 
 cnp.import_array()
 
@@ -37,9 +38,8 @@ cdef class Stream:
     cdef readonly object model
     cdef readonly object batch_size       # None: unbatched (x is (I,))
     cdef int rows                         # batch rows per step (1 when unbatched)
-    cdef cnp.ndarray h, c, ws             # state (rows, h_size), (rows, c_size); workspace
-    cdef float *hp
-    cdef float *cp
+    cdef cnp.ndarray s, ws                # state (rows, state_size); workspace
+    cdef float *sp
     cdef float *wsp
     cdef long ws_per
     cdef int ws_threads, tc, nchunks, n_in, n_out
@@ -52,23 +52,19 @@ cdef class Stream:
 
     def __init__(self, model, Network net, batch_size):
         from fastlstm._threads import available_cores  # (_threads imports this module)
-        cdef long hs, cs
-        hs, cs = net.state_size
         self.model = model
         self.net = net
         self.batch_size = batch_size
         self.rows = 1 if batch_size is None else batch_size
         self.n_in = net.net.n_in
         self.n_out = net.net.n_out
-        self.h = np.zeros((self.rows, hs), dtype=np.float32)
-        self.c = np.zeros((self.rows, cs), dtype=np.float32)
+        self.s = np.zeros((self.rows, net.state_size), dtype=np.float32)
         self.nchunks = n_chunks(&net.net, self.rows)
         self.tc = net.time_block(256, self.rows)
         self.ws_per = workspace_floats(&net.net, self.tc, (self.rows + self.nchunks - 1) // self.nchunks)
         self.ws_threads = min(self.nchunks, available_cores())
         self.ws = aligned_empty(self.ws_per * self.ws_threads)
-        self.hp = <float *>cnp.PyArray_DATA(self.h)
-        self.cp = <float *>cnp.PyArray_DATA(self.c)
+        self.sp = <float *>cnp.PyArray_DATA(self.s)
         self.wsp = <float *>cnp.PyArray_DATA(self.ws)
 
     def __dealloc__(self):
@@ -84,21 +80,22 @@ cdef class Stream:
         return (self.rows, self.n_out)
 
     cdef object _advance(self, int T, cnp.ndarray x, cnp.ndarray y):
-        """Check x is finite, then run T steps under the stream's lock, without the GIL."""
-        cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+        """Check x is finite (or its token ids in range), then run T steps under the stream's lock,
+        without the GIL."""
+        cdef const void *xp = cnp.PyArray_DATA(x)
         cdef float *yp = <float *>cnp.PyArray_DATA(y)
         cdef long n = cnp.PyArray_SIZE(x)
         cdef int ok
         cdef int nthreads = max(1, min(min(num_threads(), self.nchunks), self.ws_threads))
         with nogil:
-            ok = fl_all_finite(xp, n)
+            ok = input_ok(&self.net.net, xp, n)
             if ok:
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
-                run_batch(&self.net.net, T, self.tc, self.rows, xp, yp, self.hp, self.cp, self.wsp,
+                run_batch(&self.net.net, T, self.tc, self.rows, xp, yp, self.sp, self.wsp,
                           self.ws_per, self.nchunks, nthreads)
                 PyThread_release_lock(self.lock)
         if not ok:
-            raise ValueError("x: contains NaN or infinite values (the stream's state is unchanged)")
+            raise ValueError(f"{_validate.input_complaint(self.net)} (the stream's state is unchanged)")
         return y
 
     def step(self, x, out=None):
@@ -117,13 +114,14 @@ cdef class Stream:
         cdef cnp.ndarray xa, ya
         cdef int nd = 1 if self.batch_size is None else 2
         cdef cnp.npy_intp dims[2]
-        if (cnp.PyArray_CheckExact(x) and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
+        if (not self.net.net.token_input and cnp.PyArray_CheckExact(x)
+                and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
                 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) and cnp.PyArray_NDIM(<cnp.ndarray>x) == nd
                 and cnp.PyArray_DIMS(<cnp.ndarray>x)[nd - 1] == self.n_in
                 and (nd == 1 or cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == self.rows)):
             xa = <cnp.ndarray>x
         else:
-            xa = _validate.step_input(x, self.n_in, self.batch_size)
+            xa = _validate.step_input(x, self.n_in, self.batch_size, self.net.net.token_input)
         if out is None:
             dims[0] = self.rows if nd == 2 else self.n_out
             dims[1] = self.n_out
@@ -143,7 +141,7 @@ cdef class Stream:
 
         Gives the same result as calling :meth:`step` T times, and as one
         ``model.predict`` over the whole sequence (to float32 rounding)."""
-        xa = _validate.chunk_input(x, self.n_in, self.batch_size)
+        xa = _validate.chunk_input(x, self.n_in, self.batch_size, self.net.net.token_input)
         shape = (xa.shape[0], self.n_out) if self.batch_size is None else (xa.shape[0], self.rows, self.n_out)
         ya = _validate.output_buffer(out, shape, xa)
         if xa.shape[0] == 0:
@@ -154,8 +152,7 @@ cdef class Stream:
         """Zero the state of every stream."""
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
-        self.h.fill(0)
-        self.c.fill(0)
+        self.s.fill(0)
         PyThread_release_lock(self.lock)
 
     @property
@@ -163,17 +160,16 @@ cdef class Stream:
         """A copy of the current state, as a :class:`fastlstm.State`.  Assign one to restore it."""
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
-        h, c = self.h.copy(), self.c.copy()
+        rows = self.s.copy()
         PyThread_release_lock(self.lock)
-        return self.model._state_from_buffers(h, c, self.batch_size)
+        return state_from_rows(rows, self.net.state_layout, self.net.signature, self.batch_size)
 
     @state.setter
     def state(self, value):
-        h, c = self.model._state_to_buffers(value, self.rows, self.batch_size, "state")
+        rows = state_rows(value, self.net.state_layout, self.net.signature, self.rows, self.batch_size, "state")
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
-        self.h[...] = h
-        self.c[...] = c
+        self.s[...] = rows
         PyThread_release_lock(self.lock)
 
 
@@ -207,10 +203,10 @@ cdef class StreamPool:
     cdef Network net
     cdef readonly object model
     cdef int cap, n_in, n_out, ws_threads
-    cdef long h_size, c_size, ws_per
+    cdef long s_size, ws_per
     cdef u64 stamp
-    cdef cnp.ndarray h, c            # (cap, h_size), (cap, c_size): each slot's state
-    cdef cnp.ndarray hg, cg          # the same shapes: gathered batch state
+    cdef cnp.ndarray s               # (cap, s_size): each slot's state
+    cdef cnp.ndarray sg              # the same shape: gathered batch state
     cdef cnp.ndarray gen             # uint32 (cap,): bumped when a slot is closed
     cdef cnp.ndarray opened          # uint8 (cap,)
     cdef cnp.ndarray mark            # uint64 (cap,): duplicate detection stamps
@@ -232,7 +228,7 @@ cdef class StreamPool:
         self.net = net
         self.n_in = net.net.n_in
         self.n_out = net.net.n_out
-        self.h_size, self.c_size = net.state_size
+        self.s_size = net.state_size
         self.cap = 0
         self.n_free = 0
         self.stamp = 0
@@ -251,13 +247,11 @@ cdef class StreamPool:
             if arr is not None:
                 new[:old] = arr[:old]
             return new
-        self.h = grown(self.h, (capacity, self.h_size), np.float32)
-        self.c = grown(self.c, (capacity, self.c_size), np.float32)
+        self.s = grown(self.s, (capacity, self.s_size), np.float32)
         self.gen = grown(self.gen, capacity, np.uint32)
         self.opened = grown(self.opened, capacity, np.uint8)
         self.mark = grown(self.mark, capacity, np.uint64)
-        self.hg = np.empty((capacity, self.h_size), dtype=np.float32)
-        self.cg = np.empty((capacity, self.c_size), dtype=np.float32)
+        self.sg = np.empty((capacity, self.s_size), dtype=np.float32)
         self.slots = np.empty(capacity, dtype=np.int64)
         # New slots go on the free stack below the old free ones, lowest slot on top.
         stack = np.empty(capacity, dtype=np.int64)
@@ -307,8 +301,7 @@ cdef class StreamPool:
                                    "call pool.reserve(n) to make room, or close a stream")
             self.n_free -= 1
             slot = self.free_stack[self.n_free]
-            self.h[slot] = 0
-            self.c[slot] = 0
+            self.s[slot] = 0
             self.opened[slot] = 1
             return (int(self.gen[slot]) << SLOT_BITS) | slot
         finally:
@@ -347,8 +340,7 @@ cdef class StreamPool:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
         try:
             slot = self._slot(sid)
-            self.h[slot] = 0
-            self.c[slot] = 0
+            self.s[slot] = 0
         finally:
             PyThread_release_lock(self.lock)
 
@@ -358,20 +350,19 @@ cdef class StreamPool:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
         try:
             slot = self._slot(sid)
-            h, c = self.h[slot:slot + 1].copy(), self.c[slot:slot + 1].copy()
+            rows = self.s[slot:slot + 1].copy()
         finally:
             PyThread_release_lock(self.lock)
-        return self.model._state_from_buffers(h, c, None)
+        return state_from_rows(rows, self.net.state_layout, self.net.signature, None)
 
     def set_state(self, sid, state):
         """Replace one stream's state with an unbatched :class:`fastlstm.State` (e.g. from get_state)."""
-        h, c = self.model._state_to_buffers(state, 1, None, "state")
+        rows = state_rows(state, self.net.state_layout, self.net.signature, 1, None, "state")
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
         try:
             slot = self._slot(sid)
-            self.h[slot] = h[0]
-            self.c[slot] = c[0]
+            self.s[slot] = rows[0]
         finally:
             PyThread_release_lock(self.lock)
 
@@ -400,12 +391,13 @@ cdef class StreamPool:
         else:
             ia = _validate.stream_ids(ids)
         cdef int N = <int>cnp.PyArray_DIMS(ia)[0]
-        if (cnp.PyArray_CheckExact(x) and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
+        if (not self.net.net.token_input and cnp.PyArray_CheckExact(x)
+                and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
                 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2
                 and cnp.PyArray_DIMS(<cnp.ndarray>x)[0] == N and cnp.PyArray_DIMS(<cnp.ndarray>x)[1] == self.n_in):
             xa = <cnp.ndarray>x
         else:
-            xa = _validate.step_input(x, self.n_in, N)
+            xa = _validate.step_input(x, self.n_in, N, self.net.net.token_input)
         if out is None:
             dims[0] = N
             dims[1] = self.n_out
@@ -420,12 +412,12 @@ cdef class StreamPool:
         if N == 0:
             return ya
         cdef const long long *idp = <const long long *>cnp.PyArray_DATA(ia)
-        cdef const float *xp = <const float *>cnp.PyArray_DATA(xa)
+        cdef const void *xp = cnp.PyArray_DATA(xa)
         cdef float *yp = <float *>cnp.PyArray_DATA(ya)
         cdef long n = cnp.PyArray_SIZE(xa)
         cdef int bad = BAD_NONE, bad_at = 0, finite
         with nogil:
-            finite = fl_all_finite(xp, n)
+            finite = input_ok(&self.net.net, xp, n)
             if finite:
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
                 bad = self._check_ids(idp, N, &bad_at)
@@ -433,7 +425,7 @@ cdef class StreamPool:
                     self._step_slots(N, xp, yp)
                 PyThread_release_lock(self.lock)
         if not finite:
-            raise ValueError("x: contains NaN or infinite values (no stream's state changed)")
+            raise ValueError(f"{_validate.input_complaint(self.net)} (no stream's state changed)")
         if bad == BAD_UNKNOWN:
             raise ValueError(f"ids: ids[{bad_at}] = {ia[bad_at]} is not an open stream of this pool "
                              "(no stream's state changed)")
@@ -464,21 +456,17 @@ cdef class StreamPool:
             slots[k] = slot
         return BAD_NONE
 
-    cdef void _step_slots(self, int N, const float *xp, float *yp) noexcept nogil:
+    cdef void _step_slots(self, int N, const void *xp, float *yp) noexcept nogil:
         """Gather the states of self.slots[:N], run one batched step, scatter them back."""
         cdef const long long *slots = <const long long *>cnp.PyArray_DATA(self.slots)
-        cdef float *h = <float *>cnp.PyArray_DATA(self.h)
-        cdef float *c = <float *>cnp.PyArray_DATA(self.c)
-        cdef float *hg = <float *>cnp.PyArray_DATA(self.hg)
-        cdef float *cg = <float *>cnp.PyArray_DATA(self.cg)
-        cdef long hs = self.h_size, cs = self.c_size
+        cdef float *s = <float *>cnp.PyArray_DATA(self.s)
+        cdef float *sg = <float *>cnp.PyArray_DATA(self.sg)
+        cdef long ss = self.s_size
         cdef int k
         cdef int nchunks = n_chunks(&self.net.net, N)
         for k in range(N):
-            memcpy(hg + k * hs, h + slots[k] * hs, hs * sizeof(float))
-            memcpy(cg + k * cs, c + slots[k] * cs, cs * sizeof(float))
-        run_batch(&self.net.net, 1, 1, N, xp, yp, hg, cg, <float *>cnp.PyArray_DATA(self.ws), self.ws_per,
+            memcpy(sg + k * ss, s + slots[k] * ss, ss * sizeof(float))
+        run_batch(&self.net.net, 1, 1, N, xp, yp, sg, <float *>cnp.PyArray_DATA(self.ws), self.ws_per,
                   nchunks, max(1, min(min(num_threads(), nchunks), self.ws_threads)))
         for k in range(N):
-            memcpy(h + slots[k] * hs, hg + k * hs, hs * sizeof(float))
-            memcpy(c + slots[k] * cs, cg + k * cs, cs * sizeof(float))
+            memcpy(s + slots[k] * ss, sg + k * ss, ss * sizeof(float))

@@ -30,8 +30,38 @@ def _shape_error(name, expected, got):
     return ValueError(f"{name}: expected shape {expected}, got {tuple(got)}")
 
 
-def step_input(x, n_in, batch_size):
-    """One step's input: (I,) for an unbatched stream, (B, I) for a batch of B."""
+def token_ids(x, name="x"):
+    """``x`` as a C-contiguous int64 array of token ids; TypeError for anything but integers.
+
+    (Whether each id is inside the Embedding's table is checked by the kernels'
+    input check, before any state changes.)"""
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer token ids (the model starts with an Embedding), "
+                        f"got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: contains token ids out of range")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def input_complaint(net):
+    """What is wrong with an input the kernels' check (_kernels.input_ok) refused."""
+    if net.token_input:
+        return f"x: token ids must be in [0, {net.vocab_size})"
+    return "x: contains NaN or infinite values"
+
+
+def step_input(x, n_in, batch_size, tokens=False):
+    """One step's input: (I,) for an unbatched stream, (B, I) for a batch of B;
+    with ``tokens``, one id (an int, () or (1,)) or (B,) ids."""
+    if tokens:
+        arr = token_ids(x)
+        if batch_size is None and arr.shape in ((), (1,)):
+            return arr.reshape(1)
+        expected = "() or (1,)" if batch_size is None else (batch_size,)
+        if arr.shape != expected:
+            raise _shape_error("x", expected, arr.shape)
+        return arr
     arr = as_float32(x, "x")
     expected = (n_in,) if batch_size is None else (batch_size, n_in)
     if arr.shape != expected:
@@ -39,8 +69,15 @@ def step_input(x, n_in, batch_size):
     return arr
 
 
-def chunk_input(x, n_in, batch_size):
-    """A chunk of steps: (T, I) for an unbatched stream, (T, B, I) for a batch of B."""
+def chunk_input(x, n_in, batch_size, tokens=False):
+    """A chunk of steps: (T, I) for an unbatched stream, (T, B, I) for a batch of B;
+    with ``tokens``, (T,) or (T, B) ids."""
+    if tokens:
+        arr = token_ids(x)
+        ok = arr.ndim == 1 if batch_size is None else (arr.ndim == 2 and arr.shape[1] == batch_size)
+        if not ok:
+            raise _shape_error("x", "(T,)" if batch_size is None else f"(T, {batch_size})", arr.shape)
+        return arr.reshape(arr.shape[0], -1) if batch_size is None else arr
     arr = as_float32(x, "x")
     if batch_size is None:
         ok, expected = arr.ndim == 2 and arr.shape[1] == n_in, f"(T, {n_in})"
@@ -52,8 +89,16 @@ def chunk_input(x, n_in, batch_size):
     return arr
 
 
-def sequence_input(x, n_in, batch_first):
-    """predict's input as (T, B, I) C-contiguous float32, and whether it was batched."""
+def sequence_input(x, n_in, batch_first, tokens=False):
+    """predict's input as (T, B, I) C-contiguous float32 (with ``tokens``: (T, B) int64 ids, from
+    (T,), (T, B) or (B, T)), and whether it was batched."""
+    if tokens:
+        arr = token_ids(x)
+        if arr.ndim == 1:
+            return arr[:, None], False
+        if arr.ndim == 2:
+            return (np.ascontiguousarray(arr.T) if batch_first else arr), True
+        raise _shape_error("x", "(T,) or " + ("(B, T)" if batch_first else "(T, B)") + " token ids", arr.shape)
     arr = as_float32(x, "x")
     if arr.ndim == 2 and arr.shape[1] == n_in:
         return arr[:, None, :], False

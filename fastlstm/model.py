@@ -1,4 +1,4 @@
-"""fastlstm.Model: a packed, immutable LSTM network with sequence and streaming inference."""
+"""fastlstm.Model: a packed, immutable network (a chain of layers) with sequence and streaming inference."""
 
 from __future__ import annotations
 
@@ -7,89 +7,103 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import _kernels, _streams, _validate
-from ._packing import pack_head, pack_layer
-from .layers import Dense, LSTMLayer, check_stack
-from .state import State
+from ._packing import pack_chain
+from .layers import (RECURRENT, TIME_COLLAPSING, Dense, Embedding, LastStep, RepeatVector, check_chain,
+                     check_stack, layer_streamable)
+from .state import State, state_from_rows, state_rows
 
 
 class Model:
-    """An LSTM network ready for inference.
+    """A network ready for inference: a chain of layers run by compiled kernels.
 
     Parameters
     ----------
-    layers : sequence of :class:`fastlstm.LSTMLayer`
-        The recurrent stack, first layer first.
+    layers : sequence of layers
+        The chain, first layer first: any of the classes of :mod:`fastlstm.layers`
+        (:class:`~fastlstm.LSTMLayer`, :class:`~fastlstm.GRULayer`,
+        :class:`~fastlstm.RNNLayer`, :class:`~fastlstm.Conv1D`,
+        :class:`~fastlstm.Dense`, :class:`~fastlstm.Activation`,
+        :class:`~fastlstm.BatchNorm`, :class:`~fastlstm.LayerNorm`,
+        :class:`~fastlstm.Embedding`, the pools, :class:`~fastlstm.LastStep`,
+        :class:`~fastlstm.Flatten`, :class:`~fastlstm.RepeatVector`).
     head : :class:`fastlstm.Dense`, optional
-        A dense layer applied to the last layer's output at every step.
+        The older form: a dense layer appended to the chain.
     return_sequences : bool
-        ``False`` (Keras) makes :meth:`predict` return only the last step's output.
+        The older form: ``False`` appends ``LastStep(final_state=True)`` before
+        the head (Keras' ``return_sequences=False``), so :meth:`predict` returns
+        only the last step's output.
 
     The weights are validated and repacked once, here; afterwards the model is
     read-only and may be shared by any number of streams and threads.  Every
     loader (``fastlstm.load``, ``from_torch``, ``from_keras``) returns one.
     """
 
-    def __init__(self, layers: Sequence[LSTMLayer], head: Optional[Dense] = None, *,
-                 return_sequences: bool = True):
-        self._layers, self._head = check_stack(layers, head)
-        self._return_sequences = bool(return_sequences)
-        self._net = _kernels.Network([pack_layer(layer) for layer in self._layers],
-                                     None if head is None else pack_head(head))
-        self._trunk = None  # built on demand, see _last_step_bidirectional
-        # (P, H) of every (layer, direction), in state order.
-        self._entries = [(d.output_size, d.hidden_size) for layer in self._layers for d in layer.directions]
-        self._signature = tuple((layer.input_size, layer.hidden_size, layer.directions[0].output_size,
-                                 len(layer.directions)) for layer in self._layers)
+    def __init__(self, layers: Sequence, head: Optional[Dense] = None, *, return_sequences: bool = True):
+        layers = tuple(layers)
+        if all(isinstance(layer, RECURRENT) for layer in layers):
+            layers, head = check_stack(layers, head)   # its messages name the head
+        elif head is not None and not isinstance(head, Dense):
+            raise TypeError(f"head: expected a Dense, got {type(head).__name__}")
+        chain = layers + ((LastStep(final_state=True),) if not return_sequences else ()) + (head,) * (head is not None)
+        self._layers = check_chain(chain)
+        specs, layout, signature = pack_chain(self._layers)
+        self._net = _kernels.Network(specs, layout, signature)
+        self._tokens = isinstance(self._layers[0], Embedding)
+        # predict drops the time axis when a last-step or global pool is not followed by a RepeatVector.
+        kinds = [type(layer) for layer in self._layers]
+        drops = [k for k, t in enumerate(kinds) if issubclass(t, TIME_COLLAPSING)]
+        repeats = [k for k, t in enumerate(kinds) if t is RepeatVector]
+        self._drops_time = bool(drops) and (not repeats or repeats[-1] < drops[-1])
 
     # -- description -----------------------------------------------------------------
 
     @property
     def input_size(self) -> int:
-        return self._layers[0].input_size
+        """Features per input step (1 for a model that takes token ids)."""
+        return self._net.n_in
 
     @property
     def output_size(self) -> int:
-        return self._head.output_size if self._head is not None else self._layers[-1].output_size
+        return self._net.n_out
 
     @property
     def layers(self):
-        """The LSTM layers (tuple of :class:`fastlstm.LSTMLayer`); the head is :attr:`head`."""
+        """The chain of layers (tuple), first layer first."""
         return self._layers
 
     @property
     def head(self) -> Optional[Dense]:
-        return self._head
+        """The last layer when it is a :class:`Dense` (the older "stack + head" view), else None."""
+        return self._layers[-1] if isinstance(self._layers[-1], Dense) else None
 
     @property
     def return_sequences(self) -> bool:
-        return self._return_sequences
+        """Whether :meth:`predict` returns a sequence (False: the last step's output only)."""
+        return not self._drops_time
+
+    @property
+    def token_input(self) -> bool:
+        """Whether the input is integer token ids (the first layer is an :class:`~fastlstm.Embedding`)."""
+        return self._tokens
 
     @property
     def streamable(self) -> bool:
-        """Whether :meth:`stream` works (no bidirectional or go_backwards layer)."""
+        """Whether :meth:`stream` works (see :meth:`stream`)."""
         return self._net.streamable
 
     @property
     def num_parameters(self) -> int:
-        arrays = [a for layer in self._layers for d in layer.directions
-                  for a in (d.weight_ih, d.weight_hh, d.bias_ih, d.bias_hh, d.weight_hr) if a is not None]
-        if self._head is not None:
-            arrays += [a for a in (self._head.weight, self._head.bias) if a is not None]
-        return int(sum(a.size for a in arrays))
+        return int(sum(a.size for layer in self._layers for a in getattr(layer, "arrays", list)()))
 
     def describe_short(self) -> str:
-        return f"Model({self.input_size} -> {self.output_size}, {len(self._layers)} LSTM layer(s))"
+        return f"Model({self.input_size} -> {self.output_size}, {len(self._layers)} layer(s))"
 
     def __repr__(self):
         lines = [f"  {layer.describe()}" for layer in self._layers]
-        if self._head is not None:
-            lines.append(f"  {self._head.describe()}")
-        if not self._return_sequences:
-            lines.append("  (returns the last step only)")
         return "fastlstm.Model(\n" + "\n".join(lines) + "\n)"
 
     def __reduce__(self):
-        return (_restore, (self._layers, self._head, self._return_sequences))
+        return (Model, (self._layers,))
 
     # -- inference ---------------------------------------------------------------------
 
@@ -99,7 +113,8 @@ class Model:
 
         Parameters
         ----------
-        x : array (T, I), or (T, B, I) -- (B, T, I) with ``batch_first=True``
+        x : array (T, I), or (T, B, I) -- (B, T, I) with ``batch_first=True``;
+            integer token ids (T,), (T, B) or (B, T) when the model starts with an Embedding
         state : State, optional
             Initial state (default zeros), e.g. from ``return_state=True`` or ``Stream.state``.
         batch_first : bool
@@ -108,71 +123,72 @@ class Model:
 
         Returns
         -------
-        y : (T, O), (T, B, O) or (B, T, O); with ``return_sequences=False``
-            only the last step: (O,) or (B, O).
+        y : (T', O), (T', B, O) or (B, T', O), T' the steps the chain outputs (T unless a
+            Conv1D, pool or RepeatVector changes it); without a time axis (last step or
+            global pool) (O,) or (B, O).
         state : State, when ``return_state`` is true.
         """
-        x3, batched = _validate.sequence_input(x, self.input_size, batch_first)
+        x3, batched = _validate.sequence_input(x, self.input_size, batch_first, self._tokens)
         T, B = x3.shape[:2]
         batch_size = B if batched else None
+        self._check_steps(T)
         if state is None:
-            h, c = self._zero_buffers(B)
+            s = np.zeros((B, self._net.state_size), dtype=np.float32)
         else:
-            h, c = self._state_to_buffers(state, B, batch_size, "state")
-        if not self._return_sequences and T == 0:
-            raise ValueError("x: needs at least one time step (the model returns the last step's output)")
-        if not self._return_sequences and self._layers[-1].bidirectional:
-            y = self._last_step_bidirectional(x3, h, c)
-        else:
-            y = np.empty((T, B, self.output_size), dtype=np.float32)
-            self._net.forward(x3, y, h, c)
-            y = y[-1] if not self._return_sequences else y
-        if self._return_sequences:
+            s = state_rows(state, self._net.state_layout, self._net.signature, B, batch_size, "state")
+        if self._tokens and x3.size and (x3.min() < 0 or x3.max() >= self._net.vocab_size):
+            bad = x3[(x3 < 0) | (x3 >= self._net.vocab_size)][0]
+            raise ValueError(f"x: token id {bad} is outside the Embedding's table [0, {self._net.vocab_size})")
+        y = np.empty((self._net.out_steps(T), B, self.output_size), dtype=np.float32)
+        self._net.forward(x3, y, s)
+        if self._drops_time:
+            y = y[-1]
             if not batched:
-                y = y[:, 0, :]
-            elif batch_first:
-                y = np.ascontiguousarray(y.transpose(1, 0, 2))
+                y = y[0]
         elif not batched:
-            y = y[0]
+            y = y[:, 0, :]
+        elif batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if return_state:
-            return y, self._state_from_buffers(h, c, batch_size)
+            return y, state_from_rows(s, self._net.state_layout, self._net.signature, batch_size)
         return y
 
-    def _last_step_bidirectional(self, x3, h, c):
-        """Keras' last step of a bidirectional layer: forward output at t=T-1 and
-        backward output at t=0, merged, then the head.  Runs a copy of the
-        network without head or merge on the last layer (built once)."""
-        last = self._layers[-1]
-        if self._trunk is None:
-            packed = [pack_layer(layer) for layer in self._layers[:-1]] + [pack_layer(last, "concat")]
-            self._trunk = _kernels.Network(packed, None)
-        T, B = x3.shape[:2]
-        width = last.directions[0].output_size
-        seq = np.empty((T, B, 2 * width), dtype=np.float32)
-        self._trunk.forward(x3, seq, h, c)
-        fwd, bwd = seq[-1, :, :width], seq[0, :, width:]
-        merged = {"concat": lambda: np.concatenate([fwd, bwd], axis=1), "sum": lambda: fwd + bwd,
-                  "mul": lambda: fwd * bwd, "ave": lambda: 0.5 * (fwd + bwd)}[last.merge_mode]()
-        if self._head is None:
-            return np.ascontiguousarray(merged, dtype=np.float32)
-        w, b, act = pack_head(self._head)
-        return _kernels._activate(act, np.ascontiguousarray(merged @ w + b, dtype=np.float32))
+    def _check_steps(self, T):
+        """Refuse a sequence too short for the chain (a window longer than it, or nothing to take
+        the last step of)."""
+        steps = T
+        for k, layer in enumerate(self._layers):
+            if isinstance(layer, TIME_COLLAPSING) and steps == 0:
+                raise ValueError(f"x: needs at least one time step (layers[{k}], {layer.describe()}, "
+                                 "takes the last step's output)")
+            out_steps = getattr(layer, "out_steps", None)
+            if out_steps is not None and not self._net.streamable:
+                new = out_steps(steps)
+                if new == 0 and steps:
+                    raise ValueError(f"x: {T} time steps are too few for layers[{k}] ({layer.describe()}), "
+                                     f"which gets {steps} steps")
+                steps = new
+            elif isinstance(layer, TIME_COLLAPSING) and not self._net.streamable:
+                steps = 1
+            elif isinstance(layer, RepeatVector):
+                steps *= layer.n
 
     def stream(self, batch_size: Optional[int] = None):
         """A :class:`Stream` stepping ``batch_size`` streams (or one unbatched stream) from zero state.
 
-        Raises ValueError when a layer needs the whole sequence (bidirectional or go_backwards)."""
+        Raises ValueError when a layer cannot run one step at a time, saying which and why
+        (bidirectional or go_backwards recurrent layers, strided or non-causal Conv1D and
+        pools, RepeatVector)."""
         self._check_streamable()
         batch_size = None if batch_size is None else _validate.positive_int(batch_size, "batch_size")
         return _streams.Stream(self, self._net, batch_size)
 
     def _check_streamable(self):
         for k, layer in enumerate(self._layers):
-            if not layer.streamable:
-                why = "is bidirectional" if layer.bidirectional else "reads the sequence backwards (go_backwards)"
-                raise ValueError(
-                    f"this model cannot stream: layer {k} {why}, so each output depends on future "
-                    "inputs; use model.predict on whole sequences instead")
+            why = layer_streamable(layer, self._layers[k - 1] if k else None)
+            if why is not None:
+                raise ValueError(f"this model cannot stream: layer {k} {why}; use model.predict on whole "
+                                 "sequences instead")
 
     def pool(self, capacity: int):
         """A :class:`StreamPool` with state preallocated for ``capacity`` streams (see ``reserve``)."""
@@ -183,48 +199,3 @@ class Model:
         """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly."""
         from .loaders import save_model
         save_model(self, path)
-
-    # -- state conversion (used by Stream and StreamPool) ----------------------------------
-
-    def _zero_buffers(self, rows):
-        h_size, c_size = self._net.state_size
-        return np.zeros((rows, h_size), dtype=np.float32), np.zeros((rows, c_size), dtype=np.float32)
-
-    def _state_to_buffers(self, state, rows, batch_size, name):
-        """Check ``state`` fits this model and ``rows`` streams; return packed (h, c) copies."""
-        if not isinstance(state, State):
-            raise TypeError(f"{name}: expected a fastlstm.State, got {type(state).__name__}")
-        if state.signature is not None and state.signature != self._signature:
-            raise ValueError(f"{name}: belongs to a model of another shape (layers {state.signature}, "
-                             f"this model's are {self._signature})")
-        if len(state.h) != len(self._entries):
-            raise ValueError(f"{name}: expected {len(self._entries)} (layer, direction) entries, got {len(state.h)}")
-        h, c = self._zero_buffers(rows)
-        col_h = col_c = 0
-        for k, (P, H) in enumerate(self._entries):
-            for label, arr, width, buf, col in (("h", state.h[k], P, h, col_h), ("c", state.c[k], H, c, col_c)):
-                expected = (width,) if batch_size is None else (rows, width)
-                if arr.shape != expected:
-                    raise ValueError(f"{name}: {label}[{k}] expected shape {expected}, got {arr.shape}")
-                if not np.all(np.isfinite(arr)):
-                    raise ValueError(f"{name}: {label}[{k}] contains NaN or infinite values")
-                buf[:, col:col + width] = arr.reshape(rows, width)
-            col_h += P
-            col_c += H
-        return h, c
-
-    def _state_from_buffers(self, h, c, batch_size):
-        hs, cs = [], []
-        col_h = col_c = 0
-        for P, H in self._entries:
-            hs.append(h[:, col_h:col_h + P])
-            cs.append(c[:, col_c:col_c + H])
-            col_h += P
-            col_c += H
-        if batch_size is None:
-            hs, cs = [a[0] for a in hs], [a[0] for a in cs]
-        return State(hs, cs, self._signature)
-
-
-def _restore(layers, head, return_sequences):
-    return Model(layers, head, return_sequences=return_sequences)

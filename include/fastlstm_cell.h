@@ -68,6 +68,88 @@ static inline void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc,
         fl_cell_units(z + r * ldz, gs, c + r * ldc, h + r * ldh, n, gate_act, cell_act);
 }
 
+/* The GRU with the reset gate after the recurrent product (PyTorch, Keras reset_after=True).
+ * Gate blocks of z at stride gs: [ r | z | n_x | n_h ], n_x = x W_in + b_in and n_h = h W_hn + b_hn
+ * kept apart so that r multiplies only n_h:  n = act(n_x + r * n_h),  h' = n + u * (h - n)
+ * (u the update gate; PyTorch's own form of (1 - u) n + u h).  The used gates are overwritten. */
+FL_HOT static void fl_gru_units_sigmoid_tanh(const float *restrict z, long gs, const float *restrict hprev,
+                                             float *restrict h, long n)
+{
+    const float *zr = z, *zu = z + gs, *zx = z + 2 * gs, *zh = z + 3 * gs;
+    for (long j = 0; j < n; j++) {
+        const float nn = fl_tanh(zx[j] + fl_sigmoid(zr[j]) * zh[j]);
+        h[j] = nn + fl_sigmoid(zu[j]) * (hprev[j] - nn);
+    }
+}
+
+static void fl_gru_units_generic(float *restrict z, long gs, const float *restrict hprev, float *restrict h,
+                                 long n, int gate_act, int act)
+{
+    float *zr = z, *zu = z + gs, *zx = z + 2 * gs, *zh = z + 3 * gs;
+    fl_activate(gate_act, zr, n);
+    fl_activate(gate_act, zu, n);
+    for (long j = 0; j < n; j++) zx[j] += zr[j] * zh[j];
+    fl_activate(act, zx, n);
+    for (long j = 0; j < n; j++) h[j] = zx[j] + zu[j] * (hprev[j] - zx[j]);
+}
+
+/* nrows rows of a reset-after GRU: gates (row stride ldz, gate stride gs), the previous h
+ * rows (stride ldp) -> h rows (stride ldh); n units per row. */
+static void fl_gru_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *h, long ldh,
+                        long nrows, long n, int gate_act, int act)
+{
+    for (long r = 0; r < nrows; r++) {
+        if (gate_act == FL_ACT_SIGMOID && act == FL_ACT_TANH)
+            fl_gru_units_sigmoid_tanh(z + r * ldz, gs, hprev + r * ldp, h + r * ldh, n);
+        else
+            fl_gru_units_generic(z + r * ldz, gs, hprev + r * ldp, h + r * ldh, n, gate_act, act);
+    }
+}
+
+/* The GRU with the reset gate before the recurrent product (Keras reset_after=False), in two
+ * halves around the product (r * h) @ W_hn, which the caller adds into the n block:
+ *   fl_gru_reset_rows   r, u = gate_act(...) in place;  rh = r * h   (rh rows of n floats)
+ *   fl_gru_update_rows  n = act(n block);  h' = n + u * (h - n)
+ * Gate blocks [ r | u | n ] at stride gs. */
+static void fl_gru_reset_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *rh,
+                              long nrows, long n, int gate_act)
+{
+    for (long r = 0; r < nrows; r++) {
+        float *zr = z + r * ldz;
+        const float *hp = hprev + r * ldp;
+        fl_activate(gate_act, zr, n);
+        fl_activate(gate_act, zr + gs, n);
+        for (long j = 0; j < n; j++) rh[r * n + j] = zr[j] * hp[j];
+    }
+}
+
+static void fl_gru_update_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *h, long ldh,
+                               long nrows, long n, int act)
+{
+    for (long r = 0; r < nrows; r++) {
+        float *zu = z + r * ldz + gs, *zn = zu + gs;
+        const float *hp = hprev + r * ldp;
+        float *ho = h + r * ldh;
+        fl_activate(act, zn, n);
+        for (long j = 0; j < n; j++) ho[j] = zn[j] + zu[j] * (hp[j] - zn[j]);
+    }
+}
+
+/* The Elman RNN: h' = act(z), nrows rows of n units. */
+static void fl_rnn_rows(float *z, long ldz, float *h, long ldh, long nrows, long n, int act)
+{
+    for (long r = 0; r < nrows; r++) {
+        float *zr = z + r * ldz;
+        float *ho = h + r * ldh;
+        if (act == FL_ACT_TANH) {
+            for (long j = 0; j < n; j++) ho[j] = fl_tanh(zr[j]);
+        } else {
+            fl_activate(act, zr, n);
+            for (long j = 0; j < n; j++) ho[j] = zr[j];
+        }
+    }
+}
+
 /* z[0:n] += v[0:k] @ W, W row-major (k, n) with row stride ldw.
  * Used for single-row steps, where a BLAS call costs more than the arithmetic
  * at small sizes.  W is streamed row by row, four rows at a time, so every
