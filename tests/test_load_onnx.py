@@ -43,16 +43,72 @@ class Net(torch.nn.Module):
         return self.act(y) if self.act is not None else y
 
 
-def _lstm_cases():
-    return {
-        "lstm_last_sigmoid": lambda: Net(torch.nn.LSTM(I, H, 2, batch_first=True), "last", torch.nn.Sigmoid()),
-        "lstm_seq_time_major": lambda: Net(torch.nn.LSTM(I, H, batch_first=False), "seq", batch_first=False),
-        "bilstm_seq": lambda: Net(torch.nn.LSTM(I, H, 2, batch_first=True, bidirectional=True), "seq"),
-        "bilstm_h_n": lambda: Net(torch.nn.LSTM(I, H, batch_first=True, bidirectional=True), "h_n",
-                                  torch.nn.Tanh()),
-        "lstm_h_n_softmax": lambda: Net(torch.nn.LSTM(I, H, 2, batch_first=True), "h_n", torch.nn.Softmax(-1)),
-        "lstm_nobias_relu": lambda: Net(torch.nn.LSTM(I, H, batch_first=True, bias=False), "seq", torch.nn.ReLU()),
-    }
+class ConvFront(torch.nn.Module):
+    """Conv1d -> ReLU -> MaxPool1d -> LSTM -> out[:, -1] -> Linear (audio/sensor models)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = torch.nn.Conv1d(I, 6, 3, padding=1), torch.nn.MaxPool1d(2)
+        self.rnn, self.fc = torch.nn.LSTM(6, H, batch_first=True), torch.nn.Linear(H, O)
+        self.bf = True
+
+    def forward(self, x):
+        z = self.pool(torch.relu(self.conv(x.transpose(1, 2)))).transpose(1, 2)
+        return self.fc(self.rnn(z)[0][:, -1])
+
+
+class Tokens(torch.nn.Module):
+    """Embedding -> GRU -> Linear on integer token ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.rnn, self.fc = torch.nn.Embedding(20, 5), torch.nn.GRU(5, H, batch_first=True), \
+            torch.nn.Linear(H, O)
+        self.bf = True
+
+    def forward(self, x):
+        return self.fc(self.rnn(self.emb(x))[0])
+
+
+class MLPHead(torch.nn.Module):
+    """LSTM -> last step -> Linear -> GELU -> LayerNorm -> BatchNorm1d -> LeakyReLU -> Linear -> softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.f1, self.f2 = torch.nn.LSTM(I, H, batch_first=True), torch.nn.Linear(H, 6), \
+            torch.nn.Linear(6, O)
+        self.ln, self.bn = torch.nn.LayerNorm(6), torch.nn.BatchNorm1d(6)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+        self.bf = True
+
+    def forward(self, x):
+        z = torch.nn.functional.gelu(self.f1(self.rnn(x)[0][:, -1]))
+        z = torch.nn.functional.leaky_relu(self.bn(self.ln(z)), 0.1)
+        return torch.softmax(self.f2(z), -1)
+
+
+#: name -> (module factory, whether the input is integer token ids)
+CASES = {
+    "lstm_last_sigmoid": (lambda: Net(torch.nn.LSTM(I, H, 2, batch_first=True), "last", torch.nn.Sigmoid()), 0),
+    "lstm_seq_time_major": (lambda: Net(torch.nn.LSTM(I, H, batch_first=False), "seq", batch_first=False), 0),
+    "bilstm_seq": (lambda: Net(torch.nn.LSTM(I, H, 2, batch_first=True, bidirectional=True), "seq"), 0),
+    "bilstm_last": (lambda: Net(torch.nn.LSTM(I, H, batch_first=True, bidirectional=True), "last"), 0),
+    "bilstm_h_n": (lambda: Net(torch.nn.LSTM(I, H, batch_first=True, bidirectional=True), "h_n",
+                               torch.nn.Tanh()), 0),
+    "lstm_h_n_softmax": (lambda: Net(torch.nn.LSTM(I, H, 2, batch_first=True), "h_n", torch.nn.Softmax(-1)), 0),
+    "lstm_nobias_relu": (lambda: Net(torch.nn.LSTM(I, H, batch_first=True, bias=False), "seq", torch.nn.ReLU()), 0),
+    "gru_stack_last": (lambda: Net(torch.nn.GRU(I, H, 2, batch_first=True), "last", torch.nn.Sigmoid()), 0),
+    "bigru_seq": (lambda: Net(torch.nn.GRU(I, H, batch_first=True, bidirectional=True), "seq"), 0),
+    "gru_h_n": (lambda: Net(torch.nn.GRU(I, H, batch_first=True), "h_n"), 0),
+    "rnn_tanh_seq": (lambda: Net(torch.nn.RNN(I, H, 2, batch_first=True), "seq"), 0),
+    "conv_pool_lstm": (ConvFront, 0),
+    "embedding_gru": (Tokens, 1),
+    "lstm_mlp_head": (MLPHead, 0),
+}
+#: torch's dynamo exporter unrolls nn.RNN into per-step nodes (refused, see test_dynamo_unrolled_rnn_refused).
+UNROLLED = {("rnn_tanh_seq", "dynamo")}
 
 
 class Step(torch.nn.Module):
@@ -70,31 +126,36 @@ class Step(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Every LSTM case through both exporters: {(case, exporter): (path, x, ORT output, batch_first)}."""
+    """Every case through both exporters: {(case, exporter): (path, x, ORT output, batch_first)}."""
     root = tmp_path_factory.mktemp("onnx_exports")
     rng = np.random.default_rng(0)
     out = {}
-    for name, make in _lstm_cases().items():
+    for name, (make, tokens) in CASES.items():
         torch.manual_seed(len(name))
         net = make().eval()
         bf = net.bf
         for exporter in EXPORTERS:
+            if (name, exporter) in UNROLLED:
+                continue
             folder = root / f"{name}_{exporter}"
             folder.mkdir()
             path = folder / "model.onnx"
-            dummy = torch.randn(2, 5, I) if bf else torch.randn(5, 2, I)
+            shape = (2, 6) if tokens else (2, 6, I)
+            dummy = torch.randint(0, 20, shape) if tokens else torch.randn(shape if bf else (6, 2, I))
             axes = {0: "B", 1: "T"} if bf else {0: "T", 1: "B"}
             export(net, (dummy,), path, exporter, ["x"], ["y"], {"x": axes})
             sess = ort_session(path)
-            shape = fit_input_shape(sess, (3, 120, I) if bf else (120, 3, I))
-            x = rng.standard_normal(shape).astype(np.float32)
+            shape = fit_input_shape(sess, ((3, 120) if tokens else (3, 120, I)) if bf else (120, 3, I))
+            x = rng.integers(0, 20, shape) if tokens else rng.standard_normal(shape).astype(np.float32)
             out[name, exporter] = (path, x, sess.run(None, {"x": x})[0], bf)
     return out
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", list(_lstm_cases()))
+@pytest.mark.parametrize("name", list(CASES))
 def test_torch_export_matches_onnxruntime(exported, name, exporter):
+    if (name, exporter) in UNROLLED:
+        return
     path, x, want, bf = exported[name, exporter]
     model = fastlstm.load(path)
     got = model.predict(x, batch_first=bf)
@@ -199,31 +260,13 @@ def chain_forward(chain, x):
     return y
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name, make", [
-    ("gru_stack_last", lambda: Net(torch.nn.GRU(I, H, 2, batch_first=True), "last")),
-    ("bigru_seq", lambda: Net(torch.nn.GRU(I, H, batch_first=True, bidirectional=True), "seq")),
-    ("rnn_relu", lambda: Net(torch.nn.RNN(I, H, batch_first=True, nonlinearity="relu"), "seq")),
-])
-def test_gru_rnn_exports_map_exactly(tmp_path, name, make, exporter):
-    torch.manual_seed(3)
-    net = make().eval()
+def test_dynamo_unrolled_rnn_refused(tmp_path):
+    """torch's dynamo exporter writes nn.RNN as per-step MatMul/Add/Tanh nodes: refused, saying why."""
     path = tmp_path / "m.onnx"
-    export(net, (torch.randn(2, 5, I),), path, exporter, ["x"], ["y"], {"x": {0: "B", 1: "T"}})
-    if exporter == "dynamo" and name == "rnn_relu":
-        # torch's dynamo exporter unrolls nn.RNN into per-step MatMul/Relu nodes: refused by name
-        with pytest.raises(ValueError, match="unrolled step by step"):
-            fastlstm.load(path)
-        return
-    sess = ort_session(path)
-    x = np.random.default_rng(4).standard_normal(fit_input_shape(sess, (3, 60, I))).astype(np.float32)
-    want = sess.run(None, {"x": x})[0]
-    r = read_onnx(path.read_bytes(), str(path), str(tmp_path))
-    kinds = [type(layer).__name__ for layer in r.chain]
-    assert kinds[0] == ("RNNLayer" if name.startswith("rnn") else "GRULayer")
-    assert all(layer.reset_after for layer in r.chain if isinstance(layer, GRULayer))
-    got = chain_forward(r.chain, np.swapaxes(x, 0, 1))
-    assert max_err(np.swapaxes(got, 0, 1) if got.ndim == 3 else got, want) <= TOL
+    export(CASES["rnn_tanh_seq"][0]().eval(), (torch.randn(2, 6, I),), path, "dynamo", ["x"], ["y"],
+           {"x": {0: "B", 1: "T"}})
+    with pytest.raises(ValueError, match="unrolled step by step"):
+        fastlstm.load(path)
 
 
 # --- no framework at load time ---------------------------------------------------------------

@@ -189,7 +189,9 @@ def test_gru_linear_before_reset(tmp_path, lbr, ndir):
     chain = read_onnx(data, "g", None).chain
     assert isinstance(chain[0], GRULayer) and chain[0].reset_after == bool(lbr)
     x = _x()
-    assert max_err(chain_forward(chain, x), _ort(path, x)) <= TOL
+    want = _ort(path, x)
+    assert max_err(chain_forward(chain, x), want) <= TOL      # the mapping, in float64
+    assert max_err(fastlstm.load(path).predict(x), want) <= TOL   # and the engine
 
 
 def test_rnn_activations(tmp_path):
@@ -199,7 +201,9 @@ def test_rnn_activations(tmp_path):
     chain = read_onnx(data, "g", None).chain
     assert isinstance(chain[0], RNNLayer) and chain[0].activation == "relu" and chain[1] == LastStep()
     x = _x()
-    assert max_err(chain_forward(chain, x), _ort(path, x)) <= TOL
+    want = _ort(path, x)
+    assert max_err(chain_forward(chain, x), want) <= TOL
+    assert max_err(fastlstm.load(path).predict(x), want) <= TOL
 
 
 # --- what the graph selects: exactly that, or refused ---------------------------------------------
@@ -344,3 +348,9 @@ def test_dense_chain_after_last_step(tmp_path):
     chain = read_onnx(data, "g", None).chain
     assert [type(c).__name__ for c in chain] == ["LSTMLayer", "LastStep", "Dense", "Dense"]
     assert chain[2].activation == "relu" and isinstance(chain[0], LSTMLayer)
+    path, model = _load(tmp_path, data)
+    x = _x()
+    assert max_err(model.predict(x), _ort(path, x)) <= TOL
+    stream = model.stream(batch_size=B)
+    steps = [stream.step(x[t]) for t in range(T)]
+    assert max_err(steps[-1], _ort(path, x)) <= TOL

@@ -10,9 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..layers import Dense, LastStep, LSTMLayer, RECURRENT
 from ._common import Spec
 from .onnx_graph import GraphMatch, GraphRefused, Matcher
 from .onnx_proto import ProtoError, looks_like_onnx, read_model, tensor_array
@@ -21,8 +18,6 @@ __all__ = ["looks_like_onnx", "read_onnx", "spec_from_onnx", "OnnxRead"]
 
 #: Default-domain opsets whose LSTM/GRU/RNN and glue ops fastlstm knows (7: LSTM as today, 14: layout).
 MIN_OPSET, MAX_OPSET = 7, 24
-#: Activations the engine's original dense head runs (the others need the layer chain).
-_HEAD_ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu", "softmax")
 
 
 @dataclass
@@ -67,28 +62,8 @@ def spec_from_onnx(data, source, folder=None) -> Spec:
 
 
 def chain_spec(chain) -> Spec:
-    """A Spec for ``chain``: the stack-plus-head form when the chain has that shape, else the chain itself."""
-    k = 0
-    while k < len(chain) and isinstance(chain[k], LSTMLayer):
-        k += 1
-    layers, rest = chain[:k], list(chain[k:])
-    return_sequences = True
-    if layers and rest and isinstance(rest[0], LastStep) and \
-            rest[0].final_state == layers[-1].bidirectional:
-        return_sequences = False
-        rest.pop(0)
-    head = rest.pop(0) if layers and rest and isinstance(rest[0], Dense) else None
-    if layers and not rest and (head is None or head.activation in _HEAD_ACTIVATIONS):
-        return Spec(tuple(layers), head, return_sequences)
+    """A Spec holding the chain itself (the engine runs any chain of fastlstm layers)."""
     return Spec(tuple(chain), None, True)
-
-
-def describe_chain(chain):
-    return ", ".join(layer.describe() for layer in chain)
-
-
-def is_recurrent(layer):
-    return isinstance(layer, RECURRENT)
 
 
 def folder_of(path):
@@ -96,7 +71,3 @@ def folder_of(path):
     if isinstance(path, (str, bytes, os.PathLike)):
         return os.path.dirname(os.path.abspath(os.fsdecode(os.fspath(path))))
     return None
-
-
-def numpy_dtype_of_input(match):   # used by the benchmark to feed ONNX Runtime
-    return np.float32
