@@ -487,6 +487,8 @@ class Matcher:
             return self._concat(node, vals)
         if op == "Gather" and dyn_at == [1]:
             return self._embedding(vals)
+        if op == "Mul" and len(dyn_at) == 2:
+            return self._silu(self._as_data(vals[0]), self._as_data(vals[1]))
         if op in ("Add", "Mul", "Sub", "Div") and len(dyn_at) == 2:
             self.refuse(f"{op} of two values computed from the data (a residual or gated branch); fastlstm runs a "
                         "single chain of layers")
@@ -540,7 +542,7 @@ class Matcher:
             return self._conv(node, v)
         if op in ("MaxPool", "AveragePool"):
             return self._pool(node, op, v)
-        if op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"):
+        if op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum", "ReduceProd"):
             return self._global_pool(node, op, v)
         self.refuse(f"op {op} on the data is not one fastlstm runs (supported: LSTM, GRU, RNN, Gemm, MatMul+Add, "
                     "activations, Conv (1-d), pooling, BatchNormalization, LayerNormalization, Gather on an "
@@ -947,11 +949,36 @@ class Matcher:
             if axes is None or len(axes) != 1:
                 self.refuse(f"{op} over axes {axes}; only a reduction over time is supported")
             axis, keep = self._axis(axes[0], v), bool(self._attr_value(node, "keepdims", 1))
-            if v.axes[axis].role != "T":
+            if v.axes[axis].kind == "D" and v.axes[axis].size == 2:
+                return self._merge_directions(v, axis, keep, op)
+            if v.axes[axis].role != "T" or op in ("ReduceSum", "ReduceProd"):
                 self.refuse(f"{op} over axis {axis} ({_show(v.axes[axis:axis + 1])}), not over time")
         layer = GlobalMaxPool1D() if op.endswith(("Max", "MaxPool")) else GlobalAvgPool1D()
         v = self._append(v, layer, time="last")
         return replace(v, axes=v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1:])
+
+    def _merge_directions(self, v, axis, keep, op):
+        """Sum, mean or product over the directions of a bidirectional output: Keras' merge modes."""
+        layer = v.chain[-1] if v.chain else None
+        if not isinstance(layer, RECURRENT) or not layer.bidirectional or layer.merge_mode != "concat":
+            self.refuse(f"{op} over the directions of something other than a bidirectional layer's output")
+        merged = replace(layer, merge_mode={"ReduceSum": "sum", "ReduceMean": "ave", "ReduceProd": "mul"}[op])
+        axes = v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1:]
+        return replace(v, chain=v.chain[:-1] + (merged,), axes=axes)
+
+    def _silu(self, a, b):
+        """``Mul(x, Sigmoid(x))``: SiLU/swish, the one two-branch pattern fastlstm recognises."""
+        a, b = (a, b) if len(a.chain) <= len(b.chain) else (b, a)
+        same_prefix = len(a.chain) and all(p is q for p, q in zip(a.chain[:-1], b.chain[:-1]))
+        last_a, last_b = (a.chain[-1], b.chain[-1]) if same_prefix else (None, None)
+        if len(b.chain) == len(a.chain) + 1 and last_a is b.chain[-2] and b.chain[-1] == Activation("sigmoid"):
+            return self._append(a, Activation("silu"))
+        if len(b.chain) == len(a.chain) and isinstance(last_a, Dense) and isinstance(last_b, Dense) and \
+                last_a.activation == "linear" and last_b.activation == "sigmoid" and \
+                np.array_equal(last_a.weight, last_b.weight) and _same(last_a.bias, last_b.bias):
+            return replace(a, chain=a.chain[:-1] + (Dense(last_a.weight, last_a.bias, "silu"),))
+        self.refuse("Mul of two values computed from the data (a gated branch); only x * sigmoid(x) (SiLU) is "
+                    "recognised")
 
     # -- recurrent nodes --
 
@@ -1118,6 +1145,10 @@ class _Lazy:
 class _Unusable:
     def __init__(self, what):
         self.what = what
+
+
+def _same(a, b):
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def _fixed_sym(role, size):
