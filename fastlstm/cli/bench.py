@@ -34,7 +34,10 @@ def _left_out(args, keras_file):
     """The frameworks not to try, each with the reason (name -> reason)."""
     names = list(compare.FRAMEWORKS)
     if args.frameworks == "auto":
-        return {} if keras_file else {"keras": "runs Keras files only (--frameworks keras to include it)"}
+        out = {} if keras_file else {"keras": "runs Keras files only (--frameworks keras to include it)"}
+        if not compare.is_onnx_file(args.model or ""):
+            out["openvino"] = "runs ONNX files only (fastlstm bench model.onnx)"
+        return out
     want = [t.strip() for t in args.frameworks.split(",") if t.strip()]
     bad = [t for t in want if t not in names]
     if bad or not want:
@@ -47,8 +50,10 @@ def _version(module_name):
     return getattr(mod, "__version__", None) if mod is not None else None
 
 
-def build_runners(model, left_out, threads, say):
-    """Runners for the frameworks that can run ``model``; a status entry for every framework."""
+def build_runners(model, left_out, threads, say, onnx_file=None):
+    """Runners for the frameworks that can run ``model``; a status entry for every framework.
+
+    ``onnx_file``: the ONNX file ``model`` came from, which ONNX Runtime and OpenVINO then run."""
     status = {"fastlstm": {"status": "ran", "version": _version("fastlstm")}}
     runners = {"fastlstm": compare.FastlstmRunner(model)}
     for name in compare.FRAMEWORKS:
@@ -56,7 +61,7 @@ def build_runners(model, left_out, threads, say):
         if name in left_out:
             status[name] = {"status": "skipped", "reason": left_out[name]}
             continue
-        missing = compare.missing_modules(name)
+        missing = compare.missing_modules(name, onnx_file is not None)
         if missing:
             status[name] = {"status": "skipped", "reason": f"not installed ({', '.join(missing)})",
                             "install": install}
@@ -65,7 +70,7 @@ def build_runners(model, left_out, threads, say):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                runners[name] = compare.make_runner(name, model, threads=threads)
+                runners[name] = compare.make_runner(name, model, threads=threads, onnx_file=onnx_file)
         except compare.Unsupported as exc:
             status[name] = {"status": "skipped", "reason": f"cannot run this model: {exc}"}
             continue
@@ -74,6 +79,8 @@ def build_runners(model, left_out, threads, say):
             status[name] = {"status": "skipped", "reason": f"failed to build: {type(exc).__name__}: {first}"}
             continue
         status[name] = {"status": "ran", "version": _version(name)}
+        if getattr(runners[name], "note", None):
+            status[name]["note"] = runners[name].note
     return runners, status
 
 
@@ -183,7 +190,8 @@ def run(args):
     progress = report.Progress()
     say = progress.say
 
-    runners, status = build_runners(model, left_out, threads, say)
+    onnx_file = path if compare.is_onnx_file(path) else None
+    runners, status = build_runners(model, left_out, threads, say, onnx_file)
     rows = _workloads(model, seq_len, args.streams, np.random.default_rng(0))
     with warnings.catch_warnings(), thread_policy(threads):
         warnings.simplefilter("ignore")

@@ -158,7 +158,11 @@ def render(result) -> str:
     if routes:
         lines.append("PyTorch steps: the faster of nn.LSTM on T=1 and one nn.LSTMCell per layer; used, by row: "
                      + ", ".join(routes) + ".")
-    if "onnxruntime" in result["parity"]:
+    for n in ("onnxruntime", "openvino"):
+        note = result["frameworks"].get(n, {}).get("note")
+        if note and n in result["parity"]:
+            lines.append(f"{LABELS[n]} runs MODEL itself; {note}.")
+    if "onnxruntime" in result["parity"] and "note" not in result["frameworks"]["onnxruntime"]:
         lines.append("ONNX Runtime steps: a T=1 graph with the state as inputs and outputs, through IOBinding.")
     load = mach.get("other_load_cores")
     if load is not None and load == load and load > 0.25:

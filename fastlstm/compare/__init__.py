@@ -9,6 +9,8 @@ comparison in their own code.  Each framework gets the model's own weights:
   graph, and a T=1 graph with the state as inputs and outputs so a stream can carry it
   (ONNX Runtime itself is stateless).  Steps run through prepared IOBindings, the
   fastest Python route ORT offers (:class:`OrtRunner`).
+* **ONNX Runtime and OpenVINO on an ONNX file**: when the model came from a ``.onnx`` file, that
+  very file (:class:`OnnxFileRunner`).
 * **Keras**: rebuilt as ``keras.layers.LSTM`` (``stateful=True`` for stepping) and ``Dense``.
 
 Every runner offers the same three things, so the benchmark treats them alike:
@@ -24,15 +26,23 @@ from __future__ import annotations
 from ._common import FRAMEWORKS, Unsupported, installed, missing_modules
 from .fastlstm_runner import FastlstmRunner
 from .keras_runner import KerasRunner, keras_model
+from .onnx_file import OnnxFileRunner, is_onnx_file
 from .onnx_runner import OrtRunner
 from .torch_runner import TorchRunner, torch_module
 
 __all__ = ["FRAMEWORKS", "Unsupported", "installed", "missing_modules", "make_runner", "FastlstmRunner",
-           "TorchRunner", "OrtRunner", "KerasRunner", "torch_module", "keras_model"]
+           "TorchRunner", "OrtRunner", "OnnxFileRunner", "is_onnx_file", "KerasRunner", "torch_module", "keras_model"]
 
 
-def make_runner(name, model, threads=1):
-    """The runner for framework ``name`` (see :data:`FRAMEWORKS`); raises :class:`Unsupported` if it cannot."""
+def make_runner(name, model, threads=1, onnx_file=None):
+    """The runner for framework ``name`` (see :data:`FRAMEWORKS`); raises :class:`Unsupported` if it cannot.
+
+    With ``onnx_file`` (the path of the ONNX file ``model`` was loaded from), ONNX Runtime and OpenVINO
+    run that very file (:class:`OnnxFileRunner`)."""
+    if name in ("onnxruntime", "openvino") and onnx_file is not None:
+        return OnnxFileRunner(name, onnx_file, model, threads)
+    if name == "openvino":
+        raise Unsupported("runs ONNX files only (fastlstm bench model.onnx)")
     if name == "torch":
         return TorchRunner(model)
     if name == "onnxruntime":

@@ -12,6 +12,7 @@ FRAMEWORKS = {
     "torch": ("PyTorch", "pip install torch"),
     "onnxruntime": ("ONNX Runtime", "pip install onnxruntime onnx torch"),
     "keras": ("Keras", "pip install keras torch"),
+    "openvino": ("OpenVINO", "pip install openvino"),
 }
 
 
@@ -19,9 +20,14 @@ class Unsupported(Exception):
     """The framework is installed but cannot run this model as it is (the message says why)."""
 
 
-def missing_modules(name):
-    """The modules a runner needs that cannot be imported (empty when it can run)."""
-    needs = {"torch": ["torch"], "onnxruntime": ["torch", "onnx", "onnxruntime"], "keras": ["keras"]}[name]
+def missing_modules(name, onnx_file=False):
+    """The modules a runner needs that cannot be imported (empty when it can run).
+
+    With ``onnx_file`` the ONNX engines run the user's own file, so they need nothing else."""
+    needs = {"torch": ["torch"], "onnxruntime": ["torch", "onnx", "onnxruntime"], "keras": ["keras"],
+             "openvino": ["openvino"]}[name]
+    if onnx_file and name == "onnxruntime":
+        needs = ["onnxruntime"]
     if name == "keras":
         choose_keras_backend()
     out = []
