@@ -8,8 +8,8 @@ import numpy as np
 
 from . import _kernels, _streams, _validate
 from ._packing import pack_chain
-from .layers import (RECURRENT, TIME_COLLAPSING, Dense, Embedding, LastStep, RepeatVector, check_chain,
-                     check_stack, layer_streamable)
+from .layers import (RECURRENT, TIME_COLLAPSING, Dense, Embedding, LastStep, LSTMLayer, RepeatVector,
+                     check_chain, check_stack, layer_streamable)
 from .state import State, state_from_rows, state_rows
 
 
@@ -81,6 +81,23 @@ class Model:
         """Whether :meth:`predict` returns a sequence (False: the last step's output only)."""
         return not self._drops_time
 
+    def lstm_stack(self):
+        """(LSTM layers, Dense head or None, return_sequences): the older "LSTM stack + one Dense"
+        view of this model, which fastlstm's file format and the comparison runners handle.
+
+        Raises ValueError naming the first layer outside that form."""
+        layers = list(self._layers)
+        head = layers.pop() if isinstance(layers[-1], Dense) else None
+        last = bool(layers) and isinstance(layers[-1], LastStep) and layers[-1].final_state
+        if last:
+            layers.pop()
+        for k, layer in enumerate(layers):
+            if not isinstance(layer, LSTMLayer):
+                raise ValueError(f"layer {k} ({layer.describe()}) is not part of an LSTM stack with one Dense head")
+        if not layers:
+            raise ValueError("the model has no LSTM layer")
+        return tuple(layers), head, not last
+
     @property
     def token_input(self) -> bool:
         """Whether the input is integer token ids (the first layer is an :class:`~fastlstm.Embedding`)."""
@@ -90,6 +107,11 @@ class Model:
     def streamable(self) -> bool:
         """Whether :meth:`stream` works (see :meth:`stream`)."""
         return self._net.streamable
+
+    @property
+    def state_size(self) -> int:
+        """Floats of state per stream (every layer's, see :class:`~fastlstm.State`)."""
+        return self._net.state_size
 
     @property
     def num_parameters(self) -> int:
@@ -183,12 +205,19 @@ class Model:
         batch_size = None if batch_size is None else _validate.positive_int(batch_size, "batch_size")
         return _streams.Stream(self, self._net, batch_size)
 
-    def _check_streamable(self):
+    @property
+    def stream_refusal(self) -> Optional[str]:
+        """Why the model cannot stream ("layer k is ..."), or None when it can."""
         for k, layer in enumerate(self._layers):
             why = layer_streamable(layer, self._layers[k - 1] if k else None)
             if why is not None:
-                raise ValueError(f"this model cannot stream: layer {k} {why}; use model.predict on whole "
-                                 "sequences instead")
+                return f"layer {k} {why}"
+        return None
+
+    def _check_streamable(self):
+        why = self.stream_refusal
+        if why is not None:
+            raise ValueError(f"this model cannot stream: {why}; use model.predict on whole sequences instead")
 
     def pool(self, capacity: int):
         """A :class:`StreamPool` with state preallocated for ``capacity`` streams (see ``reserve``)."""

@@ -113,7 +113,7 @@ static inline float fl_expm1_neg(float x) { return fl_exp_neg(fl_clamp_exp_arg(-
 static inline float fl_selu(float x)
 {
     const float scale = 1.0507009873554805f, alpha = 1.6732632423543772f;
-    return scale * (x > 0.0f ? x : alpha * fl_expm1_neg(x < 0.0f ? x : 0.0f));
+    return scale * (x > 0.0f ? x : alpha * fl_expm1_neg(x > 0.0f ? 0.0f : x));   /* NaN propagates */
 }
 
 /* erfc(a) for a >= 0 (Abramowitz & Stegun 7.1.26). */
@@ -135,10 +135,14 @@ static inline float fl_gelu(float x)
     return x * (x > 0.0f ? 1.0f - half_erfc : half_erfc);
 }
 
+/* x * sigmoid(v), exactly 0 where sigmoid(v) underflows (fl_sigmoid stops at e^-80, which
+ * times a huge negative x would not be small). */
+static inline float fl_times_sigmoid(float x, float v) { return v < -87.0f ? 0.0f * x : x * fl_sigmoid(v); }
+
 static inline float fl_gelu_tanh(float x)
 {
     const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    return x * fl_sigmoid(2.0f * u);
+    return fl_times_sigmoid(x, 2.0f * u);
 }
 
 /* log(1 + e) for e in [0, 1]. */
@@ -172,7 +176,7 @@ static void fl_activate(int kind, float *x, long n)
     case FL_ACT_SELU: for (j = 0; j < n; j++) x[j] = fl_selu(x[j]); break;
     case FL_ACT_GELU: for (j = 0; j < n; j++) x[j] = fl_gelu(x[j]); break;
     case FL_ACT_GELU_TANH: for (j = 0; j < n; j++) x[j] = fl_gelu_tanh(x[j]); break;
-    case FL_ACT_SILU: for (j = 0; j < n; j++) x[j] = x[j] * fl_sigmoid(x[j]); break;
+    case FL_ACT_SILU: for (j = 0; j < n; j++) x[j] = fl_times_sigmoid(x[j], x[j]); break;
     case FL_ACT_SOFTPLUS: for (j = 0; j < n; j++) x[j] = fl_softplus(x[j]); break;
     case FL_ACT_SOFTSIGN: for (j = 0; j < n; j++) x[j] = fl_softsign(x[j]); break;
     case FL_ACT_SIGMOID: for (j = 0; j < n; j++) x[j] = fl_sigmoid(x[j]); break;
@@ -205,7 +209,7 @@ static void fl_activate_rows(int kind, float alpha, const float *pw, long npw, f
         for (r = 0; r < nrows; r++) fl_softmax_row(x + r * n, n);
         break;
     case FL_ACT_ELU:
-        for (j = 0; j < nrows * n; j++) x[j] = x[j] > 0.0f ? x[j] : alpha * fl_expm1_neg(x[j] < 0.0f ? x[j] : 0.0f);
+        for (j = 0; j < nrows * n; j++) x[j] = x[j] > 0.0f ? x[j] : alpha * fl_expm1_neg(x[j] > 0.0f ? 0.0f : x[j]);
         break;
     case FL_ACT_LEAKY_RELU:
         for (j = 0; j < nrows * n; j++) x[j] = x[j] >= 0.0f ? x[j] : alpha * x[j];

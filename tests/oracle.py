@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from fastlstm.layers import Dense, LSTMLayer, LSTMWeights
+from fastlstm.layers import Dense, GRULayer, LSTMLayer, LSTMWeights, RNNLayer
 
 
 # --------------------------------------------------------------------------- activations
@@ -106,6 +106,73 @@ def run_direction(x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_
             h = h @ w_hr.T
         ys[t] = h
     return ys, h, c
+
+
+def run_gru_direction(x, weights, h0, activation="tanh", recurrent_activation="sigmoid", reset_after=True):
+    """One GRU direction over ``x`` (T, B, I), gate rows r, z, n (PyTorch layout)::
+
+        r = ra(W_ir x + b_ir + W_hr h + b_hr);  z = ra(W_iz x + b_iz + W_hz h + b_hz)
+        n = act(W_in x + b_in + r * (W_hn h + b_hn))        reset_after
+        n = act(W_in x + b_in + W_hn (r * h) + b_hn)        not reset_after (Keras <= 2.2)
+        h' = (1 - z) * n + z * h
+    """
+    act, ract = CELL_ACTIVATIONS[activation], CELL_ACTIVATIONS[recurrent_activation]
+    H = weights.hidden_size
+    f64 = lambda a: np.zeros(3 * H) if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    w_ih, w_hh, b_ih, b_hh = f64(weights.weight_ih), f64(weights.weight_hh), f64(weights.bias_ih), f64(weights.bias_hh)
+    blocks = lambda v: (v[..., :H], v[..., H:2 * H], v[..., 2 * H:])  # noqa: E731
+    Wr, Wz, Wn = blocks(w_hh.T)
+    h = np.array(h0, dtype=np.float64)
+    ys = np.empty((x.shape[0], x.shape[1], H))
+    for t in range(x.shape[0]):
+        xr, xz, xn = blocks(x[t] @ w_ih.T + b_ih)
+        br, bz, bn = blocks(b_hh)
+        r = ract(xr + h @ Wr + br)
+        z = ract(xz + h @ Wz + bz)
+        n = act(xn + r * (h @ Wn + bn)) if reset_after else act(xn + (r * h) @ Wn + bn)
+        h = (1 - z) * n + z * h
+        ys[t] = h
+    return ys
+
+
+def run_rnn_direction(x, weights, h0, activation="tanh"):
+    """One Elman RNN direction: h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
+    act = CELL_ACTIVATIONS[activation]
+    H = weights.hidden_size
+    f64 = lambda a: np.zeros(H) if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    h = np.array(h0, dtype=np.float64)
+    ys = np.empty((x.shape[0], x.shape[1], H))
+    for t in range(x.shape[0]):
+        h = act(x[t] @ f64(weights.weight_ih).T + f64(weights.bias_ih) + h @ f64(weights.weight_hh).T
+                + f64(weights.bias_hh))
+        ys[t] = h
+    return ys
+
+
+def forward_recurrent(layers, x, last_step=False):
+    """A stack of LSTM, GRU and RNN layers over ``x`` (T, B, I) from zero state, in float64;
+    ``last_step``: Keras' return_sequences=False on the last layer."""
+    seq = np.asarray(x, dtype=np.float64)
+    pair = None
+    for layer in layers:
+        outs = []
+        for d, w in enumerate(layer.directions):
+            rev = d == 1 or layer.go_backwards
+            inp = seq[::-1] if rev else seq
+            h0 = np.zeros((seq.shape[1], w.output_size))
+            if isinstance(layer, GRULayer):
+                ys = run_gru_direction(inp, w, h0, layer.activation, layer.recurrent_activation, layer.reset_after)
+            elif isinstance(layer, RNNLayer):
+                ys = run_rnn_direction(inp, w, h0, layer.activation)
+            else:
+                ys = run_direction(inp, w, h0, np.zeros((seq.shape[1], w.hidden_size)), layer.activation,
+                                   layer.recurrent_activation)[0]
+            outs.append(ys[::-1] if d == 1 else ys)
+        seq = MERGES[layer.merge_mode](*outs) if layer.bidirectional else outs[0]
+        pair = (outs[0][-1], outs[1][0]) if layer.bidirectional else None
+    if not last_step:
+        return seq
+    return MERGES[layers[-1].merge_mode](*pair) if pair is not None else seq[-1]
 
 
 def _directions_count(layers):

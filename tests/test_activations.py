@@ -92,3 +92,60 @@ def test_softmax_rows():
     ref = np.exp(x - x.max(axis=1, keepdims=True).astype(np.float64))
     ref /= ref.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(_apply("softmax", x), ref, atol=1e-6, rtol=0)
+
+
+# The layer activations: abs error <= 5e-7 * max(1, |x|) (include/fastlstm_activations.h).
+def _erf(x):
+    from scipy.special import erf
+    return erf(x)
+
+
+LAYER_REFS = {
+    "selu": lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(np.minimum(x, 0))),
+    "gelu": lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+    "silu": lambda x: x * 0.5 * (1 + np.tanh(0.5 * x)),
+    "softplus": lambda x: np.logaddexp(0, x),
+    "softsign": lambda x: x / (1 + np.abs(x)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_REFS))
+def test_layer_activation_error_bound(name):
+    x = _dense_grid()[::4]
+    want = LAYER_REFS[name](x.astype(np.float64))
+    err = np.abs(_apply(name, x).astype(np.float64) - want) / np.maximum(1, np.abs(x))
+    assert err.max() <= BOUND, f"{name}: max scaled error {err.max():.3g} at x={x[err.argmax()]!r}"
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_REFS) + ["elu", "leaky_relu", "prelu"])
+def test_layer_activation_special_values(name):
+    """NaN in -> NaN out; 0 and the saturated ends match float64 (elu/leaky/prelu slope 1 here)."""
+    refs = dict(LAYER_REFS, elu=lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+                leaky_relu=lambda x: x, prelu=lambda x: np.where(x >= 0, x, 0.25 * x))
+    slopes = np.array([0.25], np.float32) if name == "prelu" else None
+    x = np.array([np.nan, 0.0, -0.0, 90.0, -90.0, 1e30, -1e30], np.float32)
+    y = _kernels._activate(ACTIVATION_CODES[name], x.copy(), 1.0, slopes)
+    assert np.isnan(y[0])
+    want = refs[name](x[1:].astype(np.float64))
+    np.testing.assert_allclose(y[1:], want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0, 1.7])
+def test_elu_and_leaky_relu_take_alpha(alpha):
+    x = np.linspace(-20, 20, 40_001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    elu = _kernels._activate(ACTIVATION_CODES["elu"], x.copy(), alpha)
+    np.testing.assert_allclose(elu, np.where(x64 > 0, x64, alpha * np.expm1(np.minimum(x64, 0))), atol=5e-7 * alpha)
+    leaky = _kernels._activate(ACTIVATION_CODES["leaky_relu"], x.copy(), alpha)
+    np.testing.assert_allclose(leaky, np.where(x64 >= 0, x64, alpha * x64), atol=1e-6, rtol=1e-7)
+
+
+def test_prelu_per_feature():
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 3, (40, 5)).astype(np.float32)
+    slopes = rng.uniform(-1, 1, 5).astype(np.float32)
+    want = np.where(x >= 0, x, slopes * x)
+    np.testing.assert_allclose(_kernels._activate(ACTIVATION_CODES["prelu"], x.copy(), 0.0, slopes), want, rtol=1e-7)
+    with pytest.raises(ValueError, match="slopes"):
+        _kernels._activate(ACTIVATION_CODES["prelu"], x.copy(), 0.0, slopes[:3])

@@ -148,7 +148,7 @@ def _cases(runners, rows, steppers):
 
 
 def _model_facts(model, path, bundled):
-    layers = [layer.describe() for layer in model.layers] + ([model.head.describe()] if model.head else [])
+    layers = [layer.describe() for layer in model.layers]
     return {"path": os.path.abspath(path), "bundled": bundled, "format": file_format(path), "layers": layers,
             "input_size": model.input_size, "output_size": model.output_size,
             "parameters": model.num_parameters, "streamable": model.streamable}

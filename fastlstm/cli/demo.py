@@ -49,7 +49,7 @@ def run(args):
     mae_naive = float(np.abs(series.co2[t] - truth).mean())
 
     shown = t[-args.rows:]
-    parts = [layer.describe() for layer in model.layers] + ([model.head.describe()] if model.head else [])
+    parts = [layer.describe() for layer in model.layers]
     print(f"Weekly CO2 at Mauna Loa (ppm), {_date(series.dates[0])} to {_date(series.dates[-1])}: "
           f"{len(x)} weeks streamed one step at a time through the bundled LSTM "
           f"({', '.join(parts)}).")

@@ -42,11 +42,6 @@ def is_keras_file(path) -> bool:
     return file_format(path).startswith("Keras")
 
 
-def _layer_params(layer):
-    return sum(a.size for d in layer.directions
-               for a in (d.weight_ih, d.weight_hh, d.bias_ih, d.bias_hh, d.weight_hr) if a is not None)
-
-
 def _kib(n_bytes):
     return f"{n_bytes / 1024:,.1f} KiB" if n_bytes < 1024 ** 2 else f"{n_bytes / 1024 ** 2:,.2f} MiB"
 
@@ -55,10 +50,8 @@ def describe(model, path) -> str:
     """The text ``fastlstm info`` prints."""
     shown = "bundled model (" + os.path.basename(path) + ")" if path == MODEL_PATH else path
     lines = [f"{shown}: {file_format(path)} file, {_kib(os.path.getsize(path))}"]
-    rows = [(f"layer {k}", layer.describe(), _layer_params(layer)) for k, layer in enumerate(model.layers)]
-    if model.head is not None:
-        h = model.head
-        rows.append(("head", h.describe(), h.weight.size + (0 if h.bias is None else h.bias.size)))
+    rows = [(f"layer {k}", layer.describe(), sum(a.size for a in getattr(layer, "arrays", list)()))
+            for k, layer in enumerate(model.layers)]
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     for name, text, n in rows:
         lines.append(f"  {name:<{w0}}  {text:<{w1}}  {n:>11,} parameters")
@@ -66,15 +59,12 @@ def describe(model, path) -> str:
     lines.append(f"input size {model.input_size}, output size {model.output_size}; "
                  f"{'returns every step' if model.return_sequences else 'returns the last step only'}")
     lines.append(f"parameters: {n:,}; weight memory {_kib(4 * n)} (float32, shared by every stream)")
-    state = sum(layer.hidden_size + layer.directions[0].output_size for layer in model.layers
-                for _ in layer.directions)
+    state = model.state_size
     lines.append(f"state per stream: {state:,} floats ({_kib(4 * state)})")
     if model.streamable:
         lines.append("can stream: yes (model.stream(), model.pool())")
     else:
-        why = next(f"layer {k} is {'bidirectional' if layer.bidirectional else 'go_backwards'}"
-                   for k, layer in enumerate(model.layers) if not layer.streamable)
-        lines.append(f"can stream: no ({why}: each output depends on future inputs; use model.predict)")
+        lines.append(f"can stream: no ({model.stream_refusal}; use model.predict)")
     return "\n".join(lines)
 
 

@@ -57,12 +57,34 @@ def choose_keras_backend():
             return
 
 
+class _StackView:
+    """A model seen as its LSTM stack + head (Model.lstm_stack): what the runners rebuild."""
+
+    def __init__(self, model, framework):
+        self._model = model
+        try:
+            self.layers, self.head, self.return_sequences = model.lstm_stack()
+        except ValueError as exc:
+            raise Unsupported(f"the {framework} comparison rebuilds LSTM stacks with one Dense head: {exc}") from None
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def lstm_stack_view(model, framework):
+    """``model`` as an LSTM stack + head for a framework runner, or :class:`Unsupported`."""
+    return model if isinstance(model, _StackView) else _StackView(model, framework)
+
+
 def require_standard_cells(model, framework):
-    """Refuse a model whose cells use other activations than the fixed ones of torch's/ONNX's LSTM."""
+    """Refuse a model whose cells use other activations than the fixed ones of torch's/ONNX's LSTM;
+    return its LSTM-stack view."""
+    model = lstm_stack_view(model, framework)
     for k, layer in enumerate(model.layers):
         if (layer.activation, layer.recurrent_activation) != ("tanh", "sigmoid"):
             raise Unsupported(f"{framework}'s LSTM has fixed sigmoid/tanh activations; layer {k} uses "
                               f"activation={layer.activation!r}, recurrent_activation={layer.recurrent_activation!r}")
+    return model
 
 
 def cycle_inputs(items, n):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import Unsupported, choose_keras_backend, cycle_inputs
+from ._common import Unsupported, choose_keras_backend, cycle_inputs, lstm_stack_view
 
 _KERAS_ACTIVATIONS = {"sigmoid": "sigmoid", "tanh": "tanh", "hard_sigmoid": "hard_sigmoid", "relu": "relu",
                       "linear": "linear"}
@@ -16,6 +16,7 @@ def keras_model(model, batch_size=None, stateful=False):
     Keras takes ``(B, T, I)`` inputs.  Raises :class:`Unsupported` for projections and for
     Keras 2's hard_sigmoid, which Keras 3 no longer has.
     """
+    model = lstm_stack_view(model, "Keras")
     choose_keras_backend()
     import keras
 
@@ -67,8 +68,8 @@ class KerasRunner:
     name = "keras"
 
     def __init__(self, model):
-        self.model = model
-        self.seq_model = keras_model(model)
+        self.model = lstm_stack_view(model, "Keras")
+        self.seq_model = keras_model(self.model)
 
     def predict(self, x):
         y = np.asarray(self.seq_model.predict_on_batch(np.ascontiguousarray(x.transpose(1, 0, 2))))

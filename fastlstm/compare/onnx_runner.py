@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from ._common import Unsupported, cycle_inputs
+from ._common import Unsupported, cycle_inputs, lstm_stack_view
 from .torch_runner import last_step, torch_module
 
 
@@ -58,6 +58,7 @@ class OrtRunner:
         import onnxruntime as ort
         import torch
 
+        model = lstm_stack_view(model, "ONNX Runtime")
         for k, layer in enumerate(model.layers):
             if layer.proj_size:
                 raise Unsupported(f"ONNX's LSTM operator has no projection (layer {k} has proj_size="

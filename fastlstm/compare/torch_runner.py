@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import cycle_inputs, require_standard_cells
+from ._common import cycle_inputs, lstm_stack_view, require_standard_cells
 
 
 def _uniform(model):
@@ -23,7 +23,7 @@ def torch_module(model):
     ``nn.LSTM`` inside, to carry between calls.  Raises :class:`Unsupported` for
     cell activations ``nn.LSTM`` does not have.
     """
-    require_standard_cells(model, "torch.nn")
+    model = require_standard_cells(model, "torch.nn")
     import torch
     from torch import nn
 
@@ -120,8 +120,8 @@ class TorchRunner:
     def __init__(self, model):
         import torch
 
-        self.torch, self.model = torch, model
-        self.net = torch_module(model)
+        self.torch, self.model = torch, lstm_stack_view(model, "torch.nn")
+        self.net = torch_module(self.model)
 
     def _forward_seq(self, xt):
         if self.model.return_sequences:

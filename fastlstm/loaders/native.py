@@ -67,10 +67,13 @@ def save_model(model, path):
     """Write ``model`` (its ``layers``, ``head`` and ``return_sequences``) to ``path`` in fastlstm's format."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
+    if not hasattr(model, "lstm_stack"):
+        raise TypeError(f"model: expected a fastlstm.Model, got {type(model).__name__}")
     try:
-        layers, head, rs = model.layers, model.head, model.return_sequences
-    except AttributeError as exc:
-        raise TypeError(f"model: expected a fastlstm.Model, got {type(model).__name__} ({exc})") from None
+        layers, head, rs = model.lstm_stack()
+    except ValueError as exc:
+        raise ValueError(f"model: fastlstm's file format (version {VERSION}) holds LSTM stacks with one "
+                         f"Dense head; {exc}") from None
     data = encode_model(layers, head, rs)
     tmp = os.fspath(path) + (b".tmp" if isinstance(path, bytes) else ".tmp")
     with open(tmp, "wb") as f:  # write then rename, so a crash never leaves a half-written model
