@@ -46,6 +46,11 @@ class OnnxFileRunner:
                      "MODEL has no state inputs, so it runs the whole-sequence row only")
         self._run = _ort(path, threads) if engine == "onnxruntime" else _openvino(path, threads)
         self._declared = self._run.declared
+        for role, dim in zip(m.input_axes, self._declared):
+            if isinstance(dim, int) and ((role == "B" and dim != 1) or (role == "T" and not self.stepping)):
+                raise Unsupported(f"the graph's input shape is fixed at {self._declared} ({m.input_axes}); "
+                                  "the benchmark needs an open batch axis (and time axis, for a sequence "
+                                  "graph): export with dynamic axes")
 
     # -- layouts --
 
