@@ -14,7 +14,7 @@ from ._common import Spec
 from .onnx_graph import GraphMatch, GraphRefused, Matcher
 from .onnx_proto import ProtoError, looks_like_onnx, read_model, tensor_array
 
-__all__ = ["looks_like_onnx", "read_onnx", "spec_from_onnx", "OnnxRead"]
+__all__ = ["OnnxRead", "looks_like_onnx", "read_onnx", "spec_from_onnx"]
 
 #: Default-domain opsets whose LSTM/GRU/RNN and glue ops fastlstm knows (7: LSTM as today, 14: layout).
 MIN_OPSET, MAX_OPSET = 7, 24

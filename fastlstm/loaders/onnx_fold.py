@@ -120,15 +120,15 @@ def slice_indices(n, start, end, step):
                           int(step))]
 
 
-def _slice_args(node, inputs, consts, ndim):
-    """(axes, starts, ends, steps) of a Slice node, from inputs (opset >= 10) or attributes."""
+def slice_args(node, vector, ndim):
+    """(axes, starts, ends, steps) of a Slice node, from its inputs (opset >= 10) or attributes.
+
+    ``vector(k)`` returns input k as a list of ints."""
+    inputs = node.inputs
     if len(inputs) >= 3:
-        starts = [int(v) for v in np.asarray(consts(1)).reshape(-1)]
-        ends = [int(v) for v in np.asarray(consts(2)).reshape(-1)]
-        axes = [int(v) for v in np.asarray(consts(3)).reshape(-1)] if len(inputs) > 3 and inputs[3] else \
-            list(range(len(starts)))
-        steps = [int(v) for v in np.asarray(consts(4)).reshape(-1)] if len(inputs) > 4 and inputs[4] else \
-            [1] * len(starts)
+        starts, ends = vector(1), vector(2)
+        axes = vector(3) if len(inputs) > 3 and inputs[3] else list(range(len(starts)))
+        steps = vector(4) if len(inputs) > 4 and inputs[4] else [1] * len(starts)
     else:
         attrs = node.attributes
         starts = list(attrs["starts"].ints) if "starts" in attrs else []
@@ -138,6 +138,10 @@ def _slice_args(node, inputs, consts, ndim):
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise FoldError("Slice: starts, ends, axes and steps differ in length")
     return [_axis(a, ndim, "Slice") for a in axes], starts, ends, steps
+
+
+def _int_list(consts):
+    return lambda k: [int(v) for v in np.asarray(consts(k)).reshape(-1)]
 
 
 def fold_symvec(node, op, vals, consts):
@@ -187,7 +191,7 @@ def fold_symvec(node, op, vals, consts):
         return simplify(SymVec(tuple(items)))
     if op == "Slice":
         vec = as_symvec(a, "Slice data")
-        axes, starts, ends, steps = _slice_args(node, node.inputs, consts, 1)
+        axes, starts, ends, steps = slice_args(node, _int_list(consts), 1)
         idx = range(len(vec.items))
         for _, s, e, st in zip(axes, starts, ends, steps):
             idx = [idx[i] for i in slice_indices(len(idx), s, e, st)]
@@ -350,7 +354,7 @@ def _fold(node, op, vals, consts, attr):
         return out.transpose(perm)
     if op == "Slice":
         out = np.asarray(a)
-        axes, starts, ends, steps = _slice_args(node, node.inputs, consts, out.ndim)
+        axes, starts, ends, steps = slice_args(node, _int_list(consts), out.ndim)
         index = [slice(None)] * out.ndim
         for ax, s, e, st in zip(axes, starts, ends, steps):
             r = slice_indices(out.shape[ax], s, e, st)

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, GlobalAvgPool1D,
                       GlobalMaxPool1D, LastStep, LayerNorm, MaxPool1D, RECURRENT)
-from .onnx_fold import INT64_MAX, FoldError, Sym, SymVec, as_symvec, fold_const, fold_symvec, slice_indices
+from .onnx_fold import (INT64_MAX, FoldError, Sym, SymVec, as_symvec, fold_const, fold_symvec, slice_args,
+                        slice_indices)
 from .onnx_recurrent import GATES, RecurrentRefused, recurrent_layer
 
 
@@ -317,6 +318,9 @@ class Matcher:
         op = node.op_type
         vals = [self.get(name) if name else None for name in node.inputs]
         present = [v for v in vals if v is not None]
+        for v in present:
+            if isinstance(v, _Unusable):
+                self.refuse(f"uses {v.what}")
         if op == "Constant":
             out = self._constant(node)
         elif op in GATES:
@@ -362,8 +366,6 @@ class Matcher:
         self.refuse("a Constant without a tensor, float or int value")
 
     def _fold(self, node, op, vals):
-        if op == "Shape" and "start" not in node.attributes and "end" not in node.attributes:
-            pass
         try:
             return fold_const(node, op, vals, self.const, lambda key, default: self._attr_value(node, key, default))
         except FoldError as exc:
@@ -393,7 +395,7 @@ class Matcher:
             for ax, st, en, sp in zip(axes, starts, ends, steps):
                 if ax == 0:
                     rows = tuple(rows[i] for i in slice_indices(len(rows), st, en, sp))
-                elif list(slice_indices(INT64_MAX, st, en, sp)[:1]) != [0] or en < INT64_MAX // 2 or sp != 1:
+                elif (st, sp) != (0, 1) or en < INT64_MAX // 2:
                     self.refuse(f"slices axis {ax} of the state input {s.name!r}; only its first axis (the "
                                 "layers and directions) may be sliced")
             return replace(s, rows=rows)
@@ -450,27 +452,16 @@ class Matcher:
         return [int(a) for a in axes] if axes is not None else None
 
     def _slice_args(self, node, ndim):
-        """(axes, starts, ends, steps) with symbolic ends resolved: an end equal to an open size is 'to the end'."""
+        """(axes, starts, ends, steps); an end equal to an open size (``Shape(x)[1]``) means 'to the end'."""
         def vector(k):
             v = self.get(node.inputs[k])
             if isinstance(v, SymVec):
                 return [INT64_MAX if isinstance(e, Sym) else e for e in v.items]
             return [int(e) for e in np.asarray(self.const(k)).reshape(-1)]
-        if len(node.inputs) >= 3:
-            starts, ends = vector(1), vector(2)
-            axes = vector(3) if len(node.inputs) > 3 and node.inputs[3] else list(range(len(starts)))
-            steps = vector(4) if len(node.inputs) > 4 and node.inputs[4] else [1] * len(starts)
-        else:
-            starts = list(self._attr_value(node, "starts", []))
-            ends = list(self._attr_value(node, "ends", []))
-            axes = list(self._attr_value(node, "axes", range(len(starts))))
-            steps = [1] * len(starts)
-        if not len(starts) == len(ends) == len(axes) == len(steps):
-            self.refuse("starts, ends, axes and steps differ in length")
-        for a in axes:
-            if not -ndim <= a < ndim:
-                self.refuse(f"axis {a} is out of range for rank {ndim}")
-        return [a % ndim for a in axes], starts, ends, steps
+        try:
+            return slice_args(node, vector, ndim)
+        except FoldError as exc:
+            self.refuse(str(exc))
 
     def _axis(self, axis, v):
         n = len(v.axes)
@@ -843,11 +834,9 @@ class Matcher:
             name = {b"none": "gelu", b"tanh": "gelu_tanh"}.get(approx)
             if name is None:
                 self.refuse(f"Gelu approximate={approx!r}")
-        elif op == "Softplus":
-            pass
-        if v.is_state or v.time == "ids":
-            v = self._as_data(v)
         v = self._as_data(v)
+        if v.time == "ids":
+            self.refuse(f"{op} on integer token ids")
         last = v.chain[-1] if v.chain else None
         if isinstance(last, Dense) and last.activation == "linear":
             act = Activation(name, **kwargs)
