@@ -32,7 +32,17 @@ def _valid():
                            final_shape=["B", 2])
 
 
+def _rich():
+    """A graph with many op kinds (Conv, pooling, RNN, reductions, BatchNormalization, PRelu, Gemm)."""
+    from fastlstm import Model
+    from fastlstm.onnx_export import onnx_bytes
+    from test_onnx_export import CHAINS
+
+    return onnx_bytes(Model(CHAINS["conv_pool_rnn"]()))
+
+
 VALID = _valid()
+TARGETS = [VALID, _rich()]
 X = np.random.default_rng(2).standard_normal((12, 2, I)).astype(np.float32)
 
 
@@ -41,10 +51,11 @@ def test_valid_base_model_loads():
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
+@given(target=st.sampled_from(TARGETS),
+       edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
        cut=st.none() | st.floats(0, 1, exclude_max=True))
-def test_fuzzed_bytes_give_value_error_or_a_working_model(edits, cut):
-    data = bytearray(VALID)
+def test_fuzzed_bytes_give_value_error_or_a_working_model(target, edits, cut):
+    data = bytearray(target)
     for frac, value in edits:
         data[int(frac * len(data))] = value
     if cut is not None:
@@ -57,8 +68,8 @@ def test_fuzzed_bytes_give_value_error_or_a_working_model(edits, cut):
         model = build_model(spec)
     except (ValueError, TypeError):
         return   # a chain this engine cannot build is refused cleanly
-    y = model.predict(X)
-    assert y.shape[-1] == model.output_size
+    x = np.random.default_rng(2).standard_normal((12, 2, model.input_size)).astype(np.float32)
+    assert model.predict(x).shape[-1] == model.output_size
 
 
 def test_every_truncation_refused():

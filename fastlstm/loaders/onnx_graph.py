@@ -202,7 +202,13 @@ class Matcher:
         self.input_value = self.values[self.input_vi.name]
         for position, node in enumerate(self._ordered_nodes()):
             self.position, self.node = position, node
-            self._eval(node)
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):   # an overflow to inf is refused by the layer
+                    self._eval(node)
+            except (KeyError, IndexError, TypeError, AttributeError, OverflowError, ZeroDivisionError,
+                    np.exceptions.AxisError) as exc:
+                # a node whose inputs or attributes have the wrong kind or size for its op
+                self.refuse(f"malformed node ({type(exc).__name__}: {exc})")
         self.node = None
         return self._result()
 

@@ -92,12 +92,32 @@ def fields(buf, start=0, end=None):
 
 
 def _signed64(v):
+    if not isinstance(v, int):
+        raise ProtoError("an integer field has a length-delimited wire type")
     return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _span(value):
+    """A length-delimited field's (start, end); a field of another wire type where a message or
+    string belongs is a malformed file."""
+    if not isinstance(value, tuple):
+        raise ProtoError("a message or string field has a numeric wire type")
+    return value
+
+
+def _sub(buf, value):
+    """The fields of an embedded message."""
+    return fields(buf, *_span(value))
+
+
+def _bytes(buf, value):
+    start, end = _span(value)
+    return bytes(buf[start:end])
 
 
 def _text(buf, span):
     try:
-        return bytes(buf[span[0]:span[1]]).decode("utf-8")
+        return _bytes(buf, span).decode("utf-8")
     except UnicodeDecodeError:
         raise ProtoError("a string field is not valid UTF-8") from None
 
@@ -208,7 +228,7 @@ def _tensor(buf, span):
     t = Tensor(name="", dims=(), data_type=0)
     dims, values = [], []
     location, external, has_values = 0, {}, False
-    for number, wire, value in fields(buf, *span):
+    for number, wire, value in _sub(buf, span):
         if number == 1:
             _ints(buf, wire, value, dims, "TensorProto.dims")
             if len(dims) > MAX_DIMS:
@@ -238,7 +258,7 @@ def _tensor(buf, span):
         elif number == 13:
             _expect(wire, 2, "TensorProto.external_data")
             key = val = ""
-            for n2, w2, v2 in fields(buf, *value):
+            for n2, w2, v2 in _sub(buf, value):
                 if n2 == 1 and w2 == 2:
                     key = _text(buf, v2)
                 elif n2 == 2 and w2 == 2:
@@ -265,17 +285,17 @@ def _tensor(buf, span):
 
 def _attribute(buf, span):
     a = Attribute(name="")
-    for number, wire, value in fields(buf, *span):
+    for number, wire, value in _sub(buf, span):
         if number == 1:
             a.name = _text(buf, value)
         elif number == 20:
-            a.type = value
+            a.type = _signed64(value)
         elif number == 2:
             a.f = struct.unpack("<f", value.to_bytes(4, "little"))[0] if wire == 5 else 0.0
         elif number == 3:
             a.i = _signed64(value)
         elif number == 4:
-            a.s = bytes(buf[value[0]:value[1]])
+            a.s = _bytes(buf, value)
         elif number == 5:
             a.t = _tensor(buf, value)
         elif number in (6, 11):
@@ -285,7 +305,7 @@ def _attribute(buf, span):
         elif number == 8:
             _ints(buf, wire, value, a.ints, "AttributeProto.ints")
         elif number == 9:
-            a.strings.append(bytes(buf[value[0]:value[1]]))
+            a.strings.append(_bytes(buf, value))
         elif number == 21:
             a.ref_attr_name = _text(buf, value)
     return a
@@ -293,7 +313,7 @@ def _attribute(buf, span):
 
 def _node(buf, span):
     n = Node(op_type="", inputs=[], outputs=[])
-    for number, wire, value in fields(buf, *span):
+    for number, wire, value in _sub(buf, span):
         if number in (1, 2, 3, 4, 7):
             _expect(wire, 2, "NodeProto string field")
             text = _text(buf, value)
@@ -318,12 +338,12 @@ def _node(buf, span):
 
 def _value_info(buf, span):
     v = ValueInfo(name="")
-    for number, wire, value in fields(buf, *span):
+    for number, wire, value in _sub(buf, span):
         if number == 1:
             v.name = _text(buf, value)
         elif number == 2:
             _expect(wire, 2, "ValueInfoProto.type")
-            for n2, w2, v2 in fields(buf, *value):
+            for n2, w2, v2 in _sub(buf, value):
                 if n2 == 1 and w2 == 2:
                     v.elem_type, v.shape = _tensor_type(buf, v2)
                 elif n2 in (4, 5, 8, 9):
@@ -333,18 +353,18 @@ def _value_info(buf, span):
 
 def _tensor_type(buf, span):
     elem, shape = 0, None
-    for number, wire, value in fields(buf, *span):
+    for number, wire, value in _sub(buf, span):
         if number == 1 and wire == 0:
             elem = value
         elif number == 2 and wire == 2:
             shape = []
-            for n2, w2, v2 in fields(buf, *value):
+            for n2, w2, v2 in _sub(buf, value):
                 if n2 != 1 or w2 != 2:
                     continue
                 if len(shape) >= MAX_DIMS:
                     raise ProtoError(f"a value declares more than {MAX_DIMS} dimensions")
                 dim = None
-                for n3, w3, v3 in fields(buf, *v2):
+                for n3, w3, v3 in _sub(buf, v2):
                     if n3 == 1 and w3 == 0:
                         dim = _signed64(v3)
                     elif n3 == 2 and w3 == 2:
@@ -356,7 +376,7 @@ def _tensor_type(buf, span):
 
 def _graph(buf, span):
     g = Graph(nodes=[], initializers={}, inputs=[], outputs=[])
-    for number, wire, value in fields(buf, *span):
+    for number, wire, value in _sub(buf, span):
         if wire != 2:
             continue
         if number == 1:
@@ -405,7 +425,7 @@ def read_model(data) -> ModelFile:
             graph = _graph(buf, value)
         elif number == 8 and wire == 2:
             domain, version = "", 0
-            for n2, w2, v2 in fields(buf, *value):
+            for n2, w2, v2 in _sub(buf, value):
                 if n2 == 1 and w2 == 2:
                     domain = _text(buf, v2)
                 elif n2 == 2 and w2 == 0:
@@ -455,13 +475,11 @@ def _tensor_bits(buf, t, folder, dtype, count, label):
     values = t.values if t.values is not None else []
     if len(values) != count:
         raise ProtoError(f"{label} declares shape {t.dims} ({count} values) but holds {len(values)}")
-    if dtype in (np.float16,):   # float16 is stored as its bits in int32_data
-        return np.asarray(values, dtype=np.uint16).view(np.float16)
-    if dtype in (np.float32, np.float64):
-        return np.asarray(values, dtype=dtype)
     try:
+        if dtype == np.float16:   # float16 is stored as its bits in int32_data
+            return np.asarray(values, dtype=np.uint16).view(np.float16)
         return np.asarray(values, dtype=dtype)
-    except OverflowError:
+    except (OverflowError, TypeError, ValueError):
         raise ProtoError(f"{label}: a value is out of range for its data type") from None
 
 
