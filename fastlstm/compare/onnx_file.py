@@ -42,7 +42,8 @@ class OnnxFileRunner:
             raise Unsupported(f"the graph's input axes {m.input_axes} are not all time, batch or features")
         self.recurrent = [layer for layer in model.layers if isinstance(layer, RECURRENT)]
         self.stepping = bool(m.state_inputs)
-        self.note = ("steps: MODEL's own state inputs and outputs fed back each step" if self.stepping else
+        self.note = ("steps: MODEL's own state inputs and outputs fed back each step (so its whole-sequence "
+                     "row steps MODEL T times)" if self.stepping else
                      "MODEL has no state inputs, so it runs the whole-sequence row only")
         self._run = _ort(path, threads) if engine == "onnxruntime" else _openvino(path, threads)
         self._declared = self._run.declared
