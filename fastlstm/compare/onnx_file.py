@@ -42,8 +42,8 @@ class OnnxFileRunner:
             raise Unsupported(f"the graph's input axes {m.input_axes} are not all time, batch or features")
         self.recurrent = [layer for layer in model.layers if isinstance(layer, RECURRENT)]
         self.stepping = bool(m.state_inputs)
-        self.note = ("steps: MODEL's own state inputs and outputs fed back each step (so its whole-sequence "
-                     "row steps MODEL T times)" if self.stepping else
+        self.note = ("steps: MODEL's own state inputs and outputs fed back each step (ONNX Runtime through "
+                     "IOBinding), so its whole-sequence row steps MODEL T times" if self.stepping else
                      "MODEL has no state inputs, so it runs the whole-sequence row only")
         self._run = _ort(path, threads) if engine == "onnxruntime" else _openvino(path, threads)
         self._declared = self._run.declared
@@ -125,12 +125,20 @@ class _FileStepper:
         if any(out is None for _, out in self.pairs):
             raise Unsupported("the graph's state outputs do not mirror its state inputs")
         self.names = [m.output_name] + [out for _, out in self.pairs]
+        self.bound = None
         self.reset()
+        if hasattr(runner._run, "bound"):
+            self.bound = runner._run.bound(dict(self.feeds, **{m.input_name: self.inputs[0]}), m.input_name,
+                                           self.pairs)
 
     def reset(self):
         self.feeds = dict(self.runner._states(self.B))
+        if self.bound is not None:
+            self.bound.reset()
 
     def _step(self, x):
+        if self.bound is not None:
+            return self.bound.step(x)[self.names[0]]
         feeds = self.feeds
         feeds[self.runner.match.input_name] = x
         outs = self.runner._run(feeds, self.names)
@@ -140,7 +148,8 @@ class _FileStepper:
 
     def outputs(self, steps):
         self.reset()
-        return np.stack([self.runner._result(self._step(x)).reshape(self.B, -1) for x in self.inputs[:steps]])
+        # copies: a bound step returns the same output buffer every time
+        return np.stack([np.array(self.runner._result(self._step(x)).reshape(self.B, -1)) for x in self.inputs[:steps]])
 
     def run(self, n):
         step = self._step
@@ -158,12 +167,50 @@ def _ort(path, threads):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    first = sess.get_inputs()[0]
 
     def run(feeds, names):
         return sess.run(names, feeds)
-    run.declared = tuple(first.shape)
+    run.declared = tuple(sess.get_inputs()[0].shape)
+    run.bound = lambda feeds, x_name, states: _OrtBound(ort, sess, feeds, x_name, states)
     return run
+
+
+class _OrtBound:
+    """A prepared ONNX Runtime step (the fastest Python route it offers): the input and every output
+    live in fixed buffers bound once, and the state buffers swap roles each step (A -> B, B -> A)
+    through two IOBindings; ``step(x)`` is one copy plus ``run_with_iobinding``."""
+
+    def __init__(self, ort, sess, feeds, x_name, states):
+        # states: (state input, state output) pairs; one plain run gives every output's shape
+        by_name = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+        self.x_buf = np.zeros_like(feeds[x_name])
+        self.outputs = {n: np.zeros_like(v) for n, v in by_name.items()}
+        self.side = [{i: np.zeros_like(feeds[i]) for i, _ in states} for _ in range(2)]
+        val = ort.OrtValue.ortvalue_from_numpy
+        self.bindings = []
+        for src in (0, 1):
+            io = sess.io_binding()
+            io.bind_ortvalue_input(x_name, val(self.x_buf))
+            for i, o in states:
+                io.bind_ortvalue_input(i, val(self.side[src][i]))
+                io.bind_ortvalue_output(o, val(self.side[1 - src][i]))
+            for n, buf in self.outputs.items():
+                if n not in {o for _, o in states}:
+                    io.bind_ortvalue_output(n, val(buf))
+            self.bindings.append(io)
+        self.sess, self.which = sess, 0
+
+    def reset(self):
+        for side in self.side:
+            for buf in side.values():
+                buf[...] = 0
+        self.which = 0
+
+    def step(self, x):
+        self.x_buf[...] = x
+        self.sess.run_with_iobinding(self.bindings[self.which])
+        self.which ^= 1
+        return self.outputs
 
 
 def _openvino(path, threads):
@@ -171,14 +218,20 @@ def _openvino(path, threads):
 
     core = ov.Core()
     # f32: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (errors near 1e-3 here)
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    outputs = {o.get_any_name(): o for o in compiled.outputs}
-    first = compiled.inputs[0].get_partial_shape()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    source = core.read_model(str(path))
+    requests = {}
 
     def run(feeds, names):
+        # compiled for the shapes it is called with: static shapes run faster than the dynamic graph
+        key = tuple((k, v.shape) for k, v in sorted(feeds.items()))
+        if key not in requests:
+            m = source.clone()
+            m.reshape({k: list(v.shape) for k, v in feeds.items()})
+            compiled = core.compile_model(m, "CPU", config)
+            requests[key] = (compiled.create_infer_request(), {o.get_any_name(): o for o in compiled.outputs})
+        request, outputs = requests[key]
         result = request.infer(feeds)
         return [np.asarray(result[outputs[n]]) for n in names]
-    run.declared = tuple(d.get_length() if d.is_static else None for d in first)
+    run.declared = tuple(d.get_length() if d.is_static else None for d in source.inputs[0].get_partial_shape())
     return run
