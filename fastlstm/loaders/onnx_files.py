@@ -50,7 +50,7 @@ def read_onnx(data, source, folder=None) -> OnnxRead:
             raise ValueError(f"{source}: {exc}") from None
 
     try:
-        match = Matcher(model.graph, tensor, source).run()
+        match = Matcher(model.graph, tensor).run()
     except GraphRefused as exc:
         raise ValueError(f"{source}: {exc}") from None
     return OnnxRead(match.chain, match, opset, model.producer)

@@ -120,8 +120,8 @@ _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "el
                 "Gelu": None, "Softmax": "softmax", "PRelu": "prelu"}
 #: Ops refused with an explanation of what they usually are.
 _KNOWN_REFUSALS = {
-    "Loop": "control flow (tf2onnx often exports a Keras GRU/LSTM as a Loop); re-export with the LSTM/GRU op "
-            "(tf2onnx: keep the Keras layer unrolled=False and use opset >= 9)",
+    "Loop": "control flow (tf2onnx writes a Keras GRU/LSTM it does not recognise as a Loop); re-export so "
+            "that the recurrent layers become ONNX LSTM/GRU/RNN ops",
     "Scan": "control flow (a recurrent layer written as a Scan); re-export so that the graph uses the "
             "ONNX LSTM/GRU/RNN op",
     "If": "control flow; fastlstm runs a fixed chain of layers",
@@ -137,27 +137,15 @@ _UNROLLED = ("selects single steps of the input before any recurrent op: a recur
              "emits the ONNX RNN op")
 
 
-def _attr(node, name, default=None):
-    a = node.attributes.get(name)
-    if a is None:
-        return default
-    v = a.value()
-    if a.type == 4 and v is not None:   # a tensor attribute: the caller's array reader decodes it
-        return v
-    return v if v is not None else default
-
-
 # --- the interpreter -------------------------------------------------------------
 
 class Matcher:
     """Runs the graph symbolically; :meth:`run` returns a :class:`GraphMatch`."""
 
-    def __init__(self, graph, tensor, source):
+    def __init__(self, graph, tensor):
         self.graph = graph
         self.tensor = tensor          # Tensor proto -> numpy array (the file reader's, with its checks)
-        self.source = source
         self.values = {}
-        self.recurrent = []           # layers in the order their nodes run
         self.state_in_use = {}        # (layer id, direction, kind) -> (input name, row)
         self.node = None
         self.position = 0
@@ -365,10 +353,10 @@ class Matcher:
             return self.tensor(node.attributes["value"].t)
         for key, cast in (("value_float", np.float32), ("value_int", np.int64)):
             if key in node.attributes:
-                return np.asarray(_attr(node, key), dtype=cast)
+                return np.asarray(self._attr_value(node, key, None), dtype=cast)
         for key, cast in (("value_floats", np.float32), ("value_ints", np.int64)):
             if key in node.attributes:
-                return np.asarray(_attr(node, key), dtype=cast)
+                return np.asarray(self._attr_value(node, key, None), dtype=cast)
         self.refuse("a Constant without a tensor, float or int value")
 
     def _fold(self, node, op, vals):
@@ -1018,7 +1006,6 @@ class Matcher:
             self.refuse("sequence_lens gives each batch row its own length; fastlstm runs every row for all steps "
                         "(pad and export without sequence_lens)")
         self._initial_state(node, op, layer, info)
-        self.recurrent.append(layer)
         chain = x.chain + (layer,)
         D, H = Axis("D", info.directions), Axis("F", info.hidden_size)
         y_axes = (t_axis, D, b_axis, H) if info.layout == 0 else (b_axis, t_axis, D, H)
