@@ -57,6 +57,23 @@ class ConvFront(torch.nn.Module):
         return self.fc(self.rnn(z)[0][:, -1])
 
 
+class CausalConv(torch.nn.Module):
+    """The two ways torch code writes a causal convolution before an LSTM: F.pad then Conv1d, or a padded
+    Conv1d whose last padded steps are cropped.  Both stream."""
+
+    def __init__(self, crop):
+        super().__init__()
+        self.crop = crop
+        self.conv = torch.nn.Conv1d(I, 6, 3, dilation=2, padding=4 if crop else 0)
+        self.rnn, self.fc = torch.nn.LSTM(6, H, batch_first=True), torch.nn.Linear(H, O)
+        self.bf = True
+
+    def forward(self, x):
+        z = x.transpose(1, 2)
+        z = self.conv(z)[:, :, :-4] if self.crop else self.conv(torch.nn.functional.pad(z, (4, 0)))
+        return self.fc(self.rnn(torch.tanh(z).transpose(1, 2))[0])
+
+
 class Tokens(torch.nn.Module):
     """Embedding -> GRU -> Linear on integer token ids."""
 
@@ -104,6 +121,8 @@ CASES = {
     "gru_h_n": (lambda: Net(torch.nn.GRU(I, H, batch_first=True), "h_n"), 0),
     "rnn_tanh_seq": (lambda: Net(torch.nn.RNN(I, H, 2, batch_first=True), "seq"), 0),
     "conv_pool_lstm": (ConvFront, 0),
+    "causal_pad_conv_lstm": (lambda: CausalConv(crop=False), 0),
+    "causal_crop_conv_lstm": (lambda: CausalConv(crop=True), 0),
     "embedding_gru": (Tokens, 1),
     "lstm_mlp_head": (MLPHead, 0),
 }

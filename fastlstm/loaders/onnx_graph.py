@@ -74,6 +74,7 @@ class Dyn:
     time: str = "seq"          # 'seq': every step; 'last': one step was selected
     reverse: bool = False      # the time axis runs backwards relative to the engine's output
     rows: Tuple[StateRef, ...] = ()   # state rows (the 'R' axis, or the one row once it is dropped)
+    pad: Tuple[int, int] = (0, 0)      # zero steps a Pad added before/after, owed to the next Conv
 
     @property
     def is_state(self):
@@ -468,6 +469,10 @@ class Matcher:
     def _data_op(self, node, op, vals):
         v = vals[0]
         dyn_at = [k for k, x in enumerate(vals) if isinstance(x, Dyn)]
+        if isinstance(v, Dyn) and v.pad != (0, 0) and op != "Conv":
+            self.refuse("follows a Pad of the time axis; fastlstm folds such a Pad only into a Conv right after it")
+        if op == "Pad":
+            return self._pad(node, v)
         if op == "Concat":
             return self._concat(node, vals)
         if op == "Gather" and dyn_at == [1]:
@@ -656,6 +661,9 @@ class Matcher:
                 i = picked[0] if n is not None or picked[0] == 0 else \
                     (-1 if picked[0] == probe - 1 else picked[0])
                 v = self._select_step(v, ax, i, True, f"Slice {st}:{en}")
+                continue
+            if a.kind == "S" and a.role == "T" and sp == 1 and st >= 0 and (en < 0 or en >= INT64_MAX // 2):
+                v = self._crop_conv(v, st, 0 if en >= 0 else -en, f"keeps steps {st}:{en} of the time axis")
                 continue
             if a.kind == "S" and a.role == "T":
                 self.refuse(f"keeps steps {st}:{en}{f':{sp}' if sp != 1 else ''} of the time axis; fastlstm "
@@ -889,10 +897,42 @@ class Matcher:
         bias = np.asarray(self.const(2), np.float32) if len(node.inputs) > 2 and node.inputs[2] else None
         stride, dilation, padding = self._window_attrs(node, "strides", w.shape[2])
         group = self._attr_value(node, "group", 1)
+        padding = (padding[0] + v.pad[0], padding[1] + v.pad[1])
         conv = Conv1D(w, bias, stride=stride, dilation=dilation, groups=group, padding=padding)
+        v = replace(v, pad=(0, 0))
         same = stride == 1 and sum(conv.padding) == conv.reach
         axes = (v.axes[0], Axis("F", conv.output_size), self._new_time(v, same))
         return replace(self._append(v, conv), axes=axes)
+
+    def _pad(self, node, v):
+        """Zero padding of the time axis of (batch, channels, time) data: owed to the Conv that follows
+        (``F.pad(x, (k - 1, 0))`` before ``nn.Conv1d``, a causal convolution)."""
+        mode = self._attr_value(node, "mode", b"constant")
+        pads = self._attr_value(node, "pads", None)
+        pads = [int(p) for p in (self.const(1).reshape(-1) if pads is None else pads)]
+        value = self.const(2).reshape(-1) if len(node.inputs) > 2 and node.inputs[2] else \
+            np.asarray([self._attr_value(node, "value", 0.0)])
+        if len(node.inputs) > 3 and node.inputs[3]:
+            self.refuse("Pad with an axes input")
+        n = len(v.axes)
+        if mode != b"constant" or np.any(value != 0) or len(pads) != 2 * n or n != 3 or v.axes[1].kind != "F" \
+                or any(pads[k] or pads[k + n] for k in (0, 1)) or min(pads) < 0:
+            self.refuse(f"Pad {pads} ({mode.decode(errors='replace')}, value {value.tolist()}); fastlstm folds "
+                        "only zero padding of the time axis of (batch, channels, time) data into the next Conv")
+        return replace(v, pad=(v.pad[0] + pads[2], v.pad[1] + pads[2 + n]))
+
+    def _crop_conv(self, v, left, right, what):
+        """Dropping the first/last steps of a stride-1 Conv's output is the same Conv with less padding
+        (``conv(x)[..., :-(k - 1)]``, another way to write a causal convolution)."""
+        conv = v.chain[-1] if v.chain else None
+        if not isinstance(conv, Conv1D) or conv.stride != 1 or conv.padding == "same" or \
+                conv.padding[0] < left or conv.padding[1] < right:
+            self.refuse(f"{what}; fastlstm returns every step or the last one and never guesses another crop "
+                        "(a crop of a stride-1 Conv's padded steps is folded into its padding)")
+        padding = (conv.padding[0] - left, conv.padding[1] - right)
+        trimmed = Conv1D(conv.weight, conv.bias, stride=1, dilation=conv.dilation, groups=conv.groups,
+                         padding=padding, activation=conv.act)
+        return replace(v, chain=v.chain[:-1] + (trimmed,))
 
     def _window_attrs(self, node, key, kernel):
         auto = self._attr_value(node, "auto_pad", b"NOTSET")
