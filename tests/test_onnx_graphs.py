@@ -354,3 +354,36 @@ def test_dense_chain_after_last_step(tmp_path):
     stream = model.stream(batch_size=B)
     steps = [stream.step(x[t]) for t in range(T)]
     assert max_err(steps[-1], _ort(path, x)) <= TOL
+
+
+@pytest.mark.parametrize("mode, value, then, match", [
+    ("reflect", 0.0, "Conv", "Pad .*reflect"),
+    ("constant", 1.0, "Conv", r"value \[1.0\]"),
+    ("constant", 0.0, "Relu", "follows a Pad of the time axis"),
+])
+def test_pad_folds_only_as_zero_padding_of_a_conv(tmp_path, mode, value, then, match):
+    w = np.random.default_rng(0).standard_normal((5, I, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 2, 1]),
+             helper.make_node("Pad", ["xc", "pads", "value"], ["xp"], mode=mode),
+             helper.make_node("Conv", ["xp", "w"], ["c"]) if then == "Conv" else helper.make_node("Relu", ["xp"], ["c"]),
+             helper.make_node("Transpose", ["c"], ["out"], perm=[0, 2, 1])]
+    inits = [tensor("pads", np.array([0, 0, 2, 0, 0, 0], np.int64)), tensor("value", np.array(value, np.float32)),
+             tensor("w", w)]
+    path = tmp_path / "g.onnx"
+    path.write_bytes(model_bytes(nodes, [("x", TensorProto.FLOAT, ["B", "T", I])],
+                                 [("out", TensorProto.FLOAT, None)], inits, opset=18))
+    with pytest.raises(ValueError, match=match):
+        fastlstm.load(path)
+
+
+def test_zero_pad_then_conv_is_a_causal_conv(tmp_path):
+    w = np.random.default_rng(0).standard_normal((5, I, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 2, 1]),
+             helper.make_node("Pad", ["xc", "pads"], ["xp"]), helper.make_node("Conv", ["xp", "w"], ["c"]),
+             helper.make_node("Transpose", ["c"], ["out"], perm=[0, 2, 1])]
+    inits = [tensor("pads", np.array([0, 0, 2, 0, 0, 0], np.int64)), tensor("w", w)]
+    path, model = _load(tmp_path, model_bytes(nodes, [("x", TensorProto.FLOAT, ["B", "T", I])],
+                                              [("out", TensorProto.FLOAT, ["B", "T", 5])], inits, opset=18))
+    assert model.layers[0].padding == (2, 0) and model.streamable
+    x = _x(layout=1)
+    assert max_err(model.predict(x, batch_first=True), _ort(path, x)) <= TOL
