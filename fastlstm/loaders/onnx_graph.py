@@ -23,6 +23,7 @@ the file's declarations.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Dict, Tuple
 
@@ -272,11 +273,11 @@ class Matcher:
                 elif name not in self.values:
                     raise GraphRefused(f"node {k} ({n.op_type} {n.name!r}) reads {name!r}, which no node, input "
                                        "or initializer defines")
-        ready = [k for k in range(len(nodes)) if not deps[k]]
+        ready = deque(k for k in range(len(nodes)) if not deps[k])
         order = []
         waiting = [len(d) for d in deps]
         while ready:
-            k = ready.pop(0)
+            k = ready.popleft()
             order.append(k)
             for u in users[k]:
                 waiting[u] -= 1
