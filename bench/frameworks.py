@@ -346,8 +346,10 @@ def ort_session(path: str, threads: int):
 
 
 class OrtStepper:
-    """Streams through a T=1 ONNX model by feeding ``hn``/``cn`` back as ``h0``/``c0``.
+    """Streams through a T=1 ONNX model by feeding its state outputs back as inputs.
 
+    ``states`` names the state tensors: input ``{name}0``, output ``{name}n``,
+    each ``(L, B, H)`` -- ``("h", "c")`` for an LSTM, ``("h",)`` for a GRU.
     Two ways, both measured because users meet both:
 
     * :meth:`step` - the plain ``session.run(None, feeds)``: every call converts
@@ -358,49 +360,52 @@ class OrtStepper:
       ``run_with_iobinding``.  No allocation, no dict, no output conversion.
     """
 
-    def __init__(self, session, cfg: Config):
+    def __init__(self, session, cfg: Config, states=("h", "c"), x_shape=None):
         import onnxruntime as ort
 
         self.sess = session
         self.cfg = cfg
+        self.names = tuple(states)
         shape_s = (cfg.L, cfg.B, cfg.H)
-        self.h = np.zeros(shape_s, np.float32)
-        self.c = np.zeros(shape_s, np.float32)
+        self.state = {n: np.zeros(shape_s, np.float32) for n in self.names}
         out_dim = session.get_outputs()[0].shape[-1]
         # io-binding buffers: numpy arrays wrapped (not copied) by OrtValues
-        self.x_buf = np.zeros((1, cfg.B, cfg.I), np.float32)
+        self.x_buf = np.zeros(x_shape or (1, cfg.B, cfg.I), np.float32)
         self.y_buf = np.zeros((1, cfg.B, out_dim), np.float32)
-        self._state = [np.zeros(shape_s, np.float32) for _ in range(4)]  # hA, cA, hB, cB
+        self._state = [np.zeros(shape_s, np.float32) for _ in range(2 * len(self.names))]  # A..., B...
         vals = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._state]
         x_val = ort.OrtValue.ortvalue_from_numpy(self.x_buf)
         y_val = ort.OrtValue.ortvalue_from_numpy(self.y_buf)
         self._bindings = []
-        for src, dst in ((0, 2), (2, 0)):
+        k = len(self.names)
+        for src, dst in ((0, k), (k, 0)):
             io = session.io_binding()
             io.bind_ortvalue_input("x", x_val)
-            io.bind_ortvalue_input("h0", vals[src])
-            io.bind_ortvalue_input("c0", vals[src + 1])
             io.bind_ortvalue_output("y", y_val)
-            io.bind_ortvalue_output("hn", vals[dst])
-            io.bind_ortvalue_output("cn", vals[dst + 1])
+            for j, n in enumerate(self.names):
+                io.bind_ortvalue_input(f"{n}0", vals[src + j])
+                io.bind_ortvalue_output(f"{n}n", vals[dst + j])
             self._bindings.append(io)
         self._which = 0
 
     def reset(self):
-        self.h[...] = 0
-        self.c[...] = 0
-        for a in self._state:
+        for a in list(self.state.values()) + self._state:
             a[...] = 0
         self._which = 0
 
     def step(self, x1: np.ndarray) -> np.ndarray:
         """``x1`` is ``(1, B, I)`` float32; returns ``y`` ``(1, B, O)``."""
-        y, self.h, self.c = self.sess.run(None, {"x": x1, "h0": self.h, "c0": self.c})
+        y, *new = self.sess.run(None, {"x": x1, **{f"{n}0": self.state[n] for n in self.names}})
+        self.state = dict(zip(self.names, new))
         return y
 
     def step_bound(self, x1: np.ndarray) -> np.ndarray:
         """Same as :meth:`step` through the prepared IOBindings; returns a view of the output buffer."""
         self.x_buf[...] = x1
+        return self.run_bound()
+
+    def run_bound(self) -> np.ndarray:
+        """One step on whatever the caller left in ``x_buf`` (e.g. a window shifted in place)."""
         self.sess.run_with_iobinding(self._bindings[self._which])
         self._which ^= 1
         return self.y_buf

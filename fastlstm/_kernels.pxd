@@ -72,7 +72,7 @@ cdef class Network:
     cdef readonly object state_layout    # [(label, entry, offset, width)], see _kernels.Network
     cdef readonly object signature
     cdef const float *_pointer(self, arr) except? NULL
-    cdef int _set_product(self, Dir *D, w, b) except -1
+    cdef int _set_product(self, Dir *D, w, b, int min_columns) except -1
 
 
 cdef int num_threads() noexcept nogil

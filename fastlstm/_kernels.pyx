@@ -180,11 +180,35 @@ cdef inline void matmul_acc(int m, int n, int k, const float *A, int lda, const 
 
 cdef inline void matmul_w(int m, int n, int k, const float *A, int lda, const Dir *D, int k0,
                           float *C, int ldc) noexcept nogil:
-    """C[m, n] += A[m, k] @ rows k0:k0+k of D's stacked [W_x; W_h] (n = 4H columns)."""
-    if D.w_panels != NULL and m >= 3:
-        fl_gemm_packed(m, n, k, A, lda, D.w_panels + <long>k0 * FL_PANEL, <long>(D.n_stack) * FL_PANEL, C, ldc)
+    """C[m, n] += A[m, k] @ rows k0:k0+k of D's stacked [W_x; W_h] (n: all its columns)."""
+    matmul_cols(m, 0, n, n, k, A, lda, D, k0, C, ldc)
+
+
+cdef inline void matmul_cols(int m, int c0, int c1, int n, int k, const float *A, int lda, const Dir *D, int k0,
+                             float *C, int ldc) noexcept nogil:
+    """C[m, c0:c1] += A[m, k] @ rows k0:k0+k, columns c0:c1 of D's weights (n columns in all)."""
+    if D.w_panels != NULL and m >= 3 and c0 % FL_PANEL == 0:
+        fl_gemm_packed(m, c1 - c0, k, A, lda, D.w_panels + <long>k0 * FL_PANEL + (c0 // FL_PANEL) * <long>D.n_stack * FL_PANEL,
+                       <long>(D.n_stack) * FL_PANEL, C + c0, ldc)
     else:
-        matmul_acc(m, n, k, A, lda, D.w_x + <long>k0 * n, n, C, ldc)
+        matmul_acc(m, c1 - c0, k, A, lda, D.w_x + <long>k0 * n + c0, n, C + c0, ldc)
+
+
+cdef inline void gate_products(const Layer *L, const Dir *D, int m, const float *A, int lda, bint recurrent,
+                               float *gates) noexcept nogil:
+    """gates[m, G] += A @ the input rows (recurrent: the h rows) of D's [W_x; W_h].
+
+    A reset-after GRU's input rows are zero in its n_h block and its h rows in its
+    n_x block ([r | z | n_x | n_h], _packing), so those columns are skipped: a
+    quarter of the weights a single stream would otherwise stream from memory."""
+    cdef int G = L.gates, H = L.hidden
+    if L.kind != FL_LAYER_GRU:
+        matmul_w(m, G, L.n_out if recurrent else L.n_in, A, lda, D, L.n_in if recurrent else 0, gates, G)
+    elif not recurrent:
+        matmul_cols(m, 0, 3 * H, G, L.n_in, A, lda, D, 0, gates, G)
+    else:
+        matmul_cols(m, 0, 2 * H, G, H, A, lda, D, L.n_in, gates, G)
+        matmul_cols(m, 3 * H, 4 * H, G, H, A, lda, D, L.n_in, gates, G)
 
 
 cdef inline void matmul_units(int m, int k, const float *ap, const Dir *D, float *gates, int H, int G,
@@ -253,7 +277,7 @@ cdef class Network:
             if "dirs" in spec:
                 L.n_dirs = len(spec["dirs"])
                 for d, (w, b, p, h_off, c_off) in enumerate(spec["dirs"]):
-                    self._set_product(&L.dirs[d], w, b)
+                    self._set_product(&L.dirs[d], w, b, 1)
                     L.dirs[d].w_proj = self._pointer(p)
                     L.dirs[d].reverse = d == 1 or L.go_backwards
                     L.dirs[d].h_off = h_off
@@ -263,7 +287,7 @@ cdef class Network:
                 self.net.max_hidden = max(self.net.max_hidden, L.hidden)
                 self.net.max_cat = max(self.net.max_cat, L.n_dirs * L.n_out)
             elif "product" in spec:
-                self._set_product(&L.dirs[0], spec["product"][0], spec["product"][1])
+                self._set_product(&L.dirs[0], spec["product"][0], spec["product"][1], FL_PANEL)
                 L.n_dirs = 1
             elif "table" in spec:
                 L.dirs[0].w_x = self._pointer(spec["table"])   # rows are looked up, never multiplied
@@ -285,13 +309,14 @@ cdef class Network:
         self._keep.append(arr)
         return <const float *>cnp.PyArray_DATA(arr)
 
-    cdef int _set_product(self, Dir *D, w, b) except -1:
-        """D's weights w (K, N) and bias b (N,), and w in panels when the packed GEMM exists."""
+    cdef int _set_product(self, Dir *D, w, b, int min_columns) except -1:
+        """D's weights w (K, N) and bias b (N,), and w in panels when the packed GEMM exists
+        and N >= min_columns (a narrow Dense would compute mostly padding: BLAS does it)."""
         D.w_x = self._pointer(w)
         D.bias = self._pointer(b)
         D.n_stack = w.shape[0]
         D.w_panels = NULL
-        if fl_packed_gemm_available():
+        if fl_packed_gemm_available() and w.shape[1] >= min_columns:
             from fastlstm._packing import pack_panels  # (_packing reads this module's enums)
             D.w_panels = self._pointer(pack_panels(w))
         return 0
@@ -900,7 +925,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
             elif tid == 0:
                 fill_rows(gates, D.bias, rows, G4)
                 if tn > 1:
-                    matmul_w(rows, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
+                    gate_products(L, D, rows, inp, L.n_in, False, gates)
             sync(bar, nt)
             fl_lstm_single_part(tid, nt, bar, tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL,
                                 L.n_in, L.n_in, D.w_x, H, hs, cs, hfull, out + d * P, cat, L.gate_act,
@@ -944,13 +969,13 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 matmul_w(nb, G4, K, xh, K, D, 0, gates, G4)
             else:
                 # Input projection of the whole block, hoisted out of the time loop.
-                matmul_w(rows, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
+                gate_products(L, D, rows, inp, L.n_in, False, gates)
             for s in range(tn):
                 t = tn - 1 - s if D.reverse else s
                 dst = s if L.go_backwards else t
                 ho = out + <long>dst * nb * cat + d * P
                 if not stacked:
-                    matmul_w(nb, G4, P, hprev, ldprev, D, L.n_in, gates + <long>t * nb * G4, G4)
+                    gate_products(L, D, nb, hprev, ldprev, True, gates + <long>t * nb * G4)
                 cell_step(L, D, nb, gates + <long>t * nb * G4, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
                 hprev = ho
                 ldprev = cat

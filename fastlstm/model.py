@@ -40,7 +40,7 @@ class Model:
 
     def __init__(self, layers: Sequence, head: Optional[Dense] = None, *, return_sequences: bool = True):
         layers = tuple(layers)
-        if all(isinstance(layer, RECURRENT) for layer in layers):
+        if layers and all(isinstance(layer, RECURRENT) for layer in layers):
             layers, head = check_stack(layers, head)   # its messages name the head
         elif head is not None and not isinstance(head, Dense):
             raise TypeError(f"head: expected a Dense, got {type(head).__name__}")

@@ -1,0 +1,135 @@
+"""StreamPool of a mixed-layer model (causal Conv1D, GRU, LayerNorm, LSTM, a stride-1 pool, a global
+pool, a Dense stack): random open/close/step/reset/set_state sequences, every pooled stream against
+its own lone Stream, every layer's state included (hypothesis state machine)."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import fastlstm
+from checks import assert_state_equal
+from fastlstm.layers import (AvgPool1D, Conv1D, Dense, GlobalAvgPool1D, GRULayer, GRUWeights, LayerNorm, LSTMLayer,
+                             LSTMWeights)
+
+I, O = 3, 2
+TOL = 2e-6
+
+
+def _model():
+    rng = np.random.default_rng(11)
+    u = lambda *s: rng.uniform(-0.5, 0.5, s).astype(np.float32)  # noqa: E731
+    return fastlstm.Model([
+        Conv1D(u(6, I, 3), u(6), dilation=2, padding="causal", activation="tanh"),
+        GRULayer([GRUWeights(u(48, 6), u(48, 16), u(48), u(48))]),
+        LayerNorm(16, u(16) + 1, u(16)),
+        AvgPool1D(3, 1, "causal"),
+        LSTMLayer([LSTMWeights(u(48, 16), u(48, 12), u(48), u(48))]),
+        GlobalAvgPool1D(),
+        Dense(u(8, 12), u(8), activation="gelu"),
+        Dense(u(O, 8), u(O)),
+    ])
+
+
+MODEL = _model()
+
+
+def _diff(a, b):
+    """The largest difference of two states' arrays, relative to each array's scale (at least 1):
+    a global pool's running sum grows with the steps, and so does its rounding."""
+    xs, ys = a.h + a.c + a.buffers, b.h + b.c + b.buffers
+    assert len(xs) == len(ys)
+    return max(float(np.abs(np.asarray(x, np.float64) - y).max() / max(1.0, float(np.abs(y).max())))
+               if np.size(x) else 0.0 for x, y in zip(xs, ys))
+
+
+class MixedPoolMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.pool = MODEL.pool(200)
+        self.refs = {}
+        self.dead = set()
+
+    def _open(self, n):
+        for _ in range(n):
+            sid = self.pool.open()
+            assert sid not in self.refs and sid not in self.dead
+            self.refs[sid] = MODEL.stream()
+
+    def _pick(self, rng, frac, at_least=1):
+        ids = np.array(sorted(self.refs), dtype=np.int64)
+        n = min(len(ids), max(at_least, int(round(len(ids) * frac))))
+        return rng.permutation(ids)[:n]
+
+    @initialize(n=st.integers(0, 60))
+    def start(self, n):
+        self._open(n)
+
+    @precondition(lambda self: len(self.refs) < 150)
+    @rule(n=st.integers(1, 40))
+    def open_streams(self, n):
+        self._open(min(n, 150 - len(self.refs)))
+
+    @precondition(lambda self: self.refs)
+    @rule(seed=st.integers(0, 2**32 - 1), frac=st.floats(0.0, 0.5))
+    def close_streams(self, seed, frac):
+        for sid in self._pick(np.random.default_rng(seed), frac, 0):
+            self.pool.close(int(sid))
+            del self.refs[int(sid)]
+            self.dead.add(int(sid))
+
+    @precondition(lambda self: self.refs)
+    @rule(seed=st.integers(0, 2**32 - 1), frac=st.floats(0.0, 1.0), steps=st.integers(1, 4))
+    def step(self, seed, frac, steps):
+        rng = np.random.default_rng(seed)
+        ids = self._pick(rng, frac)
+        for _ in range(steps):
+            x = rng.standard_normal((len(ids), I)).astype(np.float32)
+            y = self.pool.step(ids, x)
+            want = np.stack([self.refs[int(s)].step(x[k]) for k, s in enumerate(ids)])
+            np.testing.assert_allclose(y, want, atol=TOL, rtol=0)
+
+    @precondition(lambda self: self.refs)
+    @rule(seed=st.integers(0, 2**32 - 1))
+    def reset(self, seed):
+        for sid in self._pick(np.random.default_rng(seed), 0.1):
+            self.pool.reset(int(sid))
+            self.refs[int(sid)].reset()
+
+    @precondition(lambda self: len(self.refs) >= 2)
+    @rule(seed=st.integers(0, 2**32 - 1), via_bytes=st.booleans())
+    def set_state(self, seed, via_bytes):
+        sid, other = (int(s) for s in self._pick(np.random.default_rng(seed), 0.0, at_least=2)[:2])
+        new = self.pool.get_state(other)
+        if via_bytes:
+            new = fastlstm.State.from_bytes(new.to_bytes())
+        self.pool.set_state(sid, new)
+        self.refs[sid].state = new
+        assert_state_equal(self.pool.get_state(sid), new)
+
+    @precondition(lambda self: self.refs)
+    @rule(seed=st.integers(0, 2**32 - 1))
+    def refused_step(self, seed):
+        rng = np.random.default_rng(seed)
+        ids = [int(s) for s in self._pick(rng, 0.3)]
+        before = {s: self.pool.get_state(s) for s in ids}
+        x = rng.standard_normal((len(ids) + 1, I)).astype(np.float32)
+        with pytest.raises(ValueError):
+            self.pool.step(np.array(ids + [ids[0]], np.int64), x)
+        for s in ids:
+            assert_state_equal(self.pool.get_state(s), before[s])
+
+    @invariant()
+    def pool_matches_lone_streams(self):
+        assert sorted(self.pool.ids()) == sorted(self.refs)
+        for sid, ref in self.refs.items():
+            got = self.pool.get_state(sid)
+            assert len(got.buffers) == 3
+            assert _diff(got, ref.state) <= TOL
+
+
+TestMixedPoolStateMachine = MixedPoolMachine.TestCase
+TestMixedPoolStateMachine.settings = settings(max_examples=10, stateful_step_count=20, deadline=None,
+                                              suppress_health_check=[HealthCheck.too_slow,
+                                                                     HealthCheck.filter_too_much])
