@@ -19,107 +19,30 @@ refused naming the node, its op type and its position.  So a graph that keeps th
 last 30 of 120 steps, picks one direction of a bidirectional output, or joins two
 branches is refused, never approximated.  Output shapes are derived, never read from
 the file's declarations.
+
+This module holds the interpreter itself (ordering, dispatch, state inputs, recurrent
+nodes, the result); the values are in :mod:`.onnx_values`, the shape ops in
+:mod:`.onnx_shape_ops` and the ops that add layers in :mod:`.onnx_layer_ops`.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, replace
-from typing import Dict, Tuple
+from dataclasses import replace
 
 import numpy as np
 
-from ..layers import (Activation, AvgPool1D, BatchNorm, Conv1D, Dense, Embedding, GlobalAvgPool1D,
-                      GlobalMaxPool1D, LastStep, LayerNorm, MaxPool1D, RECURRENT)
-from .onnx_fold import (INT64_MAX, FoldError, Sym, SymVec, as_symvec, fold_const, fold_symvec, slice_args,
-                        slice_indices)
+from ..layers import RECURRENT, LastStep
+from .onnx_fold import INT64_MAX, FoldError, Sym, SymVec, fold_const, fold_symvec, slice_args, slice_indices
+from .onnx_layer_ops import ACTIVATION_OPS, LayerOps
 from .onnx_recurrent import GATES, RecurrentRefused, recurrent_layer
+from .onnx_shape_ops import ShapeOps
+from .onnx_values import (Axis, Dyn, GraphMatch, GraphRefused, Lazy, StateIn, StateRef, Unusable, Zeros,
+                          fixed_sym, role_name, show)
 
-
-class GraphRefused(ValueError):
-    """The graph cannot be run exactly by fastlstm; the message names the node."""
-
-
-# --- abstract values ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Axis:
-    """One axis of a :class:`Dyn`: kind 'S' (open: time or batch, ``size`` is a Sym), 'F' (features),
-    'D' (directions of a recurrent output), 'R' (recurrent state rows) or 'U' (a unit axis)."""
-
-    kind: str
-    size: object
-
-    @property
-    def role(self):
-        return self.size.role if self.kind == "S" else None
-
-    def is_unit(self):
-        return (self.kind != "S" and self.size == 1) or (self.kind == "S" and self.size.bound == 1)
-
-
-@dataclass(frozen=True)
-class StateRef:
-    """One row of a recurrent node's Y_h/Y_c output: direction ``direction`` of ``layer``."""
-
-    layer: object
-    direction: int
-    kind: str                 # 'h' or 'c'
-    chain: tuple              # the chain up to and including ``layer``
-
-
-@dataclass(frozen=True)
-class Dyn:
-    axes: Tuple[Axis, ...]
-    chain: tuple
-    time: str = "seq"          # 'seq': every step; 'last': one step was selected
-    reverse: bool = False      # the time axis runs backwards relative to the engine's output
-    rows: Tuple[StateRef, ...] = ()   # state rows (the 'R' axis, or the one row once it is dropped)
-    pad: Tuple[int, int] = (0, 0)      # zero steps a Pad added before/after, owed to the next Conv
-
-    @property
-    def is_state(self):
-        return bool(self.rows)
-
-    def index(self, kind):
-        return [k for k, a in enumerate(self.axes) if a.kind == kind]
-
-
-class Zeros:
-    """An all-zero tensor whose shape is known only symbolically."""
-
-
-@dataclass(frozen=True)
-class StateIn:
-    """Rows ``rows`` (along axis 0) of the graph input ``name``; ``keepdim`` False once one row was taken."""
-
-    name: str
-    rows: Tuple[int, ...]
-    keepdim: bool = True
-
-
-@dataclass
-class GraphMatch:
-    """The result: the chain of layers, and how the graph's inputs and outputs relate to it."""
-
-    chain: tuple
-    input_name: str
-    input_axes: Tuple[str, ...]     # per input axis: 'T', 'B', 'F' or '1' (a unit axis)
-    output_name: str
-    output_axes: Tuple[str, ...]
-    state_inputs: Dict[str, list] = field(default_factory=dict)   # name -> [(layer index, direction, kind)]
-    state_outputs: Dict[str, list] = field(default_factory=dict)
-
-    @property
-    def batch_first(self) -> bool:
-        axes = [a for a in self.input_axes if a in ("T", "B")]
-        return axes == ["B", "T"]
-
+__all__ = ["GraphMatch", "GraphRefused", "Matcher"]
 
 _GLUE = ("Identity", "Slice", "Gather", "Squeeze", "Unsqueeze", "Split", "Cast")
-_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "elu", "Selu": "selu",
-                "LeakyRelu": "leaky_relu", "Softplus": "softplus", "Softsign": "softsign", "HardSigmoid": None,
-                "Gelu": None, "Softmax": "softmax", "PRelu": "prelu"}
 #: Ops refused with an explanation of what they usually are.
 _KNOWN_REFUSALS = {
     "Loop": "control flow (tf2onnx writes a Keras GRU/LSTM it does not recognise as a Loop); re-export so "
@@ -133,15 +56,9 @@ _KNOWN_REFUSALS = {
 }
 
 
-_UNROLLED = ("selects single steps of the input before any recurrent op: a recurrent layer unrolled step by "
-             "step into MatMul/Add/activation nodes (torch's dynamo exporter does this for nn.RNN) has no "
-             "LSTM/GRU/RNN op for fastlstm to match; export with torch.onnx.export(..., dynamo=False), which "
-             "emits the ONNX RNN op")
-
-
 # --- the interpreter -------------------------------------------------------------
 
-class Matcher:
+class Matcher(ShapeOps, LayerOps):
     """Runs the graph symbolically; :meth:`run` returns a :class:`GraphMatch`."""
 
     def __init__(self, graph, tensor):
@@ -166,7 +83,7 @@ class Matcher:
         if g.has_sparse_initializers:
             raise GraphRefused("the graph has sparse initializers, which fastlstm does not read")
         for name, t in g.initializers.items():
-            self.values[name] = _Lazy(t)
+            self.values[name] = Lazy(t)
         state_inputs = self._state_input_names()
         data_inputs = []
         for vi in g.inputs:
@@ -292,7 +209,7 @@ class Matcher:
 
     def get(self, name):
         v = self.values.get(name)
-        if isinstance(v, _Lazy):
+        if isinstance(v, Lazy):
             v = self.values[name] = self.tensor(v.proto)
         return v
 
@@ -315,7 +232,7 @@ class Matcher:
         vals = [self.get(name) if name else None for name in node.inputs]
         present = [v for v in vals if v is not None]
         for v in present:
-            if isinstance(v, _Unusable):
+            if isinstance(v, Unusable):
                 self.refuse(f"uses {v.what}")
         if op == "Constant":
             out = self._constant(node)
@@ -348,7 +265,7 @@ class Matcher:
             if name:
                 self.values[name] = value
         if op == "Dropout" and len(node.outputs) > 1 and node.outputs[1]:
-            self.values[node.outputs[1]] = _Unusable("Dropout's mask output")
+            self.values[node.outputs[1]] = Unusable("Dropout's mask output")
 
     def _constant(self, node):
         if "value" in node.attributes and node.attributes["value"].t is not None:
@@ -523,7 +440,7 @@ class Matcher:
             return self._slice(node, v)
         if op in ("Gemm", "MatMul"):
             return self._dense(node, op, v)
-        if op in _ACTIVATIONS:
+        if op in ACTIVATION_OPS:
             return self._activation(node, op, v)
         if op == "BatchNormalization":
             return self._batchnorm(node, v)
@@ -572,447 +489,21 @@ class Matcher:
                 self.refuse(f"{what} on a bidirectional output whose two directions are still on separate axes; "
                             "only their concatenation (Transpose + Reshape, as exporters write it) is supported")
         if not v.axes or v.axes[-1].kind != "F":
-            self.refuse(f"{what} needs the features on the last axis; here the axes are {_show(v.axes)}")
+            self.refuse(f"{what} needs the features on the last axis; here the axes are {show(v.axes)}")
         return v
 
     def _features(self, v):
         return v.axes[-1].size
-
-    def _squeeze(self, v, axes):
-        if axes is None:
-            axes = [k for k, a in enumerate(v.axes) if a.kind in ("U", "D", "R") and a.size == 1]
-        axes = sorted({self._axis(a, v) for a in axes})
-        out = []
-        for k, a in enumerate(v.axes):
-            if k not in axes:
-                out.append(a)
-                continue
-            if a.kind == "S":
-                if a.size.bound != 1 or a.role is None:
-                    self.refuse(f"squeezes axis {k}, an open dimension ({a.size!r}) that may not be 1")
-                continue   # a time axis of one step (a streaming graph) or a batch of one
-            if a.size != 1:
-                self.refuse(f"squeezes axis {k} of size {a.size}")
-        return replace(v, axes=tuple(out))
-
-    def _gather(self, v, axis, idx):
-        a = v.axes[axis]
-        if idx.dtype.kind not in "iu" or idx.ndim > 1 or idx.size != 1:
-            self.refuse(f"gathers indices {idx.tolist()} on axis {axis}; only one index is supported")
-        i = int(idx.reshape(-1)[0])
-        keep = idx.ndim == 1
-        if a.kind == "R":
-            if not -len(v.rows) <= i < len(v.rows):
-                self.refuse(f"index {i} is out of range for {len(v.rows)} state rows")
-            axes = list(v.axes)
-            if keep:
-                axes[axis] = Axis("R", 1)
-            else:
-                del axes[axis]
-            return replace(v, axes=tuple(axes), rows=(v.rows[i],))
-        if a.kind == "S" and a.role == "T":
-            return self._select_step(v, axis, i, keep, f"index {i}")
-        if a.kind == "S" and a.role is None and not any(isinstance(x, RECURRENT) for x in v.chain):
-            self.refuse(_UNROLLED)
-        if a.kind in ("U",) or (a.kind == "D" and a.size == 1) or (a.kind == "S" and a.size.bound == 1
-                                                                      and a.role is not None):
-            if i not in (0, -1):
-                self.refuse(f"index {i} on an axis of size 1")
-            return replace(v, axes=v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1:])
-        what = {"S": "the batch", "F": "the features", "D": "the directions of a bidirectional output"}[a.kind]
-        self.refuse(f"selects element {i} of {what} (axis {axis}); fastlstm keeps every "
-                    f"{'feature' if a.kind == 'F' else 'row'}")
-
-    def _select_step(self, v, axis, i, keep, what):
-        """Keep one step of the time axis: the last one (or the first of a reversed sequence), else refuse."""
-        n = v.axes[axis].size.bound
-        axes = v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1:]
-        if n == 1 and i == 0 and not v.reverse:
-            # the one step of a streaming graph (x[0]): every step's output, not "the last of any T"
-            return replace(v, axes=axes)
-        if n is not None:
-            if not -n <= i < n:
-                self.refuse(f"{what} is out of range for {n} steps")
-            i = -1 if i % n == n - 1 else i % n
-        if (i == -1 and not v.reverse) or (i == 0 and v.reverse):
-            return replace(self._append(v, LastStep(), time="last", reverse=False), axes=axes)
-        where = "the first step" if i == 0 else ("the last step of a reversed sequence" if i == -1 else f"step {i}")
-        self.refuse(f"keeps {where} ({what}) of the time axis; fastlstm returns every step or the last one "
-                    "(the one a recurrent layer ends on) and never guesses another selection")
-
-    def _slice(self, node, v):
-        axes, starts, ends, steps = self._slice_args(node, len(v.axes))
-        for ax, st, en, sp in zip(axes, starts, ends, steps):
-            a = v.axes[ax]
-            n = a.size.bound if a.kind == "S" else a.size
-            probe = n if n is not None else 1 << 40
-            picked = slice_indices(probe, st, en, sp)
-            if len(picked) == probe and sp == 1:
-                continue   # the whole axis
-            if a.kind == "R":
-                v = replace(v, rows=tuple(v.rows[i] for i in picked),
-                            axes=v.axes[:ax] + (Axis("R", len(picked)),) + v.axes[ax + 1:])
-                continue
-            if a.kind == "S" and a.role == "T" and sp == -1 and len(picked) == probe:
-                v = replace(v, reverse=not v.reverse)   # the whole sequence, backwards
-                continue
-            if a.kind == "S" and a.role is None and not any(isinstance(x, RECURRENT) for x in v.chain):
-                self.refuse(_UNROLLED)
-            if a.kind == "S" and a.role == "T" and len(picked) == 1 and sp == 1:
-                i = picked[0] if n is not None or picked[0] == 0 else \
-                    (-1 if picked[0] == probe - 1 else picked[0])
-                v = self._select_step(v, ax, i, True, f"Slice {st}:{en}")
-                continue
-            if a.kind == "S" and a.role == "T" and sp == 1 and st >= 0 and (en < 0 or en >= INT64_MAX // 2):
-                v = self._crop_conv(v, st, 0 if en >= 0 else -en, f"keeps steps {st}:{en} of the time axis")
-                continue
-            if a.kind == "S" and a.role == "T":
-                self.refuse(f"keeps steps {st}:{en}{f':{sp}' if sp != 1 else ''} of the time axis; fastlstm "
-                            "returns every step or the last one and never guesses another crop")
-            self.refuse(f"keeps part ({st}:{en}) of axis {ax} ({_show((a,))}); fastlstm keeps every feature and row")
-        return v
-
-    def _reshape(self, node, op, v):
-        """Reshape (or Flatten) by row-major cut points: axes between matching cumulative sizes form groups."""
-        probe = _probe_sizes(v.axes)
-        if op == "Flatten":
-            axis = self._attr_value(node, "axis", 1) % (len(v.axes) + 1)
-            target = [int(np.prod(probe[:axis], dtype=np.int64)), int(np.prod(probe[axis:], dtype=np.int64))]
-        else:
-            raw = self.get(node.inputs[1])
-            vec = as_symvec(raw, "Reshape shape") if isinstance(raw, (SymVec, np.ndarray)) else None
-            if vec is None:
-                self.refuse("the target shape depends on the data")
-            target = []
-            allowzero = self._attr_value(node, "allowzero", 0)
-            for k, e in enumerate(vec.items):
-                if isinstance(e, Sym):
-                    e = _probe_of(e)
-                elif e == 0 and not allowzero:
-                    if k >= len(probe):
-                        self.refuse("a 0 in the target shape beyond the input's rank")
-                    e = probe[k]
-                target.append(int(e))
-            if target.count(-1) > 1:
-                self.refuse("more than one -1 in the target shape")
-            if -1 in target:
-                rest = int(np.prod([t for t in target if t != -1], dtype=object))
-                total = int(np.prod(probe, dtype=object))
-                if rest == 0 or total % rest:
-                    self.refuse(f"target shape {target} does not fit the input")
-                target[target.index(-1)] = total // rest
-        groups = _cut_groups(probe, target)
-        if groups is None:
-            self.refuse(f"reshapes {_show(v.axes)} to {target}, which does not keep the same elements")
-        out = []
-        for in_idx, out_sizes in groups:
-            big = [v.axes[k] for k in in_idx if not v.axes[k].is_unit()]
-            kinds = [a.kind for a in big]
-            if len(big) <= 1:
-                out.extend(big[0] if s != 1 else Axis("U", 1) for s in out_sizes)
-            elif kinds in (["D", "F"], ["R", "F"]) and len([s for s in out_sizes if s != 1]) == 1:
-                if kinds[0] == "R":   # both directions' final h, side by side
-                    v = self._final_state_concat(v)
-                out.extend(Axis("F", big[0].size * big[1].size) if s != 1 else Axis("U", 1) for s in out_sizes)
-            else:
-                self.refuse(f"reshapes axes {_show(big)} into {out_sizes}; a reshape may only drop or add unit "
-                            "axes and merge the two directions of a recurrent output into its features (time "
-                            "and batch are never merged)")
-        return replace(v, axes=tuple(out))
-
-    def _final_state_concat(self, v):
-        """Both directions' final h of one bidirectional layer, side by side: Keras' return_sequences=False."""
-        refs = v.rows
-        if len(refs) != 2 or refs[0].layer is not refs[1].layer or [r.direction for r in refs] != [0, 1] \
-                or any(r.kind != "h" for r in refs):
-            self.refuse("joins recurrent state rows other than the forward and backward h of one layer")
-        return Dyn((), refs[0].chain + (LastStep(final_state=True),), time="last")
-
-    def _concat(self, node, vals):
-        if not all(isinstance(x, Dyn) for x in vals if x is not None):
-            self.refuse("joins data with a constant or a state input")
-        vals = [x for x in vals if x is not None]
-        axis = self._axis(self._attr_value(node, "axis", 0), vals[0])
-        if all(x.is_state for x in vals):
-            kinds = [x.axes[axis].kind for x in vals]
-            if all(k == "R" for k in kinds):
-                rows = tuple(r for x in vals for r in x.rows)
-                return replace(vals[0], rows=rows, axes=vals[0].axes[:axis] + (Axis("R", len(rows)),)
-                               + vals[0].axes[axis + 1:])
-            if all(k == "F" for k in kinds) and len(vals) == 2 and all(len(x.rows) == 1 for x in vals) \
-                    and all(x.index("R") == [] for x in vals):
-                both = self._final_state_concat(replace(vals[0], rows=vals[0].rows + vals[1].rows))
-                return replace(both, axes=vals[0].axes[:axis] + (Axis("F", 2 * vals[0].axes[axis].size),)
-                               + vals[0].axes[axis + 1:])
-        self.refuse("joins two values computed from the data (two branches); fastlstm runs a single chain")
-
-    def _embedding(self, vals):
-        table, ids = vals[0], vals[1]
-        if not isinstance(table, np.ndarray) or table.ndim != 2:
-            self.refuse("gathers from something other than a constant 2-d table")
-        if ids.time != "ids" or ids.chain:
-            self.refuse("an embedding lookup that is not on the model's integer input")
-        return Dyn(ids.axes + (Axis("F", table.shape[1]),), (Embedding(table),), time="seq")
-
-    def _dense(self, node, op, v):
-        v = self._canonical(v, op)
-        F = self._features(v)
-        if op == "MatMul":
-            w = self.const(1)
-            if w.ndim != 2 or w.shape[0] != F:
-                self.refuse(f"multiplies {F} features by a weight of shape {w.shape}; expected ({F}, out)")
-            return self._widened(self._append(v, Dense(w.T)), w.shape[1])
-        if len(v.axes) != 2:
-            self.refuse(f"Gemm on a rank-{len(v.axes)} value")
-        if self._attr_value(node, "transA", 0):
-            self.refuse("Gemm with transA=1 on the data")
-        w = self.const(1)
-        w = w.T if self._attr_value(node, "transB", 0) else w
-        if w.ndim != 2 or w.shape[0] != F:
-            self.refuse(f"multiplies {F} features by a weight of shape {w.shape}")
-        alpha, beta = self._attr_value(node, "alpha", 1.0), self._attr_value(node, "beta", 1.0)
-        bias = None
-        if len(node.inputs) > 2 and node.inputs[2]:
-            c = np.asarray(self.const(2), dtype=np.float64) * beta
-            bias = self._bias_vector(c, w.shape[1])
-        return self._widened(self._append(v, Dense(alpha * w.T.astype(np.float64), bias)), w.shape[1])
-
-    @staticmethod
-    def _widened(v, width):
-        """``v`` with ``width`` features (after a dense layer)."""
-        return replace(v, axes=v.axes[:-1] + (Axis("F", width),))
-
-    def _bias_vector(self, c, width):
-        if c.size not in (1, width) or (c.ndim and c.shape[-1] not in (1, width)) or \
-                any(d != 1 for d in c.shape[:-1]):
-            self.refuse(f"adds a constant of shape {c.shape} that is not one value per feature ({width})")
-        return np.broadcast_to(c.reshape(-1), (width,))
-
-    def _bias_add(self, v, c):
-        if not isinstance(c, np.ndarray):
-            self.refuse("adds a value that is not a constant")
-        v = self._canonical(v, "Add")
-        last = v.chain[-1] if v.chain else None
-        if not isinstance(last, Dense) or last.activation != "linear":
-            self.refuse("adds a constant that does not follow a MatMul (only MatMul + Add, a dense layer, is "
-                        "supported)")
-        bias = self._bias_vector(np.asarray(c, np.float64), last.output_size)
-        total = bias if last.bias is None else last.bias.astype(np.float64) + bias
-        return replace(v, chain=v.chain[:-1] + (Dense(last.weight, total),))
-
-    def _activation(self, node, op, v):
-        name = _ACTIVATIONS[op]
-        kwargs = {}
-        if op == "Softmax":
-            v = self._canonical(v, op)
-            axis = self._attr_value(node, "axis", -1)
-            if self._axis(axis, v) != len(v.axes) - 1:
-                self.refuse(f"softmax over axis {axis}, not over the features")
-        elif op == "PRelu":
-            v = self._canonical(v, op)
-            slope = np.asarray(self.const(1), np.float32)
-            F = self._features(v)
-            if slope.size not in (1, F) or (slope.ndim and slope.shape[-1] != slope.size):
-                self.refuse(f"PRelu slope of shape {slope.shape} is not one per feature ({F})")
-            kwargs["weight"] = slope.reshape(-1)
-        elif op in ("Elu", "LeakyRelu"):
-            kwargs["alpha"] = self._attr_value(node, "alpha", 1.0 if op == "Elu" else 0.01)
-        elif op == "Selu":
-            alpha, gamma = self._attr_value(node, "alpha", 1.67326319217681884765625), \
-                self._attr_value(node, "gamma", 1.05070102214813232421875)
-            if abs(alpha - 1.6732632423543772) > 1e-6 or abs(gamma - 1.0507009873554805) > 1e-6:
-                self.refuse(f"Selu with alpha={alpha}, gamma={gamma}; only the standard constants are supported")
-        elif op == "HardSigmoid":
-            alpha, beta = self._attr_value(node, "alpha", 0.2), self._attr_value(node, "beta", 0.5)
-            if abs(beta - 0.5) > 1e-7:
-                self.refuse(f"HardSigmoid with beta={beta}")
-            if abs(alpha - 0.2) <= 1e-7:
-                name = "hard_sigmoid_keras2"
-            elif abs(alpha - 1 / 6) <= 1e-7:
-                name = "hard_sigmoid"
-            else:
-                self.refuse(f"HardSigmoid with alpha={alpha} (supported: 0.2 and 1/6)")
-        elif op == "Gelu":
-            approx = self._attr_value(node, "approximate", b"none")
-            name = {b"none": "gelu", b"tanh": "gelu_tanh"}.get(approx)
-            if name is None:
-                self.refuse(f"Gelu approximate={approx!r}")
-        v = self._as_data(v)
-        if v.time == "ids":
-            self.refuse(f"{op} on integer token ids")
-        last = v.chain[-1] if v.chain else None
-        if isinstance(last, Dense) and last.activation == "linear":
-            act = Activation(name, **kwargs)
-            return replace(v, chain=v.chain[:-1] + (Dense(last.weight, last.bias, act),))
-        return self._append(v, Activation(name, **kwargs))
-
-    def _channel_axis_ok(self, v, what):
-        v = self._as_data(v)
-        if len(v.axes) < 2 or v.axes[1].kind != "F":
-            self.refuse(f"{what} normalizes axis 1, which holds {_show(v.axes[1:2])}, not the features")
-        return v
-
-    def _batchnorm(self, node, v):
-        v = self._channel_axis_ok(v, "BatchNormalization")
-        if self._attr_value(node, "training_mode", 0):
-            self.refuse("BatchNormalization in training mode; export in eval mode")
-        if len(node.outputs) > 1 and any(node.outputs[1:]):
-            self.refuse("BatchNormalization with running-statistics outputs (training mode)")
-        scale, bias, mean, var = (np.asarray(self.const(k), np.float32) for k in range(1, 5))
-        eps = self._attr_value(node, "epsilon", 1e-5)
-        return self._append(v, BatchNorm(mean, var, scale, bias, eps))
-
-    def _layernorm(self, node, v):
-        v = self._canonical(v, "LayerNormalization")
-        if self._axis(self._attr_value(node, "axis", -1), v) != len(v.axes) - 1:
-            self.refuse("LayerNormalization over more than the feature axis")
-        if len(node.outputs) > 1 and any(node.outputs[1:]):
-            self.refuse("LayerNormalization with mean/inverse-deviation outputs")
-        gamma = np.asarray(self.const(1), np.float32).reshape(-1)
-        beta = np.asarray(self.const(2), np.float32).reshape(-1) if len(node.inputs) > 2 and node.inputs[2] else None
-        return self._append(v, LayerNorm(self._features(v), gamma, beta, self._attr_value(node, "epsilon", 1e-5)))
-
-    def _time_layer_input(self, v, what):
-        """(N, C, L) data for Conv/pooling: fixes N as the batch and L as time."""
-        v = self._as_data(v)
-        if len(v.axes) != 3 or v.axes[1].kind != "F":
-            self.refuse(f"{what} expects (batch, channels, time), got axes {_show(v.axes)}")
-        if v.time != "seq" or v.reverse:
-            self.refuse(f"{what} on {'a single step' if v.time == 'last' else 'a reversed sequence'}")
-        self._assign(v.axes[0], "B")
-        self._assign(v.axes[2], "T")
-        return v
-
-    def _new_time(self, v, same_length):
-        if same_length:
-            return v.axes[2]
-        sym = Sym(f"time after node {self.position}")
-        sym.role = "T"
-        return Axis("S", sym)
-
-    def _conv(self, node, v):
-        v = self._time_layer_input(v, "Conv")
-        w = np.asarray(self.const(1), np.float32)
-        if w.ndim != 3:
-            self.refuse(f"a {w.ndim - 2}-d convolution; fastlstm runs 1-d convolutions over time")
-        bias = np.asarray(self.const(2), np.float32) if len(node.inputs) > 2 and node.inputs[2] else None
-        stride, dilation, padding = self._window_attrs(node, "strides", w.shape[2])
-        group = self._attr_value(node, "group", 1)
-        padding = (padding[0] + v.pad[0], padding[1] + v.pad[1])
-        conv = Conv1D(w, bias, stride=stride, dilation=dilation, groups=group, padding=padding)
-        v = replace(v, pad=(0, 0))
-        same = stride == 1 and sum(conv.padding) == conv.reach
-        axes = (v.axes[0], Axis("F", conv.output_size), self._new_time(v, same))
-        return replace(self._append(v, conv), axes=axes)
-
-    def _pad(self, node, v):
-        """Zero padding of the time axis of (batch, channels, time) data: owed to the Conv that follows
-        (``F.pad(x, (k - 1, 0))`` before ``nn.Conv1d``, a causal convolution)."""
-        mode = self._attr_value(node, "mode", b"constant")
-        pads = self._attr_value(node, "pads", None)
-        pads = [int(p) for p in (self.const(1).reshape(-1) if pads is None else pads)]
-        value = self.const(2).reshape(-1) if len(node.inputs) > 2 and node.inputs[2] else \
-            np.asarray([self._attr_value(node, "value", 0.0)])
-        if len(node.inputs) > 3 and node.inputs[3]:
-            self.refuse("Pad with an axes input")
-        n = len(v.axes)
-        if mode != b"constant" or np.any(value != 0) or len(pads) != 2 * n or n != 3 or v.axes[1].kind != "F" \
-                or any(pads[k] or pads[k + n] for k in (0, 1)) or min(pads) < 0:
-            self.refuse(f"Pad {pads} ({mode.decode(errors='replace')}, value {value.tolist()}); fastlstm folds "
-                        "only zero padding of the time axis of (batch, channels, time) data into the next Conv")
-        return replace(v, pad=(v.pad[0] + pads[2], v.pad[1] + pads[2 + n]))
-
-    def _crop_conv(self, v, left, right, what):
-        """Dropping the first/last steps of a stride-1 Conv's output is the same Conv with less padding
-        (``conv(x)[..., :-(k - 1)]``, another way to write a causal convolution)."""
-        conv = v.chain[-1] if v.chain else None
-        if not isinstance(conv, Conv1D) or conv.stride != 1 or conv.padding == "same" or \
-                conv.padding[0] < left or conv.padding[1] < right:
-            self.refuse(f"{what}; fastlstm returns every step or the last one and never guesses another crop "
-                        "(a crop of a stride-1 Conv's padded steps is folded into its padding)")
-        padding = (conv.padding[0] - left, conv.padding[1] - right)
-        trimmed = Conv1D(conv.weight, conv.bias, stride=1, dilation=conv.dilation, groups=conv.groups,
-                         padding=padding, activation=conv.act)
-        return replace(v, chain=v.chain[:-1] + (trimmed,))
-
-    def _window_attrs(self, node, key, kernel):
-        auto = self._attr_value(node, "auto_pad", b"NOTSET")
-        if auto not in (b"NOTSET", b"VALID"):
-            self.refuse(f"auto_pad={auto.decode(errors='replace')}; export with explicit pads")
-        strides = list(self._attr_value(node, key, [1]))
-        dilations = list(self._attr_value(node, "dilations", [1]))
-        pads = list(self._attr_value(node, "pads", [0, 0])) if auto == b"NOTSET" else [0, 0]
-        if len(strides) != 1 or len(dilations) != 1 or len(pads) != 2:
-            self.refuse("strides, dilations and pads must describe one (time) axis")
-        return strides[0], dilations[0], (pads[0], pads[1])
-
-    def _pool(self, node, op, v):
-        v = self._time_layer_input(v, op)
-        kernel = list(self._attr_value(node, "kernel_shape", []))
-        if len(kernel) != 1:
-            self.refuse(f"kernel_shape {kernel}; a 1-d pool has one")
-        stride, dilation, padding = self._window_attrs(node, "strides", kernel[0])
-        if dilation != 1 or self._attr_value(node, "ceil_mode", 0):
-            self.refuse("pooling with dilation or ceil_mode")
-        if op == "MaxPool":
-            if len(node.outputs) > 1 and node.outputs[1]:
-                self.refuse("MaxPool's indices output")
-            pool = MaxPool1D(kernel[0], stride, padding)
-        else:
-            pool = AvgPool1D(kernel[0], stride, padding, bool(self._attr_value(node, "count_include_pad", 0)))
-        same = stride == 1 and sum(pool.padding) == kernel[0] - 1
-        return replace(self._append(v, pool), axes=(v.axes[0], v.axes[1], self._new_time(v, same)))
-
-    def _global_pool(self, node, op, v):
-        v = self._as_data(v)
-        if op.startswith("Global"):
-            v = self._time_layer_input(v, op)
-            axis, keep = 2, True
-        else:
-            axes = self._axes_arg(node)
-            if axes is None or len(axes) != 1:
-                self.refuse(f"{op} over axes {axes}; only a reduction over time is supported")
-            axis, keep = self._axis(axes[0], v), bool(self._attr_value(node, "keepdims", 1))
-            if v.axes[axis].kind == "D" and v.axes[axis].size == 2:
-                return self._merge_directions(v, axis, keep, op)
-            if v.axes[axis].role != "T" or op in ("ReduceSum", "ReduceProd"):
-                self.refuse(f"{op} over axis {axis} ({_show(v.axes[axis:axis + 1])}), not over time")
-        layer = GlobalMaxPool1D() if op.endswith(("Max", "MaxPool")) else GlobalAvgPool1D()
-        v = self._append(v, layer, time="last")
-        return replace(v, axes=v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1:])
-
-    def _merge_directions(self, v, axis, keep, op):
-        """Sum, mean or product over the directions of a bidirectional output: Keras' merge modes."""
-        layer = v.chain[-1] if v.chain else None
-        if not isinstance(layer, RECURRENT) or not layer.bidirectional or layer.merge_mode != "concat":
-            self.refuse(f"{op} over the directions of something other than a bidirectional layer's output")
-        merged = replace(layer, merge_mode={"ReduceSum": "sum", "ReduceMean": "ave", "ReduceProd": "mul"}[op])
-        axes = v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1:]
-        return replace(v, chain=v.chain[:-1] + (merged,), axes=axes)
-
-    def _silu(self, a, b):
-        """``Mul(x, Sigmoid(x))``: SiLU/swish, the one two-branch pattern fastlstm recognises."""
-        a, b = (a, b) if len(a.chain) <= len(b.chain) else (b, a)
-        same_prefix = len(a.chain) and all(p is q for p, q in zip(a.chain[:-1], b.chain[:-1]))
-        last_a, last_b = (a.chain[-1], b.chain[-1]) if same_prefix else (None, None)
-        if len(b.chain) == len(a.chain) + 1 and last_a is b.chain[-2] and b.chain[-1] == Activation("sigmoid"):
-            return self._append(a, Activation("silu"))
-        if len(b.chain) == len(a.chain) and isinstance(last_a, Dense) and isinstance(last_b, Dense) and \
-                last_a.activation == "linear" and last_b.activation == "sigmoid" and \
-                np.array_equal(last_a.weight, last_b.weight) and _same(last_a.bias, last_b.bias):
-            return replace(a, chain=a.chain[:-1] + (Dense(last_a.weight, last_a.bias, "silu"),))
-        self.refuse("Mul of two values computed from the data (a gated branch); only x * sigmoid(x) (SiLU) is "
-                    "recognised")
 
     # -- recurrent nodes --
 
     def _assign(self, axis, role):
         if axis.kind == "S":
             if axis.size.role not in (None, role):
-                self.refuse(f"uses the {_role_name(axis.size.role)} axis as the {_role_name(role)} axis")
+                self.refuse(f"uses the {role_name(axis.size.role)} axis as the {role_name(role)} axis")
             axis.size.role = role
         elif not axis.is_unit():
-            self.refuse(f"expects the {_role_name(role)} axis where the data has {_show((axis,))}")
+            self.refuse(f"expects the {role_name(role)} axis where the data has {show((axis,))}")
 
     def _recurrent(self, node, op, vals):
         x = vals[0] if vals else None
@@ -1036,9 +527,9 @@ class Matcher:
         t_pos, b_pos = (0, 1) if info.layout == 0 else (1, 0)
         t_axis, b_axis = x.axes[t_pos], x.axes[b_pos]
         if t_axis.kind == "U":
-            t_axis = Axis("S", _fixed_sym("T", 1))
+            t_axis = Axis("S", fixed_sym("T", 1))
         if b_axis.kind == "U":
-            b_axis = Axis("S", _fixed_sym("B", 1))
+            b_axis = Axis("S", fixed_sym("B", 1))
         self._assign(t_axis, "T")
         self._assign(b_axis, "B")
         if x.axes[2].size != info.input_size:
@@ -1057,7 +548,7 @@ class Matcher:
             rows = tuple(StateRef(layer, d, kind, chain) for d in range(info.directions))
             outputs.append(Dyn(s_axes, chain, time="last", rows=rows))
         if op != "LSTM":
-            outputs[2] = _Unusable(f"{op} has no Y_c output")
+            outputs[2] = Unusable(f"{op} has no Y_c output")
         for name, value in zip(node.outputs, outputs):
             if name:
                 self.values[name] = value
@@ -1116,7 +607,7 @@ class Matcher:
                                "step (Y_h) or use a bidirectional layer")
         if v.axes and v.axes[-1].kind not in ("F", "U") and not (v.axes[-1].kind == "S" and
                                                                    v.axes[-1].size.bound == 1):
-            raise GraphRefused(f"graph output {name!r} has axes {_show(v.axes)}; fastlstm returns the features "
+            raise GraphRefused(f"graph output {name!r} has axes {show(v.axes)}; fastlstm returns the features "
                                "last")
         chain = v.chain
         in_axes = self._roles(self.input_value.axes)
@@ -1156,88 +647,3 @@ class Matcher:
             else:
                 out.append("F")
         return tuple(out)
-
-
-class _Lazy:
-    """An initializer not yet decoded (most are weights read once, by the node that uses them)."""
-
-    def __init__(self, proto):
-        self.proto = proto
-
-
-class _Unusable:
-    def __init__(self, what):
-        self.what = what
-
-
-def _same(a, b):
-    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
-
-
-def _fixed_sym(role, size):
-    s = Sym(role, size)
-    s.role = role
-    return s
-
-
-def _probe_of(sym):
-    """A concrete stand-in size for an open dimension: its declared size, else its own large prime."""
-    return sym.bound if sym.bound is not None else sym.probe
-
-
-def _probe_sizes(axes):
-    return [_probe_of(a.size) if a.kind == "S" else a.size for a in axes]
-
-
-def _cut_groups(in_sizes, out_sizes):
-    """Pair runs of input and output axes whose products match (row-major reshape); None if sizes differ."""
-    if int(np.prod(in_sizes, dtype=object)) != int(np.prod(out_sizes, dtype=object)):
-        return None
-    groups, i, j = [], 0, 0
-    while i < len(in_sizes) or j < len(out_sizes):
-        gi, gj = [], []
-        pi = pj = 1
-        # take at least one element from a side that has elements left, then balance the products
-        if i < len(in_sizes):
-            gi.append(i)
-            pi *= in_sizes[i]
-            i += 1
-        if j < len(out_sizes):
-            gj.append(out_sizes[j])
-            pj *= out_sizes[j]
-            j += 1
-        while pi != pj:
-            if pi < pj and i < len(in_sizes):
-                gi.append(i)
-                pi *= in_sizes[i]
-                i += 1
-            elif pj < pi and j < len(out_sizes):
-                gj.append(out_sizes[j])
-                pj *= out_sizes[j]
-                j += 1
-            else:
-                return None
-        # unit dims that follow belong to the group just closed
-        while i < len(in_sizes) and in_sizes[i] == 1 and (j >= len(out_sizes) or out_sizes[j] != 1):
-            gi.append(i)
-            i += 1
-        while j < len(out_sizes) and out_sizes[j] == 1 and (i >= len(in_sizes) or in_sizes[i] != 1):
-            gj.append(1)
-            j += 1
-        groups.append((gi, gj))
-    return groups
-
-
-def _role_name(role):
-    return {"T": "time", "B": "batch"}.get(role, str(role))
-
-
-def _show(axes):
-    names = {"F": "features", "D": "directions", "R": "state rows", "U": "1"}
-    parts = []
-    for a in axes:
-        if a.kind == "S":
-            parts.append(_role_name(a.role) if a.role else f"open({a.size.label})")
-        else:
-            parts.append(f"{names[a.kind]}={a.size}" if a.kind != "U" else "1")
-    return "(" + ", ".join(parts) + ")"
