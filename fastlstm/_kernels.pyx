@@ -42,6 +42,7 @@ cdef extern from "fastlstm_gemm.h" nogil:
     void fl_pack_a(long m, long k, float *ap, long i0, long i1, const float *src, long lds)
     void fl_gemm_apacked(long m, long n, long k, const float *ap, const float *Wp, long ps, const float *bias,
                          float *C, long ldc)
+    int fl_pack_rows(long m, long r)
 
 cdef extern from "fastlstm_omp.h" nogil:
     int FL_HAVE_OPENMP
@@ -212,20 +213,37 @@ cdef inline void gate_products(const Layer *L, const Dir *D, int m, const float 
 
 
 cdef inline void matmul_units(int m, int k, const float *ap, const Dir *D, float *gates, int H, int G,
-                              long u0, long u1) noexcept nogil:
+                              long u0, long u1, int kx) noexcept nogil:
     """gates[m, G] = bias + A @ [W_x; W_h] in the G/H gate blocks' columns of units u0:u1 only (A
     packed by fl_pack_a, k = n_in + n_out wide).
+
+    kx > 0 (H a multiple of FL_PANEL): a reset-after GRU with kx input rows, whose n_x block reads only the
+    x rows and whose n_h block only the h rows (the others are zero, _packing):
+    those two blocks go block of packed rows by block of packed rows, each over
+    its part of k, which a packed block of R rows holds contiguously.
 
     Every output is the same FMA chain whatever columns a call covers, so a
     thread's slice gives bit for bit what the whole product does."""
     cdef long ps = <long>(D.n_stack) * FL_PANEL
-    cdef int q
-    if u0 == 0 and u1 == H:
+    cdef int q, k0, k1, R
+    cdef long r0
+    if u0 == 0 and u1 == H and kx == 0:
         fl_gemm_apacked(m, G, k, ap, D.w_panels, ps, D.bias, gates, G)
         return
     for q in range(G // H):
-        fl_gemm_apacked(m, u1 - u0, k, ap, D.w_panels + ((q * H + u0) // FL_PANEL) * ps, ps,
-                        D.bias + q * H + u0, gates + q * H + u0, G)
+        if kx == 0 or q < 2:
+            fl_gemm_apacked(m, u1 - u0, k, ap, D.w_panels + ((q * H + u0) // FL_PANEL) * ps, ps,
+                            D.bias + q * H + u0, gates + q * H + u0, G)
+            continue
+        k0 = 0 if q == 2 else kx
+        k1 = kx if q == 2 else k
+        r0 = 0
+        while r0 < m:
+            R = fl_pack_rows(m, r0)
+            fl_gemm_apacked(R, u1 - u0, k1 - k0, ap + r0 * k + <long>k0 * R,
+                            D.w_panels + ((q * H + u0) // FL_PANEL) * ps + <long>k0 * FL_PANEL, ps,
+                            D.bias + q * H + u0, gates + r0 * G + q * H + u0, G)
+            r0 += R
 
 
 cdef inline void fill_rows(float *dst, const float *row, int nrows, int n) noexcept nogil:
@@ -892,6 +910,8 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     cdef int K = L.n_in + P
     cdef int d, s, t, dst, r
     cdef bint packed_steps = L.dirs[0].w_panels != NULL and nb >= 3
+    # A reset-after GRU's gate blocks start on panels when H is a multiple of one (matmul_units).
+    cdef int gru_kx = L.n_in if L.kind == FL_LAYER_GRU and L.hidden % FL_PANEL == 0 else 0
     cdef bint stacked = tn == 1 and nb > 2
     cdef long u0 = 0, u1 = H, v0, v1, x0, x1, c0, c1
     cdef long ps = <long>(L.n_in + L.n_out) * FL_PANEL
@@ -954,7 +974,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 fl_pack_a(nb, K, ap, x0, x1, inp + <long>t * nb * L.n_in + x0, L.n_in)
                 fl_pack_a(nb, K, ap, L.n_in + v0, L.n_in + v1, hprev + v0, ldprev)
                 sync(bar, nt)
-                matmul_units(nb, K, ap, D, gates, H, G4, u0, u1)
+                matmul_units(nb, K, ap, D, gates, H, G4, u0, u1, gru_kx)
                 cell_step(L, D, nb, gates, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
                 hprev = ho
                 ldprev = cat

@@ -194,3 +194,20 @@ def test_mixed_model_bit_identical_across_threads(rng, restore_threads):
         assert np.array_equal(a, b)
     for a, b in zip(outs[1::2], outs[3::2]):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("rnn", [lambda: nn.GRU(24, 256, batch_first=True), lambda: nn.RNN(24, 256, batch_first=True)])
+def test_recurrent_teams_bit_identical(rng, restore_threads, rnn):
+    """Chunks big enough for a team of threads splitting the hidden units (GRU: four gate blocks,
+    RNN: one) give the same bits as one thread, and match torch."""
+    ref, model = build([rnn(), nn.Linear(256, 3)])
+    x = _x(rng, 12, 40, 24)
+    fastlstm.set_num_threads(1)
+    one, st1 = model.predict(x), model.stream(40)
+    s1 = np.stack([st1.step(x[t]) for t in range(12)])
+    fastlstm.set_num_threads(2)
+    assert model._net.plan(40) == "team"
+    two, st2 = model.predict(x), model.stream(40)
+    s2 = np.stack([st2.step(x[t]) for t in range(12)])
+    assert np.array_equal(one, two) and np.array_equal(s1, s2)
+    np.testing.assert_allclose(two, torch_run(ref, x), atol=TOL, rtol=0)
