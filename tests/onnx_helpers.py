@@ -58,10 +58,6 @@ def fit_input_shape(sess, shape):
     return tuple(d if isinstance(d, int) else s for d, s in zip(declared, shape))
 
 
-def ort_run(sess, feeds):
-    return sess.run(None, feeds)
-
-
 def max_err(got, want):
     want = np.asarray(want).reshape(np.shape(got))
     return float(np.max(np.abs(np.asarray(got) - want)))

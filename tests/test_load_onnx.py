@@ -14,7 +14,7 @@ import torch
 
 import fastlstm
 from fastlstm.layers import GRULayer, LastStep, RNNLayer
-from fastlstm.loaders.onnx_files import read_onnx
+from fastlstm.loaders.onnx_files import read_onnx, read_onnx_file
 from loader_helpers import torch_one_thread  # noqa: F401 (autouse fixture)
 from onnx_helpers import EXPORTERS, TOL, export, fit_input_shape, max_err, ort_session, stream_outputs
 from test_load_noframework import SITECUSTOMIZE
@@ -192,7 +192,7 @@ def test_torch_export_matches_onnxruntime(exported, name, exporter):
 
 def test_read_reports_layouts(exported):
     path, _, _, _ = exported["lstm_last_sigmoid", "torchscript"]
-    r = read_onnx(path.read_bytes(), str(path), str(path.parent))
+    r = read_onnx_file(path)
     assert r.match.input_axes == ("B", "T", "F") and r.match.output_axes == ("B", "F")
     assert r.match.batch_first
     assert isinstance(r.chain[2], LastStep) and not r.chain[2].final_state

@@ -32,10 +32,9 @@ class OnnxFileRunner:
     :mod:`fastlstm.compare` (``predict``, ``seq_loop``, ``steppers``)."""
 
     def __init__(self, engine, path, model, threads=1):
-        from ..loaders.onnx_files import folder_of, read_onnx
+        from ..loaders.onnx_files import read_onnx_file
 
-        with open(path, "rb") as f:
-            self.match = read_onnx(f.read(), str(path), folder_of(path)).match
+        self.match = read_onnx_file(path).match
         self.name, self.model = engine, model
         m = self.match
         if "?" in m.input_axes:

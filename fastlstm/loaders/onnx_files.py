@@ -14,7 +14,7 @@ from ._common import Spec
 from .onnx_graph import GraphMatch, GraphRefused, Matcher
 from .onnx_proto import ProtoError, looks_like_onnx, read_model, tensor_array
 
-__all__ = ["OnnxRead", "looks_like_onnx", "read_onnx", "spec_from_onnx"]
+__all__ = ["OnnxRead", "looks_like_onnx", "read_onnx", "read_onnx_file", "spec_from_onnx"]
 
 #: Default-domain opsets whose LSTM/GRU/RNN and glue ops fastlstm knows (7: LSTM as today, 14: layout).
 MIN_OPSET, MAX_OPSET = 7, 24
@@ -54,6 +54,14 @@ def read_onnx(data, source, folder=None) -> OnnxRead:
     except GraphRefused as exc:
         raise ValueError(f"{source}: {exc}") from None
     return OnnxRead(match.chain, match, opset, model.producer)
+
+
+def read_onnx_file(path) -> OnnxRead:
+    """:func:`read_onnx` on a file: the chain, and how the graph's inputs, outputs and state map to it
+    (``.match.input_axes``, ``.match.batch_first``, ``.match.state_inputs``, ...)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        return read_onnx(f.read(), path, folder_of(path))
 
 
 def spec_from_onnx(data, source, folder=None) -> Spec:
