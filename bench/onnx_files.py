@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from onnx_helpers import export  # noqa: E402
+from onnx_helpers import export
 
 I, H, O = 32, 256, 8
 

@@ -107,7 +107,7 @@ def recurrent_graph(op, W, R, B, *, attrs=None, layout=0, output="Y", extra_node
     """
     from onnx import TensorProto, helper
 
-    ndir, gh, I = W.shape
+    I = W.shape[2]
     H = R.shape[2]
     x_shape = ["T", "B", I] if layout == 0 else ["B", "T", I]
     inputs = rnn_inputs or ["x", "W", "R", "B"]

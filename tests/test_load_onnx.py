@@ -316,7 +316,7 @@ print("ALL OK")
 def test_onnx_loads_without_torch_onnx_or_onnxruntime(exported, tmp_path):
     blocked = ("torch", "onnx", "onnxruntime", "onnxscript", "keras", "tensorflow", "jax")
     cases = []
-    for (name, exporter), (path, x, want, bf) in exported.items():
+    for path, x, want, bf in exported.values():
         np.save(f"{path}.x.npy", x)
         np.save(f"{path}.y.npy", want)
         cases.append((str(path), bf))

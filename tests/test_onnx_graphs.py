@@ -106,7 +106,7 @@ def test_layout_1(tmp_path, bidirectional):
 
 def test_layout_1_final_state(tmp_path):
     W, R, Bb = _weights()
-    path, model = _load(tmp_path, recurrent_graph("LSTM", W, R, Bb, layout=1, output="Y_h"))
+    _, model = _load(tmp_path, recurrent_graph("LSTM", W, R, Bb, layout=1, output="Y_h"))
     x = _x(layout=1)
     assert max_err(model.predict(x, batch_first=True), _layout0_reference(tmp_path, W, R, Bb, {}, "Y_h", x)) <= TOL
 
