@@ -251,6 +251,13 @@ class Model:
         capacity = _validate.positive_int(capacity, "capacity", _validate.MAX_COUNT)
         return _streams.StreamPool(self, self._net, capacity)
 
+    def to_onnx(self, path: Union[str, os.PathLike], *, batch_first: bool = False) -> None:
+        """Write a standard ONNX graph: LSTM/GRU/RNN ops plus the rest of the chain, input ``x`` (T, B, I)
+        (``(B, T, I)`` with ``batch_first``), output ``y`` as :meth:`predict` returns it.  ONNX Runtime
+        runs it and :func:`fastlstm.load` reads it back."""
+        from .onnx_export import write_onnx
+        write_onnx(self, path, batch_first=batch_first)
+
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly."""
         from .loaders import save_model

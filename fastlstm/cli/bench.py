@@ -20,6 +20,7 @@ import numpy as np
 from ..data import MODEL_PATH
 from ..harness import PEERS, build_runners
 from ..harness.compare import cases, check_parity, steppers
+from ..harness.onnx_file import is_onnx_file
 from ..harness.timing import OtherLoad, available_cores, cpu_name, measure, thread_policy
 from . import CommandError, load_model
 from .info import file_format
@@ -92,7 +93,8 @@ def run(args):
     progress = report.Progress()
     say = progress.say
 
-    runners, status = build_runners(model, left_out, threads, say)
+    onnx_file = path if is_onnx_file(path) else None
+    runners, status = build_runners(model, left_out, threads, say, onnx_file)
     rows = _workloads(model, seq_len, args.streams, np.random.default_rng(0))
     with warnings.catch_warnings(), thread_policy(threads):
         warnings.simplefilter("ignore")

@@ -36,7 +36,8 @@ def file_format(path) -> str:
                     return "unknown"
                 meta = header.get("__metadata__") or {}
                 return "fastlstm" if meta.get("format") == "fastlstm" else "safetensors (PyTorch names)"
-    return "unknown"
+    from ..harness.onnx_file import is_onnx_file
+    return "ONNX" if is_onnx_file(path) else "unknown"
 
 
 def _kib(n_bytes):

@@ -159,7 +159,13 @@ def render(result) -> str:
     if routes:
         lines.append("PyTorch steps: the faster of nn.LSTM on T=1 and one nn.LSTMCell per layer; used, by row: "
                      + ", ".join(routes) + ".")
-    lines += [PEERS[n].note for n in result["parity"] if n != "torch" and PEERS[n].note]
+    for n in result["parity"]:
+        # a peer that ran the user's ONNX file says how in its status; the others run the harness's graphs
+        note = result["frameworks"].get(n, {}).get("note")
+        if note:
+            lines.append(f"{LABELS[n]} runs MODEL itself; {note}.")
+        elif n != "torch" and PEERS[n].note:
+            lines.append(PEERS[n].note)
     load = mach.get("other_load_cores")
     if load is not None and load == load and load > 0.25:
         lines.append(f"note: other processes kept {load:.1f} cores busy while this ran; the figures are noisy.")

@@ -13,30 +13,19 @@ from ._common import Stepper, Unsupported
 from .onnx_export import OnnxGraphs, export_graphs
 
 
-class OpenVinoRunner:
-    """OpenVINO CPU on the sequence and step graphs, in f32 or bf16.
+class OpenVinoCompiler:
+    """Compiles OpenVINO models for the CPU plugin on ``threads`` threads, in ``precision``, with one
+    stream and the latency hint (one request at a time, as a live stream makes them), each for the
+    input shapes it is called with: static shapes ran a step twice as fast as the dynamic graph."""
 
-    Each graph is compiled for the input shapes it is called with (static shapes ran a step
-    twice as fast as the dynamic graph), on ``threads`` threads, with one stream and the
-    latency hint: one request at a time, as a live stream makes them.
-    """
-
-    def __init__(self, model, threads: int = 1, precision: str = "f32"):
+    def __init__(self, threads: int = 1, precision: str = "f32"):
         import openvino as ov
 
         if precision not in ("f32", "bf16"):
             raise ValueError(f"precision: expected 'f32' or 'bf16', got {precision!r}")
-        self.name = "openvino" if precision == "f32" else f"openvino-{precision}"
-        self.model, self.core = model, ov.Core()
+        self.core = ov.Core()
         self.config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
                        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-        graphs = export_graphs(model, "OpenVINO")
-        try:  # read into memory; the files are no longer needed
-            self.seq_ir = self.core.read_model(graphs.sequence)
-            self.step_ir = self.core.read_model(graphs.step) if graphs.step else None
-        finally:
-            graphs.remove()
-        self.graphs: OnnxGraphs = graphs
         self._compiled: dict = {}
 
     def compiled(self, ir, shapes: dict):
@@ -47,6 +36,22 @@ class OpenVinoRunner:
             m.reshape({k: list(v) for k, v in shapes.items()})
             self._compiled[key] = self.core.compile_model(m, "CPU", self.config)
         return self._compiled[key]
+
+
+class OpenVinoRunner(OpenVinoCompiler):
+    """OpenVINO CPU on the sequence and step graphs, in f32 or bf16 (see :class:`OpenVinoCompiler`)."""
+
+    def __init__(self, model, threads: int = 1, precision: str = "f32"):
+        super().__init__(threads, precision)
+        self.name = "openvino" if precision == "f32" else f"openvino-{precision}"
+        self.model = model
+        graphs = export_graphs(model, "OpenVINO")
+        try:  # read into memory; the files are no longer needed
+            self.seq_ir = self.core.read_model(graphs.sequence)
+            self.step_ir = self.core.read_model(graphs.step) if graphs.step else None
+        finally:
+            graphs.remove()
+        self.graphs: OnnxGraphs = graphs
 
     def predict(self, x):
         return self.compiled(self.seq_ir, {"x": x.shape}).create_infer_request().infer({"x": x})[0].copy()

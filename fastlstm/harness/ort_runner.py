@@ -94,23 +94,29 @@ class OrtBoundStepper(Stepper):
     buffers swap roles each step (A -> B, then B -> A): a step is one input copy plus
     ``run_with_iobinding``, with no allocation, no dict and no output conversion."""
 
-    def __init__(self, session, graphs: OnnxGraphs, xs):
+    def __init__(self, session, graphs: OnnxGraphs, xs, x_name: str = "x", y_name: str = "y", feed=None):
+        """``graphs`` gives the state names and zero state (anything with ``state_in``, ``state_out``
+        and ``zero_state``).  For a graph that is not the harness's own export (a user's ONNX file),
+        ``x_name``/``y_name`` name its step input and output and ``feed`` turns a ``(1, B, I)`` step
+        into its input layout."""
         import onnxruntime as ort
 
         T, B = xs.shape[:2]
         self.sess, self.batch = session, B
-        self.inputs = [np.ascontiguousarray(xs[t:t + 1]) for t in range(T)]
-        self.x_buf = np.zeros((1,) + xs.shape[1:], np.float32)
-        self.y_buf = np.zeros((1, B, session.get_outputs()[0].shape[-1]), np.float32)
+        self.inputs = [np.ascontiguousarray((feed or np.asarray)(xs[t:t + 1])) for t in range(T)]
+        self.x_buf = np.zeros_like(self.inputs[0], np.float32)
         self.bufs = [graphs.zero_state(B) for _ in range(2)]
+        # one plain run gives the output's shape, whatever layout the graph has
+        feeds = dict(zip(graphs.state_in, self.bufs[0]), **{x_name: self.x_buf})
+        self.y_buf = np.zeros_like(session.run([y_name], feeds)[0])
         val = ort.OrtValue.ortvalue_from_numpy  # wraps the numpy buffer, no copy
         x_val, y_val = val(self.x_buf), val(self.y_buf)
         vals = [[val(a) for a in side] for side in self.bufs]
         self.bindings = []
         for src, dst in ((0, 1), (1, 0)):
             io = session.io_binding()
-            io.bind_ortvalue_input("x", x_val)
-            io.bind_ortvalue_output("y", y_val)
+            io.bind_ortvalue_input(x_name, x_val)
+            io.bind_ortvalue_output(y_name, y_val)
             for k, (name_in, name_out) in enumerate(zip(graphs.state_in, graphs.state_out)):
                 io.bind_ortvalue_input(name_in, vals[src][k])
                 io.bind_ortvalue_output(name_out, vals[dst][k])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
 from ._common import Unsupported, choose_keras_backend
+from .onnx_file import ENGINES as FILE_ENGINES
 
 
 def _torch(model, threads):
@@ -95,12 +96,14 @@ PEERS: Dict[str, Peer] = {p.name: p for p in (
 LABELS = {"fastlstm": "fastlstm", **{name: p.label for name, p in PEERS.items()}}
 
 
-def missing_modules(name: str) -> list:
-    """The modules peer ``name`` needs that cannot be imported (empty when it can run)."""
+def missing_modules(name: str, on_file: bool = False) -> list:
+    """The modules peer ``name`` needs that cannot be imported (empty when it can run).
+
+    ``on_file``: it runs the user's own ONNX file, so it needs only its engine, not the exporter."""
     if name == "keras":
         choose_keras_backend()
     out = []
-    for mod in PEERS[name].modules:
+    for mod in PEERS[name].modules[-1:] if on_file else PEERS[name].modules:
         try:
             importlib.import_module(mod)
         except Exception:  # noqa: BLE001 - a broken install is as good as a missing one here
@@ -108,15 +111,25 @@ def missing_modules(name: str) -> list:
     return out
 
 
-def make_runner(name: str, model, threads: int = 1):
-    """The runner of peer ``name`` (a key of :data:`PEERS`); raises :class:`Unsupported` if it cannot."""
+def make_runner(name: str, model, threads: int = 1, onnx_file=None):
+    """The runner of peer ``name`` (a key of :data:`PEERS`); raises :class:`Unsupported` if it cannot.
+
+    With ``onnx_file`` (the path of the ONNX file ``model`` was loaded from), ONNX Runtime and
+    OpenVINO run that very file (:class:`~fastlstm.harness.onnx_file.OnnxFileRunner`)."""
     if name not in PEERS:
         raise ValueError(f"unknown framework {name!r}; expected one of {', '.join(PEERS)}")
+    if onnx_file is not None and name in FILE_ENGINES:
+        from .onnx_file import OnnxFileRunner
+
+        return OnnxFileRunner(name, onnx_file, model, threads)
     return PEERS[name].build(model, threads)
 
 
-def build_runners(model, left_out: Dict[str, str], threads: int, say=lambda msg: None):
+def build_runners(model, left_out: Dict[str, str], threads: int, say=lambda msg: None, onnx_file=None):
     """A runner for every peer that can run ``model``, and a status entry for every peer.
+
+    ``onnx_file``: the ONNX file ``model`` came from, which ONNX Runtime and OpenVINO then run
+    (their status entry gets a ``note`` saying how).
 
     ``left_out`` maps peers not to try to the reason.  A missing framework is skipped with its
     install command, one that cannot express the model with its reason, and one that fails
@@ -130,7 +143,8 @@ def build_runners(model, left_out: Dict[str, str], threads: int, say=lambda msg:
         if name in left_out:
             status[name] = {"status": "skipped", "reason": left_out[name]}
             continue
-        missing = missing_modules(name)
+        on_file = onnx_file is not None and name in FILE_ENGINES
+        missing = missing_modules(name, on_file)
         if missing:
             status[name] = {"status": "skipped", "reason": f"not installed ({', '.join(missing)})",
                             "install": peer.install}
@@ -139,7 +153,7 @@ def build_runners(model, left_out: Dict[str, str], threads: int, say=lambda msg:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                runners[name] = make_runner(name, model, threads=threads)
+                runners[name] = make_runner(name, model, threads=threads, onnx_file=onnx_file if on_file else None)
         except Unsupported as exc:
             status[name] = {"status": "skipped", "reason": f"cannot run this model: {exc}"}
             continue
@@ -148,6 +162,8 @@ def build_runners(model, left_out: Dict[str, str], threads: int, say=lambda msg:
             status[name] = {"status": "skipped", "reason": f"failed to build: {type(exc).__name__}: {first}"}
             continue
         status[name] = {"status": "ran", "version": _version(peer.modules[-1])}
+        if getattr(runners[name], "note", ""):
+            status[name]["note"] = runners[name].note
     return runners, status
 
 

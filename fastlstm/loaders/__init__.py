@@ -30,6 +30,7 @@ from ._common import LoadWarning, Spec, build_model, describe_keys, open_zip
 from ._limits import MAX_FILE_BYTES, Budget, shown
 from .keras_files import is_hdf5, read_keras_h5, read_keras_zip
 from .native import is_native, save_model, spec_from_native
+from .onnx_files import folder_of, looks_like_onnx, spec_from_onnx
 from .safetensors_io import looks_like_safetensors, read_safetensors
 from .torch_state import OVERRIDES, check_overrides, spec_from_state_dict
 from .torch_zip import LEGACY_MAGIC, read_torch_zip
@@ -137,8 +138,10 @@ def _refuse_lfs_pointer(data, source):
                          "run `git lfs pull` in the repository to download the real file")
 
 
-def spec_from_bytes(data, source, **overrides):
+def spec_from_bytes(data, source, folder=None, **overrides):
     """Detect the format of ``data`` (a whole file) and read it into a Spec.
+
+    ``folder`` is the file's directory, where an ONNX model's external data may live.
 
     Overrides are checked as arguments (TypeError/ValueError naming them) outside :func:`_reading`;
     everything about the file's content raises :class:`LoadError`.
@@ -157,6 +160,8 @@ def spec_from_bytes(data, source, **overrides):
     elif kind != "torch":
         _no_overrides(overrides, kind)
     with _reading(source):
+        if kind == "ONNX file":
+            return spec_from_onnx(data, source, folder)
         if kind == "torch":
             return _spec_from_torch(data, source, overrides, budget)
         if kind == ".keras file":
@@ -190,11 +195,13 @@ def _detect(data, source, budget):
     if looks_like_safetensors(data[:9]):
         parsed = read_safetensors(data, source, budget)
         return ("fastlstm file" if is_native(parsed[1]) else "safetensors"), parsed
+    if looks_like_onnx(data):
+        return "ONNX file", None
     if data[:1] == b"\x80":
         raise ValueError(f"{source}: this looks like a bare pickle; fastlstm never unpickles arbitrary files. Save "
                          "a state_dict with torch.save (zip format) or use safetensors")
     raise ValueError(f"{source}: unrecognised file format. fastlstm.load reads PyTorch state_dict files (.pt/.pth), "
-                     "safetensors, Keras .keras and .h5 files, and fastlstm's own files")
+                     "safetensors, Keras .keras and .h5 files, ONNX models and fastlstm's own files")
 
 
 def _spec_from_torch(data, source, overrides, budget):
@@ -215,14 +222,15 @@ def _spec_from_torch(data, source, overrides, budget):
 def read_spec(path: Union[str, os.PathLike], **overrides: Any) -> Spec:
     """What :func:`load` reads, before building the engine model (useful for inspection and tests)."""
     data, source = _read_source(path)
-    return spec_from_bytes(data, source, **overrides)
+    return spec_from_bytes(data, source, folder_of(path), **overrides)
 
 
 def load(path: Union[str, os.PathLike], **overrides: Any) -> Model:
     """Open a model file; the format is detected from the content, not the extension.
 
     Reads PyTorch ``torch.save(state_dict)`` files (.pt/.pth), safetensors with PyTorch
-    names, Keras 3 ``.keras``, Keras 2 / legacy ``.h5`` and fastlstm's own files.  Needs
+    names, Keras 3 ``.keras``, Keras 2 / legacy ``.h5``, ONNX models (``.onnx``, read
+    without the ``onnx`` package or ONNX Runtime) and fastlstm's own files.  Needs
     neither torch nor Keras, and never executes code from the file: anything it cannot
     represent exactly, and any corrupt, hostile or oversized file, raises :class:`LoadError`
     (a ``ValueError``) naming the file and the layer, key or cause.  Reads stay within the

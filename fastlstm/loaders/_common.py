@@ -38,6 +38,8 @@ class Spec:
 #: The largest window, stride, dilation or RepeatVector length a file may ask for.  Real models use
 #: at most a few thousand; a file asking for more would make predict or a stream allocate without bound.
 MAX_STEPS_OPTION = 1 << 16
+#: The layer options that count time steps (bounded by :data:`MAX_STEPS_OPTION`).
+STEP_OPTIONS = ("size", "stride", "dilation", "padding", "n")
 
 
 def check_steps_option(value, what, source):

@@ -31,7 +31,7 @@ from typing import Dict
 import numpy as np
 
 from .. import layers as L
-from ._common import check_steps_option, describe_keys, float_weight, make_spec, parse_json
+from ._common import STEP_OPTIONS, check_steps_option, describe_keys, float_weight, make_spec, parse_json
 from ._limits import Budget, shown
 from .safetensors_io import encode_safetensors
 
@@ -39,8 +39,6 @@ FORMAT_TAG = "fastlstm"
 VERSION = 2
 _FIELDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 _DIRS = ("forward", "backward")
-#: Options that count time steps (bounded, so a crafted file cannot make a model allocate without end).
-_STEP_OPTIONS = ("size", "stride", "dilation", "padding", "n")
 _V1_LAYER_KEYS = {"directions", "activation", "recurrent_activation", "merge_mode", "go_backwards"}
 #: The classes a file may name: the layer types and the recurrent weight containers, nothing else.
 _LAYER_CLASSES = {cls.__name__: cls for cls in L.LAYER_TYPES}
@@ -200,7 +198,7 @@ def _option(cls, name, value, where, source):
         ok = not isinstance(value, (bool, dict)) and value is not None
     if not ok:
         raise ValueError(f"{source}: fastlstm_config {where}.{name}={shown(value)} has the wrong type")
-    if name in _STEP_OPTIONS:
+    if name in STEP_OPTIONS:
         for v in value if isinstance(value, tuple) else (value,):
             check_steps_option(v, f"fastlstm_config {where}.{name}", source)
     return value
