@@ -21,19 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import time
 
 import numpy as np
+import ray
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import frameworks as fw  # noqa: E402
-
-import ray  # noqa: E402
-
-import fastlstm  # noqa: E402
-import fastlstm.data  # noqa: E402
-from fastlstm.ray import StreamRouter, predict_dataset  # noqa: E402
+import fastlstm
+import fastlstm.data
+from fastlstm.harness.configs import CONFIGS, random_model
+from fastlstm.ray import StreamRouter, predict_dataset
 
 
 async def drive(router, sids, rate, seconds, x, kill_at=None, victim=None):
@@ -200,8 +196,7 @@ def main(argv=None):
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         if not args.skip_online:
-            cfg = fw.CONFIGS["medium"]
-            model = fw.to_fastlstm(fw.build_torch(cfg)[0])
+            model = random_model(CONFIGS["medium"])
             online(model, [int(r) for r in args.replicas.split(",")], [int(n) for n in args.streams.split(",")],
                    args)
             checkpoint_cost(model, args)

@@ -2,12 +2,12 @@
 
 Every server is the FastAPI app of ``fastlstm.serving.app`` run by uvicorn (the settings of
 ``fastlstm serve``), in its own process, on 127.0.0.1, serving the medium model (I=128, H=256, 2 layers,
-bench/frameworks.py).  Only the backend behind the app differs:
+fastlstm/harness/configs.py).  Only the backend behind the app differs:
 
   batcher   fastlstm.serving.Batcher: concurrent steps coalesced into one StreamPool.step per tick
   stream    one fastlstm Stream per connection, stepped inline on the event loop: no coalescing
   ort       one ONNX Runtime call per request: the T=1 graph with state in/out that
-            fastlstm/compare/onnx_runner.py exports, each connection's h/c kept between calls
+            fastlstm/harness/onnx_export.py exports, each connection's h/c kept between calls
 
 The client (this process, asyncio) opens N WebSocket connections, one per stream, and sends each a
 binary float32 frame at a fixed rate (100 Hz by default), open loop: a frame goes out on schedule
@@ -44,8 +44,7 @@ from collections import deque
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import frameworks as fw  # noqa: E402
+from fastlstm.harness.configs import CONFIGS, random_model
 
 MODES = ("batcher", "stream", "ort")
 SWEEP = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -100,28 +99,26 @@ class OrtPerRequest(StreamPerConnection):
 
     def __init__(self, model, threads):
         super().__init__(model)
-        from fastlstm.compare.onnx_runner import OrtRunner
+        from fastlstm.harness.ort_runner import OrtRunner
 
         runner = OrtRunner(model, threads=threads)
-        self.sess = runner.step_sess
-        self.names_in, self.names_out = runner.state_names
-        self.shapes = [(s[0], 1) + s[2:] for pair in runner.state_shapes for s in pair]
+        self.sess, self.graphs = runner.step_sess, runner.graphs
 
     def open(self):
         self.next_id += 1
-        self.streams[self.next_id] = [np.zeros(s, np.float32) for s in self.shapes]
+        self.streams[self.next_id] = self.graphs.zero_state(1)
         return self.next_id
 
     async def step(self, sid, x):
         state = self._get(sid)
-        feeds = dict(zip(self.names_in, state))
+        feeds = dict(zip(self.graphs.state_in, state))
         feeds["x"] = x.reshape(1, 1, -1)
         y, *new = self.sess.run(None, feeds)
         self.streams[sid] = new
         return y.reshape(-1)
 
     def reset(self, sid):
-        self.streams[sid] = [np.zeros(s, np.float32) for s in self.shapes]
+        self.streams[sid] = self.graphs.zero_state(1)
 
     def get_state(self, sid):
         raise NotImplementedError("the ORT baseline does not export state")
@@ -345,13 +342,11 @@ def main(argv=None):
                      args.baseline_threads)
     if args.quick:
         args.seconds, args.warmup = 2.0, 0.5
-    cfg = fw.CONFIGS["medium"]
-    lstm, _ = fw.build_torch(cfg)
-    model = fw.to_fastlstm(lstm)
+    cfg = CONFIGS["medium"]
+    model = random_model(cfg)
     workdir = tempfile.mkdtemp(prefix="fastlstm-serve-load-")
     model_path = os.path.join(workdir, "medium.safetensors")
     model.save(model_path)
-    import fastlstm
     print(f"medium model (I={cfg.I}, H={cfg.H}, {cfg.L} layers), {args.rate:g} Hz per stream, "
           f"{args.seconds:g} s per point; batcher max_batch={args.max_batch} max_delay={args.max_delay_ms:g} ms; "
           f"{os.cpu_count()} CPUs; threads: batcher {args.batcher_threads}, baselines {args.baseline_threads}; "

@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import frameworks as fw  # noqa: E402
-
-from fastlstm.serving import Batcher  # noqa: E402
+from fastlstm.harness.configs import CONFIGS, random_model
+from fastlstm.serving import Batcher
 
 
 def measure(model, n, rounds, rng):
@@ -75,13 +71,12 @@ def measure(model, n, rounds, rng):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="medium", choices=list(fw.CONFIGS))
+    p.add_argument("--config", default="medium", choices=list(CONFIGS))
     p.add_argument("--streams", default="256", help="comma-separated stream counts (default 256)")
     p.add_argument("--rounds", type=int, default=60)
     args = p.parse_args(argv)
-    cfg = fw.CONFIGS[args.config]
-    lstm, _ = fw.build_torch(cfg)
-    model = fw.to_fastlstm(lstm)
+    cfg = CONFIGS[args.config]
+    model = random_model(cfg)
     rng = np.random.default_rng(0)
     print(f"{cfg.name}: I={cfg.I} H={cfg.H} layers={cfg.L}; threads={__import__('fastlstm').get_num_threads()}; "
           f"medians of {args.rounds} rounds")
