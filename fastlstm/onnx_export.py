@@ -152,7 +152,7 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
             x, last_state = _recurrent(g, x, layer, where)
         elif isinstance(layer, LastStep):
             prev = layers[k - 1] if k else None
-            if layer.final_state and getattr(prev, "bidirectional", False):
+            if layer.final_state and prev is not None and getattr(prev, "bidirectional", False):
                 if prev.merge_mode != "concat":
                     raise ValueError(f"{where}: the final state of a bidirectional layer with merge_mode="
                                      f"{prev.merge_mode!r} has no standard ONNX form; use merge_mode='concat'")
@@ -168,7 +168,7 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
                 x = g.op("Add", [x] + bias) if bias else x
             else:
                 x = g.op("Gemm", [x, g.const("weight", layer.weight)] + bias, transB=1)
-            x = _activation(g, x, layer.act, where)
+            x = _activation(g, x, _act_of(layer), where)
         elif isinstance(layer, Activation):
             x = _activation(g, x, layer, where)
         elif isinstance(layer, BatchNorm):
@@ -191,12 +191,12 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
             args = [g.const("weight", layer.weight)] + ([g.const("bias", layer.bias)] if layer.bias is not None
                                                         else [])
             x = _channels_first(g, x, True, "Conv", args, strides=[layer.stride], dilations=[layer.dilation],
-                                group=layer.groups, pads=list(layer.padding), kernel_shape=[layer.kernel_size])
-            x = _activation(g, x, layer.act, where)
+                                group=layer.groups, pads=_pads(layer), kernel_shape=[layer.kernel_size])
+            x = _activation(g, x, _act_of(layer), where)
         elif isinstance(layer, (MaxPool1D, AvgPool1D)):
             if layer.padding == "same":
                 raise ValueError(f"{where}: Keras 'same' padding at stride > 1 has no ONNX form")
-            attrs = {"kernel_shape": [layer.size], "strides": [layer.stride], "pads": list(layer.padding)}
+            attrs = {"kernel_shape": [layer.size], "strides": [layer.stride], "pads": _pads(layer)}
             if isinstance(layer, AvgPool1D):
                 attrs["count_include_pad"] = int(layer.count_include_pad)
             op = "MaxPool" if isinstance(layer, MaxPool1D) else "AveragePool"
@@ -271,6 +271,17 @@ def _recurrent(g, x, layer, where):
         return g.op(reduce, [y, g.const("axes", np.array([1], np.int64))], keepdims=0), y_h
     yt = g.op("Transpose", [y], perm=[0, 2, 1, 3])
     return g.op("Reshape", [yt, g.const("shape", np.array([0, 0, -1], np.int64))]), y_h
+
+
+def _act_of(layer):
+    """A Dense or Conv1D layer's :class:`Activation` (set in its ``__post_init__``, not a field)."""
+    return layer.act
+
+
+def _pads(layer):
+    """A conv or pool layer's ``(left, right)`` padding: ``__post_init__`` resolves every other form
+    but 'same' at stride > 1, which the caller has refused."""
+    return list(layer.padding)
 
 
 def _activation(g, x, act, where):

@@ -431,7 +431,7 @@ def test_a_finite_glitch_cannot_poison_a_stream(seed, layers, head, state_equal)
     rng = np.random.default_rng(seed)
     s = model.stream()
     s.step_many(rng.standard_normal((4, I)).astype(np.float32))
-    for k in range(6):
+    for _ in range(6):
         before = s.state
         glitch = (GLITCH * rng.choice([-1.0, 1.0], I)).astype(np.float32)
         try:

@@ -66,7 +66,7 @@ class Server:
             except httpx.HTTPError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"server did not start: {self.proc.stdout.read()}")
+                    raise RuntimeError(f"server did not start: {self.proc.stdout.read()}") from None
                 time.sleep(0.1)
 
     def stop(self):

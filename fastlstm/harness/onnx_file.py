@@ -44,7 +44,7 @@ class OnnxFileRunner:
         self.note = ("steps: MODEL's own state inputs and outputs fed back each step (ONNX Runtime through "
                      "IOBinding), so its whole-sequence row steps MODEL T times" if self.stepping else
                      "MODEL has no state inputs, so it runs the whole-sequence row only")
-        self.engine = _ort(path, threads) if engine == "onnxruntime" else _openvino(path, threads)
+        self.engine = _OrtFile(path, threads) if engine == "onnxruntime" else _OpenVinoFile(path, threads)
         self._declared = self.engine.declared
         for role, dim in zip(m.input_axes, self._declared):
             if isinstance(dim, int) and ((role == "B" and dim != 1) or (role == "T" and not self.stepping)):
@@ -124,9 +124,9 @@ class _FileStepper:
         self.state_in = list(m.state_inputs)
         # each state output feeds the state input holding the same (layer, direction, kind) rows
         rows_out = {tuple(v): k for k, v in m.state_outputs.items()}
-        self.state_out = [rows_out.get(tuple(m.state_inputs[name])) for name in self.state_in]
-        if any(out is None for out in self.state_out):
+        if any(tuple(m.state_inputs[name]) not in rows_out for name in self.state_in):
             raise Unsupported("the graph's state outputs do not mirror its state inputs")
+        self.state_out = [rows_out[tuple(m.state_inputs[name])] for name in self.state_in]
         self.names = [m.output_name] + self.state_out
         self.bound = None
         session = getattr(runner.engine, "session", None)
@@ -166,33 +166,37 @@ class _FileStepper:
             step(x)
 
 
-def _ort(path, threads):
-    from .ort_runner import ort_session
+class _OrtFile:
+    """``run(feeds, names)`` on an ONNX Runtime session of the file (the harness's session settings)."""
 
-    sess = ort_session(str(path), threads)
+    def __init__(self, path, threads):
+        from .ort_runner import ort_session
 
-    def run(feeds, names):
-        return sess.run(names, feeds)
-    run.declared = tuple(sess.get_inputs()[0].shape)
-    run.session = sess
-    return run
+        self.session = ort_session(str(path), threads)
+        self.declared = tuple(self.session.get_inputs()[0].shape)
+
+    def __call__(self, feeds, names):
+        return self.session.run(names, feeds)
 
 
-def _openvino(path, threads):
-    from .openvino_runner import OpenVinoCompiler
+class _OpenVinoFile:
+    """``run(feeds, names)`` on OpenVINO, the file compiled for each set of input shapes it is called with."""
 
-    # f32: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (errors near 1e-3 here)
-    engine = OpenVinoCompiler(threads, "f32")
-    source = engine.core.read_model(str(path))
-    requests = {}
+    def __init__(self, path, threads):
+        from .openvino_runner import OpenVinoCompiler
 
-    def run(feeds, names):
+        # f32: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (errors near 1e-3 here)
+        self.engine = OpenVinoCompiler(threads, "f32")
+        self.source = self.engine.core.read_model(str(path))
+        self.declared = tuple(d.get_length() if d.is_static else None
+                              for d in self.source.inputs[0].get_partial_shape())
+        self.requests: dict = {}
+
+    def __call__(self, feeds, names):
         key = tuple((k, v.shape) for k, v in sorted(feeds.items()))
-        if key not in requests:
-            compiled = engine.compiled(source, {k: v.shape for k, v in feeds.items()})
-            requests[key] = (compiled.create_infer_request(), {o.get_any_name(): o for o in compiled.outputs})
-        request, outputs = requests[key]
+        if key not in self.requests:
+            compiled = self.engine.compiled(self.source, {k: v.shape for k, v in feeds.items()})
+            self.requests[key] = (compiled.create_infer_request(), {o.get_any_name(): o for o in compiled.outputs})
+        request, outputs = self.requests[key]
         result = request.infer(feeds)
         return [np.asarray(result[outputs[n]]) for n in names]
-    run.declared = tuple(d.get_length() if d.is_static else None for d in source.inputs[0].get_partial_shape())
-    return run

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import List, Protocol
+
 import numpy as np
 
 from ._common import Stepper, Unsupported
 from .onnx_export import OnnxGraphs, export_graphs
+
+
+class StateGraph(Protocol):
+    """What :class:`OrtBoundStepper` needs to know of a step graph's state: an :class:`OnnxGraphs`,
+    or the state mapping of a user's ONNX file."""
+
+    state_in: List[str]
+    state_out: List[str]
+
+    def zero_state(self, batch: int) -> List[np.ndarray]: ...
 
 
 def ort_session(path: str, threads: int):
@@ -94,7 +106,7 @@ class OrtBoundStepper(Stepper):
     buffers swap roles each step (A -> B, then B -> A): a step is one input copy plus
     ``run_with_iobinding``, with no allocation, no dict and no output conversion."""
 
-    def __init__(self, session, graphs: OnnxGraphs, xs, x_name: str = "x", y_name: str = "y", feed=None):
+    def __init__(self, session, graphs: StateGraph, xs, x_name: str = "x", y_name: str = "y", feed=None):
         """``graphs`` gives the state names and zero state (anything with ``state_in``, ``state_out``
         and ``zero_state``).  For a graph that is not the harness's own export (a user's ONNX file),
         ``x_name``/``y_name`` name its step input and output and ``feed`` turns a ``(1, B, I)`` step
