@@ -30,7 +30,10 @@ def set_num_threads(n: int) -> None:
     ----------
     n : int, 1 <= n <= 4 x the cores this process may use
 
-    Raises ValueError outside that range.
+    Raises
+    ------
+    ValueError
+        Outside that range.
     """
     n = _validate.positive_int(n, "n")
     cap = max_threads()

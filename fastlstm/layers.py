@@ -444,6 +444,8 @@ class LSTMLayer(_Recurrent):
         Keras ``go_backwards`` on a unidirectional layer: the layer reads the
         sequence from last to first and returns its outputs in that reversed order.
 
+    Notes
+    -----
     State per direction: ``h`` (P or H wide) and ``c`` (H wide).
     """
 

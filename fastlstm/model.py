@@ -48,10 +48,6 @@ class Model:
         The older form: ``False`` appends ``LastStep(final_state=True)`` before
         the head (Keras' ``return_sequences=False``), so :meth:`predict` returns
         only the last step's output.
-
-    The weights are validated and repacked once, here; afterwards the model is
-    read-only and may be shared by any number of streams and threads.  Every
-    loader (``fastlstm.load``, ``from_torch``, ``from_keras``) returns one.
     """
 
     def __init__(self, layers: Sequence, head: Optional[Dense] = None, *, return_sequences: bool = True):
