@@ -207,20 +207,14 @@ cdef int num_threads() noexcept nogil:
 
 cdef inline void matmul_acc(int m, int n, int k, const float *A, int lda, const float *B, int ldb,
                             float *C, int ldc) noexcept nogil:
-    """C[m, n] += A[m, k] @ B[k, n], all row-major."""
+    """C[m, n] += A[m, k] @ B[k, n], all row-major, one row at a time.
+
+    Not BLAS: its blocking over k rounds differently with the row count, and
+    every product must be the chain over k in order that the packed GEMM and
+    fl_gemv_acc compute, so that a row's result does not depend on its batch."""
     cdef int r
-    cdef char tr = b'N'
-    cdef float one = 1.0
-    cdef long long m8 = m, n8 = n, k8 = k, lda8 = lda, ldb8 = ldb, ldc8 = ldc
-    if m <= 2:
-        # A BLAS call costs more than a few small rows of arithmetic.
-        for r in range(m):
-            fl_gemv_acc(A + r * lda, k, B, ldb, n, C + r * ldc)
-    elif g_sgemm64 != NULL:
-        g_sgemm64(&tr, &tr, &n8, &m8, &k8, &one, B, &ldb8, A, &lda8, &one, C, &ldc8)
-    else:
-        # Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
-        sgemm(&tr, &tr, &n, &m, &k, &one, <float *>B, &ldb, <float *>A, &lda, &one, C, &ldc)
+    for r in range(m):
+        fl_gemv_acc(A + r * lda, k, B, ldb, n, C + r * ldc)
 
 
 cdef inline void matmul_w(int m, int n, int k, const float *A, int lda, const Dir *D, int k0,

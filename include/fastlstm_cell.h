@@ -149,26 +149,49 @@ static void fl_rnn_rows(float *z, long ldz, float *h, long ldh, long nrows, long
     }
 }
 
-/* z[0:n] += v[0:k] @ W, W row-major (k, n) with row stride ldw.
- * Used for single-row steps, where a BLAS call costs more than the arithmetic
- * at small sizes.  W is streamed row by row, four rows at a time, so every
- * weight is read once, sequentially (the prefetcher's best case), while z
- * (a few KB) stays in L1: 4 FMAs per load and store of z. */
+/* z[0:n] += v[0:k] @ W, W row-major (k, n) with row stride ldw: the one-row
+ * product (a BLAS call or a packed block costs more than the arithmetic).
+ * Each z[j] is the chain z[j] = z[j] + v[i] * W[i][j] over i in order, the
+ * same arithmetic as the packed GEMM (fastlstm_gemm.h) does for a row of a
+ * batch, so a stream's results do not depend on whether it is stepped alone.
+ * Columns go in blocks of FL_GEMV_VECS vectors of 16 held in registers over
+ * all of k: independent accumulators hide the FMA latency (a single chain per
+ * vector would wait on it), and z is read and written once.  The 16-float
+ * vectors are GCC vector extensions: one zmm (AVX-512), two ymm (AVX2) or four
+ * xmm (generic) per vector, and -ffp-contract=fast fuses acc + v * w wherever
+ * the target has FMA, as in the GEMM kernels, and in the scalar tail. */
+typedef float fl_v16 __attribute__((vector_size(64)));
+typedef float fl_v16u __attribute__((vector_size(64), aligned(4)));  /* unaligned access */
+#define FL_GEMV_VECS 4
+
+FL_INLINE void fl_gemv_cols_body(const int NV, const float *restrict v, long k, const float *restrict W, long ldw,
+                                 float *restrict z)
+{
+    fl_v16 acc[FL_GEMV_VECS];
+    for (int q = 0; q < NV; q++) acc[q] = *(const fl_v16u *)(z + 16 * q);
+    for (long i = 0; i < k; i++) {
+        const float *w = W + i * ldw;
+        const float x = v[i];
+        for (int q = 0; q < NV; q++) acc[q] += x * *(const fl_v16u *)(w + 16 * q);
+    }
+    for (int q = 0; q < NV; q++) *(fl_v16u *)(z + 16 * q) = acc[q];
+}
+
 FL_INLINE void fl_gemv_acc_body(const float *restrict v, long k, const float *restrict W, long ldw,
                                 long n, float *restrict z)
 {
-    const long k4 = k - k % 4;
-    long i = 0;
-    for (; i < k4; i += 4) {
-        const float v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
-        const float *w0 = W + i * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
-        for (long j = 0; j < n; j++) z[j] += v0 * w0[j] + v1 * w1[j] + v2 * w2[j] + v3 * w3[j];
-    }
-    for (; i < k; i++) {
-        const float vi = v[i];
-        const float *w = W + i * ldw;
-        for (long j = 0; j < n; j++) z[j] += vi * w[j];
-    }
+    long j = 0;
+    for (; j + 16 * FL_GEMV_VECS <= n; j += 16 * FL_GEMV_VECS)
+        fl_gemv_cols_body(FL_GEMV_VECS, v, k, W + j, ldw, z + j);
+    for (; j + 16 <= n; j += 16) fl_gemv_cols_body(1, v, k, W + j, ldw, z + j);
+    /* The last n % 16 columns, k outermost as above: a loop over k innermost would be a
+     * reduction, which GCC vectorizes as products then in-order adds, never fused. */
+    const int nt = (int)(n - j);
+    float acc[16];
+    for (int q = 0; q < nt; q++) acc[q] = z[j + q];
+    for (long i = 0; i < k; i++)
+        for (int q = 0; q < nt; q++) acc[q] += v[i] * W[i * ldw + j + q];
+    for (int q = 0; q < nt; q++) z[j + q] = acc[q];
 }
 FL_ISA_VARIANTS(fl_gemv_acc, (const float *restrict v, long k, const float *restrict W, long ldw, long n,
                               float *restrict z), (v, k, W, ldw, n, z))
