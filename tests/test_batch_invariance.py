@@ -1,6 +1,6 @@
 """Batch invariance: a stream's outputs are bit for bit the same whether it is stepped alone
 (Stream.step), inside any StreamPool.step batch, or run as a sequence by predict with any batch
-size -- for every layer kind with a weight product (LSTM with and without projection, GRU reset
+size, on one thread or two -- for every layer kind with a weight product (LSTM with and without projection, GRU reset
 after and before, RNN, Conv1D, Dense narrower and wider than a 16-column panel).  Every product
 computes each output as one chain of multiply-adds over k in order, starting from the bias,
 whatever the row count (include/fastlstm_gemm.h).  tests/test_isa.py runs this file on every
@@ -53,14 +53,27 @@ def _models():
 MODELS = _models()
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = fastlstm.get_num_threads()
+    fastlstm.set_num_threads(request.param)
+    yield request.param
+    fastlstm.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_lone_pool_predict_bit_identical(name):
+def test_lone_pool_predict_bit_identical(name, threads):
     model = MODELS[name]
     rng = np.random.default_rng(sum(map(ord, name)))
     x = (1.5 * rng.standard_normal((T, N_STREAMS, I))).astype(np.float32)
 
     lone = [model.stream() for _ in range(N_STREAMS)]
     y_lone = np.stack([np.stack([lone[s].step(x[t, s]) for s in range(N_STREAMS)]) for t in range(T)])
+    if threads > 1:     # the reference is always a lone stream on one thread
+        fastlstm.set_num_threads(1)
+        one = model.stream()
+        assert np.array_equal(np.stack([one.step(x[t, 0]) for t in range(T)]), y_lone[:, 0])
+        fastlstm.set_num_threads(threads)
 
     # the pool: each step a random subset of the streams, in a random order, with the stepped
     # ones' inputs; several steps per time index until every stream has taken it
