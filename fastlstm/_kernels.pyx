@@ -77,7 +77,8 @@ cdef extern from "fastlstm_cell.h" nogil:
     void fl_gru_update_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *h, long ldh,
                             long nrows, long n, int act)
     void fl_rnn_rows(float *z, long ldz, float *h, long ldh, long nrows, long n, int act)
-    void fl_gemv_acc(const float *v, long k, const float *W, long ldw, long n, float *z)
+    void fl_matmul_acc(long m, long n, long k, const float *A, long lda, const float *W, long ldw, float *C,
+                       long ldc)
     void fl_merge_rows(const float *inp, float *out, long nrows, long n, int mode)
     void fl_activate_rows(int kind, float alpha, const float *pw, long npw, float *x, long nrows, long n)
 
@@ -207,14 +208,12 @@ cdef int num_threads() noexcept nogil:
 
 cdef inline void matmul_acc(int m, int n, int k, const float *A, int lda, const float *B, int ldb,
                             float *C, int ldc) noexcept nogil:
-    """C[m, n] += A[m, k] @ B[k, n], all row-major, one row at a time.
+    """C[m, n] += A[m, k] @ B[k, n], all row-major.
 
     Not BLAS: its blocking over k rounds differently with the row count, and
-    every product must be the chain over k in order that the packed GEMM and
-    fl_gemv_acc compute, so that a row's result does not depend on its batch."""
-    cdef int r
-    for r in range(m):
-        fl_gemv_acc(A + r * lda, k, B, ldb, n, C + r * ldc)
+    every product must be the chain over k in order that the packed GEMM also
+    computes, so that a row's result does not depend on its batch."""
+    fl_matmul_acc(m, n, k, A, lda, B, ldb, C, ldc)
 
 
 cdef inline void matmul_w(int m, int n, int k, const float *A, int lda, const Dir *D, int k0,

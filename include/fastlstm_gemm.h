@@ -26,15 +26,15 @@
  * Every output element is the same chain over k in order, acc = acc + a[k] *
  * w[k][j], starting from the bias or from the value already in C (so a product
  * split in consecutive parts over k, x rows then h rows, is one chain) --
- * whichever block shape computes it.  fl_gemv_acc (fastlstm_cell.h), the
- * one-row kernel, computes the same chain, so results do not depend on m, on
- * n, on how a caller splits the columns over threads, or on whether a row is
- * stepped alone or in a batch.  AVX-512 and AVX2 both fuse every multiply-add,
+ * whichever block shape computes it.  fl_matmul_acc (fastlstm_cell.h), for a
+ * single row or narrow weights, computes the same chain, so results do not
+ * depend on m, on n, on how a caller splits the columns over threads, or on
+ * whether a row is stepped alone or in a batch.  AVX-512 and AVX2 both fuse every multiply-add,
  * so they agree bit for bit; the generic path fuses them where the target has
  * FMA (aarch64), in every kernel alike.
  *
  * fl_packed_gemm_available() says whether the compiler builds these kernels
- * (GCC or clang); the caller uses BLAS otherwise.
+ * (GCC or clang); the caller uses fl_matmul_acc otherwise.
  */
 #ifndef FASTLSTM_GEMM_H
 #define FASTLSTM_GEMM_H
