@@ -163,7 +163,9 @@ static void fl_rnn_rows(float *z, long ldz, float *h, long ldh, long nrows, long
  * column would be a single chain waiting on every FMA).  The 16-float vectors are
  * GCC vector extensions: one zmm (AVX-512), two ymm (AVX2) or four xmm
  * (generic) per vector; -ffp-contract=fast fuses acc + a * w wherever the
- * target has FMA, as in the GEMM kernels, vectors and scalars alike. */
+ * target has FMA, as the GEMM kernels' intrinsics do (GCC forms FMAs from -O2
+ * up: an -O1 build would round these apart; setup.py builds at -O3, and
+ * tests/c/kernels_check.c compares the two bit for bit). */
 typedef float fl_v16 __attribute__((vector_size(64)));
 typedef float fl_v16u __attribute__((vector_size(64), aligned(4)));  /* unaligned access */
 #define FL_GEMV_VECS 4
