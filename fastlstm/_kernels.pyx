@@ -28,7 +28,6 @@ from fastlstm._packing import aligned_empty, pack_panels
 from libc.limits cimport INT_MAX
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
-from scipy.linalg.cython_blas cimport sgemm
 
 cimport numpy as cnp
 
@@ -126,19 +125,9 @@ cdef blas_get_fn g_blas_get[MAX_BLAS_LIBS]
 cdef int g_n_blas = 0
 
 
-# An ILP64 Fortran sgemm (numpy's bundled OpenBLAS), used instead of scipy's when set.
-ctypedef void (*sgemm64_fn)(const char *ta, const char *tb, const long long *m, const long long *n,
-                            const long long *k, const float *alpha, const float *a, const long long *lda,
-                            const float *b, const long long *ldb, const float *beta, float *c,
-                            const long long *ldc) noexcept nogil
-cdef sgemm64_fn g_sgemm64 = NULL
-
-
-def _set_blas_hooks(list pairs, sgemm64):
-    """Register (set_address, get_address) of each BLAS library's thread-count functions,
-    and the address of a preferred ILP64 sgemm (or None for scipy's)."""
-    global g_n_blas, g_sgemm64
-    g_sgemm64 = <sgemm64_fn><size_t>sgemm64 if sgemm64 else NULL
+def _set_blas_hooks(list pairs):
+    """Register (set_address, get_address) of each BLAS library's thread-count functions."""
+    global g_n_blas
     g_n_blas = 0
     for set_addr, get_addr in pairs[:MAX_BLAS_LIBS]:
         g_blas_set[g_n_blas] = <blas_set_fn><size_t>set_addr
