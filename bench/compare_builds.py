@@ -70,6 +70,7 @@ CASES = [
     # name, threads, I, H, L, kind, B
     ("step tiny (H=32), 1 thread", 1, 16, 32, 1, "step"),
     ("step tiny (H=32), 2 threads", 2, 16, 32, 1, "step"),
+    ("step small (H=128), 1 thread", 1, 64, 128, 1, "step"),
     ("step small (H=128), 2 threads", 2, 64, 128, 1, "step"),
     ("step medium (H=256, 2 layers), 1 thread", 1, 128, 256, 2, "step"),
     ("step medium (H=256, 2 layers), 2 threads", 2, 128, 256, 2, "step"),

@@ -28,7 +28,6 @@ from fastlstm._packing import aligned_empty, pack_panels
 from libc.limits cimport INT_MAX
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
-from scipy.linalg.cython_blas cimport sgemm
 
 cimport numpy as cnp
 
@@ -77,7 +76,8 @@ cdef extern from "fastlstm_cell.h" nogil:
     void fl_gru_update_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *h, long ldh,
                             long nrows, long n, int act)
     void fl_rnn_rows(float *z, long ldz, float *h, long ldh, long nrows, long n, int act)
-    void fl_gemv_acc(const float *v, long k, const float *W, long ldw, long n, float *z)
+    void fl_matmul_acc(long m, long n, long k, const float *A, long lda, const float *W, long ldw, float *C,
+                       long ldc)
     void fl_merge_rows(const float *inp, float *out, long nrows, long n, int mode)
     void fl_activate_rows(int kind, float alpha, const float *pw, long npw, float *x, long nrows, long n)
 
@@ -125,19 +125,9 @@ cdef blas_get_fn g_blas_get[MAX_BLAS_LIBS]
 cdef int g_n_blas = 0
 
 
-# An ILP64 Fortran sgemm (numpy's bundled OpenBLAS), used instead of scipy's when set.
-ctypedef void (*sgemm64_fn)(const char *ta, const char *tb, const long long *m, const long long *n,
-                            const long long *k, const float *alpha, const float *a, const long long *lda,
-                            const float *b, const long long *ldb, const float *beta, float *c,
-                            const long long *ldc) noexcept nogil
-cdef sgemm64_fn g_sgemm64 = NULL
-
-
-def _set_blas_hooks(list pairs, sgemm64):
-    """Register (set_address, get_address) of each BLAS library's thread-count functions,
-    and the address of a preferred ILP64 sgemm (or None for scipy's)."""
-    global g_n_blas, g_sgemm64
-    g_sgemm64 = <sgemm64_fn><size_t>sgemm64 if sgemm64 else NULL
+def _set_blas_hooks(list pairs):
+    """Register (set_address, get_address) of each BLAS library's thread-count functions."""
+    global g_n_blas
     g_n_blas = 0
     for set_addr, get_addr in pairs[:MAX_BLAS_LIBS]:
         g_blas_set[g_n_blas] = <blas_set_fn><size_t>set_addr
@@ -207,20 +197,12 @@ cdef int num_threads() noexcept nogil:
 
 cdef inline void matmul_acc(int m, int n, int k, const float *A, int lda, const float *B, int ldb,
                             float *C, int ldc) noexcept nogil:
-    """C[m, n] += A[m, k] @ B[k, n], all row-major."""
-    cdef int r
-    cdef char tr = b'N'
-    cdef float one = 1.0
-    cdef long long m8 = m, n8 = n, k8 = k, lda8 = lda, ldb8 = ldb, ldc8 = ldc
-    if m <= 2:
-        # A BLAS call costs more than a few small rows of arithmetic.
-        for r in range(m):
-            fl_gemv_acc(A + r * lda, k, B, ldb, n, C + r * ldc)
-    elif g_sgemm64 != NULL:
-        g_sgemm64(&tr, &tr, &n8, &m8, &k8, &one, B, &ldb8, A, &lda8, &one, C, &ldc8)
-    else:
-        # Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
-        sgemm(&tr, &tr, &n, &m, &k, &one, <float *>B, &ldb, <float *>A, &lda, &one, C, &ldc)
+    """C[m, n] += A[m, k] @ B[k, n], all row-major.
+
+    Not BLAS: its blocking over k rounds differently with the row count, and
+    every product must be the chain over k in order that the packed GEMM also
+    computes, so that a row's result does not depend on its batch."""
+    fl_matmul_acc(m, n, k, A, lda, B, ldb, C, ldc)
 
 
 cdef inline void matmul_w(int m, int n, int k, const float *A, int lda, const Dir *D, int k0,

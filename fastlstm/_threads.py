@@ -61,6 +61,6 @@ def threads(n):
         _kernels._set_num_threads(before)
 
 
-_hooks, _sgemm64 = _blas.discover()
-_kernels._set_blas_hooks(_hooks, _sgemm64)
+_hooks, _ = _blas.discover()  # (the sgemm it finds is reported only: the kernels call no BLAS)
+_kernels._set_blas_hooks(_hooks)
 _kernels._set_num_threads(min(available_cores(), max_threads()))

@@ -149,29 +149,83 @@ static void fl_rnn_rows(float *z, long ldz, float *h, long ldh, long nrows, long
     }
 }
 
-/* z[0:n] += v[0:k] @ W, W row-major (k, n) with row stride ldw.
- * Used for single-row steps, where a BLAS call costs more than the arithmetic
- * at small sizes.  W is streamed row by row, four rows at a time, so every
- * weight is read once, sequentially (the prefetcher's best case), while z
- * (a few KB) stays in L1: 4 FMAs per load and store of z. */
-FL_INLINE void fl_gemv_acc_body(const float *restrict v, long k, const float *restrict W, long ldw,
-                                long n, float *restrict z)
+/* C[0:m, 0:n] += A[0:m, 0:k] @ W, all row-major (row strides lda, ldw, ldc):
+ * the products the packed GEMM (fastlstm_gemm.h) does not take -- a single
+ * row (a BLAS call or a packed block costs more than the arithmetic), weights
+ * narrower than a panel (a small Dense, a Conv1D).  Each C[r][j] is the chain
+ * C[r][j] = C[r][j] + A[r][i] * W[i][j] over i in order, the same arithmetic
+ * as the packed GEMM does, so a row's result depends neither on the kernel
+ * nor on the other rows: a stream stepped alone gets the bits it gets in a
+ * batch.  Full 16-column blocks go one row at a time, FL_GEMV_VECS vectors of
+ * 16 held in registers over all of k: independent accumulators hide the FMA
+ * latency, and C is read and written once.  The last n % 16 columns go one
+ * at a time, 8 rows at once, for the same reason (one row of one
+ * column would be a single chain waiting on every FMA).  The 16-float vectors are
+ * GCC vector extensions: one zmm (AVX-512), two ymm (AVX2) or four xmm
+ * (generic) per vector; -ffp-contract=fast fuses acc + a * w wherever the
+ * target has FMA, as the GEMM kernels' intrinsics do (GCC forms FMAs from -O2
+ * up: an -O1 build would round these apart; setup.py builds at -O3, and
+ * tests/c/kernels_check.c compares the two bit for bit). */
+typedef float fl_v16 __attribute__((vector_size(64)));
+typedef float fl_v16u __attribute__((vector_size(64), aligned(4)));  /* unaligned access */
+#define FL_GEMV_VECS 4
+
+FL_INLINE void fl_gemv_vecs_body(const int NV, const float *restrict v, long k, const float *restrict W, long ldw,
+                                 float *restrict z)
 {
-    const long k4 = k - k % 4;
-    long i = 0;
-    for (; i < k4; i += 4) {
-        const float v0 = v[i], v1 = v[i + 1], v2 = v[i + 2], v3 = v[i + 3];
-        const float *w0 = W + i * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
-        for (long j = 0; j < n; j++) z[j] += v0 * w0[j] + v1 * w1[j] + v2 * w2[j] + v3 * w3[j];
-    }
-    for (; i < k; i++) {
-        const float vi = v[i];
+    fl_v16 acc[FL_GEMV_VECS];
+    for (int q = 0; q < NV; q++) acc[q] = *(const fl_v16u *)(z + 16 * q);
+    for (long i = 0; i < k; i++) {
         const float *w = W + i * ldw;
-        for (long j = 0; j < n; j++) z[j] += vi * w[j];
+        const float x = v[i];
+        for (int q = 0; q < NV; q++) acc[q] += x * *(const fl_v16u *)(w + 16 * q);
     }
+    for (int q = 0; q < NV; q++) *(fl_v16u *)(z + 16 * q) = acc[q];
 }
-FL_ISA_VARIANTS(fl_gemv_acc, (const float *restrict v, long k, const float *restrict W, long ldw, long n,
-                              float *restrict z), (v, k, W, ldw, n, z))
+
+/* One column w (stride ldw) for R <= 8 rows: the rows' chains are the lanes of
+ * one 8-float vector, k outermost as above.  Not a scalar accumulator per row:
+ * a loop over k into a scalar is a reduction, which GCC vectorizes as products
+ * then in-order adds, never fused.  Lanes past R read zeros, not a repeat of a
+ * row: with equal lanes (one row) GCC folds the broadcast product to one
+ * scalar multiply and a vector add, again never fused. */
+typedef float fl_v8 __attribute__((vector_size(32)));
+
+FL_INLINE void fl_tail_rows_body(long R, const float *restrict A, long lda, long k, const float *restrict w,
+                                 long ldw, float *restrict c, long ldc)
+{
+    fl_v8 acc = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int r = 0; r < R; r++) acc[r] = c[r * ldc];
+    for (long i = 0; i < k; i++) {
+        fl_v8 a = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int r = 0; r < R; r++) a[r] = A[r * lda + i];
+        acc += a * w[i * ldw];
+    }
+    for (int r = 0; r < R; r++) c[r * ldc] = acc[r];
+}
+
+FL_INLINE void fl_matmul_acc_body(long m, long n, long k, const float *restrict A, long lda,
+                                  const float *restrict W, long ldw, float *restrict C, long ldc)
+{
+    const long n16 = n - n % 16;
+    for (long r = 0; r < m; r++) {
+        long j = 0;
+        for (; j + 16 * FL_GEMV_VECS <= n16; j += 16 * FL_GEMV_VECS)
+            fl_gemv_vecs_body(FL_GEMV_VECS, A + r * lda, k, W + j, ldw, C + r * ldc + j);
+        for (; j < n16; j += 16) fl_gemv_vecs_body(1, A + r * lda, k, W + j, ldw, C + r * ldc + j);
+    }
+    for (long j = n16; j < n; j++)
+        for (long r = 0; r < m; r += 8)
+            fl_tail_rows_body(m - r < 8 ? m - r : 8, A + r * lda, lda, k, W + j, ldw, C + r * ldc + j, ldc);
+}
+FL_ISA_VARIANTS(fl_matmul_acc, (long m, long n, long k, const float *restrict A, long lda, const float *restrict W,
+                                long ldw, float *restrict C, long ldc), (m, n, k, A, lda, W, ldw, C, ldc))
+
+/* z[0:n] += v[0:k] @ W (row stride ldw): fl_matmul_acc of one row. */
+static inline void fl_gemv_acc(const float *v, long k, const float *W, long ldw, long n, float *z)
+{
+    fl_matmul_acc(1, n, k, v, 0, W, ldw, z, 0);
+}
 
 /* Merge a bidirectional row pair [a | b] (each n wide) into a, for Keras merge modes. */
 enum fl_merge { FL_MERGE_CONCAT = 0, FL_MERGE_SUM = 1, FL_MERGE_MUL = 2, FL_MERGE_AVE = 3 };

@@ -23,14 +23,18 @@
  * Per step of k a block loads a panel row and broadcasts one A value per row,
  * so the FMA units stay busy without running out of load slots (AVX-512: 8 x 1
  * blocks ran 15-30% slower, 8 x 2 on an unpacked A 6-16% slower than 12 x 2).
- * Every output element is the same chain over k in order -- starting from the
- * bias, or from zero and then added to C -- whichever block shape computes it,
- * so results do not depend on m, on n, or on how a caller splits the columns
- * over threads.  AVX-512 and AVX2 both fuse every multiply-add, so they agree
- * bit for bit; the generic path fuses them where the target has FMA (aarch64).
+ * Every output element is the same chain over k in order, acc = acc + a[k] *
+ * w[k][j], starting from the bias or from the value already in C (so a product
+ * split in consecutive parts over k, x rows then h rows, is one chain) --
+ * whichever block shape computes it.  fl_matmul_acc (fastlstm_cell.h), for a
+ * single row or narrow weights, computes the same chain, so results do not
+ * depend on m, on n, on how a caller splits the columns over threads, or on
+ * whether a row is stepped alone or in a batch.  AVX-512 and AVX2 both fuse every multiply-add,
+ * so they agree bit for bit; the generic path fuses them where the target has
+ * FMA (aarch64), in every kernel alike.
  *
  * fl_packed_gemm_available() says whether the compiler builds these kernels
- * (GCC or clang); the caller uses BLAS otherwise.
+ * (GCC or clang); the caller uses fl_matmul_acc otherwise.
  */
 #ifndef FASTLSTM_GEMM_H
 #define FASTLSTM_GEMM_H
@@ -140,8 +144,7 @@ FL_INLINE void fl_gemm_block_generic_body(const int R, long k, const float *rest
 {
     fl_v4 acc[FL_GENERIC_ROWS][4];
     for (int q = 0; q < 4; q++) {
-        const fl_v4 b0 = bias ? fl_v4_load_cols(bias, q, nc) : (fl_v4){0.0f, 0.0f, 0.0f, 0.0f};
-        for (int r = 0; r < R; r++) acc[r][q] = b0;
+        for (int r = 0; r < R; r++) acc[r][q] = fl_v4_load_cols(bias ? bias : c + r * ldc, q, nc);
     }
     for (long i = 0; i < k; i++) {
         const fl_v4u *wr = (const fl_v4u *)(w + i * FL_PANEL);
@@ -157,10 +160,7 @@ FL_INLINE void fl_gemm_block_generic_body(const int R, long k, const float *rest
         }
     }
     for (int r = 0; r < R; r++)
-        for (int q = 0; q < 4; q++) {
-            float *cc = c + r * ldc;
-            fl_v4_store_cols(cc, q, nc, bias ? acc[r][q] : fl_v4_load_cols(cc, q, nc) + acc[r][q]);
-        }
+        for (int q = 0; q < 4; q++) fl_v4_store_cols(c + r * ldc, q, nc, acc[r][q]);
 }
 
 static void fl_gemm_panel_generic(long m, long k, const float *a, long lda, const float *w, float *c, long ldc,
@@ -199,11 +199,11 @@ FL_TARGET_AVX2 FL_INLINE void fl_gemm_block_avx2_body(const int R, long k, const
     const __m256i mask[2] = {_mm256_cmpgt_epi32(_mm256_set1_epi32(nc), lane),
                              _mm256_cmpgt_epi32(_mm256_set1_epi32(nc - 8), lane)};
     __m256 acc[FL_AVX2_ROWS][2];
-    FL_UNROLL for (int q = 0; q < 2; q++) {
-        const __m256 b0 = !bias ? _mm256_setzero_ps()
-                          : nc == FL_PANEL ? _mm256_loadu_ps(bias + 8 * q) : _mm256_maskload_ps(bias + 8 * q, mask[q]);
-        FL_UNROLL for (int r = 0; r < R; r++) acc[r][q] = b0;
-    }
+    FL_UNROLL for (int q = 0; q < 2; q++)
+        FL_UNROLL for (int r = 0; r < R; r++) {
+            const float *from = (bias ? bias : c + r * ldc) + 8 * q;
+            acc[r][q] = nc == FL_PANEL ? _mm256_loadu_ps(from) : _mm256_maskload_ps(from, mask[q]);
+        }
     for (long i = 0; i < k; i++) {
         const __m256 w0 = _mm256_loadu_ps(w + i * FL_PANEL), w1 = _mm256_loadu_ps(w + i * FL_PANEL + 8);
         _mm_prefetch((const char *)(w + (i + FL_PREFETCH_ROWS) * FL_PANEL), _MM_HINT_T0);
@@ -216,11 +216,8 @@ FL_TARGET_AVX2 FL_INLINE void fl_gemm_block_avx2_body(const int R, long k, const
     FL_UNROLL for (int r = 0; r < R; r++)
         FL_UNROLL for (int q = 0; q < 2; q++) {
             float *cc = c + r * ldc + 8 * q;
-            if (nc == FL_PANEL)
-                _mm256_storeu_ps(cc, bias ? acc[r][q] : _mm256_add_ps(_mm256_loadu_ps(cc), acc[r][q]));
-            else
-                _mm256_maskstore_ps(cc, mask[q],
-                                    bias ? acc[r][q] : _mm256_add_ps(_mm256_maskload_ps(cc, mask[q]), acc[r][q]));
+            if (nc == FL_PANEL) _mm256_storeu_ps(cc, acc[r][q]);
+            else _mm256_maskstore_ps(cc, mask[q], acc[r][q]);
         }
 }
 
@@ -274,8 +271,9 @@ static void fl_gemm_apacked_panels(fl_gemm_panel_fn panel, long m, long n, long 
 
 #if FL_X86
 /* ---- AVX-512 ---------------------------------------------------------------- */
-/* R rows (<= 12) x NP panels (<= 2) over all k: c += a @ w, or with a bias
- * row c = bias + a @ w (the sums start from the bias and c is not read).  Element (r, i) of A is at
+/* R rows (<= 12) x NP panels (<= 2) over all k: c += a @ w (the sums start
+ * from c), or with a bias row c = bias + a @ w (they start from the bias and c
+ * is not read).  Element (r, i) of A is at
  * a[r * ars + i * ais]: ars = lda, ais = 1 for a plain row-major A; ars = 1,
  * ais = R for a packed block (fl_pack_a), whose broadcasts then come from one
  * sequential stream.  `last` masks the columns of the final panel. */
@@ -287,8 +285,8 @@ FL_TARGET_AVX512 FL_INLINE void fl_gemm_block512(const int R, const int NP, long
     __m512 acc[12][2];
     for (int q = 0; q < NP; q++) {
         const __mmask16 mask = q == NP - 1 ? last : (__mmask16)0xffff;
-        const __m512 b0 = bias ? _mm512_maskz_loadu_ps(mask, bias + q * FL_PANEL) : _mm512_setzero_ps();
-        for (int r = 0; r < R; r++) acc[r][q] = b0;
+        for (int r = 0; r < R; r++)
+            acc[r][q] = _mm512_maskz_loadu_ps(mask, (bias ? bias : c + r * ldc) + q * FL_PANEL);
     }
     for (long i = 0; i < k; i++) {
         __m512 wv[2];
@@ -304,9 +302,7 @@ FL_TARGET_AVX512 FL_INLINE void fl_gemm_block512(const int R, const int NP, long
     for (int r = 0; r < R; r++)
         for (int q = 0; q < NP; q++) {
             const __mmask16 mask = q == NP - 1 ? last : (__mmask16)0xffff;
-            float *cc = c + r * ldc + q * FL_PANEL;
-            const __m512 v = bias ? acc[r][q] : _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cc), acc[r][q]);
-            _mm512_mask_storeu_ps(cc, mask, v);
+            _mm512_mask_storeu_ps(c + r * ldc + q * FL_PANEL, mask, acc[r][q]);
         }
 }
 

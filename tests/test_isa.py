@@ -86,9 +86,10 @@ def test_paths_agree(path_outputs):
 
 @pytest.mark.parametrize("path", LOWER)
 def test_suite_files_on_lower_path(path):
-    """The parity, streaming, pool and thread-team test files, on each path the default run skips."""
+    """The parity, streaming, pool, batch-invariance and thread-team test files, on each path the
+    default run skips."""
     files = ["test_oracle_parity.py", "test_torch_parity.py", "test_streaming.py", "test_pool.py",
-             "test_team_threads.py"]
+             "test_batch_invariance.py", "test_team_threads.py"]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           *[os.path.join(HERE, f) for f in files]],
                          env=_env(path), cwd=HERE, capture_output=True, text=True, timeout=900)

@@ -1,12 +1,10 @@
 """fastlstm.ray on a local Ray cluster (``ray.init(num_cpus=2)``): the router against lone Streams,
 rescale 1 -> 2 -> 1 and a killed replica mid-run, and offline predict over a Ray Dataset.
 
-Streams stepped one at a time run single-stream ticks, the kernel a lone Stream runs, so the rescale
-check is bit for bit: a lost or repeated step, or a state that moved inexactly, cannot hide.  Many
-streams stepped concurrently share ``pool.step`` ticks (sgemm: float32 rounding of another order),
-compared to TOL as in tests/test_serving_batcher.py; so are the steps after a failover, whose
-replays of different streams share ticks (a lost or repeated step is off by far more than TOL, and
-the step counters are compared exactly).
+Every check is bit for bit against lone Streams: a ``pool.step`` tick of any number of streams
+computes each one's outputs exactly as a lone Stream does (tests/test_batch_invariance.py), so a
+lost or repeated step, or a state that moved inexactly, cannot hide -- also after a failover, whose
+replays of different streams share ticks.
 """
 
 import numpy as np
@@ -19,7 +17,6 @@ ray = pytest.importorskip("ray")                 # the ray extra, installed by C
 from fastlstm.ray import StreamRouter, predict_dataset  # noqa: E402
 
 I, H, O = 4, 16, 2
-TOL = 2e-6
 MODEL = fastlstm.Model(*oracle.random_stack(np.random.default_rng(5), I, H, 2, head_size=O))
 
 
@@ -46,7 +43,7 @@ def test_200_streams_through_two_replicas_match_lone_streams(local_ray):
     finally:
         router.shutdown()
     for k in range(200):
-        np.testing.assert_allclose(got[k], _lone(xs[k])[0], rtol=0, atol=TOL)
+        np.testing.assert_array_equal(got[k], _lone(xs[k])[0])
 
 
 def _run_sequential(router, sids, xs, t0, t1):
@@ -99,12 +96,12 @@ def test_killed_replica_resumes_with_no_lost_or_repeated_step(local_ray):
         assert [ray.get(actor.steps.remote(rsids[s])) for s in victims] == [7] * len(victims)
     finally:
         router.shutdown()
-    for k in range(10):     # the replays of different streams shared ticks: TOL after the kill
+    for k in range(10):     # the replays of different streams shared ticks: still exact
         want, state = _lone(xs[k])
         assert np.array_equal(got[k, :6], want[:6]), f"stream {k}"
-        np.testing.assert_allclose(got[k, 6:], want[6:], rtol=0, atol=TOL, err_msg=f"stream {k}")
+        np.testing.assert_array_equal(got[k, 6:], want[6:], err_msg=f"stream {k}")
         for a, b in zip(states[k].h + states[k].c, state.h + state.c):
-            np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
+            np.testing.assert_array_equal(a, b)
 
 
 def test_predict_dataset_equals_predict_per_sequence(local_ray):
@@ -115,7 +112,7 @@ def test_predict_dataset_equals_predict_per_sequence(local_ray):
     assert sorted(r["id"] for r in rows) == list(range(40))
     for r in rows:
         want = MODEL.predict(seqs[r["id"]])
-        np.testing.assert_allclose(np.asarray(r["y"], np.float32), want, rtol=0, atol=TOL)
+        np.testing.assert_array_equal(np.asarray(r["y"], np.float32), want)
 
 
 def test_the_serving_protocol_in_front_of_the_router(local_ray):
@@ -171,6 +168,6 @@ def test_kill_during_concurrent_steps_replays_waiting_steps_once(local_ray):
         router.shutdown()
     for k in range(30):
         want, state = _lone(xs[k])
-        np.testing.assert_allclose(got[k], want, rtol=0, atol=TOL, err_msg=f"stream {k}")
+        np.testing.assert_array_equal(got[k], want, err_msg=f"stream {k}")
         for a, b in zip(states[k].h + states[k].c, state.h + state.c):
-            np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
+            np.testing.assert_array_equal(a, b)

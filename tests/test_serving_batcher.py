@@ -1,10 +1,9 @@
 """fastlstm.serving.Batcher in one process: coalescing, per-stream order, back-pressure, cancellation,
 idle timeout, closing with steps queued, bad input and the Prometheus text.
 
-References are lone ``model.stream()`` streams fed the same inputs.  A tick of N >= 3 streams runs
-the pool's batched sgemm path, which rounds differently from a lone stream's single-row kernel, so
-those agree to ``TOL`` (tests/test_pool.py's pool-vs-Stream tolerance); a tick of one stream runs the
-single-row kernel and must match bit for bit.  A refused or withdrawn step must change nothing.
+References are lone ``model.stream()`` streams fed the same inputs, matched bit for bit: a tick of
+any number of streams computes each stream's outputs exactly as a lone stream does
+(tests/test_batch_invariance.py).  A refused or withdrawn step must change nothing.
 """
 
 import asyncio
@@ -20,7 +19,6 @@ from checks import assert_state_equal
 from fastlstm.serving import Batcher, QueueFull, StreamClosed, StreamExpired, UnknownStream
 
 I, H, O = 5, 12, 3
-TOL = 2e-6
 _LAYERS, _HEAD = oracle.random_stack(np.random.default_rng(7), I, H, 2, head_size=O)
 MODEL = fastlstm.Model(_LAYERS, _HEAD)
 
@@ -51,7 +49,7 @@ def test_concurrent_streams_coalesce_and_match_lone_streams(rng):
     assert b.metrics.ticks < 240 / 4, "steps of different streams were not coalesced"
     assert b.metrics.batch_size.counts[-2:].sum() > 0          # some ticks reached 16 streams
     for k in range(40):
-        np.testing.assert_allclose(got[k], _lone_outputs(xs[k]), rtol=0, atol=TOL)
+        np.testing.assert_array_equal(got[k], _lone_outputs(xs[k]))
 
 
 def test_same_stream_steps_run_in_arrival_order_one_per_tick(rng):
@@ -66,7 +64,7 @@ def test_same_stream_steps_run_in_arrival_order_one_per_tick(rng):
         assert [b.steps(s) for s in sids] == [25, 25, 25]
     assert b.metrics.ticks >= 25                         # never two steps of one stream in a tick
     for k in range(3):
-        np.testing.assert_allclose(got[:, k], _lone_outputs(xs[k]), rtol=0, atol=TOL)
+        np.testing.assert_array_equal(got[:, k], _lone_outputs(xs[k]))
 
 
 def test_single_stream_ticks_match_a_lone_stream_bit_for_bit(rng):
@@ -97,7 +95,7 @@ def test_full_queue_fails_fast_and_leaves_state_unchanged(rng):
         assert_state_equal(b.get_state(sids[3]), _zero_state())
         lone = _lone_outputs(x[None])[0]
         for y in outs:
-            np.testing.assert_allclose(y, lone, rtol=0, atol=TOL)
+            np.testing.assert_array_equal(y, lone)
 
 
 def test_cancelled_while_queued_is_not_stepped(rng):
@@ -206,7 +204,7 @@ def test_nonfinite_input_fails_alone_not_its_tick_mates(rng):
         assert [b.steps(s) for s in sids] == [1, 0, 1]
         assert_state_equal(b.get_state(sids[1]), _zero_state())
     for k in (0, 2):
-        np.testing.assert_allclose(res[k], _lone_outputs(xs[k:k + 1])[0], rtol=0, atol=TOL)
+        np.testing.assert_array_equal(res[k], _lone_outputs(xs[k:k + 1])[0])
 
 
 def test_state_hand_off_between_batchers_continues_bit_identically(rng):
@@ -280,4 +278,4 @@ def test_step_many_enqueues_all_or_nothing(rng):
         assert [b.steps(s) for s in sids] == [4, 4, 4, 0]
         assert b.metrics.ticks == 4                       # each call was one tick
     for k in range(3):
-        np.testing.assert_allclose(got[k], _lone_outputs(xs[k]), rtol=0, atol=TOL)
+        np.testing.assert_array_equal(got[k], _lone_outputs(xs[k]))

@@ -6,7 +6,8 @@
  * Checked per path: fl_gemm_packed and fl_pack_a + fl_gemm_apacked for shapes
  * that hit every row-block and tail-column case, fl_gemv_acc, and the fused
  * cell pass; and that every output of the packed products is bit-identical
- * whichever column range a call covers (the property thread teams rely on). */
+ * whichever column range a call covers (the property thread teams rely on)
+ * and to fl_matmul_acc's and fl_gemv_acc's (the one a lone stream relies on). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,19 @@ static void check_gemm(long m, long n, long k, unsigned seed)
     int same = 1;
     for (long i = 0; i < m * n; i++) same &= E[i] == D[i];
     check(same, "gemm_apacked split by columns", m, n, k, 0.0);
+    /* fl_matmul_acc (one row, or all m rows at once) is the same chain as both packed products. */
+    for (long i = 0; i < m * n; i++) E[i] = C0[i];
+    fl_matmul_acc(m, n, k, A, k, W, n, E, n);
+    same = 1;
+    for (long i = 0; i < m * n; i++) same &= E[i] == C[i];
+    check(same, "matmul_acc == gemm_packed", m, n, k, 0.0);
+    same = 1;
+    for (long r = 0; r < m; r++) {
+        for (long j = 0; j < n; j++) E[r * n + j] = bias[j];
+        fl_gemv_acc(A + r * k, k, W, n, n, E + r * n);
+        for (long j = 0; j < n; j++) same &= E[r * n + j] == D[r * n + j];
+    }
+    check(same, "gemv_acc == gemm_apacked", m, n, k, 0.0);
     free(A); free(W); free(bias); free(C); free(C0); free(D); free(E); free(ap); free(Wp);
 }
 
