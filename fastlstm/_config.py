@@ -1,11 +1,11 @@
-"""fastlstm.show_config(): the kernel path, CPU features, BLAS and thread policy in use."""
+"""fastlstm.show_config(): the kernel path, CPU features and thread policy in use."""
 
 import os
 import platform
 import sys
 from typing import Dict
 
-from . import _blas, _isa, _kernels, _threads
+from . import _isa, _kernels, _threads
 
 
 def cpu_name() -> str:
@@ -33,15 +33,10 @@ def config() -> Dict[str, Dict[str, object]]:
             "features": " ".join(f for f, has in features.items() if has) or "none detected",
             "missing": " ".join(f for f, has in features.items() if not has) or "none",
         },
-        "BLAS": {
-            "sgemm": _blas.chosen["sgemm"],
-            **{f"library {k}": lib for k, lib in enumerate(_blas.chosen["libraries"])},
-        },
         "threads": {
             "fastlstm threads": _threads.get_num_threads(),
             "cores available": _threads.available_cores(),
             "thread pool": "yes" if _kernels.openmp_enabled() else "no (no POSIX threads: serial)",
-            "BLAS threads in a kernel call": 1,
         },
         "Python": {"version": sys.version.split()[0], "platform": platform.platform()},
     }
@@ -58,6 +53,6 @@ def format_config() -> str:
 
 
 def show_config() -> None:
-    """Print the kernel path in use (see FASTLSTM_ISA), the CPU features detected, the BLAS
-    library chosen and the thread policy, for bug reports and benchmark notes."""
+    """Print the kernel path in use (see FASTLSTM_ISA), the CPU features detected and the
+    thread policy, for bug reports and benchmark notes."""
     print(format_config())

@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, nonecheck=False, embedsignature=True
 """Compiled kernels: the whole network forward for a block of time steps and
-batch rows, and the thread/BLAS plumbing around it (streams: _streams.pyx).
+batch rows, and the thread plumbing around it (streams: _streams.pyx).
 
 Everything numeric runs without the GIL.  The Python layer (model.py and
 _streams.pyx, with the checks of _validate.py) validates arguments and owns
@@ -110,45 +110,9 @@ OVERFLOW_MESSAGE = ("x: a step overflowed float32: a state or output became NaN 
 
 
 # ---------------------------------------------------------------------------
-# Threads: ours (fastlstm_pool.h, across batch chunks) and the BLAS library's.
+# Threads: fastlstm_pool.h's, across batch chunks.
 
 cdef int g_num_threads = 1
-
-# openblas_{set,get}_num_threads of every OpenBLAS in the process, found by
-# _blas.discover (and handed over by _threads.py).  Inside our parallel region BLAS must run on one thread, or the
-# two thread pools multiply (oversubscription).
-ctypedef void (*blas_set_fn)(int) noexcept nogil
-ctypedef int (*blas_get_fn)() noexcept nogil
-DEF MAX_BLAS_LIBS = 4
-cdef blas_set_fn g_blas_set[MAX_BLAS_LIBS]
-cdef blas_get_fn g_blas_get[MAX_BLAS_LIBS]
-cdef int g_n_blas = 0
-
-
-def _set_blas_hooks(list pairs):
-    """Register (set_address, get_address) of each BLAS library's thread-count functions."""
-    global g_n_blas
-    g_n_blas = 0
-    for set_addr, get_addr in pairs[:MAX_BLAS_LIBS]:
-        g_blas_set[g_n_blas] = <blas_set_fn><size_t>set_addr
-        g_blas_get[g_n_blas] = <blas_get_fn><size_t>get_addr
-        g_n_blas += 1
-
-
-cdef inline void blas_threads_push(int n, int *saved) noexcept nogil:
-    cdef int i
-    for i in range(g_n_blas):
-        saved[i] = g_blas_get[i]()
-        if saved[i] != n:
-            g_blas_set[i](n)
-
-
-cdef inline void blas_threads_pop(int n, const int *saved) noexcept nogil:
-    cdef int i
-    for i in range(g_n_blas):
-        if saved[i] != n:
-            g_blas_set[i](saved[i])
-
 
 def openmp_enabled():
     """Whether the compiled kernels run batches on several threads.
@@ -360,7 +324,7 @@ cdef class Network:
 
     cdef int _set_product(self, Dir *D, w, b, int min_columns) except -1:
         """D's weights w (K, N) and bias b (N,), and w in panels when the packed GEMM exists
-        and N >= min_columns (a narrow Dense would compute mostly padding: BLAS does it)."""
+        and N >= min_columns (a narrow Dense would compute mostly padding: fl_matmul_acc does it)."""
         D.w_x = self._pointer(w)
         D.bias = self._pointer(b)
         D.n_stack = w.shape[0]
@@ -397,7 +361,7 @@ cdef class Network:
 
     def time_block(self, long T, int rows):
         """Steps per time block: the whole sequence if any layer needs it, else a
-        block whose gate buffer stays around 4 MB, so the hoisted input sgemm is
+        block whose gate buffer stays around 4 MB, so the hoisted input product is
         large while memory does not grow with T."""
         if not self.streamable:
             return max(T, 1)
@@ -710,11 +674,7 @@ cdef void run_batch(const Net *net, int T, int Tc, int B, const void *x, float *
     With fewer chunks than set_num_threads threads, the threads instead work
     as one team on each chunk in turn, each owning a slice of the hidden units.
     Either way every number is computed by the same arithmetic, so results do
-    not depend on the thread count.
-
-    BLAS runs on one thread throughout: OpenBLAS's own threading changes the
-    rounding of some products with its thread count (seen at M=3, N=1040)."""
-    cdef int saved[MAX_BLAS_LIBS]
+    not depend on the thread count."""
     cdef int team_threads = g_num_threads
     cdef fl_spin_barrier bar
     cdef BatchJob job
@@ -730,12 +690,10 @@ cdef void run_batch(const Net *net, int T, int Tc, int B, const void *x, float *
     job.ws = ws
     job.per = per
     job.bar = &bar
-    blas_threads_push(1, saved)
     if use_team(net, B, nchunks):
         fl_pool_run(team_threads, run_team, &job)
     else:
         fl_pool_run(max(1, nthreads), run_chunks, &job)
-    blas_threads_pop(1, saved)
 
 
 cdef void run_chunks(int tid, int nt, void *arg) noexcept nogil:
@@ -1073,7 +1031,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
         else:
             fill_rows(gates, D.bias, rows, G4)
             if stacked:
-                # One step of a batch through BLAS: [x | h] @ [W_x; W_h] is one call
+                # One step of a batch without panels: [x | h] @ [W_x; W_h] is one call
                 # instead of two (W_h is stored right after W_x), so it packs once.
                 for r in range(nb):
                     memcpy(xh + <long>r * K, inp + <long>r * L.n_in, L.n_in * sizeof(float))

@@ -1,9 +1,9 @@
-"""Thread policy: how many threads the kernels use (see _blas.py for BLAS's)."""
+"""Thread policy: how many threads the kernels use."""
 
 import contextlib
 import os
 
-from . import _blas, _kernels, _validate
+from . import _kernels, _validate
 
 #: set_num_threads refuses more than this many threads per available core: past
 #: the cores, extra threads only wait for each other at every step's barrier.
@@ -61,6 +61,4 @@ def threads(n):
         _kernels._set_num_threads(before)
 
 
-_hooks, _ = _blas.discover()  # (the sgemm it finds is reported only: the kernels call no BLAS)
-_kernels._set_blas_hooks(_hooks)
 _kernels._set_num_threads(min(available_cores(), max_threads()))

@@ -122,7 +122,7 @@ def test_info_bundled(tmp_path):
     assert "bundled model" in proc.stdout
     assert "can stream: yes" in proc.stdout
     assert "LSTM(3 -> 64)" in proc.stdout
-    assert "path in use" in proc.stdout and "sgemm" in proc.stdout  # show_config's report
+    assert "path in use" in proc.stdout and "fastlstm threads" in proc.stdout  # show_config's report
 
 
 def test_info_torch_file(torch_file, tmp_path):

@@ -244,7 +244,7 @@ def thread_policy(n: int) -> Iterator[int]:
 
             limiter = threadpoolctl.threadpool_limits(limits=n, user_api="blas")
             undo.callback(limiter.restore_original_limits)
-        except ImportError:  # threadpoolctl is a dependency; a broken install only loses this
+        except ImportError:  # threadpoolctl comes with the bench and test extras; without it only this is lost
             pass
         undo.enter_context(fastlstm.threads(n))
         torch = sys.modules.get("torch")

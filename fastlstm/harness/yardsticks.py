@@ -1,7 +1,7 @@
 """BLAS yardsticks: the matrix products an LSTM cannot avoid, timed beside the engine.
 
-fastlstm calls whichever OpenBLAS in the process is faster (numpy's or scipy's, see
-``fastlstm/_blas.py``), so each yardstick can use either (``lib``).
+fastlstm's own kernels call no BLAS; these time numpy's or scipy's OpenBLAS (``lib``) on the
+same shapes, as the bar the packed kernels are measured against.
 """
 
 from __future__ import annotations
