@@ -23,8 +23,10 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         if self.compiler.compiler_type == "msvc":
-            raise RuntimeError("fastlstm builds with GCC or Clang only: its C headers use GCC builtins "
-                               "(__atomic_*, target attributes, vector extensions) and POSIX threads, which MSVC lacks")
+            raise RuntimeError(
+                "fastlstm builds with GCC or Clang only: its C headers use GCC builtins "
+                "(__atomic_*, target attributes, vector extensions) and POSIX threads, which MSVC lacks"
+            )
         super().build_extensions()
 
 
@@ -32,8 +34,7 @@ def _extension(name):
     # -fno-trapping-math: the activations' selects may then compute both sides, which
     # lets GCC vectorise the cell loop without AVX-512's masked instructions (kernels
     # never unmask FP exceptions; no result changes).
-    compile_args = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math", "-Wno-unused-function",
-                    "-pthread"]
+    compile_args = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math", "-Wno-unused-function", "-pthread"]
     link_args = ["-pthread"]
     if os.environ.get("FASTLSTM_SANITIZE") == "1":
         compile_args += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]

@@ -84,8 +84,14 @@ CASES = [
 class Worker:
     def __init__(self, root):
         env = dict(os.environ, PYTHONPATH=root)
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(CASES)], env=env, cwd=root,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER, json.dumps(CASES)],
+            env=env,
+            cwd=root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def time(self, name, n):
         self.proc.stdin.write(f"{name.replace(' ', '_')} {n}\n")
@@ -112,12 +118,14 @@ def main():
         n = max(1, int(args.sample_ms / 1e3 / max(per, 1e-7)))
         samples = {"old": [], "new": []}
         for r in range(args.repeats):
-            for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
+            for which in ("old", "new") if r % 2 == 0 else ("new", "old"):
                 samples[which].append(workers[which].time(name, n))
         old, new = (statistics.median(s[0] for s in samples[k]) for k in ("old", "new"))
         cold, cnew = (statistics.median(s[1] for s in samples[k]) for k in ("old", "new"))
-        print(f"{name.replace('_', ' '):44s} {old * 1e6:8.2f}us {new * 1e6:8.2f}us  {old / new:5.2f}x"
-              f"             {cold * 1e6:8.2f}us {cnew * 1e6:8.2f}us  {cold / cnew:5.2f}x")
+        print(
+            f"{name.replace('_', ' '):44s} {old * 1e6:8.2f}us {new * 1e6:8.2f}us  {old / new:5.2f}x"
+            f"             {cold * 1e6:8.2f}us {cnew * 1e6:8.2f}us  {cold / cnew:5.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,14 @@ def bundles(request, bench_threads):
             cfg = _CONFIGS[name]
             model, x = configs.random_model(cfg, head_size), configs.make_inputs(cfg)
             torch_runner = TorchRunner(model)
-            cache[name] = {"cfg": cfg, "x": x, "fl": model, "torch": torch_runner, "ref": torch_runner.predict(x),
-                           "ort": None if missing_modules("onnxruntime") else OrtRunner(model, bench_threads)}
+            cache[name] = {
+                "cfg": cfg,
+                "x": x,
+                "fl": model,
+                "torch": torch_runner,
+                "ref": torch_runner.predict(x),
+                "ort": None if missing_modules("onnxruntime") else OrtRunner(model, bench_threads),
+            }
         return cache[name]
 
     return get

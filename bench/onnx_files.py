@@ -45,13 +45,25 @@ def main(out):
     for name, cls in (("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU)):
         torch.manual_seed(0)
         seq = Seq(cls).eval()
-        export_onnx(seq, (torch.randn(10, 2, I),), os.path.join(out, f"{name}_seq.onnx"), ["x"], ["y"],
-                    {"x": {0: "T", 1: "B"}, "y": {0: "T", 1: "B"}})
+        export_onnx(
+            seq,
+            (torch.randn(10, 2, I),),
+            os.path.join(out, f"{name}_seq.onnx"),
+            ["x"],
+            ["y"],
+            {"x": {0: "T", 1: "B"}, "y": {0: "T", 1: "B"}},
+        )
         states = ["h0", "c0"] if name == "lstm" else ["h0"]
         outs = ["y"] + [s.replace("0", "n") for s in states]
         args = (torch.randn(1, 2, I),) + tuple(torch.zeros(2, 2, H) for _ in states)
-        export_onnx(Step(seq).eval(), args, os.path.join(out, f"{name}_step.onnx"), ["x"] + states, outs,
-                    {n: {1: "B"} for n in ["x"] + states + outs})
+        export_onnx(
+            Step(seq).eval(),
+            args,
+            os.path.join(out, f"{name}_step.onnx"),
+            ["x"] + states,
+            outs,
+            {n: {1: "B"} for n in ["x"] + states + outs},
+        )
 
 
 if __name__ == "__main__":

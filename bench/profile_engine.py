@@ -46,10 +46,12 @@ def time_interleaved(fns, sample_s, repeats, settle_s=0.0):
     take the core fastlstm's second thread needs (and vice versa), and the previous callable
     has evicted this one's weights from the caches.
     """
+
     def loop(fn):
         def run(n):
             for _ in range(n):
                 fn()
+
         return run
 
     cases = [Case(k, k, loop(fn)) for k, fn in fns.items()]  # each its own engine: every sample is a switch
@@ -115,9 +117,16 @@ def profile(cfg: Config, threads: int, sample_s: float, repeats: int, lib: str, 
     seq_fns = {"fl.predict": lambda: model.predict(seq), "blas.engine": run_floor}
     pred = time_interleaved(seq_fns, sample_s * 3, max(3, repeats // 2), settle)
     pred["blas.engine"] -= n_calls * overhead
-    return {"step": step, "predict": pred, "chunks": chunks, "rows": rows, "tc": tc,
-            "weights_mb": sum(4 * 4 * H * (i + H) for i in cfg.layer_inputs()) / 1e6,
-            "openmp": fastlstm.openmp_enabled(), "threads": threads}
+    return {
+        "step": step,
+        "predict": pred,
+        "chunks": chunks,
+        "rows": rows,
+        "tc": tc,
+        "weights_mb": sum(4 * 4 * H * (i + H) for i in cfg.layer_inputs()) / 1e6,
+        "openmp": fastlstm.openmp_enabled(),
+        "threads": threads,
+    }
 
 
 def main(argv=None):
@@ -126,8 +135,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sample-ms", type=float, default=30.0)
     p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--blas", choices=("numpy", "scipy"), default="numpy",
-                   help="whose OpenBLAS the yardsticks call (default numpy's, which fastlstm prefers when newer)")
+    p.add_argument(
+        "--blas",
+        choices=("numpy", "scipy"),
+        default="numpy",
+        help="whose OpenBLAS the yardsticks call (default numpy's, which fastlstm prefers when newer)",
+    )
     args = p.parse_args(argv)
     rows_out = []
     with thread_policy(args.threads):
@@ -138,28 +151,38 @@ def main(argv=None):
             rows_out.append((cfg, r))
             print(f"# {name} done", file=sys.stderr, flush=True)
 
-    print(f"## Where the time goes ({args.threads} thread(s); {args.blas}'s OpenBLAS; Python wrapper cost "
-          f"{overhead * 1e6:.2f} us/call measured and subtracted)\n")
+    print(
+        f"## Where the time goes ({args.threads} thread(s); {args.blas}'s OpenBLAS; Python wrapper cost "
+        f"{overhead * 1e6:.2f} us/call measured and subtracted)\n"
+    )
     print("One streaming step (microseconds):\n")
-    print("| config | fastlstm step(out=) | BLAS [x,h] product, whole batch, 1 call/layer | same, once per engine "
-          "chunk (chunks x rows) | fl / whole-batch BLAS | fl / per-chunk BLAS | weights MB | fl GB/s of weights |")
+    print(
+        "| config | fastlstm step(out=) | BLAS [x,h] product, whole batch, 1 call/layer | same, once per engine "
+        "chunk (chunks x rows) | fl / whole-batch BLAS | fl / per-chunk BLAS | weights MB | fl GB/s of weights |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for cfg, r in rows_out:
         s = r["step"]
         fl = s["fl.step_out"]
-        print(f"| {cfg.name} | {fl * 1e6:.3g} | {s['blas.stacked'] * 1e6:.3g} | {s['blas.engine'] * 1e6:.3g} "
-              f"({r['chunks']} x {r['rows']}) | {fl / s['blas.stacked']:.2f}x | {fl / s['blas.engine']:.2f}x | "
-              f"{r['weights_mb']:.2f} | {r['weights_mb'] / 1e3 / fl:.1f} |")
+        print(
+            f"| {cfg.name} | {fl * 1e6:.3g} | {s['blas.stacked'] * 1e6:.3g} | {s['blas.engine'] * 1e6:.3g} "
+            f"({r['chunks']} x {r['rows']}) | {fl / s['blas.stacked']:.2f}x | {fl / s['blas.engine']:.2f}x | "
+            f"{r['weights_mb']:.2f} | {r['weights_mb'] / 1e3 / fl:.1f} |"
+        )
     print("\nOne predict (milliseconds):\n")
-    print("| config | fastlstm predict | BLAS as engine (input sgemm per time block + T recurrent products) | "
-          "fl / BLAS | time block | GFLOP/s fl | GFLOP/s BLAS part |")
+    print(
+        "| config | fastlstm predict | BLAS as engine (input sgemm per time block + T recurrent products) | "
+        "fl / BLAS | time block | GFLOP/s fl | GFLOP/s BLAS part |"
+    )
     print("|---|---|---|---|---|---|---|")
     for cfg, r in rows_out:
         s = r["predict"]
         fl = s["fl.predict"]
         flops = cfg.flops_per_sequence()
-        print(f"| {cfg.name} | {fl * 1e3:.3g} | {s['blas.engine'] * 1e3:.3g} | {fl / s['blas.engine']:.2f}x | "
-              f"{r['tc']} | {flops / fl / 1e9:.1f} | {flops / s['blas.engine'] / 1e9:.1f} |")
+        print(
+            f"| {cfg.name} | {fl * 1e3:.3g} | {s['blas.engine'] * 1e3:.3g} | {fl / s['blas.engine']:.2f}x | "
+            f"{r['tc']} | {flops / fl / 1e9:.1f} | {flops / s['blas.engine'] / 1e9:.1f} |"
+        )
 
 
 if __name__ == "__main__":

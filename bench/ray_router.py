@@ -47,7 +47,7 @@ async def drive(router, sids, rate, seconds, x, kill_at=None, victim=None):
         inflight = None
         while t < t0 + seconds:
             await asyncio.sleep(max(0.0, t - loop.time()))
-            if inflight is not None:           # a stream's steps are sequential: skip a late slot
+            if inflight is not None:  # a stream's steps are sequential: skip a late slot
                 await inflight
             sched = t
 
@@ -57,6 +57,7 @@ async def drive(router, sids, rate, seconds, x, kill_at=None, victim=None):
                 lat.append(now - sched)
                 if killed[0] is not None and sid in moved and sid not in recovered and sched >= killed[0]:
                     recovered[sid] = now - killed[0]
+
             inflight = asyncio.ensure_future(step())
             t += period
         if inflight is not None:
@@ -79,8 +80,9 @@ def online(model, replicas, counts, args):
     x = np.random.default_rng(0).standard_normal(model.input_size).astype(np.float32)
     rows = []
     for n_rep in replicas:
-        router = StreamRouter(model, num_replicas=n_rep, checkpoint_every=args.checkpoint_every,
-                              max_delay=args.max_delay_ms / 1000)
+        router = StreamRouter(
+            model, num_replicas=n_rep, checkpoint_every=args.checkpoint_every, max_delay=args.max_delay_ms / 1000
+        )
         try:
             for n in counts:
                 sids = [router.open() for _ in range(n - len(router))]
@@ -89,8 +91,11 @@ def online(model, replicas, counts, args):
                 p99 = float(np.percentile(lat, 99)) * 1e3
                 steps_s = len(lat) / args.seconds
                 rows.append((n_rep, n, steps_s, float(np.percentile(lat, 50)) * 1e3, p99))
-                print(f"replicas {n_rep}  streams {n:>5}  steps/s {steps_s:>8.0f}  p50 {rows[-1][3]:7.2f} ms  "
-                      f"p99 {p99:7.2f} ms", flush=True)
+                print(
+                    f"replicas {n_rep}  streams {n:>5}  steps/s {steps_s:>8.0f}  p50 {rows[-1][3]:7.2f} ms  "
+                    f"p99 {p99:7.2f} ms",
+                    flush=True,
+                )
                 if p99 > 10 * args.p99_ms or steps_s < 0.9 * n * args.rate:
                     break
             if n_rep >= 2:
@@ -99,8 +104,11 @@ def online(model, replicas, counts, args):
                     router.open()
                 sids = sorted(router.placement())[:n]
                 _, fo = asyncio.run(drive(router, sids, args.rate, 3.0, x, kill_at=1.0, victim=0))
-                print(f"replicas {n_rep}  failover with {n} streams: {fo * 1e3:.0f} ms from the kill until every "
-                      f"moved stream stepped again ({router.failovers[-1][1]} streams restored)", flush=True)
+                print(
+                    f"replicas {n_rep}  failover with {n} streams: {fo * 1e3:.0f} ms from the kill until every "
+                    f"moved stream stepped again ({router.failovers[-1][1]} streams restored)",
+                    flush=True,
+                )
         finally:
             router.shutdown()
     for bound in (args.p99_ms, 5 * args.p99_ms):
@@ -108,8 +116,11 @@ def online(model, replicas, counts, args):
         for n_rep in replicas:
             ok = [n for r, n, s, p50, p99 in rows if r == n_rep and p99 <= bound]
             best[n_rep] = max(ok, default=0)
-        ratio = "" if len(replicas) < 2 or not best[replicas[0]] else \
-            f"  ({replicas[-1]} replicas / {replicas[0]}: {best[replicas[-1]] / best[replicas[0]]:.2f}x)"
+        ratio = (
+            ""
+            if len(replicas) < 2 or not best[replicas[0]]
+            else f"  ({replicas[-1]} replicas / {replicas[0]}: {best[replicas[-1]] / best[replicas[0]]:.2f}x)"
+        )
         print(f"streams at p99 <= {bound:g} ms: " + ", ".join(f"{r} replicas {n}" for r, n in best.items()) + ratio)
     return rows
 
@@ -119,7 +130,7 @@ def checkpoint_cost(model, args):
     against (practically) never, same streams, same load."""
     x = np.random.default_rng(0).standard_normal(model.input_size).astype(np.float32)
     n = args.cost_streams
-    for every in (args.checkpoint_every, 10 ** 9):
+    for every in (args.checkpoint_every, 10**9):
         router = StreamRouter(model, num_replicas=1, checkpoint_every=every, max_delay=args.max_delay_ms / 1000)
         try:
             sids = [router.open() for _ in range(n)]
@@ -127,12 +138,18 @@ def checkpoint_cost(model, args):
             state_bytes = len(router.get_state(sids[0]).to_bytes())
         finally:
             router.shutdown()
-        label = f"checkpoint every {every} steps" if every < 10 ** 9 else "no checkpoints"
-        print(f"cost: {n} streams, {label}: p50 {np.percentile(lat, 50) * 1e3:.2f} ms, "
-              f"p99 {np.percentile(lat, 99) * 1e3:.2f} ms", flush=True)
+        label = f"checkpoint every {every} steps" if every < 10**9 else "no checkpoints"
+        print(
+            f"cost: {n} streams, {label}: p50 {np.percentile(lat, 50) * 1e3:.2f} ms, "
+            f"p99 {np.percentile(lat, 99) * 1e3:.2f} ms",
+            flush=True,
+        )
     per_stream = state_bytes + args.checkpoint_every * model.input_size * 4
-    print(f"cost: router memory per stream at most {per_stream:,} bytes (state {state_bytes:,} B + "
-          f"{args.checkpoint_every} inputs of {model.input_size * 4} B)", flush=True)
+    print(
+        f"cost: router memory per stream at most {per_stream:,} bytes (state {state_bytes:,} B + "
+        f"{args.checkpoint_every} inputs of {model.input_size * 4} B)",
+        flush=True,
+    )
 
 
 def offline(model, actors, args):
@@ -141,12 +158,14 @@ def offline(model, actors, args):
     rng = np.random.default_rng(0)
     lengths = rng.integers(26, 105, size=args.windows)
     starts = rng.integers(0, len(feats) - 105, size=args.windows)
-    seqs = [feats[s:s + n] for s, n in zip(starts, lengths)]
+    seqs = [feats[s : s + n] for s, n in zip(starts, lengths)]
     ds = ray.data.from_items([{"x": s} for s in seqs], override_num_blocks=4 * max(actors)).materialize()
     # The same batches as the actors see: blocks of the dataset, grouped by length inside each.
     fastlstm.set_num_threads(1)
-    batches = [[np.asarray(r, np.float32) for r in b["x"]]
-               for b in ds.iter_batches(batch_size=args.batch_size, batch_format="numpy")]
+    batches = [
+        [np.asarray(r, np.float32) for r in b["x"]]
+        for b in ds.iter_batches(batch_size=args.batch_size, batch_format="numpy")
+    ]
     t = time.perf_counter()
     for batch in batches:
         groups = {}
@@ -155,8 +174,11 @@ def offline(model, actors, args):
         for g in groups.values():
             model.predict(np.stack(g), batch_first=True)
     plain = len(seqs) / (time.perf_counter() - t)
-    print(f"offline: {len(seqs)} CO2 windows (26..104 weeks); plain model.predict on the same batches, "
-          f"1 thread: {plain:,.0f} rows/s", flush=True)
+    print(
+        f"offline: {len(seqs)} CO2 windows (26..104 weeks); plain model.predict on the same batches, "
+        f"1 thread: {plain:,.0f} rows/s",
+        flush=True,
+    )
     half = ds.limit(len(seqs) // 2).materialize()
     for n in actors:
         # Marginal rate: the extra rows of the full dataset over the extra time it takes against half
@@ -168,9 +190,12 @@ def offline(model, actors, args):
             times.append(time.perf_counter() - t)
             assert count == part.count()
         marginal = (len(seqs) - half.count()) / max(times[1] - times[0], 1e-9)
-        print(f"offline: predict_dataset, {n} actor(s) x 1 thread: {len(seqs) / times[1]:,.0f} rows/s end to end, "
-              f"{marginal:,.0f} rows/s marginal ({marginal / n / plain:.2f} of plain per core; fixed cost "
-              f"{times[0] - half.count() / marginal:.1f} s)", flush=True)
+        print(
+            f"offline: predict_dataset, {n} actor(s) x 1 thread: {len(seqs) / times[1]:,.0f} rows/s end to end, "
+            f"{marginal:,.0f} rows/s marginal ({marginal / n / plain:.2f} of plain per core; fixed cost "
+            f"{times[0] - half.count() / marginal:.1f} s)",
+            flush=True,
+        )
 
 
 def main(argv=None):
@@ -197,8 +222,7 @@ def main(argv=None):
     try:
         if not args.skip_online:
             model = random_model(CONFIGS["medium"])
-            online(model, [int(r) for r in args.replicas.split(",")], [int(n) for n in args.streams.split(",")],
-                   args)
+            online(model, [int(r) for r in args.replicas.split(",")], [int(n) for n in args.streams.split(",")], args)
             checkpoint_cost(model, args)
         if not args.skip_offline:
             offline(fastlstm.load(fastlstm.data.MODEL_PATH), [int(a) for a in args.actors.split(",")], args)

@@ -92,6 +92,7 @@ OWN_COLUMNS = ("torch", "onnxruntime")
 
 # --------------------------------------------------------------------------- fastlstm's cases
 
+
 def fl_cases(cfg: Config, fl_model, x: np.ndarray) -> List[Case]:
     """fastlstm's cases: Stream.step with and without ``out=``, and Model.predict."""
     T, B = cfg.T, cfg.B
@@ -113,9 +114,11 @@ def fl_cases(cfg: Config, fl_model, x: np.ndarray) -> List[Case]:
         for _ in range(n):
             predict(seq)
 
-    return [Case("fl.step_out", "fastlstm", fl_step_out, "step"),
-            Case("fl.step", "fastlstm", fl_step, "step"),
-            Case("fl.predict", "fastlstm", fl_predict, "seq")]
+    return [
+        Case("fl.step_out", "fastlstm", fl_step_out, "step"),
+        Case("fl.step", "fastlstm", fl_step, "step"),
+        Case("fl.predict", "fastlstm", fl_predict, "seq"),
+    ]
 
 
 def fl_outputs(cfg: Config, fl_model, x: np.ndarray, steps: int):
@@ -128,6 +131,7 @@ def fl_outputs(cfg: Config, fl_model, x: np.ndarray, steps: int):
 
 
 # --------------------------------------------------------------------------- the fastlstm worker
+
 
 def _fl_worker_main(conn):
     """The fastlstm process: builds the model it is sent and runs its cases on command.
@@ -154,10 +158,14 @@ def _fl_worker_main(conn):
                 import threadpoolctl
 
                 gomp = [i["filepath"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp"]
-                res = {"version": fastlstm.__version__, "openmp": fastlstm.openmp_enabled(),
-                       "isa": fastlstm._isa.levels()[0],
-                       "libgomp": gomp, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
-                       "torch_loaded": "torch" in sys.modules}
+                res = {
+                    "version": fastlstm.__version__,
+                    "openmp": fastlstm.openmp_enabled(),
+                    "isa": fastlstm._isa.levels()[0],
+                    "libgomp": gomp,
+                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
+                    "torch_loaded": "torch" in sys.modules,
+                }
             elif cmd == "setup":
                 _, name, arrays, x = msg
                 cfg = CONFIGS[name]
@@ -213,8 +221,10 @@ class FlWorker:
 
     def cases(self, threads: int) -> List[Case]:
         """Proxies of the worker's cases at ``threads`` threads, timed in the worker."""
-        return [Case(key, engine, None, unit, timer=lambda n, key=key: self.call("run", key, n))
-                for key, engine, unit in self.call("threads", threads)]
+        return [
+            Case(key, engine, None, unit, timer=lambda n, key=key: self.call("run", key, n))
+            for key, engine, unit in self.call("threads", threads)
+        ]
 
     def close(self):
         try:
@@ -228,12 +238,16 @@ class FlWorker:
 
 # --------------------------------------------------------------------------- the other engines' cases
 
+
 def peer_cases(runners: Dict[str, object], x: np.ndarray) -> List[Case]:
     """Cases of every peer runner: ``<peer>.seq`` and one step case per route, under the keys
     the report's own columns use for torch and ORT."""
     cases: List[Case] = []
-    step_keys = {("torch", "nn.LSTM"): "torch.lstm_step", ("torch", "nn.LSTMCell"): "torch.cell_step",
-                 ("onnxruntime", ""): "ort.step_iobind"}
+    step_keys = {
+        ("torch", "nn.LSTM"): "torch.lstm_step",
+        ("torch", "nn.LSTMCell"): "torch.cell_step",
+        ("onnxruntime", ""): "ort.step_iobind",
+    }
     prefix = {"onnxruntime": "ort"}
     for name, runner in runners.items():
         p = prefix.get(name, name)
@@ -268,18 +282,28 @@ def blas_cases(cfg: Config, libs) -> List[Case]:
             for _ in range(n):
                 floor()
 
-        cases += [Case(f"blas.peak.{lib}", "blas", blas_peak, "seq"),
-                  Case(f"blas.floor.{lib}", "blas", blas_floor, "seq")]
+        cases += [
+            Case(f"blas.peak.{lib}", "blas", blas_peak, "seq"),
+            Case(f"blas.floor.{lib}", "blas", blas_floor, "seq"),
+        ]
     return cases
 
 
 def build_runners(model, threads: int, want, path: Optional[str] = None) -> Dict[str, object]:
     """The peers' runners at ``threads`` threads (ORT and OpenVINO fix it per session); ``path``:
     the --isa run's kernel path, whose holds some peers cannot run under."""
-    names = [n for n in harness.PEERS if n != "keras" and n not in isa.left_out(path)
-             and not harness.missing_modules(n)
-             and (("torch" in want and n == "torch") or ("ort" in want and n == "onnxruntime")
-                  or ("peers" in want and n not in OWN_COLUMNS))]
+    names = [
+        n
+        for n in harness.PEERS
+        if n != "keras"
+        and n not in isa.left_out(path)
+        and not harness.missing_modules(n)
+        and (
+            ("torch" in want and n == "torch")
+            or ("ort" in want and n == "onnxruntime")
+            or ("peers" in want and n not in OWN_COLUMNS)
+        )
+    ]
     runners, _ = harness.build_runners(model, {n: "" for n in harness.PEERS if n not in names}, threads)
     runners.pop("fastlstm")
     return runners
@@ -347,16 +371,22 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
     out("## fastlstm benchmark (bench/run_engine.py)\n")
     for k, v in env.items():
         out(f"- {k}: {v}")
-    out(f"- mode: {'quick' if args.quick else 'full'}; {args.repeats} interleaved repeats, "
-        f"samples of ~{args.sample_ms:g} ms; figures are medians")
-    out("- 'other load': cores kept busy by other processes while that row was measured (0 = quiet "
-        "machine); on 2 cores, 1-thread rows above ~1.0 and 2-thread rows above ~0.3 are not trustworthy\n")
+    out(
+        f"- mode: {'quick' if args.quick else 'full'}; {args.repeats} interleaved repeats, "
+        f"samples of ~{args.sample_ms:g} ms; figures are medians"
+    )
+    out(
+        "- 'other load': cores kept busy by other processes while that row was measured (0 = quiet "
+        "machine); on 2 cores, 1-thread rows above ~1.0 and 2-thread rows above ~0.3 are not trustworthy\n"
+    )
     targets = []  # (description, ratio, target)
 
     for n in thread_list:
         out(f"### Streaming step, {n} thread{'s' if n > 1 else ''}: microseconds per step (median)\n")
-        out("| config | fastlstm step(out=) | fastlstm step | ORT run | ORT iobinding | torch LSTM T=1 | "
-            "torch LSTMCell | fl vs ORT best | fl vs torch best | target | met | other load |")
+        out(
+            "| config | fastlstm step(out=) | fastlstm step | ORT run | ORT iobinding | torch LSTM T=1 | "
+            "torch LSTMCell | fl vs ORT best | fl vs torch best | target | met | other load |"
+        )
         out("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for c in cfgs:
             g = partial(_get, results, c.name, n)
@@ -375,18 +405,22 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
                 tgt = f">={STEP_TARGET_ORT_LARGE:g}x ORT"
                 met = _ok(r_ort, STEP_TARGET_ORT_LARGE)
                 targets.append((f"step {c.name} {n}T vs ORT", r_ort, STEP_TARGET_ORT_LARGE))
-            out(f"| {c.name} | {_fmt_t(fl, 'us')} | {_fmt_t(g('fl.step'), 'us')} | {_fmt_t(g('ort.step'), 'us')} | "
+            out(
+                f"| {c.name} | {_fmt_t(fl, 'us')} | {_fmt_t(g('fl.step'), 'us')} | {_fmt_t(g('ort.step'), 'us')} | "
                 f"{_fmt_t(g('ort.step_iobind'), 'us')} | {_fmt_t(g('torch.lstm_step'), 'us')} | "
                 f"{_fmt_t(g('torch.cell_step'), 'us')} | {_fmt_r(r_ort)} | {_fmt_r(r_torch)} | {tgt} | {met} | "
-                f"{g('foreign_load'):.2f} |")
+                f"{g('foreign_load'):.2f} |"
+            )
         loops = [_get(results, c.name, n, "loop") for c in cfgs]
         overhead = _fmt_t(statistics.median(loops), "us")
         out(f"\nPython loop overhead included in every step figure: {overhead} us/step.\n")
 
     for n in thread_list:
         out(f"### predict (whole sequence), {n} thread{'s' if n > 1 else ''}: milliseconds per sequence (median)\n")
-        out("| config | fastlstm | torch nn.LSTM | ORT | fl vs best other | target | met | fl GFLOP/s | "
-            "sgemm peak GFLOP/s | fl % of peak | BLAS floor ms | fl / floor | other load |")
+        out(
+            "| config | fastlstm | torch nn.LSTM | ORT | fl vs best other | target | met | fl GFLOP/s | "
+            "sgemm peak GFLOP/s | fl % of peak | BLAS floor ms | fl / floor | other load |"
+        )
         out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for c in cfgs:
             g = partial(_get, results, c.name, n)
@@ -400,15 +434,19 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
             peak = _get(results, c.name, n, "blas.peak")
             peak_gf = flops / peak / 1e9 if peak == peak else math.nan
             floor = g("blas.floor")
-            out(f"| {c.name} | {_fmt_t(fl, 'ms')} | {_fmt_t(tt, 'ms')} | {_fmt_t(oo, 'ms')} | {_fmt_r(r)} | "
+            out(
+                f"| {c.name} | {_fmt_t(fl, 'ms')} | {_fmt_t(tt, 'ms')} | {_fmt_t(oo, 'ms')} | {_fmt_r(r)} | "
                 f">={tgt_v:g}x | {_ok(r, tgt_v)} | {gf:.1f} | {peak_gf:.1f} | "
                 f"{100 * gf / peak_gf:.0f}% | {_fmt_t(floor, 'ms')} | {_fmt_r(fl / floor if fl == fl else None)} | "
-                f"{g('foreign_load'):.2f} |")
-        out("\nsgemm peak: the better of scipy's and numpy's OpenBLAS sgemm (the engine calls the faster) on "
+                f"{g('foreign_load'):.2f} |"
+            )
+        out(
+            "\nsgemm peak: the better of scipy's and numpy's OpenBLAS sgemm (the engine calls the faster) on "
             "(T*B, I+H) x (I+H, 4H) per layer, the whole "
             "sequence fused into one matmul (an upper bound the recurrence forbids). BLAS floor: only the "
             "matmuls the design needs (one input-projection sgemm + T recurrent sgemm/sgemv per layer), "
-            "called from Python (~1 us wrapper cost per call inflates it at small H).\n")
+            "called from Python (~1 us wrapper cost per call inflates it at small H).\n"
+        )
 
     if args.isa:
         isa_table(out, results, cfgs, thread_list, args.isa)
@@ -419,8 +457,14 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
         out(f"| config | case | {lo} thread | {hi} threads | speed-up | target |")
         out("|---|---|---|---|---|---|")
         for c in cfgs:
-            keys = [("fl.predict", "ms"), ("fl.step_out", "us"), ("torch.seq", "ms"), ("ort.seq", "ms"),
-                    ("ort.step_iobind", "us"), ("torch.lstm_step", "us")]
+            keys = [
+                ("fl.predict", "ms"),
+                ("fl.step_out", "us"),
+                ("torch.seq", "ms"),
+                ("ort.seq", "ms"),
+                ("ort.step_iobind", "us"),
+                ("torch.lstm_step", "us"),
+            ]
             if not c.batched:
                 keys = keys[:2]
             for k, unit in keys:
@@ -433,11 +477,19 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
                 out(f"| {c.name} | {k} ({unit}) | {_fmt_t(a, unit)} | {_fmt_t(b, unit)} | {_fmt_r(s)} | {tgt} |")
         out("")
 
-    others = sorted({k.rsplit(".", 1)[0] for r in results.values() for k in r
-                     if k.endswith((".seq", ".step")) and not k.startswith(("fl.", "torch.", "ort."))})
+    others = sorted(
+        {
+            k.rsplit(".", 1)[0]
+            for r in results.values()
+            for k in r
+            if k.endswith((".seq", ".step")) and not k.startswith(("fl.", "torch.", "ort."))
+        }
+    )
     for n in thread_list if others else ():
-        out(f"### Other peers, {n} thread{'s' if n > 1 else ''}: step (us) and predict (ms), median, and their "
-            "time / fastlstm's\n")
+        out(
+            f"### Other peers, {n} thread{'s' if n > 1 else ''}: step (us) and predict (ms), median, and their "
+            "time / fastlstm's\n"
+        )
         out("| config | " + " | ".join(f"{p} step | {p} predict" for p in others) + " |")
         out("|---|" + "---|---|" * len(others))
         for c in cfgs:
@@ -445,8 +497,10 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
             cells = []
             for p in others:
                 st, sq = g(f"{p}.step"), g(f"{p}.seq")
-                cells += [f"{_fmt_t(st, 'us')} ({_fmt_r(st / g('fl.step_out'))})",
-                          f"{_fmt_t(sq, 'ms')} ({_fmt_r(sq / g('fl.predict'))})"]
+                cells += [
+                    f"{_fmt_t(st, 'us')} ({_fmt_r(st / g('fl.step_out'))})",
+                    f"{_fmt_t(sq, 'ms')} ({_fmt_r(sq / g('fl.predict'))})",
+                ]
             out(f"| {c.name} | " + " | ".join(cells) + " |")
         out("")
 
@@ -470,42 +524,51 @@ def report(results, errs, cfgs, thread_list, args, env) -> str:
 
 
 #: The case keys of each peer isa.HELD_PEERS names: (step cases, predict case).
-HELD_CASES = {"torch": (("torch.lstm_step", "torch.cell_step"), "torch.seq"),
-              "openvino": (("openvino.step",), "openvino.seq")}
+HELD_CASES = {
+    "torch": (("torch.lstm_step", "torch.cell_step"), "torch.seq"),
+    "openvino": (("openvino.step",), "openvino.seq"),
+}
 
 
 def isa_table(out, results, cfgs, thread_list, path):
     """fastlstm on one kernel path against the best peer held to the same instruction set, and
     against ONNX Runtime (not held): ratios > 1 mean fastlstm is faster."""
     for n in thread_list:
-        out(f"### fastlstm path {path} vs peers held to it ({isa.describe(path)}), "
-            f"{n} thread{'s' if n > 1 else ''}\n")
-        out("| config | step: fastlstm µs | best held peer | ratio | ORT | ratio vs ORT | "
-            "predict: fastlstm ms | best held peer | ratio | ORT | ratio vs ORT |")
+        out(f"### fastlstm path {path} vs peers held to it ({isa.describe(path)}), {n} thread{'s' if n > 1 else ''}\n")
+        out(
+            "| config | step: fastlstm µs | best held peer | ratio | ORT | ratio vs ORT | "
+            "predict: fastlstm ms | best held peer | ratio | ORT | ratio vs ORT |"
+        )
         out("|---|---|---|---|---|---|---|---|---|---|---|")
         for c in cfgs:
             g = partial(_get, results, c.name, n)
             row = [c.name]
             for kind, fl_key, unit in (("step", "fl.step_out", "us"), ("seq", "fl.predict", "ms")):
                 fl = g(fl_key)
-                peers = {name: min(g(k) for k in HELD_CASES[name][0]) if kind == "step" else g(HELD_CASES[name][1])
-                         for name in isa.HELD_PEERS}
+                peers = {
+                    name: min(g(k) for k in HELD_CASES[name][0]) if kind == "step" else g(HELD_CASES[name][1])
+                    for name in isa.HELD_PEERS
+                }
                 peers = {k: v for k, v in peers.items() if v == v}
                 best = min(peers, key=peers.__getitem__) if peers else None
                 ort = min(g("ort.step"), g("ort.step_iobind")) if kind == "step" else g("ort.seq")
-                row += [_fmt_t(fl, unit),
-                        f"{_fmt_t(peers[best], unit)} ({best})" if best else "-",
-                        _fmt_r(peers[best] / fl if best and fl == fl else None),
-                        _fmt_t(ort, unit), _fmt_r(ort / fl if fl == fl else None)]
+                row += [
+                    _fmt_t(fl, unit),
+                    f"{_fmt_t(peers[best], unit)} ({best})" if best else "-",
+                    _fmt_r(peers[best] / fl if best and fl == fl else None),
+                    _fmt_t(ort, unit),
+                    _fmt_r(ort / fl if fl == fl else None),
+                ]
             out("| " + " | ".join(row) + " |")
         out("")
 
 
 def environment(thread_list, fl_info) -> Dict[str, str]:
     env = {"CPU": f"{cpu_name()}, {available_cores()} cores available"}
-    env["threads compared"] = ", ".join(map(str, thread_list)) + \
-        (" (the same n for fastlstm.set_num_threads, BLAS via threadpoolctl, torch.set_num_threads, ORT "
-         "intra_op_num_threads, OpenVINO INFERENCE_NUM_THREADS)")
+    env["threads compared"] = ", ".join(map(str, thread_list)) + (
+        " (the same n for fastlstm.set_num_threads, BLAS via threadpoolctl, torch.set_num_threads, ORT "
+        "intra_op_num_threads, OpenVINO INFERENCE_NUM_THREADS)"
+    )
     vers = [f"python {platform.python_version()}", f"numpy {np.__version__}"]
     from importlib import metadata
 
@@ -527,10 +590,16 @@ def _git_state() -> str:
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
     return f"commit {head or '?'}" + (" + uncommitted changes" if dirty else "")
@@ -545,38 +614,71 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer, shorter samples (~1.5 min on a quiet machine)")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
-    p.add_argument("--threads", default=None,
-                   help="comma-separated thread counts (default: 1 and the cores available, e.g. '1,2')")
+    p.add_argument(
+        "--threads", default=None, help="comma-separated thread counts (default: 1 and the cores available, e.g. '1,2')"
+    )
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats per case (default 15; quick 5)")
     p.add_argument("--sample-ms", type=float, default=None, help="target length of one sample (default 60; quick 15)")
     p.add_argument("--head", type=int, default=0, help="add a dense head with this many outputs (default: none)")
     p.add_argument("--json", default=None, help="also write raw medians and samples to this JSON file")
-    p.add_argument("--engines", default="fl,torch,ort,peers,blas",
-                   help="subset of fl,torch,ort,peers,blas ('peers': every other installed peer of the "
-                        "harness's registry, e.g. OpenVINO, tract)")
-    p.add_argument("--isa", choices=sorted(isa.HOLDS), default=None,
-                   help="fastlstm's kernel path (FASTLSTM_ISA), with oneDNN (torch, OpenVINO) and OpenBLAS held to "
-                        "the same instruction set; adds a table against the best held peer")
-    p.add_argument("--max-load", type=float, default=0.3,
-                   help="cores other processes may keep busy, beyond the cores a block leaves idle, before "
-                        "the block counts as noisy (default 0.3)")
-    p.add_argument("--retry-noisy", type=int, default=None,
-                   help="re-measure a noisy (config, threads) block up to this many times, keeping the "
-                        "quietest (default 2; quick 0)")
-    p.add_argument("--wait-quiet", type=float, default=None,
-                   help="before each block wait up to this many seconds for the machine to go quiet "
-                        "(default 30; quick 0)")
-    p.add_argument("--settle-ms", type=float, default=250.0,
-                   help="at more than one thread, pause this long between samples of different runtimes so "
-                        "no spinning pool of the previous one is left running (default 250)")
-    p.add_argument("--same-process", action="store_true",
-                   help="run fastlstm in this process too (default: its own worker process, so fastlstm and "
-                        "torch each keep their own OpenMP wait policy; see FlWorker)")
-    p.add_argument("--import-order", choices=("fastlstm-first", "torch-first"), default="fastlstm-first",
-                   help="with --same-process: which engine loads libgomp, and so whose OMP_WAIT_POLICY applies "
-                        "to both")
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds after which no more waiting or re-measuring is done (default 480; quick 90)")
+    p.add_argument(
+        "--engines",
+        default="fl,torch,ort,peers,blas",
+        help="subset of fl,torch,ort,peers,blas ('peers': every other installed peer of the "
+        "harness's registry, e.g. OpenVINO, tract)",
+    )
+    p.add_argument(
+        "--isa",
+        choices=sorted(isa.HOLDS),
+        default=None,
+        help="fastlstm's kernel path (FASTLSTM_ISA), with oneDNN (torch, OpenVINO) and OpenBLAS held to "
+        "the same instruction set; adds a table against the best held peer",
+    )
+    p.add_argument(
+        "--max-load",
+        type=float,
+        default=0.3,
+        help="cores other processes may keep busy, beyond the cores a block leaves idle, before "
+        "the block counts as noisy (default 0.3)",
+    )
+    p.add_argument(
+        "--retry-noisy",
+        type=int,
+        default=None,
+        help="re-measure a noisy (config, threads) block up to this many times, keeping the "
+        "quietest (default 2; quick 0)",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        help="before each block wait up to this many seconds for the machine to go quiet (default 30; quick 0)",
+    )
+    p.add_argument(
+        "--settle-ms",
+        type=float,
+        default=250.0,
+        help="at more than one thread, pause this long between samples of different runtimes so "
+        "no spinning pool of the previous one is left running (default 250)",
+    )
+    p.add_argument(
+        "--same-process",
+        action="store_true",
+        help="run fastlstm in this process too (default: its own worker process, so fastlstm and "
+        "torch each keep their own OpenMP wait policy; see FlWorker)",
+    )
+    p.add_argument(
+        "--import-order",
+        choices=("fastlstm-first", "torch-first"),
+        default="fastlstm-first",
+        help="with --same-process: which engine loads libgomp, and so whose OMP_WAIT_POLICY applies to both",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds after which no more waiting or re-measuring is done (default 480; quick 90)",
+    )
     args = p.parse_args(argv)
     if args.isa:
         isa.restart_held(args.isa, __file__, argv)  # returns once the environment is in place
@@ -601,11 +703,16 @@ def main(argv=None) -> int:
         import fastlstm
 
         if "fl" in want:
-            fl_info = {"version": fastlstm.__version__, "openmp": fastlstm.openmp_enabled(),
-                       "isa": fastlstm._isa.levels()[0]}
-        layout = (f"one process, {args.import_order}: libgomp's OMP_WAIT_POLICY is "
-                  f"{os.environ.get('OMP_WAIT_POLICY', 'unset') if _FASTLSTM_FIRST else _policy_before}"
-                  " for fastlstm and torch alike")
+            fl_info = {
+                "version": fastlstm.__version__,
+                "openmp": fastlstm.openmp_enabled(),
+                "isa": fastlstm._isa.levels()[0],
+            }
+        layout = (
+            f"one process, {args.import_order}: libgomp's OMP_WAIT_POLICY is "
+            f"{os.environ.get('OMP_WAIT_POLICY', 'unset') if _FASTLSTM_FIRST else _policy_before}"
+            " for fastlstm and torch alike"
+        )
     else:
         if "fl" in want:
             worker = FlWorker()
@@ -617,13 +724,17 @@ def main(argv=None) -> int:
                 worker = None
         layout = "torch and ORT in this process (libgomp default wait policy)"
         if fl_info is not None:
-            layout += (f"; fastlstm in its own process (OMP_WAIT_POLICY={fl_info['OMP_WAIT_POLICY']}, "
-                       f"torch loaded there: {fl_info['torch_loaded']}); samples interleave across the two")
+            layout += (
+                f"; fastlstm in its own process (OMP_WAIT_POLICY={fl_info['OMP_WAIT_POLICY']}, "
+                f"torch loaded there: {fl_info['torch_loaded']}); samples interleave across the two"
+            )
     env = environment(thread_list, fl_info)
     env["processes"] = layout
-    env["instruction sets"] = (f"fastlstm kernel path {fl_info['isa'] if fl_info else '-'}; peers held: "
-                               f"{isa.describe(args.isa)}; ONNX Runtime and tract never held"
-                               + "".join(f"; {k} left out: {v}" for k, v in isa.left_out(args.isa).items()))
+    env["instruction sets"] = (
+        f"fastlstm kernel path {fl_info['isa'] if fl_info else '-'}; peers held: "
+        f"{isa.describe(args.isa)}; ONNX Runtime and tract never held"
+        + "".join(f"; {k} left out: {v}" for k, v in isa.left_out(args.isa).items())
+    )
     results: Dict[tuple, Dict[str, float]] = {}
     raw: Dict[str, Dict] = {}
     errs: Dict[str, Dict[str, float]] = {}
@@ -664,25 +775,40 @@ def main(argv=None) -> int:
                     if "blas" in want:
                         cases += blas_cases(cfg, ("numpy",) if args.quick else ("scipy", "numpy"))
                     with OtherLoad([worker.pid] if worker is not None else []) as load:
-                        measure(cases, args.repeats, args.sample_ms / 1e3, pause_s=0.0,
-                                settle_s=args.settle_ms / 1e3 if n > 1 else 0.0)
+                        measure(
+                            cases,
+                            args.repeats,
+                            args.sample_ms / 1e3,
+                            pause_s=0.0,
+                            settle_s=args.settle_ms / 1e3 if n > 1 else 0.0,
+                        )
                 if best is None or load.cores < best[1].cores:
                     best = (cases, load)
                 if not (load.cores > allowed):
                     break
-                print(f"# {cfg.name} {n}T: other processes busy {load.cores:.2f} cores, "
-                      f"{'measuring again' if attempt < args.retry_noisy else 'keeping the quietest try'}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"# {cfg.name} {n}T: other processes busy {load.cores:.2f} cores, "
+                    f"{'measuring again' if attempt < args.retry_noisy else 'keeping the quietest try'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             cases, load = best
             results[(cfg.name, n)] = {c.workload: c.median for c in cases}
             results[(cfg.name, n)]["foreign_load"] = load.cores
-            raw[f"{cfg.name}/{n}"] = {c.workload: {"median_s": c.median, "n": c.n, "samples_s": c.samples}
-                                      for c in cases}
+            raw[f"{cfg.name}/{n}"] = {
+                c.workload: {"median_s": c.median, "n": c.n, "samples_s": c.samples} for c in cases
+            }
             raw[f"{cfg.name}/{n}"]["foreign_load_cores"] = load.cores
-            summary = ", ".join(f"{c.workload}={c.median * (1e6 if c.variant == 'step' else 1e3):.3g}"
-                                f"{'us' if c.variant == 'step' else 'ms'}" for c in cases)
-            print(f"# {cfg.name} {n}T (other processes busy {load.cores:.2f} cores): {summary}",
-                  file=sys.stderr, flush=True)
+            summary = ", ".join(
+                f"{c.workload}={c.median * (1e6 if c.variant == 'step' else 1e3):.3g}"
+                f"{'us' if c.variant == 'step' else 'ms'}"
+                for c in cases
+            )
+            print(
+                f"# {cfg.name} {n}T (other processes busy {load.cores:.2f} cores): {summary}",
+                file=sys.stderr,
+                flush=True,
+            )
         print(f"# {cfg.name} done in {time.perf_counter() - t_cfg:.1f} s", file=sys.stderr, flush=True)
     if worker is not None:
         worker.close()

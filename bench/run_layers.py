@@ -48,6 +48,7 @@ SAMPLE_RATE = 48_000
 
 # --------------------------------------------------------------------------- models
 
+
 def gru_models(cfg, seed=0):
     """(nn.GRU, [nn.GRUCell per layer], fastlstm.Model) with the same weights."""
 
@@ -101,13 +102,20 @@ def amp_models(seed=0, K=12, C=16, H=32):
     conv, lstm, fc1, fc2 = nn.Conv1d(1, C, K), nn.LSTM(C, H), nn.Linear(H, 16), nn.Linear(16, 1)
     parts = [m.eval().requires_grad_(False) for m in (conv, lstm, fc1, fc2)]
     np_ = lambda t: t.detach().numpy().copy()  # noqa: E731
-    model = fastlstm.Model([
-        fastlstm.Conv1D(np_(conv.weight), np_(conv.bias), padding="causal", activation="tanh"),
-        fastlstm.LSTMLayer([fastlstm.LSTMWeights(np_(lstm.weight_ih_l0), np_(lstm.weight_hh_l0),
-                                                 np_(lstm.bias_ih_l0), np_(lstm.bias_hh_l0))]),
-        fastlstm.Dense(np_(fc1.weight), np_(fc1.bias), activation="relu"),
-        fastlstm.Dense(np_(fc2.weight), np_(fc2.bias)),
-    ])
+    model = fastlstm.Model(
+        [
+            fastlstm.Conv1D(np_(conv.weight), np_(conv.bias), padding="causal", activation="tanh"),
+            fastlstm.LSTMLayer(
+                [
+                    fastlstm.LSTMWeights(
+                        np_(lstm.weight_ih_l0), np_(lstm.weight_hh_l0), np_(lstm.bias_ih_l0), np_(lstm.bias_hh_l0)
+                    )
+                ]
+            ),
+            fastlstm.Dense(np_(fc1.weight), np_(fc1.bias), activation="relu"),
+            fastlstm.Dense(np_(fc2.weight), np_(fc2.bias)),
+        ]
+    )
 
     class Step(nn.Module):
         """(window (1, 1, K) of the last K samples, h0, c0) -> (y (1, 1, 1), hn, cn)."""
@@ -117,7 +125,7 @@ def amp_models(seed=0, K=12, C=16, H=32):
             self.conv, self.lstm, self.fc1, self.fc2 = parts
 
         def forward(self, x, h0, c0):
-            z = torch.tanh(self.conv(x)).permute(2, 0, 1)          # (1, 1, C)
+            z = torch.tanh(self.conv(x)).permute(2, 0, 1)  # (1, 1, C)
             y, (h, c) = self.lstm(z, (h0, c0))
             return self.fc2(torch.relu(self.fc1(y))), h, c
 
@@ -137,6 +145,7 @@ def amp_models(seed=0, K=12, C=16, H=32):
 
 
 # --------------------------------------------------------------------------- cases
+
 
 def fl_cases(model, x):
     """fastlstm's step (with out=) and predict on x (T, B, I)."""
@@ -164,8 +173,14 @@ def ort_cases(step_path, seq_path, x, states, state_shape, xs=None):
     ``states`` names the step graph's state tensors (input ``{name}0``, output ``{name}n``),
     each ``state_shape`` at batch 1; ``xs``: the step inputs when they are not x's steps."""
     sess = ort_session(seq_path, 1)
-    graphs = OnnxGraphs(os.path.dirname(step_path), seq_path, step_path, [f"{n}0" for n in states],
-                        [f"{n}n" for n in states], [state_shape] * len(states))
+    graphs = OnnxGraphs(
+        os.path.dirname(step_path),
+        seq_path,
+        step_path,
+        [f"{n}0" for n in states],
+        [f"{n}n" for n in states],
+        [state_shape] * len(states),
+    )
     stepper = OrtBoundStepper(ort_session(step_path, 1), graphs, x if xs is None else xs)
 
     def ort_step(n):
@@ -191,8 +206,13 @@ def gru_config(cfg, tmp, repeats, sample_s):
     x = make_inputs(cfg)
     step_mod, seq_mod = _GRUStep.module(gru)
     h0 = torch.zeros(cfg.L, cfg.B, cfg.H)
-    step_path = _export(step_mod, (torch.zeros(1, cfg.B, cfg.I), h0), os.path.join(tmp, f"{cfg.name}.step.onnx"),
-                           ["x", "h0"], ["y", "hn"])
+    step_path = _export(
+        step_mod,
+        (torch.zeros(1, cfg.B, cfg.I), h0),
+        os.path.join(tmp, f"{cfg.name}.step.onnx"),
+        ["x", "h0"],
+        ["y", "hn"],
+    )
     seq_path = _export(seq_mod, (torch.from_numpy(x),), os.path.join(tmp, f"{cfg.name}.seq.onnx"), ["x"], ["y"])
     cases = fl_cases(model, x)
     ocases, stepper, sess = ort_cases(step_path, seq_path, x, ("h",), (cfg.L, 1, cfg.H))
@@ -204,14 +224,17 @@ def gru_config(cfg, tmp, repeats, sample_s):
     fl_y = model.predict(x if cfg.B > 1 else x[:, 0]).reshape(ref.shape)
     st = model.stream() if cfg.B == 1 else model.stream(cfg.B)
     fl_s = np.stack([st.step(x[t, 0] if cfg.B == 1 else x[t]).reshape(cfg.B, -1) for t in range(20)])
-    ort_s = np.concatenate([stepper.step(x[t:t + 1]).copy() for t in range(20)])
+    ort_s = np.concatenate([stepper.step(x[t : t + 1]).copy() for t in range(20)])
     stepper.reset()
-    errs = {"fl.predict": float(np.abs(fl_y - ref).max()), "fl.step": float(np.abs(fl_s - ref[:20]).max()),
-            "ort.seq": float(np.abs(sess.run(None, {"x": x})[0] - ref).max()),
-            "ort.step": float(np.abs(ort_s - ref[:20]).max())}
+    errs = {
+        "fl.predict": float(np.abs(fl_y - ref).max()),
+        "fl.step": float(np.abs(fl_s - ref[:20]).max()),
+        "ort.seq": float(np.abs(sess.run(None, {"x": x})[0] - ref).max()),
+        "ort.step": float(np.abs(ort_s - ref[:20]).max()),
+    }
 
     xt_all = torch.from_numpy(x)
-    x1 = [xt_all[t:t + 1] for t in range(cfg.T)]
+    x1 = [xt_all[t : t + 1] for t in range(cfg.T)]
     xb = [xt_all[t] for t in range(cfg.T)]
     state = {"h": torch.zeros(cfg.L, cfg.B, cfg.H)}
     hs = [torch.zeros(cfg.B, cfg.H) for _ in range(cfg.L)]
@@ -236,9 +259,11 @@ def gru_config(cfg, tmp, repeats, sample_s):
             for _ in range(n):
                 gru(xt_all)
 
-    cases += [Case("torch.gru_step", "torch", torch_gru_step),
-              Case("torch.cell_step", "torch", torch_cell_step),
-              Case("torch.seq", "torch", torch_seq)]
+    cases += [
+        Case("torch.gru_step", "torch", torch_gru_step),
+        Case("torch.cell_step", "torch", torch_cell_step),
+        Case("torch.seq", "torch", torch_seq),
+    ]
     measure(cases, repeats, sample_s)
     return {c.workload: c.median for c in cases}, errs
 
@@ -250,8 +275,13 @@ def amp_bench(tmp, repeats, sample_s, T=4800):
     rng = np.random.default_rng(3)
     x = (0.3 * rng.standard_normal((T, 1, 1))).astype(np.float32)
     win0 = torch.zeros(1, 1, K)
-    step_path = _export(step_mod, (win0, torch.zeros(1, 1, H), torch.zeros(1, 1, H)),
-                           os.path.join(tmp, "amp.step.onnx"), ["x", "h0", "c0"], ["y", "hn", "cn"])
+    step_path = _export(
+        step_mod,
+        (win0, torch.zeros(1, 1, H), torch.zeros(1, 1, H)),
+        os.path.join(tmp, "amp.step.onnx"),
+        ["x", "h0", "c0"],
+        ["y", "hn", "cn"],
+    )
     seq_path = _export(seq_mod, (torch.from_numpy(x),), os.path.join(tmp, "amp.seq.onnx"), ["x"], ["y"])
     window = np.zeros((1, 1, K), np.float32)
 
@@ -262,8 +292,7 @@ def amp_bench(tmp, repeats, sample_s, T=4800):
         return window
 
     cases = fl_cases(model, x)
-    ocases, stepper, sess = ort_cases(step_path, seq_path, x, ("h", "c"), (1, 1, H),
-                                      np.zeros((1, 1, K), np.float32))
+    ocases, stepper, sess = ort_cases(step_path, seq_path, x, ("h", "c"), (1, 1, H), np.zeros((1, 1, K), np.float32))
     samples = x[:, 0, 0]
     win = stepper.x_buf[0, 0]
 
@@ -288,10 +317,12 @@ def amp_bench(tmp, repeats, sample_s, T=4800):
             y, *th2 = step_mod(tw, *th)
             th = tuple(th2)
             tor.append(y.numpy().reshape(1))
-    errs = {"fl.predict": float(np.abs(model.predict(x[:, 0]) - ref[:, 0]).max()),
-            "fl.step": float(np.abs(fl_s - ref[:200, 0]).max()),
-            "torch.step": float(np.abs(np.stack(tor) - ref[:200, 0]).max()),
-            "ort.seq": float(np.abs(sess.run(None, {"x": x})[0] - ref).max())}
+    errs = {
+        "fl.predict": float(np.abs(model.predict(x[:, 0]) - ref[:, 0]).max()),
+        "fl.step": float(np.abs(fl_s - ref[:200, 0]).max()),
+        "torch.step": float(np.abs(np.stack(tor) - ref[:200, 0]).max()),
+        "ort.seq": float(np.abs(sess.run(None, {"x": x})[0] - ref).max()),
+    }
 
     tstate = {"h": (torch.zeros(1, 1, H), torch.zeros(1, 1, H)), "w": torch.zeros(1, 1, K)}
     tsamples = [torch.tensor(float(v)) for v in samples]
@@ -320,33 +351,46 @@ def amp_bench(tmp, repeats, sample_s, T=4800):
 
 # --------------------------------------------------------------------------- report
 
+
 def _us(s):
     return f"{s * 1e6:,.1f} us" if s < 1e-3 else f"{s * 1e3:,.2f} ms"
 
 
 def gru_table(results):
-    lines = ["| config | fl step | ORT step | torch nn.GRU step | torch GRUCell step | step vs ORT | "
-             "step vs torch (faster) | fl predict | ORT seq | torch seq | predict vs faster peer |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| config | fl step | ORT step | torch nn.GRU step | torch GRUCell step | step vs ORT | "
+        "step vs torch (faster) | fl predict | ORT seq | torch seq | predict vs faster peer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, (r, _) in results.items():
         t_best = min(r["torch.gru_step"], r["torch.cell_step"])
         peer = min(r["ort.seq"], r["torch.seq"])
-        lines.append(f"| {name} | {_us(r['fl.step'])} | {_us(r['ort.step'])} | {_us(r['torch.gru_step'])} | "
-                     f"{_us(r['torch.cell_step'])} | {r['ort.step'] / r['fl.step']:.1f}x | "
-                     f"{t_best / r['fl.step']:.1f}x | "
-                     f"{_us(r['fl.predict'])} | {_us(r['ort.seq'])} | {_us(r['torch.seq'])} | "
-                     f"{peer / r['fl.predict']:.2f}x |")
+        lines.append(
+            f"| {name} | {_us(r['fl.step'])} | {_us(r['ort.step'])} | {_us(r['torch.gru_step'])} | "
+            f"{_us(r['torch.cell_step'])} | {r['ort.step'] / r['fl.step']:.1f}x | "
+            f"{t_best / r['fl.step']:.1f}x | "
+            f"{_us(r['fl.predict'])} | {_us(r['ort.seq'])} | {_us(r['torch.seq'])} | "
+            f"{peer / r['fl.predict']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
 def amp_table(r, T):
-    lines = ["| engine | per-step latency | real-time factor (48 kHz) | vs fastlstm | "
-             f"whole {T}-sample buffer | buffer RTF |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| engine | per-step latency | real-time factor (48 kHz) | vs fastlstm | "
+        f"whole {T}-sample buffer | buffer RTF |",
+        "|---|---|---|---|---|---|",
+    ]
     audio = T / SAMPLE_RATE
-    for eng, step, seq in (("fastlstm", "fl.step", "fl.predict"), ("ONNX Runtime", "ort.step", "ort.seq"),
-                           ("PyTorch", "torch.step", "torch.seq")):
-        lines.append(f"| {eng} | {_us(r[step])} | {r[step] * SAMPLE_RATE:.3f} | {r[step] / r['fl.step']:.1f}x | "
-                     f"{_us(r[seq])} | {r[seq] / audio:.3f} |")
+    for eng, step, seq in (
+        ("fastlstm", "fl.step", "fl.predict"),
+        ("ONNX Runtime", "ort.step", "ort.seq"),
+        ("PyTorch", "torch.step", "torch.seq"),
+    ):
+        lines.append(
+            f"| {eng} | {_us(r[step])} | {r[step] * SAMPLE_RATE:.3f} | {r[step] / r['fl.step']:.1f}x | "
+            f"{_us(r[seq])} | {r[seq] / audio:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -373,8 +417,10 @@ def main(argv=None):
                 results[name] = gru_config(cfg, tmp, args.repeats, args.sample_ms / 1000)
             print("\n### GRU, 1 thread (medians)\n")
             print(gru_table(results))
-            print("\nmax |difference| from torch: " + "; ".join(
-                f"{n}: " + ", ".join(f"{k} {v:.1e}" for k, v in e.items()) for n, (_, e) in results.items()))
+            print(
+                "\nmax |difference| from torch: "
+                + "; ".join(f"{n}: " + ", ".join(f"{k} {v:.1e}" for k, v in e.items()) for n, (_, e) in results.items())
+            )
             out["gru"] = {n: {"median_s": r, "parity": e} for n, (r, e) in results.items()}
         if args.part in ("amp", "all"):
             print("# amp", file=sys.stderr)

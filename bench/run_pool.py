@@ -59,10 +59,11 @@ from fastlstm.harness.torch_runner import TorchRunner
 STREAM_COUNTS = (1, 16, 256, 1024)
 CONFIG_NAMES = ("small", "medium")
 ENGINES = ("pool", "stream/each", "ort/batched", "ort/each", "ort/each-io", "torch/batched")
-N_INPUTS = 8          # distinct input ticks, cycled
+N_INPUTS = 8  # distinct input ticks, cycled
 
 
 # --------------------------------------------------------------------------- engines
+
 
 class Engine:
     """One way to advance N streams by one step.  ``tick(k)`` uses input tick k (of N_INPUTS)."""
@@ -123,7 +124,7 @@ class OrtBatchedEngine(Engine):
         N = xs.shape[1]
         self.sess, self.names, self.N = runner.step_sess, runner.graphs.state_in, N
         self.states = [runner.graphs.zero_state(1) for _ in range(N)]  # each stream's own arrays
-        self.xs = [np.ascontiguousarray(x[None]) for x in xs]   # (1, N, I)
+        self.xs = [np.ascontiguousarray(x[None]) for x in xs]  # (1, N, I)
         self.y = None
 
     def tick(self, k):
@@ -143,8 +144,9 @@ class OrtEachEngine(Engine):
 
     def __init__(self, runner: OrtRunner, xs, bound):
         kind = OrtBoundStepper if bound else OrtRunStepper
-        self.steppers = [kind(runner.step_sess, runner.graphs, np.ascontiguousarray(xs[:, j:j + 1]))
-                         for j in range(xs.shape[1])]
+        self.steppers = [
+            kind(runner.step_sess, runner.graphs, np.ascontiguousarray(xs[:, j : j + 1])) for j in range(xs.shape[1])
+        ]
         if bound:
             self.name = "ort/each-io"
 
@@ -166,13 +168,15 @@ class TorchBatchedEngine(Engine):
         N = xs.shape[1]
         _, zero = self.net(torch.zeros(1, 1, xs.shape[2]))  # the state layout at batch 1
         self.states = [[(torch.zeros_like(h), torch.zeros_like(c)) for h, c in zero] for _ in range(N)]
-        self.xs = [torch.from_numpy(np.ascontiguousarray(x[None])) for x in xs]   # converted up front
+        self.xs = [torch.from_numpy(np.ascontiguousarray(x[None])) for x in xs]  # converted up front
         self.y = None
 
     def tick(self, k):
         torch, states = self.torch, self.states
-        batched = [(torch.cat([st[j][0] for st in states], dim=1), torch.cat([st[j][1] for st in states], dim=1))
-                   for j in range(len(states[0]))]
+        batched = [
+            (torch.cat([st[j][0] for st in states], dim=1), torch.cat([st[j][1] for st in states], dim=1))
+            for j in range(len(states[0]))
+        ]
         self.y, new = self.net(self.xs[k], batched)
         parts = [(torch.split(h, 1, dim=1), torch.split(c, 1, dim=1)) for h, c in new]
         self.states = [[(h[i], c[i]) for h, c in parts] for i in range(len(states))]
@@ -185,13 +189,14 @@ class TorchBatchedEngine(Engine):
 
 # --------------------------------------------------------------------------- measuring
 
-def run_block(engine: Engine, seconds: float, min_ticks: int, max_ticks: int, start: int,
-              inference_mode) -> List[float]:
+
+def run_block(
+    engine: Engine, seconds: float, min_ticks: int, max_ticks: int, start: int, inference_mode
+) -> List[float]:
     """Tick for ``seconds`` after 3 untimed warm-up ticks; returns the seconds each timed tick took
     (the harness's tick_latencies, inside torch's inference mode)."""
     with inference_mode():
-        return tick_latencies(lambda k: engine.tick(k % N_INPUTS), seconds, min_ticks, max_ticks, warmup=3,
-                              start=start)
+        return tick_latencies(lambda k: engine.tick(k % N_INPUTS), seconds, min_ticks, max_ticks, warmup=3, start=start)
 
 
 def measure_case(engines: Dict[str, Engine], budget_s, min_ticks, max_ticks, rounds, inference_mode):
@@ -205,8 +210,14 @@ def measure_case(engines: Dict[str, Engine], budget_s, min_ticks, max_ticks, rou
             gc.disable()
             try:
                 with OtherLoad() as ol:
-                    samples[name] += run_block(engines[name], budget_s / rounds, -(-min_ticks // rounds),
-                                               max(1, max_ticks // rounds), r * 7, inference_mode)
+                    samples[name] += run_block(
+                        engines[name],
+                        budget_s / rounds,
+                        -(-min_ticks // rounds),
+                        max(1, max_ticks // rounds),
+                        r * 7,
+                        inference_mode,
+                    )
             finally:
                 gc.enable()
             loads.append(ol.cores)
@@ -216,25 +227,35 @@ def measure_case(engines: Dict[str, Engine], budget_s, min_ticks, max_ticks, rou
 def summarize(samples: List[float], N: int) -> Dict[str, float]:
     a = np.asarray(samples)
     p50, p99 = np.percentile(a, 50), np.percentile(a, 99)
-    return {"ticks": int(a.size), "p50_s": float(p50), "p99_s": float(p99), "mean_s": float(a.mean()),
-            "per_stream_s": float(p50 / N), "p99_over_p50": float(p99 / p50)}
+    return {
+        "ticks": int(a.size),
+        "p50_s": float(p50),
+        "p99_s": float(p99),
+        "mean_s": float(a.mean()),
+        "per_stream_s": float(p50 / N),
+        "p99_over_p50": float(p99 / p50),
+    }
 
 
 # --------------------------------------------------------------------------- building
 
+
 def build_engines(model, ort: OrtRunner, torch_runner: TorchRunner, which, xs):
     """Fresh engines for N streams (a fresh call gives zero states again)."""
     makers: Dict[str, Callable[[], Engine]] = {
-        "pool": lambda: PoolEngine(model, xs), "stream/each": lambda: StreamEachEngine(model, xs),
-        "ort/batched": lambda: OrtBatchedEngine(ort, xs), "ort/each": lambda: OrtEachEngine(ort, xs, bound=False),
+        "pool": lambda: PoolEngine(model, xs),
+        "stream/each": lambda: StreamEachEngine(model, xs),
+        "ort/batched": lambda: OrtBatchedEngine(ort, xs),
+        "ort/each": lambda: OrtEachEngine(ort, xs, bound=False),
         "ort/each-io": lambda: OrtEachEngine(ort, xs, bound=True),
-        "torch/batched": lambda: TorchBatchedEngine(torch_runner, xs)}
+        "torch/batched": lambda: TorchBatchedEngine(torch_runner, xs),
+    }
     return {name: make for name, make in makers.items() if name in which}
 
 
 def check_parity(factories, torch_runner: TorchRunner, xs) -> Dict[str, float]:
     """Each engine, fresh, runs 3 ticks; max |difference| from nn.LSTM run over the same 3 steps."""
-    ref = torch_runner.predict(np.ascontiguousarray(xs[:3]))          # (3, N, O)
+    ref = torch_runner.predict(np.ascontiguousarray(xs[:3]))  # (3, N, O)
     errs = {}
     for name, make in factories.items():
         e = make()
@@ -244,6 +265,7 @@ def check_parity(factories, torch_runner: TorchRunner, xs) -> Dict[str, float]:
 
 
 # --------------------------------------------------------------------------- report
+
 
 def _fmt(sec):
     if not math.isfinite(sec):
@@ -260,13 +282,20 @@ def _ratio(a, b):
 def report(results, args, env) -> str:
     lines = ["# fastlstm StreamPool benchmark", ""]
     lines += [f"- {k}: {v}" for k, v in env.items()]
-    lines += ["", "Per tick = all N active streams advanced by one step. Per stream = p50 tick / N.",
-              "Ratios: the other engine's per-stream cost over pool.step's (higher = pool faster).", ""]
+    lines += [
+        "",
+        "Per tick = all N active streams advanced by one step. Per stream = p50 tick / N.",
+        "Ratios: the other engine's per-stream cost over pool.step's (higher = pool faster).",
+        "",
+    ]
     for cfg_name in args.configs:
         cfg = CONFIGS[cfg_name]
-        lines += [f"## {cfg_name}: I={cfg.I} H={cfg.H} layers={cfg.L}", "",
-                  "| N | engine | ticks | p50 / tick | p99 / tick | p99/p50 | per stream-step | vs pool | other load |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {cfg_name}: I={cfg.I} H={cfg.H} layers={cfg.L}",
+            "",
+            "| N | engine | ticks | p50 / tick | p99 / tick | p99/p50 | per stream-step | vs pool | other load |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for N in args.streams:
             res = results.get(f"{cfg_name}/{N}")
             if not res:
@@ -277,16 +306,25 @@ def report(results, args, env) -> str:
                 if r is None:
                     continue
                 vs = "1.0x" if name == "pool" else (_ratio(r["per_stream_s"], pool["per_stream_s"]) if pool else "-")
-                lines.append(f"| {N} | {name} | {r['ticks']} | {_fmt(r['p50_s'])} | {_fmt(r['p99_s'])} | "
-                             f"{r['p99_over_p50']:.2f} | {_fmt(r['per_stream_s'])} | {vs} | {res['other_load']:.2f} |")
+                lines.append(
+                    f"| {N} | {name} | {r['ticks']} | {_fmt(r['p50_s'])} | {_fmt(r['p99_s'])} | "
+                    f"{r['p99_over_p50']:.2f} | {_fmt(r['per_stream_s'])} | {vs} | {res['other_load']:.2f} |"
+                )
         lines.append("")
     # parity
-    lines += ["## Parity (max |engine - nn.LSTM| over 3 ticks from zero state)", "",
-              "| config | N | " + " | ".join(ENGINES) + " |", "|---|---:|" + "---:|" * len(ENGINES)]
+    lines += [
+        "## Parity (max |engine - nn.LSTM| over 3 ticks from zero state)",
+        "",
+        "| config | N | " + " | ".join(ENGINES) + " |",
+        "|---|---:|" + "---:|" * len(ENGINES),
+    ]
     for key, res in results.items():
         cfg_name, N = key.split("/")
-        lines.append(f"| {cfg_name} | {N} | " + " | ".join(
-            f"{res['parity'][e]:.1e}" if e in res["parity"] else "-" for e in ENGINES) + " |")
+        lines.append(
+            f"| {cfg_name} | {N} | "
+            + " | ".join(f"{res['parity'][e]:.1e}" if e in res["parity"] else "-" for e in ENGINES)
+            + " |"
+        )
     lines.append("")
     # targets
     lines += ["## Targets (at 256 streams)", "", "| config | target | measured | met |", "|---|---|---:|---|"]
@@ -300,11 +338,21 @@ def report(results, args, env) -> str:
         checks = []
         each = [e[n]["per_stream_s"] for n in ("ort/each", "ort/each-io") if n in e]
         if pool and each:
-            checks.append(("pool >= 20x cheaper per stream than ORT once per stream (its faster route)",
-                           min(each) / pool["per_stream_s"], 20.0))
+            checks.append(
+                (
+                    "pool >= 20x cheaper per stream than ORT once per stream (its faster route)",
+                    min(each) / pool["per_stream_s"],
+                    20.0,
+                )
+            )
         if pool and "ort/batched" in e:
-            checks.append(("pool >= 1.2x cheaper per stream than ORT batched by hand",
-                           e["ort/batched"]["per_stream_s"] / pool["per_stream_s"], 1.2))
+            checks.append(
+                (
+                    "pool >= 1.2x cheaper per stream than ORT batched by hand",
+                    e["ort/batched"]["per_stream_s"] / pool["per_stream_s"],
+                    1.2,
+                )
+            )
         if pool:
             checks.append(("pool p99 per tick within 2x of p50", pool["p99_over_p50"], -2.0))
         for label, value, target in checks:
@@ -319,11 +367,14 @@ def report(results, args, env) -> str:
 def environment(threads) -> Dict[str, str]:
     import fastlstm
 
-    env = {"threads (every engine)": f"{threads} (fastlstm.set_num_threads, torch.set_num_threads, "
-                                     f"BLAS via threadpoolctl, ORT intra_op_num_threads)",
-           "cores available": str(available_cores()),
-           "fastlstm": f"{fastlstm.__version__}, threads {'on' if fastlstm.openmp_enabled() else 'off'}",
-           "python": platform.python_version(), "numpy": np.__version__}
+    env = {
+        "threads (every engine)": f"{threads} (fastlstm.set_num_threads, torch.set_num_threads, "
+        f"BLAS via threadpoolctl, ORT intra_op_num_threads)",
+        "cores available": str(available_cores()),
+        "fastlstm": f"{fastlstm.__version__}, threads {'on' if fastlstm.openmp_enabled() else 'off'}",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
     for mod in ("torch", "onnxruntime"):
         try:
             env[mod] = __import__(mod).__version__
@@ -335,6 +386,7 @@ def environment(threads) -> Dict[str, str]:
 
 # --------------------------------------------------------------------------- main
 
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="shorter samples: under 2 min on 2 cores")
@@ -343,12 +395,19 @@ def main(argv=None) -> int:
     p.add_argument("--engines", default=",".join(ENGINES), help="subset of " + ",".join(ENGINES))
     p.add_argument("--threads", type=int, default=None, help="threads for every engine (default: cores)")
     p.add_argument("--head", type=int, default=0, help="add a dense head with this many outputs")
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds of timed ticks per engine and case (default 2.5; quick 0.35)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timed ticks per engine and case (default 2.5; quick 0.35)",
+    )
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 3)")
-    p.add_argument("--wait-quiet", type=float, default=None,
-                   help="before each case wait up to this many s for other processes to go quiet "
-                        "(default 20; quick 3)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        help="before each case wait up to this many s for other processes to go quiet (default 20; quick 3)",
+    )
     p.add_argument("--max-load", type=float, default=0.3, help="'quiet' = other processes use at most this many cores")
     p.add_argument("--json", default=None, help="also write the raw results here")
     args = p.parse_args(argv)
@@ -387,14 +446,22 @@ def main(argv=None) -> int:
                     wait_for_quiet(args.max_load, wait_s)
                 engines = {name: make() for name, make in factories.items()}
                 samples, load = measure_case(engines, budget, min_ticks, max_ticks, rounds, torch.inference_mode)
-                res = {"engines": {n: summarize(s, N) for n, s in samples.items()}, "parity": parity,
-                       "other_load": load, "N": N, "config": cfg_name}
+                res = {
+                    "engines": {n: summarize(s, N) for n, s in samples.items()},
+                    "parity": parity,
+                    "other_load": load,
+                    "N": N,
+                    "config": cfg_name,
+                }
                 results[f"{cfg_name}/{N}"] = res
                 pool = res["engines"].get("pool")
-                print(f"  {cfg_name:6s} N={N:5d}  " + "  ".join(
-                    f"{n}={_fmt(r['per_stream_s'])}" for n, r in res["engines"].items())
-                    + f"  (other load {load:.2f})" + (f"  pool p99/p50={pool['p99_over_p50']:.2f}" if pool else ""),
-                    flush=True)
+                print(
+                    f"  {cfg_name:6s} N={N:5d}  "
+                    + "  ".join(f"{n}={_fmt(r['per_stream_s'])}" for n, r in res["engines"].items())
+                    + f"  (other load {load:.2f})"
+                    + (f"  pool p99/p50={pool['p99_over_p50']:.2f}" if pool else ""),
+                    flush=True,
+                )
                 del engines
     env["wall time"] = f"{time.perf_counter() - t_start:.0f} s"
     text = report(results, args, env)

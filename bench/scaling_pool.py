@@ -69,7 +69,7 @@ def main(argv=None):
     p.add_argument("--min-ticks", type=int, default=20, help="per thread count per round, if time allows")
     p.add_argument("--out", required=True, help="JSON file to write")
     args = p.parse_args(argv)
-    counts = list(dict.fromkeys(int(t) for t in args.threads.split(",") if t))   # in order, no repeats
+    counts = list(dict.fromkeys(int(t) for t in args.threads.split(",") if t))  # in order, no repeats
     cores = available_cores()
     t_start = time.perf_counter()
 
@@ -83,7 +83,7 @@ def main(argv=None):
     samples = {n: [] for n in counts}
     loads = {n: [] for n in counts}
     for r in range(args.rounds):
-        order = counts[r % len(counts):] + counts[:r % len(counts)]
+        order = counts[r % len(counts) :] + counts[: r % len(counts)]
         for n in order:
             fastlstm.set_num_threads(n)
             gc.collect()
@@ -103,29 +103,51 @@ def main(argv=None):
         a = np.asarray(samples[n])
         p50, p99 = float(np.percentile(a, 50)), float(np.percentile(a, 99))
         base = base if base is not None else p50
-        rows.append({"threads": n, "effective_threads": min(n, cores), "oversubscribed": n > cores,
-                     "ticks": int(a.size), "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "mean_ms": float(a.mean()) * 1e3,
-                     "per_stream_us": p50 / N * 1e6, "gflops": flops / p50 / 1e9,
-                     "speedup": base / p50, "efficiency": base / p50 * min(counts[0], cores) / min(n, cores),
-                     "other_load_cores": float(np.nanmax(loads[n])) if loads[n] else math.nan})
+        rows.append(
+            {
+                "threads": n,
+                "effective_threads": min(n, cores),
+                "oversubscribed": n > cores,
+                "ticks": int(a.size),
+                "p50_ms": p50 * 1e3,
+                "p99_ms": p99 * 1e3,
+                "mean_ms": float(a.mean()) * 1e3,
+                "per_stream_us": p50 / N * 1e6,
+                "gflops": flops / p50 / 1e9,
+                "speedup": base / p50,
+                "efficiency": base / p50 * min(counts[0], cores) / min(n, cores),
+                "other_load_cores": float(np.nanmax(loads[n])) if loads[n] else math.nan,
+            }
+        )
 
-    env = {"cores_available": cores, "cpu": cpu_name(), "fastlstm": fastlstm.__version__,
-           "openmp": fastlstm.openmp_enabled(), "python": platform.python_version(), "numpy": np.__version__,
-           "config": f"I={I} H={H} layers={L}, {N} streams, no head", "flops_per_tick": flops,
-           "bit_identical_across_thread_counts": identical, "wall_s": round(time.perf_counter() - t_start, 1)}
+    env = {
+        "cores_available": cores,
+        "cpu": cpu_name(),
+        "fastlstm": fastlstm.__version__,
+        "openmp": fastlstm.openmp_enabled(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "config": f"I={I} H={H} layers={L}, {N} streams, no head",
+        "flops_per_tick": flops,
+        "bit_identical_across_thread_counts": identical,
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
 
     print()
     print(f"StreamPool.step scaling: {env['config']}  ({cores} cores available, {env['cpu']})")
     print(f"outputs bit-identical across thread counts: {identical}")
     print()
-    print("| threads | ticks | p50 / tick | p99 / tick | per stream-step | GFLOP/s | speedup | efficiency "
-          "| other load |")
+    print(
+        "| threads | ticks | p50 / tick | p99 / tick | per stream-step | GFLOP/s | speedup | efficiency | other load |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mark = " (oversubscribed)" if r["oversubscribed"] else ""
-        print(f"| {r['threads']}{mark} | {r['ticks']} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
-              f"{r['per_stream_us']:.2f} µs | {r['gflops']:.1f} | {r['speedup']:.2f}x | {r['efficiency']:.0%} | "
-              f"{r['other_load_cores']:.2f} |")
+        print(
+            f"| {r['threads']}{mark} | {r['ticks']} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
+            f"{r['per_stream_us']:.2f} µs | {r['gflops']:.1f} | {r['speedup']:.2f}x | {r['efficiency']:.0%} | "
+            f"{r['other_load_cores']:.2f} |"
+        )
     with open(args.out, "w") as f:
         json.dump({"env": env, "rows": rows}, f, indent=1)
     print(f"\nwrote {args.out} ({env['wall_s']} s)")

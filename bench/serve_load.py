@@ -52,6 +52,7 @@ SWEEP = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1
 
 # ----------------------------------------------------------------------------- the servers
 
+
 class StreamPerConnection:
     """Baseline backend: one fastlstm Stream per stream, stepped inline (no coalescing)."""
 
@@ -76,6 +77,7 @@ class StreamPerConnection:
             return self.streams[sid]
         except KeyError:
             from fastlstm.serving import UnknownStream
+
             raise UnknownStream(f"sid: {sid} is not an open stream") from None
 
     async def step(self, sid, x):
@@ -154,10 +156,27 @@ def start_server(mode, model_path, args):
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", mode, "--model", model_path,
-                             "--port", str(port), "--max-batch", str(args.max_batch),
-                             "--max-delay-ms", str(args.max_delay_ms), "--baseline-threads",
-                             str(args.baseline_threads), "--batcher-threads", str(args.batcher_threads)], env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--serve",
+            mode,
+            "--model",
+            model_path,
+            "--port",
+            str(port),
+            "--max-batch",
+            str(args.max_batch),
+            "--max-delay-ms",
+            str(args.max_delay_ms),
+            "--baseline-threads",
+            str(args.baseline_threads),
+            "--batcher-threads",
+            str(args.batcher_threads),
+        ],
+        env=env,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -173,6 +192,7 @@ def start_server(mode, model_path, args):
 
 # ----------------------------------------------------------------------------- the client
 
+
 async def run_point(port, n, rate, seconds, warmup, input_size):
     """N open-loop streams at ``rate`` Hz for warmup+seconds; latencies (s) of the measured window."""
     import websockets
@@ -183,7 +203,7 @@ async def run_point(port, n, rate, seconds, warmup, input_size):
     async def connect():
         async with sem:
             ws = await websockets.connect(url, max_queue=None, compression=None, open_timeout=60)
-            await ws.recv()                               # the hello frame
+            await ws.recv()  # the hello frame
             return ws
 
     conns = await asyncio.gather(*[connect() for _ in range(n)])
@@ -223,7 +243,7 @@ async def run_point(port, n, rate, seconds, warmup, input_size):
 
     receivers = [asyncio.ensure_future(receiver(k)) for k in range(n)]
     await asyncio.gather(*[sender(g) for g in range(groups)])
-    await asyncio.sleep(min(2.0, max(0.5, 10 * period)))      # replies still in flight
+    await asyncio.sleep(min(2.0, max(0.5, 10 * period)))  # replies still in flight
     for ws in conns:
         await ws.close()
     for r in receivers:
@@ -235,8 +255,15 @@ def measure(port, n, input_size, args):
     lat, sent = asyncio.run(run_point(port, n, args.rate, args.seconds, args.warmup, input_size))
     answered = len(lat)
     q = (lambda p: float(np.percentile(lat, p)) * 1e3) if answered else (lambda p: math.inf)
-    return {"streams": n, "offered_steps_s": n * args.rate, "achieved_steps_s": answered / args.seconds,
-            "answered_frac": answered / max(sent, 1), "p50_ms": q(50), "p99_ms": q(99), "p999_ms": q(99.9)}
+    return {
+        "streams": n,
+        "offered_steps_s": n * args.rate,
+        "achieved_steps_s": answered / args.seconds,
+        "answered_frac": answered / max(sent, 1),
+        "p50_ms": q(50),
+        "p99_ms": q(99),
+        "p999_ms": q(99.9),
+    }
 
 
 def passes(row, p99_ms=10.0):
@@ -260,8 +287,11 @@ def sweep(mode, model_path, input_size, args):
                 row = min(row, again, key=lambda r: (not passes(r), r["p99_ms"]))
             row.update(mode=mode, tries=tries)
             rows.append(row)
-            print(f"{mode:>8} {n:>6} {row['offered_steps_s']:>10.0f} {row['achieved_steps_s']:>10.0f} "
-                  f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['p999_ms']:>8.2f} {tries:>6}", flush=True)
+            print(
+                f"{mode:>8} {n:>6} {row['offered_steps_s']:>10.0f} {row['achieved_steps_s']:>10.0f} "
+                f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['p999_ms']:>8.2f} {tries:>6}",
+                flush=True,
+            )
             if row["p99_ms"] > args.stop_ms or row["answered_frac"] < 0.9:
                 break
     finally:
@@ -290,8 +320,11 @@ def plot(rows, path, rate):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {"batcher": "fastlstm Batcher (coalesced)", "stream": "fastlstm Stream per connection",
-              "ort": "ONNX Runtime call per request"}
+    labels = {
+        "batcher": "fastlstm Batcher (coalesced)",
+        "stream": "fastlstm Stream per connection",
+        "ort": "ONNX Runtime call per request",
+    }
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for mode, color in zip(MODES, ("tab:blue", "tab:orange", "tab:green")):
         rs = [r for r in rows if r["mode"] == mode]
@@ -324,12 +357,20 @@ def main(argv=None):
     p.add_argument("--stop-ms", type=float, default=50.0, help="stop a sweep once p99 exceeds this")
     p.add_argument("--max-batch", type=int, default=256)
     p.add_argument("--max-delay-ms", type=float, default=1.0)
-    p.add_argument("--batcher-threads", type=int, default=1,
-                   help="compute threads of the batcher server (default 1: on a small machine the client "
-                        "and the event loop need the other cores)")
-    p.add_argument("--baseline-threads", type=int, default=1,
-                   help="compute threads of the stream and ort servers (default 1: one stream's step is too "
-                        "small to split, and a second thread only waits for a core the client needs)")
+    p.add_argument(
+        "--batcher-threads",
+        type=int,
+        default=1,
+        help="compute threads of the batcher server (default 1: on a small machine the client "
+        "and the event loop need the other cores)",
+    )
+    p.add_argument(
+        "--baseline-threads",
+        type=int,
+        default=1,
+        help="compute threads of the stream and ort servers (default 1: one stream's step is too "
+        "small to split, and a second thread only waits for a core the client needs)",
+    )
     p.add_argument("--quick", action="store_true", help="2 s points, 0.5 s warm-up")
     p.add_argument("--json", metavar="OUT")
     p.add_argument("--plot", metavar="OUT.png")
@@ -338,8 +379,15 @@ def main(argv=None):
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        return serve(args.serve, args.model, args.port, args.max_batch, args.max_delay_ms, args.batcher_threads,
-                     args.baseline_threads)
+        return serve(
+            args.serve,
+            args.model,
+            args.port,
+            args.max_batch,
+            args.max_delay_ms,
+            args.batcher_threads,
+            args.baseline_threads,
+        )
     if args.quick:
         args.seconds, args.warmup = 2.0, 0.5
     cfg = CONFIGS["medium"]
@@ -347,12 +395,16 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="fastlstm-serve-load-")
     model_path = os.path.join(workdir, "medium.safetensors")
     model.save(model_path)
-    print(f"medium model (I={cfg.I}, H={cfg.H}, {cfg.L} layers), {args.rate:g} Hz per stream, "
-          f"{args.seconds:g} s per point; batcher max_batch={args.max_batch} max_delay={args.max_delay_ms:g} ms; "
-          f"{os.cpu_count()} CPUs; threads: batcher {args.batcher_threads}, baselines {args.baseline_threads}; "
-          f"{platform.processor() or platform.machine()}")
-    print(f"{'server':>8} {'streams':>6} {'offered/s':>10} {'steps/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'p99.9 ms':>8} {'tries':>6}")
+    print(
+        f"medium model (I={cfg.I}, H={cfg.H}, {cfg.L} layers), {args.rate:g} Hz per stream, "
+        f"{args.seconds:g} s per point; batcher max_batch={args.max_batch} max_delay={args.max_delay_ms:g} ms; "
+        f"{os.cpu_count()} CPUs; threads: batcher {args.batcher_threads}, baselines {args.baseline_threads}; "
+        f"{platform.processor() or platform.machine()}"
+    )
+    print(
+        f"{'server':>8} {'streams':>6} {'offered/s':>10} {'steps/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p99.9 ms':>8} {'tries':>6}"
+    )
     rows = []
     for mode in args.modes.split(","):
         rows += sweep(mode, model_path, cfg.I, args)

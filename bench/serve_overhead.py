@@ -49,9 +49,9 @@ def measure(model, n, rounds, rng):
             t2 = time.perf_counter()
             await asyncio.gather(*[step(s, x) for s, x in zip(sids, rows)])
             t3 = time.perf_counter()
-            while m.overhead.count < ticks0 + r + 1:   # recorded just after the tick's hand-off
+            while m.overhead.count < ticks0 + r + 1:  # recorded just after the tick's hand-off
                 time.sleep(1e-5)
-            if r >= 3:     # warm-up rounds left out
+            if r >= 3:  # warm-up rounds left out
                 bare.append(t1 - t0)
                 over.append(m.overhead.sum - o0)
                 comp.append(m.compute.sum - c0)
@@ -63,10 +63,15 @@ def measure(model, n, rounds, rng):
     assert ticks == rounds + 3, "a round took more than one tick"
     batcher.shutdown()
     med = statistics.median
-    return {"streams": n, "pool_step_ms": med(bare) * 1e3,
-            "tick_compute_ms": med(comp) * 1e3, "overhead_ms": med(over) * 1e3,
-            "overhead_pct": 100 * med(over) / med(bare), "round_ms": med(wall) * 1e3,
-            "round_extra_pct": 100 * (med(wall) - med(bare)) / med(bare)}
+    return {
+        "streams": n,
+        "pool_step_ms": med(bare) * 1e3,
+        "tick_compute_ms": med(comp) * 1e3,
+        "overhead_ms": med(over) * 1e3,
+        "overhead_pct": 100 * med(over) / med(bare),
+        "round_ms": med(wall) * 1e3,
+        "round_extra_pct": 100 * (med(wall) - med(bare)) / med(bare),
+    }
 
 
 def main(argv=None):
@@ -78,14 +83,20 @@ def main(argv=None):
     cfg = CONFIGS[args.config]
     model = random_model(cfg)
     rng = np.random.default_rng(0)
-    print(f"{cfg.name}: I={cfg.I} H={cfg.H} layers={cfg.L}; threads={__import__('fastlstm').get_num_threads()}; "
-          f"medians of {args.rounds} rounds")
-    print(f"{'streams':>8} {'pool.step ms':>13} {'tick compute ms':>16} {'overhead ms':>12} {'overhead %':>11} "
-          f"{'round ms':>9} {'round extra %':>14}")
+    print(
+        f"{cfg.name}: I={cfg.I} H={cfg.H} layers={cfg.L}; threads={__import__('fastlstm').get_num_threads()}; "
+        f"medians of {args.rounds} rounds"
+    )
+    print(
+        f"{'streams':>8} {'pool.step ms':>13} {'tick compute ms':>16} {'overhead ms':>12} {'overhead %':>11} "
+        f"{'round ms':>9} {'round extra %':>14}"
+    )
     for n in (int(s) for s in args.streams.split(",")):
         r = measure(model, n, args.rounds, rng)
-        print(f"{r['streams']:>8} {r['pool_step_ms']:>13.3f} {r['tick_compute_ms']:>16.3f} {r['overhead_ms']:>12.3f} "
-              f"{r['overhead_pct']:>10.1f}% {r['round_ms']:>9.3f} {r['round_extra_pct']:>13.1f}%")
+        print(
+            f"{r['streams']:>8} {r['pool_step_ms']:>13.3f} {r['tick_compute_ms']:>16.3f} {r['overhead_ms']:>12.3f} "
+            f"{r['overhead_pct']:>10.1f}% {r['round_ms']:>9.3f} {r['round_extra_pct']:>13.1f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,11 @@ def alloc_check(name, loop, n):
         tracemalloc.stop()
         gc.enable()
     ok = m[0] <= c[0] and m[1] <= c[1]
-    print(f"| {name} | {n:,} | {m[0] - c[0]:+d} B | {m[1] - c[1]:+d} B | {dt / n * 1e6:.2f} µs | "
-          f"{'ok' if ok else 'ALLOCATES'} |", flush=True)
+    print(
+        f"| {name} | {n:,} | {m[0] - c[0]:+d} B | {m[1] - c[1]:+d} B | {dt / n * 1e6:.2f} µs | "
+        f"{'ok' if ok else 'ALLOCATES'} |",
+        flush=True,
+    )
     return ok
 
 
@@ -88,9 +91,9 @@ def soak(model, steps, rss_limit):
         n = int(sizes[t % 997])
         ids[0] = sentinel
         off = t % 40
-        ids[1:n + 1] = live[off:off + n]
-        x = xs[t % 64, :n + 1]
-        pool.step(ids[:n + 1], x, out=out[:n + 1])
+        ids[1 : n + 1] = live[off : off + n]
+        x = xs[t % 64, : n + 1]
+        pool.step(ids[: n + 1], x, out=out[: n + 1])
         ref.step(x[0], out=ref_out)
         if t % 8 == 0:
             k = int(churn[t % 991])
@@ -104,8 +107,10 @@ def soak(model, steps, rss_limit):
     grown = samples[-1][1] - rss0
     got, want = pool.get_state(sentinel), ref.state
     diff = max(float(np.abs(a - b).max()) for a, b in zip(got.h + got.c, want.h + want.c))
-    print(f"\nsoak: {steps:,} pool steps, {opened:,} opens + {closed:,} closes, {wall:.0f} s "
-          f"({wall / steps * 1e6:.1f} µs per tick incl. the sentinel's lone Stream step)")
+    print(
+        f"\nsoak: {steps:,} pool steps, {opened:,} opens + {closed:,} closes, {wall:.0f} s "
+        f"({wall / steps * 1e6:.1f} µs per tick incl. the sentinel's lone Stream step)"
+    )
     print("| step | RSS (MB) | vs warm-up |")
     print("|---:|---:|---:|")
     for t, r in samples:
@@ -127,8 +132,9 @@ def main(argv=None):
         fastlstm.set_num_threads(args.threads)
     model = configs.random_model(configs.Config("soak", I, H, L, 1, 1), head_size=O)
     n = args.steps
-    print(f"fastlstm {fastlstm.__version__}, threads {fastlstm.get_num_threads()}, "
-          f"model I={I} H={H} layers={L} head={O}")
+    print(
+        f"fastlstm {fastlstm.__version__}, threads {fastlstm.get_num_threads()}, model I={I} H={H} layers={L} head={O}"
+    )
     print("\n| call (with out=) | steps | traced growth vs control | peak vs control | time/step | verdict |")
     print("|---|---:|---:|---:|---:|---|")
 

@@ -58,6 +58,7 @@ def _add_gflops(benchmark, b):
 
 # --------------------------------------------------------------------------- fastlstm
 
+
 @cfg_param
 def test_fastlstm_step_out(benchmark, bundles, cfg_name):
     """Stream.step with a preallocated ``out``: the zero-allocation streaming path."""
@@ -70,8 +71,7 @@ def test_fastlstm_step_out(benchmark, bundles, cfg_name):
         out = np.empty((cfg.B, model.output_size), np.float32)
     # parity over the first steps, from a fresh state
     first = [stream.step(inputs[t], out=out).copy() for t in range(min(cfg.T, 16))]
-    np.testing.assert_allclose(np.stack(first).reshape(b["ref"][:len(first)].shape), b["ref"][:len(first)],
-                               atol=ATOL)
+    np.testing.assert_allclose(np.stack(first).reshape(b["ref"][: len(first)].shape), b["ref"][: len(first)], atol=ATOL)
     it = itertools.cycle(inputs)
     step = stream.step
     _info(benchmark, b, "step")
@@ -105,6 +105,7 @@ def test_fastlstm_predict(benchmark, bundles, cfg_name):
 
 
 # --------------------------------------------------------------------------- PyTorch
+
 
 def _torch_step(benchmark, bundles, cfg_name, route):
     import torch
@@ -140,10 +141,11 @@ def test_torch_predict(benchmark, bundles, cfg_name):
 
 # --------------------------------------------------------------------------- ONNX Runtime
 
+
 def _ort_step(benchmark, bundles, cfg_name, stepper):
     b = _ort(bundles, cfg_name)
     first = stepper.outputs(min(b["cfg"].T, 16))
-    np.testing.assert_allclose(first, b["ref"][:len(first)], atol=ATOL)
+    np.testing.assert_allclose(first, b["ref"][: len(first)], atol=ATOL)
     it = itertools.cycle(stepper.inputs)
     _info(benchmark, b, "step")
     benchmark(lambda: stepper.step(next(it)))

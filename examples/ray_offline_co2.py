@@ -23,7 +23,7 @@ rng = np.random.default_rng(0)
 rows = []
 for end in range(104, len(x)):
     n = int(rng.integers(52, 105))
-    rows.append({"end": end, "x": x[end - n:end]})
+    rows.append({"end": end, "x": x[end - n : end]})
 
 ray.init(include_dashboard=False, log_to_driver=False)
 t = time.perf_counter()
@@ -34,7 +34,7 @@ err, worst = [], 0.0
 for r in scored:
     y = np.asarray(r["y"], np.float32)
     worst = max(worst, float(np.abs(y - model.predict(r["x"])).max()))
-    last = r["end"] - 1                      # the window's last week forecasts week `end`
+    last = r["end"] - 1  # the window's last week forecasts week `end`
     if series.measured[r["end"]]:
         err.append(data.DIFF_SCALE * (y[-1, 0] - target[last]))
 print(f"largest difference from model.predict: {worst:.2e}")

@@ -28,8 +28,8 @@ from fastlstm.loaders import from_torch
 
 HIDDEN = 64
 LAYERS = 2
-WINDOW = 156    # three years per training window
-BURN_IN = 26    # the first half year of a window only warms the state up
+WINDOW = 156  # three years per training window
+BURN_IN = 26  # the first half year of a window only warms the state up
 BATCH = 32
 
 
@@ -70,11 +70,11 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
 
     series = data.load_series()
-    x_all = torch.from_numpy(data.features(series))[:, None, :]        # (T, 1, 3): one long stream
-    y_all = torch.from_numpy(data.targets(series))                       # (T-1,)
+    x_all = torch.from_numpy(data.features(series))[:, None, :]  # (T, 1, 3): one long stream
+    y_all = torch.from_numpy(data.targets(series))  # (T-1,)
     # Loss only where next week was measured: interpolated weeks are not truth.
     mask_all = torch.from_numpy(series.measured[1:].astype(np.float32))
-    n_train = int(np.searchsorted(series.dates, data.VALID_START))      # weeks before 1990
+    n_train = int(np.searchsorted(series.dates, data.VALID_START))  # weeks before 1990
     starts = np.arange(0, n_train - WINDOW - 1)
 
     model = Forecaster()
@@ -85,7 +85,7 @@ def main(argv=None):
     for step in range(1, args.steps + 1):
         model.train()
         s = rng.choice(starts, BATCH)
-        idx = s[None, :] + np.arange(WINDOW)[:, None]                    # (WINDOW, BATCH)
+        idx = s[None, :] + np.arange(WINDOW)[:, None]  # (WINDOW, BATCH)
         xb = x_all[idx, 0, :]
         yb, mb = y_all[idx][BURN_IN:], mask_all[idx][BURN_IN:]
         pred = model(xb)[BURN_IN:, :, 0]
@@ -103,8 +103,11 @@ def main(argv=None):
             val = mae(series, out, data.VALID_START, data.TEST_START)
             if val < best[0]:
                 best = (val, {k: v.clone() for k, v in model.state_dict().items()}, step)
-            print(f"step {step:5d}  train loss {loss.item():.4f}  valid MAE {val:.4f} ppm  "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"step {step:5d}  train loss {loss.item():.4f}  valid MAE {val:.4f} ppm  "
+                f"({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
 
     model.load_state_dict(best[1])
     model.eval()
@@ -115,10 +118,14 @@ def main(argv=None):
     reloaded = fastlstm.loaders.load(args.out)
     out = reloaded.predict(data.features(series))[:, 0]
     print(f"\nbest checkpoint: step {best[2]} (valid MAE {best[0]:.4f} ppm)")
-    print(f"valid 1990-1993: LSTM {mae(series, out, data.VALID_START, data.TEST_START):.4f} ppm, "
-          f"last value {naive_mae(series, data.VALID_START, data.TEST_START):.4f} ppm")
-    print(f"test  1994-2001: LSTM {mae(series, out, data.TEST_START):.4f} ppm, "
-          f"last value {naive_mae(series, data.TEST_START):.4f} ppm")
+    print(
+        f"valid 1990-1993: LSTM {mae(series, out, data.VALID_START, data.TEST_START):.4f} ppm, "
+        f"last value {naive_mae(series, data.VALID_START, data.TEST_START):.4f} ppm"
+    )
+    print(
+        f"test  1994-2001: LSTM {mae(series, out, data.TEST_START):.4f} ppm, "
+        f"last value {naive_mae(series, data.TEST_START):.4f} ppm"
+    )
     print(f"wrote {args.out}")
 
 

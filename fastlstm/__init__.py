@@ -1,10 +1,10 @@
 """fastlstm: fast CPU inference of LSTM networks, by the sequence or one step at a time.
 
-    >>> import fastlstm
-    >>> model = fastlstm.load("model.pt")          # PyTorch, Keras, safetensors, fastlstm files
-    >>> y = model.predict(x)                       # whole sequences, (T, I) -> (T, O)
-    >>> stream = model.stream()                    # live stepping, state kept between calls
-    >>> y_t = stream.step(x_t)
+>>> import fastlstm
+>>> model = fastlstm.load("model.pt")          # PyTorch, Keras, safetensors, fastlstm files
+>>> y = model.predict(x)                       # whole sequences, (T, I) -> (T, O)
+>>> stream = model.stream()                    # live stepping, state kept between calls
+>>> y_t = stream.step(x_t)
 """
 
 from . import _isa  # noqa: F401  (checks FASTLSTM_ISA)
@@ -40,12 +40,40 @@ from .state import State
 __version__ = "0.1.0"
 
 __all__ = [
-    "load", "from_torch", "from_keras", "LoadError", "LoadWarning",
-    "Model", "Stream", "StreamPool", "State", "LSTMLayer", "LSTMWeights", "Dense",
-    "GRULayer", "GRUWeights", "RNNLayer", "RNNWeights", "Conv1D", "Activation", "BatchNorm", "LayerNorm",
-    "Embedding", "MaxPool1D", "AvgPool1D", "GlobalMaxPool1D", "GlobalAvgPool1D", "LastStep", "Flatten",
+    "load",
+    "from_torch",
+    "from_keras",
+    "LoadError",
+    "LoadWarning",
+    "Model",
+    "Stream",
+    "StreamPool",
+    "State",
+    "LSTMLayer",
+    "LSTMWeights",
+    "Dense",
+    "GRULayer",
+    "GRUWeights",
+    "RNNLayer",
+    "RNNWeights",
+    "Conv1D",
+    "Activation",
+    "BatchNorm",
+    "LayerNorm",
+    "Embedding",
+    "MaxPool1D",
+    "AvgPool1D",
+    "GlobalMaxPool1D",
+    "GlobalAvgPool1D",
+    "LastStep",
+    "Flatten",
     "RepeatVector",
-    "openmp_enabled", "show_config", "set_num_threads", "get_num_threads", "threads", "__version__",
+    "openmp_enabled",
+    "show_config",
+    "set_num_threads",
+    "get_num_threads",
+    "threads",
+    "__version__",
 ]
 
 

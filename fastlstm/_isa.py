@@ -30,12 +30,15 @@ def check_request(environ: Mapping[str, str] = os.environ) -> None:
     if want == "":
         return
     if want not in PATHS:
-        raise ValueError(f"{ENV}={want!r}: expected one of {', '.join(PATHS)} (or unset it for the best path "
-                         "this CPU has)")
+        raise ValueError(
+            f"{ENV}={want!r}: expected one of {', '.join(PATHS)} (or unset it for the best path this CPU has)"
+        )
     best = levels()[1]
     if PATHS.index(want) > PATHS.index(best):
-        raise ValueError(f"{ENV}={want}: this CPU (or this build) has no {want}; the most it can run is {best}. "
-                         f"Set {ENV} to one of {', '.join(PATHS[:PATHS.index(best) + 1])}, or unset it")
+        raise ValueError(
+            f"{ENV}={want}: this CPU (or this build) has no {want}; the most it can run is {best}. "
+            f"Set {ENV} to one of {', '.join(PATHS[: PATHS.index(best) + 1])}, or unset it"
+        )
 
 
 check_request()

@@ -63,7 +63,7 @@ KIND = K.fl_layer_kind
 def _gate_permutation(hidden):
     """Rows of PyTorch's (i, f, g, o) blocks, reordered to (i, f, o, g)."""
     h = hidden
-    return np.r_[0:2 * h, 3 * h:4 * h, 2 * h:3 * h]
+    return np.r_[0 : 2 * h, 3 * h : 4 * h, 2 * h : 3 * h]
 
 
 def _frozen(arr):
@@ -98,15 +98,15 @@ def _pack_gru_direction(w, reset_after):
     b_hh = w.bias_hh if w.bias_hh is not None else zeros(3 * H)
     if reset_after:
         stacked = np.zeros((I + H, 4 * H), dtype=np.float32)
-        stacked[:I, :3 * H] = wih.T
-        stacked[I:, :2 * H] = whh[:2 * H].T
-        stacked[I:, 3 * H:] = whh[2 * H:].T
-        bias = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:], b_hh[2 * H:]])
+        stacked[:I, : 3 * H] = wih.T
+        stacked[I:, : 2 * H] = whh[: 2 * H].T
+        stacked[I:, 3 * H :] = whh[2 * H :].T
+        bias = np.concatenate([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :], b_hh[2 * H :]])
         return _frozen(stacked), _frozen(bias), None
     stacked = np.zeros((I + H, 3 * H), dtype=np.float32)
     stacked[:I] = wih.T
-    stacked[I:, :2 * H] = whh[:2 * H].T
-    return _frozen(stacked), _frozen(b_ih + b_hh), _frozen(whh[2 * H:].T)
+    stacked[I:, : 2 * H] = whh[: 2 * H].T
+    return _frozen(stacked), _frozen(b_ih + b_hh), _frozen(whh[2 * H :].T)
 
 
 def _pack_rnn_direction(w):
@@ -128,17 +128,26 @@ def _recurrent_spec(layer, merge):
         gate_act, cell_act = "linear", layer.activation
     n_out = layer.directions[0].output_size
     return {
-        "kind": kind, "dirs": dirs, "gates": gates,
-        "gate_act": ACTIVATION_CODES[gate_act], "cell_act": ACTIVATION_CODES[cell_act],
-        "merge": MERGE_CODES[merge], "go_backwards": int(layer.go_backwards),
-        "n_in": layer.input_size, "hidden": layer.hidden_size, "n_out": n_out,
+        "kind": kind,
+        "dirs": dirs,
+        "gates": gates,
+        "gate_act": ACTIVATION_CODES[gate_act],
+        "cell_act": ACTIVATION_CODES[cell_act],
+        "merge": MERGE_CODES[merge],
+        "go_backwards": int(layer.go_backwards),
+        "n_in": layer.input_size,
+        "hidden": layer.hidden_size,
+        "n_out": n_out,
         "width": n_out * (2 if layer.bidirectional and merge == "concat" else 1),
     }
 
 
 def _act_fields(act: Activation):
-    return {"act": ACTIVATION_CODES[act.name], "alpha": act.alpha or 0.0,
-            "act_w": None if act.weight is None else _frozen(act.weight)}
+    return {
+        "act": ACTIVATION_CODES[act.name],
+        "alpha": act.alpha or 0.0,
+        "act_w": None if act.weight is None else _frozen(act.weight),
+    }
 
 
 def _product(weight_in_out, bias, n_out):
@@ -161,9 +170,18 @@ def _window_fields(layer, kind):
     same = layer.padding == "same"
     left, right = (0, 0) if same else layer.padding
     size = layer.kernel_size if isinstance(layer, Conv1D) else layer.size
-    return {"kind": kind, "ksize": size, "stride": layer.stride, "dilation": getattr(layer, "dilation", 1),
-            "groups": getattr(layer, "groups", 1), "pad_l": left, "pad_r": right, "same_pad": int(same),
-            "reach": layer.reach, "count_pad": int(getattr(layer, "count_include_pad", True))}
+    return {
+        "kind": kind,
+        "ksize": size,
+        "stride": layer.stride,
+        "dilation": getattr(layer, "dilation", 1),
+        "groups": getattr(layer, "groups", 1),
+        "pad_l": left,
+        "pad_r": right,
+        "same_pad": int(same),
+        "reach": layer.reach,
+        "count_pad": int(getattr(layer, "count_include_pad", True)),
+    }
 
 
 def _fuse(layers):
@@ -202,8 +220,9 @@ def pack_chain(layers):
     signature has one item per stateful layer; an LSTM's is (I, H, P, D), as
     in version-1 State bytes."""
     fused = _fuse(layers)
-    streams = all(layer_streamable(layer, fused[k - 1][0] if k else None) is None
-                  for k, (layer, _, _, _) in enumerate(fused))
+    streams = all(
+        layer_streamable(layer, fused[k - 1][0] if k else None) is None for k, (layer, _, _, _) in enumerate(fused)
+    )
     specs, layout, signature = [], [], []
     offset = 0
     width = None
@@ -237,30 +256,54 @@ def pack_chain(layers):
             if isinstance(layer, LSTMLayer):
                 signature.append((layer.input_size, layer.hidden_size, spec["n_out"], D))
             else:
-                signature.append((type(layer).__name__, layer.input_size, layer.hidden_size, D)
-                                 + ((layer.reset_after,) if isinstance(layer, GRULayer) else ()))
+                signature.append(
+                    (type(layer).__name__, layer.input_size, layer.hidden_size, D)
+                    + ((layer.reset_after,) if isinstance(layer, GRULayer) else ())
+                )
         elif isinstance(layer, Dense):
-            spec = {"kind": KIND.FL_LAYER_DENSE, "n_in": layer.input_size, "width": layer.output_size,
-                    "product": _product(weight.T, bias, layer.output_size), **_act_fields(act)}
+            spec = {
+                "kind": KIND.FL_LAYER_DENSE,
+                "n_in": layer.input_size,
+                "width": layer.output_size,
+                "product": _product(weight.T, bias, layer.output_size),
+                **_act_fields(act),
+            }
         elif isinstance(layer, Conv1D):
-            spec = {**_window_fields(layer, KIND.FL_LAYER_CONV), "n_in": layer.input_size, "width": layer.output_size,
-                    "product": _product(_conv_matrix(layer, weight), bias, layer.output_size), **_act_fields(act)}
+            spec = {
+                **_window_fields(layer, KIND.FL_LAYER_CONV),
+                "n_in": layer.input_size,
+                "width": layer.output_size,
+                "product": _product(_conv_matrix(layer, weight), bias, layer.output_size),
+                **_act_fields(act),
+            }
             if streams and layer.streamable and layer.reach:
                 add_buffer(spec, layer.reach * layer.input_size, ("Conv1D", layer.input_size, layer.reach))
         elif isinstance(layer, Activation):
             spec = {"kind": KIND.FL_LAYER_ACTIVATION, **_act_fields(layer)}
         elif isinstance(layer, BatchNorm):
             scale, shift = layer.scale_shift()
-            spec = {"kind": KIND.FL_LAYER_AFFINE, "n_in": layer.input_size, "scale": _frozen(scale),
-                    "shift": _frozen(shift)}
+            spec = {
+                "kind": KIND.FL_LAYER_AFFINE,
+                "n_in": layer.input_size,
+                "scale": _frozen(scale),
+                "shift": _frozen(shift),
+            }
         elif isinstance(layer, LayerNorm):
             ones, zeros = np.ones(layer.size, np.float32), np.zeros(layer.size, np.float32)
-            spec = {"kind": KIND.FL_LAYER_LAYERNORM, "n_in": layer.size, "eps": layer.eps,
-                    "scale": _frozen(ones if layer.gamma is None else layer.gamma),
-                    "shift": _frozen(zeros if layer.beta is None else layer.beta)}
+            spec = {
+                "kind": KIND.FL_LAYER_LAYERNORM,
+                "n_in": layer.size,
+                "eps": layer.eps,
+                "scale": _frozen(ones if layer.gamma is None else layer.gamma),
+                "shift": _frozen(zeros if layer.beta is None else layer.beta),
+            }
         elif isinstance(layer, Embedding):
-            spec = {"kind": KIND.FL_LAYER_EMBEDDING, "n_in": 1, "width": layer.output_size,
-                    "table": _frozen(layer.table)}
+            spec = {
+                "kind": KIND.FL_LAYER_EMBEDDING,
+                "n_in": 1,
+                "width": layer.output_size,
+                "table": _frozen(layer.table),
+            }
         elif isinstance(layer, (MaxPool1D, AvgPool1D)):
             kind = KIND.FL_LAYER_MAXPOOL if isinstance(layer, MaxPool1D) else KIND.FL_LAYER_AVGPOOL
             spec = _window_fields(layer, kind)
@@ -297,7 +340,7 @@ def aligned_empty(shape, align=64):
     n = int(np.prod(shape))
     buf = np.empty(n + align // 4, dtype=np.float32)
     start = (-buf.ctypes.data % align) // 4
-    return buf[start:start + n].reshape(shape)
+    return buf[start : start + n].reshape(shape)
 
 
 def pack_panels(stacked, panel=16):

@@ -38,8 +38,9 @@ def set_num_threads(n: int) -> None:
     n = _validate.positive_int(n, "n")
     cap = max_threads()
     if n > cap:
-        raise ValueError(f"n: expected at most {cap} threads (4 x the {available_cores()} cores this "
-                         f"process may use), got {n}")
+        raise ValueError(
+            f"n: expected at most {cap} threads (4 x the {available_cores()} cores this process may use), got {n}"
+        )
     _kernels._set_num_threads(n)
 
 

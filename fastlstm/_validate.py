@@ -14,7 +14,7 @@ import numpy as np
 
 #: The largest count (time steps, batch rows, streams) the kernels take: they
 #: index with 32-bit ints.  Larger counts are refused, never wrapped.
-MAX_COUNT = 2 ** 31 - 1
+MAX_COUNT = 2**31 - 1
 
 
 def numeric_array(x, name):
@@ -59,8 +59,9 @@ def token_ids(x, name="x"):
     input check, before any state changes.)"""
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name}: expected integer token ids (the model starts with an Embedding), "
-                        f"got dtype {arr.dtype}")
+        raise TypeError(
+            f"{name}: expected integer token ids (the model starts with an Embedding), got dtype {arr.dtype}"
+        )
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name}: contains token ids out of range")
     return np.ascontiguousarray(arr, dtype=np.int64)
@@ -159,8 +160,13 @@ def output_buffer(out, shape, x):
     """``out`` checked for a result of ``shape`` (or a new array), not overlapping the input ``x``."""
     if out is None:
         return np.empty(shape, dtype=np.float32)
-    if not (type(out) is np.ndarray and out.dtype == np.float32 and out.shape == tuple(shape)
-            and out.flags.c_contiguous and out.flags.writeable):
+    if not (
+        type(out) is np.ndarray
+        and out.dtype == np.float32
+        and out.shape == tuple(shape)
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
         raise_bad_out(out, shape)
     if np.may_share_memory(out, x):
         raise ValueError("out: must not overlap the input x")

@@ -61,8 +61,24 @@ CELL_ACTIVATIONS = ("sigmoid", "tanh", "hard_sigmoid", "hard_sigmoid_keras2", "r
 #: ``hard_sigmoid_keras2``   clip(0.2 x + 0.5, 0, 1)  (Keras 1/2)
 #: ``prelu``                 x if x >= 0 else weight[channel] * x  (``weight``: (1,) or (features,))
 #: ========================  ===============================================================
-ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "leaky_relu", "gelu",
-               "gelu_tanh", "silu", "softplus", "softsign", "hard_sigmoid", "hard_sigmoid_keras2", "prelu")
+ACTIVATIONS = (
+    "linear",
+    "relu",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "elu",
+    "selu",
+    "leaky_relu",
+    "gelu",
+    "gelu_tanh",
+    "silu",
+    "softplus",
+    "softsign",
+    "hard_sigmoid",
+    "hard_sigmoid_keras2",
+    "prelu",
+)
 
 #: Activations a dense head supports (kept for the loaders written against it): all of them.
 HEAD_ACTIVATIONS = ACTIVATIONS
@@ -153,8 +169,7 @@ class _ArrayValue:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return all(_same(getattr(self, f.name), getattr(other, f.name))
-                   for f in fields(self) if f.compare)  # type: ignore[arg-type]
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self) if f.compare)  # type: ignore[arg-type]
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -233,6 +248,7 @@ def as_activation(value, where="activation") -> Activation:
 # ---------------------------------------------------------------------------
 # Recurrent layers
 
+
 @dataclass(frozen=True, eq=False, repr=False)
 class LSTMWeights(_ArrayValue):
     """One direction of one LSTM layer, in PyTorch's layout (gate rows i, f, g, o).
@@ -270,8 +286,7 @@ class LSTMWeights(_ArrayValue):
         if self.weight_hr is not None:
             _set(self, "weight_hr", _as_float32_matrix(f"{n}.weight_hr", self.weight_hr, 2))
             if self.weight_hr.shape[1] != hidden:
-                raise ValueError(
-                    f"{n}.weight_hr: expected shape (proj_size, {hidden}), got {self.weight_hr.shape}")
+                raise ValueError(f"{n}.weight_hr: expected shape (proj_size, {hidden}), got {self.weight_hr.shape}")
         rec = self.output_size
         if self.weight_hh.shape != (rows, rec):
             raise ValueError(f"{n}.weight_hh: expected shape ({rows}, {rec}), got {self.weight_hh.shape}")
@@ -292,14 +307,17 @@ class LSTMWeights(_ArrayValue):
         return self.weight_hr.shape[0] if self.weight_hr is not None else self.hidden_size
 
     def arrays(self):
-        return [a for a in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.weight_hr)
-                if a is not None]
+        return [
+            a for a in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.weight_hr) if a is not None
+        ]
 
     def describe(self) -> str:
         biases = sum(b is not None for b in (self.bias_ih, self.bias_hh))
         proj = f", proj_size={self.output_size}" if self.weight_hr is not None else ""
-        return (f"{type(self).__name__}({self.name!r}: {self.input_size} -> {self.hidden_size}{proj}, "
-                f"{biases} bias vector(s))")
+        return (
+            f"{type(self).__name__}({self.name!r}: {self.input_size} -> {self.hidden_size}{proj}, "
+            f"{biases} bias vector(s))"
+        )
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -371,7 +389,8 @@ class _Recurrent(_ArrayValue):
                 raise ValueError(
                     "directions: forward and backward weights differ in shape "
                     f"({first.input_size},{first.hidden_size},{first.output_size}) vs "
-                    f"({d.input_size},{d.hidden_size},{d.output_size})")
+                    f"({d.input_size},{d.hidden_size},{d.output_size})"
+                )
         if self.merge_mode not in MERGE_MODES:
             raise ValueError(f"merge_mode: {self.merge_mode!r} is not supported; expected one of {MERGE_MODES}")
         if self.go_backwards and len(dirs) == 2:
@@ -775,8 +794,9 @@ def _resolve_padding(name, padding, reach, stride):
             # TF/Keras and PyTorch: total padding split with the extra step on the right.
             # At stride > 1 Keras' total depends on the sequence length: resolved per call.
             return (reach // 2, reach - reach // 2) if stride == 1 else "same"
-        raise ValueError(f"{name}: {padding!r} is not a padding; expected an int, (left, right), "
-                         "'valid', 'same' or 'causal'")
+        raise ValueError(
+            f"{name}: {padding!r} is not a padding; expected an int, (left, right), 'valid', 'same' or 'causal'"
+        )
     pair = (padding, padding) if np.ndim(padding) == 0 else tuple(padding)
     if len(pair) != 2:
         raise ValueError(f"{name}: expected an int or (left, right), got {padding!r}")
@@ -868,8 +888,10 @@ class Conv1D(_ArrayValue):
             return None
         if self.stride != 1:
             return f"is a Conv1D with stride {self.stride}, which emits fewer outputs than inputs"
-        return (f"is a Conv1D with padding {self.padding}, so its output at step t needs inputs after t "
-                f"(only causal padding ({self.reach}, 0) streams)")
+        return (
+            f"is a Conv1D with padding {self.padding}, so its output at step t needs inputs after t "
+            f"(only causal padding ({self.reach}, 0) streams)"
+        )
 
     @property
     def state_size(self) -> int:
@@ -886,10 +908,11 @@ class Conv1D(_ArrayValue):
         return [a for a in (self.weight, self.bias, self.act.weight) if a is not None]
 
     def describe(self) -> str:
-        opts = "".join(f", {k}={getattr(self, k)}" for k in ("stride", "dilation", "groups")
-                       if getattr(self, k) != 1)
-        return (f"Conv1D({self.input_size} -> {self.output_size}, kernel_size={self.kernel_size}{opts}, "
-                f"padding={self.padding}, activation={self.activation!r})")
+        opts = "".join(f", {k}={getattr(self, k)}" for k in ("stride", "dilation", "groups") if getattr(self, k) != 1)
+        return (
+            f"Conv1D({self.input_size} -> {self.output_size}, kernel_size={self.kernel_size}{opts}, "
+            f"padding={self.padding}, activation={self.activation!r})"
+        )
 
 
 def same_padding(T, stride, reach):
@@ -925,8 +948,10 @@ class _Pool1D:
             return None
         if self.stride != 1:
             return f"is a {type(self).__name__} with stride {self.stride}, which emits fewer outputs than inputs"
-        return (f"is a {type(self).__name__} with padding {self.padding}, so its output at step t needs "
-                f"inputs after t (only stride 1 with padding ({self.size - 1}, 0) streams)")
+        return (
+            f"is a {type(self).__name__} with padding {self.padding}, so its output at step t needs "
+            f"inputs after t (only stride 1 with padding ({self.size - 1}, 0) streams)"
+        )
 
     def describe(self) -> str:
         return f"{type(self).__name__}(size={self.size}, stride={self.stride}, padding={self.padding})"
@@ -1031,8 +1056,7 @@ class RepeatVector:
 
 
 #: Layers that keep the width of their input (their width comes from the chain).
-WIDTH_PRESERVING = (Activation, MaxPool1D, AvgPool1D, GlobalMaxPool1D, GlobalAvgPool1D, LastStep, Flatten,
-                    RepeatVector)
+WIDTH_PRESERVING = (Activation, MaxPool1D, AvgPool1D, GlobalMaxPool1D, GlobalAvgPool1D, LastStep, Flatten, RepeatVector)
 #: Layers that reduce a sequence to one vector.
 TIME_COLLAPSING = (LastStep, GlobalMaxPool1D, GlobalAvgPool1D)
 LAYER_TYPES = RECURRENT + (Dense, Conv1D, BatchNorm, LayerNorm, Embedding) + WIDTH_PRESERVING
@@ -1069,22 +1093,29 @@ def check_chain(layers: Sequence) -> Tuple:
             raise ValueError(f"{where}: an Embedding can only be the first layer (it takes token ids)")
         if isinstance(layer, WIDTH_PRESERVING):
             if width is None:
-                raise ValueError(f"{where}: {type(layer).__name__} cannot be the first layer "
-                                 "(its width comes from the layer before)")
+                raise ValueError(
+                    f"{where}: {type(layer).__name__} cannot be the first layer (its width comes from the layer before)"
+                )
             if isinstance(layer, Activation):
                 layer.check_width(width, where)
         elif width is not None and layer.input_size != width:
-            raise ValueError(f"{where}: input size {layer.input_size} does not match the previous layer's "
-                             f"output size {width}")
+            raise ValueError(
+                f"{where}: input size {layer.input_size} does not match the previous layer's output size {width}"
+            )
         if isinstance(layer, Flatten) and has_time:
-            raise ValueError(f"{where}: Flatten on a sequence is not supported (its width would depend on "
-                             "the sequence length); it is an identity after LastStep or a global pool")
+            raise ValueError(
+                f"{where}: Flatten on a sequence is not supported (its width would depend on "
+                "the sequence length); it is an identity after LastStep or a global pool"
+            )
         if isinstance(layer, RepeatVector) and has_time:
-            raise ValueError(f"{where}: RepeatVector needs one vector per stream (put LastStep or a global "
-                             "pool before it)")
+            raise ValueError(
+                f"{where}: RepeatVector needs one vector per stream (put LastStep or a global pool before it)"
+            )
         if isinstance(layer, TIME_COLLAPSING + (RECURRENT + (Conv1D, MaxPool1D, AvgPool1D))) and not has_time:
-            raise ValueError(f"{where}: {type(layer).__name__} needs a sequence, but the time axis was "
-                             "dropped before it (add a RepeatVector)")
+            raise ValueError(
+                f"{where}: {type(layer).__name__} needs a sequence, but the time axis was "
+                "dropped before it (add a RepeatVector)"
+            )
         if isinstance(layer, TIME_COLLAPSING):
             has_time = False
         elif isinstance(layer, RepeatVector):
@@ -1108,7 +1139,8 @@ def check_stack(layers: Sequence[LSTMLayer], head: Optional[Dense]) -> Tuple[Tup
         check_chain(layers + ((head,) if head is not None else ()))
     except ValueError as exc:
         if head is not None and str(exc).startswith(f"layers[{len(layers)}]"):
-            raise ValueError("head" + str(exc)[len(f"layers[{len(layers)}]"):]
-                             .replace("previous layer's", "last LSTM layer's")) from None
+            raise ValueError(
+                "head" + str(exc)[len(f"layers[{len(layers)}]") :].replace("previous layer's", "last LSTM layer's")
+            ) from None
         raise
     return layers, head

@@ -53,7 +53,7 @@ class Model:
     def __init__(self, layers: Sequence, head: Optional[Dense] = None, *, return_sequences: bool = True):
         layers = tuple(layers)
         if layers and all(isinstance(layer, RECURRENT) for layer in layers):
-            layers, head = check_stack(layers, head)   # its messages name the head
+            layers, head = check_stack(layers, head)  # its messages name the head
         elif head is not None and not isinstance(head, Dense):
             raise TypeError(f"head: expected a Dense, got {type(head).__name__}")
         chain = layers + ((LastStep(final_state=True),) if not return_sequences else ()) + (head,) * (head is not None)
@@ -142,15 +142,23 @@ class Model:
     # -- inference ---------------------------------------------------------------------
 
     @overload
-    def predict(self, x: npt.ArrayLike, state: Optional[State] = None, *, batch_first: bool = False,
-                return_state: Literal[False] = False) -> np.ndarray: ...
+    def predict(
+        self,
+        x: npt.ArrayLike,
+        state: Optional[State] = None,
+        *,
+        batch_first: bool = False,
+        return_state: Literal[False] = False,
+    ) -> np.ndarray: ...
 
     @overload
-    def predict(self, x: npt.ArrayLike, state: Optional[State] = None, *, batch_first: bool = False,
-                return_state: Literal[True]) -> Tuple[np.ndarray, State]: ...
+    def predict(
+        self, x: npt.ArrayLike, state: Optional[State] = None, *, batch_first: bool = False, return_state: Literal[True]
+    ) -> Tuple[np.ndarray, State]: ...
 
-    def predict(self, x: npt.ArrayLike, state: Optional[State] = None, *, batch_first: bool = False,
-                return_state: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, State]]:
+    def predict(
+        self, x: npt.ArrayLike, state: Optional[State] = None, *, batch_first: bool = False, return_state: bool = False
+    ) -> Union[np.ndarray, Tuple[np.ndarray, State]]:
         """Run whole sequences.
 
         Parameters
@@ -201,14 +209,16 @@ class Model:
         steps = T
         for k, layer in enumerate(self._layers):
             if isinstance(layer, TIME_COLLAPSING) and steps == 0:
-                raise ValueError(f"x: needs at least one time step (layers[{k}], {layer.describe()}, "
-                                 "takes the last step's output)")
+                raise ValueError(
+                    f"x: needs at least one time step (layers[{k}], {layer.describe()}, takes the last step's output)"
+                )
             out_steps = getattr(layer, "out_steps", None)
             if out_steps is not None and not self._net.streamable:
                 new = out_steps(steps)
                 if new == 0 and steps:
-                    raise ValueError(f"x: {T} time steps are too few for layers[{k}] ({layer.describe()}), "
-                                     f"which gets {steps} steps")
+                    raise ValueError(
+                        f"x: {T} time steps are too few for layers[{k}] ({layer.describe()}), which gets {steps} steps"
+                    )
                 steps = new
             elif isinstance(layer, TIME_COLLAPSING) and not self._net.streamable:
                 steps = 1
@@ -252,9 +262,11 @@ class Model:
         (``(B, T, I)`` with ``batch_first``), output ``y`` as :meth:`predict` returns it.  ONNX Runtime
         runs it and :func:`fastlstm.load` reads it back."""
         from .onnx_export import write_onnx
+
         write_onnx(self, path, batch_first=batch_first)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly."""
         from .loaders import save_model
+
         save_model(self, path)

@@ -35,16 +35,22 @@ from .layers import (
     RNNLayer,
 )
 
-OPSET = 20   # Gelu is opset 20; ONNX Runtime >= 1.16 runs it
+OPSET = 20  # Gelu is opset 20; ONNX Runtime >= 1.16 runs it
 _FLOAT, _INT64 = 1, 7
 #: PyTorch gate blocks in ONNX's order (the inverse of the loader's mapping).
 _ONNX_ORDER = {"LSTM": (0, 3, 1, 2), "GRU": (1, 0, 2), "RNN": (0,)}
-_CELL = {"sigmoid": ("Sigmoid", None), "tanh": ("Tanh", None), "relu": ("Relu", None),
-         "linear": ("Affine", (1.0, 0.0)), "hard_sigmoid": ("HardSigmoid", (1 / 6, 0.5)),
-         "hard_sigmoid_keras2": ("HardSigmoid", (0.2, 0.5))}
+_CELL = {
+    "sigmoid": ("Sigmoid", None),
+    "tanh": ("Tanh", None),
+    "relu": ("Relu", None),
+    "linear": ("Affine", (1.0, 0.0)),
+    "hard_sigmoid": ("HardSigmoid", (1 / 6, 0.5)),
+    "hard_sigmoid_keras2": ("HardSigmoid", (0.2, 0.5)),
+}
 
 
 # --- protobuf encoding ---------------------------------------------------------------------------
+
 
 def _varint(n):
     n &= (1 << 64) - 1
@@ -73,11 +79,15 @@ def _int(number, value):
 
 
 def _tensor(name, arr):
-    arr = np.asarray(arr, order="C")   # (ascontiguousarray would turn a scalar into shape (1,))
+    arr = np.asarray(arr, order="C")  # (ascontiguousarray would turn a scalar into shape (1,))
     dtype = {np.dtype(np.float32): _FLOAT, np.dtype(np.int64): _INT64}[arr.dtype]
     dims = b"".join(_varint(d) for d in arr.shape)
-    return (_field(1, 2, dims) if arr.ndim else b"") + _int(2, dtype) + _str(8, name) + \
-        _field(9, 2, arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+    return (
+        (_field(1, 2, dims) if arr.ndim else b"")
+        + _int(2, dtype)
+        + _str(8, name)
+        + _field(9, 2, arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+    )
 
 
 def _attribute(name, value):
@@ -97,8 +107,13 @@ def _attribute(name, value):
 
 
 def _node(op, inputs, outputs, name, **attrs):
-    return b"".join(_str(1, i) for i in inputs) + b"".join(_str(2, o) for o in outputs) + _str(3, name) + \
-        _str(4, op) + b"".join(_field(5, 2, _attribute(k, v)) for k, v in sorted(attrs.items()))
+    return (
+        b"".join(_str(1, i) for i in inputs)
+        + b"".join(_str(2, o) for o in outputs)
+        + _str(3, name)
+        + _str(4, op)
+        + b"".join(_field(5, 2, _attribute(k, v)) for k, v in sorted(attrs.items()))
+    )
 
 
 def _value_info(name, elem_type, dims):
@@ -108,6 +123,7 @@ def _value_info(name, elem_type, dims):
 
 
 # --- the graph -----------------------------------------------------------------------------------
+
 
 class _Graph:
     def __init__(self):
@@ -144,8 +160,8 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
     x = "x"
     if batch_first:
         x = g.op("Transpose", [x], perm=[1, 0] if tokens else [1, 0, 2])
-    seq = True            # (T, B, F) while True, (B, F) after the time axis is dropped
-    last_state = None     # Y_h of the recurrent layer just written (for LastStep(final_state=True))
+    seq = True  # (T, B, F) while True, (B, F) after the time axis is dropped
+    last_state = None  # Y_h of the recurrent layer just written (for LastStep(final_state=True))
     for k, layer in enumerate(layers):
         where = f"layers[{k}] ({type(layer).__name__})"
         if isinstance(layer, (LSTMLayer, GRULayer, RNNLayer)):
@@ -154,8 +170,10 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
             prev = layers[k - 1] if k else None
             if layer.final_state and prev is not None and getattr(prev, "bidirectional", False):
                 if prev.merge_mode != "concat":
-                    raise ValueError(f"{where}: the final state of a bidirectional layer with merge_mode="
-                                     f"{prev.merge_mode!r} has no standard ONNX form; use merge_mode='concat'")
+                    raise ValueError(
+                        f"{where}: the final state of a bidirectional layer with merge_mode="
+                        f"{prev.merge_mode!r} has no standard ONNX form; use merge_mode='concat'"
+                    )
                 ht = g.op("Transpose", [last_state], perm=[1, 0, 2])
                 x = g.op("Reshape", [ht, g.const("shape", np.array([0, -1], np.int64))])
             else:
@@ -163,7 +181,7 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
             seq = False
         elif isinstance(layer, Dense):
             bias = [g.const("bias", layer.bias)] if layer.bias is not None else []
-            if seq:   # MatMul + Add: Gemm only takes 2-d inputs
+            if seq:  # MatMul + Add: Gemm only takes 2-d inputs
                 x = g.op("MatMul", [x, g.const("weight_t", np.ascontiguousarray(layer.weight.T))])
                 x = g.op("Add", [x] + bias) if bias else x
             else:
@@ -174,24 +192,37 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
         elif isinstance(layer, BatchNorm):
             gamma = np.ones(layer.input_size, np.float32) if layer.gamma is None else layer.gamma
             beta = np.zeros(layer.input_size, np.float32) if layer.beta is None else layer.beta
-            args = [g.const(n, a) for n, a in (("gamma", gamma), ("beta", beta), ("mean", layer.mean),
-                                               ("var", layer.var))]
+            args = [
+                g.const(n, a) for n, a in (("gamma", gamma), ("beta", beta), ("mean", layer.mean), ("var", layer.var))
+            ]
             x = _channels_first(g, x, seq, "BatchNormalization", args, epsilon=layer.eps)
         elif isinstance(layer, LayerNorm):
             gamma = np.ones(layer.size, np.float32) if layer.gamma is None else layer.gamma
             beta = np.zeros(layer.size, np.float32) if layer.beta is None else layer.beta
-            x = g.op("LayerNormalization", [x, g.const("gamma", gamma), g.const("beta", beta)], axis=-1,
-                     epsilon=layer.eps)
+            x = g.op(
+                "LayerNormalization", [x, g.const("gamma", gamma), g.const("beta", beta)], axis=-1, epsilon=layer.eps
+            )
         elif isinstance(layer, Embedding):
             x = g.op("Gather", [g.const("table", layer.table), x], axis=0)
         elif isinstance(layer, Conv1D):
             if layer.padding == "same":
-                raise ValueError(f"{where}: Keras 'same' padding at stride > 1 depends on the sequence length; "
-                                 "ONNX Conv has no such padding")
-            args = [g.const("weight", layer.weight)] + ([g.const("bias", layer.bias)] if layer.bias is not None
-                                                        else [])
-            x = _channels_first(g, x, True, "Conv", args, strides=[layer.stride], dilations=[layer.dilation],
-                                group=layer.groups, pads=_pads(layer), kernel_shape=[layer.kernel_size])
+                raise ValueError(
+                    f"{where}: Keras 'same' padding at stride > 1 depends on the sequence length; "
+                    "ONNX Conv has no such padding"
+                )
+            args = [g.const("weight", layer.weight)] + ([g.const("bias", layer.bias)] if layer.bias is not None else [])
+            x = _channels_first(
+                g,
+                x,
+                True,
+                "Conv",
+                args,
+                strides=[layer.stride],
+                dilations=[layer.dilation],
+                group=layer.groups,
+                pads=_pads(layer),
+                kernel_shape=[layer.kernel_size],
+            )
             x = _activation(g, x, _act_of(layer), where)
         elif isinstance(layer, (MaxPool1D, AvgPool1D)):
             if layer.padding == "same":
@@ -213,10 +244,13 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
         x = g.op("Transpose", [x], perm=[1, 0, 2])
     y_dims = (["B", "T"] if batch_first else ["T", "B"]) if seq else ["B"]
     g.nodes.append(_node("Identity", [x], ["y"], "output"))
-    graph = b"".join(_field(1, 2, n) for n in g.nodes) + _str(2, "fastlstm") + \
-        b"".join(_field(5, 2, t) for t in g.inits) + \
-        _field(11, 2, _value_info("x", _INT64 if tokens else _FLOAT, x_dims)) + \
-        _field(12, 2, _value_info("y", _FLOAT, y_dims + [model.output_size]))
+    graph = (
+        b"".join(_field(1, 2, n) for n in g.nodes)
+        + _str(2, "fastlstm")
+        + b"".join(_field(5, 2, t) for t in g.inits)
+        + _field(11, 2, _value_info("x", _INT64 if tokens else _FLOAT, x_dims))
+        + _field(12, 2, _value_info("y", _FLOAT, y_dims + [model.output_size]))
+    )
     opset = _str(1, "") + _int(2, OPSET)
     return _int(1, 9) + _str(2, "fastlstm") + _field(7, 2, graph) + _field(8, 2, opset)
 
@@ -240,8 +274,11 @@ def _recurrent(g, x, layer, where):
         zeros = np.zeros(d.weight_ih.shape[0], np.float32)
         W.append(d.weight_ih[order])
         R.append(d.weight_hh[order])
-        B.append(np.concatenate([(zeros if d.bias_ih is None else d.bias_ih)[order],
-                                 (zeros if d.bias_hh is None else d.bias_hh)[order]]))
+        B.append(
+            np.concatenate(
+                [(zeros if d.bias_ih is None else d.bias_ih)[order], (zeros if d.bias_hh is None else d.bias_hh)[order]]
+            )
+        )
     attrs = {"hidden_size": H}
     attrs["direction"] = "bidirectional" if ndir == 2 else ("reverse" if layer.go_backwards else "forward")
     if op == "RNN":
@@ -257,14 +294,22 @@ def _recurrent(g, x, layer, where):
             attrs["activation_beta"] = [float(b) for _, b in params]
     if op == "GRU":
         attrs["linear_before_reset"] = int(layer.reset_after)
-    y, y_h = g.op(op, [x, g.const("W", np.stack(W)), g.const("R", np.stack(R)), g.const("B", np.stack(B))],
-                  n_out=2, **attrs)
+    y, y_h = g.op(
+        op, [x, g.const("W", np.stack(W)), g.const("R", np.stack(R)), g.const("B", np.stack(B))], n_out=2, **attrs
+    )
     if ndir == 1:
         out = g.op("Squeeze", [y, g.const("axes", np.array([1], np.int64))])
-        if layer.go_backwards:   # fastlstm returns a go_backwards layer's steps in reading order
-            out = g.op("Slice", [out, g.const("starts", np.array([-1], np.int64)),
-                                 g.const("ends", np.array([np.iinfo(np.int64).min], np.int64)),
-                                 g.const("axes", np.array([0], np.int64)), g.const("steps", np.array([-1], np.int64))])
+        if layer.go_backwards:  # fastlstm returns a go_backwards layer's steps in reading order
+            out = g.op(
+                "Slice",
+                [
+                    out,
+                    g.const("starts", np.array([-1], np.int64)),
+                    g.const("ends", np.array([np.iinfo(np.int64).min], np.int64)),
+                    g.const("axes", np.array([0], np.int64)),
+                    g.const("steps", np.array([-1], np.int64)),
+                ],
+            )
         return out, y_h
     if layer.merge_mode != "concat":
         reduce = {"sum": "ReduceSum", "ave": "ReduceMean", "mul": "ReduceProd"}[layer.merge_mode]
@@ -286,8 +331,14 @@ def _pads(layer):
 
 def _activation(g, x, act, where):
     name = act.name
-    simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "selu": "Selu", "softplus": "Softplus",
-              "softsign": "Softsign"}
+    simple = {
+        "relu": "Relu",
+        "sigmoid": "Sigmoid",
+        "tanh": "Tanh",
+        "selu": "Selu",
+        "softplus": "Softplus",
+        "softsign": "Softsign",
+    }
     if name == "linear":
         return x
     if name in simple:

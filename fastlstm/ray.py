@@ -101,12 +101,12 @@ class _Shard:
 
     def __init__(self, actor):
         self.actor = actor
-        self.streams = set()          # router ids living here
-        self.recovering = None        # a future while a replacement is being restored
+        self.streams = set()  # router ids living here
+        self.recovering = None  # a future while a replacement is being restored
         self.generation = 0
-        self.pending = []             # (entry, x, checkpoint?, future) waiting for the next call
+        self.pending = []  # (entry, x, checkpoint?, future) waiting for the next call
         self.dispatching = False
-        self.last_outputs = {}        # router id -> the last replayed output of a recovery
+        self.last_outputs = {}  # router id -> the last replayed output of a recovery
 
 
 class _Entry:
@@ -116,7 +116,7 @@ class _Entry:
 
     def __init__(self, sid, shard, rsid):
         self.sid, self.shard, self.rsid, self.checkpoint, self.log, self.steps = sid, shard, rsid, None, [], 0
-        self.busy = None              # a future while a step or a move is in progress
+        self.busy = None  # a future while a step or a move is in progress
 
 
 class StreamRouter:
@@ -134,20 +134,28 @@ class StreamRouter:
     threads_per_replica, num_cpus_per_replica : compute threads and Ray CPUs per replica actor.
     """
 
-    def __init__(self, model, num_replicas=1, *, checkpoint_every=16, max_batch=256, max_delay=0.0,
-                 threads_per_replica=1, num_cpus_per_replica=1):
+    def __init__(
+        self,
+        model,
+        num_replicas=1,
+        *,
+        checkpoint_every=16,
+        max_batch=256,
+        max_delay=0.0,
+        threads_per_replica=1,
+        num_cpus_per_replica=1,
+    ):
         if not ray.is_initialized():
             raise RuntimeError("ray is not initialised: call ray.init() (or connect to a cluster) first")
         self.model = model
         self.input_size, self.output_size = model.input_size, model.output_size
         self.checkpoint_every = _validate.positive_int(checkpoint_every, "checkpoint_every")
         self._actor_cls = ray.remote(num_cpus=num_cpus_per_replica, max_restarts=0)(_Replica)
-        self._args = (ray.put(model), _validate.positive_int(max_batch, "max_batch"), max_delay,
-                      threads_per_replica)
+        self._args = (ray.put(model), _validate.positive_int(max_batch, "max_batch"), max_delay, threads_per_replica)
         self._shards = []
         self._entries = {}
         self._next_id = 0
-        self.failovers = []           # (replica index, streams restored, seconds) per recovery
+        self.failovers = []  # (replica index, streams restored, seconds) per recovery
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fastlstm-router", daemon=True)
         self._thread.start()
@@ -176,8 +184,10 @@ class StreamRouter:
 
     def step_many(self, sids, xs):
         """One step of each of the distinct streams ``sids`` concurrently; outputs (N, O)."""
+
         async def all_():
             return await asyncio.gather(*[self._step(s, x) for s, x in zip(sids, xs)])
+
         if len(set(sids)) != len(sids):
             raise ValueError("sids: expected distinct stream ids (a stream's steps are sequential)")
         return np.stack(self._run(all_())) if len(sids) else np.zeros((0, self.output_size), np.float32)
@@ -193,11 +203,13 @@ class StreamRouter:
     def get_state(self, sid):
         """A copy of stream ``sid``'s state (a :class:`fastlstm.State`)."""
         from .state import State
+
         return State.from_bytes(self._run(self._export(sid)))
 
     def set_state(self, sid, state):
         """Replace stream ``sid``'s state (a :class:`fastlstm.State`, e.g. from another process)."""
         from .state import State
+
         if not isinstance(state, State):
             raise TypeError(f"state: expected a fastlstm.State, got {type(state).__name__}")
         self._run(self._load(sid, state.to_bytes()))
@@ -281,7 +293,7 @@ class StreamRouter:
         try:
             while e.shard.recovering is not None:
                 await e.shard.recovering
-            e.log.append(x)             # before it is sent: a recovery from now on replays it
+            e.log.append(x)  # before it is sent: a recovery from now on replays it
             shard, done = e.shard, self._loop.create_future()
             shard.pending.append((e, x, len(e.log) >= self.checkpoint_every, done))
             if not shard.dispatching:
@@ -308,11 +320,13 @@ class StreamRouter:
                 generation = shard.generation
                 try:
                     ys, states = await shard.actor.step_batch.remote(
-                        [e.rsid for e, _, _, _ in batch], np.stack([x for _, x, _, _ in batch]),
-                        [c for _, _, c, _ in batch])
+                        [e.rsid for e, _, _, _ in batch],
+                        np.stack([x for _, x, _, _ in batch]),
+                        [c for _, _, c, _ in batch],
+                    )
                 except ray.exceptions.RayActorError:
                     await self._recover(shard, generation)
-                    for e, _, _, done in batch:      # replayed by the recovery: its last output
+                    for e, _, _, done in batch:  # replayed by the recovery: its last output
                         done.set_result((shard.last_outputs[e.sid], None))
                     continue
                 for (_, _, _, done), y, state in zip(batch, ys, states):
@@ -331,8 +345,7 @@ class StreamRouter:
                 shard.actor = self._actor_cls.remote(*self._args)
                 shard.generation += 1
                 entries = [self._entries[s] for s in sorted(shard.streams)]
-                restored = await asyncio.gather(*[shard.actor.restore.remote(e.checkpoint, e.log)
-                                                  for e in entries])
+                restored = await asyncio.gather(*[shard.actor.restore.remote(e.checkpoint, e.log) for e in entries])
                 shard.last_outputs = {}
                 for e, (rsid, y) in zip(entries, restored):
                     e.rsid = rsid
@@ -340,7 +353,7 @@ class StreamRouter:
                 waiting, shard.pending = shard.pending, []
                 for e, _, _, done in waiting:
                     done.set_result((shard.last_outputs[e.sid], None))
-                where = self._shards.index(shard) if shard in self._shards else -1   # -1: a leaving replica
+                where = self._shards.index(shard) if shard in self._shards else -1  # -1: a leaving replica
                 self.failovers.append((where, len(entries), self._loop.time() - t0))
             finally:
                 done, shard.recovering = shard.recovering, None
@@ -441,14 +454,19 @@ class RouterBackend:
         self.router.shutdown()
 
     def prometheus(self):
-        lines = ["# TYPE fastlstm_router_streams gauge", f"fastlstm_router_streams {len(self.router)}",
-                 "# TYPE fastlstm_router_replicas gauge", f"fastlstm_router_replicas {self.router.num_replicas}",
-                 "# TYPE fastlstm_router_failovers_total counter",
-                 f"fastlstm_router_failovers_total {len(self.router.failovers)}"]
+        lines = [
+            "# TYPE fastlstm_router_streams gauge",
+            f"fastlstm_router_streams {len(self.router)}",
+            "# TYPE fastlstm_router_replicas gauge",
+            f"fastlstm_router_replicas {self.router.num_replicas}",
+            "# TYPE fastlstm_router_failovers_total counter",
+            f"fastlstm_router_failovers_total {len(self.router.failovers)}",
+        ]
         return "\n".join(lines) + "\n"
 
 
 # -- offline -------------------------------------------------------------------------------
+
 
 class _Predictor:
     """A map_batches actor: loads the model once, sets its threads, predicts grouped by length."""
@@ -461,8 +479,10 @@ class _Predictor:
         self.model, self.column, self.output_column = model, column, output_column
 
     def __call__(self, batch):
-        arrays = [np.asarray(np.stack(s) if isinstance(s, np.ndarray) and s.dtype == object else s, dtype=np.float32)
-                  for s in batch[self.column]]
+        arrays = [
+            np.asarray(np.stack(s) if isinstance(s, np.ndarray) and s.dtype == object else s, dtype=np.float32)
+            for s in batch[self.column]
+        ]
         outputs = [None] * len(arrays)
         by_length = defaultdict(list)
         for k, a in enumerate(arrays):
@@ -487,15 +507,22 @@ def _column(values):
     return col
 
 
-def predict_dataset(model, ds, column="x", *, output_column="y", num_actors=1, threads_per_actor=1,
-                    batch_size=256):
+def predict_dataset(model, ds, column="x", *, output_column="y", num_actors=1, threads_per_actor=1, batch_size=256):
     """``model.predict`` over every sequence of ``ds[column]`` (each ``(T, I)``; lengths may differ).
 
     Runs ``map_batches`` with ``num_actors`` actors, each loading the model once and using
     ``threads_per_actor`` threads; sequences of equal length share one batched ``predict``.
     Returns the dataset with ``output_column`` added (lazy, like every Ray Data transform)."""
-    return ds.map_batches(_Predictor, fn_constructor_kwargs={"model": model, "column": column,
-                                                            "output_column": output_column,
-                                                            "threads": threads_per_actor},
-                          batch_size=batch_size, concurrency=num_actors, num_cpus=threads_per_actor,
-                          batch_format="numpy")
+    return ds.map_batches(
+        _Predictor,
+        fn_constructor_kwargs={
+            "model": model,
+            "column": column,
+            "output_column": output_column,
+            "threads": threads_per_actor,
+        },
+        batch_size=batch_size,
+        concurrency=num_actors,
+        num_cpus=threads_per_actor,
+        batch_format="numpy",
+    )

@@ -28,14 +28,14 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 _MAGIC = b"FLSTATE\0"
-_VERSION = 3                          # what to_bytes writes
+_VERSION = 3  # what to_bytes writes
 #: every version from_bytes reads -> (has layer buffers, has the CRC-32 trailer)
 _VERSIONS = {1: (False, False), 2: (False, True), 3: (True, True)}
-_HEADER = struct.Struct("<8sHI")      # magic, format version, JSON length
-_CHECKSUM = struct.Struct("<I")       # CRC-32 (zlib.crc32) of every byte before it
-_MAX_JSON = 1 << 20                   # a state header is a few hundred bytes
+_HEADER = struct.Struct("<8sHI")  # magic, format version, JSON length
+_CHECKSUM = struct.Struct("<I")  # CRC-32 (zlib.crc32) of every byte before it
+_MAX_JSON = 1 << 20  # a state header is a few hundred bytes
 _MAX_ARRAYS = 4096
-_MAX_DIM = 1 << 40                    # beyond any real batch or width; keeps the size arithmetic exact
+_MAX_DIM = 1 << 40  # beyond any real batch or width; keeps the size arithmetic exact
 
 
 class State:
@@ -64,8 +64,9 @@ class State:
 
     __slots__ = ("h", "c", "buffers", "signature")
 
-    def __init__(self, h: Sequence, c: Optional[Sequence] = None, signature: Optional[Tuple] = None,
-                 buffers: Sequence = ()):
+    def __init__(
+        self, h: Sequence, c: Optional[Sequence] = None, signature: Optional[Tuple] = None, buffers: Sequence = ()
+    ):
         if any(isinstance(v, np.ndarray) for v in (h, c, buffers)):
             raise TypeError("h, c, buffers: expected lists of arrays (one per layer and direction)")
         copy = lambda arrays: [np.array(a, dtype=np.float32, copy=True, order="C") for a in arrays]  # noqa: E731
@@ -87,9 +88,12 @@ class State:
     def __eq__(self, other):
         if not isinstance(other, State):
             return NotImplemented
-        return (self.signature == other.signature and len(self.h) == len(other.h)
-                and len(self.buffers) == len(other.buffers)
-                and all(np.array_equal(a, b) for a, b in zip(self._arrays(), other._arrays())))
+        return (
+            self.signature == other.signature
+            and len(self.h) == len(other.h)
+            and len(self.buffers) == len(other.buffers)
+            and all(np.array_equal(a, b) for a, b in zip(self._arrays(), other._arrays()))
+        )
 
     def copy(self) -> "State":
         return State(self.h, self.c, self.signature, self.buffers)
@@ -127,19 +131,23 @@ class State:
             signature = meta["signature"]
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise ValueError(f"data: corrupt State header ({type(exc).__name__}: {str(exc)[:200]})") from None
-        if len(shapes) > _MAX_ARRAYS or n_h * 2 + len(buffer_shapes) != len(shapes) or not all(
-                len(s) in (1, 2) and all(type(d) is int and 0 <= d < _MAX_DIM for d in s) for s in shapes):
+        if (
+            len(shapes) > _MAX_ARRAYS
+            or n_h * 2 + len(buffer_shapes) != len(shapes)
+            or not all(len(s) in (1, 2) and all(type(d) is int and 0 <= d < _MAX_DIM for d in s) for s in shapes)
+        ):
             raise ValueError("data: corrupt State header (bad array shapes)")
         sizes = [math.prod(s) for s in shapes]  # exact: np.prod would wrap around at 2**63
         if 4 * sum(sizes) != len(body):
-            raise ValueError(f"data: the State header describes {4 * sum(sizes)} bytes of arrays, the data holds "
-                             f"{len(body)}")
+            raise ValueError(
+                f"data: the State header describes {4 * sum(sizes)} bytes of arrays, the data holds {len(body)}"
+            )
         arrays, offset = [], 0
         for shape, size in zip(shapes, sizes):
             arrays.append(np.frombuffer(body, dtype="<f4", count=size, offset=offset).reshape(shape))
             offset += 4 * size
         try:
-            return cls(arrays[:n_h], arrays[n_h:2 * n_h], signature, arrays[2 * n_h:])
+            return cls(arrays[:n_h], arrays[n_h : 2 * n_h], signature, arrays[2 * n_h :])
         except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"data: corrupt State signature ({type(exc).__name__}: {str(exc)[:200]})") from None
 
@@ -156,8 +164,10 @@ def _unframe(data):
     if magic != _MAGIC:
         raise ValueError("data: not a fastlstm State (bad magic bytes)")
     if version not in _VERSIONS:
-        raise ValueError(f"data: State format version {version} is not supported (this fastlstm reads versions "
-                         f"{', '.join(map(str, sorted(_VERSIONS)))})")
+        raise ValueError(
+            f"data: State format version {version} is not supported (this fastlstm reads versions "
+            f"{', '.join(map(str, sorted(_VERSIONS)))})"
+        )
     has_buffers, checksummed = _VERSIONS[version]
     end = len(data)
     if checksummed:
@@ -169,7 +179,7 @@ def _unframe(data):
             raise ValueError("data: State checksum mismatch: the data is corrupt or truncated")
     if n_json > _MAX_JSON or _HEADER.size + n_json > end:
         raise ValueError("data: truncated or corrupt State header")
-    return data[_HEADER.size:_HEADER.size + n_json], data[_HEADER.size + n_json:end], has_buffers
+    return data[_HEADER.size : _HEADER.size + n_json], data[_HEADER.size + n_json : end], has_buffers
 
 
 def state_rows(state, layout, signature, rows, batch_size, name):
@@ -179,8 +189,9 @@ def state_rows(state, layout, signature, rows, batch_size, name):
     if not isinstance(state, State):
         raise TypeError(f"{name}: expected a fastlstm.State, got {type(state).__name__}")
     if state.signature is not None and state.signature != signature:
-        raise ValueError(f"{name}: belongs to a model of another shape (layers {state.signature}, "
-                         f"this model's are {signature})")
+        raise ValueError(
+            f"{name}: belongs to a model of another shape (layers {state.signature}, this model's are {signature})"
+        )
     lists = {"h": state.h, "c": state.c, "buf": state.buffers}
     n_entries = sum(1 for label, *_ in layout if label == "h")
     n_buffers = sum(1 for label, *_ in layout if label == "buf")
@@ -197,7 +208,7 @@ def state_rows(state, layout, signature, rows, batch_size, name):
             raise ValueError(f"{name}: {shown}[{k}] expected shape {expected}, got {arr.shape}")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name}: {shown}[{k}] contains NaN or infinite values")
-        out[:, offset:offset + width] = arr.reshape(rows, width)
+        out[:, offset : offset + width] = arr.reshape(rows, width)
     return out
 
 
@@ -205,6 +216,6 @@ def state_from_rows(rows, layout, signature, batch_size):
     """A :class:`State` of the state rows (rows, state size) of a network with this layout."""
     lists = {"h": [], "c": [], "buf": []}
     for label, _, offset, width in layout:
-        arr = rows[:, offset:offset + width]
+        arr = rows[:, offset : offset + width]
         lists[label].append(arr[0] if batch_size is None else arr)
     return State(lists["h"], lists["c"], signature, lists["buf"])

@@ -53,20 +53,30 @@ enum fl_activation {
     FL_ACT_SILU = 12,
     FL_ACT_SOFTPLUS = 13,
     FL_ACT_SOFTSIGN = 14,
-    FL_ACT_PRELU = 15               /* layers only: per-feature slopes */
+    FL_ACT_PRELU = 15 /* layers only: per-feature slopes */
 };
 
-static inline uint32_t fl_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static inline float fl_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t fl_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline float fl_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 
 /* exp(-a) for a in [0, 80] (NaN propagates). */
 static inline float fl_exp_neg(float a)
 {
-    const float magic = 12582912.0f;          /* 1.5 * 2^23: rounds to an integer in the low bits */
+    const float magic = 12582912.0f;            /* 1.5 * 2^23: rounds to an integer in the low bits */
     const float log2e = 1.44269504088896341f;
-    const float ln2_hi = 0.693359375f;        /* 9 significant bits */
+    const float ln2_hi = 0.693359375f;          /* 9 significant bits */
     const float ln2_lo = -2.12194440e-4f;
-    float kf = (-a) * log2e + magic;          /* n = round(-a / ln2), |n| <= 116 */
+    float kf = (-a) * log2e + magic;            /* n = round(-a / ln2), |n| <= 116 */
     uint32_t nbits = fl_bits(kf);
     kf -= magic;
     float r = (-a) - kf * ln2_hi - kf * ln2_lo; /* |r| <= ln2/2 */
@@ -98,11 +108,15 @@ static inline float fl_tanh(float x)
     float a = fl_float(fl_bits(x) & 0x7fffffffu);
     float e = fl_exp_neg(fl_clamp_exp_arg(a + a));
     float t = (1.0f - e) / (1.0f + e);
-    t = a < 4e-4f ? a : t;                    /* tanh(a) = a - a^3/3: keeps relative accuracy near 0 */
+    t = a < 4e-4f ? a : t; /* tanh(a) = a - a^3/3: keeps relative accuracy near 0 */
     return fl_float(fl_bits(t) | (fl_bits(x) & 0x80000000u));
 }
 
-static inline float fl_clip01(float v) { v = v < 0.0f ? 0.0f : v; return v > 1.0f ? 1.0f : v; }
+static inline float fl_clip01(float v)
+{
+    v = v < 0.0f ? 0.0f : v;
+    return v > 1.0f ? 1.0f : v;
+}
 static inline float fl_hard_sigmoid(float x) { return fl_clip01(x * (1.0f / 6.0f) + 0.5f); }
 static inline float fl_hard_sigmoid_keras2(float x) { return fl_clip01(0.2f * x + 0.5f); }
 static inline float fl_relu(float x) { return x < 0.0f ? 0.0f : x; }
@@ -113,7 +127,7 @@ static inline float fl_expm1_neg(float x) { return fl_exp_neg(fl_clamp_exp_arg(-
 static inline float fl_selu(float x)
 {
     const float scale = 1.0507009873554805f, alpha = 1.6732632423543772f;
-    return scale * (x > 0.0f ? x : alpha * fl_expm1_neg(x > 0.0f ? 0.0f : x));   /* NaN propagates */
+    return scale * (x > 0.0f ? x : alpha * fl_expm1_neg(x > 0.0f ? 0.0f : x)); /* NaN propagates */
 }
 
 /* erfc(a) for a >= 0 (Abramowitz & Stegun 7.1.26). */
@@ -131,7 +145,7 @@ static inline float fl_erfc_pos(float a)
 static inline float fl_gelu(float x)
 {
     const float a = fl_float(fl_bits(x) & 0x7fffffffu) * 0.70710678118654752f;
-    const float half_erfc = 0.5f * fl_erfc_pos(a);        /* P(N > |x|) */
+    const float half_erfc = 0.5f * fl_erfc_pos(a); /* P(N > |x|) */
     return x * (x > 0.0f ? 1.0f - half_erfc : half_erfc);
 }
 
@@ -173,18 +187,41 @@ static void fl_activate(int kind, float *x, long n)
 {
     long j;
     switch (kind) {
-    case FL_ACT_SELU: for (j = 0; j < n; j++) x[j] = fl_selu(x[j]); break;
-    case FL_ACT_GELU: for (j = 0; j < n; j++) x[j] = fl_gelu(x[j]); break;
-    case FL_ACT_GELU_TANH: for (j = 0; j < n; j++) x[j] = fl_gelu_tanh(x[j]); break;
-    case FL_ACT_SILU: for (j = 0; j < n; j++) x[j] = fl_times_sigmoid(x[j], x[j]); break;
-    case FL_ACT_SOFTPLUS: for (j = 0; j < n; j++) x[j] = fl_softplus(x[j]); break;
-    case FL_ACT_SOFTSIGN: for (j = 0; j < n; j++) x[j] = fl_softsign(x[j]); break;
-    case FL_ACT_SIGMOID: for (j = 0; j < n; j++) x[j] = fl_sigmoid(x[j]); break;
-    case FL_ACT_TANH: for (j = 0; j < n; j++) x[j] = fl_tanh(x[j]); break;
-    case FL_ACT_HARD_SIGMOID: for (j = 0; j < n; j++) x[j] = fl_hard_sigmoid(x[j]); break;
-    case FL_ACT_HARD_SIGMOID_KERAS2: for (j = 0; j < n; j++) x[j] = fl_hard_sigmoid_keras2(x[j]); break;
-    case FL_ACT_RELU: for (j = 0; j < n; j++) x[j] = fl_relu(x[j]); break;
-    default: break; /* linear */
+    case FL_ACT_SELU:
+        for (j = 0; j < n; j++) x[j] = fl_selu(x[j]);
+        break;
+    case FL_ACT_GELU:
+        for (j = 0; j < n; j++) x[j] = fl_gelu(x[j]);
+        break;
+    case FL_ACT_GELU_TANH:
+        for (j = 0; j < n; j++) x[j] = fl_gelu_tanh(x[j]);
+        break;
+    case FL_ACT_SILU:
+        for (j = 0; j < n; j++) x[j] = fl_times_sigmoid(x[j], x[j]);
+        break;
+    case FL_ACT_SOFTPLUS:
+        for (j = 0; j < n; j++) x[j] = fl_softplus(x[j]);
+        break;
+    case FL_ACT_SOFTSIGN:
+        for (j = 0; j < n; j++) x[j] = fl_softsign(x[j]);
+        break;
+    case FL_ACT_SIGMOID:
+        for (j = 0; j < n; j++) x[j] = fl_sigmoid(x[j]);
+        break;
+    case FL_ACT_TANH:
+        for (j = 0; j < n; j++) x[j] = fl_tanh(x[j]);
+        break;
+    case FL_ACT_HARD_SIGMOID:
+        for (j = 0; j < n; j++) x[j] = fl_hard_sigmoid(x[j]);
+        break;
+    case FL_ACT_HARD_SIGMOID_KERAS2:
+        for (j = 0; j < n; j++) x[j] = fl_hard_sigmoid_keras2(x[j]);
+        break;
+    case FL_ACT_RELU:
+        for (j = 0; j < n; j++) x[j] = fl_relu(x[j]);
+        break;
+    default:
+        break; /* linear */
     }
 }
 
@@ -194,7 +231,10 @@ static void fl_softmax_row(float *x, long n)
     long j;
     float m = x[0], s = 0.0f;
     for (j = 1; j < n; j++) m = x[j] > m ? x[j] : m;
-    for (j = 0; j < n; j++) { x[j] = fl_exp_neg(fl_clamp_exp_arg(m - x[j])); s += x[j]; }
+    for (j = 0; j < n; j++) {
+        x[j] = fl_exp_neg(fl_clamp_exp_arg(m - x[j]));
+        s += x[j];
+    }
     s = 1.0f / s;
     for (j = 0; j < n; j++) x[j] *= s;
 }

@@ -22,7 +22,7 @@
 
 typedef struct {
     int count, gen, sleepers;
-    char pad[52];            /* a cache line of its own */
+    char pad[52]; /* a cache line of its own */
 } fl_spin_barrier;
 
 static inline void fl_cpu_relax(void)
@@ -40,7 +40,12 @@ static inline void fl_cpu_relax(void)
 static void fl_sleep_while(int *addr, int val) { syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0); }
 static void fl_wake_all(int *addr) { syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0); }
 #else
-static void fl_sleep_while(int *addr, int val) { (void)addr; (void)val; sched_yield(); }
+static void fl_sleep_while(int *addr, int val)
+{
+    (void)addr;
+    (void)val;
+    sched_yield();
+}
 static void fl_wake_all(int *addr) { (void)addr; }
 #endif
 

@@ -20,8 +20,8 @@
  * whole row; a thread that owns a slice of the units passes z + u0 and gs = H. */
 
 /* Sigmoid gates and tanh cell (the PyTorch cell): the fast path. */
-FL_INLINE void fl_cell_units_sigmoid_tanh_body(const float *restrict z, long gs, float *restrict c,
-                                               float *restrict h, long n)
+FL_INLINE void fl_cell_units_sigmoid_tanh_body(const float *restrict z, long gs, float *restrict c, float *restrict h,
+                                               long n)
 {
     const float *zi = z, *zf = z + gs, *zo = z + 2 * gs, *zg = z + 3 * gs;
     for (long j = 0; j < n; j++) {
@@ -30,12 +30,12 @@ FL_INLINE void fl_cell_units_sigmoid_tanh_body(const float *restrict z, long gs,
         h[j] = fl_sigmoid(zo[j]) * fl_tanh(cn);
     }
 }
-FL_ISA_VARIANTS(fl_cell_units_sigmoid_tanh, (const float *restrict z, long gs, float *restrict c,
-                                            float *restrict h, long n), (z, gs, c, h, n))
+FL_ISA_VARIANTS(fl_cell_units_sigmoid_tanh,
+                (const float *restrict z, long gs, float *restrict c, float *restrict h, long n), (z, gs, c, h, n))
 
 /* Any gate/cell activation (Keras options).  The n used gates of z are overwritten. */
-static void fl_cell_units_generic(float *restrict z, long gs, float *restrict c, float *restrict h,
-                                  long n, int gate_act, int cell_act)
+static void fl_cell_units_generic(float *restrict z, long gs, float *restrict c, float *restrict h, long n,
+                                  int gate_act, int cell_act)
 {
     float *zi = z, *zf = z + gs, *zo = z + 2 * gs, *zg = z + 3 * gs;
     fl_activate(gate_act, zi, n);
@@ -52,17 +52,18 @@ static void fl_cell_units_generic(float *restrict z, long gs, float *restrict c,
 
 static inline void fl_cell_units(float *z, long gs, float *c, float *h, long n, int gate_act, int cell_act)
 {
-    if (gate_act == FL_ACT_SIGMOID && cell_act == FL_ACT_TANH) fl_cell_units_sigmoid_tanh(z, gs, c, h, n);
-    else fl_cell_units_generic(z, gs, c, h, n, gate_act, cell_act);
+    if (gate_act == FL_ACT_SIGMOID && cell_act == FL_ACT_TANH)
+        fl_cell_units_sigmoid_tanh(z, gs, c, h, n);
+    else
+        fl_cell_units_generic(z, gs, c, h, n, gate_act, cell_act);
 }
 
 /* nrows rows of gates (row stride ldz, gate stride gs) -> c rows (stride ldc), h rows
  * (stride ldh); n units per row (a thread's slice passes pointers offset to it). */
-static inline void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc, float *h, long ldh,
-                                long nrows, long n, int gate_act, int cell_act)
+static inline void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc, float *h, long ldh, long nrows, long n,
+                                int gate_act, int cell_act)
 {
-    for (long r = 0; r < nrows; r++)
-        fl_cell_units(z + r * ldz, gs, c + r * ldc, h + r * ldh, n, gate_act, cell_act);
+    for (long r = 0; r < nrows; r++) fl_cell_units(z + r * ldz, gs, c + r * ldc, h + r * ldh, n, gate_act, cell_act);
 }
 
 /* The GRU with the reset gate after the recurrent product (PyTorch, Keras reset_after=True).
@@ -78,11 +79,12 @@ FL_INLINE void fl_gru_units_sigmoid_tanh_body(const float *restrict z, long gs, 
         h[j] = nn + fl_sigmoid(zu[j]) * (hprev[j] - nn);
     }
 }
-FL_ISA_VARIANTS(fl_gru_units_sigmoid_tanh, (const float *restrict z, long gs, const float *restrict hprev,
-                                          float *restrict h, long n), (z, gs, hprev, h, n))
+FL_ISA_VARIANTS(fl_gru_units_sigmoid_tanh,
+                (const float *restrict z, long gs, const float *restrict hprev, float *restrict h, long n),
+                (z, gs, hprev, h, n))
 
-static void fl_gru_units_generic(float *restrict z, long gs, const float *restrict hprev, float *restrict h,
-                                 long n, int gate_act, int act)
+static void fl_gru_units_generic(float *restrict z, long gs, const float *restrict hprev, float *restrict h, long n,
+                                 int gate_act, int act)
 {
     float *zr = z, *zu = z + gs, *zx = z + 2 * gs, *zh = z + 3 * gs;
     fl_activate(gate_act, zr, n);
@@ -94,8 +96,8 @@ static void fl_gru_units_generic(float *restrict z, long gs, const float *restri
 
 /* nrows rows of a reset-after GRU: gates (row stride ldz, gate stride gs), the previous h
  * rows (stride ldp) -> h rows (stride ldh); n units per row. */
-static void fl_gru_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *h, long ldh,
-                        long nrows, long n, int gate_act, int act)
+static void fl_gru_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *h, long ldh, long nrows,
+                        long n, int gate_act, int act)
 {
     for (long r = 0; r < nrows; r++) {
         if (gate_act == FL_ACT_SIGMOID && act == FL_ACT_TANH)
@@ -110,8 +112,8 @@ static void fl_gru_rows(float *z, long ldz, long gs, const float *hprev, long ld
  *   fl_gru_reset_rows   r, u = gate_act(...) in place;  rh = r * h   (rh rows of n floats)
  *   fl_gru_update_rows  n = act(n block);  h' = n + u * (h - n)
  * Gate blocks [ r | u | n ] at stride gs. */
-static void fl_gru_reset_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *rh,
-                              long nrows, long n, int gate_act)
+static void fl_gru_reset_rows(float *z, long ldz, long gs, const float *hprev, long ldp, float *rh, long nrows, long n,
+                              int gate_act)
 {
     for (long r = 0; r < nrows; r++) {
         float *zr = z + r * ldz;
@@ -167,7 +169,7 @@ static void fl_rnn_rows(float *z, long ldz, float *h, long ldh, long nrows, long
  * up: an -O1 build would round these apart; setup.py builds at -O3, and
  * tests/c/kernels_check.c compares the two bit for bit). */
 typedef float fl_v16 __attribute__((vector_size(64)));
-typedef float fl_v16u __attribute__((vector_size(64), aligned(4)));  /* unaligned access */
+typedef float fl_v16u __attribute__((vector_size(64), aligned(4))); /* unaligned access */
 #define FL_GEMV_VECS 4
 
 FL_INLINE void fl_gemv_vecs_body(const int NV, const float *restrict v, long k, const float *restrict W, long ldw,
@@ -191,8 +193,8 @@ FL_INLINE void fl_gemv_vecs_body(const int NV, const float *restrict v, long k, 
  * scalar multiply and a vector add, again never fused. */
 typedef float fl_v8 __attribute__((vector_size(32)));
 
-FL_INLINE void fl_tail_rows_body(long R, const float *restrict A, long lda, long k, const float *restrict w,
-                                 long ldw, float *restrict c, long ldc)
+FL_INLINE void fl_tail_rows_body(long R, const float *restrict A, long lda, long k, const float *restrict w, long ldw,
+                                 float *restrict c, long ldc)
 {
     fl_v8 acc = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     for (int r = 0; r < R; r++) acc[r] = c[r * ldc];
@@ -204,8 +206,8 @@ FL_INLINE void fl_tail_rows_body(long R, const float *restrict A, long lda, long
     for (int r = 0; r < R; r++) c[r * ldc] = acc[r];
 }
 
-FL_INLINE void fl_matmul_acc_body(long m, long n, long k, const float *restrict A, long lda,
-                                  const float *restrict W, long ldw, float *restrict C, long ldc)
+FL_INLINE void fl_matmul_acc_body(long m, long n, long k, const float *restrict A, long lda, const float *restrict W,
+                                  long ldw, float *restrict C, long ldc)
 {
     const long n16 = n - n % 16;
     for (long r = 0; r < m; r++) {
@@ -218,8 +220,10 @@ FL_INLINE void fl_matmul_acc_body(long m, long n, long k, const float *restrict 
         for (long r = 0; r < m; r += 8)
             fl_tail_rows_body(m - r < 8 ? m - r : 8, A + r * lda, lda, k, W + j, ldw, C + r * ldc + j, ldc);
 }
-FL_ISA_VARIANTS(fl_matmul_acc, (long m, long n, long k, const float *restrict A, long lda, const float *restrict W,
-                                long ldw, float *restrict C, long ldc), (m, n, k, A, lda, W, ldw, C, ldc))
+FL_ISA_VARIANTS(fl_matmul_acc,
+                (long m, long n, long k, const float *restrict A, long lda, const float *restrict W, long ldw,
+                 float *restrict C, long ldc),
+                (m, n, k, A, lda, W, ldw, C, ldc))
 
 /* z[0:n] += v[0:k] @ W (row stride ldw): fl_matmul_acc of one row. */
 static inline void fl_gemv_acc(const float *v, long k, const float *W, long ldw, long n, float *z)
@@ -236,9 +240,12 @@ static void fl_merge_rows(const float *in, float *out, long nrows, long n, int m
         float *o = out + r * n;
         for (long j = 0; j < n; j++) {
             float v;
-            if (mode == FL_MERGE_SUM) v = a[j] + b[j];
-            else if (mode == FL_MERGE_MUL) v = a[j] * b[j];
-            else v = 0.5f * (a[j] + b[j]);
+            if (mode == FL_MERGE_SUM)
+                v = a[j] + b[j];
+            else if (mode == FL_MERGE_MUL)
+                v = a[j] * b[j];
+            else
+                v = 0.5f * (a[j] + b[j]);
             o[j] = v;
         }
     }

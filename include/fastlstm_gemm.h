@@ -65,7 +65,7 @@ static int fl_packed_gemm_available(void) { return 1; }
 /* Rows per register block of the AVX2 and generic kernels. */
 #define FL_AVX2_ROWS 6
 #if defined(__aarch64__)
-#define FL_GENERIC_ROWS 5      /* 6 spilled an accumulator: 24 + 4 weights + 6 broadcasts > 32 */
+#define FL_GENERIC_ROWS 5 /* 6 spilled an accumulator: 24 + 4 weights + 6 broadcasts > 32 */
 #else
 #define FL_GENERIC_ROWS 3
 #endif
@@ -87,14 +87,13 @@ static inline int fl_pack_rows(long m, long r)
  * is element (r, i).  Block b of R rows starting at row r0 stores element
  * (r0 + j, i) at ap[r0 * k + i * R + j].  Threads of a team each pack the
  * columns they own. */
-static void fl_pack_a(long m, long k, float *restrict ap, long i0, long i1, const float *restrict src,
-                      long lds)
+static void fl_pack_a(long m, long k, float *restrict ap, long i0, long i1, const float *restrict src, long lds)
 {
     for (long r0 = 0; r0 < m;) {
         const int R = fl_pack_rows(m, r0);
         const float *rows = src + r0 * lds - i0;
         float *out = ap + r0 * k + i0 * R;
-        for (long i = i0; i < i1; i++, out += R)       /* writes are sequential */
+        for (long i = i0; i < i1; i++, out += R) /* writes are sequential */
             for (int j = 0; j < R; j++) out[j] = rows[j * lds + i];
         r0 += R;
     }
@@ -110,17 +109,17 @@ static void fl_pack_a(long m, long k, float *restrict ap, long i0, long i1, cons
  * fl_gemm_panel_<isa>(m, k, a, lda, w, c, ldc, nc, bias): all m rows against
  * one panel, in blocks of the path's row count (the last one shorter); A is
  * row-major with row stride lda, or packed by fl_pack_a when lda is 0. */
-typedef void (*fl_gemm_panel_fn)(long m, long k, const float *a, long lda, const float *w, float *c, long ldc,
-                                 int nc, const float *bias);
+typedef void (*fl_gemm_panel_fn)(long m, long k, const float *a, long lda, const float *w, float *c, long ldc, int nc,
+                                 const float *bias);
 
 /* Block b of rows r..r+R: where it starts, and its row and column strides. */
-#define FL_BLOCK_ARGS(a, lda, k, r, R) ((lda) ? (a) + (r) * (lda) : (a) + (r) * (k)), ((lda) ? (lda) : 1), \
-                                       ((lda) ? 1 : (R))
+#define FL_BLOCK_ARGS(a, lda, k, r, R)                                                                                 \
+    ((lda) ? (a) + (r) * (lda) : (a) + (r) * (k)), ((lda) ? (lda) : 1), ((lda) ? 1 : (R))
 
 /* Generic: 4-float vectors of GCC's vector extensions (SSE2 on x86-64, NEON on
  * aarch64, where -ffp-contract=fast turns acc + a * w into one fmla). */
 typedef float fl_v4 __attribute__((vector_size(16)));
-typedef float fl_v4u __attribute__((vector_size(16), aligned(4)));  /* unaligned access */
+typedef float fl_v4u __attribute__((vector_size(16), aligned(4))); /* unaligned access */
 
 /* Columns 4q..4q+3 of row p, the ones past nc as zero. */
 FL_INLINE fl_v4 fl_v4_load_cols(const float *p, int q, int nc)
@@ -133,7 +132,8 @@ FL_INLINE fl_v4 fl_v4_load_cols(const float *p, int q, int nc)
 
 FL_INLINE void fl_v4_store_cols(float *p, int q, int nc, fl_v4 v)
 {
-    if (4 * q + 4 <= nc) *(fl_v4u *)(p + 4 * q) = v;
+    if (4 * q + 4 <= nc)
+        *(fl_v4u *)(p + 4 * q) = v;
     else
         for (int j = 0; 4 * q + j < nc && j < 4; j++) p[4 * q + j] = v[j];
 }
@@ -163,20 +163,30 @@ FL_INLINE void fl_gemm_block_generic_body(const int R, long k, const float *rest
         for (int q = 0; q < 4; q++) fl_v4_store_cols(c + r * ldc, q, nc, acc[r][q]);
 }
 
-static void fl_gemm_panel_generic(long m, long k, const float *a, long lda, const float *w, float *c, long ldc,
-                                  int nc, const float *bias)
+static void fl_gemm_panel_generic(long m, long k, const float *a, long lda, const float *w, float *c, long ldc, int nc,
+                                  const float *bias)
 {
     for (long r = 0; r < m; r += FL_GENERIC_ROWS) {
         const int R = (int)(m - r < FL_GENERIC_ROWS ? m - r : FL_GENERIC_ROWS);
         float *cr = c + r * ldc;
-        switch (R) {  /* a constant R per copy keeps the accumulators in registers */
+        switch (R) { /* a constant R per copy keeps the accumulators in registers */
 #if FL_GENERIC_ROWS == 5
-        case 5: fl_gemm_block_generic_body(5, k, FL_BLOCK_ARGS(a, lda, k, r, 5), w, cr, ldc, nc, bias); break;
-        case 4: fl_gemm_block_generic_body(4, k, FL_BLOCK_ARGS(a, lda, k, r, 4), w, cr, ldc, nc, bias); break;
+        case 5:
+            fl_gemm_block_generic_body(5, k, FL_BLOCK_ARGS(a, lda, k, r, 5), w, cr, ldc, nc, bias);
+            break;
+        case 4:
+            fl_gemm_block_generic_body(4, k, FL_BLOCK_ARGS(a, lda, k, r, 4), w, cr, ldc, nc, bias);
+            break;
 #endif
-        case 3: fl_gemm_block_generic_body(3, k, FL_BLOCK_ARGS(a, lda, k, r, 3), w, cr, ldc, nc, bias); break;
-        case 2: fl_gemm_block_generic_body(2, k, FL_BLOCK_ARGS(a, lda, k, r, 2), w, cr, ldc, nc, bias); break;
-        default: fl_gemm_block_generic_body(1, k, FL_BLOCK_ARGS(a, lda, k, r, 1), w, cr, ldc, nc, bias); break;
+        case 3:
+            fl_gemm_block_generic_body(3, k, FL_BLOCK_ARGS(a, lda, k, r, 3), w, cr, ldc, nc, bias);
+            break;
+        case 2:
+            fl_gemm_block_generic_body(2, k, FL_BLOCK_ARGS(a, lda, k, r, 2), w, cr, ldc, nc, bias);
+            break;
+        default:
+            fl_gemm_block_generic_body(1, k, FL_BLOCK_ARGS(a, lda, k, r, 1), w, cr, ldc, nc, bias);
+            break;
         }
     }
 }
@@ -191,34 +201,37 @@ static void fl_gemm_panel_generic(long m, long k, const float *a, long lda, cons
  * outgrows it.  Both needed FL_UNROLL: without it GCC stored every accumulator
  * to the stack on every k.  Masked loads and stores keep the columns past nc
  * untouched. */
-FL_TARGET_AVX2 FL_INLINE void fl_gemm_block_avx2_body(const int R, long k, const float *restrict a, long ars,
-                                                      long ais, const float *restrict w, float *restrict c,
-                                                      long ldc, int nc, const float *restrict bias)
+FL_TARGET_AVX2 FL_INLINE void fl_gemm_block_avx2_body(const int R, long k, const float *restrict a, long ars, long ais,
+                                                      const float *restrict w, float *restrict c, long ldc, int nc,
+                                                      const float *restrict bias)
 {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i mask[2] = {_mm256_cmpgt_epi32(_mm256_set1_epi32(nc), lane),
                              _mm256_cmpgt_epi32(_mm256_set1_epi32(nc - 8), lane)};
     __m256 acc[FL_AVX2_ROWS][2];
-    FL_UNROLL for (int q = 0; q < 2; q++)
-        FL_UNROLL for (int r = 0; r < R; r++) {
-            const float *from = (bias ? bias : c + r * ldc) + 8 * q;
-            acc[r][q] = nc == FL_PANEL ? _mm256_loadu_ps(from) : _mm256_maskload_ps(from, mask[q]);
-        }
+    FL_UNROLL for (int q = 0; q < 2; q++) FL_UNROLL for (int r = 0; r < R; r++)
+    {
+        const float *from = (bias ? bias : c + r * ldc) + 8 * q;
+        acc[r][q] = nc == FL_PANEL ? _mm256_loadu_ps(from) : _mm256_maskload_ps(from, mask[q]);
+    }
     for (long i = 0; i < k; i++) {
         const __m256 w0 = _mm256_loadu_ps(w + i * FL_PANEL), w1 = _mm256_loadu_ps(w + i * FL_PANEL + 8);
         _mm_prefetch((const char *)(w + (i + FL_PREFETCH_ROWS) * FL_PANEL), _MM_HINT_T0);
-        FL_UNROLL for (int r = 0; r < R; r++) {
+        FL_UNROLL for (int r = 0; r < R; r++)
+        {
             const __m256 av = _mm256_broadcast_ss(a + r * ars + i * ais);
             acc[r][0] = _mm256_fmadd_ps(av, w0, acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(av, w1, acc[r][1]);
         }
     }
-    FL_UNROLL for (int r = 0; r < R; r++)
-        FL_UNROLL for (int q = 0; q < 2; q++) {
-            float *cc = c + r * ldc + 8 * q;
-            if (nc == FL_PANEL) _mm256_storeu_ps(cc, acc[r][q]);
-            else _mm256_maskstore_ps(cc, mask[q], acc[r][q]);
-        }
+    FL_UNROLL for (int r = 0; r < R; r++) FL_UNROLL for (int q = 0; q < 2; q++)
+    {
+        float *cc = c + r * ldc + 8 * q;
+        if (nc == FL_PANEL)
+            _mm256_storeu_ps(cc, acc[r][q]);
+        else
+            _mm256_maskstore_ps(cc, mask[q], acc[r][q]);
+    }
 }
 
 FL_TARGET_AVX2 static void fl_gemm_panel_avx2(long m, long k, const float *a, long lda, const float *w, float *c,
@@ -227,13 +240,25 @@ FL_TARGET_AVX2 static void fl_gemm_panel_avx2(long m, long k, const float *a, lo
     for (long r = 0; r < m; r += FL_AVX2_ROWS) {
         const int R = (int)(m - r < FL_AVX2_ROWS ? m - r : FL_AVX2_ROWS);
         float *cr = c + r * ldc;
-        switch (R) {  /* a constant R per copy keeps the accumulators in registers */
-        case 6: fl_gemm_block_avx2_body(6, k, FL_BLOCK_ARGS(a, lda, k, r, 6), w, cr, ldc, nc, bias); break;
-        case 5: fl_gemm_block_avx2_body(5, k, FL_BLOCK_ARGS(a, lda, k, r, 5), w, cr, ldc, nc, bias); break;
-        case 4: fl_gemm_block_avx2_body(4, k, FL_BLOCK_ARGS(a, lda, k, r, 4), w, cr, ldc, nc, bias); break;
-        case 3: fl_gemm_block_avx2_body(3, k, FL_BLOCK_ARGS(a, lda, k, r, 3), w, cr, ldc, nc, bias); break;
-        case 2: fl_gemm_block_avx2_body(2, k, FL_BLOCK_ARGS(a, lda, k, r, 2), w, cr, ldc, nc, bias); break;
-        default: fl_gemm_block_avx2_body(1, k, FL_BLOCK_ARGS(a, lda, k, r, 1), w, cr, ldc, nc, bias); break;
+        switch (R) { /* a constant R per copy keeps the accumulators in registers */
+        case 6:
+            fl_gemm_block_avx2_body(6, k, FL_BLOCK_ARGS(a, lda, k, r, 6), w, cr, ldc, nc, bias);
+            break;
+        case 5:
+            fl_gemm_block_avx2_body(5, k, FL_BLOCK_ARGS(a, lda, k, r, 5), w, cr, ldc, nc, bias);
+            break;
+        case 4:
+            fl_gemm_block_avx2_body(4, k, FL_BLOCK_ARGS(a, lda, k, r, 4), w, cr, ldc, nc, bias);
+            break;
+        case 3:
+            fl_gemm_block_avx2_body(3, k, FL_BLOCK_ARGS(a, lda, k, r, 3), w, cr, ldc, nc, bias);
+            break;
+        case 2:
+            fl_gemm_block_avx2_body(2, k, FL_BLOCK_ARGS(a, lda, k, r, 2), w, cr, ldc, nc, bias);
+            break;
+        default:
+            fl_gemm_block_avx2_body(1, k, FL_BLOCK_ARGS(a, lda, k, r, 1), w, cr, ldc, nc, bias);
+            break;
         }
     }
 }
@@ -255,14 +280,13 @@ static void fl_gemm_packed_panels(fl_gemm_panel_fn panel, long m, long n, long k
     for (long m0 = 0; m0 < m; m0 += FL_GEMM_ROW_BLOCK) {
         const long rows = m - m0 < FL_GEMM_ROW_BLOCK ? m - m0 : FL_GEMM_ROW_BLOCK;
         for (long p = 0; p < np; p++)
-            panel(rows, k, A + m0 * lda, lda, Wp + p * ps, C + m0 * ldc + p * FL_PANEL, ldc, fl_panel_cols(n, p),
-                  NULL);
+            panel(rows, k, A + m0 * lda, lda, Wp + p * ps, C + m0 * ldc + p * FL_PANEL, ldc, fl_panel_cols(n, p), NULL);
     }
 }
 
 /* fl_gemm_apacked one panel at a time (A packed in blocks of the path's row count). */
-static void fl_gemm_apacked_panels(fl_gemm_panel_fn panel, long m, long n, long k, const float *ap,
-                                   const float *Wp, long ps, const float *bias, float *C, long ldc)
+static void fl_gemm_apacked_panels(fl_gemm_panel_fn panel, long m, long n, long k, const float *ap, const float *Wp,
+                                   long ps, const float *bias, float *C, long ldc)
 {
     const long np = (n + FL_PANEL - 1) / FL_PANEL;
     for (long p = 0; p < np; p++)
@@ -277,16 +301,14 @@ static void fl_gemm_apacked_panels(fl_gemm_panel_fn panel, long m, long n, long 
  * a[r * ars + i * ais]: ars = lda, ais = 1 for a plain row-major A; ars = 1,
  * ais = R for a packed block (fl_pack_a), whose broadcasts then come from one
  * sequential stream.  `last` masks the columns of the final panel. */
-FL_TARGET_AVX512 FL_INLINE void fl_gemm_block512(const int R, const int NP, long k, const float *restrict a,
-                                                 long ars, long ais, const float *restrict w, long ps,
-                                                 float *restrict c, long ldc, __mmask16 last,
-                                                 const float *restrict bias)
+FL_TARGET_AVX512 FL_INLINE void fl_gemm_block512(const int R, const int NP, long k, const float *restrict a, long ars,
+                                                 long ais, const float *restrict w, long ps, float *restrict c,
+                                                 long ldc, __mmask16 last, const float *restrict bias)
 {
     __m512 acc[12][2];
     for (int q = 0; q < NP; q++) {
         const __mmask16 mask = q == NP - 1 ? last : (__mmask16)0xffff;
-        for (int r = 0; r < R; r++)
-            acc[r][q] = _mm512_maskz_loadu_ps(mask, (bias ? bias : c + r * ldc) + q * FL_PANEL);
+        for (int r = 0; r < R; r++) acc[r][q] = _mm512_maskz_loadu_ps(mask, (bias ? bias : c + r * ldc) + q * FL_PANEL);
     }
     for (long i = 0; i < k; i++) {
         __m512 wv[2];
@@ -322,7 +344,7 @@ FL_TARGET_AVX512 static inline __mmask16 fl_tail_mask(long n, long np)
 }
 
 FL_TARGET_AVX512 static void fl_gemm_packed_avx512(long m, long n, long k, const float *restrict A, long lda,
-                                                  const float *restrict Wp, long ps, float *restrict C, long ldc)
+                                                   const float *restrict Wp, long ps, float *restrict C, long ldc)
 {
     const long np = (n + FL_PANEL - 1) / FL_PANEL;
     for (long m0 = 0; m0 < m; m0 += FL_GEMM_ROW_BLOCK) {
@@ -331,30 +353,32 @@ FL_TARGET_AVX512 static void fl_gemm_packed_avx512(long m, long n, long k, const
         for (; p + 2 <= np; p += 2)
             fl_gemm_rows512(2, m0, m1, k, A, lda, Wp + p * ps, ps, C + p * FL_PANEL, ldc,
                             p + 2 == np ? fl_tail_mask(n, np) : (__mmask16)0xffff);
-        if (p < np)
-            fl_gemm_rows512(1, m0, m1, k, A, lda, Wp + p * ps, ps, C + p * FL_PANEL, ldc, fl_tail_mask(n, np));
+        if (p < np) fl_gemm_rows512(1, m0, m1, k, A, lda, Wp + p * ps, ps, C + p * FL_PANEL, ldc, fl_tail_mask(n, np));
     }
 }
 
-FL_TARGET_AVX512 FL_INLINE void fl_gemm_apacked_group512(const int NP, long m, long k, const float *ap,
-                                                         const float *w, long ps, float *C, long ldc, __mmask16 last,
-                                                         const float *bias)
+FL_TARGET_AVX512 FL_INLINE void fl_gemm_apacked_group512(const int NP, long m, long k, const float *ap, const float *w,
+                                                         long ps, float *C, long ldc, __mmask16 last, const float *bias)
 {
     for (long r0 = 0; r0 < m;) {
         const int R = fl_pack_rows(m, r0);
         const float *blk = ap + r0 * k;
         float *c = C + r0 * ldc;
-        if (R == 12) fl_gemm_block512(12, NP, k, blk, 1, 12, w, ps, c, ldc, last, bias);
-        else if (R == 8) fl_gemm_block512(8, NP, k, blk, 1, 8, w, ps, c, ldc, last, bias);
-        else if (R == 4) fl_gemm_block512(4, NP, k, blk, 1, 4, w, ps, c, ldc, last, bias);
-        else fl_gemm_block512(1, NP, k, blk, 1, 1, w, ps, c, ldc, last, bias);
+        if (R == 12)
+            fl_gemm_block512(12, NP, k, blk, 1, 12, w, ps, c, ldc, last, bias);
+        else if (R == 8)
+            fl_gemm_block512(8, NP, k, blk, 1, 8, w, ps, c, ldc, last, bias);
+        else if (R == 4)
+            fl_gemm_block512(4, NP, k, blk, 1, 4, w, ps, c, ldc, last, bias);
+        else
+            fl_gemm_block512(1, NP, k, blk, 1, 1, w, ps, c, ldc, last, bias);
         r0 += R;
     }
 }
 
 FL_TARGET_AVX512 static void fl_gemm_apacked_avx512(long m, long n, long k, const float *restrict ap,
-                                                   const float *restrict Wp, long ps, const float *restrict bias,
-                                                   float *restrict C, long ldc)
+                                                    const float *restrict Wp, long ps, const float *restrict bias,
+                                                    float *restrict C, long ldc)
 {
     const long np = (n + FL_PANEL - 1) / FL_PANEL;
     long p = 0;
@@ -369,11 +393,12 @@ FL_TARGET_AVX512 static void fl_gemm_apacked_avx512(long m, long n, long k, cons
 
 /* C[m, n] += A[m, k] @ W, A row-major: for tall products (a whole sequence's
  * input projection). */
-static void fl_gemm_packed(long m, long n, long k, const float *restrict A, long lda,
-                           const float *restrict Wp, long ps, float *restrict C, long ldc)
+static void fl_gemm_packed(long m, long n, long k, const float *restrict A, long lda, const float *restrict Wp, long ps,
+                           float *restrict C, long ldc)
 {
 #if FL_X86
-    if (fl_isa == FL_ISA_AVX512) fl_gemm_packed_avx512(m, n, k, A, lda, Wp, ps, C, ldc);
+    if (fl_isa == FL_ISA_AVX512)
+        fl_gemm_packed_avx512(m, n, k, A, lda, Wp, ps, C, ldc);
     else if (fl_isa == FL_ISA_AVX2)
         fl_gemm_packed_panels(fl_gemm_panel_avx2, m, n, k, A, lda, Wp, ps, C, ldc);
     else
@@ -382,12 +407,14 @@ static void fl_gemm_packed(long m, long n, long k, const float *restrict A, long
 }
 
 /* C[m, n] = bias[n] + A[m, k] @ W, with A packed by fl_pack_a. */
-static void fl_gemm_apacked(long m, long n, long k, const float *restrict ap, const float *restrict Wp,
-                            long ps, const float *restrict bias, float *restrict C, long ldc)
+static void fl_gemm_apacked(long m, long n, long k, const float *restrict ap, const float *restrict Wp, long ps,
+                            const float *restrict bias, float *restrict C, long ldc)
 {
 #if FL_X86
-    if (fl_isa == FL_ISA_AVX512) fl_gemm_apacked_avx512(m, n, k, ap, Wp, ps, bias, C, ldc);
-    else if (fl_isa == FL_ISA_AVX2) fl_gemm_apacked_panels(fl_gemm_panel_avx2, m, n, k, ap, Wp, ps, bias, C, ldc);
+    if (fl_isa == FL_ISA_AVX512)
+        fl_gemm_apacked_avx512(m, n, k, ap, Wp, ps, bias, C, ldc);
+    else if (fl_isa == FL_ISA_AVX2)
+        fl_gemm_apacked_panels(fl_gemm_panel_avx2, m, n, k, ap, Wp, ps, bias, C, ldc);
     else
 #endif
         fl_gemm_apacked_panels(fl_gemm_panel_generic, m, n, k, ap, Wp, ps, bias, C, ldc);
@@ -395,19 +422,41 @@ static void fl_gemm_apacked(long m, long n, long k, const float *restrict ap, co
 #else
 /* Without GCC or clang (vector extensions) nothing is packed and BLAS does every product. */
 static int fl_packed_gemm_available(void) { return 0; }
-static void fl_gemm_packed(long m, long n, long k, const float *A, long lda, const float *Wp, long ps,
-                           float *C, long ldc)
+static void fl_gemm_packed(long m, long n, long k, const float *A, long lda, const float *Wp, long ps, float *C,
+                           long ldc)
 {
-    (void)m; (void)n; (void)k; (void)A; (void)lda; (void)Wp; (void)ps; (void)C; (void)ldc;
+    (void)m;
+    (void)n;
+    (void)k;
+    (void)A;
+    (void)lda;
+    (void)Wp;
+    (void)ps;
+    (void)C;
+    (void)ldc;
 }
 static void fl_pack_a(long m, long k, float *ap, long i0, long i1, const float *src, long lds)
 {
-    (void)m; (void)k; (void)ap; (void)i0; (void)i1; (void)src; (void)lds;
+    (void)m;
+    (void)k;
+    (void)ap;
+    (void)i0;
+    (void)i1;
+    (void)src;
+    (void)lds;
 }
-static void fl_gemm_apacked(long m, long n, long k, const float *ap, const float *Wp, long ps,
-                            const float *bias, float *C, long ldc)
+static void fl_gemm_apacked(long m, long n, long k, const float *ap, const float *Wp, long ps, const float *bias,
+                            float *C, long ldc)
 {
-    (void)m; (void)n; (void)k; (void)ap; (void)Wp; (void)ps; (void)bias; (void)C; (void)ldc;
+    (void)m;
+    (void)n;
+    (void)k;
+    (void)ap;
+    (void)Wp;
+    (void)ps;
+    (void)bias;
+    (void)C;
+    (void)ldc;
 }
 #endif
 

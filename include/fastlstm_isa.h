@@ -29,7 +29,7 @@ enum fl_isa_level { FL_ISA_GENERIC = 0, FL_ISA_AVX2 = 1, FL_ISA_AVX512 = 2 };
 #include <immintrin.h>
 /* Feature lists rather than "arch=" names, so clang accepts them too. */
 #define FL_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
-#define FL_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FL_TARGET_AVX2   __attribute__((target("avx2,fma")))
 #else
 #define FL_X86 0
 #endif
@@ -39,8 +39,8 @@ static int fl_isa_cpu(void)
 {
 #if FL_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq"))
         return FL_ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return FL_ISA_AVX2;
 #endif
@@ -63,27 +63,35 @@ static int fl_isa_requested(void)
 static int fl_cpu_feature(int i, const char **name)
 {
 #if FL_X86
-    static const char *const names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512vl", "avx512bw",
-                                        "avx512dq"};
+    static const char *const names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512vl", "avx512bw", "avx512dq"};
     if (i < 0 || i >= (int)(sizeof(names) / sizeof(names[0]))) return -1;
     *name = names[i];
     __builtin_cpu_init();
-    switch (i) {  /* __builtin_cpu_supports takes only literal names */
-    case 0: return __builtin_cpu_supports("sse4.2") != 0;
-    case 1: return __builtin_cpu_supports("avx") != 0;
-    case 2: return __builtin_cpu_supports("avx2") != 0;
-    case 3: return __builtin_cpu_supports("fma") != 0;
-    case 4: return __builtin_cpu_supports("avx512f") != 0;
-    case 5: return __builtin_cpu_supports("avx512vl") != 0;
-    case 6: return __builtin_cpu_supports("avx512bw") != 0;
-    default: return __builtin_cpu_supports("avx512dq") != 0;
+    switch (i) { /* __builtin_cpu_supports takes only literal names */
+    case 0:
+        return __builtin_cpu_supports("sse4.2") != 0;
+    case 1:
+        return __builtin_cpu_supports("avx") != 0;
+    case 2:
+        return __builtin_cpu_supports("avx2") != 0;
+    case 3:
+        return __builtin_cpu_supports("fma") != 0;
+    case 4:
+        return __builtin_cpu_supports("avx512f") != 0;
+    case 5:
+        return __builtin_cpu_supports("avx512vl") != 0;
+    case 6:
+        return __builtin_cpu_supports("avx512bw") != 0;
+    default:
+        return __builtin_cpu_supports("avx512dq") != 0;
     }
 #elif defined(__aarch64__)
     if (i != 0) return -1;
-    *name = "neon";            /* Advanced SIMD is part of every aarch64 CPU */
+    *name = "neon"; /* Advanced SIMD is part of every aarch64 CPU */
     return 1;
 #else
-    (void)i; (void)name;
+    (void)i;
+    (void)name;
     return -1;
 #endif
 }
@@ -104,18 +112,21 @@ static inline int fl_isa_level(void) { return fl_isa; }
 /* Define NAME(PARAMS) calling NAME_avx512, NAME_avx2 or NAME_generic with ARGS,
  * three copies of one always_inline body NAME_body compiled for each target. */
 #if FL_X86
-#define FL_ISA_VARIANTS(NAME, PARAMS, ARGS)                                                  \
-    FL_TARGET_AVX512 static void NAME##_avx512 PARAMS { NAME##_body ARGS; }                \
-    FL_TARGET_AVX2 static void NAME##_avx2 PARAMS { NAME##_body ARGS; }                    \
-    static void NAME##_generic PARAMS { NAME##_body ARGS; }                                \
-    static void NAME PARAMS                                                                \
-    {                                                                                      \
-        if (fl_isa == FL_ISA_AVX512) NAME##_avx512 ARGS;                                   \
-        else if (fl_isa == FL_ISA_AVX2) NAME##_avx2 ARGS;                                  \
-        else NAME##_generic ARGS;                                                          \
+#define FL_ISA_VARIANTS(NAME, PARAMS, ARGS)                                                                            \
+    FL_TARGET_AVX512 static void NAME##_avx512 PARAMS { NAME##_body ARGS; }                                            \
+    FL_TARGET_AVX2 static void NAME##_avx2 PARAMS { NAME##_body ARGS; }                                                \
+    static void NAME##_generic PARAMS { NAME##_body ARGS; }                                                            \
+    static void NAME PARAMS                                                                                            \
+    {                                                                                                                  \
+        if (fl_isa == FL_ISA_AVX512)                                                                                   \
+            NAME##_avx512 ARGS;                                                                                        \
+        else if (fl_isa == FL_ISA_AVX2)                                                                                \
+            NAME##_avx2 ARGS;                                                                                          \
+        else                                                                                                           \
+            NAME##_generic ARGS;                                                                                       \
     }
 #else
-#define FL_ISA_VARIANTS(NAME, PARAMS, ARGS) \
+#define FL_ISA_VARIANTS(NAME, PARAMS, ARGS)                                                                            \
     static void NAME PARAMS { NAME##_body ARGS; }
 #endif
 

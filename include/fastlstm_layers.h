@@ -14,12 +14,12 @@
  * The recurrent kinds come first: _kernels.is_recurrent is kind <= FL_LAYER_RNN. */
 enum fl_layer_kind {
     FL_LAYER_LSTM = 0,
-    FL_LAYER_GRU = 1,           /* reset gate after the recurrent product (PyTorch) */
-    FL_LAYER_GRU_BEFORE = 2,    /* reset gate before it (Keras reset_after=False) */
+    FL_LAYER_GRU = 1,        /* reset gate after the recurrent product (PyTorch) */
+    FL_LAYER_GRU_BEFORE = 2, /* reset gate before it (Keras reset_after=False) */
     FL_LAYER_RNN = 3,
     FL_LAYER_DENSE = 4,
     FL_LAYER_ACTIVATION = 5,
-    FL_LAYER_AFFINE = 6,        /* y = x * scale + shift per feature (an unfolded BatchNorm) */
+    FL_LAYER_AFFINE = 6, /* y = x * scale + shift per feature (an unfolded BatchNorm) */
     FL_LAYER_LAYERNORM = 7,
     FL_LAYER_EMBEDDING = 8,
     FL_LAYER_CONV = 9,
@@ -32,8 +32,8 @@ enum fl_layer_kind {
 };
 
 /* y = (x - mean) / sqrt(var + eps) * gamma + beta per row of n features (two passes, biased var). */
-static void fl_layernorm_rows(const float *x, float *y, long nrows, long n, const float *gamma,
-                              const float *beta, float eps)
+static void fl_layernorm_rows(const float *x, float *y, long nrows, long n, const float *gamma, const float *beta,
+                              float eps)
 {
     for (long r = 0; r < nrows; r++) {
         const float *xr = x + r * n;
@@ -69,7 +69,7 @@ static void fl_pool_frames(int is_max, int count_pad, const float *ext, long C, 
         const long a = s > fr ? s : fr;
         const long b = s + size < lr ? s + size : lr;
         float *o = out + t * ldo;
-        if (b <= a) {                       /* a window of padding only */
+        if (b <= a) { /* a window of padding only */
             for (long c = 0; c < C; c++) o[c] = 0.0f;
             continue;
         }
@@ -94,7 +94,10 @@ static inline double fl_count_get(const float *cnt) { return (double)cnt[0] * 16
 static inline void fl_count_inc(float *cnt)
 {
     cnt[1] += 1.0f;
-    if (cnt[1] >= 16777216.0f) { cnt[1] = 0.0f; cnt[0] += 1.0f; }
+    if (cnt[1] >= 16777216.0f) {
+        cnt[1] = 0.0f;
+        cnt[0] += 1.0f;
+    }
 }
 
 /* One step of a global pool's running state for one stream: state = [count (2 floats) | acc (C)];

@@ -35,26 +35,26 @@ typedef void (*fl_task_fn)(int tid, int nt, void *arg);
  * lower, at 4x the cores), and this many teams (concurrent callers beyond it
  * run on their own thread). */
 #define FL_POOL_MAX_THREADS 1024
-#define FL_POOL_MAX_TEAMS 64
+#define FL_POOL_MAX_TEAMS   64
 
 typedef struct fl_team fl_team;
 
 typedef struct {
-    int gen;             /* bumped by the caller to hand this worker a task */
-    int sleeping;        /* the worker sleeps (or is about to) on gen */
+    int gen;      /* bumped by the caller to hand this worker a task */
+    int sleeping; /* the worker sleeps (or is about to) on gen */
     fl_team *team;
     int tid;
-    char pad[40];        /* a cache line of its own */
+    char pad[40]; /* a cache line of its own */
 } fl_worker;
 
 struct fl_team {
-    fl_task_fn fn;       /* the current task, written before the workers' gen */
+    fl_task_fn fn; /* the current task, written before the workers' gen */
     void *arg;
     int nt;
-    int busy;            /* taken by a caller; under fl_pool_lock */
-    int n_workers;       /* workers started: tids 1..n_workers */
+    int busy;      /* taken by a caller; under fl_pool_lock */
+    int n_workers; /* workers started: tids 1..n_workers */
     fl_worker *workers[FL_POOL_MAX_THREADS];
-    int pending;         /* workers still running the current task */
+    int pending;   /* workers still running the current task */
     int caller_sleeping;
 };
 
@@ -98,8 +98,8 @@ static void *fl_worker_main(void *p)
         fl_wait_change(&w->gen, seen, &w->sleeping, FL_POOL_IDLE_SPIN);
         seen = __atomic_load_n(&w->gen, __ATOMIC_ACQUIRE);
         t->fn(w->tid, t->nt, t->arg);
-        if (__atomic_sub_fetch(&t->pending, 1, __ATOMIC_SEQ_CST) == 0
-                && __atomic_load_n(&t->caller_sleeping, __ATOMIC_SEQ_CST))
+        if (__atomic_sub_fetch(&t->pending, 1, __ATOMIC_SEQ_CST) == 0 &&
+            __atomic_load_n(&t->caller_sleeping, __ATOMIC_SEQ_CST))
             fl_wake_all(&t->pending);
     }
     return NULL;
@@ -138,7 +138,10 @@ static void fl_team_grow(fl_team *t, int want)
         if (w == NULL) break;
         w->team = t;
         w->tid = t->n_workers + 1;
-        if (pthread_create(&th, &attr, fl_worker_main, w) != 0) { free(w); break; }
+        if (pthread_create(&th, &attr, fl_worker_main, w) != 0) {
+            free(w);
+            break;
+        }
         t->workers[t->n_workers++] = w;
     }
     pthread_attr_destroy(&attr);
@@ -199,9 +202,13 @@ static void fl_pool_run(int nt, fl_task_fn fn, void *arg)
 }
 
 #else /* no POSIX threads: every call runs on the caller's thread */
-#define FL_HAVE_THREADS 0
+#define FL_HAVE_THREADS     0
 #define FL_POOL_MAX_THREADS 1
-static void fl_pool_run(int nt, fl_task_fn fn, void *arg) { (void)nt; fn(0, 1, arg); }
+static void fl_pool_run(int nt, fl_task_fn fn, void *arg)
+{
+    (void)nt;
+    fn(0, 1, arg);
+}
 #endif
 
 #endif /* FASTLSTM_POOL_H */

@@ -38,10 +38,10 @@ static inline void fl_gemv_cols(const float *v, long k, const float *W, long ldw
  *   out    step t's h goes to out + dst * ldo, dst = processing index if
  *          go_backwards else t (re-aligned to input time)
  */
-static void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, int reverse,
-                                int go_backwards, float *gates, const float *x, long ldx, long n_in,
-                                const float *W, long H, long G, int kind, float *h, float *c, float *hnext,
-                                float *out, long ldo, int gate_act, int cell_act)
+static void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, int reverse, int go_backwards,
+                                float *gates, const float *x, long ldx, long n_in, const float *W, long H, long G,
+                                int kind, float *h, float *c, float *hnext, float *out, long ldo, int gate_act,
+                                int cell_act)
 {
     const float *Wh = W + n_in * G;
     const int gru = kind == FL_LAYER_GRU;
@@ -73,7 +73,9 @@ static void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, i
         }
         /* Everyone has read hin and written its part of hout. */
         fl_spin_barrier_wait(bar, nt);
-        float *tmp = hin; hin = hout; hout = tmp;
+        float *tmp = hin;
+        hin = hout;
+        hout = tmp;
     }
     if (hin != h)
         for (long j = u0; j < u1; j++) h[j] = hin[j];

@@ -37,8 +37,7 @@ def make_model():
     import fastlstm
 
     def build(input_size, hidden_size, num_layers=1, *, seed=0, return_sequences=True, **kw):
-        layers, head = oracle.random_stack(np.random.default_rng(seed), input_size, hidden_size,
-                                           num_layers, **kw)
+        layers, head = oracle.random_stack(np.random.default_rng(seed), input_size, hidden_size, num_layers, **kw)
         model = fastlstm.Model(layers, head, return_sequences=return_sequences)
         return model, layers, head
 

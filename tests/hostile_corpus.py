@@ -50,6 +50,7 @@ class Case:
 
 # --- PyTorch: a pickle writer for torch.save's state_dict layout ---------------------------
 
+
 def _int(n):
     if 0 <= n < 256:
         return b"K" + bytes([n])
@@ -74,8 +75,16 @@ def tensor_pickle(tensor):
     ``tensor`` is ``(storage key, storage class, numel, offset, size, stride)``."""
     key, stype, numel, offset, size, stride = tensor
     pid = _tuple([_str("storage"), b"ctorch\n" + stype.encode() + b"\n", _str(key), _str("cpu"), _int(numel)])
-    args = _tuple([pid + b"Q", _int(offset), _tuple(map(_int, size)), _tuple(map(_int, stride)), b"\x89",
-                   b"ccollections\nOrderedDict\n)R"])
+    args = _tuple(
+        [
+            pid + b"Q",
+            _int(offset),
+            _tuple(map(_int, size)),
+            _tuple(map(_int, stride)),
+            b"\x89",
+            b"ccollections\nOrderedDict\n)R",
+        ]
+    )
     return b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"R"
 
 
@@ -113,30 +122,46 @@ def _pt_with(pkl_entries, storages=None, extra=b""):
 
 def _pickle_cases():
     ok = ("0", "FloatStorage", 64, 0, (16, 4), (4, 1))
-    yield Case("memo_bomb.pt", _pt_with({"weight_ih_l0": ok}, extra=b"r" + struct.pack("<I", 1 << 28)),
-               match="memo index")
-    yield Case("binbytes8_bomb.pt", _pt_with({"a": b"\x8e" + struct.pack("<Q", 1 << 33) + b"xx"}),
-               match="corrupt pickle .* runs past the end")
-    yield Case("stride0_view.pt", _pt_with({"weight_ih_l0": ("0", "FloatStorage", 64, 0, (1 << 20, 1 << 20), (0, 0))}),
-               match="memory budget")
+    yield Case(
+        "memo_bomb.pt", _pt_with({"weight_ih_l0": ok}, extra=b"r" + struct.pack("<I", 1 << 28)), match="memo index"
+    )
+    yield Case(
+        "binbytes8_bomb.pt",
+        _pt_with({"a": b"\x8e" + struct.pack("<Q", 1 << 33) + b"xx"}),
+        match="corrupt pickle .* runs past the end",
+    )
+    yield Case(
+        "stride0_view.pt",
+        _pt_with({"weight_ih_l0": ("0", "FloatStorage", 64, 0, (1 << 20, 1 << 20), (0, 0))}),
+        match="memory budget",
+    )
     many = {f"t{k}.weight": ("0", "FloatStorage", 64, 0, (1 << 12, 1 << 10), (0, 0)) for k in range(40)}
     yield Case("stride0_many.pt", _pt_with(many), match="memory budget")
-    yield Case("huge_stride.pt", _pt_with({"weight_ih_l0": ("0", "FloatStorage", 64, 0, (1, 16), (1 << 62, 1))}),
-               match="bad size")
+    yield Case(
+        "huge_stride.pt",
+        _pt_with({"weight_ih_l0": ("0", "FloatStorage", 64, 0, (1, 16), (1 << 62, 1))}),
+        match="bad size",
+    )
     yield Case("huge_offset.pt", _pt_with({"weight_ih_l0": ("0", "FloatStorage", 64, 1 << 70, (16,), (1,))}))
     yield Case("huge_numel.pt", _pt_with({"weight_ih_l0": ("0", "FloatStorage", 1 << 62, 0, (16,), (1,))}))
     yield Case("many_dims.pt", _pt_with({"weight_ih_l0": ("0", "FloatStorage", 64, 0, (1,) * 80, (1,) * 80)}))
     yield Case("huge_key.pt", _pt_with({"k" * (1 << 20): ok}))
-    yield Case("build_on_global.pt", _pt_with({}, extra=b"0ctorch._utils\n_rebuild_tensor_v2\n"
-                                              b"N}" + _str("__name__") + _str("pwned") + b"s\x86b0"),
-               match="BUILD")
-    yield Case("forbidden_global.pt", _pt_with({"a": b"cos\nsystem\n(" + _str("true") + b"tR"}),
-               match="forbidden global os.system")
+    yield Case(
+        "build_on_global.pt",
+        _pt_with({}, extra=b"0ctorch._utils\n_rebuild_tensor_v2\nN}" + _str("__name__") + _str("pwned") + b"s\x86b0"),
+        match="BUILD",
+    )
+    yield Case(
+        "forbidden_global.pt",
+        _pt_with({"a": b"cos\nsystem\n(" + _str("true") + b"tR"}),
+        match="forbidden global os.system",
+    )
     inner = []  # a list of 1000 references to a list of 1000 references ... (1000**4 leaves)
     for _ in range(4):
         inner = [inner] * 1000
-    yield Case("reference_bomb.pt", _pt_with({"x": pickle.dumps(inner, protocol=2)[2:-1]}),
-               match="too deep or too large")
+    yield Case(
+        "reference_bomb.pt", _pt_with({"x": pickle.dumps(inner, protocol=2)[2:-1]}), match="too deep or too large"
+    )
     yield Case("deep_pickle.pt", _pt_with({"x": b"(" * 50_000 + b"t" * 50_000}))
     yield Case("long_text_int.pt", _pt_with({"x": b"L" + b"9" * 200_000 + b"L\n"}))
     yield Case("truncated_pickle.pt", _pt_with({"weight_ih_l0": ok})[:-200])
@@ -145,6 +170,7 @@ def _pickle_cases():
 
 
 # --- zip containers -------------------------------------------------------------------------
+
 
 def _zip(members, compress=zipfile.ZIP_STORED):
     buf = io.BytesIO()
@@ -166,7 +192,7 @@ def _patch_sizes(data, name, file_size):
             if at < 0:
                 break
             name_at = at + (30 if sig == b"PK\x03\x04" else 46)
-            if out[name_at:name_at + len(raw)] == raw:
+            if out[name_at : name_at + len(raw)] == raw:
                 struct.pack_into("<I", out, at + size_at, file_size)
             at += 4
     return bytes(out)
@@ -182,16 +208,23 @@ def _zip_cases():
     storages = {"0": zeros}
     pkl = state_dict_pickle({"weight_ih_l0": ("0", "FloatStorage", len(zeros) // 4, 0, (16, 3), (3, 1))})
     yield Case("deflate_bomb.pt", torch_zip(pkl, storages, zipfile.ZIP_DEFLATED), match="zip bomb|memory budget")
-    lie = torch_zip(state_dict_pickle({"weight_ih_l0": ("0", "FloatStorage", 48, 0, (16, 3), (3, 1))}),
-                    {"0": bytes(192)}, zipfile.ZIP_DEFLATED)
+    lie = torch_zip(
+        state_dict_pickle({"weight_ih_l0": ("0", "FloatStorage", 48, 0, (16, 3), (3, 1))}),
+        {"0": bytes(192)},
+        zipfile.ZIP_DEFLATED,
+    )
     yield Case("size_lie_small.pt", _patch_sizes(lie, "archive/data/0", 100), match="corrupt|truncated|holds")
-    yield Case("size_lie_huge.pt", _patch_sizes(valid_pt(), "archive/data/0", 0xFFFFFFF0),
-               match="memory budget|zip bomb|truncated|corrupt")
+    yield Case(
+        "size_lie_huge.pt",
+        _patch_sizes(valid_pt(), "archive/data/0", 0xFFFFFFF0),
+        match="memory budget|zip bomb|truncated|corrupt",
+    )
     yield Case("unknown_zip.pt", _zip([("readme.txt", b"hi")]), match="neither")
     yield Case("not_a_zip.pt", b"PK\x03\x04" + bytes(100), match="zip")
 
 
 # --- safetensors ----------------------------------------------------------------------------
+
 
 def safetensors(tensors, metadata=None, header_extra=None):
     header, chunks, pos = {}, [], 0
@@ -211,22 +244,30 @@ def _st_raw(text):
 
 
 def _safetensors_cases():
-    yield Case("header_1e12.safetensors", struct.pack("<Q", 10 ** 12) + b"{" + bytes(64), match="header claims")
+    yield Case("header_1e12.safetensors", struct.pack("<Q", 10**12) + b"{" + bytes(64), match="header claims")
     yield Case("deep_json.safetensors", _st_raw(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), match="JSON")
     # 4 MB of "[]" items: small text, ~100 MB of Python objects once parsed.
-    yield Case("json_amplifier.safetensors", _st_raw(b'{"a": [' + b"[]," * 1_500_000 + b"[]]}"),
-               match="memory budget")
-    yield Case("many_dims.safetensors", _st_raw(json.dumps(
-        {"a": {"dtype": "F32", "shape": [1] * 100, "data_offsets": [0, 4]}}).encode()) + bytes(4), match="shape")
-    yield Case("huge_dim.safetensors", _st_raw(json.dumps(
-        {"a": {"dtype": "F32", "shape": [0, 1 << 60], "data_offsets": [0, 0]}}).encode()), match="shape")
+    yield Case("json_amplifier.safetensors", _st_raw(b'{"a": [' + b"[]," * 1_500_000 + b"[]]}"), match="memory budget")
+    yield Case(
+        "many_dims.safetensors",
+        _st_raw(json.dumps({"a": {"dtype": "F32", "shape": [1] * 100, "data_offsets": [0, 4]}}).encode()) + bytes(4),
+        match="shape",
+    )
+    yield Case(
+        "huge_dim.safetensors",
+        _st_raw(json.dumps({"a": {"dtype": "F32", "shape": [0, 1 << 60], "data_offsets": [0, 0]}}).encode()),
+        match="shape",
+    )
     yield Case("huge_name.safetensors", safetensors({"n" * (1 << 20): np.zeros(4, np.float32)}))
     yield Case("utf16.safetensors", _st_raw('{"a": 1}'.encode("utf-16-le")), match="JSON")
-    yield Case("bad_offsets.safetensors", _st_raw(json.dumps(
-        {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 1 << 62]}}).encode()))
+    yield Case(
+        "bad_offsets.safetensors",
+        _st_raw(json.dumps({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 1 << 62]}}).encode()),
+    )
 
 
 # --- fastlstm's own files -------------------------------------------------------------------
+
 
 def valid_native():
     import fastlstm
@@ -252,8 +293,11 @@ def _resigned_native(config_text):
 
 def _native_cases():
     yield Case("deep_config.fastlstm", _resigned_native("[" * 100_000 + "]" * 100_000), match="JSON")
-    yield Case("version_99.fastlstm", _resigned_native(json.dumps(
-        {"version": 99, "return_sequences": True, "layers": [], "head": None})), match="version")
+    yield Case(
+        "version_99.fastlstm",
+        _resigned_native(json.dumps({"version": 99, "return_sequences": True, "layers": [], "head": None})),
+        match="version",
+    )
     data = bytearray(valid_native())
     data[-3] ^= 1
     yield Case("bitflip.fastlstm", bytes(data), match="checksum")
@@ -261,19 +305,34 @@ def _native_cases():
 
 # --- Keras: legacy .h5 and .keras -----------------------------------------------------------
 
+
 def _keras_arrays():
     rng = np.random.default_rng(2)
     return [rng.uniform(-0.5, 0.5, s).astype(np.float32) for s in ((I, 4 * H), (H, 4 * H), (4 * H,), (H, O), (O,))]
 
 
 def keras_config(dropout_name="dropout"):
-    return {"class_name": "Sequential", "config": {"name": "sequential", "layers": [
-        {"class_name": "InputLayer", "config": {"batch_shape": [None, None, I], "name": "input_layer"}},
-        {"class_name": "LSTM", "config": {"name": "lstm", "units": H, "return_sequences": True,
-                                          "activation": "tanh", "recurrent_activation": "sigmoid"}},
-        {"class_name": "Dropout", "config": {"name": dropout_name, "rate": 0.1}},
-        {"class_name": "Dense", "config": {"name": "dense", "units": O, "activation": "sigmoid"}},
-    ]}}
+    return {
+        "class_name": "Sequential",
+        "config": {
+            "name": "sequential",
+            "layers": [
+                {"class_name": "InputLayer", "config": {"batch_shape": [None, None, I], "name": "input_layer"}},
+                {
+                    "class_name": "LSTM",
+                    "config": {
+                        "name": "lstm",
+                        "units": H,
+                        "return_sequences": True,
+                        "activation": "tanh",
+                        "recurrent_activation": "sigmoid",
+                    },
+                },
+                {"class_name": "Dropout", "config": {"name": dropout_name, "rate": 0.1}},
+                {"class_name": "Dense", "config": {"name": "dense", "units": O, "activation": "sigmoid"}},
+            ],
+        },
+    }
 
 
 def _h5(build):
@@ -294,13 +353,20 @@ def keras3_weights(extra=None, var_names=("0", "1", "2")):
         f["layers/dense/vars/0"], f["layers/dense/vars/1"] = dk, db
         if extra:
             extra(f)
+
     return _h5(build)
 
 
 def dot_keras(config=None, weights=None, compress=zipfile.ZIP_STORED, config_bytes=None):
     text = config_bytes if config_bytes is not None else json.dumps(config or keras_config()).encode()
-    return _zip([("metadata.json", json.dumps({"keras_version": "3.15.1"}).encode()), ("config.json", text),
-                 ("model.weights.h5", weights if weights is not None else keras3_weights())], compress)
+    return _zip(
+        [
+            ("metadata.json", json.dumps({"keras_version": "3.15.1"}).encode()),
+            ("config.json", text),
+            ("model.weights.h5", weights if weights is not None else keras3_weights()),
+        ],
+        compress,
+    )
 
 
 def legacy_h5(config=None, extra=None, config_text=None):
@@ -308,13 +374,15 @@ def legacy_h5(config=None, extra=None, config_text=None):
 
     def build(f):
         f.attrs["keras_version"] = b"2.15.0"
-        f.attrs["model_config"] = config_text if config_text is not None else json.dumps(
-            config or keras_config()).encode()
+        f.attrs["model_config"] = (
+            config_text if config_text is not None else json.dumps(config or keras_config()).encode()
+        )
         mw = f.create_group("model_weights")
         mw.attrs["layer_names"] = np.array([b"lstm", b"dropout", b"dense"])
         g = mw.create_group("lstm")
-        g.attrs["weight_names"] = np.array([b"lstm/lstm_cell/kernel:0", b"lstm/lstm_cell/recurrent_kernel:0",
-                                            b"lstm/lstm_cell/bias:0"])
+        g.attrs["weight_names"] = np.array(
+            [b"lstm/lstm_cell/kernel:0", b"lstm/lstm_cell/recurrent_kernel:0", b"lstm/lstm_cell/bias:0"]
+        )
         g["lstm/lstm_cell/kernel:0"], g["lstm/lstm_cell/recurrent_kernel:0"], g["lstm/lstm_cell/bias:0"] = k, r, b
         mw.create_group("dropout").attrs["weight_names"] = np.array([], dtype="S1")
         g = mw.create_group("dense")
@@ -322,6 +390,7 @@ def legacy_h5(config=None, extra=None, config_text=None):
         g["dense/kernel:0"], g["dense/bias:0"] = dk, db
         if extra:
             extra(f)
+
     return _h5(build)
 
 
@@ -340,19 +409,34 @@ def _keras_cases():
     yield Case("dropout_name_list.h5", legacy_h5(keras_config(dropout_name=["x"])))
     yield Case("dropout_name_list.keras", dot_keras(keras_config(dropout_name=["x"])))
     yield Case("superscript_var.keras", dot_keras(weights=keras3_weights(var_names=("0", "1", "²"))))
-    yield Case("fill_value_bomb.keras", dot_keras(weights=keras3_weights(
-        extra=lambda f: f.create_dataset("layers/dense/vars/7", shape=(2_000_000_000,), dtype="f4"))),
-        match="memory budget")
-    yield Case("config_bomb.keras", dot_keras(config_bytes=b" " * (120 << 20), compress=zipfile.ZIP_DEFLATED),
-               match="declares|zip bomb|memory budget")
+    yield Case(
+        "fill_value_bomb.keras",
+        dot_keras(
+            weights=keras3_weights(
+                extra=lambda f: f.create_dataset("layers/dense/vars/7", shape=(2_000_000_000,), dtype="f4")
+            )
+        ),
+        match="memory budget",
+    )
+    yield Case(
+        "config_bomb.keras",
+        dot_keras(config_bytes=b" " * (120 << 20), compress=zipfile.ZIP_DEFLATED),
+        match="declares|zip bomb|memory budget",
+    )
     yield Case("deep_config.keras", dot_keras(config_bytes=b"[" * 100_000 + b"]" * 100_000), match="JSON")
 
 
 # --- fuzzed mutations of valid files --------------------------------------------------------
 
+
 def valid_files():
-    return {"valid.pt": valid_pt(), "valid.safetensors": safetensors(WEIGHTS), "valid.fastlstm": valid_native(),
-            "valid.h5": legacy_h5(), "valid.keras": dot_keras()}
+    return {
+        "valid.pt": valid_pt(),
+        "valid.safetensors": safetensors(WEIGHTS),
+        "valid.fastlstm": valid_native(),
+        "valid.h5": legacy_h5(),
+        "valid.keras": dot_keras(),
+    }
 
 
 def _mutate(data, rng):
@@ -362,23 +446,28 @@ def _mutate(data, rng):
         for _ in range(rng.randint(1, 4)):
             out[rng.randrange(len(out))] = rng.randrange(256)
     elif kind == 1:  # cut short
-        del out[rng.randrange(1, len(out)):]
+        del out[rng.randrange(1, len(out)) :]
     elif kind == 2:  # write a large integer over 8 bytes (sizes, counts, offsets)
         at = rng.randrange(len(out) - 8)
-        out[at:at + 8] = struct.pack("<Q", rng.choice([1 << 31, 1 << 40, (1 << 64) - 1, 0x7FFFFFFF, 1 << 28]))
+        out[at : at + 8] = struct.pack("<Q", rng.choice([1 << 31, 1 << 40, (1 << 64) - 1, 0x7FFFFFFF, 1 << 28]))
     else:  # insert or delete a run
         at = rng.randrange(len(out))
         if rng.random() < 0.5:
             out[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
         else:
-            del out[at:at + rng.randint(1, 16)]
+            del out[at : at + rng.randint(1, 16)]
     return bytes(out)
 
 
 def fuzzed(counts=None, seed=9):
     """Seeded mutations of each valid file: ``counts`` maps a valid file's name to how many."""
-    counts = counts or {"valid.pt": 150, "valid.safetensors": 150, "valid.fastlstm": 150, "valid.h5": 10,
-                        "valid.keras": 10}
+    counts = counts or {
+        "valid.pt": 150,
+        "valid.safetensors": 150,
+        "valid.fastlstm": 150,
+        "valid.h5": 10,
+        "valid.keras": 10,
+    }
     rng = random.Random(seed)
     for name, data in valid_files().items():
         for k in range(counts.get(name, 0)):

@@ -33,8 +33,20 @@ def main():
             status, kind, msg = "LoadError", type(exc).__name__, str(exc)
         except BaseException as exc:  # noqa: BLE001 - anything else is what the test reports
             status, kind, msg = "other", type(exc).__name__, str(exc)[:2000]
-        print(json.dumps({"path": path, "status": status, "type": kind, "msg": msg[:2000], "msg_len": len(msg),
-                          "seconds": time.perf_counter() - start, "cpu_seconds": _cpu() - cpu_start}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "path": path,
+                    "status": status,
+                    "type": kind,
+                    "msg": msg[:2000],
+                    "msg_len": len(msg),
+                    "seconds": time.perf_counter() - start,
+                    "cpu_seconds": _cpu() - cpu_start,
+                }
+            ),
+            flush=True,
+        )
 
 
 def _cpu():

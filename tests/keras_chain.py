@@ -24,9 +24,21 @@ from fastlstm.layers import (
     RNNWeights,
 )
 
-KERAS_ACT = {"linear": "linear", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "softmax",
-             "hard_sigmoid": "hard_sigmoid", "elu": "elu", "selu": "selu", "gelu": "gelu_tanh",
-             "silu": "silu", "swish": "silu", "softplus": "softplus", "softsign": "softsign"}
+KERAS_ACT = {
+    "linear": "linear",
+    "relu": "relu",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "softmax": "softmax",
+    "hard_sigmoid": "hard_sigmoid",
+    "elu": "elu",
+    "selu": "selu",
+    "gelu": "gelu_tanh",
+    "silu": "silu",
+    "swish": "silu",
+    "softplus": "softplus",
+    "softsign": "softsign",
+}
 
 
 def _act(layer):
@@ -40,8 +52,8 @@ def _cell_weights(cell, gates):
     kernel, rec = w[0], w[1]
     bias = w[2] if len(w) > 2 else None
     H = rec.shape[0]
-    if gates == 3:      # Keras z, r, h -> PyTorch r, z, n
-        perm = np.r_[H:2 * H, 0:H, 2 * H:3 * H]
+    if gates == 3:  # Keras z, r, h -> PyTorch r, z, n
+        perm = np.r_[H : 2 * H, 0:H, 2 * H : 3 * H]
     else:
         perm = np.arange(gates * H)
     b_ih = b_hh = None
@@ -53,6 +65,7 @@ def _cell_weights(cell, gates):
 
 def _recurrent(layer, backward=None):
     import keras
+
     rnn = layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
     layers = [rnn] + ([layer.backward_layer] if rnn is not layer else [])
     cell_kind = type(rnn).__name__
@@ -86,14 +99,21 @@ def fastlstm_layers(model):
             out.append(Dense(w[0].T, w[1] if len(w) > 1 else None, activation=_act(layer)))
         elif name == "Conv1D":
             pad = layer.padding
-            out.append(Conv1D(w[0].transpose(2, 1, 0), w[1] if len(w) > 1 else None, stride=layer.strides[0],
-                              dilation=layer.dilation_rate[0], groups=layer.groups, padding=pad,
-                              activation=_act(layer)))
+            out.append(
+                Conv1D(
+                    w[0].transpose(2, 1, 0),
+                    w[1] if len(w) > 1 else None,
+                    stride=layer.strides[0],
+                    dilation=layer.dilation_rate[0],
+                    groups=layer.groups,
+                    padding=pad,
+                    activation=_act(layer),
+                )
+            )
         elif name == "MaxPooling1D":
             out.append(MaxPool1D(layer.pool_size[0], layer.strides[0], layer.padding))
         elif name == "AveragePooling1D":
-            out.append(AvgPool1D(layer.pool_size[0], layer.strides[0], layer.padding,
-                                 count_include_pad=False))
+            out.append(AvgPool1D(layer.pool_size[0], layer.strides[0], layer.padding, count_include_pad=False))
         elif name == "GlobalMaxPooling1D":
             out.append(GlobalMaxPool1D())
         elif name == "GlobalAveragePooling1D":

@@ -60,7 +60,7 @@ def check_parity(model, x, expected, *, batch_first=False, stream=True, tol=TOL)
     assert err <= tol, f"predict: max abs error {err:.3g} > {tol}"
     if not stream:
         return err
-    xt = np.swapaxes(x, 0, 1) if batch_first else x           # (T, B, I)
+    xt = np.swapaxes(x, 0, 1) if batch_first else x  # (T, B, I)
     s = model.stream(batch_size=xt.shape[1])
     steps = np.stack([s.step(xt[t]) for t in range(xt.shape[0])])  # (T, B, O)
     if model.return_sequences:
@@ -100,6 +100,7 @@ def torch_cell_outputs(cell, x):
 
 # --- hand-built Keras 1/2 files --------------------------------------------------------------
 
+
 def write_keras_h5(path, model_config, layers, version="2.15.0", backend="tensorflow"):
     """A legacy Keras whole-model .h5 file written with h5py (formats.md 2.7).
 
@@ -130,6 +131,7 @@ def write_keras_h5(path, model_config, layers, version="2.15.0", backend="tensor
 
 # --- a float64 Keras-2 oracle -------------------------------------------------------------
 
+
 def _softmax(z):
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -141,14 +143,13 @@ def _k_act(name):
         "tanh": np.tanh,
         "relu": lambda z: np.maximum(z, 0.0),
         "linear": lambda z: z,
-        "hard_sigmoid": lambda z: np.clip(0.2 * z + 0.5, 0.0, 1.0),   # Keras 1/2 formula
+        "hard_sigmoid": lambda z: np.clip(0.2 * z + 0.5, 0.0, 1.0),  # Keras 1/2 formula
         "hard_sigmoid_k3": lambda z: np.clip(z / 6.0 + 0.5, 0.0, 1.0),  # Keras 3 formula
         "softmax": _softmax,
     }[name]
 
 
-def keras_lstm_oracle(x, kernel, rec, bias, activation="tanh", recurrent_activation="hard_sigmoid",
-                      go_backwards=False):
+def keras_lstm_oracle(x, kernel, rec, bias, activation="tanh", recurrent_activation="hard_sigmoid", go_backwards=False):
     """Keras LSTM forward in float64 on Keras-layout weights; x is (B, T, I); returns (B, T, H) in
     processing order (reversed in time when go_backwards, as Keras returns it)."""
     x = np.asarray(x, np.float64)
@@ -162,7 +163,7 @@ def keras_lstm_oracle(x, kernel, rec, bias, activation="tanh", recurrent_activat
     order = range(T - 1, -1, -1) if go_backwards else range(T)
     for t in order:
         z = x[:, t] @ k + h @ r + b
-        i, f, g, o = ract(z[:, :H]), ract(z[:, H:2 * H]), act(z[:, 2 * H:3 * H]), ract(z[:, 3 * H:])
+        i, f, g, o = ract(z[:, :H]), ract(z[:, H : 2 * H]), act(z[:, 2 * H : 3 * H]), ract(z[:, 3 * H :])
         c = f * c + i * g
         h = o * act(c)
         out.append(h)

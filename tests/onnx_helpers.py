@@ -27,17 +27,36 @@ def export(module, args, path, exporter, input_names, output_names, dynamic):
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             if exporter == "torchscript":
-                torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names,
-                                  output_names=output_names, dynamic_axes=dynamic)
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_axes=dynamic,
+                )
             else:
-                shapes = tuple({axis: torch.export.Dim(label) for axis, label in dynamic.get(name, {}).items()}
-                               or None for name in input_names)
-                torch.onnx.export(module, args, str(path), dynamo=True, input_names=input_names,
-                                  output_names=output_names, dynamic_shapes=shapes)
+                shapes = tuple(
+                    {axis: torch.export.Dim(label) for axis, label in dynamic.get(name, {}).items()} or None
+                    for name in input_names
+                )
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    dynamo=True,
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_shapes=shapes,
+                )
     finally:
         quiet.setLevel(level)
 
@@ -72,8 +91,10 @@ def stream_outputs(model, x, batch_first):
 
 # --- hand-built graphs -----------------------------------------------------------------
 
+
 def tensor(name, arr):
     from onnx import numpy_helper
+
     return numpy_helper.from_array(np.asarray(arr), name)
 
 
@@ -81,8 +102,13 @@ def model_bytes(nodes, inputs, outputs, initializers, opset=17, domain_opsets=()
     """Serialize a graph; ``inputs``/``outputs`` are (name, elem_type, shape) triples."""
     from onnx import helper
 
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(*i) for i in inputs],
-                              [helper.make_tensor_value_info(*o) for o in outputs], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(*i) for i in inputs],
+        [helper.make_tensor_value_info(*o) for o in outputs],
+        initializers,
+    )
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in domain_opsets]
     return helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString()
 
@@ -97,8 +123,22 @@ def recurrent_weights(rng, op, ndir, input_size, hidden):
     return W, R, B
 
 
-def recurrent_graph(op, W, R, B, *, attrs=None, layout=0, output="Y", extra_nodes=(), extra_inits=(),
-                    extra_inputs=(), rnn_inputs=None, final_output=None, final_shape=None):
+def recurrent_graph(
+    op,
+    W,
+    R,
+    B,
+    *,
+    attrs=None,
+    layout=0,
+    output="Y",
+    extra_nodes=(),
+    extra_inits=(),
+    extra_inputs=(),
+    rnn_inputs=None,
+    final_output=None,
+    final_shape=None,
+):
     """One recurrent node on input ``x``; ``output`` picks what the graph returns:
 
     * ``"Y"``: Y with its direction axis squeezed (unidirectional) -> (T, B, H) / (B, T, H);
@@ -127,5 +167,9 @@ def recurrent_graph(op, W, R, B, *, attrs=None, layout=0, output="Y", extra_node
         nodes.extend(extra_nodes)
         out_shape = final_shape
     out_name = final_output or "out"
-    return model_bytes(nodes, [("x", TensorProto.FLOAT, x_shape)] + list(extra_inputs),
-                       [(out_name, TensorProto.FLOAT, out_shape)], inits)
+    return model_bytes(
+        nodes,
+        [("x", TensorProto.FLOAT, x_shape)] + list(extra_inputs),
+        [(out_name, TensorProto.FLOAT, out_shape)],
+        inits,
+    )

@@ -100,7 +100,7 @@ def run_direction(x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_
     ys = np.empty((x.shape[0], x.shape[1], weights.output_size))
     for t in range(x.shape[0]):
         z = x[t] @ w_ih.T + h @ w_hh.T + bias
-        zi, zf, zg, zo = (z[:, k * hidden:(k + 1) * hidden] for k in range(4))
+        zi, zf, zg, zo = (z[:, k * hidden : (k + 1) * hidden] for k in range(4))
         c = ract(zf) * c + ract(zi) * act(zg)
         h = ract(zo) * act(c)
         if w_hr is not None:
@@ -112,16 +112,16 @@ def run_direction(x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_
 def run_gru_direction(x, weights, h0, activation="tanh", recurrent_activation="sigmoid", reset_after=True):
     """One GRU direction over ``x`` (T, B, I), gate rows r, z, n (PyTorch layout)::
 
-        r = ra(W_ir x + b_ir + W_hr h + b_hr);  z = ra(W_iz x + b_iz + W_hz h + b_hz)
-        n = act(W_in x + b_in + r * (W_hn h + b_hn))        reset_after
-        n = act(W_in x + b_in + W_hn (r * h) + b_hn)        not reset_after (Keras <= 2.2)
-        h' = (1 - z) * n + z * h
+    r = ra(W_ir x + b_ir + W_hr h + b_hr);  z = ra(W_iz x + b_iz + W_hz h + b_hz)
+    n = act(W_in x + b_in + r * (W_hn h + b_hn))        reset_after
+    n = act(W_in x + b_in + W_hn (r * h) + b_hn)        not reset_after (Keras <= 2.2)
+    h' = (1 - z) * n + z * h
     """
     act, ract = CELL_ACTIVATIONS[activation], CELL_ACTIVATIONS[recurrent_activation]
     H = weights.hidden_size
     f64 = lambda a: np.zeros(3 * H) if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
     w_ih, w_hh, b_ih, b_hh = f64(weights.weight_ih), f64(weights.weight_hh), f64(weights.bias_ih), f64(weights.bias_hh)
-    blocks = lambda v: (v[..., :H], v[..., H:2 * H], v[..., 2 * H:])  # noqa: E731
+    blocks = lambda v: (v[..., :H], v[..., H : 2 * H], v[..., 2 * H :])  # noqa: E731
     Wr, Wz, Wn = blocks(w_hh.T)
     h = np.array(h0, dtype=np.float64)
     ys = np.empty((x.shape[0], x.shape[1], H))
@@ -144,8 +144,9 @@ def run_rnn_direction(x, weights, h0, activation="tanh"):
     h = np.array(h0, dtype=np.float64)
     ys = np.empty((x.shape[0], x.shape[1], H))
     for t in range(x.shape[0]):
-        h = act(x[t] @ f64(weights.weight_ih).T + f64(weights.bias_ih) + h @ f64(weights.weight_hh).T
-                + f64(weights.bias_hh))
+        h = act(
+            x[t] @ f64(weights.weight_ih).T + f64(weights.bias_ih) + h @ f64(weights.weight_hh).T + f64(weights.bias_hh)
+        )
         ys[t] = h
     return ys
 
@@ -166,8 +167,9 @@ def forward_recurrent(layers, x, last_step=False):
             elif isinstance(layer, RNNLayer):
                 ys = run_rnn_direction(inp, w, h0, layer.activation)
             else:
-                ys = run_direction(inp, w, h0, np.zeros((seq.shape[1], w.hidden_size)), layer.activation,
-                                   layer.recurrent_activation)[0]
+                ys = run_direction(
+                    inp, w, h0, np.zeros((seq.shape[1], w.hidden_size)), layer.activation, layer.recurrent_activation
+                )[0]
             outs.append(ys[::-1] if d == 1 else ys)
         seq = MERGES[layer.merge_mode](*outs) if layer.bidirectional else outs[0]
         pair = (outs[0][-1], outs[1][0]) if layer.bidirectional else None
@@ -180,8 +182,9 @@ def _directions_count(layers):
     return sum(len(layer.directions) for layer in layers)
 
 
-def forward(layers: Sequence[LSTMLayer], head: Optional[Dense], x, state=None, *,
-            return_sequences=True, batch_first=False):
+def forward(
+    layers: Sequence[LSTMLayer], head: Optional[Dense], x, state=None, *, return_sequences=True, batch_first=False
+):
     """Evaluate the network in float64.
 
     ``x`` is (T, I), (T, B, I), or (B, T, I) with ``batch_first``.  ``state`` is anything with
@@ -216,8 +219,9 @@ def forward(layers: Sequence[LSTMLayer], head: Optional[Dense], x, state=None, *
             h0 = np.zeros((n_batch, weights.output_size)) if h_init is None else h_init[k]
             c0 = np.zeros((n_batch, weights.hidden_size)) if c_init is None else c_init[k]
             reverse = d == 1 or layer.go_backwards
-            ys, h, c = run_direction(seq[::-1] if reverse else seq, weights, h0, c0,
-                                     layer.activation, layer.recurrent_activation)
+            ys, h, c = run_direction(
+                seq[::-1] if reverse else seq, weights, h0, c0, layer.activation, layer.recurrent_activation
+            )
             if d == 1:
                 ys = ys[::-1]  # re-align the backward direction to input time
             outs.append(ys)
@@ -279,18 +283,38 @@ def torch_default_dense(rng, in_features, out_features, activation="linear", bia
     return Dense(weight, b, activation)
 
 
-def random_stack(rng, input_size, hidden_size, num_layers=1, *, bidirectional=False, proj_size=0,
-                 bias=True, head_size=None, head_activation="linear", activation="tanh",
-                 recurrent_activation="sigmoid", merge_mode="concat", go_backwards=False):
+def random_stack(
+    rng,
+    input_size,
+    hidden_size,
+    num_layers=1,
+    *,
+    bidirectional=False,
+    proj_size=0,
+    bias=True,
+    head_size=None,
+    head_activation="linear",
+    activation="tanh",
+    recurrent_activation="sigmoid",
+    merge_mode="concat",
+    go_backwards=False,
+):
     """A stack of ``num_layers`` identical-shaped layers with PyTorch-default init; returns (layers, head)."""
     layers = []
     in_size = input_size
     for k in range(num_layers):
         n_dir = 2 if bidirectional else 1
-        dirs = tuple(torch_default_weights(rng, in_size, hidden_size, proj_size=proj_size, bias=bias,
-                                           name=f"l{k}d{d}") for d in range(n_dir))
-        layer = LSTMLayer(dirs, activation=activation, recurrent_activation=recurrent_activation,
-                          merge_mode=merge_mode, go_backwards=go_backwards)
+        dirs = tuple(
+            torch_default_weights(rng, in_size, hidden_size, proj_size=proj_size, bias=bias, name=f"l{k}d{d}")
+            for d in range(n_dir)
+        )
+        layer = LSTMLayer(
+            dirs,
+            activation=activation,
+            recurrent_activation=recurrent_activation,
+            merge_mode=merge_mode,
+            go_backwards=go_backwards,
+        )
         layers.append(layer)
         in_size = layer.output_size
     head = None
@@ -315,6 +339,7 @@ def random_state(rng, layers, batch=None, scale=0.5):
 # batch first: x is (B, T, I).  They share no code with fastlstm's conversions, so a wrong gate
 # permutation or a misplaced reset gate in a loader shows up as a mismatch.
 
+
 def _elu(z, alpha=1.0):
     return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0.0)))
 
@@ -324,20 +349,22 @@ _GELU_C = np.sqrt(2.0 / np.pi)
 
 #: Every activation name fastlstm's loaders produce, in float64.
 ACTIVATIONS = {
-    **CELL_ACTIVATIONS, **HEAD_ACTIVATIONS,
+    **CELL_ACTIVATIONS,
+    **HEAD_ACTIVATIONS,
     "elu": _elu,
     "selu": lambda z: _SELU_SCALE * _elu(z, _SELU_ALPHA),
     "leaky_relu": lambda z, slope=0.2: np.where(z >= 0, z, slope * z),
     "gelu": lambda z: 0.5 * z * (1.0 + np.vectorize(math.erf)(z / np.sqrt(2.0))),
-    "gelu_tanh": lambda z: 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z ** 3))),
+    "gelu_tanh": lambda z: 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z**3))),
     "silu": lambda z: z * _sigmoid(z),
     "softplus": lambda z: np.logaddexp(0.0, z),
     "softsign": lambda z: z / (1.0 + np.abs(z)),
 }
 
 
-def keras_gru(x, kernel, rec, bias, *, reset_after=True, activation="tanh", recurrent_activation="sigmoid",
-              go_backwards=False):
+def keras_gru(
+    x, kernel, rec, bias, *, reset_after=True, activation="tanh", recurrent_activation="sigmoid", go_backwards=False
+):
     """Keras GRU, columns [z | r | h].  ``bias`` is (2, 3H) with reset_after (input row, recurrent row),
     (3H,) without, or None.  Returns (B, T, H) in processing order."""
     x = np.asarray(x, np.float64)
@@ -348,17 +375,17 @@ def keras_gru(x, kernel, rec, bias, *, reset_after=True, activation="tanh", recu
     act, ract = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
     h = np.zeros((x.shape[0], H))
     out = []
-    for t in (range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])):
+    for t in range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1]):
         xz = x[:, t] @ k + b_in
         if reset_after:
             hz = h @ r + b_rec
             z = ract(xz[:, :H] + hz[:, :H])
-            rr = ract(xz[:, H:2 * H] + hz[:, H:2 * H])
-            hh = act(xz[:, 2 * H:] + rr * hz[:, 2 * H:])
+            rr = ract(xz[:, H : 2 * H] + hz[:, H : 2 * H])
+            hh = act(xz[:, 2 * H :] + rr * hz[:, 2 * H :])
         else:
             z = ract(xz[:, :H] + h @ r[:, :H])
-            rr = ract(xz[:, H:2 * H] + h @ r[:, H:2 * H])
-            hh = act(xz[:, 2 * H:] + (rr * h) @ r[:, 2 * H:])
+            rr = ract(xz[:, H : 2 * H] + h @ r[:, H : 2 * H])
+            hh = act(xz[:, 2 * H :] + (rr * h) @ r[:, 2 * H :])
         h = z * h + (1.0 - z) * hh
         out.append(h)
     return np.stack(out, axis=1)
@@ -371,7 +398,7 @@ def keras_simple_rnn(x, kernel, rec, bias, *, activation="tanh", go_backwards=Fa
     b = 0.0 if bias is None else np.asarray(bias, np.float64)
     h = np.zeros((x.shape[0], r.shape[0]))
     out = []
-    for t in (range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])):
+    for t in range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1]):
         h = ACTIVATIONS[activation](x[:, t] @ k + h @ r + b)
         out.append(h)
     return np.stack(out, axis=1)
@@ -388,10 +415,11 @@ def conv1d(x, kernel, bias, *, stride=1, dilation=1, pad_left=0, pad_right=0, gr
     og = O // groups
     y = np.zeros((x.shape[0], max(T_out, 0), O))
     for t in range(max(T_out, 0)):
-        window = x[:, t * stride: t * stride + span: dilation]  # (B, K, I)
+        window = x[:, t * stride : t * stride + span : dilation]  # (B, K, I)
         for g in range(groups):
-            y[:, t, g * og:(g + 1) * og] = np.einsum("bki,kio->bo", window[:, :, g * ig:(g + 1) * ig],
-                                                     w[:, :, g * og:(g + 1) * og])
+            y[:, t, g * og : (g + 1) * og] = np.einsum(
+                "bki,kio->bo", window[:, :, g * ig : (g + 1) * ig], w[:, :, g * og : (g + 1) * og]
+            )
     return y + (0.0 if bias is None else np.asarray(bias, np.float64))
 
 

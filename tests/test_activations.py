@@ -25,24 +25,35 @@ def _dense_grid():
     return np.concatenate([-pos[::-1], pos])
 
 
-@pytest.mark.parametrize("name, ref", [
-    ("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x))),
-    ("tanh", np.tanh),
-])
+@pytest.mark.parametrize(
+    "name, ref",
+    [
+        ("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x))),
+        ("tanh", np.tanh),
+    ],
+)
 def test_max_abs_error_dense(name, ref):
     x = _dense_grid()
     err = np.abs(_apply(name, x).astype(np.float64) - ref(x.astype(np.float64)))
     assert err.max() <= BOUND, f"{name}: max abs error {err.max():.3g} at x={x[err.argmax()]!r}"
 
 
-@pytest.mark.parametrize("name, ref", [
-    ("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x))),
-    ("tanh", np.tanh),
-])
+@pytest.mark.parametrize(
+    "name, ref",
+    [
+        ("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x))),
+        ("tanh", np.tanh),
+    ],
+)
 def test_error_on_random_and_tiny_inputs(name, ref):
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(0, 3, 200_000), rng.normal(0, 1e-3, 50_000),
-                        10.0 ** rng.uniform(-38, 2, 50_000) * rng.choice([-1, 1], 50_000)]).astype(np.float32)
+    x = np.concatenate(
+        [
+            rng.normal(0, 3, 200_000),
+            rng.normal(0, 1e-3, 50_000),
+            10.0 ** rng.uniform(-38, 2, 50_000) * rng.choice([-1, 1], 50_000),
+        ]
+    ).astype(np.float32)
     err = np.abs(_apply(name, x).astype(np.float64) - ref(x.astype(np.float64)))
     assert err.max() <= BOUND
 
@@ -74,12 +85,15 @@ def test_outputs_stay_in_range():
     assert t.min() >= -1.0 and t.max() <= 1.0
 
 
-@pytest.mark.parametrize("name, ref", [
-    ("hard_sigmoid", lambda x: np.clip(x / 6.0 + 0.5, 0, 1)),          # Keras 3
-    ("hard_sigmoid_keras2", lambda x: np.clip(0.2 * x + 0.5, 0, 1)),   # Keras 1/2
-    ("relu", lambda x: np.maximum(x, 0)),
-    ("linear", lambda x: x),
-])
+@pytest.mark.parametrize(
+    "name, ref",
+    [
+        ("hard_sigmoid", lambda x: np.clip(x / 6.0 + 0.5, 0, 1)),  # Keras 3
+        ("hard_sigmoid_keras2", lambda x: np.clip(0.2 * x + 0.5, 0, 1)),  # Keras 1/2
+        ("relu", lambda x: np.maximum(x, 0)),
+        ("linear", lambda x: x),
+    ],
+)
 def test_piecewise_activations(name, ref):
     x = np.linspace(-10, 10, 100_001).astype(np.float32)
     np.testing.assert_allclose(_apply(name, x), ref(x.astype(np.float64)), atol=1e-7, rtol=0)
@@ -88,7 +102,7 @@ def test_piecewise_activations(name, ref):
 def test_softmax_rows():
     rng = np.random.default_rng(1)
     x = rng.normal(0, 20, (50, 7)).astype(np.float32)
-    x[0] = [1000, -1000, 0, 3, 3, 3, 999]   # would overflow a naive exp
+    x[0] = [1000, -1000, 0, 3, 3, 3, 999]  # would overflow a naive exp
     ref = np.exp(x - x.max(axis=1, keepdims=True).astype(np.float64))
     ref /= ref.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(_apply("softmax", x), ref, atol=1e-6, rtol=0)
@@ -97,13 +111,14 @@ def test_softmax_rows():
 # The layer activations: abs error <= 5e-7 * max(1, |x|) (include/fastlstm_activations.h).
 def _erf(x):
     from scipy.special import erf
+
     return erf(x)
 
 
 LAYER_REFS = {
     "selu": lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(np.minimum(x, 0))),
     "gelu": lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))),
-    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
     "silu": lambda x: x * 0.5 * (1 + np.tanh(0.5 * x)),
     "softplus": lambda x: np.logaddexp(0, x),
     "softsign": lambda x: x / (1 + np.abs(x)),
@@ -121,8 +136,12 @@ def test_layer_activation_error_bound(name):
 @pytest.mark.parametrize("name", sorted(LAYER_REFS) + ["elu", "leaky_relu", "prelu"])
 def test_layer_activation_special_values(name):
     """NaN in -> NaN out; 0 and the saturated ends match float64 (elu/leaky/prelu slope 1 here)."""
-    refs = dict(LAYER_REFS, elu=lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
-                leaky_relu=lambda x: x, prelu=lambda x: np.where(x >= 0, x, 0.25 * x))
+    refs = dict(
+        LAYER_REFS,
+        elu=lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+        leaky_relu=lambda x: x,
+        prelu=lambda x: np.where(x >= 0, x, 0.25 * x),
+    )
     slopes = np.array([0.25], np.float32) if name == "prelu" else None
     x = np.array([np.nan, 0.0, -0.0, 90.0, -90.0, 1e30, -1e30], np.float32)
     y = _kernels._activate(ACTIVATION_CODES[name], x.copy(), 1.0, slopes)

@@ -64,12 +64,16 @@ def test_predict_wrong_feature_size_batch_first(model):
 
 
 # --------------------------------------------------------------------------- predict: dtypes
-@pytest.mark.parametrize("bad", [
-    np.array([[object()] * I] * 3, dtype=object),
-    np.array([["a"] * I] * 3),
-    np.ones((3, I), dtype=np.complex64),
-    "hello",
-], ids=["object", "str", "complex", "plain-string"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([[object()] * I] * 3, dtype=object),
+        np.array([["a"] * I] * 3),
+        np.ones((3, I), dtype=np.complex64),
+        "hello",
+    ],
+    ids=["object", "str", "complex", "plain-string"],
+)
 def test_predict_non_numeric_is_type_error(model, bad):
     with pytest.raises(TypeError, match=X_NAME):
         model.predict(bad)
@@ -106,8 +110,9 @@ def _layouts(rng):
     }
 
 
-@pytest.mark.parametrize("name", ["column-stride", "fortran-2d", "reversed-time", "batch-stride",
-                                  "fortran-3d", "transposed"])
+@pytest.mark.parametrize(
+    "name", ["column-stride", "fortran-2d", "reversed-time", "batch-stride", "fortran-3d", "transposed"]
+)
 def test_predict_non_contiguous_equals_contiguous(model, name, rng):
     x = _layouts(rng)[name]
     assert not x.flags.c_contiguous
@@ -116,8 +121,7 @@ def test_predict_non_contiguous_equals_contiguous(model, name, rng):
 
 def test_predict_batch_first_non_contiguous(model, rng):
     x = _x(rng, 20, 4, I).transpose(1, 0, 2)  # (B, T, I) view of a (T, B, I) array
-    assert np.array_equal(model.predict(x, batch_first=True),
-                          model.predict(np.ascontiguousarray(x), batch_first=True))
+    assert np.array_equal(model.predict(x, batch_first=True), model.predict(np.ascontiguousarray(x), batch_first=True))
 
 
 def test_predict_does_not_modify_its_input(model, rng):
@@ -161,18 +165,21 @@ def test_stream_step_many_refuses_a_chunk_with_inf_and_keeps_state(model, B, rng
     s = _warm_stream(model, B, rng)
     before = s.state
     x = _x(rng, 3, I) if B is None else _x(rng, 3, B, I)
-    x[1] = np.inf   # the first step of the chunk is fine: the whole chunk is still refused
+    x[1] = np.inf  # the first step of the chunk is fine: the whole chunk is still refused
     with pytest.raises(ValueError, match=X_NAME):
         s.step_many(x)
     state_equal(s.state, before)
 
 
 # --------------------------------------------------------------------------- empty sequences
-@pytest.mark.parametrize("shape,batch_first,want", [
-    ((0, I), False, (0, O)),
-    ((0, 4, I), False, (0, 4, O)),
-    ((4, 0, I), True, (4, 0, O)),
-])
+@pytest.mark.parametrize(
+    "shape,batch_first,want",
+    [
+        ((0, I), False, (0, O)),
+        ((0, 4, I), False, (0, 4, O)),
+        ((4, 0, I), True, (4, 0, O)),
+    ],
+)
 def test_predict_empty_sequence(model, shape, batch_first, want):
     y = model.predict(np.zeros(shape, np.float32), batch_first=batch_first)
     assert y.shape == want and y.dtype == np.float32
@@ -203,8 +210,11 @@ def _other_state(make_model, rng, B, **kw):
     return fastlstm.State(h=st.h, c=st.c)
 
 
-@pytest.mark.parametrize("kw", [dict(H=H + 1), dict(L=1), dict(L=3), dict(proj_size=4)],
-                         ids=["hidden", "fewer-layers", "more-layers", "proj"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(H=H + 1), dict(L=1), dict(L=3), dict(proj_size=4)],
+    ids=["hidden", "fewer-layers", "more-layers", "proj"],
+)
 @pytest.mark.parametrize("B", [None, 2])
 def test_predict_state_from_another_model(model, make_model, rng, kw, B):
     state = _other_state(make_model, rng, B, **kw)
@@ -284,8 +294,9 @@ def _bad_x_cases(B):
 
 def _cases(builder, *shape_args):
     """pytest params (B, index) over every case ``builder(B)`` returns, with readable ids."""
-    return [pytest.param(B, k, id=f"B={B}-{case[0]}")
-            for B in (None, 3) for k, case in enumerate(builder(B, *shape_args))]
+    return [
+        pytest.param(B, k, id=f"B={B}-{case[0]}") for B in (None, 3) for k, case in enumerate(builder(B, *shape_args))
+    ]
 
 
 @pytest.mark.parametrize("B,k", _cases(_bad_x_cases))

@@ -37,16 +37,25 @@ def _models():
     u = lambda *s: _u(rng, *s)  # noqa: E731
     return {
         "lstm": fastlstm.Model([LSTMLayer([LSTMWeights(u(76, I), u(76, 19), u(76), u(76))]), Dense(u(3, 19), u(3))]),
-        "lstm_proj": fastlstm.Model([LSTMLayer([LSTMWeights(u(80, I), u(80, 9), u(80), u(80), u(9, 20))]),
-                                     Dense(u(70, 9), u(70), activation="tanh"), Dense(u(2, 70), u(2))]),
-        "gru_after": fastlstm.Model([GRULayer([GRUWeights(u(63, I), u(63, 21), u(63), u(63))]),
-                                     Dense(u(5, 21), u(5))]),
-        "gru_before": fastlstm.Model([GRULayer([GRUWeights(u(51, I), u(51, 17), u(51), u(51))], reset_after=False),
-                                      Dense(u(33, 17), u(33))]),
-        "rnn_conv": fastlstm.Model([Conv1D(u(11, I, 3), u(11), dilation=2, padding="causal", activation="tanh"),
-                                    RNNLayer([RNNWeights(u(35, 11), u(35, 35), u(35), u(35))]),
-                                    LSTMLayer([LSTMWeights(u(136, 35), u(136, 34), u(136), u(136))]),
-                                    Dense(u(4, 34), u(4))]),
+        "lstm_proj": fastlstm.Model(
+            [
+                LSTMLayer([LSTMWeights(u(80, I), u(80, 9), u(80), u(80), u(9, 20))]),
+                Dense(u(70, 9), u(70), activation="tanh"),
+                Dense(u(2, 70), u(2)),
+            ]
+        ),
+        "gru_after": fastlstm.Model([GRULayer([GRUWeights(u(63, I), u(63, 21), u(63), u(63))]), Dense(u(5, 21), u(5))]),
+        "gru_before": fastlstm.Model(
+            [GRULayer([GRUWeights(u(51, I), u(51, 17), u(51), u(51))], reset_after=False), Dense(u(33, 17), u(33))]
+        ),
+        "rnn_conv": fastlstm.Model(
+            [
+                Conv1D(u(11, I, 3), u(11), dilation=2, padding="causal", activation="tanh"),
+                RNNLayer([RNNWeights(u(35, 11), u(35, 35), u(35), u(35))]),
+                LSTMLayer([LSTMWeights(u(136, 35), u(136, 34), u(136), u(136))]),
+                Dense(u(4, 34), u(4)),
+            ]
+        ),
     }
 
 
@@ -69,7 +78,7 @@ def test_lone_pool_predict_bit_identical(name, threads):
 
     lone = [model.stream() for _ in range(N_STREAMS)]
     y_lone = np.stack([np.stack([lone[s].step(x[t, s]) for s in range(N_STREAMS)]) for t in range(T)])
-    if threads > 1:     # the reference is always a lone stream on one thread
+    if threads > 1:  # the reference is always a lone stream on one thread
         fastlstm.set_num_threads(1)
         one = model.stream()
         assert np.array_equal(np.stack([one.step(x[t, 0]) for t in range(T)]), y_lone[:, 0])

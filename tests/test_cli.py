@@ -33,8 +33,14 @@ def run_cli(*args, cwd, pythonpath=None, timeout=180):
     env = dict(os.environ, KERAS_BACKEND="torch")
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return subprocess.run([sys.executable, "-m", "fastlstm", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fastlstm", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class Net(torch.nn.Module):
@@ -63,7 +69,8 @@ def import_blocker(folder, modules):
     """A folder whose sitecustomize.py makes ``modules`` unimportable (put it on PYTHONPATH):
     to the program under test they look not installed."""
     folder.mkdir()
-    (folder / "sitecustomize.py").write_text(textwrap.dedent(f"""
+    (folder / "sitecustomize.py").write_text(
+        textwrap.dedent(f"""
         import sys
         BLOCKED = {set(modules)!r}
         class Blocker:
@@ -72,7 +79,8 @@ def import_blocker(folder, modules):
                     raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
                 return None
         sys.meta_path.insert(0, Blocker())
-    """))
+    """)
+    )
     return folder
 
 
@@ -88,6 +96,7 @@ def one_line_error(proc, command):
 
 # --------------------------------------------------------------------------- usage
 
+
 @pytest.mark.parametrize("command", ("",) + COMMANDS)
 def test_help(command, tmp_path):
     proc = run_cli(*([command] if command else []), "--help", cwd=tmp_path)
@@ -95,8 +104,9 @@ def test_help(command, tmp_path):
     assert proc.stdout.startswith("usage: fastlstm")
 
 
-@pytest.mark.parametrize("args", [(), ("nosuch",), ("bench", "--threads", "0"), ("convert", "only-one-arg"),
-                                  ("bench", "--streams", "x")])
+@pytest.mark.parametrize(
+    "args", [(), ("nosuch",), ("bench", "--threads", "0"), ("convert", "only-one-arg"), ("bench", "--streams", "x")]
+)
 def test_usage_errors_exit_2(args, tmp_path):
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 2
@@ -115,6 +125,7 @@ def test_console_script_is_declared():
 
 
 # --------------------------------------------------------------------------- info / convert
+
 
 def test_info_bundled(tmp_path):
     proc = run_cli("info", cwd=tmp_path)
@@ -205,21 +216,31 @@ def test_convert_bundled_to_itself_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------- bad files
 
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
     with open(data.MODEL_PATH, "rb") as f:
         blob = f.read()
-    (d / "truncated.safetensors").write_bytes(blob[:len(blob) // 3])
+    (d / "truncated.safetensors").write_bytes(blob[: len(blob) // 3])
     (d / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(4096))
     (d / "empty.keras").write_bytes(b"")
-    return {"missing": d / "does-not-exist.pt", "truncated": d / "truncated.safetensors",
-            "garbage": d / "garbage.pt", "empty": d / "empty.keras", "directory": d}
+    return {
+        "missing": d / "does-not-exist.pt",
+        "truncated": d / "truncated.safetensors",
+        "garbage": d / "garbage.pt",
+        "empty": d / "empty.keras",
+        "directory": d,
+    }
 
 
 # Every kind of bad file through info; each command with some (they share one loading path).
 BAD_CASES = [("info", k) for k in ("missing", "truncated", "garbage", "empty", "directory")] + [
-    ("bench", "missing"), ("bench", "truncated"), ("convert", "garbage"), ("convert", "directory")]
+    ("bench", "missing"),
+    ("bench", "truncated"),
+    ("convert", "garbage"),
+    ("convert", "directory"),
+]
 
 
 @pytest.mark.parametrize("command, kind", BAD_CASES)
@@ -239,6 +260,7 @@ def test_debug_shows_the_traceback(bad_files, tmp_path):
 
 
 # --------------------------------------------------------------------------- bench
+
 
 def check_bench_json(doc, frameworks_ran):
     from fastlstm.harness import PEERS
@@ -260,6 +282,7 @@ def test_bench_bundled_quick_json(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "speed.png"
     try:
         import matplotlib  # noqa: F401  (optional: the plot is checked where it is installed)
+
         plot = ["--plot", png]
     except ImportError:
         plot = []
@@ -287,8 +310,18 @@ def test_bench_plot_without_matplotlib(tmp_path):
 
 def test_bench_torch_file_quick_json(torch_file, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", torch_file[0], "--head-activation", "tanh", *QUICK, "--json", out,
-                   "--frameworks", "torch,onnxruntime", cwd=tmp_path)
+    proc = run_cli(
+        "bench",
+        torch_file[0],
+        "--head-activation",
+        "tanh",
+        *QUICK,
+        "--json",
+        out,
+        "--frameworks",
+        "torch,onnxruntime",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = check_bench_json(json.loads(out.read_text()), ["torch", "onnxruntime"])
     assert doc["settings"]["threads"] == 1
@@ -300,12 +333,16 @@ def test_bench_reports_missing_frameworks_as_skipped(tmp_path):
     """Block torch and onnxruntime at import (as if not installed): bench still runs fastlstm."""
     hook = import_blocker(tmp_path / "hook", ["torch", "onnxruntime", "onnx", "keras"])
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", *QUICK, "--frameworks", "torch,onnxruntime,keras", "--json", out, cwd=tmp_path,
-                   pythonpath=hook)
+    proc = run_cli(
+        "bench", *QUICK, "--frameworks", "torch,onnxruntime,keras", "--json", out, cwd=tmp_path, pythonpath=hook
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
-    for name, pip in (("torch", "pip install torch"), ("onnxruntime", "pip install onnxruntime"),
-                      ("keras", "pip install keras")):
+    for name, pip in (
+        ("torch", "pip install torch"),
+        ("onnxruntime", "pip install onnxruntime"),
+        ("keras", "pip install keras"),
+    ):
         st = doc["frameworks"][name]
         assert st["status"] == "skipped" and "not installed" in st["reason"]
         assert st["install"].startswith(pip)
@@ -317,8 +354,13 @@ def test_bench_reports_missing_frameworks_as_skipped(tmp_path):
 def test_bench_keras_file_runs_keras(tmp_path):
     os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is first imported; CI sets it too
     keras = pytest.importorskip("keras")
-    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(8, return_sequences=True),
-                              keras.layers.Dense(2, activation="sigmoid")])
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.LSTM(8, return_sequences=True),
+            keras.layers.Dense(2, activation="sigmoid"),
+        ]
+    )
     path = tmp_path / "m.keras"
     model.save(path)
     out = tmp_path / "bench.json"
@@ -328,6 +370,7 @@ def test_bench_keras_file_runs_keras(tmp_path):
 
 
 # --------------------------------------------------------------------------- demo
+
 
 def torch_forecaster_outputs(x):
     """The bundled weights run by PyTorch (read with the safetensors package, not fastlstm)."""
@@ -386,6 +429,7 @@ def test_demo_beats_the_last_value_forecast(tmp_path):
 
 # --------------------------------------------------------------------------- the runners bench uses
 
+
 def _weights(rng, I, H, P=None):
     from fastlstm import LSTMWeights
 
@@ -402,18 +446,17 @@ def _shapes():
     head = lambda o, i, act: Dense(r.standard_normal((o, i)), r.standard_normal(o), act)  # noqa: E731
     return {
         "mixed-sizes-softmax": Model([L([_weights(r, 3, 8)]), L([_weights(r, 8, 5)])], head(4, 5, "softmax")),
-        "bidirectional-sum-last-step": Model([L([_weights(r, 3, 6), _weights(r, 3, 6)], merge_mode="sum")],
-                                             head(2, 6, "linear"), return_sequences=False),
-        "go-backwards": Model([L([_weights(r, 3, 6)], go_backwards=True), L([_weights(r, 6, 6)])],
-                              head(1, 6, "tanh")),
+        "bidirectional-sum-last-step": Model(
+            [L([_weights(r, 3, 6), _weights(r, 3, 6)], merge_mode="sum")], head(2, 6, "linear"), return_sequences=False
+        ),
+        "go-backwards": Model([L([_weights(r, 3, 6)], go_backwards=True), L([_weights(r, 6, 6)])], head(1, 6, "tanh")),
         "projection": Model([L([_weights(r, 3, 8, 4)]), L([_weights(r, 4, 8, 4)])], head(2, 4, "sigmoid")),
     }
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside keras
 @pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")  # torch: no oneDNN path for proj_size
-@pytest.mark.parametrize("shape", ["mixed-sizes-softmax", "bidirectional-sum-last-step", "go-backwards",
-                                   "projection"])
+@pytest.mark.parametrize("shape", ["mixed-sizes-softmax", "bidirectional-sum-last-step", "go-backwards", "projection"])
 def test_runners_match_fastlstm(shape):
     """Each framework's rebuild computes what fastlstm computes (or refuses, saying why)."""
     from fastlstm import harness
@@ -437,8 +480,9 @@ def test_runners_match_fastlstm(shape):
         if model.streamable:
             for xs, expected in zip((x[:, :1], x), steps):
                 for route, stepper in runner.steppers(np.ascontiguousarray(xs)).items():
-                    np.testing.assert_allclose(stepper.outputs(30), expected, atol=tol, rtol=0,
-                                               err_msg=f"{name} {route}")
+                    np.testing.assert_allclose(
+                        stepper.outputs(30), expected, atol=tol, rtol=0, err_msg=f"{name} {route}"
+                    )
 
 
 def test_bench_lists_a_framework_that_cannot_run_the_model(tmp_path):

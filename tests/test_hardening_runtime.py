@@ -31,7 +31,7 @@ import oracle
 from checks import assert_state_equal, child_env
 
 I, H, O = 6, 16, 3
-TOL = 2e-5   # fastlstm (float32, approximate activations) vs the float64 oracle over a few steps
+TOL = 2e-5  # fastlstm (float32, approximate activations) vs the float64 oracle over a few steps
 
 
 def _run_child(code, *args, timeout=120, limit_bytes=None):
@@ -39,9 +39,14 @@ def _run_child(code, *args, timeout=120, limit_bytes=None):
     pre = ""
     if limit_bytes:
         pre = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({limit_bytes}, {limit_bytes}))\n"
-    proc = subprocess.run([sys.executable, "-c", pre + code, *map(str, args)], env=child_env(),
-                          cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", pre + code, *map(str, args)],
+        env=child_env(),
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"child exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -83,7 +88,9 @@ np.save(sys.argv[1] + "/ref1.npy", ref1)
 np.save(sys.argv[1] + "/ref64.npy", ref64)
 """
 
-PREFORK = FORK_SETUP + """
+PREFORK = (
+    FORK_SETUP
+    + """
 pids = []
 for k in range(4):
     pid = os.fork()
@@ -105,8 +112,11 @@ for pid in pids:
         status[pid] = "hung"
 print(json.dumps(sorted(map(str, status.values()))))
 """
+)
 
-MP_POOL = FORK_SETUP + """
+MP_POOL = (
+    FORK_SETUP
+    + """
 import multiprocessing as mp
 
 def child(_):
@@ -121,6 +131,7 @@ with mp.get_context("fork").Pool(3) as p:
     p.terminate()
 print(json.dumps(result))
 """
+)
 
 
 def _check_fork_reference(tmp_path):
@@ -150,6 +161,7 @@ def test_concurrent_callers_each_get_a_team(restore_threads):
     """Three Python threads step their own H=256 streams (a team of 2 threads per step) at once: the
     pool hands each caller its own team, and every output equals the serial run's."""
     from concurrent.futures import ThreadPoolExecutor
+
     layers, head = oracle.random_stack(np.random.default_rng(1), 8, 256, 1, head_size=3)
     model = fastlstm.Model(layers, head)
     fastlstm.set_num_threads(2)
@@ -169,7 +181,7 @@ def test_concurrent_callers_each_get_a_team(restore_threads):
 
 
 # --------------------------------------------------------------------------- thread count
-@pytest.mark.parametrize("n", [10 ** 4, 10 ** 6, 2 ** 31, 2 ** 64])
+@pytest.mark.parametrize("n", [10**4, 10**6, 2**31, 2**64])
 def test_set_num_threads_refuses_absurd_counts(n, restore_threads):
     before = fastlstm.get_num_threads()
     with pytest.raises(ValueError, match=r"\bn\b.*at most"):
@@ -179,7 +191,7 @@ def test_set_num_threads_refuses_absurd_counts(n, restore_threads):
 
 def test_set_num_threads_cap_is_four_per_core(small, restore_threads):
     cores = len(os.sched_getaffinity(0))
-    fastlstm.set_num_threads(4 * cores)          # the cap itself is allowed, and steps fine
+    fastlstm.set_num_threads(4 * cores)  # the cap itself is allowed, and steps fine
     s = small[0].stream()
     s.step(np.ones(I, np.float32))
     with pytest.raises(ValueError):
@@ -260,8 +272,8 @@ NEW_ARGS = {
     "no model": lambda m: (None, m._net, 2),
     "size 0": lambda m: (m, m._net, 0),
     "size -1": lambda m: (m, m._net, -1),
-    "size 2**31": lambda m: (m, m._net, 2 ** 31),
-    "size 2**70": lambda m: (m, m._net, 2 ** 70),
+    "size 2**31": lambda m: (m, m._net, 2**31),
+    "size 2**70": lambda m: (m, m._net, 2**70),
     "size 2.5": lambda m: (m, m._net, 2.5),
     "size '3'": lambda m: (m, m._net, "3"),
     "right": lambda m: (m, m._net, 3),
@@ -269,8 +281,11 @@ NEW_ARGS = {
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cls=st.sampled_from(["Stream", "StreamPool"]), args=st.sampled_from(sorted(NEW_ARGS)),
-       how=st.sampled_from(["__new__", "call"]))
+@given(
+    cls=st.sampled_from(["Stream", "StreamPool"]),
+    args=st.sampled_from(sorted(NEW_ARGS)),
+    how=st.sampled_from(["__new__", "call"]),
+)
 def test_api_fuzz_construction(small, cls, args, how):
     """Built through ``__new__`` or called directly, with any arguments: either a clean TypeError or
     ValueError, or an object that steps correctly."""
@@ -339,9 +354,9 @@ def test_big_endian_ids_are_valid_ids(small):
     pool = model.pool(3)
     ids = np.array([pool.open() for _ in range(3)], np.int64)
     pool.close(int(ids[1]))
-    pool.open()                   # slot 1 again, under a new generation: ids have high bits set
+    pool.open()  # slot 1 again, under a new generation: ids have high bits set
     ids = np.array(pool.ids(), np.int64)
-    assert ids.max() >= 2 ** 32
+    assert ids.max() >= 2**32
     pool.step(ids.astype(">i8"), np.ones((3, I), np.float32))
 
 
@@ -395,10 +410,21 @@ def test_sizes_past_32_bits_are_refused_before_allocating():
 def test_widest_layer_is_refused():
     """Row offsets are 32-bit: a layer wider than 2**24 is refused at build (not run with wrapped offsets)."""
     from fastlstm import _kernels
-    spec = {"kind": _kernels.fl_layer_kind.FL_LAYER_LSTM,
-            "dirs": [(np.zeros((2, 4), np.float32), np.zeros(4, np.float32), None, 0, 0)],
-            "gate_act": 0, "cell_act": 1, "merge": 0, "go_backwards": False, "n_in": 2 ** 24 + 1, "hidden": 1,
-            "n_out": 1, "gates": 4, "width": 1, "streams": True}
+
+    spec = {
+        "kind": _kernels.fl_layer_kind.FL_LAYER_LSTM,
+        "dirs": [(np.zeros((2, 4), np.float32), np.zeros(4, np.float32), None, 0, 0)],
+        "gate_act": 0,
+        "cell_act": 1,
+        "merge": 0,
+        "go_backwards": False,
+        "n_in": 2**24 + 1,
+        "hidden": 1,
+        "n_out": 1,
+        "gates": 4,
+        "width": 1,
+        "streams": True,
+    }
     with pytest.raises(ValueError, match="layer 0"):
         _kernels.Network([spec], [("h", 0, 0, 1), ("c", 0, 1, 1)], ())
 
@@ -411,7 +437,7 @@ def _models_for_glitches():
     for seed in range(8):
         kw = {}
         if seed % 4 == 2:
-            kw = {"activation": "relu", "recurrent_activation": "hard_sigmoid"}   # unbounded c and h
+            kw = {"activation": "relu", "recurrent_activation": "hard_sigmoid"}  # unbounded c and h
         if seed % 4 == 3:
             kw = {"proj_size": 5}
         layers, head = oracle.random_stack(np.random.default_rng(100 + seed), I, 24, 2, head_size=O, **kw)
@@ -451,8 +477,7 @@ def test_a_finite_glitch_cannot_poison_a_stream(seed, layers, head, state_equal)
 def _overflowing_model():
     """A Keras-style relu LSTM with positive weights: x = 3e38 makes every pre-activation +inf, so c = inf
     and h = inf for certain (a relu cell does not saturate), while x = 1 runs normally."""
-    w = fastlstm.LSTMWeights(np.full((4 * 4, I), 2.0, np.float32), np.full((4 * 4, 4), 0.1, np.float32),
-                             None, None)
+    w = fastlstm.LSTMWeights(np.full((4 * 4, I), 2.0, np.float32), np.full((4 * 4, 4), 0.1, np.float32), None, None)
     layer = fastlstm.LSTMLayer([w], activation="relu", recurrent_activation="hard_sigmoid")
     return fastlstm.Model([layer]), [layer]
 
@@ -469,7 +494,7 @@ def test_an_overflowing_step_is_refused_and_undone(state_equal):
         s.step(x, out=out)
     state_equal(s.state, before)
     x = np.full((5, 2, I), 0.01, np.float32)
-    got = s.step_many(x)                                    # carries on from the state before the glitch
+    got = s.step_many(x)  # carries on from the state before the glitch
     want, _ = oracle.forward(layers, None, x, before)
     assert _rel(got, want) < TOL
 
@@ -497,7 +522,7 @@ def test_a_finite_glitch_cannot_poison_a_pool(state_equal):
     x[3] = GLITCH
     with pytest.raises(ValueError, match="overflow"):
         pool.step(ids, x)
-    for sid in ids:                            # every stream, not only the glitched one, is untouched
+    for sid in ids:  # every stream, not only the glitched one, is untouched
         state_equal(pool.get_state(sid), before[sid])
 
 
@@ -545,7 +570,7 @@ def test_an_overflowing_step_of_a_layer_chain_is_undone(where, state_equal):
             state_equal(pool.get_state(sid), b)
         ok = pool.step(ids, x)
     lone = model.stream(2)
-    assert np.array_equal(np.stack([lone.step(x), lone.step(x)])[1], ok)   # carries on as if never glitched
+    assert np.array_equal(np.stack([lone.step(x), lone.step(x)])[1], ok)  # carries on as if never glitched
 
 
 def test_token_ids_are_read_by_value_and_checked_on_a_copy(state_equal):
@@ -571,8 +596,8 @@ def test_step_refuses_out_overlapping_x(small, state_equal):
     s.step(np.ones((2, I), np.float32))
     before = s.state
     buf = np.zeros(4 * I, np.float32)
-    x = buf[:2 * I].reshape(2, I)
-    out = buf[2 * I - 2:2 * I - 2 + 2 * O].reshape(2, O)      # shares x's last two floats
+    x = buf[: 2 * I].reshape(2, I)
+    out = buf[2 * I - 2 : 2 * I - 2 + 2 * O].reshape(2, O)  # shares x's last two floats
     with pytest.raises(ValueError, match=r"\bout\b.*overlap"):
         s.step(x, out=out)
     state_equal(s.state, before)
@@ -585,9 +610,9 @@ def test_pool_step_refuses_out_overlapping_x(small, state_equal):
     pool.step(ids, np.ones((2, I), np.float32))
     before = [pool.get_state(sid) for sid in ids]
     buf = np.zeros(4 * I, np.float32)
-    x = buf[:2 * I].reshape(2, I)
+    x = buf[: 2 * I].reshape(2, I)
     with pytest.raises(ValueError, match=r"\bout\b.*overlap"):
-        pool.step(ids, x, out=buf[I:I + 2 * O].reshape(2, O))
+        pool.step(ids, x, out=buf[I : I + 2 * O].reshape(2, O))
     for sid, b in zip(ids, before):
         state_equal(pool.get_state(sid), b)
 
@@ -613,6 +638,7 @@ def test_nan_written_during_step_never_reaches_the_state(where, tmp_path, restor
     kernel read the same copy of x)."""
     import mmap
     import time
+
     layers, head = oracle.random_stack(np.random.default_rng(2), 64, 128, 1, head_size=2)
     model = fastlstm.Model(layers, head)
     fastlstm.set_num_threads(1)
@@ -624,14 +650,14 @@ def test_nan_written_during_step_never_reaches_the_state(where, tmp_path, restor
     x = shared[:64]
     if where == "stream":
         target = model.stream()
-        step = lambda: target.step(x)                          # noqa: E731
-        state = lambda: target.state                           # noqa: E731
+        step = lambda: target.step(x)  # noqa: E731
+        state = lambda: target.state  # noqa: E731
     else:
         target = model.pool(1)
         sid = target.open()
         ids, xs = np.array([sid], np.int64), x[None]
-        step = lambda: target.step(ids, xs)                    # noqa: E731
-        state = lambda: target.get_state(sid)                  # noqa: E731
+        step = lambda: target.step(ids, xs)  # noqa: E731
+        state = lambda: target.get_state(sid)  # noqa: E731
     flipper = subprocess.Popen([sys.executable, "-c", FLIPPER, str(path)], env=child_env())
     try:
         deadline = time.time() + 30
@@ -650,7 +676,7 @@ def test_nan_written_during_step_never_reaches_the_state(where, tmp_path, restor
     finally:
         shared[64] = 1
         flipper.wait(timeout=30)
-    assert refused > 0 and ran > 0     # both outcomes happened: the race was really on
+    assert refused > 0 and ran > 0  # both outcomes happened: the race was really on
 
 
 # --------------------------------------------------------------------------- step_many vs step
@@ -684,13 +710,13 @@ def test_step_many_is_bit_identical_to_steps(case, threads, restore_threads, sta
 
 
 # --------------------------------------------------------------------------- API fuzzer
-KINDS = ["native", "big-endian x", "float64 big-endian x", "big-endian out", "overlapping out",
-         "huge x", "strided x"]
+KINDS = ["native", "big-endian x", "float64 big-endian x", "big-endian out", "overlapping out", "huge x", "strided x"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(KINDS), where=st.sampled_from(["stream", "batched", "pool"]),
-       seed=st.integers(0, 2 ** 32 - 1))
+@given(
+    kind=st.sampled_from(KINDS), where=st.sampled_from(["stream", "batched", "pool"]), seed=st.integers(0, 2**32 - 1)
+)
 def test_api_fuzz_byte_orders_overlaps_and_sizes(small, kind, where, seed):
     """Every call either matches the oracle or raises ValueError/TypeError leaving the state exactly
     as it was; which of the two is fixed by the kind of input."""
@@ -704,13 +730,13 @@ def test_api_fuzz_byte_orders_overlaps_and_sizes(small, kind, where, seed):
         ids = np.array([target.open() for _ in range(3)], np.int64)
         for k, sid in enumerate(ids):
             target.set_state(int(sid), fastlstm.State([h[k] for h in init.h], [c[k] for c in init.c]))
-        call = lambda xx, out=None: target.step(ids, xx, out=out)      # noqa: E731
+        call = lambda xx, out=None: target.step(ids, xx, out=out)  # noqa: E731
         snapshot = lambda: [target.get_state(int(sid)) for sid in ids]  # noqa: E731
     else:
         target = model.stream(B)
         target.state = fastlstm.State(init.h, init.c)
         call = target.step
-        snapshot = lambda: [target.state]                               # noqa: E731
+        snapshot = lambda: [target.state]  # noqa: E731
     before = snapshot()
     shape = (B, O) if B is not None else (O,)
     expect_error, arg, out = None, x, None
@@ -722,12 +748,12 @@ def test_api_fuzz_byte_orders_overlaps_and_sizes(small, kind, where, seed):
         out, expect_error = np.empty(shape, ">f4"), TypeError
     elif kind == "overlapping out":
         buf = np.empty(x.size + int(np.prod(shape)), np.float32)
-        arg = buf[:x.size].reshape(x.shape)
+        arg = buf[: x.size].reshape(x.shape)
         arg[...] = x
         lo = int(rng.integers(0, x.size))
-        out, expect_error = buf[lo:lo + int(np.prod(shape))].reshape(shape), ValueError
+        out, expect_error = buf[lo : lo + int(np.prod(shape))].reshape(shape), ValueError
     elif kind == "huge x":
-        arg, expect_error = np.broadcast_to(x.reshape(-1)[:1], (2 ** 40,) + x.shape[1:]), ValueError
+        arg, expect_error = np.broadcast_to(x.reshape(-1)[:1], (2**40,) + x.shape[1:]), ValueError
     elif kind == "strided x":
         arg = np.repeat(x, 2, axis=-1)[..., ::2]
     if expect_error is not None:

@@ -26,8 +26,12 @@ def tiny():
     model = configs.random_model(TINY, head_size=2)
     x = configs.make_inputs(TINY)
     ref = FastlstmRunner(model)
-    return model, x, ref.predict(x), {B: ref.steppers(np.ascontiguousarray(x[:, :B]))[""].outputs(TINY.T)
-                                      for B in (1, TINY.B)}
+    return (
+        model,
+        x,
+        ref.predict(x),
+        {B: ref.steppers(np.ascontiguousarray(x[:, :B]))[""].outputs(TINY.T) for B in (1, TINY.B)},
+    )
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside keras
@@ -76,9 +80,11 @@ def test_a_peer_refuses_what_it_cannot_express():
 
 
 def test_import_fastlstm_never_imports_the_harness():
-    code = ("import sys, fastlstm; m = fastlstm.load; "
-            "print(sorted(k for k in sys.modules if k.startswith('fastlstm.harness') or k in "
-            "('torch', 'onnxruntime', 'openvino', 'tract', 'keras')))")
+    code = (
+        "import sys, fastlstm; m = fastlstm.load; "
+        "print(sorted(k for k in sys.modules if k.startswith('fastlstm.harness') or k in "
+        "('torch', 'onnxruntime', 'openvino', 'tract', 'keras')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -115,8 +121,11 @@ def test_thread_policy_sets_and_restores_fastlstm_threads():
 def test_isa_holds_name_each_path_and_refuse_others():
     from fastlstm.harness import isa
 
-    assert isa.environment("avx2") == {"FASTLSTM_ISA": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                                       "OPENBLAS_CORETYPE": "Haswell"}
+    assert isa.environment("avx2") == {
+        "FASTLSTM_ISA": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "OPENBLAS_CORETYPE": "Haswell",
+    }
     assert isa.environment("avx512") == {"FASTLSTM_ISA": "avx512"}
     with pytest.raises(ValueError, match="isa: expected one of generic, avx2, avx512"):
         isa.environment("sse9")
@@ -132,13 +141,16 @@ def test_isa_restart_held_restarts_the_script_under_the_holds(tmp_path, monkeypa
     with pytest.raises(SystemExit, match="set FASTLSTM_ISA=generic ONEDNN_MAX_CPU_ISA=SSE41"):
         isa.restart_held("generic", "driver.py", argv=["--isa", "generic"])  # main(argv) cannot restart
     script = tmp_path / "driver.py"
-    script.write_text("import os, sys\n"
-                      "from fastlstm.harness import isa\n"
-                      "print('start', sys.argv[1:], flush=True)\n"
-                      "isa.restart_held('generic', __file__)\n"
-                      "import fastlstm\n"
-                      "print('held', os.environ['ONEDNN_MAX_CPU_ISA'], fastlstm._isa.levels()[0])\n")
-    run = subprocess.run([sys.executable, str(script), "--isa", "generic"], capture_output=True, text=True,
-                         timeout=120, check=True)
+    script.write_text(
+        "import os, sys\n"
+        "from fastlstm.harness import isa\n"
+        "print('start', sys.argv[1:], flush=True)\n"
+        "isa.restart_held('generic', __file__)\n"
+        "import fastlstm\n"
+        "print('held', os.environ['ONEDNN_MAX_CPU_ISA'], fastlstm._isa.levels()[0])\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script), "--isa", "generic"], capture_output=True, text=True, timeout=120, check=True
+    )
     # Two starts (the second under the holds), then the kernels on the generic path.
     assert run.stdout.splitlines() == ["start ['--isa', 'generic']"] * 2 + ["held SSE41 generic"]

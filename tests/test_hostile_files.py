@@ -24,15 +24,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _run_worker(paths, listing):
     """Yield one result dict per path, in order; a path the worker died or hung on gets a 'died' result."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
+    )
     todo = list(paths)
     while todo:
         with open(listing, "w") as f:
             f.write("\n".join(todo))
         cpu = int(10 + 3 * SECONDS * len(todo))
-        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "hostile_worker.py"), str(LIMIT_MB), str(cpu),
-                                 listing], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "hostile_worker.py"), str(LIMIT_MB), str(cpu), listing],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ)
         # The first line also waits for the interpreter and fastlstm to start.
@@ -53,8 +62,15 @@ def _run_worker(paths, listing):
         sel.close()
         if done < len(todo):
             tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no stderr)"]
-            yield {"path": todo[done], "status": "died", "type": f"exit {proc.returncode}", "msg": tail[0],
-                   "msg_len": 0, "seconds": float("nan"), "cpu_seconds": float("nan")}
+            yield {
+                "path": todo[done],
+                "status": "died",
+                "type": f"exit {proc.returncode}",
+                "msg": tail[0],
+                "msg_len": 0,
+                "seconds": float("nan"),
+                "cpu_seconds": float("nan"),
+            }
             done += 1
         todo = todo[done:]
 
@@ -104,8 +120,9 @@ def test_hostile_files_refused_within_limits(tmp_path):
 
 def test_fuzzed_files_load_or_refuse_within_limits(tmp_path):
     cases = list(hostile_corpus.fuzzed())
-    _check(cases + [hostile_corpus.Case(n, d, must_fail=False) for n, d in hostile_corpus.valid_files().items()],
-           tmp_path)
+    _check(
+        cases + [hostile_corpus.Case(n, d, must_fail=False) for n, d in hostile_corpus.valid_files().items()], tmp_path
+    )
 
 
 def test_worker_catches_a_memory_bomb(tmp_path, monkeypatch):
@@ -114,14 +131,23 @@ def test_worker_catches_a_memory_bomb(tmp_path, monkeypatch):
     case = next(c for c in hostile_corpus.hostile() if c.name == "memo_bomb.pt")
     path = tmp_path / case.name
     path.write_bytes(case.data)
-    code = ("import fastlstm.loaders.torch_zip as t; t._prescan = lambda pkl: None; "
-            "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    code = (
+        "import fastlstm.loaders.torch_zip as t; t._prescan = lambda pkl: None; "
+        "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
     listing = tmp_path / "l.txt"
     listing.write_text(str(path))
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", code, os.path.join(HERE, "hostile_worker.py"), str(LIMIT_MB), "20",
-                          str(listing)], capture_output=True, env=env, timeout=60)
+    env = dict(
+        os.environ,
+        OPENBLAS_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.path.join(HERE, "hostile_worker.py"), str(LIMIT_MB), "20", str(listing)],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
     lines = out.stdout.decode().splitlines()
     result = json.loads(lines[0]) if lines else {"status": "died"}
     assert result["status"] == "died" or "MemoryError" in result["msg"], result

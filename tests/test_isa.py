@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 USED, BEST, FEATURES = _isa.levels()
 #: Every path this CPU can run, lowest first.
-PATHS = _isa.PATHS[:_isa.PATHS.index(BEST) + 1]
+PATHS = _isa.PATHS[: _isa.PATHS.index(BEST) + 1]
 #: The paths the rest of the suite does not already run.
 LOWER = [p for p in PATHS if p != USED]
 #: Between paths and against the float64 oracle.
@@ -47,8 +47,9 @@ def path_outputs(tmp_path_factory):
     out = {}
     for path in PATHS:
         target = tmp_path_factory.mktemp("isa") / f"{path}.npz"
-        subprocess.run([sys.executable, os.path.join(HERE, "isa_outputs.py"), str(target)], env=_env(path),
-                       check=True, timeout=300)
+        subprocess.run(
+            [sys.executable, os.path.join(HERE, "isa_outputs.py"), str(target)], env=_env(path), check=True, timeout=300
+        )
         with np.load(target) as f:
             out[path] = {k: f[k] for k in f.files}
     return out
@@ -88,18 +89,30 @@ def test_paths_agree(path_outputs):
 def test_suite_files_on_lower_path(path):
     """The parity, streaming, pool, batch-invariance and thread-team test files, on each path the
     default run skips."""
-    files = ["test_oracle_parity.py", "test_torch_parity.py", "test_streaming.py", "test_pool.py",
-             "test_batch_invariance.py", "test_team_threads.py"]
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          *[os.path.join(HERE, f) for f in files]],
-                         env=_env(path), cwd=HERE, capture_output=True, text=True, timeout=900)
+    files = [
+        "test_oracle_parity.py",
+        "test_torch_parity.py",
+        "test_streaming.py",
+        "test_pool.py",
+        "test_batch_invariance.py",
+        "test_team_threads.py",
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *[os.path.join(HERE, f) for f in files]],
+        env=_env(path),
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1]
 
 
 def test_unknown_path_refused():
-    run = subprocess.run([sys.executable, "-c", "import fastlstm"], env=_env("avx1024"), capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", "import fastlstm"], env=_env("avx1024"), capture_output=True, text=True, timeout=120
+    )
     assert run.returncode != 0
     assert "FASTLSTM_ISA='avx1024'" in run.stderr and "avx512, avx2, generic" not in run.stderr
     assert "generic, avx2, avx512" in run.stderr
@@ -127,8 +140,14 @@ def test_show_config_reports_path(capsys):
 
 
 def test_show_config_forced_path():
-    run = subprocess.run([sys.executable, "-c", "import fastlstm; fastlstm.show_config()"], env=_env("generic"),
-                         capture_output=True, text=True, timeout=120, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", "import fastlstm; fastlstm.show_config()"],
+        env=_env("generic"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "path in use            generic" in run.stdout
     assert "FASTLSTM_ISA           generic" in run.stdout
 
@@ -136,8 +155,11 @@ def test_show_config_forced_path():
 def _compile_and_run(cc, runner, tmp_path, extra=()):
     exe = tmp_path / "kernels_check"
     source = os.path.join(HERE, "c", "kernels_check.c")
-    subprocess.run([cc, *CFLAGS, *extra, "-I", os.path.join(ROOT, "include"), source, "-lm", "-o", str(exe)],
-                   check=True, timeout=300)
+    subprocess.run(
+        [cc, *CFLAGS, *extra, "-I", os.path.join(ROOT, "include"), source, "-lm", "-o", str(exe)],
+        check=True,
+        timeout=300,
+    )
     run = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.rstrip().endswith("all passed"), run.stdout + run.stderr
     return exe, run.stdout
@@ -154,14 +176,17 @@ def test_c_kernels_every_path(tmp_path):
 AARCH64_TOOLS = ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-objdump", "qemu-aarch64")
 
 
-@pytest.mark.skipif(not all(shutil.which(t) for t in AARCH64_TOOLS),
-                    reason="needs gcc-aarch64-linux-gnu and qemu-user (.ci/run installs them)")
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in AARCH64_TOOLS),
+    reason="needs gcc-aarch64-linux-gnu and qemu-user (.ci/run installs them)",
+)
 def test_c_kernels_aarch64(tmp_path):
     """The generic path compiled for aarch64: correct under qemu, and its GEMM block is NEON fmla."""
     exe, out = _compile_and_run("aarch64-linux-gnu-gcc", ["qemu-aarch64"], tmp_path, ["-static"])
     assert "generic: checked" in out
-    dump = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(exe)], capture_output=True, text=True,
-                          check=True).stdout
-    block = dump[dump.index("<fl_gemm_panel_generic>:"):]
-    block = block[:block.index("\n\n")]
+    dump = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(exe)], capture_output=True, text=True, check=True
+    ).stdout
+    block = dump[dump.index("<fl_gemm_panel_generic>:") :]
+    block = block[: block.index("\n\n")]
     assert "fmla\tv" in block and ".4s" in block

@@ -14,8 +14,14 @@ def _weights(rng, I=3, H=2, name="lstm", biases=True):
 
 
 def _copy(w, **changes):
-    kw = dict(weight_ih=w.weight_ih.copy(), weight_hh=w.weight_hh.copy(), bias_ih=w.bias_ih, bias_hh=w.bias_hh,
-              weight_hr=w.weight_hr, name=w.name)
+    kw = dict(
+        weight_ih=w.weight_ih.copy(),
+        weight_hh=w.weight_hh.copy(),
+        bias_ih=w.bias_ih,
+        bias_hh=w.bias_hh,
+        weight_hr=w.weight_hr,
+        name=w.name,
+    )
     kw.update(changes)
     return LSTMWeights(**kw)
 

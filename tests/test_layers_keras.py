@@ -29,9 +29,16 @@ def _x(rng, B, T, F):
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("acts", [("tanh", "sigmoid"), ("relu", "hard_sigmoid")])
 def test_gru(rng, reset_after, acts):
-    km, model = _pair((None, 5), [kl.GRU(13, reset_after=reset_after, activation=acts[0],
-                                          recurrent_activation=acts[1], return_sequences=True),
-                                   kl.GRU(16, reset_after=reset_after, return_sequences=True), kl.Dense(3)])
+    km, model = _pair(
+        (None, 5),
+        [
+            kl.GRU(
+                13, reset_after=reset_after, activation=acts[0], recurrent_activation=acts[1], return_sequences=True
+            ),
+            kl.GRU(16, reset_after=reset_after, return_sequences=True),
+            kl.Dense(3),
+        ],
+    )
     x = _x(rng, 3, 1000, 5)
     want = _keras(km, x)
     np.testing.assert_allclose(model.predict(x, batch_first=True), want, atol=TOL, rtol=0)
@@ -49,19 +56,31 @@ def test_bidirectional_gru_last_step(rng, merge):
 
 
 def test_simple_rnn_stack(rng):
-    km, model = _pair((None, 3), [kl.SimpleRNN(9, return_sequences=True), kl.SimpleRNN(5, activation="relu"),
-                                  kl.Dense(2, activation="softmax")])
+    km, model = _pair(
+        (None, 3),
+        [kl.SimpleRNN(9, return_sequences=True), kl.SimpleRNN(5, activation="relu"), kl.Dense(2, activation="softmax")],
+    )
     x = _x(rng, 2, 1000, 3) * 0.5
     np.testing.assert_allclose(model.predict(x, batch_first=True), _keras(km, x), atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("conv", [dict(padding="valid"), dict(padding="same"), dict(padding="causal"),
-                                  dict(padding="causal", dilation_rate=3), dict(padding="same", strides=2),
-                                  dict(padding="valid", strides=3), dict(padding="same", dilation_rate=2)])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(padding="valid"),
+        dict(padding="same"),
+        dict(padding="causal"),
+        dict(padding="causal", dilation_rate=3),
+        dict(padding="same", strides=2),
+        dict(padding="valid", strides=3),
+        dict(padding="same", dilation_rate=2),
+    ],
+)
 def test_conv1d(rng, conv):
-    km, model = _pair((None, 3), [kl.Conv1D(6, 4, activation="relu", **conv), kl.LSTM(8, return_sequences=True),
-                                  kl.Dense(2)])
-    for T in (41, 42):      # 'same' at stride 2 pads by the sequence length's parity
+    km, model = _pair(
+        (None, 3), [kl.Conv1D(6, 4, activation="relu", **conv), kl.LSTM(8, return_sequences=True), kl.Dense(2)]
+    )
+    for T in (41, 42):  # 'same' at stride 2 pads by the sequence length's parity
         x = _x(rng, 2, T, 3)
         np.testing.assert_allclose(model.predict(x, batch_first=True), _keras(km, x), atol=TOL, rtol=0)
     if conv["padding"] == "causal":
@@ -74,9 +93,16 @@ def test_conv1d(rng, conv):
             model.stream()
 
 
-@pytest.mark.parametrize("pool", [kl.MaxPooling1D(2), kl.MaxPooling1D(3, strides=2, padding="same"),
-                                  kl.AveragePooling1D(2), kl.AveragePooling1D(3, strides=2, padding="same"),
-                                  kl.AveragePooling1D(3, strides=1, padding="same")])
+@pytest.mark.parametrize(
+    "pool",
+    [
+        kl.MaxPooling1D(2),
+        kl.MaxPooling1D(3, strides=2, padding="same"),
+        kl.AveragePooling1D(2),
+        kl.AveragePooling1D(3, strides=2, padding="same"),
+        kl.AveragePooling1D(3, strides=1, padding="same"),
+    ],
+)
 def test_conv_pool_gru(rng, pool):
     km, model = _pair((None, 2), [kl.Conv1D(8, 3, activation="relu"), pool, kl.GRU(10), kl.Dense(4)])
     x = _x(rng, 3, 57, 2)
@@ -84,9 +110,20 @@ def test_conv_pool_gru(rng, pool):
 
 
 def test_norms_embedding_global_pool(rng):
-    km, model = _pair((None,), [kl.Embedding(30, 6), kl.LSTM(12, return_sequences=True), kl.LayerNormalization(),
-                                kl.Conv1D(8, 3, padding="causal"), kl.BatchNormalization(), kl.Activation("elu"),
-                                kl.GlobalAveragePooling1D(), kl.Dense(8, activation="selu"), kl.Dense(2)])
+    km, model = _pair(
+        (None,),
+        [
+            kl.Embedding(30, 6),
+            kl.LSTM(12, return_sequences=True),
+            kl.LayerNormalization(),
+            kl.Conv1D(8, 3, padding="causal"),
+            kl.BatchNormalization(),
+            kl.Activation("elu"),
+            kl.GlobalAveragePooling1D(),
+            kl.Dense(8, activation="selu"),
+            kl.Dense(2),
+        ],
+    )
     ids = rng.integers(0, 30, (2, 300))
     want = _keras(km, ids)
     np.testing.assert_allclose(model.predict(ids, batch_first=True), want, atol=TOL, rtol=0)
@@ -97,7 +134,6 @@ def test_norms_embedding_global_pool(rng):
 
 
 def test_lstm_autoencoder(rng):
-    km, model = _pair((None, 3), [kl.LSTM(16), kl.RepeatVector(7), kl.LSTM(8, return_sequences=True),
-                                  kl.Dense(3)])
+    km, model = _pair((None, 3), [kl.LSTM(16), kl.RepeatVector(7), kl.LSTM(8, return_sequences=True), kl.Dense(3)])
     x = _x(rng, 2, 30, 3)
     np.testing.assert_allclose(model.predict(x, batch_first=True), _keras(km, x), atol=TOL, rtol=0)

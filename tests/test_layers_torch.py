@@ -26,14 +26,16 @@ def _check(ref, model, x, stream=True):
         st = model.stream(x.shape[1])
         steps = np.stack([st.step(x[t]) for t in range(x.shape[0])])
         full = want if want.ndim == 3 else None
-        if full is None:   # a last-step chain: the stream's last output is predict's
+        if full is None:  # a last-step chain: the stream's last output is predict's
             np.testing.assert_allclose(steps[-1], want, atol=TOL, rtol=0)
         else:
             np.testing.assert_allclose(steps, want, atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("H, B, layers, bi", [(7, 1, 1, False), (13, 3, 2, False), (32, 5, 2, False),
-                                               (48, 1, 1, False), (9, 2, 2, True), (32, 4, 1, True)])
+@pytest.mark.parametrize(
+    "H, B, layers, bi",
+    [(7, 1, 1, False), (13, 3, 2, False), (32, 5, 2, False), (48, 1, 1, False), (9, 2, 2, True), (32, 4, 1, True)],
+)
 def test_gru(rng, H, B, layers, bi):
     ref, model = build([nn.GRU(5, H, num_layers=layers, bidirectional=bi, batch_first=True)])
     T = T_LONG if not bi else 60
@@ -43,23 +45,29 @@ def test_gru(rng, H, B, layers, bi):
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("B, bi", [(1, False), (3, False), (2, True)])
 def test_rnn(rng, nonlinearity, B, bi):
-    ref, model = build([nn.RNN(4, 11, num_layers=2, nonlinearity=nonlinearity, bidirectional=bi,
-                               batch_first=True)])
+    ref, model = build([nn.RNN(4, 11, num_layers=2, nonlinearity=nonlinearity, bidirectional=bi, batch_first=True)])
     _check(ref, model, _x(rng, T_LONG if not bi else 50, B, 4) * 0.5, stream=not bi)
 
 
 @pytest.mark.parametrize("act", sorted(TORCH_ACTIVATIONS))
 def test_dense_stack_with_activation(rng, act):
-    parts = [nn.LSTM(3, 12, batch_first=True), nn.Linear(12, 9), TORCH_ACTIVATIONS[act](9), nn.Linear(9, 6),
-             TORCH_ACTIVATIONS[act](6), nn.Linear(6, 2)]
+    parts = [
+        nn.LSTM(3, 12, batch_first=True),
+        nn.Linear(12, 9),
+        TORCH_ACTIVATIONS[act](9),
+        nn.Linear(9, 6),
+        TORCH_ACTIVATIONS[act](6),
+        nn.Linear(6, 2),
+    ]
     ref, model = build(parts)
     _check(ref, model, _x(rng, 200, 2, 3) * 2)
 
 
 def test_head_on_last_step_with_pre_head_activation(rng):
     """``fc2(relu(fc1(out[:, -1])))`` and ``fc(relu(out[:, -1]))``."""
-    ref, model = build([nn.LSTM(4, 10, batch_first=True), LAST, nn.ReLU(), nn.Linear(10, 8), nn.GELU(),
-                        nn.Linear(8, 3)])
+    ref, model = build(
+        [nn.LSTM(4, 10, batch_first=True), LAST, nn.ReLU(), nn.Linear(10, 8), nn.GELU(), nn.Linear(8, 3)]
+    )
     _check(ref, model, _x(rng, 300, 3, 4))
     assert model.predict(_x(rng, 5, 3, 4)).shape == (3, 3)
 
@@ -67,9 +75,18 @@ def test_head_on_last_step_with_pre_head_activation(rng):
 def test_norms(rng):
     """LayerNorm between recurrent layers; BatchNorm after a Linear (folded) and after an
     activation (kept as a per-feature affine)."""
-    parts = [nn.GRU(4, 16, batch_first=True), nn.LayerNorm(16), nn.LSTM(16, 12, batch_first=True),
-             nn.Linear(12, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 7), nn.Tanh(), nn.BatchNorm1d(7),
-             nn.Linear(7, 2)]
+    parts = [
+        nn.GRU(4, 16, batch_first=True),
+        nn.LayerNorm(16),
+        nn.LSTM(16, 12, batch_first=True),
+        nn.Linear(12, 10),
+        nn.BatchNorm1d(10),
+        nn.ReLU(),
+        nn.Linear(10, 7),
+        nn.Tanh(),
+        nn.BatchNorm1d(7),
+        nn.Linear(7, 2),
+    ]
     ref, model = build(parts)
     _check(ref, model, _x(rng, T_LONG, 2, 4))
 
@@ -109,8 +126,14 @@ def test_embedding_refuses_bad_ids_before_running(rng):
 def _amp(seed=0):
     """A guitar-amp-style model: causal dilated Conv1d -> LSTM -> Dense x2, one sample per step."""
     torch.manual_seed(seed)
-    return [("causal", nn.Conv1d(1, 8, 5, dilation=2)), nn.Tanh(), nn.LSTM(8, 16, batch_first=True),
-            nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1)]
+    return [
+        ("causal", nn.Conv1d(1, 8, 5, dilation=2)),
+        nn.Tanh(),
+        nn.LSTM(8, 16, batch_first=True),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 1),
+    ]
 
 
 def test_causal_conv_streams_like_predict(rng):
@@ -127,11 +150,18 @@ def test_causal_depthwise_conv_streams(rng):
     _check(ref, model, _x(rng, T_LONG, 3, 4))
 
 
-@pytest.mark.parametrize("conv", [
-    dict(kernel_size=3, padding=1), dict(kernel_size=4, stride=2), dict(kernel_size=3, dilation=3, padding=2),
-    dict(kernel_size=5, padding="same"), dict(kernel_size=4, padding="same", dilation=2),
-    dict(kernel_size=3, groups=3, padding=1), dict(kernel_size=2, groups=3, stride=3),
-])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=4, stride=2),
+        dict(kernel_size=3, dilation=3, padding=2),
+        dict(kernel_size=5, padding="same"),
+        dict(kernel_size=4, padding="same", dilation=2),
+        dict(kernel_size=3, groups=3, padding=1),
+        dict(kernel_size=2, groups=3, stride=3),
+    ],
+)
 def test_conv_predict_only(rng, conv):
     ref, model = build([nn.Conv1d(3, 6, **conv), nn.ReLU(), nn.LSTM(6, 8, batch_first=True), nn.Linear(8, 2)])
     _check(ref, model, _x(rng, 97, 2, 3), stream=False)
@@ -141,13 +171,19 @@ def test_conv_predict_only(rng, conv):
         model.pool(2)
 
 
-@pytest.mark.parametrize("pool", [nn.MaxPool1d(2), nn.MaxPool1d(3, stride=2, padding=1), nn.AvgPool1d(2),
-                                  nn.AvgPool1d(3, stride=2, padding=1),
-                                  nn.AvgPool1d(3, stride=1, padding=1, count_include_pad=False)])
+@pytest.mark.parametrize(
+    "pool",
+    [
+        nn.MaxPool1d(2),
+        nn.MaxPool1d(3, stride=2, padding=1),
+        nn.AvgPool1d(2),
+        nn.AvgPool1d(3, stride=2, padding=1),
+        nn.AvgPool1d(3, stride=1, padding=1, count_include_pad=False),
+    ],
+)
 def test_conv_pool_recurrent(rng, pool):
     """The usual Conv1D -> MaxPooling1D -> LSTM/GRU -> Dense, predict only."""
-    ref, model = build([nn.Conv1d(2, 6, 3), nn.ReLU(), pool, nn.GRU(6, 10, batch_first=True), LAST,
-                        nn.Linear(10, 3)])
+    ref, model = build([nn.Conv1d(2, 6, 3), nn.ReLU(), pool, nn.GRU(6, 10, batch_first=True), LAST, nn.Linear(10, 3)])
     _check(ref, model, _x(rng, 101, 3, 2), stream=False)
     with pytest.raises(ValueError, match="cannot stream"):
         model.stream()
@@ -155,20 +191,22 @@ def test_conv_pool_recurrent(rng, pool):
 
 @pytest.mark.parametrize("glob", [GLOBAL_MAX, GLOBAL_AVG])
 def test_global_pools_stream(rng, glob):
-    ref, model = build([("causal", nn.Conv1d(2, 6, 3)), nn.ReLU(), nn.LSTM(6, 8, batch_first=True), glob,
-                        nn.Linear(8, 3)])
+    ref, model = build(
+        [("causal", nn.Conv1d(2, 6, 3)), nn.ReLU(), nn.LSTM(6, 8, batch_first=True), glob, nn.Linear(8, 3)]
+    )
     x = _x(rng, T_LONG, 2, 2)
     _check(ref, model, x)
     st = model.stream(2)
     for t in range(T_LONG):
         y = st.step(x[t])
-    np.testing.assert_allclose(y, torch_run(ref, x[:t + 1]), atol=TOL, rtol=0)
+    np.testing.assert_allclose(y, torch_run(ref, x[: t + 1]), atol=TOL, rtol=0)
 
 
 def test_autoencoder_repeat_vector(rng):
     """LSTM encoder -> out[:, -1] -> RepeatVector(n) -> LSTM decoder -> Linear."""
-    ref, model = build([nn.LSTM(3, 12, batch_first=True), LAST, ("repeat", 9), nn.LSTM(12, 6, batch_first=True),
-                        nn.Linear(6, 3)])
+    ref, model = build(
+        [nn.LSTM(3, 12, batch_first=True), LAST, ("repeat", 9), nn.LSTM(12, 6, batch_first=True), nn.Linear(6, 3)]
+    )
     _check(ref, model, _x(rng, 40, 2, 3), stream=False)
     assert model.predict(_x(rng, 40, 2, 3)).shape == (9, 2, 3)
     with pytest.raises(ValueError, match="RepeatVector"):

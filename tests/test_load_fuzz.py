@@ -40,8 +40,12 @@ def _module():
 def _module_chain():
     """A state_dict that loads only with layers=: GRU -> LayerNorm -> Linear -> ReLU -> Linear."""
     torch.manual_seed(0)
-    parts = {"gru": torch.nn.GRU(3, 5, num_layers=2), "ln": torch.nn.LayerNorm(5), "fc1": torch.nn.Linear(5, 4),
-             "fc2": torch.nn.Linear(4, 2)}
+    parts = {
+        "gru": torch.nn.GRU(3, 5, num_layers=2),
+        "ln": torch.nn.LayerNorm(5),
+        "fc1": torch.nn.Linear(5, 4),
+        "fc2": torch.nn.Linear(4, 2),
+    }
     return {f"{p}.{k}": v for p, m in parts.items() for k, v in m.state_dict().items()}
 
 
@@ -67,8 +71,11 @@ def _clean(kind):
         (n,) = struct.unpack("<Q", buf.getvalue()[:8])
         free = [(8 + n, len(buf.getvalue()))]  # the raw data buffer: no checksum in this format
     elif kind in ("native", "native_layers"):
-        model = loaders.from_keras(_keras_model(True)) if kind == "native_layers" \
+        model = (
+            loaders.from_keras(_keras_model(True))
+            if kind == "native_layers"
             else loaders.from_torch(_module(), head_activation="tanh")
+        )
         loaders.save_model(model, _tmp("fuzz.fastlstm"))
         buf.write(open(_tmp("fuzz.fastlstm"), "rb").read())
     else:
@@ -90,11 +97,22 @@ def _keras_model(new_layers):
     keras.utils.set_random_seed(0)
     L = keras.layers
     if not new_layers:
-        return keras.Sequential([keras.Input((None, 3)), L.LSTM(4, return_sequences=True), L.Dropout(0.1),
-                                 L.Dense(2, activation="sigmoid")])
-    return keras.Sequential([keras.Input((None, 3)), L.Conv1D(4, 3, padding="causal"), L.BatchNormalization(),
-                             L.MaxPooling1D(2), L.GRU(5, return_sequences=True), L.LayerNormalization(),
-                             L.Dense(4, activation="gelu"), L.PReLU(shared_axes=[1]), L.Dense(2)])
+        return keras.Sequential(
+            [keras.Input((None, 3)), L.LSTM(4, return_sequences=True), L.Dropout(0.1), L.Dense(2, activation="sigmoid")]
+        )
+    return keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            L.Conv1D(4, 3, padding="causal"),
+            L.BatchNormalization(),
+            L.MaxPooling1D(2),
+            L.GRU(5, return_sequences=True),
+            L.LayerNormalization(),
+            L.Dense(4, activation="gelu"),
+            L.PReLU(shared_axes=[1]),
+            L.Dense(2),
+        ]
+    )
 
 
 def _h5_free_ranges(path, data):
@@ -103,9 +121,11 @@ def _h5_free_ranges(path, data):
 
     ranges = []
     with h5py.File(path, "r") as f:
+
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset) and obj.id.get_offset() is not None:
                 ranges.append((obj.id.get_offset(), obj.id.get_offset() + obj.id.get_storage_size()))
+
         f.visititems(visit)
         cfg = f.attrs["model_config"]
         cfg = cfg.encode() if isinstance(cfg, str) else bytes(cfg)
@@ -115,7 +135,6 @@ def _h5_free_ranges(path, data):
         ranges.append((at, at + len(cfg)))
     json.loads(cfg)
     return ranges
-
 
 
 def _only_weight_values_differ(data, mutated):
@@ -131,8 +150,10 @@ def _only_weight_values_differ(data, mutated):
     if sets0.keys() != sets1.keys() or any(np.shape(sets0[k]) != np.shape(sets1[k]) for k in sets0):
         return False
     same_attrs = attrs0.keys() == attrs1.keys() and all(
-        np.array_equal(np.asarray(attrs0[k], dtype=object), np.asarray(attrs1[k], dtype=object)) for k in attrs0)
+        np.array_equal(np.asarray(attrs0[k], dtype=object), np.asarray(attrs1[k], dtype=object)) for k in attrs0
+    )
     return same_attrs and any(not np.array_equal(sets0[k], sets1[k], equal_nan=True) for k in sets0)
+
 
 _TMP = {}
 
@@ -162,7 +183,7 @@ def _check(kind, edits, cut):
     edits = [(min(int(frac * len(data)), len(data) - 1), value) for frac, value in edits]
     mutated = _mutate(data, edits)
     if cut is not None:
-        mutated = mutated[:int(cut * len(data))]
+        mutated = mutated[: int(cut * len(data))]
     if mutated == data:
         return
     overrides = _overrides(kind)
@@ -190,8 +211,11 @@ CUT = st.none() | st.floats(0, 1, exclude_max=True)
 
 @pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(["pt", "safetensors", "native", "keras", "pt_layers", "native_layers", "keras_layers"]),
-       edits=EDITS, cut=CUT)
+@given(
+    kind=st.sampled_from(["pt", "safetensors", "native", "keras", "pt_layers", "native_layers", "keras_layers"]),
+    edits=EDITS,
+    cut=CUT,
+)
 def test_fuzz_in_process_formats(kind, edits, cut):
     _check(kind, edits, cut)
 
@@ -205,8 +229,17 @@ def test_fuzz_legacy_h5(kind, edits, cut):
 
 
 def test_fuzz_targets_are_valid():
-    for kind in ("pt", "safetensors", "native", "keras", "h5", "pt_layers", "native_layers", "keras_layers",
-                 "h5_layers"):
+    for kind in (
+        "pt",
+        "safetensors",
+        "native",
+        "keras",
+        "h5",
+        "pt_layers",
+        "native_layers",
+        "keras_layers",
+        "h5_layers",
+    ):
         data, clean, _ = _clean(kind)
         halved = kind.endswith("_layers") and kind != "pt_layers"  # their MaxPooling1D(2)
         assert clean.shape == ((8, 2, 2) if halved else (16, 2, 2)) and np.all(np.isfinite(clean))
@@ -215,14 +248,65 @@ def test_fuzz_targets_are_valid():
 # --- structure fuzz: valid archives whose JSON config has one node replaced ------------------
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 40) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.sampled_from(["", "tanh", "relu", "softmax", "LSTM", "Dense", "InputLayer", "lstm", "concat", "mul",
-                       "hard_sigmoid", "__keras_tensor__", "GRU", "Conv1D", "Convolution1D", "GRULayer", "Embedding",
-                       "RepeatVector", "LastStep", "causal", "same", "valid", "theano", "gelu", "prelu"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
-        ["name", "config", "class_name", "units", "layer", "args", "type", "padding", "kernel_size", "reset_after",
-         "output_dim", "directions", "n"]), inner, max_size=3),
-    max_leaves=6)
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(
+        [
+            "",
+            "tanh",
+            "relu",
+            "softmax",
+            "LSTM",
+            "Dense",
+            "InputLayer",
+            "lstm",
+            "concat",
+            "mul",
+            "hard_sigmoid",
+            "__keras_tensor__",
+            "GRU",
+            "Conv1D",
+            "Convolution1D",
+            "GRULayer",
+            "Embedding",
+            "RepeatVector",
+            "LastStep",
+            "causal",
+            "same",
+            "valid",
+            "theano",
+            "gelu",
+            "prelu",
+        ]
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "name",
+                    "config",
+                    "class_name",
+                    "units",
+                    "layer",
+                    "args",
+                    "type",
+                    "padding",
+                    "kernel_size",
+                    "reset_after",
+                    "output_dim",
+                    "directions",
+                    "n",
+                ]
+            ),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=6,
+)
 
 
 def _paths(node, prefix=()):
@@ -273,7 +357,7 @@ def _keras_parts(kind="keras"):
 
 @pytest.mark.slow
 @settings(max_examples=200, deadline=None)
-@given(kind=st.sampled_from(["keras", "keras_layers"]), pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
+@given(kind=st.sampled_from(["keras", "keras_layers"]), pick=st.integers(0, 10**6), value=JSON_VALUES)
 def test_fuzz_keras_config_nodes(kind, pick, value):
     """Any JSON node of config.json replaced by any JSON value: a ValueError or a working model."""
     from fastlstm.loaders.keras_files import keras3_spec
@@ -290,7 +374,7 @@ def test_fuzz_keras_config_nodes(kind, pick, value):
 
 @pytest.mark.slow
 @settings(max_examples=200, deadline=None)
-@given(kind=st.sampled_from(["native", "native_layers"]), pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
+@given(kind=st.sampled_from(["native", "native_layers"]), pick=st.integers(0, 10**6), value=JSON_VALUES)
 def test_fuzz_native_config_nodes(kind, pick, value):
     """Same for fastlstm's own config, re-signed so that validation (not the checksum) must catch it."""
     from fastlstm.loaders.native import _digest, spec_from_native
@@ -325,8 +409,11 @@ def _legacy_parts(kind):
 
 @pytest.mark.slow
 @settings(max_examples=300, deadline=None)
-@given(kind=st.sampled_from(["keras2_functional", "keras1_per_gate", "keras12_embedding_theano",
-                             "keras2_gru_variants"]), pick=st.integers(0, 10 ** 6), value=JSON_VALUES)
+@given(
+    kind=st.sampled_from(["keras2_functional", "keras1_per_gate", "keras12_embedding_theano", "keras2_gru_variants"]),
+    pick=st.integers(0, 10**6),
+    value=JSON_VALUES,
+)
 def test_fuzz_legacy_config_nodes(kind, pick, value):
     """Same for Keras 1 and 2 model_configs (inbound_nodes, input_layers, Keras 1 option names, ...)."""
     from fastlstm.loaders.keras_files import legacy_spec
@@ -334,8 +421,9 @@ def test_fuzz_legacy_config_nodes(kind, pick, value):
     attrs, datasets = _legacy_parts(kind)
     config = json.loads(attrs[""]["model_config"])
     paths = list(_paths(config))
-    mutated = dict(attrs, **{"": dict(attrs[""], model_config=json.dumps(_replaced(config, paths[pick % len(paths)],
-                                                                                    value)))})
+    mutated = dict(
+        attrs, **{"": dict(attrs[""], model_config=json.dumps(_replaced(config, paths[pick % len(paths)], value)))}
+    )
     try:
         spec = legacy_spec(mutated, datasets, "fuzz.h5")
     except ValueError:

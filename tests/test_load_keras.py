@@ -40,24 +40,43 @@ def _functional():
 VARIANTS = {
     "lstm_dense": lambda: _seq(L.LSTM(8, return_sequences=True), L.Dense(3)),
     "stack_dropout_timedistributed": lambda: _seq(
-        L.LSTM(8, return_sequences=True), L.Dropout(0.5), L.LSTM(6, return_sequences=True, use_bias=False),
-        L.TimeDistributed(L.Dense(3, activation="softmax"))),
+        L.LSTM(8, return_sequences=True),
+        L.Dropout(0.5),
+        L.LSTM(6, return_sequences=True, use_bias=False),
+        L.TimeDistributed(L.Dense(3, activation="softmax")),
+    ),
     "cell_activations": lambda: _seq(
-        L.LSTM(6, return_sequences=True, activation="relu", recurrent_activation="hard_sigmoid",
-               kernel_initializer=_small(1), recurrent_initializer=_small(2)),
-        L.LSTM(5, return_sequences=True, activation="linear", recurrent_activation="sigmoid",
-               kernel_initializer=_small(3), recurrent_initializer=_small(4)),
+        L.LSTM(
+            6,
+            return_sequences=True,
+            activation="relu",
+            recurrent_activation="hard_sigmoid",
+            kernel_initializer=_small(1),
+            recurrent_initializer=_small(2),
+        ),
+        L.LSTM(
+            5,
+            return_sequences=True,
+            activation="linear",
+            recurrent_activation="sigmoid",
+            kernel_initializer=_small(3),
+            recurrent_initializer=_small(4),
+        ),
         L.LSTM(4, return_sequences=True, activation="tanh", recurrent_activation="tanh"),
-        L.Dense(2, activation="tanh")),
+        L.Dense(2, activation="tanh"),
+    ),
     "go_backwards_mid": lambda: _seq(
-        L.LSTM(6, return_sequences=True, go_backwards=True), L.LSTM(5), L.Dense(2, activation="sigmoid")),
+        L.LSTM(6, return_sequences=True, go_backwards=True), L.LSTM(5), L.Dense(2, activation="sigmoid")
+    ),
     "go_backwards_last": lambda: _seq(L.LSTM(6, go_backwards=True), L.Dense(2)),
     "bidi_concat": lambda: _seq(L.Bidirectional(L.LSTM(6, return_sequences=True)), L.Dense(3)),
     "bidi_sum": lambda: _seq(L.Bidirectional(L.LSTM(6, return_sequences=True), merge_mode="sum"), L.Dense(3)),
     "bidi_mul": lambda: _seq(L.Bidirectional(L.LSTM(6, return_sequences=True), merge_mode="mul")),
-    "bidi_ave": lambda: _seq(L.LSTM(5, return_sequences=True),
-                             L.Bidirectional(L.LSTM(6, return_sequences=True), merge_mode="ave"),
-                             L.Dense(3, use_bias=False)),
+    "bidi_ave": lambda: _seq(
+        L.LSTM(5, return_sequences=True),
+        L.Bidirectional(L.LSTM(6, return_sequences=True), merge_mode="ave"),
+        L.Dense(3, use_bias=False),
+    ),
     "bidi_last_step": lambda: _seq(L.Bidirectional(L.LSTM(5)), L.Dense(2)),
     "functional": _functional,
     "dense_then_activation": lambda: _seq(L.LSTM(6, return_sequences=True), L.Dense(3), L.Activation("softmax")),
@@ -83,8 +102,9 @@ def _keras_out(model, x):
 
 
 def _streamable(model):
-    return all(not isinstance(layer, L.Bidirectional) and not getattr(layer, "go_backwards", False)
-               for layer in model.layers)
+    return all(
+        not isinstance(layer, L.Bidirectional) and not getattr(layer, "go_backwards", False) for layer in model.layers
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,8 +156,8 @@ def test_h5_group_names_follow_class_counters(tmp_path):
     """User layer names differ from the HDF5 group names (lstm, lstm_1): weights must not be swapped."""
     keras.utils.set_random_seed(9)
     inp = keras.Input((None, I))
-    x = L.LSTM(5, return_sequences=True, name="lstm_1")(inp)   # stored as group 'lstm'
-    x = L.LSTM(5, return_sequences=True, name="lstm")(x)       # stored as group 'lstm_1'
+    x = L.LSTM(5, return_sequences=True, name="lstm_1")(inp)  # stored as group 'lstm'
+    x = L.LSTM(5, return_sequences=True, name="lstm")(x)  # stored as group 'lstm_1'
     model = keras.Model(inp, L.Dense(2, name="dense_7")(x))
     model.save(tmp_path / "m.keras")
     xs = _x(steps=50)
@@ -160,23 +180,32 @@ class Doubler(L.Layer):
 
 def test_refused_layers(tmp_path):
     _refused(_seq(L.Masking(0.0), L.LSTM(3)), tmp_path, r"'masking'.*Masking.*mask")
-    _refused(_seq(L.LSTM(3, return_sequences=True), L.Lambda(lambda t: t * 2, name="times2")), tmp_path,
-             r"'times2'.*Lambda.*code")
+    _refused(
+        _seq(L.LSTM(3, return_sequences=True), L.Lambda(lambda t: t * 2, name="times2")),
+        tmp_path,
+        r"'times2'.*Lambda.*code",
+    )
     _refused(_seq(L.LSTM(3, return_sequences=True), Doubler(name="dbl")), tmp_path, r"'dbl'.*not supported")
     _refused(_seq(L.Bidirectional(L.LSTM(3, return_sequences=True), merge_mode=None)), tmp_path, r"merge_mode")
     _refused(_seq(L.LSTM(3, activation="softsign", name="soft")), tmp_path, r"'soft'.*softsign")
-    _refused(_seq(L.LSTM(3, return_sequences=True), L.Dense(4, activation="exponential", name="expo")), tmp_path,
-             r"'expo'.*exponential")
+    _refused(
+        _seq(L.LSTM(3, return_sequences=True), L.Dense(4, activation="exponential", name="expo")),
+        tmp_path,
+        r"'expo'.*exponential",
+    )
     inp = keras.Input((None, I))
     h = L.LSTM(4, return_sequences=True)(inp)
     att = L.MultiHeadAttention(num_heads=1, key_dim=4, name="mha")(h, h)
     _refused(keras.Model(inp, att), tmp_path, r"'mha'")
 
 
-@pytest.mark.parametrize("extra,match", [
-    ("layers/lstm/cell/vars/3", r"'lstm_a'.*found 4"),          # a 4th variable in a known layer
-    ("layers/lstm_1/cell/vars/0", r"layers/lstm_1/cell/vars/0"),  # a whole layer the config lacks
-])
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        ("layers/lstm/cell/vars/3", r"'lstm_a'.*found 4"),  # a 4th variable in a known layer
+        ("layers/lstm_1/cell/vars/0", r"layers/lstm_1/cell/vars/0"),  # a whole layer the config lacks
+    ],
+)
 def test_extra_tensor_in_weights_is_reported(tmp_path, extra, match):
     import zipfile
 

@@ -22,10 +22,25 @@ I = 4
 
 
 def _lstm_cfg(name, units, **kw):
-    cfg = {"name": name, "trainable": True, "dtype": "float32", "return_sequences": False, "return_state": False,
-           "go_backwards": False, "stateful": False, "unroll": False, "time_major": False, "units": units,
-           "activation": "tanh", "recurrent_activation": "hard_sigmoid", "use_bias": True,
-           "unit_forget_bias": True, "dropout": 0.0, "recurrent_dropout": 0.0, "implementation": 2}
+    cfg = {
+        "name": name,
+        "trainable": True,
+        "dtype": "float32",
+        "return_sequences": False,
+        "return_state": False,
+        "go_backwards": False,
+        "stateful": False,
+        "unroll": False,
+        "time_major": False,
+        "units": units,
+        "activation": "tanh",
+        "recurrent_activation": "hard_sigmoid",
+        "use_bias": True,
+        "unit_forget_bias": True,
+        "dropout": 0.0,
+        "recurrent_dropout": 0.0,
+        "implementation": 2,
+    }
     cfg.update(kw)
     return cfg
 
@@ -43,22 +58,50 @@ def _sequential_bidirectional(path, version="2.15.0"):
     w1 = _weights(rng, I, 6)
     wf, wb = _weights(rng, 6, 5), _weights(rng, 6, 5)
     wd = [rng.uniform(-0.5, 0.5, (10, 3)).astype(np.float32), rng.uniform(-0.5, 0.5, 3).astype(np.float32)]
-    config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": [
-        {"class_name": "InputLayer", "config": {"batch_input_shape": [None, None, I], "dtype": "float32",
-                                                "sparse": False, "ragged": False, "name": "input_1"}},
-        {"class_name": "LSTM", "config": _lstm_cfg("lstm", 6, return_sequences=True)},
-        {"class_name": "Bidirectional", "config": {
-            "name": "bidirectional", "trainable": True, "merge_mode": "concat",
-            "layer": {"class_name": "LSTM", "config": _lstm_cfg("lstm_1", 5, return_sequences=True,
-                                                                recurrent_activation="sigmoid")}}},
-        {"class_name": "Dropout", "config": {"name": "dropout", "rate": 0.2}},
-        {"class_name": "Dense", "config": {"name": "dense", "units": 3, "activation": "softmax", "use_bias": True}},
-    ]}}
+    config = {
+        "class_name": "Sequential",
+        "config": {
+            "name": "sequential",
+            "layers": [
+                {
+                    "class_name": "InputLayer",
+                    "config": {
+                        "batch_input_shape": [None, None, I],
+                        "dtype": "float32",
+                        "sparse": False,
+                        "ragged": False,
+                        "name": "input_1",
+                    },
+                },
+                {"class_name": "LSTM", "config": _lstm_cfg("lstm", 6, return_sequences=True)},
+                {
+                    "class_name": "Bidirectional",
+                    "config": {
+                        "name": "bidirectional",
+                        "trainable": True,
+                        "merge_mode": "concat",
+                        "layer": {
+                            "class_name": "LSTM",
+                            "config": _lstm_cfg("lstm_1", 5, return_sequences=True, recurrent_activation="sigmoid"),
+                        },
+                    },
+                },
+                {"class_name": "Dropout", "config": {"name": "dropout", "rate": 0.2}},
+                {
+                    "class_name": "Dense",
+                    "config": {"name": "dense", "units": 3, "activation": "softmax", "use_bias": True},
+                },
+            ],
+        },
+    }
     cell = ("kernel:0", "recurrent_kernel:0", "bias:0")
     layers = [
         ("lstm", [(f"lstm/lstm_cell/{n}", a) for n, a in zip(cell, w1)]),
-        ("bidirectional", [(f"bidirectional/forward_lstm_1/lstm_cell/{n}", a) for n, a in zip(cell, wf)]
-         + [(f"bidirectional/backward_lstm_1/lstm_cell/{n}", a) for n, a in zip(cell, wb)]),
+        (
+            "bidirectional",
+            [(f"bidirectional/forward_lstm_1/lstm_cell/{n}", a) for n, a in zip(cell, wf)]
+            + [(f"bidirectional/backward_lstm_1/lstm_cell/{n}", a) for n, a in zip(cell, wb)],
+        ),
         ("dropout", []),
         ("dense", [("dense/kernel:0", wd[0]), ("dense/bias:0", wd[1])]),
     ]
@@ -69,6 +112,7 @@ def _sequential_bidirectional(path, version="2.15.0"):
         f = keras_lstm_oracle(h, *wf, recurrent_activation="sigmoid")
         b = keras_lstm_oracle(h, *wb, recurrent_activation="sigmoid", go_backwards=True)[:, ::-1]
         return keras_dense_oracle(np.concatenate([f, b], -1), *wd, activation="softmax")
+
     return oracle
 
 
@@ -80,27 +124,54 @@ def _functional_old_names(path):
 
     def node(src):
         return [[[src, 0, 0, {}]]]
-    config = {"class_name": "Model", "config": {"name": "model_1", "layers": [
-        {"name": "input_1", "class_name": "InputLayer", "inbound_nodes": [],
-         "config": {"batch_input_shape": [None, None, I], "dtype": "float32", "name": "input_1"}},
-        {"name": "lstm_1", "class_name": "LSTM", "inbound_nodes": node("input_1"),
-         "config": _lstm_cfg("lstm_1", 6, return_sequences=True)},
-        {"name": "lstm_2", "class_name": "LSTM", "inbound_nodes": node("lstm_1"),
-         "config": _lstm_cfg("lstm_2", 4, use_bias=False, recurrent_activation="sigmoid")},
-        {"name": "dense_1", "class_name": "Dense", "inbound_nodes": node("lstm_2"),
-         "config": {"name": "dense_1", "units": 2, "activation": "sigmoid", "use_bias": True}},
-    ], "input_layers": [["input_1", 0, 0]], "output_layers": [["dense_1", 0, 0]]}}
-    layers = [("input_1", []),
-              ("lstm_1", [("lstm_1/kernel:0", w1[0]), ("lstm_1/recurrent_kernel:0", w1[1]),
-                          ("lstm_1/bias:0", w1[2])]),
-              ("lstm_2", [("lstm_2/kernel:0", w2[0]), ("lstm_2/recurrent_kernel:0", w2[1])]),
-              ("dense_1", [("dense_1/kernel:0", wd[0]), ("dense_1/bias:0", wd[1])])]
+
+    config = {
+        "class_name": "Model",
+        "config": {
+            "name": "model_1",
+            "layers": [
+                {
+                    "name": "input_1",
+                    "class_name": "InputLayer",
+                    "inbound_nodes": [],
+                    "config": {"batch_input_shape": [None, None, I], "dtype": "float32", "name": "input_1"},
+                },
+                {
+                    "name": "lstm_1",
+                    "class_name": "LSTM",
+                    "inbound_nodes": node("input_1"),
+                    "config": _lstm_cfg("lstm_1", 6, return_sequences=True),
+                },
+                {
+                    "name": "lstm_2",
+                    "class_name": "LSTM",
+                    "inbound_nodes": node("lstm_1"),
+                    "config": _lstm_cfg("lstm_2", 4, use_bias=False, recurrent_activation="sigmoid"),
+                },
+                {
+                    "name": "dense_1",
+                    "class_name": "Dense",
+                    "inbound_nodes": node("lstm_2"),
+                    "config": {"name": "dense_1", "units": 2, "activation": "sigmoid", "use_bias": True},
+                },
+            ],
+            "input_layers": [["input_1", 0, 0]],
+            "output_layers": [["dense_1", 0, 0]],
+        },
+    }
+    layers = [
+        ("input_1", []),
+        ("lstm_1", [("lstm_1/kernel:0", w1[0]), ("lstm_1/recurrent_kernel:0", w1[1]), ("lstm_1/bias:0", w1[2])]),
+        ("lstm_2", [("lstm_2/kernel:0", w2[0]), ("lstm_2/recurrent_kernel:0", w2[1])]),
+        ("dense_1", [("dense_1/kernel:0", wd[0]), ("dense_1/bias:0", wd[1])]),
+    ]
     _write(path, config, layers, "2.2.4")
 
     def oracle(x):
         h = keras_lstm_oracle(x, *w1)
         h = keras_lstm_oracle(h, w2[0], w2[1], None, recurrent_activation="sigmoid")[:, -1]
         return keras_dense_oracle(h, *wd, activation="sigmoid")
+
     return oracle
 
 

@@ -23,35 +23,101 @@ def _variants(keras):
     seq = dict(return_sequences=True)
     return {
         # name: (layers after the Input, token input, streams)
-        "gru_stack": ([L.GRU(7, **seq), L.GRU(5, reset_after=False, recurrent_activation="hard_sigmoid", **seq),
-                       L.Dense(3)], False, True),
+        "gru_stack": (
+            [L.GRU(7, **seq), L.GRU(5, reset_after=False, recurrent_activation="hard_sigmoid", **seq), L.Dense(3)],
+            False,
+            True,
+        ),
         "bidirectional_gru_last": ([L.Bidirectional(L.GRU(6)), L.Dense(2, activation="softmax")], False, False),
-        "simple_rnn": ([L.SimpleRNN(5, activation="relu", **seq), L.SimpleRNN(4, go_backwards=True, **seq),
-                        L.TimeDistributed(L.Dense(2))], False, False),
-        "bidirectional_rnn_sum": ([L.Bidirectional(L.SimpleRNN(4, **seq), merge_mode="sum"),
-                                   L.Bidirectional(L.LSTM(3, **seq), merge_mode="mul"), L.Dense(2)], False, False),
-        "causal_conv": ([L.Conv1D(5, 3, padding="causal", dilation_rate=2, activation="relu"), L.LSTM(6, **seq),
-                         L.Dense(4, activation="gelu"), L.Dense(1)], False, True),
-        "strided_same_conv_pool": ([L.Conv1D(4, 5, strides=2, padding="same"), L.MaxPooling1D(2), L.GRU(5, **seq),
-                                    L.Dense(3)], False, False),
-        "dense_stack_norms": ([L.Dense(8, activation="selu"), L.BatchNormalization(), L.LSTM(7, **seq),
-                               L.LayerNormalization(), L.Dense(6, activation="swish"), L.Dropout(0.3),
-                               L.Dense(5, activation="softplus"), L.LeakyReLU(0.2), L.PReLU(shared_axes=[1]),
-                               L.ELU(0.7), L.Activation("softsign"), L.TimeDistributed(L.Dense(4)),
-                               L.Activation("hard_sigmoid"), L.Dense(2, activation="tanh"), L.Softmax()], False, True),
+        "simple_rnn": (
+            [
+                L.SimpleRNN(5, activation="relu", **seq),
+                L.SimpleRNN(4, go_backwards=True, **seq),
+                L.TimeDistributed(L.Dense(2)),
+            ],
+            False,
+            False,
+        ),
+        "bidirectional_rnn_sum": (
+            [
+                L.Bidirectional(L.SimpleRNN(4, **seq), merge_mode="sum"),
+                L.Bidirectional(L.LSTM(3, **seq), merge_mode="mul"),
+                L.Dense(2),
+            ],
+            False,
+            False,
+        ),
+        "causal_conv": (
+            [
+                L.Conv1D(5, 3, padding="causal", dilation_rate=2, activation="relu"),
+                L.LSTM(6, **seq),
+                L.Dense(4, activation="gelu"),
+                L.Dense(1),
+            ],
+            False,
+            True,
+        ),
+        "strided_same_conv_pool": (
+            [L.Conv1D(4, 5, strides=2, padding="same"), L.MaxPooling1D(2), L.GRU(5, **seq), L.Dense(3)],
+            False,
+            False,
+        ),
+        "dense_stack_norms": (
+            [
+                L.Dense(8, activation="selu"),
+                L.BatchNormalization(),
+                L.LSTM(7, **seq),
+                L.LayerNormalization(),
+                L.Dense(6, activation="swish"),
+                L.Dropout(0.3),
+                L.Dense(5, activation="softplus"),
+                L.LeakyReLU(0.2),
+                L.PReLU(shared_axes=[1]),
+                L.ELU(0.7),
+                L.Activation("softsign"),
+                L.TimeDistributed(L.Dense(4)),
+                L.Activation("hard_sigmoid"),
+                L.Dense(2, activation="tanh"),
+                L.Softmax(),
+            ],
+            False,
+            True,
+        ),
         "embedding": ([L.Embedding(13, 5), L.LSTM(6), L.Dense(13, activation="softmax")], True, True),
         "autoencoder": ([L.LSTM(5), L.RepeatVector(7), L.LSTM(4, **seq), L.TimeDistributed(L.Dense(3))], False, False),
-        "conv_global_pool": ([L.Conv1D(4, 3, activation="elu"), L.AveragePooling1D(2, strides=1),
-                              L.GRU(5, **seq), L.GlobalMaxPooling1D(), L.Flatten(), L.Dense(2, activation="tanh")],
-                             False, False),
-        "global_average_streams": ([L.Conv1D(4, 2, padding="causal"), L.GRU(5, **seq), L.GlobalAveragePooling1D(),
-                                    L.Dense(2)], False, True),
-        "normalization": ([L.Normalization(), L.LSTM(4, **seq), L.Normalization(invert=True, mean=[0.5] * 4,
-                                                                                   variance=[2.0] * 4),
-                           L.Dense(2)], False, True),
+        "conv_global_pool": (
+            [
+                L.Conv1D(4, 3, activation="elu"),
+                L.AveragePooling1D(2, strides=1),
+                L.GRU(5, **seq),
+                L.GlobalMaxPooling1D(),
+                L.Flatten(),
+                L.Dense(2, activation="tanh"),
+            ],
+            False,
+            False,
+        ),
+        "global_average_streams": (
+            [L.Conv1D(4, 2, padding="causal"), L.GRU(5, **seq), L.GlobalAveragePooling1D(), L.Dense(2)],
+            False,
+            True,
+        ),
+        "normalization": (
+            [
+                L.Normalization(),
+                L.LSTM(4, **seq),
+                L.Normalization(invert=True, mean=[0.5] * 4, variance=[2.0] * 4),
+                L.Dense(2),
+            ],
+            False,
+            True,
+        ),
         # Built with the Functional API (a chain of calls) instead of Sequential.
-        "functional_conv_gru": ([L.Conv1D(6, 3, groups=3, padding="same"), L.GRU(5), L.Dense(1, activation="sigmoid")],
-                                False, False),
+        "functional_conv_gru": (
+            [L.Conv1D(6, 3, groups=3, padding="same"), L.GRU(5), L.Dense(1, activation="sigmoid")],
+            False,
+            False,
+        ),
     }
 
 
@@ -86,9 +152,21 @@ def _built(name):
 
 def _names():
     """The variant names, listed here so that collecting the tests does not import Keras."""
-    return ["gru_stack", "bidirectional_gru_last", "simple_rnn", "bidirectional_rnn_sum", "causal_conv",
-            "strided_same_conv_pool", "dense_stack_norms", "embedding", "autoencoder", "conv_global_pool",
-            "global_average_streams", "functional_conv_gru", "normalization"]
+    return [
+        "gru_stack",
+        "bidirectional_gru_last",
+        "simple_rnn",
+        "bidirectional_rnn_sum",
+        "causal_conv",
+        "strided_same_conv_pool",
+        "dense_stack_norms",
+        "embedding",
+        "autoencoder",
+        "conv_global_pool",
+        "global_average_streams",
+        "functional_conv_gru",
+        "normalization",
+    ]
 
 
 @pytest.mark.parametrize("source", ["object", "keras", "h5"])
@@ -114,17 +192,22 @@ def test_stream_refusals_say_why():
         loaders.from_keras(model).stream()
 
 
-@pytest.mark.parametrize("layers,match", [
-    (lambda L: [L.Conv1D(4, 3, data_format="channels_first"), L.LSTM(2)], "channels_last"),
-    (lambda L: [L.LSTM(4, return_sequences=True), L.AveragePooling1D(2, padding="same"), L.Dense(1)],
-     "pads unevenly"),
-    (lambda L: [L.LSTM(4, return_sequences=True), L.Flatten(), L.Dense(1)], "flattens a whole sequence"),
-    (lambda L: [L.LSTM(4, return_sequences=True), L.BatchNormalization(axis=1)], "not the feature axis"),
-    (lambda L: [L.LSTM(4, return_sequences=True), L.PReLU()], "shared_axes"),
-    (lambda L: [L.LSTM(4, return_sequences=True), L.ReLU(max_value=6.0)], "max_value"),
-    (lambda L: [L.LSTM(4, return_sequences=True), L.Dense(2, activation="relu6")], "relu6"),
-    (lambda L: [L.LSTM(4, return_sequences=True), L.Reshape((-1, 2))], "Reshape"),
-])
+@pytest.mark.parametrize(
+    "layers,match",
+    [
+        (lambda L: [L.Conv1D(4, 3, data_format="channels_first"), L.LSTM(2)], "channels_last"),
+        (
+            lambda L: [L.LSTM(4, return_sequences=True), L.AveragePooling1D(2, padding="same"), L.Dense(1)],
+            "pads unevenly",
+        ),
+        (lambda L: [L.LSTM(4, return_sequences=True), L.Flatten(), L.Dense(1)], "flattens a whole sequence"),
+        (lambda L: [L.LSTM(4, return_sequences=True), L.BatchNormalization(axis=1)], "not the feature axis"),
+        (lambda L: [L.LSTM(4, return_sequences=True), L.PReLU()], "shared_axes"),
+        (lambda L: [L.LSTM(4, return_sequences=True), L.ReLU(max_value=6.0)], "max_value"),
+        (lambda L: [L.LSTM(4, return_sequences=True), L.Dense(2, activation="relu6")], "relu6"),
+        (lambda L: [L.LSTM(4, return_sequences=True), L.Reshape((-1, 2))], "Reshape"),
+    ],
+)
 def test_refusals(layers, match):
     keras = import_keras()
     model = keras.Sequential([keras.Input((6, I))] + layers(keras.layers))

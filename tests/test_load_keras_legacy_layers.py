@@ -27,8 +27,10 @@ def _u(rng, *shape, scale=0.5):
 def _seq(layers, batch_input_shape=(None, None, I)):
     """A Keras 1 Sequential config: a bare list, the first layer carrying batch_input_shape."""
     layers = [dict(e) for e in layers]
-    layers[0] = {"class_name": layers[0]["class_name"],
-                 "config": dict(layers[0]["config"], batch_input_shape=list(batch_input_shape))}
+    layers[0] = {
+        "class_name": layers[0]["class_name"],
+        "config": dict(layers[0]["config"], batch_input_shape=list(batch_input_shape)),
+    }
     return {"class_name": "Sequential", "config": layers}
 
 
@@ -39,27 +41,76 @@ def _keras1_per_gate(path):
     lstm = {g: (_u(rng, 4, 5), _u(rng, 5, 5), _u(rng, 5)) for g in "icfo"}
     gru = {g: (_u(rng, 5, 6), _u(rng, 6, 6), _u(rng, 6)) for g in "zrh"}
     dense_w, dense_b = _u(rng, 6, 2), _u(rng, 2)
-    config = _seq([
-        {"class_name": "Convolution1D", "config": {"name": "convolution1d_1", "nb_filter": 4, "filter_length": 3,
-                                                   "border_mode": "same", "subsample_length": 1, "activation": "relu",
-                                                   "bias": True, "init": "glorot_uniform"}},
-        {"class_name": "MaxPooling1D", "config": {"name": "maxpooling1d_1", "pool_length": 2, "stride": None,
-                                                  "border_mode": "valid"}},
-        {"class_name": "LSTM", "config": {"name": "lstm_1", "output_dim": 5, "inner_activation": "hard_sigmoid",
-                                          "activation": "tanh", "return_sequences": True, "go_backwards": False,
-                                          "consume_less": "cpu", "stateful": False, "dropout_W": 0.0}},
-        {"class_name": "GRU", "config": {"name": "gru_1", "output_dim": 6, "inner_activation": "hard_sigmoid",
-                                         "activation": "tanh", "return_sequences": False}},
-        {"class_name": "Dropout", "config": {"name": "dropout_1", "p": 0.5}},
-        {"class_name": "Dense", "config": {"name": "dense_1", "output_dim": 2, "activation": "sigmoid", "bias": True}},
-    ])
+    config = _seq(
+        [
+            {
+                "class_name": "Convolution1D",
+                "config": {
+                    "name": "convolution1d_1",
+                    "nb_filter": 4,
+                    "filter_length": 3,
+                    "border_mode": "same",
+                    "subsample_length": 1,
+                    "activation": "relu",
+                    "bias": True,
+                    "init": "glorot_uniform",
+                },
+            },
+            {
+                "class_name": "MaxPooling1D",
+                "config": {"name": "maxpooling1d_1", "pool_length": 2, "stride": None, "border_mode": "valid"},
+            },
+            {
+                "class_name": "LSTM",
+                "config": {
+                    "name": "lstm_1",
+                    "output_dim": 5,
+                    "inner_activation": "hard_sigmoid",
+                    "activation": "tanh",
+                    "return_sequences": True,
+                    "go_backwards": False,
+                    "consume_less": "cpu",
+                    "stateful": False,
+                    "dropout_W": 0.0,
+                },
+            },
+            {
+                "class_name": "GRU",
+                "config": {
+                    "name": "gru_1",
+                    "output_dim": 6,
+                    "inner_activation": "hard_sigmoid",
+                    "activation": "tanh",
+                    "return_sequences": False,
+                },
+            },
+            {"class_name": "Dropout", "config": {"name": "dropout_1", "p": 0.5}},
+            {
+                "class_name": "Dense",
+                "config": {"name": "dense_1", "output_dim": 2, "activation": "sigmoid", "bias": True},
+            },
+        ]
+    )
     gate_order = {"lstm_1": "icfo", "gru_1": "zrh"}  # the order Keras 1.0 listed them in weight_names
-    per_gate = lambda name, gates: [(f"{name}_{k}_{g}", gates[g][j]) for g in gate_order[name]  # noqa: E731
-                                    for j, k in enumerate("WUb")]
-    write(path, config, [
-        ("convolution1d_1", [("convolution1d_1_W", conv_w), ("convolution1d_1_b", conv_b)]),
-        ("maxpooling1d_1", []), ("lstm_1", per_gate("lstm_1", lstm)), ("gru_1", per_gate("gru_1", gru)),
-        ("dropout_1", []), ("dense_1", [("dense_1_W", dense_w), ("dense_1_b", dense_b)])], version=None, backend=None)
+    per_gate = lambda name, gates: [
+        (f"{name}_{k}_{g}", gates[g][j])
+        for g in gate_order[name]  # noqa: E731
+        for j, k in enumerate("WUb")
+    ]
+    write(
+        path,
+        config,
+        [
+            ("convolution1d_1", [("convolution1d_1_W", conv_w), ("convolution1d_1_b", conv_b)]),
+            ("maxpooling1d_1", []),
+            ("lstm_1", per_gate("lstm_1", lstm)),
+            ("gru_1", per_gate("gru_1", gru)),
+            ("dropout_1", []),
+            ("dense_1", [("dense_1_W", dense_w), ("dense_1_b", dense_b)]),
+        ],
+        version=None,
+        backend=None,
+    )
 
     def expected(x):
         pad = oracle.keras_conv_padding("same", 3, 1, length=x.shape[1])
@@ -68,6 +119,7 @@ def _keras1_per_gate(path):
         h = oracle.keras1_lstm(h, lstm)
         h = oracle.keras1_gru(h, gru)[:, -1]
         return oracle.ACTIVATIONS["sigmoid"](h @ dense_w + dense_b)
+
     return expected, False  # a strided pool: predict only
 
 
@@ -80,37 +132,77 @@ def _keras12_embedding_theano(path):
     gamma, beta, mean, var = _u(rng, 4), _u(rng, 4), _u(rng, 4), rng.uniform(0.5, 2, 4).astype(np.float32)
     W, U, b = _u(rng, 4, 20), _u(rng, 5, 20), _u(rng, 20)
     dense_w, dense_b = _u(rng, 5, 3), _u(rng, 3)
-    config = _seq([
-        {"class_name": "Embedding", "config": {"name": "embedding_1", "input_dim": 11, "output_dim": I,
-                                               "mask_zero": False, "dropout": 0.0}},
-        {"class_name": "Convolution1D", "config": {"name": "convolution1d_1", "nb_filter": 4, "filter_length": 2,
-                                                   "border_mode": "valid", "subsample_length": 1,
-                                                   "activation": "linear", "bias": False}},
-        {"class_name": "BatchNormalization", "config": {"name": "batchnormalization_1", "epsilon": 1e-3, "mode": 0,
-                                                        "axis": -1, "momentum": 0.99}},
-        {"class_name": "LSTM", "config": {"name": "lstm_1", "output_dim": 5, "inner_activation": "hard_sigmoid",
-                                          "activation": "tanh", "return_sequences": True}},
-        {"class_name": "TimeDistributedDense", "config": {"name": "timedistributeddense_1", "output_dim": 3,
-                                                          "activation": "softmax", "bias": True}},
-    ], batch_input_shape=(None, None))
-    write(path, config, [
-        ("embedding_1", [("embedding_1_W", table)]),
-        ("convolution1d_1", [("convolution1d_1_W", conv_w)]),
-        ("batchnormalization_1", [(f"batchnormalization_1_{n}", a) for n, a in
-                                  (("gamma", gamma), ("beta", beta), ("running_mean", mean), ("running_std", var))]),
-        ("lstm_1", [("lstm_1_W", W), ("lstm_1_U", U), ("lstm_1_b", b)]),
-        ("timedistributeddense_1", [("timedistributeddense_1_W", dense_w), ("timedistributeddense_1_b", dense_b)])],
-        version="1.2.2", backend="theano")
+    config = _seq(
+        [
+            {
+                "class_name": "Embedding",
+                "config": {"name": "embedding_1", "input_dim": 11, "output_dim": I, "mask_zero": False, "dropout": 0.0},
+            },
+            {
+                "class_name": "Convolution1D",
+                "config": {
+                    "name": "convolution1d_1",
+                    "nb_filter": 4,
+                    "filter_length": 2,
+                    "border_mode": "valid",
+                    "subsample_length": 1,
+                    "activation": "linear",
+                    "bias": False,
+                },
+            },
+            {
+                "class_name": "BatchNormalization",
+                "config": {"name": "batchnormalization_1", "epsilon": 1e-3, "mode": 0, "axis": -1, "momentum": 0.99},
+            },
+            {
+                "class_name": "LSTM",
+                "config": {
+                    "name": "lstm_1",
+                    "output_dim": 5,
+                    "inner_activation": "hard_sigmoid",
+                    "activation": "tanh",
+                    "return_sequences": True,
+                },
+            },
+            {
+                "class_name": "TimeDistributedDense",
+                "config": {"name": "timedistributeddense_1", "output_dim": 3, "activation": "softmax", "bias": True},
+            },
+        ],
+        batch_input_shape=(None, None),
+    )
+    write(
+        path,
+        config,
+        [
+            ("embedding_1", [("embedding_1_W", table)]),
+            ("convolution1d_1", [("convolution1d_1_W", conv_w)]),
+            (
+                "batchnormalization_1",
+                [
+                    (f"batchnormalization_1_{n}", a)
+                    for n, a in (("gamma", gamma), ("beta", beta), ("running_mean", mean), ("running_std", var))
+                ],
+            ),
+            ("lstm_1", [("lstm_1_W", W), ("lstm_1_U", U), ("lstm_1_b", b)]),
+            ("timedistributeddense_1", [("timedistributeddense_1_W", dense_w), ("timedistributeddense_1_b", dense_b)]),
+        ],
+        version="1.2.2",
+        backend="theano",
+    )
 
     def expected(tokens):
         h = table.astype(np.float64)[tokens]
         kernel = conv_w[:, :, :, 0].transpose(2, 1, 0)[::-1]  # Theano convolves: the kernel runs backwards
         h = oracle.conv1d(h, kernel, None)
         h = oracle.batchnorm(h, gamma, beta, mean, var, 1e-3)  # Keras 1 'running_std' holds the variance
-        gates = {g: (W[:, k * 5:(k + 1) * 5], U[:, k * 5:(k + 1) * 5], b[k * 5:(k + 1) * 5])
-                 for k, g in enumerate("ifco")}  # Keras 1.2 W columns are [i | f | c | o]
+        gates = {
+            g: (W[:, k * 5 : (k + 1) * 5], U[:, k * 5 : (k + 1) * 5], b[k * 5 : (k + 1) * 5])
+            for k, g in enumerate("ifco")
+        }  # Keras 1.2 W columns are [i | f | c | o]
         h = oracle.keras1_lstm(h, gates)
         return oracle.ACTIVATIONS["softmax"](h @ dense_w + dense_b)
+
     return expected, False  # a 'valid' conv: each output needs a later input
 
 
@@ -124,29 +216,84 @@ def _keras2_gru_variants(path):
     rn = (_u(rng, 3, 5), _u(rng, 5, 5), _u(rng, 5))
     cv = (_u(rng, 3, 5, 2), _u(rng, 2))
     dn = (_u(rng, 2, 2), _u(rng, 2))
-    rnn = {"return_sequences": True, "return_state": False, "go_backwards": False, "stateful": False,
-           "use_bias": True, "activation": "tanh"}
-    config = {"class_name": "Sequential", "config": {"name": "sequential_1", "layers": [
-        {"class_name": "GRU", "config": dict(rnn, name="gru_1", units=4, recurrent_activation="hard_sigmoid",
-                                             reset_after=False, batch_input_shape=[None, None, I])},
-        {"class_name": "Bidirectional", "config": {"name": "bidirectional_1", "merge_mode": "ave", "layer": {
-            "class_name": "GRU", "config": dict(rnn, name="gru_2", units=3, recurrent_activation="sigmoid",
-                                                reset_after=True)}}},
-        {"class_name": "SimpleRNN", "config": dict(rnn, name="simple_rnn_1", units=5, activation="relu")},
-        {"class_name": "Conv1D", "config": {"name": "conv1d_1", "filters": 2, "kernel_size": [3], "strides": [1],
-                                            "padding": "causal", "dilation_rate": [2], "activation": "linear",
-                                            "use_bias": True, "data_format": "channels_last"}},
-        {"class_name": "GlobalAveragePooling1D", "config": {"name": "gap", "data_format": "channels_last"}},
-        {"class_name": "Dense", "config": {"name": "dense_1", "units": 2, "activation": "elu", "use_bias": True}},
-    ]}}
+    rnn = {
+        "return_sequences": True,
+        "return_state": False,
+        "go_backwards": False,
+        "stateful": False,
+        "use_bias": True,
+        "activation": "tanh",
+    }
+    config = {
+        "class_name": "Sequential",
+        "config": {
+            "name": "sequential_1",
+            "layers": [
+                {
+                    "class_name": "GRU",
+                    "config": dict(
+                        rnn,
+                        name="gru_1",
+                        units=4,
+                        recurrent_activation="hard_sigmoid",
+                        reset_after=False,
+                        batch_input_shape=[None, None, I],
+                    ),
+                },
+                {
+                    "class_name": "Bidirectional",
+                    "config": {
+                        "name": "bidirectional_1",
+                        "merge_mode": "ave",
+                        "layer": {
+                            "class_name": "GRU",
+                            "config": dict(
+                                rnn, name="gru_2", units=3, recurrent_activation="sigmoid", reset_after=True
+                            ),
+                        },
+                    },
+                },
+                {"class_name": "SimpleRNN", "config": dict(rnn, name="simple_rnn_1", units=5, activation="relu")},
+                {
+                    "class_name": "Conv1D",
+                    "config": {
+                        "name": "conv1d_1",
+                        "filters": 2,
+                        "kernel_size": [3],
+                        "strides": [1],
+                        "padding": "causal",
+                        "dilation_rate": [2],
+                        "activation": "linear",
+                        "use_bias": True,
+                        "data_format": "channels_last",
+                    },
+                },
+                {"class_name": "GlobalAveragePooling1D", "config": {"name": "gap", "data_format": "channels_last"}},
+                {
+                    "class_name": "Dense",
+                    "config": {"name": "dense_1", "units": 2, "activation": "elu", "use_bias": True},
+                },
+            ],
+        },
+    }
     cell = ("kernel:0", "recurrent_kernel:0", "bias:0")
-    write(path, config, [
-        ("gru_1", [(f"gru_1/{n}", a) for n, a in zip(cell, g1)]),
-        ("bidirectional_1", [(f"bidirectional_1/forward_gru_2/{n}", a) for n, a in zip(cell, gf)]
-         + [(f"bidirectional_1/backward_gru_2/{n}", a) for n, a in zip(cell, gb)]),
-        ("simple_rnn_1", [(f"simple_rnn_1/{n}", a) for n, a in zip(cell, rn)]),
-        ("conv1d_1", [("conv1d_1/kernel:0", cv[0]), ("conv1d_1/bias:0", cv[1])]),
-        ("gap", []), ("dense_1", [("dense_1/kernel:0", dn[0]), ("dense_1/bias:0", dn[1])])], version="2.2.4")
+    write(
+        path,
+        config,
+        [
+            ("gru_1", [(f"gru_1/{n}", a) for n, a in zip(cell, g1)]),
+            (
+                "bidirectional_1",
+                [(f"bidirectional_1/forward_gru_2/{n}", a) for n, a in zip(cell, gf)]
+                + [(f"bidirectional_1/backward_gru_2/{n}", a) for n, a in zip(cell, gb)],
+            ),
+            ("simple_rnn_1", [(f"simple_rnn_1/{n}", a) for n, a in zip(cell, rn)]),
+            ("conv1d_1", [("conv1d_1/kernel:0", cv[0]), ("conv1d_1/bias:0", cv[1])]),
+            ("gap", []),
+            ("dense_1", [("dense_1/kernel:0", dn[0]), ("dense_1/bias:0", dn[1])]),
+        ],
+        version="2.2.4",
+    )
 
     def expected(x):
         h = oracle.keras_gru(x, *g1, reset_after=False, recurrent_activation="hard_sigmoid_keras2")
@@ -155,6 +302,7 @@ def _keras2_gru_variants(path):
         h = oracle.keras_simple_rnn((f + b) / 2, *rn, activation="relu")
         h = oracle.conv1d(h, cv[0], cv[1], dilation=2, pad_left=4).mean(axis=1)
         return oracle.ACTIVATIONS["elu"](h @ dn[0] + dn[1])
+
     return expected, False  # bidirectional
 
 
@@ -163,27 +311,57 @@ def _keras12_bidirectional(path):
     rng = np.random.default_rng(24)
     fwd, bwd = ([_u(rng, I, 16), _u(rng, 4, 16), _u(rng, 16)] for _ in range(2))
     dense_w, dense_b = _u(rng, 8, 2), _u(rng, 2)
-    config = _seq([
-        {"class_name": "Bidirectional", "config": {"name": "bidirectional_1", "merge_mode": "concat", "layer": {
-            "class_name": "LSTM", "config": {"name": "lstm_1", "output_dim": 4, "inner_activation": "hard_sigmoid",
-                                             "activation": "tanh", "return_sequences": True}}}},
-        {"class_name": "Dense", "config": {"name": "dense_1", "output_dim": 2, "activation": "linear"}},
-    ])
+    config = _seq(
+        [
+            {
+                "class_name": "Bidirectional",
+                "config": {
+                    "name": "bidirectional_1",
+                    "merge_mode": "concat",
+                    "layer": {
+                        "class_name": "LSTM",
+                        "config": {
+                            "name": "lstm_1",
+                            "output_dim": 4,
+                            "inner_activation": "hard_sigmoid",
+                            "activation": "tanh",
+                            "return_sequences": True,
+                        },
+                    },
+                },
+            },
+            {"class_name": "Dense", "config": {"name": "dense_1", "output_dim": 2, "activation": "linear"}},
+        ]
+    )
     names = lambda d, ws: [(f"{d}_lstm_1_{k}", w) for k, w in zip("WUb", ws)]  # noqa: E731
-    write(path, config, [("bidirectional_1", names("forward", fwd) + names("backward", bwd)),
-                         ("dense_1", [("dense_1_W", dense_w), ("dense_1_b", dense_b)])], version="1.2.2")
+    write(
+        path,
+        config,
+        [
+            ("bidirectional_1", names("forward", fwd) + names("backward", bwd)),
+            ("dense_1", [("dense_1_W", dense_w), ("dense_1_b", dense_b)]),
+        ],
+        version="1.2.2",
+    )
 
     def expected(x):
-        gates = lambda W, U, b: {g: (W[:, k * 4:(k + 1) * 4], U[:, k * 4:(k + 1) * 4], b[k * 4:(k + 1) * 4])  # noqa: E731
-                                 for k, g in enumerate("ifco")}
+        gates = lambda W, U, b: {
+            g: (W[:, k * 4 : (k + 1) * 4], U[:, k * 4 : (k + 1) * 4], b[k * 4 : (k + 1) * 4])  # noqa: E731
+            for k, g in enumerate("ifco")
+        }
         f = oracle.keras1_lstm(x, gates(*fwd))
         b = oracle.keras1_lstm(x[:, ::-1], gates(*bwd))[:, ::-1]
         return np.concatenate([f, b], -1) @ dense_w + dense_b
+
     return expected, False
 
 
-BUILDERS = {"keras1_per_gate": _keras1_per_gate, "keras12_bidirectional": _keras12_bidirectional,
-            "keras12_embedding_theano": _keras12_embedding_theano, "keras2_gru_variants": _keras2_gru_variants}
+BUILDERS = {
+    "keras1_per_gate": _keras1_per_gate,
+    "keras12_bidirectional": _keras12_bidirectional,
+    "keras12_embedding_theano": _keras12_embedding_theano,
+    "keras2_gru_variants": _keras2_gru_variants,
+}
 
 
 def inputs(name):
@@ -213,11 +391,14 @@ def _rewrite(path, edit):
         f.attrs["model_config"] = json.dumps(config).encode()
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda c: c["config"][2]["config"].update(mode=1), "mode=1"),
-    (lambda c: c["config"][0]["config"].update(mask_zero=True), "mask_zero"),
-    (lambda c: c["config"][1]["config"].update(border_mode="full"), "padding='full'"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda c: c["config"][2]["config"].update(mode=1), "mode=1"),
+        (lambda c: c["config"][0]["config"].update(mask_zero=True), "mask_zero"),
+        (lambda c: c["config"][1]["config"].update(border_mode="full"), "padding='full'"),
+    ],
+)
 def test_keras1_refusals(edit, match, tmp_path):
     _keras12_embedding_theano(tmp_path / "m.h5")
     _rewrite(tmp_path / "m.h5", edit)

@@ -55,13 +55,16 @@ def test_budget_derives_from_file_size():
         b.charge(11, "the rest")
 
 
-@pytest.mark.parametrize("name, match", [
-    ("huge_stride.pt", "bad size"),                      # was OverflowError
-    ("deep_config.fastlstm", "not valid JSON"),           # was RecursionError
-    ("dropout_name_list.h5", "name that is not a string"),  # was TypeError
-    ("dropout_name_list.keras", "name that is not a string"),  # loaded a malformed config
-    ("superscript_var.keras", "expected 3 weight(s)"),   # was "invalid literal for int(): '²'", no file name
-])
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("huge_stride.pt", "bad size"),  # was OverflowError
+        ("deep_config.fastlstm", "not valid JSON"),  # was RecursionError
+        ("dropout_name_list.h5", "name that is not a string"),  # was TypeError
+        ("dropout_name_list.keras", "name that is not a string"),  # loaded a malformed config
+        ("superscript_var.keras", "expected 3 weight(s)"),  # was "invalid literal for int(): '²'", no file name
+    ],
+)
 def test_former_non_value_errors_are_load_errors(name, match, tmp_path):
     assert match in _load_case(name, tmp_path)
 
@@ -116,9 +119,11 @@ def test_zip_member_declared_size_charged_before_reading():
         _common.read_member(zf, "archive/data/0", "z", budget)
 
 
-@pytest.mark.parametrize("make", [lambda tmp: "/dev/zero", lambda tmp: str(tmp),
-                                  lambda tmp: (os.mkfifo(tmp / "fifo"), str(tmp / "fifo"))[1]],
-                         ids=["dev-zero", "directory", "fifo"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda tmp: "/dev/zero", lambda tmp: str(tmp), lambda tmp: (os.mkfifo(tmp / "fifo"), str(tmp / "fifo"))[1]],
+    ids=["dev-zero", "directory", "fifo"],
+)
 def test_non_regular_files_refused(make, tmp_path):
     path = make(tmp_path)
     with pytest.raises(fastlstm.LoadError, match="not a regular file"):
@@ -156,6 +161,7 @@ def test_argument_errors_stay_type_errors(tmp_path):
 
 # --- the HDF5 child's own limits ---------------------------------------------------------------
 
+
 def _h5_with_fill(n):
     return hc._h5(lambda f: f.create_dataset("x", shape=(n,), dtype="f4"))
 
@@ -171,8 +177,10 @@ def test_hdf5_child_time_limit_is_a_clean_error():
         extract(_h5_with_fill(10), seconds=0.01)
 
 
-@pytest.mark.parametrize("name, match", [("fill_value_bomb.h5", "memory budget"), ("chunk_bomb.h5", "chunks"),
-                                         ("fill_value_bomb.keras", "memory budget")])
+@pytest.mark.parametrize(
+    "name, match",
+    [("fill_value_bomb.h5", "memory budget"), ("chunk_bomb.h5", "chunks"), ("fill_value_bomb.keras", "memory budget")],
+)
 def test_hdf5_bombs_refused_by_their_caps(name, match, tmp_path):
     assert len(_case(name).data) < 20_000
     assert match in _load_case(name, tmp_path)
@@ -180,10 +188,14 @@ def test_hdf5_bombs_refused_by_their_caps(name, match, tmp_path):
 
 # --- State.from_bytes -----------------------------------------------------------------------
 
+
 def _state():
     rng = np.random.default_rng(0)
-    return fastlstm.State([rng.standard_normal((2, 4)), rng.standard_normal(3)],
-                          [rng.standard_normal((2, 4)), rng.standard_normal(3)], ((3, 4), (4, 3)))
+    return fastlstm.State(
+        [rng.standard_normal((2, 4)), rng.standard_normal(3)],
+        [rng.standard_normal((2, 4)), rng.standard_normal(3)],
+        ((3, 4), (4, 3)),
+    )
 
 
 def _v1(blob):
@@ -238,10 +250,15 @@ def _v1_with_header(text):
     return b"FLSTATE\0" + struct.pack("<HI", 1, len(text)) + text
 
 
-@pytest.mark.parametrize("header", [b"[" * 100_000 + b"]" * 100_000,                   # RecursionError before
-                                    json.dumps({"h": [[1e300]], "c": [[1]], "signature": None}).encode(),
-                                    json.dumps({"h": [["4"]], "c": [["4"]], "signature": None}).encode(),
-                                    json.dumps({"h": [[2 ** 62, 2 ** 62]], "c": [[1]], "signature": None}).encode()])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # RecursionError before
+        json.dumps({"h": [[1e300]], "c": [[1]], "signature": None}).encode(),
+        json.dumps({"h": [["4"]], "c": [["4"]], "signature": None}).encode(),
+        json.dumps({"h": [[2**62, 2**62]], "c": [[1]], "signature": None}).encode(),
+    ],
+)
 def test_state_header_errors_are_value_errors(header):
     with pytest.raises(ValueError, match="corrupt State header"):
         fastlstm.State.from_bytes(_v1_with_header(header))
@@ -249,6 +266,6 @@ def test_state_header_errors_are_value_errors(header):
 
 def test_state_sizes_do_not_wrap_around():
     # 2**39 x 2**39 floats: np.prod wraps this product around to 0, so the size check passed.
-    header = json.dumps({"h": [[2 ** 39, 2 ** 39]], "c": [[2 ** 39, 2 ** 39]], "signature": None}).encode()
+    header = json.dumps({"h": [[2**39, 2**39]], "c": [[2**39, 2**39]], "signature": None}).encode()
     with pytest.raises(ValueError, match="describes [0-9]+ bytes of arrays, the data holds 0"):
         fastlstm.State.from_bytes(_v1_with_header(header))

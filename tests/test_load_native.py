@@ -15,8 +15,10 @@ FIELDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 def _weights(rng, n_in, hidden, proj=0, bias=True, scale=0.5):
     out = proj or hidden
-    kw = dict(weight_ih=rng.uniform(-scale, scale, (4 * hidden, n_in)),
-              weight_hh=rng.uniform(-scale, scale, (4 * hidden, out)))
+    kw = dict(
+        weight_ih=rng.uniform(-scale, scale, (4 * hidden, n_in)),
+        weight_hh=rng.uniform(-scale, scale, (4 * hidden, out)),
+    )
     if bias:
         kw.update(bias_ih=rng.uniform(-scale, scale, 4 * hidden), bias_hh=rng.uniform(-scale, scale, 4 * hidden))
     if proj:
@@ -31,37 +33,65 @@ def _models():
     rng = np.random.default_rng(0)
     w = lambda *a, **k: _weights(rng, *a, **k)  # noqa: E731
     yield fastlstm.Model([LSTMLayer((w(3, 5),))])
-    yield fastlstm.Model([LSTMLayer((w(3, 5, proj=2), w(3, 5, proj=2)), merge_mode="ave"),
-                          LSTMLayer((w(2, 4, bias=False),), "relu", "hard_sigmoid_keras2", go_backwards=True)],
-                         Dense(rng.standard_normal((3, 4)), None, "softmax"), return_sequences=False)
-    yield fastlstm.Model([LSTMLayer((w(3, 4), w(3, 4)), "linear", "hard_sigmoid", merge_mode="mul"),
-                          LSTMLayer((w(4, 6), w(4, 6)), merge_mode="concat")],
-                         Dense(rng.standard_normal((2, 12)), rng.standard_normal(2), "tanh"))
+    yield fastlstm.Model(
+        [
+            LSTMLayer((w(3, 5, proj=2), w(3, 5, proj=2)), merge_mode="ave"),
+            LSTMLayer((w(2, 4, bias=False),), "relu", "hard_sigmoid_keras2", go_backwards=True),
+        ],
+        Dense(rng.standard_normal((3, 4)), None, "softmax"),
+        return_sequences=False,
+    )
+    yield fastlstm.Model(
+        [
+            LSTMLayer((w(3, 4), w(3, 4)), "linear", "hard_sigmoid", merge_mode="mul"),
+            LSTMLayer((w(4, 6), w(4, 6)), merge_mode="concat"),
+        ],
+        Dense(rng.standard_normal((2, 12)), rng.standard_normal(2), "tanh"),
+    )
 
 
 def _same(a, b):
-    return (a is None and b is None) or (a is not None and b is not None and a.dtype == b.dtype
-                                         and a.shape == b.shape and a.tobytes() == b.tobytes())
+    return (a is None and b is None) or (
+        a is not None and b is not None and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    )
 
 
 def _every_layer(rng):
     """A chain with every layer class and option the format must carry (predict runs it)."""
     u = lambda *shape: rng.uniform(-0.5, 0.5, shape).astype(np.float32)  # noqa: E731
-    return fastlstm.Model([
-        L.Embedding(u(13, 4)),
-        L.Conv1D(u(6, 2, 3), u(6), groups=2, dilation=2, padding="causal",
-                 activation=L.Activation("leaky_relu", alpha=0.3)),
-        L.BatchNorm(u(6), rng.uniform(0.5, 1.5, 6).astype(np.float32), u(6), None, eps=1e-3),
-        L.MaxPool1D(2, 1, (1, 0)),
-        L.GRULayer((L.GRUWeights(u(15, 6), u(15, 5), u(15), None), L.GRUWeights(u(15, 6), u(15, 5), u(15), u(15))),
-                   "tanh", "hard_sigmoid_keras2", reset_after=False, merge_mode="ave"),
-        L.LayerNorm(5, u(5), None, eps=1e-3),
-        L.RNNLayer((L.RNNWeights(u(4, 5), u(4, 4), None, u(4)),), activation="relu"),
-        L.AvgPool1D(3, 2, "same", count_include_pad=False),
-        L.LastStep(final_state=True), L.RepeatVector(3),
-        L.Dense(u(2, 4), u(2), L.Activation("prelu", weight=u(2))), L.Activation("elu", alpha=0.5),
-        L.Activation("gelu_tanh"), L.GlobalMaxPool1D(), L.Flatten(), L.Dense(u(3, 2), None, "softmax"),
-    ])
+    return fastlstm.Model(
+        [
+            L.Embedding(u(13, 4)),
+            L.Conv1D(
+                u(6, 2, 3),
+                u(6),
+                groups=2,
+                dilation=2,
+                padding="causal",
+                activation=L.Activation("leaky_relu", alpha=0.3),
+            ),
+            L.BatchNorm(u(6), rng.uniform(0.5, 1.5, 6).astype(np.float32), u(6), None, eps=1e-3),
+            L.MaxPool1D(2, 1, (1, 0)),
+            L.GRULayer(
+                (L.GRUWeights(u(15, 6), u(15, 5), u(15), None), L.GRUWeights(u(15, 6), u(15, 5), u(15), u(15))),
+                "tanh",
+                "hard_sigmoid_keras2",
+                reset_after=False,
+                merge_mode="ave",
+            ),
+            L.LayerNorm(5, u(5), None, eps=1e-3),
+            L.RNNLayer((L.RNNWeights(u(4, 5), u(4, 4), None, u(4)),), activation="relu"),
+            L.AvgPool1D(3, 2, "same", count_include_pad=False),
+            L.LastStep(final_state=True),
+            L.RepeatVector(3),
+            L.Dense(u(2, 4), u(2), L.Activation("prelu", weight=u(2))),
+            L.Activation("elu", alpha=0.5),
+            L.Activation("gelu_tanh"),
+            L.GlobalMaxPool1D(),
+            L.Flatten(),
+            L.Dense(u(3, 2), None, "softmax"),
+        ]
+    )
 
 
 def _same_layer(a, b):
@@ -114,18 +144,33 @@ def test_version_1_files_still_load(tmp_path):
     model = list(_models())[1]
     lstm = model.layers[:2]
     head = model.layers[-1]
-    tensors = {f"layers.{k}.{('forward', 'backward')[d]}.{f}": getattr(w, f)
-               for k, layer in enumerate(lstm) for d, w in enumerate(layer.directions) for f in FIELDS
-               if getattr(w, f) is not None}
+    tensors = {
+        f"layers.{k}.{('forward', 'backward')[d]}.{f}": getattr(w, f)
+        for k, layer in enumerate(lstm)
+        for d, w in enumerate(layer.directions)
+        for f in FIELDS
+        if getattr(w, f) is not None
+    }
     tensors["head.weight"] = head.weight
-    config = {"version": 1, "return_sequences": False, "head": {"activation": head.activation},
-              "layers": [{"directions": len(layer.directions), "activation": layer.activation,
-                          "recurrent_activation": layer.recurrent_activation, "merge_mode": layer.merge_mode,
-                          "go_backwards": layer.go_backwards} for layer in lstm]}
+    config = {
+        "version": 1,
+        "return_sequences": False,
+        "head": {"activation": head.activation},
+        "layers": [
+            {
+                "directions": len(layer.directions),
+                "activation": layer.activation,
+                "recurrent_activation": layer.recurrent_activation,
+                "merge_mode": layer.merge_mode,
+                "go_backwards": layer.go_backwards,
+            }
+            for layer in lstm
+        ],
+    }
     text = json.dumps(config)
     body = encode_safetensors(tensors)
     (n,) = struct.unpack("<Q", body[:8])
-    meta = {"format": "fastlstm", "fastlstm_config": text, "sha256": _digest(text, body[8 + n:])}
+    meta = {"format": "fastlstm", "fastlstm_config": text, "sha256": _digest(text, body[8 + n :])}
     (tmp_path / "v1.fastlstm").write_bytes(encode_safetensors(tensors, meta))
     back = loaders.load(tmp_path / "v1.fastlstm")
     x = np.random.default_rng(1).standard_normal((30, 2, model.input_size)).astype(np.float32)
@@ -187,7 +232,7 @@ def test_unbounded_options_refused(tmp_path):
     tensors, meta, start = read_safetensors(data, "m")
     config = json.loads(meta["fastlstm_config"])
     k = next(k for k, lc in enumerate(config["layers"]) if lc["type"] == "RepeatVector")
-    config["layers"][k]["n"] = 10 ** 9
+    config["layers"][k]["n"] = 10**9
     text = json.dumps(config)
     meta = dict(meta, fastlstm_config=text, sha256=_digest(text, data[start:]))
     with pytest.raises(ValueError, match=r"layers\[9\].n=1000000000 is larger than fastlstm accepts"):

@@ -92,9 +92,14 @@ def _keras_files(root):
     keras = import_keras()
     L = keras.layers
     keras.utils.set_random_seed(2)
-    model = keras.Sequential([keras.Input((None, 3)), L.LSTM(5, return_sequences=True, go_backwards=True),
-                              L.Bidirectional(L.LSTM(4, return_sequences=True), merge_mode="sum"),
-                              L.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            L.LSTM(5, return_sequences=True, go_backwards=True),
+            L.Bidirectional(L.LSTM(4, return_sequences=True), merge_mode="sum"),
+            L.Dense(2, activation="softmax"),
+        ]
+    )
     x = np.random.default_rng(3).standard_normal((2, 300, 3)).astype(np.float32)
     y = keras.ops.convert_to_numpy(model(x))
     cases = []

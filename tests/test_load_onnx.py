@@ -35,9 +35,9 @@ class Net(torch.nn.Module):
         y, h = self.rnn(x)
         if isinstance(h, tuple):
             h = h[0]
-        if self.end == "last":            # out[:, -1]
+        if self.end == "last":  # out[:, -1]
             y = y[:, -1] if self.bf else y[-1]
-        elif self.end == "h_n":           # the last layer's final h
+        elif self.end == "h_n":  # the last layer's final h
             y = torch.cat([h[-2], h[-1]], dim=1) if self.rnn.bidirectional else h[-1]
         y = self.fc(y)
         return self.act(y) if self.act is not None else y
@@ -79,8 +79,11 @@ class Tokens(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.emb, self.rnn, self.fc = torch.nn.Embedding(20, 5), torch.nn.GRU(5, H, batch_first=True), \
-            torch.nn.Linear(H, O)
+        self.emb, self.rnn, self.fc = (
+            torch.nn.Embedding(20, 5),
+            torch.nn.GRU(5, H, batch_first=True),
+            torch.nn.Linear(H, O),
+        )
         self.bf = True
 
     def forward(self, x):
@@ -92,8 +95,7 @@ class MLPHead(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.rnn, self.f1, self.f2 = torch.nn.LSTM(I, H, batch_first=True), torch.nn.Linear(H, 6), \
-            torch.nn.Linear(6, O)
+        self.rnn, self.f1, self.f2 = torch.nn.LSTM(I, H, batch_first=True), torch.nn.Linear(H, 6), torch.nn.Linear(6, O)
         self.ln, self.bn = torch.nn.LayerNorm(6), torch.nn.BatchNorm1d(6)
         with torch.no_grad():
             self.bn.running_mean.uniform_(-1, 1)
@@ -112,8 +114,7 @@ CASES = {
     "lstm_seq_time_major": (lambda: Net(torch.nn.LSTM(I, H, batch_first=False), "seq", batch_first=False), 0),
     "bilstm_seq": (lambda: Net(torch.nn.LSTM(I, H, 2, batch_first=True, bidirectional=True), "seq"), 0),
     "bilstm_last": (lambda: Net(torch.nn.LSTM(I, H, batch_first=True, bidirectional=True), "last"), 0),
-    "bilstm_h_n": (lambda: Net(torch.nn.LSTM(I, H, batch_first=True, bidirectional=True), "h_n",
-                               torch.nn.Tanh()), 0),
+    "bilstm_h_n": (lambda: Net(torch.nn.LSTM(I, H, batch_first=True, bidirectional=True), "h_n", torch.nn.Tanh()), 0),
     "lstm_h_n_softmax": (lambda: Net(torch.nn.LSTM(I, H, 2, batch_first=True), "h_n", torch.nn.Softmax(-1)), 0),
     "lstm_nobias_relu": (lambda: Net(torch.nn.LSTM(I, H, batch_first=True, bias=False), "seq", torch.nn.ReLU()), 0),
     "gru_stack_last": (lambda: Net(torch.nn.GRU(I, H, 2, batch_first=True), "last", torch.nn.Sigmoid()), 0),
@@ -179,11 +180,11 @@ def test_torch_export_matches_onnxruntime(exported, name, exporter):
     model = fastlstm.load(path)
     got = model.predict(x, batch_first=bf)
     assert max_err(got, want) <= TOL
-    if not model.streamable:                  # a bidirectional layer needs the whole sequence
+    if not model.streamable:  # a bidirectional layer needs the whole sequence
         with pytest.raises(ValueError, match="cannot stream"):
             model.stream()
         return
-    steps = stream_outputs(model, x, bf)      # (T, B, O), one step per call
+    steps = stream_outputs(model, x, bf)  # (T, B, O), one step per call
     if model.return_sequences:
         assert max_err(np.swapaxes(steps, 0, 1) if bf else steps, want) <= TOL
     else:
@@ -198,7 +199,7 @@ def test_read_reports_layouts(exported):
     assert isinstance(r.chain[2], LastStep) and not r.chain[2].final_state
     path, _, _, _ = exported["bilstm_h_n", "dynamo"]
     r = read_onnx(path.read_bytes(), str(path), str(path.parent))
-    assert r.chain[1] == LastStep(final_state=True)       # cat(h_n[-2], h_n[-1]): each direction's final h
+    assert r.chain[1] == LastStep(final_state=True)  # cat(h_n[-2], h_n[-1]): each direction's final h
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
@@ -228,6 +229,7 @@ def test_streaming_graph_with_state_io(tmp_path, exporter):
 
 # --- GRU and RNN: the mapping, checked against ONNX Runtime through a float64 model of the layer classes ---
 
+
 def _sig(z):
     return 0.5 * (1 + np.tanh(0.5 * z))
 
@@ -253,11 +255,11 @@ def _layer_forward(layer, x):
                 Hn = h.shape[1]
                 ga, act = _ACT[layer.recurrent_activation], _ACT[layer.activation]
                 r = ga(gi[:, :Hn] + gh[:, :Hn])
-                z = ga(gi[:, Hn:2 * Hn] + gh[:, Hn:2 * Hn])
+                z = ga(gi[:, Hn : 2 * Hn] + gh[:, Hn : 2 * Hn])
                 if layer.reset_after:
-                    n = act(gi[:, 2 * Hn:] + r * gh[:, 2 * Hn:])
+                    n = act(gi[:, 2 * Hn :] + r * gh[:, 2 * Hn :])
                 else:
-                    n = act(gi[:, 2 * Hn:] + (r * h) @ Wh[2 * Hn:].T + bh[2 * Hn:])
+                    n = act(gi[:, 2 * Hn :] + (r * h) @ Wh[2 * Hn :].T + bh[2 * Hn :])
                 h = (1 - z) * n + z * h
             ys.append(h)
         ys = np.stack(ys)
@@ -282,8 +284,15 @@ def chain_forward(chain, x):
 def test_dynamo_unrolled_rnn_refused(tmp_path):
     """torch's dynamo exporter writes nn.RNN as per-step MatMul/Add/Tanh nodes: refused, saying why."""
     path = tmp_path / "m.onnx"
-    export(CASES["rnn_tanh_seq"][0]().eval(), (torch.randn(2, 6, I),), path, "dynamo", ["x"], ["y"],
-           {"x": {0: "B", 1: "T"}})
+    export(
+        CASES["rnn_tanh_seq"][0]().eval(),
+        (torch.randn(2, 6, I),),
+        path,
+        "dynamo",
+        ["x"],
+        ["y"],
+        {"x": {0: "B", 1: "T"}},
+    )
     with pytest.raises(ValueError, match="unrolled step by step"):
         fastlstm.load(path)
 
@@ -332,8 +341,7 @@ def test_onnx_loads_without_torch_onnx_or_onnxruntime(exported, tmp_path):
         cases.append((str(path), bf))
     block_dir = tmp_path / "block"
     block_dir.mkdir()
-    (block_dir / "sitecustomize.py").write_text(SITECUSTOMIZE.replace(
-        "BLOCKED = (", f"BLOCKED = {blocked!r} or (", 1))
+    (block_dir / "sitecustomize.py").write_text(SITECUSTOMIZE.replace("BLOCKED = (", f"BLOCKED = {blocked!r} or (", 1))
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(CHILD.format(blocked=blocked, cases=cases, tol=TOL)))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))

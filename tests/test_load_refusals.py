@@ -55,73 +55,135 @@ def _after_lstm(entry, weights=()):
 
 KERAS_CASES = {
     "units type": ([_rnn("GRU", units="4")], [_rnn_weights("GRU")], "units='4' has the wrong type"),
-    "kernel_size": (*_after_lstm(_entry("Conv1D", filters=2, kernel_size=[0]), [("kernel", _w(1, 4, 2))]),
-                    "kernel_size=\\[0\\] must be an integer >= 1"),
-    "per-gate arrays": ([_rnn("LSTM")], [[(f"W{k}", _w(I, 4)) for k in range(12)]],
-                        "12 per-gate arrays, as a Keras 1 file stores them"),
-    "gru bias shape": ([_rnn("GRU", reset_after=False)], [_rnn_weights("GRU", reset_after=True)],
-                       "bias has shape \\(2, 12\\); expected \\(12,\\) for reset_after=False"),
+    "kernel_size": (
+        *_after_lstm(_entry("Conv1D", filters=2, kernel_size=[0]), [("kernel", _w(1, 4, 2))]),
+        "kernel_size=\\[0\\] must be an integer >= 1",
+    ),
+    "per-gate arrays": (
+        [_rnn("LSTM")],
+        [[(f"W{k}", _w(I, 4)) for k in range(12)]],
+        "12 per-gate arrays, as a Keras 1 file stores them",
+    ),
+    "gru bias shape": (
+        [_rnn("GRU", reset_after=False)],
+        [_rnn_weights("GRU", reset_after=True)],
+        "bias has shape \\(2, 12\\); expected \\(12,\\) for reset_after=False",
+    ),
     "rnn kernel": ([_rnn("SimpleRNN")], [_rnn_weights("SimpleRNN", units=5)], "do not match units=4"),
-    "bidirectional dense": ([_entry("Bidirectional", layer=_entry("Dense", units=2))], [[]],
-                            "wraps a Dense; only Bidirectional\\(LSTM / GRU / SimpleRNN\\)"),
-    "backward class": ([_entry("Bidirectional", layer=_rnn("GRU"), backward_layer=_rnn("LSTM", go_backwards=True))],
-                       [[]], "backward_layer is a LSTM; the forward layer is a GRU"),
-    "backward units": ([_entry("Bidirectional", layer=_rnn("GRU"),
-                               backward_layer=_rnn("GRU", units=5, go_backwards=True))], [[]],
-                       "backward_layer has units=5 but the forward layer has 4"),
-    "backward direction": ([_entry("Bidirectional", layer=_rnn("GRU"), backward_layer=_rnn("GRU"))], [[]],
-                           "backward_layer must have go_backwards=True"),
-    "forward go_backwards": ([_entry("Bidirectional", layer=_rnn("GRU", go_backwards=True))], [[]],
-                             "go_backwards=True, which swaps the directions"),
-    "bidirectional odd weights": ([_entry("Bidirectional", layer=_rnn("GRU"))], [_rnn_weights("GRU")],
-                                  "expected weights for two directions, found 3"),
-    "dense lora": (*_after_lstm(_entry("Dense", units=2, lora_rank=4), [("kernel", _w(4, 2)), ("bias", _w(2))]),
-                   "LoRA"),
-    "dense kernel": (*_after_lstm(_entry("Dense", units=2), [("kernel", _w(4, 3)), ("bias", _w(2))]),
-                     "kernel has shape \\(4, 3\\); expected \\(input, 2\\)"),
+    "bidirectional dense": (
+        [_entry("Bidirectional", layer=_entry("Dense", units=2))],
+        [[]],
+        "wraps a Dense; only Bidirectional\\(LSTM / GRU / SimpleRNN\\)",
+    ),
+    "backward class": (
+        [_entry("Bidirectional", layer=_rnn("GRU"), backward_layer=_rnn("LSTM", go_backwards=True))],
+        [[]],
+        "backward_layer is a LSTM; the forward layer is a GRU",
+    ),
+    "backward units": (
+        [_entry("Bidirectional", layer=_rnn("GRU"), backward_layer=_rnn("GRU", units=5, go_backwards=True))],
+        [[]],
+        "backward_layer has units=5 but the forward layer has 4",
+    ),
+    "backward direction": (
+        [_entry("Bidirectional", layer=_rnn("GRU"), backward_layer=_rnn("GRU"))],
+        [[]],
+        "backward_layer must have go_backwards=True",
+    ),
+    "forward go_backwards": (
+        [_entry("Bidirectional", layer=_rnn("GRU", go_backwards=True))],
+        [[]],
+        "go_backwards=True, which swaps the directions",
+    ),
+    "bidirectional odd weights": (
+        [_entry("Bidirectional", layer=_rnn("GRU"))],
+        [_rnn_weights("GRU")],
+        "expected weights for two directions, found 3",
+    ),
+    "dense lora": (
+        *_after_lstm(_entry("Dense", units=2, lora_rank=4), [("kernel", _w(4, 2)), ("bias", _w(2))]),
+        "LoRA",
+    ),
+    "dense kernel": (
+        *_after_lstm(_entry("Dense", units=2), [("kernel", _w(4, 3)), ("bias", _w(2))]),
+        "kernel has shape \\(4, 3\\); expected \\(input, 2\\)",
+    ),
     "relu threshold": (*_after_lstm(_entry("ReLU", threshold=0.5)), "max_value or threshold"),
     "elu alpha": (*_after_lstm(_entry("ELU", alpha=float("inf"))), "alpha=inf must be a finite number"),
-    "prelu alpha": (*_after_lstm(_entry("PReLU", shared_axes=[1]), [("alpha", _w(2, 4))]),
-                    "one slope per feature"),
+    "prelu alpha": (*_after_lstm(_entry("PReLU", shared_axes=[1]), [("alpha", _w(2, 4))]), "one slope per feature"),
     "renorm": (*_after_lstm(_entry("BatchNormalization", renorm=True)), "renormalization"),
     "rms": (*_after_lstm(_entry("LayerNormalization", rms_scaling=True)), "rms_scaling"),
-    "ln no weights": (*_after_lstm(_entry("LayerNormalization", scale=False, center=False)),
-                      "without scale and center"),
+    "ln no weights": (
+        *_after_lstm(_entry("LayerNormalization", scale=False, center=False)),
+        "without scale and center",
+    ),
     "conv filters": (*_after_lstm(_entry("Conv1D", filters=0, kernel_size=[2])), "filters=0"),
-    "conv kernel": (*_after_lstm(_entry("Conv1D", filters=2, kernel_size=[2]), [("kernel", _w(3, 4, 2)),
-                                                                                ("bias", _w(2))]),
-                    "kernel has shape \\(3, 4, 2\\); expected \\(2, input/groups, 2\\)"),
-    "conv bias": (*_after_lstm(_entry("Conv1D", filters=2, kernel_size=[2]), [("kernel", _w(2, 4, 2)),
-                                                                              ("bias", _w(3))]),
-                  "bias has shape \\(3,\\); expected \\(2,\\)"),
-    "pool padding": (*_after_lstm(_entry("MaxPooling1D", pool_size=[2], padding="causal")),
-                     "padding='causal' is not supported"),
-    "huge pool": (*_after_lstm(_entry("MaxPooling1D", pool_size=[1 << 40])), "pool_size=1099511627776 is larger "
-                                                                              "than fastlstm accepts from a file"),
-    "huge repeat": ([_entry("LSTM", "a", units=4, return_sequences=False), _entry("RepeatVector", n=10 ** 9)],
-                    [_rnn_weights("LSTM"), []], "n=1000000000 is larger than fastlstm accepts"),
-    "huge dilation": (*_after_lstm(_entry("Conv1D", filters=2, kernel_size=[2], dilation_rate=[1 << 20]),
-                                   [("kernel", _w(2, 4, 2)), ("bias", _w(2))]), "dilation_rate=1048576 is larger"),
+    "conv kernel": (
+        *_after_lstm(_entry("Conv1D", filters=2, kernel_size=[2]), [("kernel", _w(3, 4, 2)), ("bias", _w(2))]),
+        "kernel has shape \\(3, 4, 2\\); expected \\(2, input/groups, 2\\)",
+    ),
+    "conv bias": (
+        *_after_lstm(_entry("Conv1D", filters=2, kernel_size=[2]), [("kernel", _w(2, 4, 2)), ("bias", _w(3))]),
+        "bias has shape \\(3,\\); expected \\(2,\\)",
+    ),
+    "pool padding": (
+        *_after_lstm(_entry("MaxPooling1D", pool_size=[2], padding="causal")),
+        "padding='causal' is not supported",
+    ),
+    "huge pool": (
+        *_after_lstm(_entry("MaxPooling1D", pool_size=[1 << 40])),
+        "pool_size=1099511627776 is larger than fastlstm accepts from a file",
+    ),
+    "huge repeat": (
+        [_entry("LSTM", "a", units=4, return_sequences=False), _entry("RepeatVector", n=10**9)],
+        [_rnn_weights("LSTM"), []],
+        "n=1000000000 is larger than fastlstm accepts",
+    ),
+    "huge dilation": (
+        *_after_lstm(
+            _entry("Conv1D", filters=2, kernel_size=[2], dilation_rate=[1 << 20]),
+            [("kernel", _w(2, 4, 2)), ("bias", _w(2))],
+        ),
+        "dilation_rate=1048576 is larger",
+    ),
     "keepdims": (*_after_lstm(_entry("GlobalMaxPooling1D", keepdims=True)), "keepdims"),
-    "embedding shape": ([_entry("Embedding", input_dim=10, output_dim=I), _rnn("LSTM")],
-                        [[("embeddings", _w(9, I))], _rnn_weights("LSTM")], "the config says \\(10, 3\\)"),
-    "rnn after last step": ([_entry("LSTM", "a", units=4, return_sequences=False), _rnn("GRU", units=4)],
-                            [_rnn_weights("LSTM"), _rnn_weights("GRU", n_in=4)], "add a RepeatVector"),
-    "time distributed conv": (*_after_lstm(_entry("TimeDistributed", layer=_entry("Conv1D", filters=2))),
-                              "wraps a Conv1D; TimeDistributed is supported around per-step layers"),
-    "time distributed no time": ([_entry("LSTM", "a", units=4, return_sequences=False),
-                                  _entry("TimeDistributed", layer=_entry("Dense", units=2))],
-                                 [_rnn_weights("LSTM"), [("kernel", _w(4, 2)), ("bias", _w(2))]],
-                                 "TimeDistributed needs a sequence"),
-    "weights on weightless": (*_after_lstm(_entry("Dropout", rate=0.5), [("kernel", _w(2))]),
-                              "has 1 unexpected weight"),
+    "embedding shape": (
+        [_entry("Embedding", input_dim=10, output_dim=I), _rnn("LSTM")],
+        [[("embeddings", _w(9, I))], _rnn_weights("LSTM")],
+        "the config says \\(10, 3\\)",
+    ),
+    "rnn after last step": (
+        [_entry("LSTM", "a", units=4, return_sequences=False), _rnn("GRU", units=4)],
+        [_rnn_weights("LSTM"), _rnn_weights("GRU", n_in=4)],
+        "add a RepeatVector",
+    ),
+    "time distributed conv": (
+        *_after_lstm(_entry("TimeDistributed", layer=_entry("Conv1D", filters=2))),
+        "wraps a Conv1D; TimeDistributed is supported around per-step layers",
+    ),
+    "time distributed no time": (
+        [
+            _entry("LSTM", "a", units=4, return_sequences=False),
+            _entry("TimeDistributed", layer=_entry("Dense", units=2)),
+        ],
+        [_rnn_weights("LSTM"), [("kernel", _w(4, 2)), ("bias", _w(2))]],
+        "TimeDistributed needs a sequence",
+    ),
+    "weights on weightless": (
+        *_after_lstm(_entry("Dropout", rate=0.5), [("kernel", _w(2))]),
+        "has 1 unexpected weight",
+    ),
     "nothing to run": ([_entry("Dropout", rate=0.1)], [[]], "the model has no layers fastlstm runs"),
-    "keras 1 gate mismatch": ([_entry("LSTM", "lstm_1", output_dim=4, return_sequences=True)],
-                              [[(f"lstm_1_{k}_{g}", _w(I, 4)) for g in "izro" for k in "WUb"]],
-                              "do not match the LSTM gates"),
-    "keras 1 conv kernel": ([_entry("Convolution1D", "c", nb_filter=2, filter_length=3, border_mode="valid"),
-                             _rnn("LSTM", units=4)], [[("c_W", _w(2, 2, 2, 2))], _rnn_weights("LSTM", n_in=2)],
-                            "Keras 1 Convolution1D kernel has shape \\(2, 2, 2, 2\\)"),
+    "keras 1 gate mismatch": (
+        [_entry("LSTM", "lstm_1", output_dim=4, return_sequences=True)],
+        [[(f"lstm_1_{k}_{g}", _w(I, 4)) for g in "izro" for k in "WUb"]],
+        "do not match the LSTM gates",
+    ),
+    "keras 1 conv kernel": (
+        [_entry("Convolution1D", "c", nb_filter=2, filter_length=3, border_mode="valid"), _rnn("LSTM", units=4)],
+        [[("c_W", _w(2, 2, 2, 2))], _rnn_weights("LSTM", n_in=2)],
+        "Keras 1 Convolution1D kernel has shape \\(2, 2, 2, 2\\)",
+    ),
 }
 
 
@@ -133,6 +195,7 @@ def test_keras_refusals(case):
 
 
 # --- PyTorch state_dicts -------------------------------------------------------------------------
+
 
 def _pt(sd):
     import torch
@@ -161,8 +224,10 @@ def test_state_dict_refusals():
     with pytest.raises(ValueError, match="kind is ambiguous"):
         read_spec(_pt({**sd, "act.weight": torch.ones(1)}), layers=["lstm", "act"])
     with pytest.raises(ValueError, match="running_var' is missing"):
-        read_spec(_pt({**sd, "bn.weight": torch.ones(4), "bn.bias": torch.ones(4), "bn.running_mean": torch.ones(4)}),
-                  layers=["lstm", "bn"])
+        read_spec(
+            _pt({**sd, "bn.weight": torch.ones(4), "bn.bias": torch.ones(4), "bn.running_mean": torch.ones(4)}),
+            layers=["lstm", "bn"],
+        )
     with pytest.raises(ValueError, match="unexpected tensors"):
         read_spec(_pt({**sd, "fc.weight": torch.ones(2, 4), "fc.running_mean": torch.ones(2)}), layers=["lstm", "fc"])
     with pytest.raises(ValueError, match="not a state_dict"):
@@ -176,6 +241,7 @@ def test_state_dict_refusals():
 
 
 # --- traced modules ------------------------------------------------------------------------------
+
 
 def _modules():
     import torch

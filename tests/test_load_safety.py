@@ -17,7 +17,6 @@ from fastlstm.loaders.safetensors_io import encode_safetensors
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-
 class _CreateFile:
     """A pickle payload that creates a file when unpickled (by calling builtins.open)."""
 
@@ -108,7 +107,7 @@ def test_layer_count_trap(tmp_path):
 
 def test_extra_and_unknown_keys_listed(tmp_path):
     sd = _lstm_sd(2)
-    sd["embedding.weight"] = torch.zeros(10, 3)   # a Linear-shaped tensor that does not fit as a head
+    sd["embedding.weight"] = torch.zeros(10, 3)  # a Linear-shaped tensor that does not fit as a head
     sd["norm.running_mean"] = torch.zeros(4)
     torch.save(sd, tmp_path / "extra.pt")
     with pytest.raises(ValueError, match="embedding.weight"):
@@ -159,6 +158,7 @@ def test_several_lstms_refused(tmp_path):
 
 # --- safetensors headers ------------------------------------------------------------------
 
+
 def _st(header, data=b"", raw_len=None):
     text = json.dumps(header).encode()
     return struct.pack("<Q", len(text) if raw_len is None else raw_len) + text + data
@@ -167,24 +167,36 @@ def _st(header, data=b"", raw_len=None):
 GOOD = {"weight_ih_l0": {"dtype": "F32", "shape": [16, 3], "data_offsets": [0, 192]}}
 
 
-@pytest.mark.parametrize("blob,match", [
-    (_st(GOOD, bytes(192), raw_len=10 ** 12), "header claims"),
-    (_st(GOOD, bytes(192), raw_len=200_000_000), "limit"),
-    (_st(GOOD, bytes(100)), "truncated"),
-    (_st(GOOD, bytes(200)), "after the last tensor"),
-    (_st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
-          "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, bytes(24)), "overlaps"),
-    (_st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [4, 20]}}, bytes(20)), "gap"),
-    (_st({"a": {"dtype": "F32", "shape": [5], "data_offsets": [0, 16]}}, bytes(16)), "needs 20"),
-    (_st({"a": {"dtype": "Q7", "shape": [4], "data_offsets": [0, 16]}}, bytes(16)), "dtype"),
-    (_st({"a": {"dtype": "F32", "shape": [True, 4], "data_offsets": [0, 16]}}, bytes(16)), "shape"),
-    (_st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}}, bytes(16)), "data_offsets"),
-    (_st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16], "x": 1}}, bytes(16)), "exactly"),
-    (_st({"__metadata__": {"a": 1}}), "__metadata__"),
-    (struct.pack("<Q", 30) + b'{"a": {}, "a": {}}' + b" " * 12, "duplicate"),
-    (struct.pack("<Q", 12) + b'{"a": NaN}  ', "JSON"),
-    (struct.pack("<Q", 4) + b"{\xff\xfe}", "JSON"),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "blob,match",
+    [
+        (_st(GOOD, bytes(192), raw_len=10**12), "header claims"),
+        (_st(GOOD, bytes(192), raw_len=200_000_000), "limit"),
+        (_st(GOOD, bytes(100)), "truncated"),
+        (_st(GOOD, bytes(200)), "after the last tensor"),
+        (
+            _st(
+                {
+                    "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                    "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]},
+                },
+                bytes(24),
+            ),
+            "overlaps",
+        ),
+        (_st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [4, 20]}}, bytes(20)), "gap"),
+        (_st({"a": {"dtype": "F32", "shape": [5], "data_offsets": [0, 16]}}, bytes(16)), "needs 20"),
+        (_st({"a": {"dtype": "Q7", "shape": [4], "data_offsets": [0, 16]}}, bytes(16)), "dtype"),
+        (_st({"a": {"dtype": "F32", "shape": [True, 4], "data_offsets": [0, 16]}}, bytes(16)), "shape"),
+        (_st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}}, bytes(16)), "data_offsets"),
+        (_st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16], "x": 1}}, bytes(16)), "exactly"),
+        (_st({"__metadata__": {"a": 1}}), "__metadata__"),
+        (struct.pack("<Q", 30) + b'{"a": {}, "a": {}}' + b" " * 12, "duplicate"),
+        (struct.pack("<Q", 12) + b'{"a": NaN}  ', "JSON"),
+        (struct.pack("<Q", 4) + b"{\xff\xfe}", "JSON"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_safetensors_header_validation(blob, match):
     with pytest.raises(ValueError, match=match):
         loaders.read_spec(io.BytesIO(blob))

@@ -24,8 +24,12 @@ class LstmFc(nn.Module):
 
     def __init__(self, lstm, out, act=None):
         super().__init__()
-        self.lstm, self.fc = lstm, nn.Linear(lstm.hidden_size * (2 if lstm.bidirectional else 1)
-                                             if not lstm.proj_size else lstm.proj_size, out)
+        self.lstm, self.fc = (
+            lstm,
+            nn.Linear(
+                lstm.hidden_size * (2 if lstm.bidirectional else 1) if not lstm.proj_size else lstm.proj_size, out
+            ),
+        )
         self.act = act
 
     def forward(self, x):
@@ -119,8 +123,10 @@ def _via_pt(module, tmp_path):
     return loaders.load(tmp_path / "cell.pt")
 
 
-@pytest.mark.parametrize("act_module,name", [(nn.Sigmoid(), "sigmoid"), (nn.Tanh(), "tanh"), (nn.ReLU(), "relu"),
-                                              (nn.Softmax(dim=-1), "softmax")])
+@pytest.mark.parametrize(
+    "act_module,name",
+    [(nn.Sigmoid(), "sigmoid"), (nn.Tanh(), "tanh"), (nn.ReLU(), "relu"), (nn.Softmax(dim=-1), "softmax")],
+)
 def test_sequential_detects_head_activation(act_module, name):
     torch.manual_seed(4)
     seq = nn.Sequential(nn.LSTM(I, 6), TakeOutput(), nn.Dropout(0.3), nn.Linear(6, 3), act_module).eval()
@@ -203,11 +209,11 @@ def test_views_strides_offsets_and_prefix(tmp_path):
     for k, v in sd.items():  # pack every tensor into one storage, some stored transposed
         n = v.numel()
         if v.ndim == 2 and k.endswith("weight_hh_l1"):
-            chunk = big[pos:pos + n].view(v.shape[1], v.shape[0])
+            chunk = big[pos : pos + n].view(v.shape[1], v.shape[0])
             chunk.copy_(v.t())
             views[k] = chunk.t()
         else:
-            chunk = big[pos:pos + n].view(v.shape)
+            chunk = big[pos : pos + n].view(v.shape)
             chunk.copy_(v)
             views[k] = chunk
         pos += n + 3

@@ -112,8 +112,15 @@ class SequentialHead(nn.Module):
     def __init__(self):
         super().__init__()
         self.rnn = nn.RNN(I, 6, nonlinearity="relu", batch_first=True)
-        self.head = nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Dropout(0.3), nn.Linear(5, 4), nn.LeakyReLU(0.1),
-                                  nn.Linear(4, 2), nn.Softmax(dim=-1))
+        self.head = nn.Sequential(
+            nn.Linear(6, 5),
+            nn.GELU(),
+            nn.Dropout(0.3),
+            nn.Linear(5, 4),
+            nn.LeakyReLU(0.1),
+            nn.Linear(4, 2),
+            nn.Softmax(dim=-1),
+        )
 
     def forward(self, x):
         out, _ = self.rnn(x)
@@ -264,13 +271,16 @@ def _pt(state_dict):
     return buf
 
 
-@pytest.mark.parametrize("name,layers,overrides", [
-    ("last_step_mlp", ["lstm", "fc1", "relu", "fc2"], {"return_sequences": False}),
-    ("last_step_mlp", ["lstm", "last_step", "fc1", "relu", "fc2"], {}),
-    ("pre_head_activation", ["gru", "relu", "fc"], {}),
-    ("token_model", ["emb", "lstm", "last_step", "fc", "softmax"], {}),
-    ("norm_gelu_head", ["rnn", "norm", "fc1", "gelu_tanh", "fc2"], {}),
-])
+@pytest.mark.parametrize(
+    "name,layers,overrides",
+    [
+        ("last_step_mlp", ["lstm", "fc1", "relu", "fc2"], {"return_sequences": False}),
+        ("last_step_mlp", ["lstm", "last_step", "fc1", "relu", "fc2"], {}),
+        ("pre_head_activation", ["gru", "relu", "fc"], {}),
+        ("token_model", ["emb", "lstm", "last_step", "fc", "softmax"], {}),
+        ("norm_gelu_head", ["rnn", "norm", "fc1", "gelu_tanh", "fc2"], {}),
+    ],
+)
 def test_state_dict_file_with_layers(name, layers, overrides):
     module = _module(name)
     _, bf, tokens, streams = MODULES[name]
@@ -321,6 +331,7 @@ def test_gru_rnn_and_cells_from_files_and_objects():
 
 
 # --- refusals ------------------------------------------------------------------------------------
+
 
 class Residual(nn.Module):
     def __init__(self):
@@ -408,21 +419,24 @@ class PadBeforeLstm(nn.Module):
         return self.lstm(F.pad(x.permute(0, 2, 1), (2, 0)).permute(0, 2, 1))[0]
 
 
-@pytest.mark.parametrize("module,match", [
-    (ReflectPad(), "mode='reflect'"),
-    (PadBeforeLstm(), "only right before a Conv1d"),
-    (ViewTime(), r"reshaping to \(-1, 4\): only x.view\(x.size\(0\), -1\)"),
-    (Residual(), "add combines 2 tensors"),
-    (Cumsum(), "cumsum"),
-    (CellLoop(), "cannot trace forward"),
-    (BidirectionalHn(), "h_n of a bidirectional"),
-    (SoftmaxOverTime(), "not over the feature axis"),
-    (RandomState(), "combines 3 tensors"),
-    (nn.Sequential(nn.LSTM(I, 4)), "lstm_out|tuple"),
-    (nn.Sequential(nn.Linear(I, 4), nn.Hardtanh()), "Hardtanh"),
-    (nn.Linear(I, 3), "on its own"),
-    (nn.Sequential(nn.Linear(I, 3), nn.ReLU()), "no nn.LSTM, nn.GRU or nn.RNN"),
-])
+@pytest.mark.parametrize(
+    "module,match",
+    [
+        (ReflectPad(), "mode='reflect'"),
+        (PadBeforeLstm(), "only right before a Conv1d"),
+        (ViewTime(), r"reshaping to \(-1, 4\): only x.view\(x.size\(0\), -1\)"),
+        (Residual(), "add combines 2 tensors"),
+        (Cumsum(), "cumsum"),
+        (CellLoop(), "cannot trace forward"),
+        (BidirectionalHn(), "h_n of a bidirectional"),
+        (SoftmaxOverTime(), "not over the feature axis"),
+        (RandomState(), "combines 3 tensors"),
+        (nn.Sequential(nn.LSTM(I, 4)), "lstm_out|tuple"),
+        (nn.Sequential(nn.Linear(I, 4), nn.Hardtanh()), "Hardtanh"),
+        (nn.Linear(I, 3), "on its own"),
+        (nn.Sequential(nn.Linear(I, 3), nn.ReLU()), "no nn.LSTM, nn.GRU or nn.RNN"),
+    ],
+)
 def test_trace_refusals_name_the_op(module, match):
     with pytest.raises(ValueError, match=match):
         loaders.from_torch(module)
@@ -440,11 +454,17 @@ def _conv_lstm_state():
     return {f"{p}.{k}": v for p, m in parts.items() for k, v in m.state_dict().items()}
 
 
-@pytest.mark.parametrize("drop,match", [
-    (("bn", "emb"), r"'conv.weight'.*: a 3-d weight \(5, 3, 3\), an nn.Conv1d"),
-    (("conv", "emb"), r"'bn.weight'.*: a 1-d weight \(5,\) with running statistics, a norm"),
-    (("conv", "bn"), r"'emb.weight': a \(vocab, dim\) table \(20, 5\) feeding the recurrent input, an nn.Embedding"),
-])
+@pytest.mark.parametrize(
+    "drop,match",
+    [
+        (("bn", "emb"), r"'conv.weight'.*: a 3-d weight \(5, 3, 3\), an nn.Conv1d"),
+        (("conv", "emb"), r"'bn.weight'.*: a 1-d weight \(5,\) with running statistics, a norm"),
+        (
+            ("conv", "bn"),
+            r"'emb.weight': a \(vocab, dim\) table \(20, 5\) feeding the recurrent input, an nn.Embedding",
+        ),
+    ],
+)
 def test_leftover_tensors_are_described_by_shape(drop, match):
     sd = {k: v for k, v in _conv_lstm_state().items() if k.split(".")[0] not in drop}
     with pytest.raises(ValueError, match=match) as info:

@@ -41,8 +41,15 @@ def onnx_files(tmp_path_factory):
     seq = Seq().eval()
     export(seq, (torch.randn(5, 2, I),), root / "seq.onnx", "torchscript", ["x"], ["y"], {"x": {0: "T", 1: "B"}})
     names = ["x", "h0", "c0", "y", "hn", "cn"]
-    export(Step(seq).eval(), (torch.randn(1, 2, I), torch.zeros(2, 2, H), torch.zeros(2, 2, H)), root / "step.onnx",
-           "torchscript", names[:3], names[3:], {n: {1: "B"} for n in names})
+    export(
+        Step(seq).eval(),
+        (torch.randn(1, 2, I), torch.zeros(2, 2, H), torch.zeros(2, 2, H)),
+        root / "step.onnx",
+        "torchscript",
+        names[:3],
+        names[3:],
+        {n: {1: "B"} for n in names},
+    )
     return root
 
 
@@ -61,13 +68,12 @@ def test_bench_steps_the_users_own_streaming_graph(onnx_files, tmp_path):
 
 def test_bench_sequence_graph_runs_the_sequence_row(onnx_files, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", onnx_files / "seq.onnx", *QUICK, "--frameworks", "onnxruntime", "--json", out,
-                   cwd=tmp_path)
+    proc = run_cli("bench", onnx_files / "seq.onnx", *QUICK, "--frameworks", "onnxruntime", "--json", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     rows = {w["key"]: w for w in doc["workloads"]}
     assert "onnxruntime" in rows["sequence"]["median_s"]
-    assert "onnxruntime" not in rows["step"]["median_s"]      # no state inputs: ORT cannot carry state
+    assert "onnxruntime" not in rows["step"]["median_s"]  # no state inputs: ORT cannot carry state
     assert doc["parity"]["onnxruntime"]["sequence"] < 1e-5
 
 

@@ -29,8 +29,12 @@ RNG = np.random.default_rng(0)
 
 
 def _w(cls, gates, I, H):
-    return cls(RNG.standard_normal((gates * H, I)) * 0.3, RNG.standard_normal((gates * H, H)) * 0.3,
-               RNG.standard_normal(gates * H) * 0.1, RNG.standard_normal(gates * H) * 0.1)
+    return cls(
+        RNG.standard_normal((gates * H, I)) * 0.3,
+        RNG.standard_normal((gates * H, H)) * 0.3,
+        RNG.standard_normal(gates * H) * 0.1,
+        RNG.standard_normal(gates * H) * 0.1,
+    )
 
 
 def _dense(o, i, act="linear", bias=True):
@@ -38,25 +42,38 @@ def _dense(o, i, act="linear", bias=True):
 
 
 CHAINS = {
-    "bilstm_final_state": lambda: [LSTMLayer([_w(LSTMWeights, 4, 3, 5), _w(LSTMWeights, 4, 3, 5)]),
-                                   LastStep(final_state=True), _dense(2, 10, "sigmoid")],
+    "bilstm_final_state": lambda: [
+        LSTMLayer([_w(LSTMWeights, 4, 3, 5), _w(LSTMWeights, 4, 3, 5)]),
+        LastStep(final_state=True),
+        _dense(2, 10, "sigmoid"),
+    ],
     "lstm_activations_go_backwards": lambda: [
         LSTMLayer([_w(LSTMWeights, 4, 3, 5)], activation="relu", recurrent_activation="hard_sigmoid"),
         LSTMLayer([_w(LSTMWeights, 4, 5, 4)], recurrent_activation="hard_sigmoid_keras2", go_backwards=True),
-        LastStep(), _dense(2, 4, bias=False)],
-    "lstm_sequence_head": lambda: [LSTMLayer([_w(LSTMWeights, 4, 3, 6)], activation="linear"),
-                                   _dense(3, 6, "tanh")],
+        LastStep(),
+        _dense(2, 4, bias=False),
+    ],
+    "lstm_sequence_head": lambda: [LSTMLayer([_w(LSTMWeights, 4, 3, 6)], activation="linear"), _dense(3, 6, "tanh")],
     "bigru_sum_mlp": lambda: [
         GRULayer([_w(GRUWeights, 3, 3, 5), _w(GRUWeights, 3, 3, 5)], merge_mode="sum", reset_after=False),
-        _dense(6, 5, "silu"), LayerNorm(6, RNG.standard_normal(6), RNG.standard_normal(6)),
-        _dense(2, 6, "gelu_tanh")],
+        _dense(6, 5, "silu"),
+        LayerNorm(6, RNG.standard_normal(6), RNG.standard_normal(6)),
+        _dense(2, 6, "gelu_tanh"),
+    ],
     "conv_pool_rnn": lambda: [
         Conv1D(RNG.standard_normal((4, 3, 3)) * 0.3, RNG.standard_normal(4), padding="causal", activation="elu"),
-        AvgPool1D(2, padding=(0, 1)), RNNLayer([_w(RNNWeights, 1, 4, 5)]), GlobalMaxPool1D(),
+        AvgPool1D(2, padding=(0, 1)),
+        RNNLayer([_w(RNNWeights, 1, 4, 5)]),
+        GlobalMaxPool1D(),
         BatchNorm(RNG.standard_normal(5), RNG.uniform(0.5, 2, 5), RNG.standard_normal(5), RNG.standard_normal(5)),
-        Dense(RNG.standard_normal((2, 5)), None, Activation("prelu", weight=np.array([0.1, 0.2])))],
-    "embedding_lstm_softmax": lambda: [Embedding(RNG.standard_normal((11, 4))), LSTMLayer([_w(LSTMWeights, 4, 4, 5)]),
-                                       Activation("leaky_relu", alpha=0.2), _dense(3, 5, "softmax")],
+        Dense(RNG.standard_normal((2, 5)), None, Activation("prelu", weight=np.array([0.1, 0.2]))),
+    ],
+    "embedding_lstm_softmax": lambda: [
+        Embedding(RNG.standard_normal((11, 4))),
+        LSTMLayer([_w(LSTMWeights, 4, 4, 5)]),
+        Activation("leaky_relu", alpha=0.2),
+        _dense(3, 5, "softmax"),
+    ],
 }
 
 

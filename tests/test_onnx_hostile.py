@@ -25,12 +25,13 @@ I, H = 3, 4
 def _valid():
     W, R, B = recurrent_weights(np.random.default_rng(0), "LSTM", 1, I, H)
     w2 = np.random.default_rng(1).standard_normal((2, H)).astype(np.float32)
-    nodes = [helper.make_node("Squeeze", ["Y_h", "zero"], ["h"]),
-             helper.make_node("Gemm", ["h", "w2", "b2"], ["g"], transB=1),
-             helper.make_node("Sigmoid", ["g"], ["out"])]
+    nodes = [
+        helper.make_node("Squeeze", ["Y_h", "zero"], ["h"]),
+        helper.make_node("Gemm", ["h", "w2", "b2"], ["g"], transB=1),
+        helper.make_node("Sigmoid", ["g"], ["out"]),
+    ]
     inits = [tensor("zero", np.array([0], np.int64)), tensor("w2", w2), tensor("b2", np.zeros(2, np.float32))]
-    return recurrent_graph("LSTM", W, R, B, output="custom", extra_nodes=nodes, extra_inits=inits,
-                           final_shape=["B", 2])
+    return recurrent_graph("LSTM", W, R, B, output="custom", extra_nodes=nodes, extra_inits=inits, final_shape=["B", 2])
 
 
 def _rich():
@@ -53,23 +54,25 @@ def test_valid_base_model_loads():
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(target=st.sampled_from(TARGETS),
-       edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
-       cut=st.none() | st.floats(0, 1, exclude_max=True))
+@given(
+    target=st.sampled_from(TARGETS),
+    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
+    cut=st.none() | st.floats(0, 1, exclude_max=True),
+)
 def test_fuzzed_bytes_give_value_error_or_a_working_model(target, edits, cut):
     data = bytearray(target)
     for frac, value in edits:
         data[int(frac * len(data))] = value
     if cut is not None:
-        data = data[:int(cut * len(data))]
+        data = data[: int(cut * len(data))]
     try:
         spec = read_spec(io.BytesIO(bytes(data)))
     except ValueError:
         return
-    try:   # an edit inside a weight or a name can leave a valid model: it must then run
+    try:  # an edit inside a weight or a name can leave a valid model: it must then run
         model = build_model(spec)
     except (ValueError, TypeError):
-        return   # a chain this engine cannot build is refused cleanly
+        return  # a chain this engine cannot build is refused cleanly
     x = np.random.default_rng(2).standard_normal((12, 2, model.input_size)).astype(np.float32)
     assert model.predict(x).shape[-1] == model.output_size
 
@@ -104,30 +107,46 @@ def _huge_cases():
 
     x_in = [("x", TensorProto.FLOAT, ["T", "B", I])]
     out = [("out", TensorProto.FLOAT, None)]
-    big = TensorProto(name="big", data_type=TensorProto.FLOAT, dims=[1 << 40])   # claims 4 TB, holds nothing
+    big = TensorProto(name="big", data_type=TensorProto.FLOAT, dims=[1 << 40])  # claims 4 TB, holds nothing
     wide = TensorProto(name="wide", data_type=TensorProto.FLOAT, dims=[1 << 20, 1 << 20])
     short = numpy_helper.from_array(np.zeros(4, np.float32), "short")
     short.dims[:] = [1000]
     return {
-        "initializer_1e12_elements": model_bytes([helper.make_node("Add", ["x", "big"], ["out"])], x_in, out,
-                                                 [big]),
+        "initializer_1e12_elements": model_bytes([helper.make_node("Add", ["x", "big"], ["out"])], x_in, out, [big]),
         "initializer_2d_huge": model_bytes([helper.make_node("Add", ["x", "wide"], ["out"])], x_in, out, [wide]),
-        "raw_data_shorter_than_dims": model_bytes([helper.make_node("Add", ["x", "short"], ["out"])], x_in, out,
-                                                  [short]),
+        "raw_data_shorter_than_dims": model_bytes(
+            [helper.make_node("Add", ["x", "short"], ["out"])], x_in, out, [short]
+        ),
         "constant_of_shape_huge": model_bytes(
             [helper.make_node("ConstantOfShape", ["s"], ["z"]), helper.make_node("Add", ["x", "z"], ["out"])],
-            x_in, out, [tensor("s", np.array([1 << 30, 1 << 30], np.int64))]),
+            x_in,
+            out,
+            [tensor("s", np.array([1 << 30, 1 << 30], np.int64))],
+        ),
         "expand_huge": model_bytes(
             [helper.make_node("Expand", ["one", "s"], ["z"]), helper.make_node("Add", ["x", "z"], ["out"])],
-            x_in, out, [tensor("one", np.ones(1, np.float32)), tensor("s", np.array([1 << 35], np.int64))]),
+            x_in,
+            out,
+            [tensor("one", np.ones(1, np.float32)), tensor("s", np.array([1 << 35], np.int64))],
+        ),
         "range_huge": model_bytes(
             [helper.make_node("Range", ["a", "b", "c"], ["r"]), helper.make_node("Add", ["x", "r"], ["out"])],
-            x_in, out, [tensor("a", np.array(0, np.int64)), tensor("b", np.array(1 << 40, np.int64)),
-                        tensor("c", np.array(1, np.int64))]),
+            x_in,
+            out,
+            [
+                tensor("a", np.array(0, np.int64)),
+                tensor("b", np.array(1 << 40, np.int64)),
+                tensor("c", np.array(1, np.int64)),
+            ],
+        ),
         "varint_bomb": b"\x08" + b"\xff" * 64,
         "length_claims_exabytes": b"\x08\x08\x3a" + b"\xff" * 8 + b"\x7f",
-        "twenty_dims": model_bytes([helper.make_node("Add", ["x", "deep"], ["out"])], x_in, out,
-                                   [TensorProto(name="deep", data_type=TensorProto.FLOAT, dims=[1] * 20)]),
+        "twenty_dims": model_bytes(
+            [helper.make_node("Add", ["x", "deep"], ["out"])],
+            x_in,
+            out,
+            [TensorProto(name="deep", data_type=TensorProto.FLOAT, dims=[1] * 20)],
+        ),
     }
 
 
@@ -136,14 +155,16 @@ def test_huge_declared_sizes_refused_under_a_memory_limit(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(HUGE_CHILD.format(cases=cases)))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))]
-                                        + [p for p in sys.path if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))] + [p for p in sys.path if p]
+    )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("ok ") == len(cases), proc.stdout
 
 
 # --- external data -----------------------------------------------------------------------------------
+
 
 def _external_model(location, offset=0, length=None):
     """The valid base model with its W weight moved to an external file at ``location``."""
@@ -154,8 +175,11 @@ def _external_model(location, offset=0, length=None):
     raw = np.frombuffer(w.raw_data, np.uint8).copy()
     w.ClearField("raw_data")
     w.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", str(offset)),
-                       ("length", str(len(raw) if length is None else length))):
+    for key, value in (
+        ("location", location),
+        ("offset", str(offset)),
+        ("length", str(len(raw) if length is None else length)),
+    ):
         entry = w.external_data.add()
         entry.key, entry.value = key, value
     return m.SerializeToString(), raw.tobytes()
@@ -173,13 +197,16 @@ def test_external_data_inside_the_folder_loads(tmp_path):
         fastlstm.load(io.BytesIO(data))
 
 
-@pytest.mark.parametrize("location, match", [
-    ("../outside.bin", "not a plain relative path"),
-    ("/etc/passwd", "not a plain relative path"),
-    ("a/../../outside.bin", "not a plain relative path"),
-    ("link.bin", "leaves the model's folder"),
-    ("missing.bin", "cannot read external data"),
-])
+@pytest.mark.parametrize(
+    "location, match",
+    [
+        ("../outside.bin", "not a plain relative path"),
+        ("/etc/passwd", "not a plain relative path"),
+        ("a/../../outside.bin", "not a plain relative path"),
+        ("link.bin", "leaves the model's folder"),
+        ("missing.bin", "cannot read external data"),
+    ],
+)
 def test_external_data_escaping_the_folder_refused(tmp_path, location, match):
     folder = tmp_path / "model"
     folder.mkdir()
@@ -191,8 +218,9 @@ def test_external_data_escaping_the_folder_refused(tmp_path, location, match):
         fastlstm.load(folder / "m.onnx")
 
 
-@pytest.mark.parametrize("offset, length, match", [(0, 7, "length 7 does not match"),
-                                                   (10 ** 6, None, "the tensor needs")])
+@pytest.mark.parametrize(
+    "offset, length, match", [(0, 7, "length 7 does not match"), (10**6, None, "the tensor needs")]
+)
 def test_external_data_bounds(tmp_path, offset, length, match):
     data, raw = _external_model("w.bin", offset, length)
     (tmp_path / "w.bin").write_bytes(raw)
@@ -206,10 +234,19 @@ def test_graph_defects_refused(tmp_path):
     out = [("out", TensorProto.FLOAT, None)]
     cases = {
         "reads 'nowhere'": model_bytes([helper.make_node("Relu", ["nowhere"], ["out"])], x_in, out, []),
-        "already defined": model_bytes([helper.make_node("Relu", ["x"], ["out"]),
-                                        helper.make_node("Tanh", ["x"], ["out"])], x_in, out, []),
-        "cycle": model_bytes([helper.make_node("Relu", ["b"], ["a"]), helper.make_node("Tanh", ["a"], ["b"]),
-                              helper.make_node("Identity", ["a"], ["out"])], x_in, out, []),
+        "already defined": model_bytes(
+            [helper.make_node("Relu", ["x"], ["out"]), helper.make_node("Tanh", ["x"], ["out"])], x_in, out, []
+        ),
+        "cycle": model_bytes(
+            [
+                helper.make_node("Relu", ["b"], ["a"]),
+                helper.make_node("Tanh", ["a"], ["b"]),
+                helper.make_node("Identity", ["a"], ["out"]),
+            ],
+            x_in,
+            out,
+            [],
+        ),
         "opset 3": model_bytes([helper.make_node("Relu", ["x"], ["out"])], x_in, out, [], opset=3),
     }
     for match, data in cases.items():

@@ -80,8 +80,9 @@ def test_batch_first(make_model, rng):
 @pytest.mark.parametrize("proj_size", [0, 4])
 @pytest.mark.parametrize("num_layers", [1, 3])
 def test_directions_and_projection(bidirectional, proj_size, num_layers, make_model, rng):
-    model, layers, head = make_model(8, 12, num_layers, seed=5, bidirectional=bidirectional,
-                                     proj_size=proj_size, head_size=3)
+    model, layers, head = make_model(
+        8, 12, num_layers, seed=5, bidirectional=bidirectional, proj_size=proj_size, head_size=3
+    )
     x = _x(rng, 50, 3, 8)
     ref, _ = oracle.forward(layers, head, x)
     assert _max_err(model.predict(x), ref) <= TOL
@@ -106,8 +107,7 @@ def test_go_backwards_returns_reversed_outputs(make_model, rng):
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "hard_sigmoid", "relu", "linear"])
 @pytest.mark.parametrize("recurrent_activation", ["sigmoid", "hard_sigmoid", "hard_sigmoid_keras2", "tanh"])
 def test_cell_activations(activation, recurrent_activation, make_model, rng):
-    model, layers, head = make_model(6, 10, 2, seed=8, activation=activation,
-                                     recurrent_activation=recurrent_activation)
+    model, layers, head = make_model(6, 10, 2, seed=8, activation=activation, recurrent_activation=recurrent_activation)
     x = _x(rng, 40, 3, 6)
     ref, _ = oracle.forward(layers, head, x)
     # relu/linear cells are unbounded: compare relative to the output's magnitude.
@@ -161,8 +161,9 @@ def test_initial_and_final_state(bidirectional, B, make_model, rng):
 @pytest.mark.parametrize("bidirectional,go_backwards", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("B", [None, 3])
 def test_return_sequences_false(bidirectional, go_backwards, B, make_model, rng):
-    model, layers, head = make_model(5, 8, 2, seed=14, bidirectional=bidirectional, go_backwards=go_backwards,
-                                     head_size=3, return_sequences=False)
+    model, layers, head = make_model(
+        5, 8, 2, seed=14, bidirectional=bidirectional, go_backwards=go_backwards, head_size=3, return_sequences=False
+    )
     x = _x(rng, 25, B, 5)
     y = model.predict(x)
     ref, _ = oracle.forward(layers, head, x, return_sequences=False)
@@ -189,8 +190,9 @@ def _keras_weights_to_layer(cell_weights, **layer_kw):
 def test_oracle_matches_keras_lstm(recurrent_activation, go_backwards):
     keras = _keras()
     keras.utils.set_random_seed(1)
-    layer = keras.layers.LSTM(6, recurrent_activation=recurrent_activation, go_backwards=go_backwards,
-                              return_sequences=True)
+    layer = keras.layers.LSTM(
+        6, recurrent_activation=recurrent_activation, go_backwards=go_backwards, return_sequences=True
+    )
     x = np.random.default_rng(2).standard_normal((2, 15, 4)).astype(np.float32)
     layer(x)  # build the weights
     k, r, b = (np.asarray(w) for w in layer.get_weights())
@@ -198,8 +200,7 @@ def test_oracle_matches_keras_lstm(recurrent_activation, go_backwards):
     b = b + np.random.default_rng(3).uniform(-0.3, 0.3, b.shape).astype(np.float32)
     layer.set_weights([k, r, b])
     want = np.asarray(keras.ops.convert_to_numpy(layer(x)))
-    ours = _keras_weights_to_layer([(k, r, b)], recurrent_activation=recurrent_activation,
-                                   go_backwards=go_backwards)
+    ours = _keras_weights_to_layer([(k, r, b)], recurrent_activation=recurrent_activation, go_backwards=go_backwards)
     got, _ = oracle.forward([ours], None, x, batch_first=True)
     assert np.abs(got - want).max() <= 1e-5
 
@@ -209,8 +210,7 @@ def test_oracle_matches_keras_lstm(recurrent_activation, go_backwards):
 def test_oracle_matches_keras_bidirectional(merge_mode, return_sequences):
     keras = _keras()
     keras.utils.set_random_seed(4)
-    layer = keras.layers.Bidirectional(keras.layers.LSTM(5, return_sequences=return_sequences),
-                                       merge_mode=merge_mode)
+    layer = keras.layers.Bidirectional(keras.layers.LSTM(5, return_sequences=return_sequences), merge_mode=merge_mode)
     x = np.random.default_rng(5).standard_normal((3, 12, 4)).astype(np.float32)
     layer(x)
     w = [np.asarray(a) for a in layer.get_weights()]  # forward (k, r, b), then backward

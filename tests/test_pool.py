@@ -20,7 +20,7 @@ import oracle
 from checks import assert_state_equal
 
 I, H, L, O = 5, 12, 2, 3
-TOL_ORACLE = 2e-5   # pool vs float64 oracle (float32 state + approximate activations, carried over steps)
+TOL_ORACLE = 2e-5  # pool vs float64 oracle (float32 state + approximate activations, carried over steps)
 
 _LAYERS, _HEAD = oracle.random_stack(np.random.default_rng(4), I, H, L, head_size=O)
 MODEL = fastlstm.Model(_LAYERS, _HEAD)
@@ -63,9 +63,9 @@ class PoolMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.pool = MODEL.pool(CAPACITY)
-        self.refs = {}        # sid -> lone fastlstm Stream
-        self.orc = {}         # sid -> (list of float64 h, list of float64 c), 1-d per (layer, direction)
-        self.dead = set()     # ids of closed streams: never valid again, never reissued
+        self.refs = {}  # sid -> lone fastlstm Stream
+        self.orc = {}  # sid -> (list of float64 h, list of float64 c), 1-d per (layer, direction)
+        self.dead = set()  # ids of closed streams: never valid again, never reissued
 
     # -- helpers
     def _open(self, n):
@@ -102,11 +102,15 @@ class PoolMachine(RuleBasedStateMachine):
             self.dead.add(sid)
 
     @precondition(lambda self: self.refs)
-    @rule(seed=st.integers(0, 2**32 - 1), frac=st.floats(0.0, 1.0), scale=st.sampled_from([0.5, 1.0, 3.0]),
-          how=st.sampled_from(["array", "list", "out", "int32", "big-endian"]))
+    @rule(
+        seed=st.integers(0, 2**32 - 1),
+        frac=st.floats(0.0, 1.0),
+        scale=st.sampled_from([0.5, 1.0, 3.0]),
+        how=st.sampled_from(["array", "list", "out", "int32", "big-endian"]),
+    )
     def step(self, seed, frac, scale, how):
         rng = np.random.default_rng(seed)
-        ids = self._pick(rng, frac, frac)          # any subset, in any order
+        ids = self._pick(rng, frac, frac)  # any subset, in any order
         x = (scale * rng.standard_normal((len(ids), I))).astype(np.float32)
         if how == "array":
             y = self.pool.step(ids, x)
@@ -114,7 +118,7 @@ class PoolMachine(RuleBasedStateMachine):
             y = self.pool.step([int(s) for s in ids], x.astype(np.float64).tolist())
         elif how == "int32" and ids.max() < 2**31:
             y = self.pool.step(ids.astype(np.int32), x)
-        elif how == "big-endian":                  # read by value, not as native bytes
+        elif how == "big-endian":  # read by value, not as native bytes
             y = self.pool.step(ids.astype(">i8"), x.astype(">f4"))
         else:
             out = np.full((len(ids), O), np.nan, np.float32)
@@ -125,8 +129,10 @@ class PoolMachine(RuleBasedStateMachine):
         y_ref = np.stack([self.refs[int(s)].step(x[k]) for k, s in enumerate(ids)])
         assert np.array_equal(y, y_ref)
         # float64 oracle, the stepped streams as one batch of T=1
-        init = oracle.OracleState([np.stack([self.orc[int(s)][0][k] for s in ids]) for k in range(L)],
-                                  [np.stack([self.orc[int(s)][1][k] for s in ids]) for k in range(L)])
+        init = oracle.OracleState(
+            [np.stack([self.orc[int(s)][0][k] for s in ids]) for k in range(L)],
+            [np.stack([self.orc[int(s)][1][k] for s in ids]) for k in range(L)],
+        )
         y_orc, fin = oracle.forward(_LAYERS, _HEAD, x[None].astype(np.float64), init)
         assert _max_rel_diff(y, y_orc[0]) <= TOL_ORACLE
         for row, s in enumerate(ids):
@@ -158,8 +164,10 @@ class PoolMachine(RuleBasedStateMachine):
         assert_state_equal(self.pool.get_state(sid), new)
 
     @precondition(lambda self: self.refs)
-    @rule(seed=st.integers(0, 2**32 - 1),
-          kind=st.sampled_from(["dead", "repeat", "unknown", "nan", "overlap", "too many", "big-endian out"]))
+    @rule(
+        seed=st.integers(0, 2**32 - 1),
+        kind=st.sampled_from(["dead", "repeat", "unknown", "nan", "overlap", "too many", "big-endian out"]),
+    )
     def refused_step(self, seed, kind):
         """A step mixing good ids with one bad one (or a NaN, an out= overlapping x, more ids than the
         pool holds, a big-endian out=) raises; the invariant then checks nothing moved."""
@@ -169,10 +177,13 @@ class PoolMachine(RuleBasedStateMachine):
             kind = "repeat"
         if kind in ("overlap", "big-endian out"):
             buf = rng.standard_normal(len(ids) * (I + O)).astype(np.float32)
-            x = buf[:len(ids) * I].reshape(len(ids), I)
+            x = buf[: len(ids) * I].reshape(len(ids), I)
             lo = int(rng.integers(0, len(ids) * I)) if kind == "overlap" else len(ids) * I
-            out = buf[lo:lo + len(ids) * O].reshape(len(ids), O) if kind == "overlap" else \
-                np.empty((len(ids), O), ">f4")
+            out = (
+                buf[lo : lo + len(ids) * O].reshape(len(ids), O)
+                if kind == "overlap"
+                else np.empty((len(ids), O), ">f4")
+            )
             with pytest.raises(ValueError if kind == "overlap" else TypeError, match=r"\bout\b"):
                 self.pool.step(np.array(ids, np.int64), x, out=out)
             return
@@ -185,9 +196,11 @@ class PoolMachine(RuleBasedStateMachine):
             x = rng.standard_normal((len(ids), I)).astype(np.float32)
             x[int(rng.integers(len(ids))), int(rng.integers(I))] = np.nan
         else:
-            bad = {"dead": lambda: sorted(self.dead)[int(rng.integers(len(self.dead)))],
-                   "repeat": lambda: ids[int(rng.integers(len(ids)))],
-                   "unknown": lambda: (7 << 32) | int(rng.integers(CAPACITY, 2**31))}[kind]()
+            bad = {
+                "dead": lambda: sorted(self.dead)[int(rng.integers(len(self.dead)))],
+                "repeat": lambda: ids[int(rng.integers(len(ids)))],
+                "unknown": lambda: (7 << 32) | int(rng.integers(CAPACITY, 2**31)),
+            }[kind]()
             ids.insert(int(rng.integers(len(ids) + 1)), bad)
             x = rng.standard_normal((len(ids), I)).astype(np.float32)
         with pytest.raises(ValueError):
@@ -212,12 +225,16 @@ class PoolMachine(RuleBasedStateMachine):
 
 
 TestPoolStateMachine = PoolMachine.TestCase
-TestPoolStateMachine.settings = settings(max_examples=12, stateful_step_count=25, deadline=None,
-                                         suppress_health_check=[HealthCheck.too_slow,
-                                                                HealthCheck.filter_too_much])
+TestPoolStateMachine.settings = settings(
+    max_examples=12,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 # --------------------------------------------------------------------------- batches of every size
+
 
 @pytest.mark.parametrize("proj", [0, 7])
 def test_pool_matches_streams_and_oracle_across_chunk_sizes(proj, rng):
@@ -235,7 +252,7 @@ def test_pool_matches_streams_and_oracle_across_chunk_sizes(proj, rng):
         y_ref = np.stack([refs[int(s)].step(x[k]) for k, s in enumerate(sel)])
         assert np.array_equal(y, y_ref)
         for k, s in enumerate(sel):
-            yo, orc[int(s)] = oracle.forward(layers, head, x[k:k + 1].astype(np.float64), orc[int(s)])
+            yo, orc[int(s)] = oracle.forward(layers, head, x[k : k + 1].astype(np.float64), orc[int(s)])
             assert _max_rel_diff(y[k], yo[0]) <= TOL_ORACLE
     for s in ids:
         got, want = pool.get_state(int(s)), refs[int(s)].state
@@ -249,7 +266,7 @@ def test_same_batch_same_bits_whatever_the_slots(rng):
     """The same rows in the same order give the same bits, whichever slots the streams sit in."""
     a, b = MODEL.pool(64), MODEL.pool(64)
     ida = np.array([a.open() for _ in range(40)])
-    for _ in range(17):                       # push b's streams into other slots
+    for _ in range(17):  # push b's streams into other slots
         b.close(b.open())
     filler = [b.open() for _ in range(9)]
     idb = np.array([b.open() for _ in range(40)])
@@ -263,6 +280,7 @@ def test_same_batch_same_bits_whatever_the_slots(rng):
 
 
 # --------------------------------------------------------------------------- refused calls
+
 
 @pytest.fixture
 def busy_pool(rng):
@@ -314,7 +332,7 @@ def test_bad_ids_raise_and_change_nothing(busy_pool, rng):
         with pytest.raises(exc):
             pool.step(ids, x, out=out)
         _assert_unchanged(pool, before)
-        assert not out.any(), label   # nothing written to out either
+        assert not out.any(), label  # nothing written to out either
     # the same call with good ids does change the states (so the check above can fail)
     pool.step(live[:3], rng.standard_normal((3, I)))
     assert pool.get_state(live[0]) != before[live[0]]
@@ -329,9 +347,10 @@ def test_bad_x_and_out_change_nothing(busy_pool, rng):
     nan[2, 1] = np.nan
     inf[3, 4] = -np.inf
     cases = [
-        (nan, None, ValueError), (inf, None, ValueError),
-        (good[:3], None, ValueError),                       # fewer rows than ids
-        (np.zeros((5, I), np.float32), None, ValueError),   # more rows than ids
+        (nan, None, ValueError),
+        (inf, None, ValueError),
+        (good[:3], None, ValueError),  # fewer rows than ids
+        (np.zeros((5, I), np.float32), None, ValueError),  # more rows than ids
         (np.zeros((4, I + 1), np.float32), None, ValueError),
         (good.reshape(-1), None, ValueError),
         (good[None], None, ValueError),
@@ -363,27 +382,46 @@ def test_bad_sid_in_single_stream_methods_changes_nothing(busy_pool, rng):
     pool, live, dead = busy_pool
     good_state = pool.get_state(live[5])
     before = _snapshot(pool, live)
-    bad = [(dead[0], ValueError), (40, ValueError), (64, ValueError), (-1, ValueError),
-           ((3 << 32) | live[0], ValueError), (2**70, ValueError),
-           ("1", TypeError), (None, TypeError), ([live[0]], TypeError)]
+    bad = [
+        (dead[0], ValueError),
+        (40, ValueError),
+        (64, ValueError),
+        (-1, ValueError),
+        ((3 << 32) | live[0], ValueError),
+        (2**70, ValueError),
+        ("1", TypeError),
+        (None, TypeError),
+        ([live[0]], TypeError),
+    ]
     for sid, exc in bad:
-        for call in (lambda s: pool.close(s), lambda s: pool.reset(s), lambda s: pool.get_state(s),
-                     lambda s: pool.set_state(s, good_state)):
+        for call in (
+            lambda s: pool.close(s),
+            lambda s: pool.reset(s),
+            lambda s: pool.get_state(s),
+            lambda s: pool.set_state(s, good_state),
+        ):
             with pytest.raises(exc):
                 call(sid)
             _assert_unchanged(pool, before)
     assert len(pool) == len(live)
 
 
-@pytest.mark.parametrize("sid_of", [lambda s: float(s) + 0.5, float, np.float64, np.float32],
-                         ids=["float+0.5", "float", "np.float64", "np.float32"])
+@pytest.mark.parametrize(
+    "sid_of",
+    [lambda s: float(s) + 0.5, float, np.float64, np.float32],
+    ids=["float+0.5", "float", "np.float64", "np.float32"],
+)
 def test_float_sid_is_refused(busy_pool, sid_of):
     """A float is not a stream id: it must raise TypeError, not be truncated to some other stream's id."""
     pool, live, _ = busy_pool
     before = _snapshot(pool, live)
     sid = sid_of(live[1])
-    for call in (lambda: pool.close(sid), lambda: pool.reset(sid), lambda: pool.get_state(sid),
-                 lambda: pool.set_state(sid, before[live[2]])):
+    for call in (
+        lambda: pool.close(sid),
+        lambda: pool.reset(sid),
+        lambda: pool.get_state(sid),
+        lambda: pool.set_state(sid, before[live[2]]),
+    ):
         with pytest.raises(TypeError):
             call()
         _assert_unchanged(pool, before)
@@ -403,16 +441,23 @@ def test_bad_state_in_set_state_changes_nothing(busy_pool, rng):
     nan_state = good.copy()
     nan_state.c[1][3] = np.nan
     wrong_width = fastlstm.State([np.zeros(H + 1), np.zeros(H)], [np.zeros(H), np.zeros(H)])
-    batched = MODEL.stream(1).state                     # (1, H) arrays: a batch, not one stream
+    batched = MODEL.stream(1).state  # (1, H) arrays: a batch, not one stream
     too_few = fastlstm.State([np.zeros(H)], [np.zeros(H)])
-    for bad, exc in [(nan_state, ValueError), (wrong_width, ValueError), (batched, ValueError),
-                     (too_few, ValueError), (None, TypeError), ((good.h, good.c), TypeError)]:
+    for bad, exc in [
+        (nan_state, ValueError),
+        (wrong_width, ValueError),
+        (batched, ValueError),
+        (too_few, ValueError),
+        (None, TypeError),
+        ((good.h, good.c), TypeError),
+    ]:
         with pytest.raises(exc):
             pool.set_state(live[1], bad)
         _assert_unchanged(pool, before)
 
 
 # --------------------------------------------------------------------------- capacity, ids
+
 
 def test_pool_full_raises_and_reserve_grows_keeping_states(rng):
     pool = MODEL.pool(5)
@@ -430,13 +475,13 @@ def test_pool_full_raises_and_reserve_grows_keeping_states(rng):
     _assert_unchanged(pool, before)
     assert pool.capacity == 5 and len(pool) == 5
 
-    pool.close(ids[2])                       # a free slot, then grow: the open ones keep their state
+    pool.close(ids[2])  # a free slot, then grow: the open ones keep their state
     del before[ids[2]]
     pool.reserve(12)
     assert pool.capacity == 12 and len(pool) == 4
     _assert_unchanged(pool, before)
     with pytest.raises(ValueError):
-        pool.get_state(ids[2])               # still dead after the grow
+        pool.get_state(ids[2])  # still dead after the grow
     new = [pool.open() for _ in range(8)]
     assert len(set(new) | set(before)) == 12 and ids[2] not in new
     with pytest.raises(RuntimeError):
@@ -450,7 +495,7 @@ def test_pool_full_raises_and_reserve_grows_keeping_states(rng):
     y_ref = np.stack([refs[ids.index(s)].step(x[k]) for k, s in enumerate(keep)])
     assert np.array_equal(y, y_ref)
 
-    pool.reserve(3)                          # never shrinks
+    pool.reserve(3)  # never shrinks
     assert pool.capacity == 12 and len(pool) == 12
     for bad, exc in [(0, ValueError), (-4, ValueError), (2.5, TypeError), ("9", TypeError)]:
         with pytest.raises(exc):
@@ -479,7 +524,7 @@ def test_closed_ids_stay_invalid_after_their_slot_is_reused(rng):
         pool.step([sid, keep], rng.standard_normal((2, I)))
         pool.close(sid)
         dead.append(sid)
-        new = pool.open()                     # reuses the slot just freed
+        new = pool.open()  # reuses the slot just freed
         assert new not in seen
         assert (new & 0xFFFFFFFF) == (sid & 0xFFFFFFFF)
         seen.add(new)
@@ -487,9 +532,13 @@ def test_closed_ids_stay_invalid_after_their_slot_is_reused(rng):
         sid = new
     before = _snapshot(pool, [keep, sid])
     for d in dead[::37] + dead[-2:]:
-        for call in (lambda d=d: pool.get_state(d), lambda d=d: pool.close(d), lambda d=d: pool.reset(d),
-                     lambda d=d: pool.step([d], np.zeros((1, I))),
-                     lambda d=d: pool.step([keep, d], np.zeros((2, I)))):
+        for call in (
+            lambda d=d: pool.get_state(d),
+            lambda d=d: pool.close(d),
+            lambda d=d: pool.reset(d),
+            lambda d=d: pool.step([d], np.zeros((1, I))),
+            lambda d=d: pool.step([keep, d], np.zeros((2, I))),
+        ):
             with pytest.raises(ValueError):
                 call()
     _assert_unchanged(pool, before)
@@ -501,11 +550,11 @@ def test_reset_and_state_copies_are_independent(rng):
     a, b = pool.open(), pool.open()
     pool.step([a, b], rng.standard_normal((2, I)))
     sa = pool.get_state(a)
-    sa.h[0][:] = 123.0                        # a copy: editing it does not touch the pool
+    sa.h[0][:] = 123.0  # a copy: editing it does not touch the pool
     assert not np.any(pool.get_state(a).h[0] == 123.0)
     sb = pool.get_state(b)
     pool.reset(a)
     assert all(not x.any() for x in pool.get_state(a).h + pool.get_state(a).c)
     assert_state_equal(pool.get_state(b), sb)
-    assert pool.step([], np.zeros((0, I))).shape == (0, O)   # an empty step is legal and touches nothing
+    assert pool.step([], np.zeros((0, I))).shape == (0, O)  # an empty step is legal and touches nothing
     assert_state_equal(pool.get_state(b), sb)

@@ -78,18 +78,23 @@ def test_state_moves_to_a_new_process_and_continues_bit_identically(tmp_path, rn
     ids = [pool.open() for _ in range(6)]
     for _ in range(30):
         pool.step(ids, rng.standard_normal((6, I)))
-    moved = [ids[4], ids[1], ids[3]]           # any subset, any order
+    moved = [ids[4], ids[1], ids[3]]  # any subset, any order
     stream = model.stream()
     batched = model.stream(3)
     for _ in range(30):
         stream.step(rng.standard_normal(I))
         batched.step(rng.standard_normal((3, I)))
 
-    blobs = {"pool": [pool.get_state(s).to_bytes() for s in moved],
-             "stream": stream.state.to_bytes(), "batched": batched.state.to_bytes()}
-    xs = {"pool": rng.standard_normal((20, 3, I)).astype(np.float32),
-          "stream": rng.standard_normal((20, I)).astype(np.float32),
-          "batched": rng.standard_normal((20, 3, I)).astype(np.float32)}
+    blobs = {
+        "pool": [pool.get_state(s).to_bytes() for s in moved],
+        "stream": stream.state.to_bytes(),
+        "batched": batched.state.to_bytes(),
+    }
+    xs = {
+        "pool": rng.standard_normal((20, 3, I)).astype(np.float32),
+        "stream": rng.standard_normal((20, I)).astype(np.float32),
+        "batched": rng.standard_normal((20, 3, I)).astype(np.float32),
+    }
     with open(tmp_path / "model.pkl", "wb") as f:
         pickle.dump(model, f)
     with open(tmp_path / "states.pkl", "wb") as f:
@@ -100,8 +105,14 @@ def test_state_moves_to_a_new_process_and_continues_bit_identically(tmp_path, rn
 
     # cwd=tmp_path: with -c the child puts its cwd first on sys.path, where a source checkout's
     # fastlstm/ (no compiled kernels under a regular install) would shadow the installed one.
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], env=child_env(), cwd=str(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path)],
+        env=child_env(),
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "result.pkl", "rb") as f:
         child = pickle.load(f)

@@ -28,16 +28,18 @@ I, O = 3, 2
 def _model():
     rng = np.random.default_rng(11)
     u = lambda *s: rng.uniform(-0.5, 0.5, s).astype(np.float32)  # noqa: E731
-    return fastlstm.Model([
-        Conv1D(u(6, I, 3), u(6), dilation=2, padding="causal", activation="tanh"),
-        GRULayer([GRUWeights(u(48, 6), u(48, 16), u(48), u(48))]),
-        LayerNorm(16, u(16) + 1, u(16)),
-        AvgPool1D(3, 1, "causal"),
-        LSTMLayer([LSTMWeights(u(48, 16), u(48, 12), u(48), u(48))]),
-        GlobalAvgPool1D(),
-        Dense(u(8, 12), u(8), activation="gelu"),
-        Dense(u(O, 8), u(O)),
-    ])
+    return fastlstm.Model(
+        [
+            Conv1D(u(6, I, 3), u(6), dilation=2, padding="causal", activation="tanh"),
+            GRULayer([GRUWeights(u(48, 6), u(48, 16), u(48), u(48))]),
+            LayerNorm(16, u(16) + 1, u(16)),
+            AvgPool1D(3, 1, "causal"),
+            LSTMLayer([LSTMWeights(u(48, 16), u(48, 12), u(48), u(48))]),
+            GlobalAvgPool1D(),
+            Dense(u(8, 12), u(8), activation="gelu"),
+            Dense(u(O, 8), u(O)),
+        ]
+    )
 
 
 MODEL = _model()
@@ -129,6 +131,9 @@ class MixedPoolMachine(RuleBasedStateMachine):
 
 
 TestMixedPoolStateMachine = MixedPoolMachine.TestCase
-TestMixedPoolStateMachine.settings = settings(max_examples=10, stateful_step_count=20, deadline=None,
-                                              suppress_health_check=[HealthCheck.too_slow,
-                                                                     HealthCheck.filter_too_much])
+TestMixedPoolStateMachine.settings = settings(
+    max_examples=10,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)

@@ -25,7 +25,7 @@ from fastlstm.harness.timing import traced_memory as _measure
 
 I, H, L, O = 16, 32, 2, 4
 STEPS = 100_000
-SLACK = 16   # bytes: below the size of any Python object (an int is 28)
+SLACK = 16  # bytes: below the size of any Python object (an int is 28)
 
 _MODEL = fastlstm.Model(*oracle.random_stack(np.random.default_rng(2), I, H, L, head_size=O))
 
@@ -35,7 +35,7 @@ def _assert_allocation_free(loop, n=STEPS):
         for _ in itertools.repeat(None, k):
             pass
 
-    loop(2000)                                   # warm-up: lazy one-time allocations happen here
+    loop(2000)  # warm-up: lazy one-time allocations happen here
     gc_was = gc.isenabled()
     gc.disable()
     tracemalloc.start()
@@ -82,11 +82,11 @@ def test_batched_stream_step_with_out_allocates_nothing(restore_threads):
 
 
 def test_pool_step_with_out_allocates_nothing(restore_threads):
-    fastlstm.set_num_threads(1)                  # see the batched Stream test
+    fastlstm.set_num_threads(1)  # see the batched Stream test
     pool = _MODEL.pool(128)
     all_ids = [pool.open() for _ in range(100)]
     rng = np.random.default_rng(1)
-    ids = np.array(rng.permutation(all_ids)[:48], dtype=np.int64)   # a subset, shuffled
+    ids = np.array(rng.permutation(all_ids)[:48], dtype=np.int64)  # a subset, shuffled
     x = rng.standard_normal((48, I)).astype(np.float32)
     out = np.empty((48, O), np.float32)
     step = pool.step
@@ -116,7 +116,7 @@ def test_allocation_check_can_fail():
 
     def temporary(n):
         for _ in itertools.repeat(None, n):
-            stream.step(x)                       # no out=: a fresh (O,) array per step
+            stream.step(x)  # no out=: a fresh (O,) array per step
 
     def leak(n):
         for _ in itertools.repeat(None, n):
@@ -144,15 +144,15 @@ def _soak(pool, n_steps, rng_seed=3):
     xs = rng.standard_normal((64, 160, I)).astype(np.float32)
     out = np.empty((160, O), np.float32)
     ids = np.empty(160, np.int64)
-    sizes = rng.integers(1, 24, size=997)           # mostly one row chunk ...
-    sizes[::200] = 119                              # ... and every 200th tick several, through the thread pool
+    sizes = rng.integers(1, 24, size=997)  # mostly one row chunk ...
+    sizes[::200] = 119  # ... and every 200th tick several, through the thread pool
     churn = rng.integers(0, len(live), size=991)
     sentinel_x = []
     for t in range(n_steps):
         n = int(sizes[t % 997])
         ids[0] = sentinel
-        ids[1:n + 1] = live[(t % 30):(t % 30) + n]
-        pool.step(ids[:n + 1], xs[t % 64, :n + 1], out=out[:n + 1])
+        ids[1 : n + 1] = live[(t % 30) : (t % 30) + n]
+        pool.step(ids[: n + 1], xs[t % 64, : n + 1], out=out[: n + 1])
         sentinel_x.append(t % 64)
         if t % 8 == 0:
             k = int(churn[t % 991])
@@ -166,7 +166,7 @@ def test_pool_soak_keeps_rss_bounded():
     """10^5 pool steps with open/close churn: RSS after warm-up grows by less than 4 MB."""
     pool = _MODEL.pool(200)
     sentinel_ref = _MODEL.stream()
-    _soak(_MODEL.pool(200), 3000)                     # warm-up of everything the soak touches
+    _soak(_MODEL.pool(200), 3000)  # warm-up of everything the soak touches
     gc.collect()
     rss0 = _rss_bytes()
     sentinel, order, xs = _soak(pool, STEPS)

@@ -60,6 +60,7 @@ def _run_threads(fns, switch_interval=None):
 
 # --------------------------------------------------------------------------- different objects
 
+
 def _own_objects_worker(w, ticks=300, rounds=None):
     """A worker with its own pool (with churn), its own Stream and batched Stream, on the shared model.
 
@@ -80,7 +81,7 @@ def _own_objects_worker(w, ticks=300, rounds=None):
         if t % 10 == 0:
             outs.append(batched.step_many(rng.standard_normal((4, 5 + w, I))).copy())
             outs.append(MODEL.predict(rng.standard_normal((6, 2, I))).copy())
-        if t % 7 == 3:                         # churn: close one, open one
+        if t % 7 == 3:  # churn: close one, open one
             k = int(rng.integers(len(live)))
             pool.close(live[k])
             live[k] = pool.open()
@@ -92,8 +93,9 @@ def test_threads_on_different_pools_and_streams_match_serial():
     serial = [_own_objects_worker(w) for w in range(N_THREADS)]
     for _ in range(2):
         rounds = threading.Barrier(N_THREADS, timeout=60)
-        threaded = _run_threads([lambda w=w, r=rounds: _own_objects_worker(w, rounds=r) for w in range(N_THREADS)],
-                                switch_interval=1e-5)
+        threaded = _run_threads(
+            [lambda w=w, r=rounds: _own_objects_worker(w, rounds=r) for w in range(N_THREADS)], switch_interval=1e-5
+        )
         for (outs_s, fin_s), (outs_t, fin_t) in zip(serial, threaded):
             assert len(outs_s) == len(outs_t)
             assert all(np.array_equal(a, b) for a, b in zip(outs_s, outs_t))
@@ -113,6 +115,7 @@ def test_threads_match_serial_at_any_thread_count(n_threads, restore_threads):
 
 
 # --------------------------------------------------------------------------- one pool, disjoint ids
+
 
 def _shared_pool_worker(pool, w, ticks=250, rounds=None):
     """Opens its own streams in ``pool`` and works only on them: step, close/reopen, reset, set_state.
@@ -144,7 +147,7 @@ def _shared_pool_worker(pool, w, ticks=250, rounds=None):
             a, b = (int(v) for v in rng.integers(len(live), size=2))
             pool.set_state(live[a], fastlstm.State.from_bytes(pool.get_state(live[b]).to_bytes()))
         if t % 19 == 0:
-            with pytest.raises(ValueError):       # a refused call in the middle of the race
+            with pytest.raises(ValueError):  # a refused call in the middle of the race
                 pool.step([live[0], live[0]], np.zeros((2, I), np.float32))
     return outs, [pool.get_state(s).to_bytes() for s in live]
 
@@ -155,9 +158,10 @@ def test_threads_sharing_one_pool_with_disjoint_ids_match_serial():
     for _ in range(2):
         pool = MODEL.pool(1000)
         rounds = threading.Barrier(N_THREADS, timeout=60)
-        threaded = _run_threads([lambda w=w, p=pool, r=rounds: _shared_pool_worker(p, w, rounds=r)
-                                 for w in range(N_THREADS)],
-                                switch_interval=1e-5)
+        threaded = _run_threads(
+            [lambda w=w, p=pool, r=rounds: _shared_pool_worker(p, w, rounds=r) for w in range(N_THREADS)],
+            switch_interval=1e-5,
+        )
         for (outs_s, fin_s), (outs_t, fin_t) in zip(serial, threaded):
             assert all(np.array_equal(a, b) for a, b in zip(outs_s, outs_t))
             assert fin_s == fin_t
@@ -165,6 +169,7 @@ def test_threads_sharing_one_pool_with_disjoint_ids_match_serial():
 
 
 # --------------------------------------------------------------------------- the same object, racing
+
 
 def _replay(calls_per_thread, try_step):
     """Recover a serial order of whole calls from their outputs.
@@ -181,14 +186,15 @@ def _replay(calls_per_thread, try_step):
                 pos[w] += 1
                 break
         else:
-            pytest.fail(f"no thread's next call matches a whole step at position {sum(pos)}: "
-                        "the calls were not serialised")
+            pytest.fail(
+                f"no thread's next call matches a whole step at position {sum(pos)}: the calls were not serialised"
+            )
 
 
 def test_one_stream_from_several_threads_is_serialised():
     stream = MODEL.stream(3)
     per = 150
-    rounds = threading.Barrier(N_THREADS, timeout=60)   # all threads call at once, every round
+    rounds = threading.Barrier(N_THREADS, timeout=60)  # all threads call at once, every round
 
     def worker(w):
         rng = np.random.default_rng(900 + w)

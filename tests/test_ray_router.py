@@ -13,7 +13,7 @@ import pytest
 import fastlstm
 import oracle
 
-ray = pytest.importorskip("ray")                 # the ray extra, installed by CI's test extra
+ray = pytest.importorskip("ray")  # the ray extra, installed by CI's test extra
 from fastlstm.ray import StreamRouter, predict_dataset  # noqa: E402
 
 I, H, O = 4, 16, 2
@@ -37,7 +37,7 @@ def test_200_streams_through_two_replicas_match_lone_streams(local_ray):
     router = StreamRouter(MODEL, num_replicas=2, checkpoint_every=3)
     try:
         sids = [router.open() for _ in range(200)]
-        assert sorted(router.placement().values()).count(0) == 100      # balanced
+        assert sorted(router.placement().values()).count(0) == 100  # balanced
         got = np.stack([router.step_many(sids, xs[:, t]) for t in range(5)], axis=1)
         assert all(router.steps(s) == 5 for s in sids)
     finally:
@@ -61,7 +61,7 @@ def test_rescale_1_2_1_mid_run_is_bit_identical(local_ray):
         sids = [router.open() for _ in range(12)]
         parts = [_run_sequential(router, sids, xs, 0, 3)]
         router.scale(2)
-        assert sorted(router.placement().values()).count(1) == 6       # half of them moved
+        assert sorted(router.placement().values()).count(1) == 6  # half of them moved
         parts.append(_run_sequential(router, sids, xs, 3, 6))
         router.scale(1)
         assert set(router.placement().values()) == {0} and router.num_replicas == 1
@@ -82,7 +82,7 @@ def test_killed_replica_resumes_with_no_lost_or_repeated_step(local_ray):
     router = StreamRouter(MODEL, num_replicas=2, checkpoint_every=4)
     try:
         sids = [router.open() for _ in range(10)]
-        first = _run_sequential(router, sids, xs, 0, 6)       # checkpoints at step 4, 2 steps logged
+        first = _run_sequential(router, sids, xs, 0, 6)  # checkpoints at step 4, 2 steps logged
         victims = [s for s, r in router.placement().items() if r == 0]
         ray.kill(router.replica(0), no_restart=True)
         rest = _run_sequential(router, sids, xs, 6, 11)
@@ -96,7 +96,7 @@ def test_killed_replica_resumes_with_no_lost_or_repeated_step(local_ray):
         assert [ray.get(actor.steps.remote(rsids[s])) for s in victims] == [7] * len(victims)
     finally:
         router.shutdown()
-    for k in range(10):     # the replays of different streams shared ticks: still exact
+    for k in range(10):  # the replays of different streams shared ticks: still exact
         want, state = _lone(xs[k])
         assert np.array_equal(got[k, :6], want[:6]), f"stream {k}"
         np.testing.assert_array_equal(got[k, 6:], want[6:], err_msg=f"stream {k}")
@@ -135,11 +135,11 @@ def test_the_serving_protocol_in_front_of_the_router(local_ray):
             ws.send_json({"op": "export"})
             blob = ws.receive_json()["state"]
         import base64
+
         sid = client.post("/streams").json()["sid"]
         assert client.put(f"/streams/{sid}/state", content=base64.b64decode(blob)).status_code == 204
         for x in xs[3:]:
-            got.append(np.array(client.post(f"/streams/{sid}/step", json={"x": x.tolist()}).json()["y"],
-                                np.float32))
+            got.append(np.array(client.post(f"/streams/{sid}/step", json={"x": x.tolist()}).json()["y"], np.float32))
         assert client.get(f"/streams/{sid + 999}/state").status_code == 404
     assert np.array_equal(np.stack(got), _lone(xs)[0])
 
@@ -156,7 +156,7 @@ def test_kill_during_concurrent_steps_replays_waiting_steps_once(local_ray):
         got = []
         runner = threading.Thread(target=lambda: got.extend(router.step_many(sids, xs[:, t]) for t in range(10)))
         runner.start()
-        while router.steps(sids[-1]) < 4:          # kill while rounds 5..10 are still to come
+        while router.steps(sids[-1]) < 4:  # kill while rounds 5..10 are still to come
             time.sleep(0.001)
         ray.kill(router.replica(1), no_restart=True)
         runner.join()

@@ -47,7 +47,7 @@ def test_concurrent_streams_coalesce_and_match_lone_streams(rng):
     # (after shutdown, which joins the worker: a tick's figures are recorded just after its hand-off)
     assert b.metrics.steps == 240
     assert b.metrics.ticks < 240 / 4, "steps of different streams were not coalesced"
-    assert b.metrics.batch_size.counts[-2:].sum() > 0          # some ticks reached 16 streams
+    assert b.metrics.batch_size.counts[-2:].sum() > 0  # some ticks reached 16 streams
     for k in range(40):
         np.testing.assert_array_equal(got[k], _lone_outputs(xs[k]))
 
@@ -57,12 +57,12 @@ def test_same_stream_steps_run_in_arrival_order_one_per_tick(rng):
     with Batcher(MODEL, max_batch=64, max_delay=0.002) as b:
         sids = [b.open() for _ in range(3)]
 
-        async def main():     # all 75 steps submitted before any tick can run
+        async def main():  # all 75 steps submitted before any tick can run
             return await asyncio.gather(*[b.step(s, xs[k, t]) for t in range(25) for k, s in enumerate(sids)])
 
         got = np.array(asyncio.run(main())).reshape(25, 3, O)
         assert [b.steps(s) for s in sids] == [25, 25, 25]
-    assert b.metrics.ticks >= 25                         # never two steps of one stream in a tick
+    assert b.metrics.ticks >= 25  # never two steps of one stream in a tick
     for k in range(3):
         np.testing.assert_array_equal(got[:, k], _lone_outputs(xs[k]))
 
@@ -82,7 +82,7 @@ def test_full_queue_fails_fast_and_leaves_state_unchanged(rng):
 
         async def main():
             queued = [asyncio.ensure_future(b.step(s, x)) for s in sids[:3]]
-            await asyncio.sleep(0)                # the three are queued, waiting for max_delay
+            await asyncio.sleep(0)  # the three are queued, waiting for max_delay
             t0 = time.perf_counter()
             with pytest.raises(QueueFull, match="queue is full"):
                 await b.step(sids[3], x)
@@ -90,7 +90,7 @@ def test_full_queue_fails_fast_and_leaves_state_unchanged(rng):
             return await asyncio.gather(*queued), refused_after
 
         outs, refused_after = asyncio.run(main())
-        assert refused_after < 0.1                # failed at once, not after the 0.3 s max_delay
+        assert refused_after < 0.1  # failed at once, not after the 0.3 s max_delay
         assert b.steps(sids[3]) == 0 and b.metrics.rejected == 1
         assert_state_equal(b.get_state(sids[3]), _zero_state())
         lone = _lone_outputs(x[None])[0]
@@ -144,11 +144,11 @@ def test_cancelled_during_its_tick_is_stepped_exactly_once(rng):
             task = asyncio.ensure_future(b.step(sid, xs[0]))
             while not pool.entered.is_set():
                 await asyncio.sleep(0.001)
-            task.cancel()                         # the tick has the request: too late to withdraw
+            task.cancel()  # the tick has the request: too late to withdraw
             with pytest.raises(asyncio.CancelledError):
                 await task
             pool.gate.set()
-            return await b.step(sid, xs[1])       # the next step sees the state after exactly one step
+            return await b.step(sid, xs[1])  # the next step sees the state after exactly one step
 
         y1 = asyncio.run(main())
         assert b.steps(sid) == 2
@@ -161,7 +161,7 @@ def test_idle_stream_is_closed_and_a_later_step_says_so(rng):
         idle, busy = b.open(), b.open()
         b.step_sync(idle, x)
         deadline = time.perf_counter() + 0.6
-        while time.perf_counter() < deadline:       # keep one stream active
+        while time.perf_counter() < deadline:  # keep one stream active
             b.step_sync(busy, x)
             time.sleep(0.02)
         with pytest.raises(StreamExpired, match=r"idle_timeout=0.15 s.*open a new stream"):
@@ -204,7 +204,7 @@ def test_nonfinite_input_fails_alone_not_its_tick_mates(rng):
         assert [b.steps(s) for s in sids] == [1, 0, 1]
         assert_state_equal(b.get_state(sids[1]), _zero_state())
     for k in (0, 2):
-        np.testing.assert_array_equal(res[k], _lone_outputs(xs[k:k + 1])[0])
+        np.testing.assert_array_equal(res[k], _lone_outputs(xs[k : k + 1])[0])
 
 
 def test_state_hand_off_between_batchers_continues_bit_identically(rng):
@@ -244,7 +244,7 @@ def test_metrics_render_as_prometheus_text(rng):
             await asyncio.gather(*[b.step(s, x) for s, x in zip(sids, xs)])
 
         asyncio.run(main())
-    text = b.prometheus()                       # after shutdown: every tick recorded
+    text = b.prometheus()  # after shutdown: every tick recorded
     ticks = b.metrics.ticks
     values = {}
     for line in text.splitlines():
@@ -258,7 +258,7 @@ def test_metrics_render_as_prometheus_text(rng):
     assert values["fastlstm_batcher_queue_delay_seconds_count"] == 8
     buckets = [v for k, v in values.items() if k.startswith("fastlstm_batcher_batch_size_bucket")]
     assert buckets == sorted(buckets) and buckets[-1] == ticks
-    assert 'fastlstm_batcher_batch_size_bucket{le="4"}' in values   # max_batch is a bucket bound
+    assert 'fastlstm_batcher_batch_size_bucket{le="4"}' in values  # max_batch is a bucket bound
 
 
 def test_step_many_enqueues_all_or_nothing(rng):
@@ -268,7 +268,7 @@ def test_step_many_enqueues_all_or_nothing(rng):
 
         async def main():
             got = [await b.step_many(sids[:3], xs[:, t]) for t in range(4)]
-            with pytest.raises(QueueFull):                 # 4 steps do not fit a queue of 3
+            with pytest.raises(QueueFull):  # 4 steps do not fit a queue of 3
                 await b.step_many(sids, np.zeros((4, I), np.float32))
             with pytest.raises(ValueError, match="distinct"):
                 await b.step_many([sids[0], sids[0]], xs[:2, 0])
@@ -276,6 +276,6 @@ def test_step_many_enqueues_all_or_nothing(rng):
 
         got = asyncio.run(main())
         assert [b.steps(s) for s in sids] == [4, 4, 4, 0]
-        assert b.metrics.ticks == 4                       # each call was one tick
+        assert b.metrics.ticks == 4  # each call was one tick
     for k in range(3):
         np.testing.assert_array_equal(got[k], _lone_outputs(xs[k]))

@@ -23,7 +23,7 @@ import pytest
 import fastlstm
 import oracle
 
-httpx = pytest.importorskip("httpx")           # the serve extra, installed by CI's test extra
+httpx = pytest.importorskip("httpx")  # the serve extra, installed by CI's test extra
 websockets = pytest.importorskip("websockets")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -54,9 +54,13 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
-        self.proc = subprocess.Popen([sys.executable, "-m", "fastlstm", "serve", model_path, "--port",
-                                      str(self.port), *map(str, args)], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastlstm", "serve", model_path, "--port", str(self.port), *map(str, args)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -126,6 +130,7 @@ def test_200_concurrent_websocket_and_http_streams_match_lone_streams(model_path
     model = fastlstm.load(model_path)
     xs = np.random.default_rng(3).standard_normal((200, 8, I)).astype(np.float32)
     with Server(model_path, "--max-batch", 64, "--max-delay-ms", 2) as srv:
+
         async def main():
             limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
             async with httpx.AsyncClient(base_url=srv.url, limits=limits, timeout=30) as client:
@@ -140,8 +145,9 @@ def test_200_concurrent_websocket_and_http_streams_match_lone_streams(model_path
     values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
     assert float(values["fastlstm_batcher_steps_total"]) == 1600
     ticks = float(values["fastlstm_batcher_ticks_total"])
-    assert ticks < 1600 and float(values['fastlstm_batcher_batch_size_bucket{le="4"}']) < ticks, \
+    assert ticks < 1600 and float(values['fastlstm_batcher_batch_size_bucket{le="4"}']) < ticks, (
         "the server never stepped more than 4 streams in one tick"
+    )
     assert float(values["fastlstm_batcher_open_streams"]) == 0
 
 
@@ -149,6 +155,7 @@ def test_hand_off_between_server_processes_continues_bit_identically(model_path)
     model = fastlstm.load(model_path)
     xs = np.random.default_rng(4).standard_normal((12, I)).astype(np.float32)
     with Server(model_path) as a, Server(model_path, "--idle-timeout", 1) as b:
+
         async def on_a():
             async with websockets.connect(a.ws_url) as ws:
                 await ws.recv()
@@ -161,18 +168,19 @@ def test_hand_off_between_server_processes_continues_bit_identically(model_path)
 
         first, blob_b64 = asyncio.run(on_a())
         import base64
+
         blob = base64.b64decode(blob_b64)
         r = httpx.post(b.url + "/streams", content=blob, headers=OCTET)
         assert r.status_code == 201
         sid = r.json()["sid"]
-        assert httpx.get(f"{b.url}/streams/{sid}/state").content == blob     # the bytes arrived intact
+        assert httpx.get(f"{b.url}/streams/{sid}/state").content == blob  # the bytes arrived intact
         rest = []
         for x in xs[7:]:
             r = httpx.post(f"{b.url}/streams/{sid}/step", content=x.astype("<f4").tobytes(), headers=OCTET)
             rest.append(np.frombuffer(r.content, "<f4"))
         assert np.array_equal(np.stack(first + rest), _lone(model, xs))
 
-        time.sleep(1.6)                                                   # idle_timeout=1 on b
+        time.sleep(1.6)  # idle_timeout=1 on b
         r = httpx.post(f"{b.url}/streams/{sid}/step", json={"x": xs[0].tolist()})
         assert r.status_code == 410 and r.json()["error"] == "expired"
         assert "idle_timeout=1 s" in r.json()["detail"]
@@ -181,6 +189,7 @@ def test_hand_off_between_server_processes_continues_bit_identically(model_path)
 def test_refused_requests_get_clear_errors_and_the_socket_stays_open(model_path):
     x = np.ones(I, np.float32)
     with Server(model_path, "--max-batch", 8, "--max-delay-ms", 400, "--max-queue", 2) as srv:
+
         async def main():
             async with websockets.connect(srv.ws_url) as ws:
                 await ws.recv()
@@ -192,9 +201,10 @@ def test_refused_requests_get_clear_errors_and_the_socket_stays_open(model_path)
                 ok = np.frombuffer(await ws.recv(), "<f4")
             async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
                 sids = [(await client.post("/streams")).json()["sid"] for _ in range(3)]
-                queued = [asyncio.ensure_future(client.post(f"/streams/{s}/step", json={"x": x.tolist()}))
-                          for s in sids[:2]]
-                await asyncio.sleep(0.15)                 # both wait out max_delay in the queue
+                queued = [
+                    asyncio.ensure_future(client.post(f"/streams/{s}/step", json={"x": x.tolist()})) for s in sids[:2]
+                ]
+                await asyncio.sleep(0.15)  # both wait out max_delay in the queue
                 full = await client.post(f"/streams/{sids[2]}/step", json={"x": x.tolist()})
                 done = await asyncio.gather(*queued)
                 state = (await client.get(f"/streams/{sids[2]}/state")).content
@@ -208,5 +218,5 @@ def test_refused_requests_get_clear_errors_and_the_socket_stays_open(model_path)
     assert np.array_equal(ok, _lone(model, x[None])[0])
     assert full.status_code == 503 and full.json()["error"] == "queue_full" and full.headers["retry-after"]
     assert [r.status_code for r in done] == [200, 200]
-    assert fastlstm.State.from_bytes(state) == model.stream().state      # the refused step changed nothing
+    assert fastlstm.State.from_bytes(state) == model.stream().state  # the refused step changed nothing
     assert missing.status_code == 404 and missing.json()["error"] == "unknown_stream"

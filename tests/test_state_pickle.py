@@ -73,9 +73,11 @@ def test_state_from_truncated_bytes_is_refused(make_model, rng):
         fastlstm.State.from_bytes(blob[: len(blob) // 2])
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(bidirectional=True, proj_size=3),
-                                dict(head_activation="softmax"), dict(go_backwards=True)],
-                         ids=["plain", "bidi-proj", "softmax", "go_backwards"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(), dict(bidirectional=True, proj_size=3), dict(head_activation="softmax"), dict(go_backwards=True)],
+    ids=["plain", "bidi-proj", "softmax", "go_backwards"],
+)
 @pytest.mark.parametrize("return_sequences", [True, False])
 def test_pickled_model_predicts_identically(kw, return_sequences, make_model, rng):
     model, layers, head = make_model(6, 10, 2, seed=44, head_size=3, return_sequences=return_sequences, **kw)
@@ -102,8 +104,7 @@ def test_stream_of_unpickled_model(B, make_model, rng):
     clone = pickle.loads(pickle.dumps(model))
     x = _x(rng, 20, B, 6)
     a, b = model.stream(B), clone.stream(B)
-    assert np.array_equal(np.stack([b.step(x[t]) for t in range(20)]),
-                          np.stack([a.step(x[t]) for t in range(20)]))
+    assert np.array_equal(np.stack([b.step(x[t]) for t in range(20)]), np.stack([a.step(x[t]) for t in range(20)]))
     # A state taken from the original model's stream works in the clone's stream.
     b.state = a.state
     tail = _x(rng, 5, B, 6)

@@ -14,8 +14,7 @@ import oracle
 
 def _v1_bytes(h, c, signature):
     """The version-1 layout, written out by hand: header, JSON, h then c floats."""
-    meta = {"h": [list(a.shape) for a in h], "c": [list(a.shape) for a in c],
-            "signature": [list(s) for s in signature]}
+    meta = {"h": [list(a.shape) for a in h], "c": [list(a.shape) for a in c], "signature": [list(s) for s in signature]}
     text = json.dumps(meta, separators=(",", ":")).encode()
     body = b"".join(np.asarray(a, "<f4").tobytes() for a in h + c)
     return struct.pack("<8sHI", b"FLSTATE\0", 1, len(text)) + text + body
@@ -34,8 +33,9 @@ def test_version1_bytes_still_load(rng):
     assert back == s
     other = model.stream()
     other.state = back
-    np.testing.assert_array_equal(np.stack([other.step(x[t]) for t in range(10, 20)]),
-                                  np.stack([st.step(x[t]) for t in range(10, 20)]))
+    np.testing.assert_array_equal(
+        np.stack([other.step(x[t]) for t in range(10, 20)]), np.stack([st.step(x[t]) for t in range(10, 20)])
+    )
 
 
 def test_version3_holds_every_layer(rng):
@@ -77,4 +77,4 @@ def test_state_of_another_layer_mix_is_refused(rng):
         MIXED.stream().state = fastlstm.State(MIXED.stream().state.h, MIXED.stream().state.c)
     s = gru_only.stream().state
     assert s.c[0].shape == (0,)
-    gru_only.stream().state = fastlstm.State(h=s.h)    # c may be left out without an LSTM
+    gru_only.stream().state = fastlstm.State(h=s.h)  # c may be left out without an LSTM

@@ -26,8 +26,9 @@ def _layers_from_torch(lstm: torch.nn.LSTM):
         dirs = []
         for suf in suffixes:
             get = lambda name, k=k, suf=suf: sd.get(f"{name}_l{k}{suf}")  # noqa: E731
-            dirs.append(LSTMWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"),
-                                             get("bias_hh"), get("weight_hr")))
+            dirs.append(
+                LSTMWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"))
+            )
         layers.append(LSTMLayer(tuple(dirs)))
     return layers
 
@@ -68,8 +69,15 @@ CASES = [
 def test_matches_torch(num_layers, bidirectional, proj_size, bias, head_out, batched, batch_first, with_state):
     I, H, B, T = 7, 12, 3, 40
     torch.manual_seed(num_layers * 100 + bidirectional * 10 + proj_size)
-    lstm = torch.nn.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size,
-                         bias=bias, batch_first=batch_first).eval()
+    lstm = torch.nn.LSTM(
+        I,
+        H,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        proj_size=proj_size,
+        bias=bias,
+        batch_first=batch_first,
+    ).eval()
     linear = None
     if head_out is not None:
         linear = torch.nn.Linear((2 if bidirectional else 1) * (proj_size or H), head_out).eval()
@@ -85,8 +93,10 @@ def test_matches_torch(num_layers, bidirectional, proj_size, bias, head_out, bat
     h0c0 = None
     state = None
     if with_state:
-        h0c0 = (rng.standard_normal(lead + (proj_size or H,)).astype(np.float32),
-                rng.standard_normal(lead + (H,)).astype(np.float32))
+        h0c0 = (
+            rng.standard_normal(lead + (proj_size or H,)).astype(np.float32),
+            rng.standard_normal(lead + (H,)).astype(np.float32),
+        )
         state = fastlstm.State(h=list(h0c0[0]), c=list(h0c0[1]))
 
     want, hn, cn = _torch_run(lstm, linear, x, h0c0, batch_first)

@@ -38,12 +38,21 @@ LAST, GLOBAL_MAX, GLOBAL_AVG = "last", "global_max", "global_avg"
 
 #: fastlstm activation name -> a torch module of it.
 TORCH_ACTIVATIONS = {
-    "linear": lambda C: nn.Identity(), "relu": lambda C: nn.ReLU(), "sigmoid": lambda C: nn.Sigmoid(),
-    "tanh": lambda C: nn.Tanh(), "softmax": lambda C: nn.Softmax(dim=-1), "elu": lambda C: nn.ELU(alpha=0.7),
-    "selu": lambda C: nn.SELU(), "leaky_relu": lambda C: nn.LeakyReLU(0.15), "gelu": lambda C: nn.GELU(),
-    "gelu_tanh": lambda C: nn.GELU(approximate="tanh"), "silu": lambda C: nn.SiLU(),
-    "softplus": lambda C: nn.Softplus(), "softsign": lambda C: nn.Softsign(),
-    "hard_sigmoid": lambda C: nn.Hardsigmoid(), "prelu": lambda C: nn.PReLU(C, init=0.3),
+    "linear": lambda C: nn.Identity(),
+    "relu": lambda C: nn.ReLU(),
+    "sigmoid": lambda C: nn.Sigmoid(),
+    "tanh": lambda C: nn.Tanh(),
+    "softmax": lambda C: nn.Softmax(dim=-1),
+    "elu": lambda C: nn.ELU(alpha=0.7),
+    "selu": lambda C: nn.SELU(),
+    "leaky_relu": lambda C: nn.LeakyReLU(0.15),
+    "gelu": lambda C: nn.GELU(),
+    "gelu_tanh": lambda C: nn.GELU(approximate="tanh"),
+    "silu": lambda C: nn.SiLU(),
+    "softplus": lambda C: nn.Softplus(),
+    "softsign": lambda C: nn.Softsign(),
+    "hard_sigmoid": lambda C: nn.Hardsigmoid(),
+    "prelu": lambda C: nn.PReLU(C, init=0.3),
 }
 
 
@@ -55,9 +64,13 @@ class TorchChain(nn.Module):
     def __init__(self, parts):
         super().__init__()
         self.parts = list(parts)
-        self.mods = nn.ModuleList([p[1] if isinstance(p, tuple) and p[0] == "causal" else p
-                                   for p in self.parts if isinstance(p, nn.Module)
-                                   or (isinstance(p, tuple) and p[0] == "causal")])
+        self.mods = nn.ModuleList(
+            [
+                p[1] if isinstance(p, tuple) and p[0] == "causal" else p
+                for p in self.parts
+                if isinstance(p, nn.Module) or (isinstance(p, tuple) and p[0] == "causal")
+            ]
+        )
 
     def forward(self, x):
         for p in self.parts:
@@ -83,24 +96,34 @@ class TorchChain(nn.Module):
 
 
 def _recurrent(m):
-    cls, wcls = {nn.LSTM: (LSTMLayer, LSTMWeights), nn.GRU: (GRULayer, GRUWeights),
-                 nn.RNN: (RNNLayer, RNNWeights)}[type(m)]
+    cls, wcls = {nn.LSTM: (LSTMLayer, LSTMWeights), nn.GRU: (GRULayer, GRUWeights), nn.RNN: (RNNLayer, RNNWeights)}[
+        type(m)
+    ]
     kw = {"activation": m.nonlinearity} if isinstance(m, nn.RNN) else {}
     out = []
     for layer in range(m.num_layers):
         dirs = []
         for sfx in [""] + (["_reverse"] if m.bidirectional else []):
             names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") + (("weight_hr",) if wcls is LSTMWeights else ())
-            dirs.append(wcls(*(_np(getattr(m, f"{n}_l{layer}{sfx}")) if hasattr(m, f"{n}_l{layer}{sfx}") else None
-                               for n in names)))
+            dirs.append(
+                wcls(
+                    *(
+                        _np(getattr(m, f"{n}_l{layer}{sfx}")) if hasattr(m, f"{n}_l{layer}{sfx}") else None
+                        for n in names
+                    )
+                )
+            )
         out.append(cls(dirs, **kw))
     return out
 
 
 def _activation(m):
     for name, make in TORCH_ACTIVATIONS.items():
-        if type(make(1)) is type(m) and (name != "gelu" or m.approximate == "none") and (
-                name != "gelu_tanh" or m.approximate == "tanh"):
+        if (
+            type(make(1)) is type(m)
+            and (name != "gelu" or m.approximate == "none")
+            and (name != "gelu_tanh" or m.approximate == "tanh")
+        ):
             if name == "elu":
                 return Activation(name, alpha=m.alpha)
             if name == "leaky_relu":
@@ -112,8 +135,14 @@ def _activation(m):
 
 
 def _conv(m, padding):
-    return Conv1D(_np(m.weight), None if m.bias is None else _np(m.bias), stride=m.stride[0],
-                  dilation=m.dilation[0], groups=m.groups, padding=padding)
+    return Conv1D(
+        _np(m.weight),
+        None if m.bias is None else _np(m.bias),
+        stride=m.stride[0],
+        dilation=m.dilation[0],
+        groups=m.groups,
+        padding=padding,
+    )
 
 
 def fastlstm_layers(parts):

@@ -25,11 +25,11 @@ async def main():
     n_in = info["input_size"]
     xs = np.random.default_rng(0).standard_normal((10, n_in)).astype("<f4")
     async with websockets.connect(URL.replace("http", "ws", 1) + "/ws") as ws:
-        hello = json.loads(await ws.recv())                       # {"sid", "input_size", "output_size"}
+        hello = json.loads(await ws.recv())  # {"sid", "input_size", "output_size"}
         for x in xs[:5]:
-            await ws.send(x.tobytes())                            # one step: input_size float32
+            await ws.send(x.tobytes())  # one step: input_size float32
             print("ws  y =", np.frombuffer(await ws.recv(), "<f4"))
-        await ws.send(json.dumps({"x": xs[5].tolist()}))          # the same, in JSON
+        await ws.send(json.dumps({"x": xs[5].tolist()}))  # the same, in JSON
         print("ws  y =", json.loads(await ws.recv())["y"])
         await ws.send(json.dumps({"op": "export"}))
         state = base64.b64decode(json.loads(await ws.recv())["state"])
@@ -39,7 +39,7 @@ async def main():
         for x in xs[6:]:
             print("http y =", http.post(f"/streams/{sid}/step", json={"x": x.tolist()}).json()["y"])
         http.delete(f"/streams/{sid}")
-        print(http.get("/metrics").text.splitlines()[2])         # fastlstm_batcher_steps_total ...
+        print(http.get("/metrics").text.splitlines()[2])  # fastlstm_batcher_steps_total ...
 
 
 asyncio.run(main())

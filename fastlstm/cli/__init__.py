@@ -30,8 +30,12 @@ class CommandError(Exception):
 
 
 #: The load options a command takes, as (flag, keyword of fastlstm.load).
-LOAD_OPTIONS = (("--key", "key"), ("--layers", "layers"), ("--return-sequences", "return_sequences"),
-                ("--head-activation", "head_activation"))
+LOAD_OPTIONS = (
+    ("--key", "key"),
+    ("--layers", "layers"),
+    ("--return-sequences", "return_sequences"),
+    ("--head-activation", "head_activation"),
+)
 
 
 def load_model(path, args=None):
@@ -66,23 +70,48 @@ def _one_line(text):
 
 def _model_arg(p, required=False):
     if required:
-        p.add_argument("model", metavar="MODEL", help="a model file fastlstm.load reads (.pt/.pth, "
-                       ".safetensors, .keras, .h5, fastlstm's own)")
+        p.add_argument(
+            "model",
+            metavar="MODEL",
+            help="a model file fastlstm.load reads (.pt/.pth, .safetensors, .keras, .h5, fastlstm's own)",
+        )
     else:
-        p.add_argument("model", metavar="MODEL", nargs="?", default=None,
-                       help="a model file fastlstm.load reads (.pt/.pth, .safetensors, .keras, .h5, fastlstm's "
-                            "own); default: the bundled CO2 model")
+        p.add_argument(
+            "model",
+            metavar="MODEL",
+            nargs="?",
+            default=None,
+            help="a model file fastlstm.load reads (.pt/.pth, .safetensors, .keras, .h5, fastlstm's "
+            "own); default: the bundled CO2 model",
+        )
     # What a PyTorch state_dict cannot record; the same keywords as fastlstm.load.
-    p.add_argument("--key", default=None, metavar="NAME",
-                   help="the entry of a training checkpoint that holds the state_dict (e.g. model_state_dict)")
-    p.add_argument("--layers", type=_layer_list, default=None, metavar="A,B,...",
-                   help="the order forward() runs a state_dict's modules and activations, by key prefix and "
-                        "activation name, e.g. embedding,lstm,fc1,relu,fc2")
-    p.add_argument("--return-sequences", action=argparse.BooleanOptionalAction, default=None,
-                   help="whether the model returns every step (default) or only the last one "
-                        "(--no-return-sequences), for PyTorch state_dict files")
-    p.add_argument("--head-activation", choices=HEAD_ACTIVATIONS, default=None,
-                   help="the dense head's activation, for PyTorch state_dict files (they do not record it)")
+    p.add_argument(
+        "--key",
+        default=None,
+        metavar="NAME",
+        help="the entry of a training checkpoint that holds the state_dict (e.g. model_state_dict)",
+    )
+    p.add_argument(
+        "--layers",
+        type=_layer_list,
+        default=None,
+        metavar="A,B,...",
+        help="the order forward() runs a state_dict's modules and activations, by key prefix and "
+        "activation name, e.g. embedding,lstm,fc1,relu,fc2",
+    )
+    p.add_argument(
+        "--return-sequences",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether the model returns every step (default) or only the last one "
+        "(--no-return-sequences), for PyTorch state_dict files",
+    )
+    p.add_argument(
+        "--head-activation",
+        choices=HEAD_ACTIVATIONS,
+        default=None,
+        help="the dense head's activation, for PyTorch state_dict files (they do not record it)",
+    )
 
 
 def _layer_list(text):
@@ -117,8 +146,10 @@ def build_parser():
     from ..harness.peers import PEERS  # the registry only: no framework is imported
 
     p = argparse.ArgumentParser(
-        prog="fastlstm", description="Fast CPU inference of LSTM networks: benchmark, inspect, convert, demo.",
-        epilog="Run 'fastlstm COMMAND --help' for a command's options.")
+        prog="fastlstm",
+        description="Fast CPU inference of LSTM networks: benchmark, inspect, convert, demo.",
+        epilog="Run 'fastlstm COMMAND --help' for a command's options.",
+    )
     p.add_argument("--version", action="version", version=f"fastlstm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -127,43 +158,76 @@ def build_parser():
         sp.add_argument("--debug", action="store_true", help="show the full traceback on failure")
         return sp
 
-    b = add("bench", "time fastlstm against the frameworks installed",
-            "Run MODEL in fastlstm and in every installed framework that can run it (PyTorch rebuilt from "
-            "the weights; ONNX Runtime, OpenVINO f32 and bf16, and tract on the graphs exported through torch; "
-            "Keras for Keras files); check that they agree, "
-            "then time streaming steps, whole sequences and many streams stepped together, side by side, "
-            "and print medians with ratios. Frameworks that are not installed are listed as skipped.")
+    b = add(
+        "bench",
+        "time fastlstm against the frameworks installed",
+        "Run MODEL in fastlstm and in every installed framework that can run it (PyTorch rebuilt from "
+        "the weights; ONNX Runtime, OpenVINO f32 and bf16, and tract on the graphs exported through torch; "
+        "Keras for Keras files); check that they agree, "
+        "then time streaming steps, whole sequences and many streams stepped together, side by side, "
+        "and print medians with ratios. Frameworks that are not installed are listed as skipped.",
+    )
     _model_arg(b)
     b.add_argument("--quick", action="store_true", help="a short run (a few seconds): fewer, shorter samples")
     b.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     b.add_argument("--plot", metavar="OUT.png", help="also draw the speed-ups to OUT.png (needs matplotlib)")
-    b.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="threads for every engine (default: fastlstm's default, the cores this process may use)")
-    b.add_argument("--frameworks", default="auto", metavar="LIST",
-                   help=f"comma-separated from {','.join(PEERS)}; 'auto' (default) runs every installed one "
-                        "but keras, plus keras for Keras files")
-    b.add_argument("--streams", type=_stream_counts, default=[16, 256], metavar="N,N",
-                   help="stream counts for the many-streams rows (default 16,256)")
-    b.add_argument("--seq-len", type=_positive_int, default=None, metavar="T",
-                   help="steps in the whole-sequence row (default 1000, 200 with --quick)")
+    b.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="threads for every engine (default: fastlstm's default, the cores this process may use)",
+    )
+    b.add_argument(
+        "--frameworks",
+        default="auto",
+        metavar="LIST",
+        help=f"comma-separated from {','.join(PEERS)}; 'auto' (default) runs every installed one "
+        "but keras, plus keras for Keras files",
+    )
+    b.add_argument(
+        "--streams",
+        type=_stream_counts,
+        default=[16, 256],
+        metavar="N,N",
+        help="stream counts for the many-streams rows (default 16,256)",
+    )
+    b.add_argument(
+        "--seq-len",
+        type=_positive_int,
+        default=None,
+        metavar="T",
+        help="steps in the whole-sequence row (default 1000, 200 with --quick)",
+    )
 
-    i = add("info", "describe a model file", "Print MODEL's layers, sizes, parameter count, weight memory and "
-            "whether it can stream, then this machine's kernel path, CPU features, BLAS and threads.")
+    i = add(
+        "info",
+        "describe a model file",
+        "Print MODEL's layers, sizes, parameter count, weight memory and "
+        "whether it can stream, then this machine's kernel path, CPU features, BLAS and threads.",
+    )
     _model_arg(i)
 
-    c = add("convert", "write a model in fastlstm's own format",
-            "Load MODEL (any format fastlstm.load reads) and write it to OUT in fastlstm's own format "
-            "(safetensors tensors + JSON config), then read OUT back to check it.")
+    c = add(
+        "convert",
+        "write a model in fastlstm's own format",
+        "Load MODEL (any format fastlstm.load reads) and write it to OUT in fastlstm's own format "
+        "(safetensors tensors + JSON config), then read OUT back to check it.",
+    )
     _model_arg(c, required=True)
     c.add_argument("out", metavar="OUT", help="the file to write (e.g. model.safetensors)")
 
-    d = add("demo", "stream the bundled CO2 record through the bundled model",
-            "Stream 44 years of weekly Mauna Loa CO2 through the bundled LSTM one step at a time, print its "
-            "forecasts next to the measurements, its error against a last-value forecast, and the per-step "
-            "latency.")
+    d = add(
+        "demo",
+        "stream the bundled CO2 record through the bundled model",
+        "Stream 44 years of weekly Mauna Loa CO2 through the bundled LSTM one step at a time, print its "
+        "forecasts next to the measurements, its error against a last-value forecast, and the per-step "
+        "latency.",
+    )
     d.add_argument("--rows", type=_positive_int, default=12, metavar="N", help="weeks to print (default 12)")
     d.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     from .serve import add_parser as add_serve  # light: imports the server only when run
+
     add_serve(add)
     return p
 

@@ -28,14 +28,17 @@ from .info import file_format
 #: (repeats, sample seconds, sequence length) per mode.
 FULL = (15, 0.08, 1000)
 QUICK = (3, 0.01, 200)
-STEP_INPUTS = 256      # distinct inputs the streaming rows cycle through
+STEP_INPUTS = 256  # distinct inputs the streaming rows cycle through
 
 
 def _left_out(args, keras_file):
     """The frameworks not to try, each with the reason (name -> reason)."""
     if args.frameworks == "auto":
-        return {name: "runs Keras files only (--frameworks keras to include it)" for name, peer in PEERS.items()
-                if not peer.auto and not (name == "keras" and keras_file)}
+        return {
+            name: "runs Keras files only (--frameworks keras to include it)"
+            for name, peer in PEERS.items()
+            if not peer.auto and not (name == "keras" and keras_file)
+        }
     want = [t.strip() for t in args.frameworks.split(",") if t.strip()]
     bad = [t for t in want if t not in PEERS]
     if bad or not want:
@@ -48,27 +51,59 @@ def _workloads(model, seq_len, streams, rng):
     I = model.input_size
     rows = []
     if model.streamable:
-        rows.append(("step", "streaming step, 1 stream", "us/step",
-                     rng.standard_normal((STEP_INPUTS, 1, I), dtype=np.float32), "step"))
-    rows.append(("sequence", f"whole sequence, T={seq_len}", "ms/seq",
-                 rng.standard_normal((seq_len, 1, I), dtype=np.float32), "seq"))
+        rows.append(
+            (
+                "step",
+                "streaming step, 1 stream",
+                "us/step",
+                rng.standard_normal((STEP_INPUTS, 1, I), dtype=np.float32),
+                "step",
+            )
+        )
+    rows.append(
+        (
+            "sequence",
+            f"whole sequence, T={seq_len}",
+            "ms/seq",
+            rng.standard_normal((seq_len, 1, I), dtype=np.float32),
+            "seq",
+        )
+    )
     if model.streamable:
         for n in streams:
-            rows.append((f"streams_{n}", f"{n} streams stepped together", "us/step",
-                         rng.standard_normal((max(8, STEP_INPUTS // n), n, I), dtype=np.float32), "step"))
+            rows.append(
+                (
+                    f"streams_{n}",
+                    f"{n} streams stepped together",
+                    "us/step",
+                    rng.standard_normal((max(8, STEP_INPUTS // n), n, I), dtype=np.float32),
+                    "step",
+                )
+            )
     return rows
 
 
 def _model_facts(model, path, bundled):
     layers = [layer.describe() for layer in model.layers]
-    return {"path": os.path.abspath(path), "bundled": bundled, "format": file_format(path), "layers": layers,
-            "input_size": model.input_size, "output_size": model.output_size,
-            "parameters": model.num_parameters, "streamable": model.streamable}
+    return {
+        "path": os.path.abspath(path),
+        "bundled": bundled,
+        "format": file_format(path),
+        "layers": layers,
+        "input_size": model.input_size,
+        "output_size": model.output_size,
+        "parameters": model.num_parameters,
+        "streamable": model.streamable,
+    }
 
 
 def _machine():
-    return {"cpu": cpu_name(), "cores": available_cores(), "platform": platform.platform(),
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu_name(),
+        "cores": available_cores(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def run(args):
@@ -114,12 +149,22 @@ def run(args):
         "fastlstm_version": fastlstm.__version__,
         "model": _model_facts(model, path, args.model is None),
         "machine": dict(_machine(), other_load_cores=other.cores),
-        "settings": {"mode": "quick" if args.quick else "full", "threads": threads, "repeats": repeats,
-                     "sample_ms": sample_s * 1e3, "seq_len": seq_len, "streams": list(args.streams),
-                     "statistic": "median", "openmp": fastlstm.openmp_enabled()},
+        "settings": {
+            "mode": "quick" if args.quick else "full",
+            "threads": threads,
+            "repeats": repeats,
+            "sample_ms": sample_s * 1e3,
+            "seq_len": seq_len,
+            "streams": list(args.streams),
+            "statistic": "median",
+            "openmp": fastlstm.openmp_enabled(),
+        },
         "frameworks": status,
-        "parity": parity, "max_parity_error": worst, "parity_tolerance": tolerance,
-        "parity_tolerances": tolerances, "parity_ok": not failed,
+        "parity": parity,
+        "max_parity_error": worst,
+        "parity_tolerance": tolerance,
+        "parity_tolerances": tolerances,
+        "parity_ok": not failed,
         "workloads": report.collect(rows, timed, seq_len),
     }
     if not model.streamable:
@@ -132,6 +177,7 @@ def run(args):
         report.plot(result, args.plot)
     if failed:
         what = ", ".join(f"{name} {err:.3g} > {tolerances[name]:.3g}" for name, err in failed.items())
-        raise CommandError(f"parity check failed: max abs difference {what}; "
-                           "the timings above compare different functions")
+        raise CommandError(
+            f"parity check failed: max abs difference {what}; the timings above compare different functions"
+        )
     return 0

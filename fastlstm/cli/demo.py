@@ -48,11 +48,13 @@ def run(args):
     mae_model = float(np.abs(pred[t] - truth).mean())
     mae_naive = float(np.abs(series.co2[t] - truth).mean())
 
-    shown = t[-args.rows:]
+    shown = t[-args.rows :]
     parts = [layer.describe() for layer in model.layers]
-    print(f"Weekly CO2 at Mauna Loa (ppm), {_date(series.dates[0])} to {_date(series.dates[-1])}: "
-          f"{len(x)} weeks streamed one step at a time through the bundled LSTM "
-          f"({', '.join(parts)}).")
+    print(
+        f"Weekly CO2 at Mauna Loa (ppm), {_date(series.dates[0])} to {_date(series.dates[-1])}: "
+        f"{len(x)} weeks streamed one step at a time through the bundled LSTM "
+        f"({', '.join(parts)})."
+    )
     print(f"Each row: the forecast made the week before, from the weeks up to then.  Last {len(shown)} weeks:\n")
     print(f"{'week of':<12}{'measured':>10}{'LSTM':>10}{'error':>8}{'last value':>12}{'error':>8}")
     for i in shown:
@@ -63,15 +65,33 @@ def run(args):
     print(f"\nForecast error, {first} to {last} ({len(t)} measured weeks the model never saw in training):")
     print(f"  LSTM        mean abs error {mae_model:.3f} ppm")
     print(f"  last value  mean abs error {mae_naive:.3f} ppm   (the LSTM's error is {gain:.0f}% lower)")
-    print(f"Latency: {step_us:.2f} µs per step (Stream.step with out=, median of {PASSES} passes over "
-          f"{len(x)} weeks; one stream runs on one thread)")
+    print(
+        f"Latency: {step_us:.2f} µs per step (Stream.step with out=, median of {PASSES} passes over "
+        f"{len(x)} weeks; one stream runs on one thread)"
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"weeks": len(x), "scored_weeks": int(len(t)), "scored_from": int(series.dates[t[0] + 1]),
-                       "scored_to": int(series.dates[t[-1] + 1]), "mae_model_ppm": mae_model,
-                       "mae_last_value_ppm": mae_naive, "step_us": step_us,
-                       "rows": [{"date": int(series.dates[i + 1]), "measured": float(series.co2[i + 1]),
-                                 "forecast": float(pred[i]), "last_value": float(series.co2[i])} for i in shown]},
-                      f, indent=2)
+            json.dump(
+                {
+                    "weeks": len(x),
+                    "scored_weeks": int(len(t)),
+                    "scored_from": int(series.dates[t[0] + 1]),
+                    "scored_to": int(series.dates[t[-1] + 1]),
+                    "mae_model_ppm": mae_model,
+                    "mae_last_value_ppm": mae_naive,
+                    "step_us": step_us,
+                    "rows": [
+                        {
+                            "date": int(series.dates[i + 1]),
+                            "measured": float(series.co2[i + 1]),
+                            "forecast": float(pred[i]),
+                            "last_value": float(series.co2[i]),
+                        }
+                        for i in shown
+                    ],
+                },
+                f,
+                indent=2,
+            )
             f.write("\n")
     return 0

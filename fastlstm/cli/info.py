@@ -37,25 +37,30 @@ def file_format(path) -> str:
                 meta = header.get("__metadata__") or {}
                 return "fastlstm" if meta.get("format") == "fastlstm" else "safetensors (PyTorch names)"
     from ..harness.onnx_file import is_onnx_file
+
     return "ONNX" if is_onnx_file(path) else "unknown"
 
 
 def _kib(n_bytes):
-    return f"{n_bytes / 1024:,.1f} KiB" if n_bytes < 1024 ** 2 else f"{n_bytes / 1024 ** 2:,.2f} MiB"
+    return f"{n_bytes / 1024:,.1f} KiB" if n_bytes < 1024**2 else f"{n_bytes / 1024**2:,.2f} MiB"
 
 
 def describe(model, path) -> str:
     """The text ``fastlstm info`` prints."""
     shown = "bundled model (" + os.path.basename(path) + ")" if path == MODEL_PATH else path
     lines = [f"{shown}: {file_format(path)} file, {_kib(os.path.getsize(path))}"]
-    rows = [(f"layer {k}", layer.describe(), sum(a.size for a in getattr(layer, "arrays", list)()))
-            for k, layer in enumerate(model.layers)]
+    rows = [
+        (f"layer {k}", layer.describe(), sum(a.size for a in getattr(layer, "arrays", list)()))
+        for k, layer in enumerate(model.layers)
+    ]
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     for name, text, n in rows:
         lines.append(f"  {name:<{w0}}  {text:<{w1}}  {n:>11,} parameters")
     n = model.num_parameters
-    lines.append(f"input size {model.input_size}, output size {model.output_size}; "
-                 f"{'returns every step' if model.return_sequences else 'returns the last step only'}")
+    lines.append(
+        f"input size {model.input_size}, output size {model.output_size}; "
+        f"{'returns every step' if model.return_sequences else 'returns the last step only'}"
+    )
     lines.append(f"parameters: {n:,}; weight memory {_kib(4 * n)} (float32, shared by every stream)")
     state = model.state_size
     lines.append(f"state per stream: {state:,} floats ({_kib(4 * state)})")
@@ -89,7 +94,8 @@ def run_convert(args):
     x = np.random.default_rng(0).standard_normal((16, model.input_size)).astype(np.float32)
     if not np.array_equal(model.predict(x), again.predict(x)):
         raise CommandError(f"{args.out}: written, but reading it back gives different outputs")
-    print(f"wrote {args.out} ({_kib(os.path.getsize(args.out))}, fastlstm format): "
-          f"{model.describe_short()}, read back and checked")
+    print(
+        f"wrote {args.out} ({_kib(os.path.getsize(args.out))}, fastlstm format): "
+        f"{model.describe_short()}, read back and checked"
+    )
     return 0
-

@@ -28,6 +28,7 @@ def have_matplotlib():
 
 # --------------------------------------------------------------------------- progress
 
+
 class Progress:
     """Status lines and a progress bar on stderr: a live bar on a terminal, plain lines otherwise."""
 
@@ -46,8 +47,14 @@ class Progress:
             from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
-            with RichProgress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                              TimeElapsedColumn(), console=Console(file=self.stream), transient=True) as p:
+            with RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+                transient=True,
+            ) as p:
                 task = p.add_task(description, total=total)
                 yield lambda: p.advance(task)
         elif self.live:
@@ -56,8 +63,13 @@ class Progress:
             def tick():
                 done[0] += 1
                 filled = int(30 * done[0] / total)
-                print(f"\r{description} [{'#' * filled}{'.' * (30 - filled)}] {100 * done[0] // total:3d}%",
-                      end="", file=self.stream, flush=True)
+                print(
+                    f"\r{description} [{'#' * filled}{'.' * (30 - filled)}] {100 * done[0] // total:3d}%",
+                    end="",
+                    file=self.stream,
+                    flush=True,
+                )
+
             yield tick
             print("\r" + " " * (len(description) + 40) + "\r", end="", file=self.stream, flush=True)
         else:
@@ -67,6 +79,7 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- results
+
 
 def collect(rows, cases, seq_len):
     """Per-workload medians and ratios (the JSON's ``workloads``), in table order."""
@@ -79,14 +92,18 @@ def collect(rows, cases, seq_len):
                 best[c.engine] = c
         mine = list(best.values())
         fl = best["fastlstm"].median
-        entry = {"key": key, "label": label, "unit": unit, "streams": int(x.shape[1]),
-                 "steps": seq_len if kind == "seq" else 1,
-                 "median_s": {c.engine: c.median for c in mine},
-                 "samples": {c.engine: len(c.samples) for c in mine},
-                 "route": {c.engine: c.variant for c in mine if c.variant},
-                 "all_routes_s": {f"{c.engine}:{c.variant}": c.median for c in cases
-                                  if c.workload == key and c.variant},
-                 "speedup": {c.engine: c.median / fl for c in mine if c.engine != "fastlstm"}}
+        entry = {
+            "key": key,
+            "label": label,
+            "unit": unit,
+            "streams": int(x.shape[1]),
+            "steps": seq_len if kind == "seq" else 1,
+            "median_s": {c.engine: c.median for c in mine},
+            "samples": {c.engine: len(c.samples) for c in mine},
+            "route": {c.engine: c.variant for c in mine if c.variant},
+            "all_routes_s": {f"{c.engine}:{c.variant}": c.median for c in cases if c.workload == key and c.variant},
+            "speedup": {c.engine: c.median / fl for c in mine if c.engine != "fastlstm"},
+        }
         if kind == "seq":
             entry["steps_per_s"] = {c.engine: seq_len / c.median for c in mine}
         else:
@@ -141,24 +158,36 @@ def render(result) -> str:
     """The text report: model, machine, parity, the table with ratios, and what was skipped."""
     m, s, mach = result["model"], result["settings"], result["machine"]
     name = "bundled CO2 model" if m["bundled"] else m["path"]
-    lines = [f"model: {name} ({m['format']} file): {', '.join(m['layers'])}; {m['parameters']:,} parameters",
-             f"machine: {mach['cpu']}, {mach['cores']} cores; {s['threads']} thread(s) for every engine; "
-             f"{s['mode']} run, {s['repeats']} interleaved repeats, medians"]
+    lines = [
+        f"model: {name} ({m['format']} file): {', '.join(m['layers'])}; {m['parameters']:,} parameters",
+        f"machine: {mach['cpu']}, {mach['cores']} cores; {s['threads']} thread(s) for every engine; "
+        f"{s['mode']} run, {s['repeats']} interleaved repeats, medians",
+    ]
     names = ", ".join(f"{LABELS[n]} {e:.1e}" for n, per in result["parity"].items() for e in [max(per.values())])
-    verdict = "ok" if result["parity_ok"] else "FAILED (tolerances " + ", ".join(
-        f"{LABELS[n]} {t:.1e}" for n, t in result["parity_tolerances"].items()) + ")"
+    verdict = (
+        "ok"
+        if result["parity_ok"]
+        else "FAILED (tolerances "
+        + ", ".join(f"{LABELS[n]} {t:.1e}" for n, t in result["parity_tolerances"].items())
+        + ")"
+    )
     lines.append(f"parity, max abs difference from fastlstm: {names or 'no other framework ran'} -> {verdict}")
     header, body = _table_cells(result)
     title = "time per call, median; (N.Nx) = that framework's time / fastlstm's"
     lines.append("")
     lines.append(_rich_table(header, body, title) if have_rich() else title + "\n\n" + _plain_table(header, body))
     lines.append("")
-    lines.append("fastlstm: Stream.step(x, out=) for 1 stream, StreamPool.step(ids, x, out=) for many, "
-                 "Model.predict for sequences.")
+    lines.append(
+        "fastlstm: Stream.step(x, out=) for 1 stream, StreamPool.step(ids, x, out=) for many, "
+        "Model.predict for sequences."
+    )
     routes = [w["route"]["torch"] for w in result["workloads"] if "torch" in w.get("route", {})]
     if routes:
-        lines.append("PyTorch steps: the faster of nn.LSTM on T=1 and one nn.LSTMCell per layer; used, by row: "
-                     + ", ".join(routes) + ".")
+        lines.append(
+            "PyTorch steps: the faster of nn.LSTM on T=1 and one nn.LSTMCell per layer; used, by row: "
+            + ", ".join(routes)
+            + "."
+        )
     for n in result["parity"]:
         # a peer that ran the user's ONNX file says how in its status; the others run the harness's graphs
         note = result["frameworks"].get(n, {}).get("note")
@@ -214,8 +243,9 @@ def plot(result, path):
     ax.set_yticks(range(len(ws)), [w["label"] for w in ws])
     ax.invert_yaxis()
     ax.set_xlabel("times faster than the framework (framework time / fastlstm time, median)")
-    ax.set_title(f"fastlstm speed-up, {result['settings']['threads']} thread(s), {result['machine']['cpu']}",
-                 fontsize=9)
+    ax.set_title(
+        f"fastlstm speed-up, {result['settings']['threads']} thread(s), {result['machine']['cpu']}", fontsize=9
+    )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -67,8 +67,9 @@ def load_series(path: str = CSV_PATH) -> Series:
 
 
 def _day_of_year(dates: np.ndarray) -> np.ndarray:
-    return np.array([_dt.date(d // 10000, d // 100 % 100, d % 100).timetuple().tm_yday for d in dates.tolist()],
-                    dtype=np.float64)
+    return np.array(
+        [_dt.date(d // 10000, d // 100 % 100, d % 100).timetuple().tm_yday for d in dates.tolist()], dtype=np.float64
+    )
 
 
 def features(series: Series) -> np.ndarray:

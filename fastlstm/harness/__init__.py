@@ -26,5 +26,14 @@ from __future__ import annotations
 from ._common import Stepper, Unsupported, installed
 from .peers import LABELS, PEERS, Peer, build_runners, make_runner, missing_modules
 
-__all__ = ["PEERS", "LABELS", "Peer", "Stepper", "Unsupported", "build_runners", "installed", "make_runner",
-           "missing_modules"]
+__all__ = [
+    "PEERS",
+    "LABELS",
+    "Peer",
+    "Stepper",
+    "Unsupported",
+    "build_runners",
+    "installed",
+    "make_runner",
+    "missing_modules",
+]

@@ -59,8 +59,10 @@ def require_standard_cells(model, framework: str):
     model = lstm_stack_view(model, framework)
     for k, layer in enumerate(model.layers):
         if (layer.activation, layer.recurrent_activation) != ("tanh", "sigmoid"):
-            raise Unsupported(f"{framework}'s LSTM has fixed sigmoid/tanh activations; layer {k} uses "
-                              f"activation={layer.activation!r}, recurrent_activation={layer.recurrent_activation!r}")
+            raise Unsupported(
+                f"{framework}'s LSTM has fixed sigmoid/tanh activations; layer {k} uses "
+                f"activation={layer.activation!r}, recurrent_activation={layer.recurrent_activation!r}"
+            )
     return model
 
 
@@ -70,8 +72,10 @@ def require_no_projection(model, framework: str):
     model = lstm_stack_view(model, framework)
     for k, layer in enumerate(model.layers):
         if layer.proj_size:
-            raise Unsupported(f"{framework} runs ONNX's LSTM operator, which has no projection (layer {k} has "
-                              f"proj_size={layer.proj_size})")
+            raise Unsupported(
+                f"{framework} runs ONNX's LSTM operator, which has no projection (layer {k} has "
+                f"proj_size={layer.proj_size})"
+            )
     return model
 
 

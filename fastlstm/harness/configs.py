@@ -72,8 +72,14 @@ def random_arrays(cfg: Config, head_size: Optional[int] = None, seed: int = 0) -
     bound = 1.0 / np.sqrt(cfg.H)
     shapes = {}
     for k, i in enumerate(cfg.layer_inputs()):
-        shapes.update({f"weight_ih_l{k}": (4 * cfg.H, i), f"weight_hh_l{k}": (4 * cfg.H, cfg.H),
-                       f"bias_ih_l{k}": (4 * cfg.H,), f"bias_hh_l{k}": (4 * cfg.H,)})
+        shapes.update(
+            {
+                f"weight_ih_l{k}": (4 * cfg.H, i),
+                f"weight_hh_l{k}": (4 * cfg.H, cfg.H),
+                f"bias_ih_l{k}": (4 * cfg.H,),
+                f"bias_hh_l{k}": (4 * cfg.H,),
+            }
+        )
     if head_size:
         shapes.update({"head.weight": (head_size, cfg.H), "head.bias": (head_size,)})
     return {name: rng.uniform(-bound, bound, shape).astype(np.float32) for name, shape in shapes.items()}
@@ -86,9 +92,13 @@ def model_from_arrays(arrays: dict, num_layers: int):
 
     layers = []
     for k in range(num_layers):
-        w = fastlstm.LSTMWeights(weight_ih=arrays[f"weight_ih_l{k}"], weight_hh=arrays[f"weight_hh_l{k}"],
-                                 bias_ih=arrays.get(f"bias_ih_l{k}"), bias_hh=arrays.get(f"bias_hh_l{k}"),
-                                 name=f"lstm.l{k}")
+        w = fastlstm.LSTMWeights(
+            weight_ih=arrays[f"weight_ih_l{k}"],
+            weight_hh=arrays[f"weight_hh_l{k}"],
+            bias_ih=arrays.get(f"bias_ih_l{k}"),
+            bias_hh=arrays.get(f"bias_hh_l{k}"),
+            name=f"lstm.l{k}",
+        )
         layers.append(fastlstm.LSTMLayer((w,)))
     head = None
     if "head.weight" in arrays:

@@ -28,6 +28,7 @@ class FastlstmRunner:
         def run(n):
             for _ in range(n):
                 predict(seq)
+
         return run
 
     def steppers(self, xs):

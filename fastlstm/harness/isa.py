@@ -33,8 +33,9 @@ def left_out(isa: Optional[str]) -> Dict[str, str]:
     bfloat16 LSTM needs AVX-512 (BF16 or AMX), and oneDNN held below it has no such primitive."""
     if isa in (None, "avx512"):
         return {}
-    return {"openvino-bf16": f"bfloat16 needs AVX-512, which ONEDNN_MAX_CPU_ISA={HOLDS[isa]['ONEDNN_MAX_CPU_ISA']} "
-                             "forbids"}
+    return {
+        "openvino-bf16": f"bfloat16 needs AVX-512, which ONEDNN_MAX_CPU_ISA={HOLDS[isa]['ONEDNN_MAX_CPU_ISA']} forbids"
+    }
 
 
 def environment(isa: str) -> Dict[str, str]:

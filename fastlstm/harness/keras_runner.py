@@ -6,8 +6,13 @@ import numpy as np
 
 from ._common import Stepper, Unsupported, choose_keras_backend, lstm_stack_view
 
-_KERAS_ACTIVATIONS = {"sigmoid": "sigmoid", "tanh": "tanh", "hard_sigmoid": "hard_sigmoid", "relu": "relu",
-                      "linear": "linear"}
+_KERAS_ACTIVATIONS = {
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "hard_sigmoid": "hard_sigmoid",
+    "relu": "relu",
+    "linear": "linear",
+}
 
 
 def keras_model(model, batch_size=None, stateful=False):
@@ -34,9 +39,15 @@ def keras_model(model, batch_size=None, stateful=False):
                 raise Unsupported(f"Keras {keras.__version__} has no {a!r} activation (layer {k} {key})")
             acts.append(_KERAS_ACTIVATIONS[a])
         last_only = k == n - 1 and not model.return_sequences and not stateful
-        cell = keras.layers.LSTM(layer.hidden_size, activation=acts[0], recurrent_activation=acts[1],
-                                 return_sequences=not last_only, go_backwards=layer.go_backwards,
-                                 stateful=stateful, unit_forget_bias=False)
+        cell = keras.layers.LSTM(
+            layer.hidden_size,
+            activation=acts[0],
+            recurrent_activation=acts[1],
+            return_sequences=not last_only,
+            go_backwards=layer.go_backwards,
+            stateful=stateful,
+            unit_forget_bias=False,
+        )
         wrapped = keras.layers.Bidirectional(cell, merge_mode=layer.merge_mode) if layer.bidirectional else cell
         x = wrapped(x)
         built.append((wrapped, layer))
@@ -81,6 +92,7 @@ class KerasRunner:
         def run(n):
             for _ in range(n):
                 call(xb)
+
         return run
 
     def steppers(self, xs):

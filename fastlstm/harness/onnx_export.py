@@ -46,14 +46,30 @@ def export_onnx(module, args, path, input_names, output_names, dynamic_axes) -> 
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(module, args, path, input_names=input_names, output_names=output_names,
-                                  dynamic_axes=dynamic_axes, dynamo=False)
+                torch.onnx.export(
+                    module,
+                    args,
+                    path,
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_axes=dynamic_axes,
+                    dynamo=False,
+                )
                 return
             except Exception:  # noqa: BLE001 - whatever the reason, the other exporter may manage
                 pass
             try:
-                torch.onnx.export(module, args, path, input_names=input_names, output_names=output_names,
-                                  dynamic_axes=dynamic_axes, dynamo=True, external_data=False, verbose=False)
+                torch.onnx.export(
+                    module,
+                    args,
+                    path,
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_axes=dynamic_axes,
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                )
             except Exception as exc:  # noqa: BLE001
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise Unsupported(f"torch.onnx.export failed: {first[:200]}") from None
@@ -66,10 +82,10 @@ class OnnxGraphs:
     """The exported graphs of one model, in ``folder`` until :meth:`remove`."""
 
     folder: str
-    sequence: str                      #: path of the whole-sequence graph
-    step: str                          #: path of the T=1 graph, "" when the model cannot stream
-    state_in: List[str]                #: the step graph's state inputs, in order
-    state_out: List[str]               #: the matching outputs
+    sequence: str  #: path of the whole-sequence graph
+    step: str  #: path of the T=1 graph, "" when the model cannot stream
+    state_in: List[str]  #: the step graph's state inputs, in order
+    state_out: List[str]  #: the matching outputs
     state_shapes: List[Tuple[int, ...]]  #: each state tensor's shape at batch 1, in order
 
     def zero_state(self, batch: int) -> List[np.ndarray]:
@@ -99,8 +115,14 @@ def export_graphs(model, framework: str) -> OnnxGraphs:
             return self.net(x)[0] if model.return_sequences else last_step(model, self.net, x)
 
     try:
-        export_onnx(Sequence().eval(), (torch.zeros(5, 2, I),), graphs.sequence, ["x"], ["y"],
-                    {"x": {0: "T", 1: "B"}, "y": {0: "T", 1: "B"} if model.return_sequences else {0: "B"}})
+        export_onnx(
+            Sequence().eval(),
+            (torch.zeros(5, 2, I),),
+            graphs.sequence,
+            ["x"],
+            ["y"],
+            {"x": {0: "T", 1: "B"}, "y": {0: "T", 1: "B"} if model.return_sequences else {0: "B"}},
+        )
         if model.streamable:
             with torch.no_grad():
                 _, st = net(torch.zeros(1, 1, I))
@@ -120,8 +142,14 @@ def export_graphs(model, framework: str) -> OnnxGraphs:
             flat = [torch.from_numpy(a) for a in graphs.zero_state(2)]
             axes = {n: {1: "B"} for n in ["x", "y"] + graphs.state_in + graphs.state_out}
             graphs.step = os.path.join(folder, "step.onnx")
-            export_onnx(Step().eval(), (torch.zeros(1, 2, I), *flat), graphs.step, ["x"] + graphs.state_in,
-                        ["y"] + graphs.state_out, axes)
+            export_onnx(
+                Step().eval(),
+                (torch.zeros(1, 2, I), *flat),
+                graphs.step,
+                ["x"] + graphs.state_in,
+                ["y"] + graphs.state_out,
+                axes,
+            )
     except BaseException:
         graphs.remove()
         raise

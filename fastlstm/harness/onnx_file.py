@@ -41,16 +41,21 @@ class OnnxFileRunner:
             raise Unsupported(f"the graph's input axes {m.input_axes} are not all time, batch or features")
         self.recurrent = [layer for layer in model.layers if isinstance(layer, RECURRENT)]
         self.stepping = bool(m.state_inputs)
-        self.note = ("steps: MODEL's own state inputs and outputs fed back each step (ONNX Runtime through "
-                     "IOBinding), so its whole-sequence row steps MODEL T times" if self.stepping else
-                     "MODEL has no state inputs, so it runs the whole-sequence row only")
+        self.note = (
+            "steps: MODEL's own state inputs and outputs fed back each step (ONNX Runtime through "
+            "IOBinding), so its whole-sequence row steps MODEL T times"
+            if self.stepping
+            else "MODEL has no state inputs, so it runs the whole-sequence row only"
+        )
         self.engine = _OrtFile(path, threads) if engine == "onnxruntime" else _OpenVinoFile(path, threads)
         self._declared = self.engine.declared
         for role, dim in zip(m.input_axes, self._declared):
             if isinstance(dim, int) and ((role == "B" and dim != 1) or (role == "T" and not self.stepping)):
-                raise Unsupported(f"the graph's input shape is fixed at {self._declared} ({m.input_axes}); "
-                                  "the benchmark needs an open batch axis (and time axis, for a sequence "
-                                  "graph): export with dynamic axes")
+                raise Unsupported(
+                    f"the graph's input shape is fixed at {self._declared} ({m.input_axes}); "
+                    "the benchmark needs an open batch axis (and time axis, for a sequence "
+                    "graph): export with dynamic axes"
+                )
 
     # -- layouts --
 
@@ -100,6 +105,7 @@ class OnnxFileRunner:
         def loop(n):
             for _ in range(n):
                 run(feeds, names)
+
         return loop
 
     def steppers(self, xs):
@@ -119,7 +125,7 @@ class _FileStepper:
     def __init__(self, runner, xs):
         self.runner = runner
         m = runner.match
-        self.inputs = [runner.feed(xs[t:t + 1]) for t in range(xs.shape[0])]
+        self.inputs = [runner.feed(xs[t : t + 1]) for t in range(xs.shape[0])]
         self.B = xs.shape[1]
         self.state_in = list(m.state_inputs)
         # each state output feeds the state input holding the same (layer, direction, kind) rows
@@ -188,8 +194,9 @@ class _OpenVinoFile:
         # f32: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (errors near 1e-3 here)
         self.engine = OpenVinoCompiler(threads, "f32")
         self.source = self.engine.core.read_model(str(path))
-        self.declared = tuple(d.get_length() if d.is_static else None
-                              for d in self.source.inputs[0].get_partial_shape())
+        self.declared = tuple(
+            d.get_length() if d.is_static else None for d in self.source.inputs[0].get_partial_shape()
+        )
         self.requests: dict = {}
 
     def __call__(self, feeds, names):

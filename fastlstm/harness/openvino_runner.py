@@ -24,8 +24,12 @@ class OpenVinoCompiler:
         if precision not in ("f32", "bf16"):
             raise ValueError(f"precision: expected 'f32' or 'bf16', got {precision!r}")
         self.core = ov.Core()
-        self.config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
-                       "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        self.config = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         self._compiled: dict = {}
 
     def compiled(self, ir, shapes: dict):
@@ -62,6 +66,7 @@ class OpenVinoRunner(OpenVinoCompiler):
         def run(n):
             for _ in range(n):
                 infer(feeds)
+
         return run
 
     def steppers(self, xs):
@@ -82,7 +87,7 @@ class OpenVinoStepper(Stepper):
 
         T, B, I = xs.shape
         self.batch = B
-        self.inputs = [np.ascontiguousarray(xs[t:t + 1]) for t in range(T)]
+        self.inputs = [np.ascontiguousarray(xs[t : t + 1]) for t in range(T)]
         self.x_buf = np.zeros((1, B, I), np.float32)
         self.y_buf = np.zeros(tuple(compiled.outputs[0].get_shape()), np.float32)
         self.bufs = [graphs.zero_state(B) for _ in range(2)]

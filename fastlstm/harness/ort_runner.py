@@ -66,6 +66,7 @@ class OrtRunner:
         def run(n):
             for _ in range(n):
                 run_(None, feeds)
+
         return run
 
     def _step_session(self):
@@ -88,7 +89,7 @@ class OrtRunStepper(Stepper):
 
     def __init__(self, session, graphs: OnnxGraphs, xs):
         self.sess, self.graphs, self.batch = session, graphs, xs.shape[1]
-        self.inputs = [np.ascontiguousarray(xs[t:t + 1]) for t in range(xs.shape[0])]  # (1, B, I)
+        self.inputs = [np.ascontiguousarray(xs[t : t + 1]) for t in range(xs.shape[0])]  # (1, B, I)
         self.reset()
 
     def reset(self):
@@ -115,7 +116,7 @@ class OrtBoundStepper(Stepper):
 
         T, B = xs.shape[:2]
         self.sess, self.batch = session, B
-        self.inputs = [np.ascontiguousarray((feed or np.asarray)(xs[t:t + 1])) for t in range(T)]
+        self.inputs = [np.ascontiguousarray((feed or np.asarray)(xs[t : t + 1])) for t in range(T)]
         self.x_buf = np.zeros_like(self.inputs[0], np.float32)
         self.bufs = [graphs.zero_state(B) for _ in range(2)]
         # one plain run gives the output's shape, whatever layout the graph has

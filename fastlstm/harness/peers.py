@@ -43,6 +43,7 @@ def _openvino(precision):
         from .openvino_runner import OpenVinoRunner
 
         return OpenVinoRunner(model, threads=threads, precision=precision)
+
     return build
 
 
@@ -62,35 +63,66 @@ def _keras(model, threads):
 class Peer:
     """One framework in the comparison."""
 
-    name: str                       #: the ``--frameworks`` name and the JSON key
-    label: str                      #: how reports name it
-    install: str                    #: the pip command that installs what it needs
-    modules: Tuple[str, ...]        #: what must import for it to run
+    name: str  #: the ``--frameworks`` name and the JSON key
+    label: str  #: how reports name it
+    install: str  #: the pip command that installs what it needs
+    modules: Tuple[str, ...]  #: what must import for it to run
     build: Callable[[Any, int], Any]  #: ``build(model, threads)`` -> runner
     #: max |difference| from fastlstm that still counts as the same function, per unit of
     #: output scale; a reduced-precision peer needs more than float32 rounding
     tolerance: float = 1e-5
     #: whether ``fastlstm bench`` runs it without ``--frameworks`` (Keras: Keras files only)
     auto: bool = True
-    note: str = ""                  #: one line for the report on how it is called
+    note: str = ""  #: one line for the report on how it is called
 
 
-PEERS: Dict[str, Peer] = {p.name: p for p in (
-    Peer("torch", "PyTorch", "pip install torch", ("torch",), _torch,
-         note="PyTorch steps: the faster of nn.LSTM on T=1 and one nn.LSTMCell per layer."),
-    Peer("onnxruntime", "ONNX Runtime", "pip install onnxruntime onnx torch", ("torch", "onnx", "onnxruntime"),
-         _onnxruntime,
-         note="ONNX Runtime steps: a T=1 graph with the state as inputs and outputs, through IOBinding."),
-    Peer("openvino", "OpenVINO f32", "pip install openvino onnx torch", ("torch", "onnx", "openvino"),
-         _openvino("f32"),
-         note="OpenVINO: the ONNX graphs compiled for CPU with INFERENCE_PRECISION_HINT set explicitly."),
-    # bfloat16 keeps 8 bits of mantissa: about 4e-3 relative per rounding, compounded over the steps.
-    Peer("openvino-bf16", "OpenVINO bf16", "pip install openvino onnx torch", ("torch", "onnx", "openvino"),
-         _openvino("bf16"), tolerance=3e-2),
-    Peer("tract", "tract", "pip install tract onnx torch", ("torch", "onnx", "tract"), _tract,
-         note="tract: the ONNX graphs, optimised for fixed shapes, one thread."),
-    Peer("keras", "Keras", "pip install keras torch", ("keras",), _keras, auto=False),
-)}
+PEERS: Dict[str, Peer] = {
+    p.name: p
+    for p in (
+        Peer(
+            "torch",
+            "PyTorch",
+            "pip install torch",
+            ("torch",),
+            _torch,
+            note="PyTorch steps: the faster of nn.LSTM on T=1 and one nn.LSTMCell per layer.",
+        ),
+        Peer(
+            "onnxruntime",
+            "ONNX Runtime",
+            "pip install onnxruntime onnx torch",
+            ("torch", "onnx", "onnxruntime"),
+            _onnxruntime,
+            note="ONNX Runtime steps: a T=1 graph with the state as inputs and outputs, through IOBinding.",
+        ),
+        Peer(
+            "openvino",
+            "OpenVINO f32",
+            "pip install openvino onnx torch",
+            ("torch", "onnx", "openvino"),
+            _openvino("f32"),
+            note="OpenVINO: the ONNX graphs compiled for CPU with INFERENCE_PRECISION_HINT set explicitly.",
+        ),
+        # bfloat16 keeps 8 bits of mantissa: about 4e-3 relative per rounding, compounded over the steps.
+        Peer(
+            "openvino-bf16",
+            "OpenVINO bf16",
+            "pip install openvino onnx torch",
+            ("torch", "onnx", "openvino"),
+            _openvino("bf16"),
+            tolerance=3e-2,
+        ),
+        Peer(
+            "tract",
+            "tract",
+            "pip install tract onnx torch",
+            ("torch", "onnx", "tract"),
+            _tract,
+            note="tract: the ONNX graphs, optimised for fixed shapes, one thread.",
+        ),
+        Peer("keras", "Keras", "pip install keras torch", ("keras",), _keras, auto=False),
+    )
+}
 
 #: How reports name each engine, fastlstm included.
 LABELS = {"fastlstm": "fastlstm", **{name: p.label for name, p in PEERS.items()}}
@@ -146,8 +178,11 @@ def build_runners(model, left_out: Dict[str, str], threads: int, say=lambda msg:
         on_file = onnx_file is not None and name in FILE_ENGINES
         missing = missing_modules(name, on_file)
         if missing:
-            status[name] = {"status": "skipped", "reason": f"not installed ({', '.join(missing)})",
-                            "install": peer.install}
+            status[name] = {
+                "status": "skipped",
+                "reason": f"not installed ({', '.join(missing)})",
+                "install": peer.install,
+            }
             continue
         say(f"building the {peer.label} model")
         try:

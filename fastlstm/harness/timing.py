@@ -27,9 +27,21 @@ from typing import Callable, Iterable, Iterator, List, Optional
 from fastlstm._config import cpu_name
 from fastlstm._threads import available_cores
 
-__all__ = ["Case", "calibrate", "measure", "OtherLoad", "wait_for_quiet", "thread_policy", "available_cores",
-           "rotations", "tick_latencies", "traced_memory", "cpu_name", "PAUSE_S",
-           "REFERENCE_ENGINES"]
+__all__ = [
+    "Case",
+    "calibrate",
+    "measure",
+    "OtherLoad",
+    "wait_for_quiet",
+    "thread_policy",
+    "available_cores",
+    "rotations",
+    "tick_latencies",
+    "traced_memory",
+    "cpu_name",
+    "PAUSE_S",
+    "REFERENCE_ENGINES",
+]
 
 #: Idle time before each sample, so worker threads the previous engine left spinning (OpenMP,
 #: ORT's intra-op pool) have gone to sleep and do not eat into the next engine's sample.
@@ -85,8 +97,14 @@ def calibrate(case: Case, sample_s: float, max_n: int = 1_000_000) -> None:
     case.timed(n)
 
 
-def measure(cases: List[Case], repeats: int, sample_s: float, tick: Callable[[], None] = lambda: None,
-            pause_s: float = PAUSE_S, settle_s: float = 0.0) -> None:
+def measure(
+    cases: List[Case],
+    repeats: int,
+    sample_s: float,
+    tick: Callable[[], None] = lambda: None,
+    pause_s: float = PAUSE_S,
+    settle_s: float = 0.0,
+) -> None:
     """Calibrate every case, then time them interleaved: ``repeats`` x (every case once, rotated).
 
     ``tick()`` is called after each calibration and each sample (a progress bar).  The
@@ -132,8 +150,14 @@ def _switch(last: Optional[str], case: Case, settle_s: float, warm: bool) -> str
     return case.engine
 
 
-def tick_latencies(tick: Callable[[int], object], seconds: float, min_ticks: int, max_ticks: Optional[int] = None,
-                   warmup: int = 2, start: int = 0) -> List[float]:
+def tick_latencies(
+    tick: Callable[[int], object],
+    seconds: float,
+    min_ticks: int,
+    max_ticks: Optional[int] = None,
+    warmup: int = 2,
+    start: int = 0,
+) -> List[float]:
     """Seconds each call ``tick(k)`` took (k counting up from ``start``), after ``warmup`` untimed calls.
 
     For latency distributions (p50, p99) rather than medians of calibrated loops: ticks go on
@@ -147,8 +171,9 @@ def tick_latencies(tick: Callable[[int], object], seconds: float, min_ticks: int
     k = start + warmup
     t_begin = perf()
     stop, hard_stop = t_begin + seconds, t_begin + 5 * seconds
-    while not out or ((max_ticks is None or len(out) < max_ticks)
-                      and (perf() < stop or (len(out) < min_ticks and perf() < hard_stop))):
+    while not out or (
+        (max_ticks is None or len(out) < max_ticks) and (perf() < stop or (len(out) < min_ticks and perf() < hard_stop))
+    ):
         t0 = perf()
         tick(k)
         out.append(perf() - t0)

@@ -12,9 +12,14 @@ from ._common import Stepper, lstm_stack_view, require_standard_cells
 def _uniform(model):
     """Whether the stack maps onto one multi-layer ``nn.LSTM`` (what a torch user would have written)."""
     first = model.layers[0]
-    return all(layer.hidden_size == first.hidden_size and layer.proj_size == first.proj_size
-               and len(layer.directions) == len(first.directions) and layer.merge_mode == "concat"
-               and not layer.go_backwards for layer in model.layers)
+    return all(
+        layer.hidden_size == first.hidden_size
+        and layer.proj_size == first.proj_size
+        and len(layer.directions) == len(first.directions)
+        and layer.merge_mode == "concat"
+        and not layer.go_backwards
+        for layer in model.layers
+    )
 
 
 def torch_module(model):
@@ -34,8 +39,14 @@ def torch_module(model):
 
     def lstm_for(layers):
         first = layers[0]
-        m = nn.LSTM(first.input_size, first.hidden_size, num_layers=len(layers), bias=True,
-                    bidirectional=first.bidirectional, proj_size=first.proj_size)
+        m = nn.LSTM(
+            first.input_size,
+            first.hidden_size,
+            num_layers=len(layers),
+            bias=True,
+            bidirectional=first.bidirectional,
+            proj_size=first.proj_size,
+        )
         with torch.no_grad():
             for k, layer in enumerate(layers):
                 for d, w in enumerate(layer.directions):
@@ -66,8 +77,14 @@ def torch_module(model):
                     if head.bias is not None:
                         self.head.bias.copy_(tensor(head.bias))
             act = None if head is None else head.activation
-            self.act = {None: None, "linear": None, "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh(),
-                        "relu": nn.ReLU(), "softmax": nn.Softmax(dim=-1)}[act]
+            self.act = {
+                None: None,
+                "linear": None,
+                "sigmoid": nn.Sigmoid(),
+                "tanh": nn.Tanh(),
+                "relu": nn.ReLU(),
+                "softmax": nn.Softmax(dim=-1),
+            }[act]
 
         def forward(self, x, state=None):
             new_state = []
@@ -142,6 +159,7 @@ class TorchRunner:
             with self.torch.inference_mode():
                 for _ in range(n):
                     self._forward_seq(xt)
+
         return run
 
     def steppers(self, xs):
@@ -174,7 +192,7 @@ class TorchStepper(_TorchMixin):
     def __init__(self, runner, xs):
         self.torch, self.net, self.batch = runner.torch, runner.net, xs.shape[1]
         xt = self.torch.from_numpy(xs)
-        self.inputs = [xt[t:t + 1] for t in range(xs.shape[0])]  # (1, B, I) views
+        self.inputs = [xt[t : t + 1] for t in range(xs.shape[0])]  # (1, B, I) views
         self.state = None
 
     def reset(self):
@@ -198,8 +216,9 @@ class TorchCellStepper(_TorchMixin):
             with torch.no_grad():
                 for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                     v = getattr(w, key)
-                    getattr(cell, key).copy_(torch.zeros(4 * w.hidden_size) if v is None
-                                             else torch.from_numpy(np.array(v)))
+                    getattr(cell, key).copy_(
+                        torch.zeros(4 * w.hidden_size) if v is None else torch.from_numpy(np.array(v))
+                    )
             self.cells.append(cell.eval().requires_grad_(False))
         self.inputs = [torch.from_numpy(xs)[t] for t in range(xs.shape[0])]  # (B, I) views
         B = xs.shape[1]

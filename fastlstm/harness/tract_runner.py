@@ -57,6 +57,7 @@ class TractRunner:
         def run(n):
             for _ in range(n):
                 run_([x])
+
         return run
 
     def steppers(self, xs):
@@ -71,7 +72,7 @@ class TractStepper(Stepper):
     def __init__(self, runner: TractRunner, xs):
         T, B, I = xs.shape
         self.batch, self.graphs = B, runner.graphs
-        self.inputs = [np.ascontiguousarray(xs[t:t + 1]) for t in range(T)]
+        self.inputs = [np.ascontiguousarray(xs[t : t + 1]) for t in range(T)]
         zero = self.graphs.zero_state(B)
         self.run_ = runner.runnable(runner.step_path, [(1, B, I)] + [a.shape for a in zero]).run
         self.reset()

@@ -43,8 +43,9 @@ def call_overhead_case(lib: str = "numpy") -> Callable[[], object]:
     return product(a, a.copy(), np.zeros((1, 1), np.float32), lib)
 
 
-def sgemm_peak_case(cfg: Config, layer_input: Optional[int] = None, lib: str = "numpy"
-                    ) -> Tuple[Callable[[], object], float]:
+def sgemm_peak_case(
+    cfg: Config, layer_input: Optional[int] = None, lib: str = "numpy"
+) -> Tuple[Callable[[], object], float]:
     """One sgemm of shape ``(T*B, I+H) x (I+H, 4H)`` and its flops: the peak a layer could reach.
 
     All T steps' gate products fused into one well-shaped matmul is an upper bound: the
@@ -57,8 +58,9 @@ def sgemm_peak_case(cfg: Config, layer_input: Optional[int] = None, lib: str = "
     return product(a, b, c, lib), 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
 
 
-def blas_floor_case(cfg: Config, lib: str = "numpy", rows: Optional[int] = None, time_block: Optional[int] = None,
-                    chunks: int = 1) -> Tuple[Callable[[], None], int]:
+def blas_floor_case(
+    cfg: Config, lib: str = "numpy", rows: Optional[int] = None, time_block: Optional[int] = None, chunks: int = 1
+) -> Tuple[Callable[[], None], int]:
     """Only the BLAS work the engine's design needs for one ``predict``, and the number of calls.
 
     Per layer, per chunk of ``rows`` batch rows and per time block of ``time_block`` steps: one
@@ -72,10 +74,15 @@ def blas_floor_case(cfg: Config, lib: str = "numpy", rows: Optional[int] = None,
     blocks = -(-cfg.T // tc)
     parts = []
     for i in cfg.layer_inputs():
-        proj = product(_random(rng, tc * rows, i), _random(rng, i, 4 * H, scale=0.05),
-                       np.empty((tc * rows, 4 * H), np.float32), lib)
-        rec = product(_random(rng, rows, H), _random(rng, H, 4 * H, scale=0.05), np.empty((rows, 4 * H), np.float32),
-                      lib)
+        proj = product(
+            _random(rng, tc * rows, i),
+            _random(rng, i, 4 * H, scale=0.05),
+            np.empty((tc * rows, 4 * H), np.float32),
+            lib,
+        )
+        rec = product(
+            _random(rng, rows, H), _random(rng, H, 4 * H, scale=0.05), np.empty((rows, 4 * H), np.float32), lib
+        )
         parts.append((proj, rec))
 
     def run():

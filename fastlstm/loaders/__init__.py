@@ -122,20 +122,25 @@ def _read_capped(f, source, first):
 
 
 def _too_large(source):
-    return LoadError(f"{source}: the file has more than {MAX_FILE_BYTES:,} bytes, the largest model file fastlstm "
-                     "reads")
+    return LoadError(
+        f"{source}: the file has more than {MAX_FILE_BYTES:,} bytes, the largest model file fastlstm reads"
+    )
 
 
 def _no_overrides(overrides, kind):
     if overrides:
-        raise TypeError(f"{', '.join(sorted(overrides))}: only PyTorch state_dict files take overrides; a {kind} "
-                        "records its own structure")
+        raise TypeError(
+            f"{', '.join(sorted(overrides))}: only PyTorch state_dict files take overrides; a {kind} "
+            "records its own structure"
+        )
 
 
 def _refuse_lfs_pointer(data, source):
     if data.startswith(LFS_POINTER):
-        raise ValueError(f"{source}: this is a Git LFS pointer file ({len(data)} bytes), not the model itself; "
-                         "run `git lfs pull` in the repository to download the real file")
+        raise ValueError(
+            f"{source}: this is a Git LFS pointer file ({len(data)} bytes), not the model itself; "
+            "run `git lfs pull` in the repository to download the real file"
+        )
 
 
 def spec_from_bytes(data, source, folder=None, **overrides):
@@ -180,15 +185,19 @@ def _detect(data, source, budget):
         raise ValueError(f"{source}: the file is empty")
     _refuse_lfs_pointer(data, source)
     if data.startswith(LEGACY_MAGIC):
-        raise ValueError(f"{source}: this is a pre-1.6 PyTorch file (legacy non-zip format), which can only be read "
-                         "by unpickling arbitrary objects; re-save it with a current torch.save(model.state_dict())")
+        raise ValueError(
+            f"{source}: this is a pre-1.6 PyTorch file (legacy non-zip format), which can only be read "
+            "by unpickling arbitrary objects; re-save it with a current torch.save(model.state_dict())"
+        )
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         names = open_zip(data, source).namelist()
         if "config.json" in names and any(n.startswith("model.weights") for n in names):
             return ".keras file", None
         if sniff_torch_zip(names) is None:
-            raise ValueError(f"{source}: a zip archive that is neither a PyTorch file nor a .keras file "
-                             f"(members: {describe_keys(names, 8)})")
+            raise ValueError(
+                f"{source}: a zip archive that is neither a PyTorch file nor a .keras file "
+                f"(members: {describe_keys(names, 8)})"
+            )
         return "torch", None
     if is_hdf5(data):
         return "Keras .h5 file", None
@@ -198,10 +207,14 @@ def _detect(data, source, budget):
     if looks_like_onnx(data):
         return "ONNX file", None
     if data[:1] == b"\x80":
-        raise ValueError(f"{source}: this looks like a bare pickle; fastlstm never unpickles arbitrary files. Save "
-                         "a state_dict with torch.save (zip format) or use safetensors")
-    raise ValueError(f"{source}: unrecognised file format. fastlstm.load reads PyTorch state_dict files (.pt/.pth), "
-                     "safetensors, Keras .keras and .h5 files, ONNX models and fastlstm's own files")
+        raise ValueError(
+            f"{source}: this looks like a bare pickle; fastlstm never unpickles arbitrary files. Save "
+            "a state_dict with torch.save (zip format) or use safetensors"
+        )
+    raise ValueError(
+        f"{source}: unrecognised file format. fastlstm.load reads PyTorch state_dict files (.pt/.pth), "
+        "safetensors, Keras .keras and .h5 files, ONNX models and fastlstm's own files"
+    )
 
 
 def _spec_from_torch(data, source, overrides, budget):

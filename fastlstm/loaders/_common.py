@@ -46,8 +46,10 @@ def check_steps_option(value, what, source):
     """Refuse an int option that sets a number of time steps above :data:`MAX_STEPS_OPTION`."""
     # (floats too: the layer classes take an integral float such as 2.0 as the int it equals)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_STEPS_OPTION:
-        raise ValueError(f"{source}: {what}={value} is larger than fastlstm accepts from a file "
-                         f"({MAX_STEPS_OPTION}); refusing a model that would allocate without bound")
+        raise ValueError(
+            f"{source}: {what}={value} is larger than fastlstm accepts from a file "
+            f"({MAX_STEPS_OPTION}); refusing a model that would allocate without bound"
+        )
     return value
 
 
@@ -136,7 +138,7 @@ def check_shape(arr, expected, key, source):
 
 # --- zip archives -----------------------------------------------------------------
 
-_EOCD = struct.Struct("<4s4H2LH")          # end of central directory record
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory record
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 
@@ -150,15 +152,15 @@ def _central_directory_size(data):
     at = len(data) - _EOCD.size
     if at < 0:
         return None
-    if data[at:at + 4] != b"PK\x05\x06":
+    if data[at : at + 4] != b"PK\x05\x06":
         at = data.rfind(b"PK\x05\x06", max(0, len(data) - _EOCD.size - 0xFFFF))
         if at < 0 or at + _EOCD.size > len(data):
             return None
     size = _EOCD.unpack_from(data, at)[6]
     loc = at - _ZIP64_LOCATOR.size
-    if loc >= 0 and data[loc:loc + 4] == b"PK\x06\x07":
+    if loc >= 0 and data[loc : loc + 4] == b"PK\x06\x07":
         z64 = _ZIP64_LOCATOR.unpack_from(data, loc)[2]
-        if z64 + _ZIP64_EOCD.size <= len(data) and data[z64:z64 + 4] == b"PK\x06\x06":
+        if z64 + _ZIP64_EOCD.size <= len(data) and data[z64 : z64 + 4] == b"PK\x06\x06":
             size = _ZIP64_EOCD.unpack_from(data, z64)[8]
     return size
 
@@ -170,13 +172,25 @@ def open_zip(data, source):
     """
     directory = _central_directory_size(data)
     if directory is not None and directory > MAX_ZIP_DIRECTORY_BYTES:
-        raise ValueError(f"{source}: the zip directory takes {directory:,} bytes (limit {MAX_ZIP_DIRECTORY_BYTES:,}); "
-                         "a model archive has a few entries per tensor")
+        raise ValueError(
+            f"{source}: the zip directory takes {directory:,} bytes (limit {MAX_ZIP_DIRECTORY_BYTES:,}); "
+            "a model archive has a few entries per tensor"
+        )
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         names = zf.namelist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, KeyError,
-            IndexError, UnicodeDecodeError, NotImplementedError, struct.error) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        ValueError,
+        EOFError,
+        KeyError,
+        IndexError,
+        UnicodeDecodeError,
+        NotImplementedError,
+        struct.error,
+    ) as exc:
         raise ValueError(f"{source}: not a readable zip archive ({str(exc)[:200]})") from None
     if len(names) > MAX_ZIP_MEMBERS:
         raise ValueError(f"{source}: zip archive has {len(names):,} members (limit {MAX_ZIP_MEMBERS:,})")
@@ -204,13 +218,21 @@ def read_member(zf, name, source, budget, limit=None):
     budget.charge(info.file_size, f"archive member {shown(name)}")
     try:
         data = zf.read(info)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError,
-            UnicodeDecodeError) as exc:
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+        UnicodeDecodeError,
+    ) as exc:
         # zipfile raises these for bad CRCs, truncated data, unknown compression, encryption.
         raise ValueError(f"{source}: archive member {shown(name)} is corrupt ({str(exc)[:200]})") from None
     except Exception as exc:  # noqa: BLE001 - zlib.error and friends: still a corrupt file, never a crash
-        raise ValueError(f"{source}: archive member {shown(name)} is corrupt "
-                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise ValueError(
+            f"{source}: archive member {shown(name)} is corrupt ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     if len(data) != info.file_size:
         raise ValueError(f"{source}: archive member {shown(name)} is truncated")
     return data

@@ -80,9 +80,11 @@ class Budget:
     def charge(self, nbytes, what):
         """Account for ``nbytes`` more (before allocating them); ValueError naming ``what`` if over."""
         if nbytes > self.left:
-            raise ValueError(f"{self.source}: {what} would need {nbytes:,} bytes, beyond this file's memory budget "
-                             f"({self.limit:,} bytes: {BUDGET_FLOOR_BYTES >> 20} MiB + {BUDGET_PER_FILE_BYTE} x "
-                             "the file size); the file is corrupt or hostile")
+            raise ValueError(
+                f"{self.source}: {what} would need {nbytes:,} bytes, beyond this file's memory budget "
+                f"({self.limit:,} bytes: {BUDGET_FLOOR_BYTES >> 20} MiB + {BUDGET_PER_FILE_BYTE} x "
+                "the file size); the file is corrupt or hostile"
+            )
         self.used += nbytes
 
 
@@ -96,11 +98,11 @@ def shown(value, limit=MAX_REPR_CHARS, _depth=0) -> str:
         items = [shown(v, limit, _depth + 1) for v in value[:8]] + (["..."] if len(value) > 8 else [])
         text = ("[%s]" if isinstance(value, list) else "(%s)") % ", ".join(items)
     elif isinstance(value, str):
-        text = repr(value[:limit + 1])
+        text = repr(value[: limit + 1])
     elif isinstance(value, (bytes, bytearray)):
-        text = repr(bytes(value[:limit + 1]))
+        text = repr(bytes(value[: limit + 1]))
     elif value is None or isinstance(value, (bool, int, float)):
         text = repr(value) if not isinstance(value, int) or value.bit_length() < 256 else "<a huge integer>"
     else:
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

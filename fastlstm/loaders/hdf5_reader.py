@@ -57,7 +57,7 @@ def _text(value):
 
 
 def _wanted_attr(name):
-    return any(name == a or (name.startswith(a) and name[len(a):].isdigit()) for a in _ATTRS)
+    return any(name == a or (name.startswith(a) and name[len(a) :].isdigit()) for a in _ATTRS)
 
 
 def parse(data, skip_data_under=(), budget=None, max_chunks=None):
@@ -92,8 +92,10 @@ def parse(data, skip_data_under=(), budget=None, max_chunks=None):
             path = prefix + name
             link = group.get(name, getlink=True)
             if not isinstance(link, h5py.HardLink):
-                raise HDF5Error(f"entry {path[:120]!r} is a {type(link).__name__}; only plain groups and datasets are "
-                                "accepted (links could reach other files)")
+                raise HDF5Error(
+                    f"entry {path[:120]!r} is a {type(link).__name__}; only plain groups and datasets are "
+                    "accepted (links could reach other files)"
+                )
             obj = group[name]
             if isinstance(obj, h5py.Group):
                 visit(obj, path + "/", depth + 1)
@@ -111,15 +113,19 @@ def parse(data, skip_data_under=(), budget=None, max_chunks=None):
             return (ds.dtype.str, shape)
         nbytes = ds.size * ds.dtype.itemsize
         if nbytes > left[0]:
-            raise HDF5Error(f"dataset {path[:120]!r} of shape {shape} ({nbytes:,} bytes) is beyond this file's "
-                            f"memory budget ({budget:,} bytes in all); the file is corrupt or hostile")
+            raise HDF5Error(
+                f"dataset {path[:120]!r} of shape {shape} ({nbytes:,} bytes) is beyond this file's "
+                f"memory budget ({budget:,} bytes in all); the file is corrupt or hostile"
+            )
         if ds.chunks is not None and max_chunks is not None:
             chunks = 1
             for n, c in zip(shape, ds.chunks):
                 chunks *= -(-n // max(c, 1))
             if chunks > max_chunks:
-                raise HDF5Error(f"dataset {path[:120]!r} is split into {chunks:,} chunks (limit {max_chunks:,} for "
-                                "a file of this size); the file is corrupt or hostile")
+                raise HDF5Error(
+                    f"dataset {path[:120]!r} is split into {chunks:,} chunks (limit {max_chunks:,} for "
+                    "a file of this size); the file is corrupt or hostile"
+                )
         left[0] -= nbytes
         return np.asarray(ds[()])
 
@@ -135,6 +141,7 @@ def parse(data, skip_data_under=(), budget=None, max_chunks=None):
 
 
 # --- the wire format between child and parent -------------------------------------------
+
 
 def _encode(attrs, datasets, out):
     import numpy as np
@@ -158,7 +165,7 @@ def _decode(blob):
     import numpy as np
 
     (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n].decode("utf-8"))
+    header = json.loads(blob[8 : 8 + n].decode("utf-8"))
     if "error" in header:
         raise HDF5Error(header["error"])
     stream = io.BytesIO(blob)  # shares ``blob`` (no copy of the arrays' bytes)
@@ -205,9 +212,14 @@ def main():
         attrs, datasets = parse(data, tuple(opts.get("skip", ())), opts.get("budget"), opts.get("max_chunks"))
         _encode(attrs, datasets, out)
     except (HDF5Error, MemoryError) as exc:
-        why = str(exc) if isinstance(exc, HDF5Error) else (
-            f"reading it needs more memory than the HDF5 reader's limit of {opts.get('address_space', 0):,} "
-            "bytes of address space")
+        why = (
+            str(exc)
+            if isinstance(exc, HDF5Error)
+            else (
+                f"reading it needs more memory than the HDF5 reader's limit of {opts.get('address_space', 0):,} "
+                "bytes of address space"
+            )
+        )
         msg = json.dumps({"error": why}).encode("utf-8")
         out.write(struct.pack("<Q", len(msg)) + msg)
 
@@ -225,27 +237,39 @@ def extract(data, skip_data_under=(), budget=None, max_chunks=None, address_spac
     # One BLAS thread: the child does no linear algebra, and every OpenBLAS thread reserves
     # address space that would count against the child's limit.
     env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    opts = {"skip": list(skip_data_under), "budget": budget, "max_chunks": max_chunks,
-            "address_space": address_space, "cpu_seconds": None if seconds is None else int(seconds) + 1}
+    opts = {
+        "skip": list(skip_data_under),
+        "budget": budget,
+        "max_chunks": max_chunks,
+        "address_space": address_space,
+        "cpu_seconds": None if seconds is None else int(seconds) + 1,
+    }
     cmd = [sys.executable, os.path.abspath(__file__), json.dumps(opts)]
     try:
         proc = subprocess.run(cmd, input=bytes(data), capture_output=True, timeout=seconds, env=env)
     except subprocess.TimeoutExpired:
-        raise HDF5Error(f"the HDF5 reader did not finish within its time limit of {seconds:.3g} s for a file of this "
-                        "size; the file is corrupt or hostile") from None
+        raise HDF5Error(
+            f"the HDF5 reader did not finish within its time limit of {seconds:.3g} s for a file of this "
+            "size; the file is corrupt or hostile"
+        ) from None
     except OSError:
         return parse(data, skip_data_under, budget, max_chunks)  # no usable interpreter to isolate the parse in
     if proc.returncode < 0:
         if -proc.returncode == getattr(signal, "SIGXCPU", None):
-            raise HDF5Error(f"the HDF5 reader used up its CPU time limit of {opts['cpu_seconds']} s for a file of "
-                            "this size; the file is corrupt or hostile")
-        raise HDF5Error(f"the HDF5 library crashed (signal {-proc.returncode}) reading this file; "
-                        "it is corrupt or hostile")
+            raise HDF5Error(
+                f"the HDF5 reader used up its CPU time limit of {opts['cpu_seconds']} s for a file of "
+                "this size; the file is corrupt or hostile"
+            )
+        raise HDF5Error(
+            f"the HDF5 library crashed (signal {-proc.returncode}) reading this file; it is corrupt or hostile"
+        )
     if proc.returncode != 0 or len(proc.stdout) < 8:
         tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
         if b"MemoryError" in proc.stderr:
-            raise HDF5Error("reading this HDF5 file needs more memory than the HDF5 reader's address-space limit; "
-                            "it is corrupt or hostile")
+            raise HDF5Error(
+                "reading this HDF5 file needs more memory than the HDF5 reader's address-space limit; "
+                "it is corrupt or hostile"
+            )
         if b"ModuleNotFoundError" in proc.stderr or not sys.executable:
             return parse(data, skip_data_under, budget, max_chunks)  # the child cannot import h5py: parse here
         raise HDF5Error(f"reading the HDF5 file failed ({tail[0][:200]})")

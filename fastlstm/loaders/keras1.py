@@ -22,15 +22,31 @@ import re
 import numpy as np
 
 _KERAS1_KEYS = ("output_dim", "inner_activation", "nb_filter", "filter_length", "pool_length", "border_mode")
-_RENAMES = {"output_dim": "units", "inner_activation": "recurrent_activation", "bias": "use_bias",
-            "nb_filter": "filters", "filter_length": "kernel_size", "border_mode": "padding",
-            "subsample_length": "strides", "pool_length": "pool_size", "stride": "strides", "p": "rate"}
+_RENAMES = {
+    "output_dim": "units",
+    "inner_activation": "recurrent_activation",
+    "bias": "use_bias",
+    "nb_filter": "filters",
+    "filter_length": "kernel_size",
+    "border_mode": "padding",
+    "subsample_length": "strides",
+    "pool_length": "pool_size",
+    "stride": "strides",
+    "p": "rate",
+}
 _CLASS_RENAMES = {"Convolution1D": "Conv1D", "AtrousConvolution1D": "Conv1D"}
 #: Per-gate weight suffixes: the order Keras 2 stacks the gates in its kernel.
 _GATES = {"LSTM": "ifco", "GRU": "zrh"}
 _NAME = re.compile(r"_(?P<kind>W|U|b|gamma|beta|running_mean|running_std)(?:_(?P<gate>[a-z]))?(?::0)?$")
-_KIND_NAMES = {"W": "kernel", "U": "recurrent_kernel", "b": "bias", "gamma": "gamma", "beta": "beta",
-               "running_mean": "moving_mean", "running_std": "moving_variance"}
+_KIND_NAMES = {
+    "W": "kernel",
+    "U": "recurrent_kernel",
+    "b": "bias",
+    "gamma": "gamma",
+    "beta": "beta",
+    "running_mean": "moving_mean",
+    "running_std": "moving_variance",
+}
 
 
 def is_keras1_entry(entry) -> bool:
@@ -51,8 +67,11 @@ def upgrade_entry(entry):
     cfg = dict(entry.get("config") or {})
     if cls == "TimeDistributedDense":
         inner = {"class_name": "Dense", "config": dict(cfg)}
-        return {**entry, "class_name": "TimeDistributed",
-                "config": {"name": cfg.get("name"), "layer": upgrade_entry(inner)}}
+        return {
+            **entry,
+            "class_name": "TimeDistributed",
+            "config": {"name": cfg.get("name"), "layer": upgrade_entry(inner)},
+        }
     if cls == "Embedding":
         pass  # input_dim/output_dim kept their names in Keras 2
     else:
@@ -89,15 +108,17 @@ def upgrade_weights(cls, weights, fail):
         if m is None:
             return weights
         # Keep what precedes the suffix ('forward_lstm_1'), so a Bidirectional's halves stay checkable.
-        base = name.split("/")[-1][:m.start()]
+        base = name.split("/")[-1][: m.start()]
         parsed.append((m["kind"], m["gate"], name, arr, base))
     gates = _GATES.get(cls)
     kind_names = dict(_KIND_NAMES, W="embeddings") if cls == "Embedding" else _KIND_NAMES
     if gates and any(g is not None for _, g, _, _, _ in parsed):
         by = {(k, g): (n, a) for k, g, n, a, _ in parsed}
         if len(by) != len(parsed) or any(g is None or g not in gates for _, g, _, _, _ in parsed):
-            fail(f"Keras 1 per-gate weights {[n for _, _, n, _, _ in parsed]} do not match the {cls} gates "
-                 f"{', '.join(gates)}")
+            fail(
+                f"Keras 1 per-gate weights {[n for _, _, n, _, _ in parsed]} do not match the {cls} gates "
+                f"{', '.join(gates)}"
+            )
         base = parsed[0][4]
         out = []
         for kind in ("W", "U", "b"):
@@ -105,8 +126,7 @@ def upgrade_weights(cls, weights, fail):
             if not any(present):
                 continue
             if not all(present):
-                fail(f"Keras 1 weights for {kind} lack gate(s) "
-                     f"{[g for g, p in zip(gates, present) if not p]}")
+                fail(f"Keras 1 weights for {kind} lack gate(s) {[g for g, p in zip(gates, present) if not p]}")
             arrays = [np.asarray(by[(kind, g)][1]) for g in gates]
             if len({a.ndim for a in arrays}) != 1 or len({a.shape[:-1] for a in arrays}) != 1:
                 fail(f"Keras 1 per-gate {kind} arrays have mismatched shapes {[a.shape for a in arrays]}")
@@ -123,7 +143,9 @@ def keras1_conv_kernel(kernel, kernel_size, filters, fail):
         fail(f"Keras 1 Convolution1D kernel has shape {kernel.shape}; expected 4-d")
     if kernel.shape[:2] != (kernel_size, 1) or kernel.shape[3] != filters:
         if kernel.shape[0] != filters or kernel.shape[2:] != (kernel_size, 1):
-            fail(f"Keras 1 Convolution1D kernel has shape {kernel.shape}; expected ({kernel_size}, 1, in, "
-                 f"{filters}) or ({filters}, in, {kernel_size}, 1)")
+            fail(
+                f"Keras 1 Convolution1D kernel has shape {kernel.shape}; expected ({kernel_size}, 1, in, "
+                f"{filters}) or ({filters}, in, {kernel_size}, 1)"
+            )
         kernel = np.transpose(kernel, (2, 3, 1, 0))
     return kernel[:, 0, :, :]

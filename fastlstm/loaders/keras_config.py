@@ -47,35 +47,69 @@ from ._common import check_steps_option, float_weight, make_spec
 from ._limits import shown
 
 #: Layers that do nothing at inference time.
-IDENTITY_LAYERS = frozenset({"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-                             "ActivityRegularization"})
+IDENTITY_LAYERS = frozenset(
+    {"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization"}
+)
 _CELL_ACTS = {"sigmoid", "tanh", "relu", "linear"}
 #: Keras activation names that need no options, and fastlstm's name for them.
-_PLAIN_ACTS = {"linear": "linear", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "softmax",
-               "elu": "elu", "selu": "selu", "softplus": "softplus", "softsign": "softsign", "swish": "silu",
-               "silu": "silu", "gelu": "gelu"}  # Keras' gelu defaults to approximate=False: the erf form
+_PLAIN_ACTS = {
+    "linear": "linear",
+    "relu": "relu",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "softmax": "softmax",
+    "elu": "elu",
+    "selu": "selu",
+    "softplus": "softplus",
+    "softsign": "softsign",
+    "swish": "silu",
+    "silu": "silu",
+    "gelu": "gelu",
+}  # Keras' gelu defaults to approximate=False: the erf form
 _REFUSED_WHY = {
     "Masking": "masking skips time steps per sample, which fastlstm does not implement",
     "Lambda": "a Lambda layer holds Python code, which fastlstm never runs",
     "CuDNNLSTM": "CuDNN weight layout is not supported; re-save the model with a plain LSTM layer",
     "CuDNNGRU": "CuDNN weight layout is not supported; re-save the model with a plain GRU layer",
-    "Attention": "attention layers are not supported", "MultiHeadAttention": "attention layers are not supported",
+    "Attention": "attention layers are not supported",
+    "MultiHeadAttention": "attention layers are not supported",
     "AdditiveAttention": "attention layers are not supported",
     "Reshape": "Reshape changes the meaning of the axes; fastlstm runs chains over (time, features)",
     "Permute": "Permute swaps time and features; fastlstm runs chains over (time, features)",
     "Merge": "a Keras 1 Merge joins several branches; fastlstm runs one chain of layers",
 }
-_RECURRENT = {"LSTM": (LSTMLayer, LSTMWeights, 4), "GRU": (GRULayer, GRUWeights, 3),
-              "SimpleRNN": (RNNLayer, RNNWeights, 1)}
+_RECURRENT = {
+    "LSTM": (LSTMLayer, LSTMWeights, 4),
+    "GRU": (GRULayer, GRUWeights, 3),
+    "SimpleRNN": (RNNLayer, RNNWeights, 1),
+}
 #: Layers that act on each time step alone (what TimeDistributed may wrap).
-_PER_STEP = frozenset({"Dense", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "BatchNormalization",
-                       "LayerNormalization", "Normalization"}) | IDENTITY_LAYERS
+_PER_STEP = (
+    frozenset(
+        {
+            "Dense",
+            "Activation",
+            "ReLU",
+            "LeakyReLU",
+            "ELU",
+            "PReLU",
+            "Softmax",
+            "BatchNormalization",
+            "LayerNormalization",
+            "Normalization",
+        }
+    )
+    | IDENTITY_LAYERS
+)
 #: keras.config.epsilon(), which Normalization divides by at least (the file does not record it).
 _KERAS_EPSILON = 1e-7
-_POOLS = {"MaxPooling1D": MaxPool1D, "AveragePooling1D": AvgPool1D, "MaxPool1D": MaxPool1D,
-          "AvgPool1D": AvgPool1D}
-_GLOBAL_POOLS = {"GlobalMaxPooling1D": GlobalMaxPool1D, "GlobalAveragePooling1D": GlobalAvgPool1D,
-                 "GlobalMaxPool1D": GlobalMaxPool1D, "GlobalAvgPool1D": GlobalAvgPool1D}
+_POOLS = {"MaxPooling1D": MaxPool1D, "AveragePooling1D": AvgPool1D, "MaxPool1D": MaxPool1D, "AvgPool1D": AvgPool1D}
+_GLOBAL_POOLS = {
+    "GlobalMaxPooling1D": GlobalMaxPool1D,
+    "GlobalAveragePooling1D": GlobalAvgPool1D,
+    "GlobalMaxPool1D": GlobalMaxPool1D,
+    "GlobalAvgPool1D": GlobalAvgPool1D,
+}
 
 
 def _fail(source, entry, why):
@@ -109,8 +143,11 @@ def _axis_is_last(source, entry, key, has_time):
     if isinstance(axis, list) and len(axis) == 1:
         axis = axis[0]
     if axis not in (-1, 2 if has_time else 1):
-        _fail(source, entry, f"{key}={shown(entry['config'].get(key))} is not the feature axis; fastlstm "
-                             "normalizes over features only")
+        _fail(
+            source,
+            entry,
+            f"{key}={shown(entry['config'].get(key))} is not the feature axis; fastlstm normalizes over features only",
+        )
 
 
 def _channels_last(source, entry):
@@ -145,8 +182,11 @@ def _hard_sigmoid(source, entry, key, major):
         return "hard_sigmoid_keras2"
     if major is not None and major >= 3:
         return "hard_sigmoid"
-    _fail(source, entry, f"{key}='hard_sigmoid' means different formulas in Keras 2 and 3, and the file "
-                         "records no keras_version")
+    _fail(
+        source,
+        entry,
+        f"{key}='hard_sigmoid' means different formulas in Keras 2 and 3, and the file records no keras_version",
+    )
 
 
 def cell_activation(source, entry, key, major, default):
@@ -169,8 +209,11 @@ def layer_activation(source, entry, key, major, default="linear"):
         return _hard_sigmoid(source, entry, key, major)
     if name == "leaky_relu" and major is not None and major >= 3:
         return Activation("leaky_relu", alpha=0.2)  # keras.activations.leaky_relu(negative_slope=0.2)
-    _fail(source, entry, f"{key}={shown(raw)} is not supported (supported: {', '.join(sorted(_PLAIN_ACTS))}, "
-                         "hard_sigmoid, leaky_relu)")
+    _fail(
+        source,
+        entry,
+        f"{key}={shown(raw)} is not supported (supported: {', '.join(sorted(_PLAIN_ACTS))}, hard_sigmoid, leaky_relu)",
+    )
 
 
 def _check_names(source, entry, weights, expected, direction=None):
@@ -185,8 +228,12 @@ def _check_names(source, entry, weights, expected, direction=None):
         scope = [p for p in parts if p.startswith(("forward_", "backward_"))]
         wrong_dir = direction is not None and scope and not scope[-1].startswith(direction + "_")
         if parts[-1].split(":")[0] != want or wrong_dir:
-            _fail(source, entry, f"weight {shown(name)} found where the {direction + ' ' if direction else ''}"
-                                 f"{shown(want)} was expected")
+            _fail(
+                source,
+                entry,
+                f"weight {shown(name)} found where the {direction + ' ' if direction else ''}"
+                f"{shown(want)} was expected",
+            )
 
 
 def _weights(source, entry, weights, expected, label=None, direction=None):
@@ -198,6 +245,7 @@ def _weights(source, entry, weights, expected, label=None, direction=None):
 
 # --- recurrent layers ----------------------------------------------------------------------
 
+
 def _rnn_options(source, entry, major):
     cls = entry.get("class_name")
     units = _opt(source, entry, "units", int, None)
@@ -205,10 +253,13 @@ def _rnn_options(source, entry, major):
         _fail(source, entry, f"units={shown(units)} must be a positive integer")
     if _opt(source, entry, "return_state", bool, False):
         _fail(source, entry, "return_state=True makes the layer return extra tensors; not supported")
-    opts = dict(units=units, activation=cell_activation(source, entry, "activation", major, "tanh"),
-                use_bias=_opt(source, entry, "use_bias", bool, True),
-                go_backwards=_opt(source, entry, "go_backwards", bool, False),
-                return_sequences=_opt(source, entry, "return_sequences", bool, False))
+    opts = dict(
+        units=units,
+        activation=cell_activation(source, entry, "activation", major, "tanh"),
+        use_bias=_opt(source, entry, "use_bias", bool, True),
+        go_backwards=_opt(source, entry, "go_backwards", bool, False),
+        return_sequences=_opt(source, entry, "return_sequences", bool, False),
+    )
     if cls != "SimpleRNN":
         opts["recurrent_activation"] = cell_activation(source, entry, "recurrent_activation", major, "sigmoid")
     if cls == "GRU":
@@ -218,7 +269,7 @@ def _rnn_options(source, entry, major):
 
 def _gru_rows(a, units):
     """Keras GRU gate blocks z, r, h -> PyTorch's r, z, n (formats.md §0), on the last axis."""
-    return np.concatenate([a[..., units:2 * units], a[..., :units], a[..., 2 * units:]], axis=-1)
+    return np.concatenate([a[..., units : 2 * units], a[..., :units], a[..., 2 * units :]], axis=-1)
 
 
 def _rnn_weights(source, entry, cls, opts, weights, direction=None, label=None):
@@ -227,21 +278,32 @@ def _rnn_weights(source, entry, cls, opts, weights, direction=None, label=None):
     units = opts["units"]
     expected = ("kernel", "recurrent_kernel", "bias") if opts["use_bias"] else ("kernel", "recurrent_kernel")
     if len(weights) == 3 * gates and gates > 1:
-        _fail(source, entry, f"{len(weights)} per-gate arrays, as a Keras 1 file stores them, but the config is not "
-                             "a Keras 1 config")
+        _fail(
+            source,
+            entry,
+            f"{len(weights)} per-gate arrays, as a Keras 1 file stores them, but the config is not a Keras 1 config",
+        )
     label = label or entry["config"].get("name", cls.lower())
     arrays = _weights(source, entry, weights, expected, label, direction)
     kernel, rec = arrays[0], arrays[1]
     if kernel.ndim != 2 or kernel.shape[1] != gates * units or rec.shape != (units, gates * units):
-        _fail(source, entry, f"kernel {kernel.shape} / recurrent_kernel {rec.shape} do not match units={units} "
-                             f"(expected (input, {gates * units}) and ({units}, {gates * units}))")
+        _fail(
+            source,
+            entry,
+            f"kernel {kernel.shape} / recurrent_kernel {rec.shape} do not match units={units} "
+            f"(expected (input, {gates * units}) and ({units}, {gates * units}))",
+        )
     bias = arrays[2] if opts["use_bias"] else None
     reset_after = opts.get("reset_after")
     if cls == "GRU":
         if reset_after is None:  # Keras <= 2.1 configs lack the key: the bias shape says which
             if bias is None:
-                _fail(source, entry, "the config has no reset_after and there is no bias to tell it from; refusing "
-                                     "to guess between the two GRU formulas")
+                _fail(
+                    source,
+                    entry,
+                    "the config has no reset_after and there is no bias to tell it from; refusing "
+                    "to guess between the two GRU formulas",
+                )
             reset_after = bias.ndim == 2
             opts["reset_after"] = reset_after
         want = (2, 3 * units) if reset_after else (3 * units,)
@@ -250,8 +312,11 @@ def _rnn_weights(source, entry, cls, opts, weights, direction=None, label=None):
         k, r = _gru_rows(kernel, units).T, _gru_rows(rec, units).T
         b_ih = b_hh = None
         if bias is not None:
-            b_ih, b_hh = (_gru_rows(bias[0], units), _gru_rows(bias[1], units)) if reset_after \
+            b_ih, b_hh = (
+                (_gru_rows(bias[0], units), _gru_rows(bias[1], units))
+                if reset_after
                 else (_gru_rows(bias, units), None)
+            )
         return weight_cls(k, r, b_ih, b_hh, name=label)
     if bias is not None and bias.shape != (gates * units,):
         _fail(source, entry, f"bias has shape {bias.shape}; expected ({gates * units},)")
@@ -301,8 +366,12 @@ def _bidirectional_layer(source, entry, major, weights):
         bo = _rnn_options(source, bwd, major)
         for k in fo:
             if k != "go_backwards" and bo[k] != fo[k]:
-                _fail(source, entry, f"backward_layer has {k}={shown(bo[k])} but the forward layer has {shown(fo[k])}; "
-                                     "fastlstm needs both directions alike")
+                _fail(
+                    source,
+                    entry,
+                    f"backward_layer has {k}={shown(bo[k])} but the forward layer has {shown(fo[k])}; "
+                    "fastlstm needs both directions alike",
+                )
         if not bo["go_backwards"]:
             _fail(source, entry, "backward_layer must have go_backwards=True")
     n = len(weights) // 2 if len(weights) % 2 == 0 else -1
@@ -315,6 +384,7 @@ def _bidirectional_layer(source, entry, major, weights):
 
 
 # --- per-step layers ----------------------------------------------------------------------
+
 
 def _dense(source, entry, weights, major):
     units = _opt(source, entry, "units", int, None)
@@ -358,8 +428,7 @@ def _activation_layer(source, entry, weights, major, has_time):
     shared = [shared] if isinstance(shared, int) else shared
     (alpha,) = _weights(source, entry, weights, ("alpha",))
     if has_time and 1 not in shared:
-        _fail(source, entry, "PReLU without shared_axes=[1] has a slope per time step; fastlstm needs one per "
-                             "feature")
+        _fail(source, entry, "PReLU without shared_axes=[1] has a slope per time step; fastlstm needs one per feature")
     if alpha.size != alpha.shape[-1]:
         _fail(source, entry, f"alpha has shape {alpha.shape}; expected one slope per feature")
     return [Activation("prelu", weight=alpha.reshape(-1))]
@@ -377,16 +446,31 @@ def _number(source, entry, key, default):
 def _batchnorm(source, entry, weights, has_time):
     cfg = entry["config"]
     if cfg.get("keras1_mode", 0) != 0:
-        _fail(source, entry, f"Keras 1 BatchNormalization mode={cfg.get('keras1_mode')} normalizes with batch "
-                             "statistics; only mode 0 is supported")
+        _fail(
+            source,
+            entry,
+            f"Keras 1 BatchNormalization mode={cfg.get('keras1_mode')} normalizes with batch "
+            "statistics; only mode 0 is supported",
+        )
     if cfg.get("renorm") or cfg.get("synchronized"):
         _fail(source, entry, "batch renormalization is not supported")
     _axis_is_last(source, entry, "axis", has_time)
     names = [n for n, on in (("gamma", cfg.get("scale", True)), ("beta", cfg.get("center", True))) if on]
-    arrays = dict(zip(names + ["moving_mean", "moving_variance"],
-                      _weights(source, entry, weights, tuple(names) + ("moving_mean", "moving_variance"))))
-    return [BatchNorm(arrays["moving_mean"], arrays["moving_variance"], arrays.get("gamma"), arrays.get("beta"),
-                      eps=_number(source, entry, "epsilon", 1e-3))]
+    arrays = dict(
+        zip(
+            names + ["moving_mean", "moving_variance"],
+            _weights(source, entry, weights, tuple(names) + ("moving_mean", "moving_variance")),
+        )
+    )
+    return [
+        BatchNorm(
+            arrays["moving_mean"],
+            arrays["moving_variance"],
+            arrays.get("gamma"),
+            arrays.get("beta"),
+            eps=_number(source, entry, "epsilon", 1e-3),
+        )
+    ]
 
 
 def _layernorm(source, entry, weights, has_time):
@@ -397,8 +481,9 @@ def _layernorm(source, entry, weights, has_time):
     names = [n for n, on in (("gamma", cfg.get("scale", True)), ("beta", cfg.get("center", True))) if on]
     arrays = dict(zip(names, _weights(source, entry, weights, tuple(names))))
     if not arrays:
-        _fail(source, entry, "LayerNormalization without scale and center has no weights to tell its width; "
-                             "not supported")
+        _fail(
+            source, entry, "LayerNormalization without scale and center has no weights to tell its width; not supported"
+        )
     size = next(iter(arrays.values())).shape[0]
     return [LayerNorm(size, arrays.get("gamma"), arrays.get("beta"), eps=_number(source, entry, "epsilon", 1e-3))]
 
@@ -456,6 +541,7 @@ def _per_step(source, entry, weights, major, has_time):
 
 # --- layers over time ---------------------------------------------------------------------
 
+
 def _conv1d(source, entry, weights, major, backend):
     cfg = entry["config"]
     _channels_last(source, entry)
@@ -470,8 +556,12 @@ def _conv1d(source, entry, weights, major, backend):
         _fail(source, entry, f"padding={shown(padding)} is not supported (valid, same, causal are)")
     use_bias = _opt(source, entry, "use_bias", bool, True)
     if major == 1 and weights and np.ndim(weights[0][1]) == 4:
-        weights = [(weights[0][0], keras1.keras1_conv_kernel(weights[0][1], size, filters,
-                                                             lambda why: _fail(source, entry, why)))] + weights[1:]
+        weights = [
+            (
+                weights[0][0],
+                keras1.keras1_conv_kernel(weights[0][1], size, filters, lambda why: _fail(source, entry, why)),
+            )
+        ] + weights[1:]
     arrays = _weights(source, entry, weights, ("kernel", "bias") if use_bias else ("kernel",))
     kernel = arrays[0]
     if kernel.ndim != 3 or kernel.shape[0] != size or kernel.shape[2] != filters:
@@ -481,8 +571,17 @@ def _conv1d(source, entry, weights, major, backend):
     bias = arrays[1] if use_bias else None
     if bias is not None and bias.shape != (filters,):
         _fail(source, entry, f"bias has shape {bias.shape}; expected ({filters},)")
-    return [Conv1D(kernel.transpose(2, 1, 0), bias, stride=stride, dilation=dilation, groups=groups,
-                   padding=padding, activation=layer_activation(source, entry, "activation", major))]
+    return [
+        Conv1D(
+            kernel.transpose(2, 1, 0),
+            bias,
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+            padding=padding,
+            activation=layer_activation(source, entry, "activation", major),
+        )
+    ]
 
 
 def _pool(source, entry):
@@ -500,8 +599,12 @@ def _pool(source, entry):
         if padding == "same" and (stride != 1 or size % 2 == 0):
             # Uneven 'same' padding: TensorFlow averages the real steps at the edge, Keras' torch
             # backend repeats the edge step; the file cannot say which one the model was meant for.
-            _fail(source, entry, "AveragePooling1D(padding='same') with an even pool_size or strides > 1 pads "
-                                 "unevenly, and Keras backends average such edges differently; not supported")
+            _fail(
+                source,
+                entry,
+                "AveragePooling1D(padding='same') with an even pool_size or strides > 1 pads "
+                "unevenly, and Keras backends average such edges differently; not supported",
+            )
     return [_POOLS[cls](size, stride, padding, **kw)]
 
 
@@ -523,14 +626,32 @@ def _embedding(source, entry, weights):
     return [Embedding(table)]
 
 
-_SUPPORTED = frozenset({"InputLayer", "Bidirectional", "TimeDistributed", "Conv1D", "Embedding", "Flatten",
-                        "RepeatVector", "Convolution1D", "AtrousConvolution1D", "TimeDistributedDense"}) \
-    | set(_RECURRENT) | _PER_STEP | set(_POOLS) | set(_GLOBAL_POOLS)
+_SUPPORTED = (
+    frozenset(
+        {
+            "InputLayer",
+            "Bidirectional",
+            "TimeDistributed",
+            "Conv1D",
+            "Embedding",
+            "Flatten",
+            "RepeatVector",
+            "Convolution1D",
+            "AtrousConvolution1D",
+            "TimeDistributedDense",
+        }
+    )
+    | set(_RECURRENT)
+    | _PER_STEP
+    | set(_POOLS)
+    | set(_GLOBAL_POOLS)
+)
 
 
 def _refuse_class(source, entry):
-    why = _REFUSED_WHY.get(entry.get("class_name"), "this layer type is not supported (see docs/loading.md for the "
-                                                    "layers fastlstm loads)")
+    why = _REFUSED_WHY.get(
+        entry.get("class_name"), "this layer type is not supported (see docs/loading.md for the layers fastlstm loads)"
+    )
     _fail(source, entry, why)
 
 
@@ -539,15 +660,23 @@ def _map_layer(source, entry, weights, major, backend, has_time):
     cls = entry["class_name"]
     if cls in _RECURRENT or cls == "Bidirectional":
         if not has_time:
-            _fail(source, entry, "follows a layer that returns one step (return_sequences=False); a recurrent "
-                                 "layer needs a sequence (add a RepeatVector)")
+            _fail(
+                source,
+                entry,
+                "follows a layer that returns one step (return_sequences=False); a recurrent "
+                "layer needs a sequence (add a RepeatVector)",
+            )
         layer, seq = (_recurrent_layer if cls in _RECURRENT else _bidirectional_layer)(source, entry, major, weights)
         return ([layer] if seq else [layer, LastStep(final_state=True)]), seq
     if cls == "TimeDistributed":
         inner = _inner(source, entry, "layer")
         if inner.get("class_name") not in _PER_STEP:
-            _fail(source, entry, f"wraps a {inner.get('class_name')}; TimeDistributed is supported around per-step "
-                                 "layers (Dense, activations, norms, Dropout)")
+            _fail(
+                source,
+                entry,
+                f"wraps a {inner.get('class_name')}; TimeDistributed is supported around per-step "
+                "layers (Dense, activations, norms, Dropout)",
+            )
         if not has_time:
             _fail(source, entry, "TimeDistributed needs a sequence but the previous layer returns one step")
         named = dict(inner, config=dict(inner["config"], name=entry["config"].get("name")))
@@ -566,8 +695,12 @@ def _map_layer(source, entry, weights, major, backend, has_time):
         return _embedding(source, entry, weights), True
     if cls == "Flatten":
         if has_time:
-            _fail(source, entry, "flattens a whole sequence (its width would depend on the sequence length); "
-                                 "fastlstm supports Flatten after the last step or a global pool")
+            _fail(
+                source,
+                entry,
+                "flattens a whole sequence (its width would depend on the sequence length); "
+                "fastlstm supports Flatten after the last step or a global pool",
+            )
         return [Flatten()], False
     if cls == "RepeatVector":
         return [RepeatVector(_one_int(source, entry, "n"))], True
@@ -583,8 +716,9 @@ def _upgrade_keras1(source, entry, weights):
     fail = lambda why: _fail(source, entry, why)  # noqa: E731
     if cls == "Bidirectional" and len(weights) % 2 == 0:
         n = len(weights) // 2
-        return entry, (keras1.upgrade_weights(inner_cls, weights[:n], fail)
-                       + keras1.upgrade_weights(inner_cls, weights[n:], fail))
+        return entry, (
+            keras1.upgrade_weights(inner_cls, weights[:n], fail) + keras1.upgrade_weights(inner_cls, weights[n:], fail)
+        )
     return entry, keras1.upgrade_weights(inner_cls, weights, fail)
 
 
@@ -617,6 +751,7 @@ def spec_from_chain(chain, keras_version, get_weights, source, backend=None):
 
 
 # --- the execution order of a model config ---------------------------------------------
+
 
 def _history(arg):
     """The layer a Keras 3 '__keras_tensor__' argument comes from, or None."""
@@ -677,16 +812,20 @@ def chain_from_config(model_config, source):
             raise ValueError(f"{source}: model config has no 'config' object")
         layers = cfg.get("layers")
     else:
-        raise ValueError(f"{source}: model class {shown(cls)} is not supported; only Sequential and Functional models "
-                         "have a config fastlstm can read (subclassed models do not)")
+        raise ValueError(
+            f"{source}: model class {shown(cls)} is not supported; only Sequential and Functional models "
+            "have a config fastlstm can read (subclassed models do not)"
+        )
     if not isinstance(layers, list) or not all(isinstance(e, dict) for e in layers):
         raise ValueError(f"{source}: model config has no layer list")
     for k, e in enumerate(layers):
         if not isinstance(e.get("class_name"), str) or not isinstance(e.get("config"), dict):
             raise ValueError(f"{source}: layer entry {k} of the model config lacks a class_name or config")
         if not isinstance(e["config"].get("name", ""), str):
-            raise ValueError(f"{source}: layer entry {k} of the model config has a name that is not a string "
-                             f"({shown(e['config']['name'])})")
+            raise ValueError(
+                f"{source}: layer entry {k} of the model config has a name that is not a string "
+                f"({shown(e['config']['name'])})"
+            )
         if e.get("class_name") in ("Sequential", "Functional", "Model"):
             _fail(source, e, "nested models are not supported; flatten the model")
         if e.get("class_name") not in _SUPPORTED:
@@ -713,7 +852,7 @@ def chain_from_config(model_config, source):
     chain.reverse()
     off = [e["config"]["name"] for e in layers if all(e is not c for c in chain)]
     if off:
-        raise ValueError(f"{source}: layer(s) {off} are not on the path from input to output; only a simple chain "
-                         "is supported")
+        raise ValueError(
+            f"{source}: layer(s) {off} are not on the path from input to output; only a simple chain is supported"
+        )
     return chain, layers
-

@@ -35,7 +35,7 @@ def is_hdf5(data: bytes) -> bool:
     """HDF5's signature sits at offset 0 or, after a user block, at 512, 1024, 2048, ..."""
     offset = 0
     while offset + 8 <= len(data):
-        if data[offset:offset + 8] == HDF5_MAGIC:
+        if data[offset : offset + 8] == HDF5_MAGIC:
             return True
         offset = 512 if offset == 0 else offset * 2
     return False
@@ -49,9 +49,14 @@ _INDEX = re.compile(r"[0-9]{1,9}")
 def _extract(data, source, skip, budget):
     """Parse HDF5 bytes in the child process, within the load's budget and the child's limits."""
     try:
-        attrs, datasets = extract(data, skip, budget=budget.left, max_chunks=hdf5_max_chunks(budget.file_size),
-                                  address_space=HDF5_CHILD_BASE_BYTES + 2 * budget.left,
-                                  seconds=hdf5_child_seconds(budget.file_size))
+        attrs, datasets = extract(
+            data,
+            skip,
+            budget=budget.left,
+            max_chunks=hdf5_max_chunks(budget.file_size),
+            address_space=HDF5_CHILD_BASE_BYTES + 2 * budget.left,
+            seconds=hdf5_child_seconds(budget.file_size),
+        )
     except HDF5Error as exc:
         raise ValueError(f"{source}: {exc}") from None
     budget.charge(sum(getattr(v, "nbytes", 0) for v in datasets.values()), "the HDF5 datasets")
@@ -101,8 +106,18 @@ def snake_case(name):
 _KERAS3_VARS = {
     **{cls: ("cell/vars",) for cls in ("LSTM", "GRU", "SimpleRNN")},
     "Bidirectional": ("forward_layer/cell/vars", "backward_layer/cell/vars"),
-    **{cls: ("vars",) for cls in ("Dense", "Conv1D", "BatchNormalization", "LayerNormalization", "Embedding",
-                                  "PReLU", "Normalization")},
+    **{
+        cls: ("vars",)
+        for cls in (
+            "Dense",
+            "Conv1D",
+            "BatchNormalization",
+            "LayerNormalization",
+            "Embedding",
+            "PReLU",
+            "Normalization",
+        )
+    },
     "TimeDistributed": ("layer/vars",),
 }
 
@@ -110,8 +125,10 @@ _KERAS3_VARS = {
 def _check_unused(all_paths, used, ignore, source):
     unused = [p for p in all_paths if p not in used and not p.startswith(ignore)]
     if unused:
-        raise ValueError(f"{source}: {len(unused)} weight tensor(s) are not used by any supported layer: "
-                         f"{describe_keys(unused)}; refusing to load part of the model")
+        raise ValueError(
+            f"{source}: {len(unused)} weight tensor(s) are not used by any supported layer: "
+            f"{describe_keys(unused)}; refusing to load part of the model"
+        )
 
 
 def read_keras_zip(data, source, budget=None):
@@ -122,16 +139,19 @@ def read_keras_zip(data, source, budget=None):
     if "config.json" not in names:
         raise ValueError(f"{source}: not a .keras archive (no config.json)")
     if "model.weights.h5" not in names:
-        raise ValueError(f"{source}: .keras archive has no model.weights.h5 (sharded or missing weights are not "
-                         "supported)")
+        raise ValueError(
+            f"{source}: .keras archive has no model.weights.h5 (sharded or missing weights are not supported)"
+        )
     config = _json(read_member(zf, "config.json", source, budget, MAX_CONFIG_BYTES), "config.json", source, budget)
     version = None
     if "metadata.json" in names:
-        meta = _json(read_member(zf, "metadata.json", source, budget, MAX_CONFIG_BYTES), "metadata.json", source,
-                     budget)
+        meta = _json(
+            read_member(zf, "metadata.json", source, budget, MAX_CONFIG_BYTES), "metadata.json", source, budget
+        )
         version = meta.get("keras_version") if isinstance(meta, dict) else None
-    _, datasets = _extract(read_member(zf, "model.weights.h5", source, budget), f"{source}: model.weights.h5",
-                           ("optimizer/",), budget)
+    _, datasets = _extract(
+        read_member(zf, "model.weights.h5", source, budget), f"{source}: model.weights.h5", ("optimizer/",), budget
+    )
     return keras3_spec(datasets, config, version, source)
 
 
@@ -149,11 +169,13 @@ def keras3_spec(datasets, config, version, source):
         out = []
         for sub in _KERAS3_VARS.get(entry.get("class_name"), ()):
             prefix = f"{group_of[id(entry)]}/{sub}/"
-            found = sorted((p for p in datasets if p.startswith(prefix) and _INDEX.fullmatch(p[len(prefix):])),
-                           key=lambda p: int(p[len(prefix):]))
+            found = sorted(
+                (p for p in datasets if p.startswith(prefix) and _INDEX.fullmatch(p[len(prefix) :])),
+                key=lambda p: int(p[len(prefix) :]),
+            )
             for p in found:
                 used.add(p)
-                out.append((p[len(prefix):], _array(datasets, p)))
+                out.append((p[len(prefix) :], _array(datasets, p)))
         return out
 
     spec = spec_from_chain(chain, version, get_weights, source)
@@ -174,10 +196,14 @@ def legacy_spec(attrs, datasets, source, budget=None):
     text = _attr_text(root, "model_config")
     if text is None:
         if any(p.startswith("layers/") for p in datasets) and "model_weights" not in attrs:
-            raise ValueError(f"{source}: this is a Keras 3 weights-only file (.weights.h5); it has no architecture. "
-                             "Load it into your Keras model and use fastlstm.from_keras(model)")
-        raise ValueError(f"{source}: HDF5 file has no model_config (a weights-only file from save_weights?); "
-                         "fastlstm needs the architecture: save with model.save(...) or use from_keras(model)")
+            raise ValueError(
+                f"{source}: this is a Keras 3 weights-only file (.weights.h5); it has no architecture. "
+                "Load it into your Keras model and use fastlstm.from_keras(model)"
+            )
+        raise ValueError(
+            f"{source}: HDF5 file has no model_config (a weights-only file from save_weights?); "
+            "fastlstm needs the architecture: save with model.save(...) or use from_keras(model)"
+        )
     config = _json(text, "model_config", source, budget)
     wattrs = attrs.get("model_weights")
     if wattrs is None:
@@ -193,16 +219,20 @@ def legacy_spec(attrs, datasets, source, budget=None):
         for wn in _attr_strings(group or {}, "weight_names"):
             path = f"model_weights/{name}/{wn}"
             if path not in datasets:
-                raise ValueError(f"{source}: weight {shown(wn)} of layer {shown(name)} is listed but missing from "
-                                 "the file")
+                raise ValueError(
+                    f"{source}: weight {shown(wn)} of layer {shown(name)} is listed but missing from the file"
+                )
             used.add(path)
             out.append((wn, _array(datasets, path)))
         return out
 
     spec = spec_from_chain(chain, version, get_weights, source, _attr_text(root, "backend"))
     listed = set(_attr_strings(wattrs, "layer_names"))
-    known = {e["config"].get("name") for e in all_layers
-             if isinstance(e.get("config"), dict) and isinstance(e["config"].get("name"), str)}
+    known = {
+        e["config"].get("name")
+        for e in all_layers
+        if isinstance(e.get("config"), dict) and isinstance(e["config"].get("name"), str)
+    }
     stray = sorted(n for n in listed - known if any(p.startswith(f"model_weights/{n}/") for p in datasets))
     if stray:
         raise ValueError(f"{source}: weights for layer(s) {stray} that the model config does not contain")

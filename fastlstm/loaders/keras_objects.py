@@ -36,8 +36,10 @@ def spec_from_keras_object(model, source=None):
     try:
         config = json.loads(model.to_json())
     except (NotImplementedError, TypeError, ValueError) as exc:
-        raise ValueError(f"{source}: cannot read the model's config ({exc}); subclassed models are not supported, "
-                         "use Sequential or Functional") from None
+        raise ValueError(
+            f"{source}: cannot read the model's config ({exc}); subclassed models are not supported, "
+            "use Sequential or Functional"
+        ) from None
     chain, _ = chain_from_config(config, source)
     used = []
 

@@ -81,7 +81,7 @@ def encode_model(layers) -> bytes:
     text = json.dumps(config, sort_keys=True)
     body = encode_safetensors(tensors)  # to learn the data buffer, then again with metadata
     (n,) = struct.unpack("<Q", body[:8])
-    meta = {"format": FORMAT_TAG, "fastlstm_config": text, "sha256": _digest(text, body[8 + n:])}
+    meta = {"format": FORMAT_TAG, "fastlstm_config": text, "sha256": _digest(text, body[8 + n :])}
     return encode_safetensors(tensors, meta)
 
 
@@ -128,18 +128,22 @@ def spec_from_native(tensors, metadata, data, data_start, source):
         raise ValueError(f"{source}: checksum mismatch: this fastlstm file is corrupt")
     extra_meta = set(metadata) - {"format", "fastlstm_config", "sha256"}
     if extra_meta:
-        raise ValueError(f"{source}: unknown metadata {describe_keys(sorted(extra_meta))} "
-                         "(written by a newer fastlstm?)")
+        raise ValueError(
+            f"{source}: unknown metadata {describe_keys(sorted(extra_meta))} (written by a newer fastlstm?)"
+        )
     config = parse_json(text, "fastlstm_config", source, Budget(len(data), source))
     version = config.get("version") if isinstance(config, dict) else None
     if type(version) is not int or version not in (1, VERSION):
-        raise ValueError(f"{source}: fastlstm format version {shown(version)} is not supported (this fastlstm reads "
-                         f"versions 1 and {VERSION}); upgrade fastlstm")
+        raise ValueError(
+            f"{source}: fastlstm format version {shown(version)} is not supported (this fastlstm reads "
+            f"versions 1 and {VERSION}); upgrade fastlstm"
+        )
     used = set()
 
     def take(name, ndim=None):
         used.add(name)
         return float_weight(tensors[name], name, source, ndim=ndim)
+
     try:
         layers = _build_v1(config, tensors, take, source) if version == 1 else _build(config, tensors, take, source)
     except (TypeError, ValueError) as exc:  # from the layer classes: add the file's name
@@ -160,8 +164,9 @@ def _build(config, tensors, take, source):
     for k, lc in enumerate(entries):
         where = f"layers[{k}]"
         if not isinstance(lc, dict) or lc.get("type") not in _LAYER_CLASSES:
-            raise ValueError(f"{source}: fastlstm_config {where} must be an object whose type is one of "
-                             f"{sorted(_LAYER_CLASSES)}")
+            raise ValueError(
+                f"{source}: fastlstm_config {where} must be an object whose type is one of {sorted(_LAYER_CLASSES)}"
+            )
         cls = _LAYER_CLASSES[lc["type"]]
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(lc) - fields - {"type"}
@@ -207,8 +212,9 @@ def _option(cls, name, value, where, source):
 def _directions(lc, k, tensors, take, where, source):
     kinds = lc.get("directions")
     if not isinstance(kinds, list) or len(kinds) not in (1, 2) or any(n not in _WEIGHT_CLASSES for n in kinds):
-        raise ValueError(f"{source}: fastlstm_config {where}.directions must list one or two of "
-                         f"{sorted(_WEIGHT_CLASSES)}")
+        raise ValueError(
+            f"{source}: fastlstm_config {where}.directions must list one or two of {sorted(_WEIGHT_CLASSES)}"
+        )
     dirs = []
     for d, kind in enumerate(kinds):
         base = f"layers.{k}.{_DIRS[d]}."
@@ -240,11 +246,15 @@ def _build_v1(config, tensors, take, source):
         if ndir not in (1, 2):
             raise ValueError(f"{source}: fastlstm_config {where}.directions must be 1 or 2")
         lc = dict(lc, directions=["LSTMWeights"] * ndir)
-        layers.append(L.LSTMLayer(_directions(lc, k, tensors, take, where, source),
-                                  _cfg(lc, "activation", str, where, source),
-                                  _cfg(lc, "recurrent_activation", str, where, source),
-                                  _cfg(lc, "merge_mode", str, where, source),
-                                  _cfg(lc, "go_backwards", bool, where, source)))
+        layers.append(
+            L.LSTMLayer(
+                _directions(lc, k, tensors, take, where, source),
+                _cfg(lc, "activation", str, where, source),
+                _cfg(lc, "recurrent_activation", str, where, source),
+                _cfg(lc, "merge_mode", str, where, source),
+                _cfg(lc, "go_backwards", bool, where, source),
+            )
+        )
     if not rs:
         layers.append(L.LastStep(final_state=True))  # version 1 kept Keras' merge(fwd[T-1], bwd[0])
     hc = config["head"]
@@ -256,4 +266,3 @@ def _build_v1(config, tensors, take, source):
         bias = take("head.bias", 1) if "head.bias" in tensors else None
         layers.append(L.Dense(take("head.weight", 2), bias, _cfg(hc, "activation", str, "head", source)))
     return layers
-

@@ -28,8 +28,24 @@ class FoldError(ValueError):
     """A node's constant result cannot be computed (the caller names the node)."""
 
 
-_PRIMES = (1000003, 1000033, 1000037, 1000039, 1000081, 1000099, 1000117, 1000121, 1000133, 1000151,
-           1000159, 1000171, 1000183, 1000187, 1000193, 1000199)
+_PRIMES = (
+    1000003,
+    1000033,
+    1000037,
+    1000039,
+    1000081,
+    1000099,
+    1000117,
+    1000121,
+    1000133,
+    1000151,
+    1000159,
+    1000171,
+    1000183,
+    1000187,
+    1000193,
+    1000199,
+)
 
 
 class Sym:
@@ -116,8 +132,9 @@ def slice_indices(n, start, end, step):
     """The indices ONNX ``Slice`` selects from a length-``n`` axis (clamping as the spec says)."""
     if step == 0:
         raise FoldError("Slice: step 0")
-    return range(n)[slice(int(max(min(start, INT64_MAX), -INT64_MAX)), int(max(min(end, INT64_MAX), -INT64_MAX)),
-                          int(step))]
+    return range(n)[
+        slice(int(max(min(start, INT64_MAX), -INT64_MAX)), int(max(min(end, INT64_MAX), -INT64_MAX)), int(step))
+    ]
 
 
 def slice_args(node, vector, ndim):
@@ -213,7 +230,7 @@ def _sym_arith(op, p, q):
         if op == "Div":
             if q == 0:
                 raise FoldError("Div by zero in a shape computation")
-            return int(np.trunc(p / q)) if abs(p) < 2 ** 52 else p // q
+            return int(np.trunc(p / q)) if abs(p) < 2**52 else p // q
         return {"Mul": p * q, "Add": p + q, "Sub": p - q}[op]
     if op == "Mul" and (q == 1 or p == 1):
         return p if q == 1 else q
@@ -234,12 +251,33 @@ def _broadcast_check(*arrays):
     check_size(shape, "broadcast result")
 
 
-_UNARY = {"Neg": np.negative, "Sqrt": np.sqrt, "Abs": np.abs, "Reciprocal": np.reciprocal, "Exp": np.exp,
-          "Log": np.log, "Floor": np.floor, "Ceil": np.ceil, "Not": np.logical_not, "Tanh": np.tanh,
-          "Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "Relu": lambda x: np.maximum(x, 0)}
-_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Pow": np.power, "Equal": np.equal,
-           "Less": np.less, "Greater": np.greater, "And": np.logical_and, "Or": np.logical_or,
-           "Max": np.maximum, "Min": np.minimum}
+_UNARY = {
+    "Neg": np.negative,
+    "Sqrt": np.sqrt,
+    "Abs": np.abs,
+    "Reciprocal": np.reciprocal,
+    "Exp": np.exp,
+    "Log": np.log,
+    "Floor": np.floor,
+    "Ceil": np.ceil,
+    "Not": np.logical_not,
+    "Tanh": np.tanh,
+    "Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "Relu": lambda x: np.maximum(x, 0),
+}
+_BINARY = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Pow": np.power,
+    "Equal": np.equal,
+    "Less": np.less,
+    "Greater": np.greater,
+    "And": np.logical_and,
+    "Or": np.logical_or,
+    "Max": np.maximum,
+    "Min": np.minimum,
+}
 
 
 def fold_const(node, op, vals, consts, attr):
@@ -254,6 +292,7 @@ def _fold(node, op, vals, consts, attr):
         return a
     if op == "Cast":
         from .onnx_proto import DTYPES
+
         to = attr("to", 1)
         if to not in DTYPES:
             raise FoldError(f"Cast to data type {to}")
@@ -310,7 +349,7 @@ def _fold(node, op, vals, consts, attr):
         if np.any((idx < -n) | (idx >= n)):
             raise FoldError(f"Gather: an index is out of range for length {n}")
         _broadcast_check(idx)
-        check_size(np.shape(a)[:axis] + idx.shape + np.shape(a)[axis + 1:], "Gather")
+        check_size(np.shape(a)[:axis] + idx.shape + np.shape(a)[axis + 1 :], "Gather")
         return np.take(a, idx, axis=axis)
     if op == "Unsqueeze":
         axes = attr("axes", None)

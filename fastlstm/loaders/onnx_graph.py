@@ -58,26 +58,27 @@ _GLUE = ("Identity", "Slice", "Gather", "Squeeze", "Unsqueeze", "Split", "Cast")
 #: Ops refused with an explanation of what they usually are.
 _KNOWN_REFUSALS = {
     "Loop": "control flow (tf2onnx writes a Keras GRU/LSTM it does not recognise as a Loop); re-export so "
-            "that the recurrent layers become ONNX LSTM/GRU/RNN ops",
+    "that the recurrent layers become ONNX LSTM/GRU/RNN ops",
     "Scan": "control flow (a recurrent layer written as a Scan); re-export so that the graph uses the "
-            "ONNX LSTM/GRU/RNN op",
+    "ONNX LSTM/GRU/RNN op",
     "If": "control flow; fastlstm runs a fixed chain of layers",
     "Erf": "part of a decomposed GELU; export with opset >= 20 so the exporter emits Gelu",
     "Split": "splitting the data (an LSTM cell written out as Gemm/Split/Sigmoid nodes has no LSTM op to "
-             "match; re-export with the ONNX LSTM op)",
+    "match; re-export with the ONNX LSTM op)",
 }
 
 
 # --- the interpreter -------------------------------------------------------------
+
 
 class Matcher(ShapeOps, LayerOps):
     """Runs the graph symbolically; :meth:`run` returns a :class:`GraphMatch`."""
 
     def __init__(self, graph, tensor):
         self.graph = graph
-        self.tensor = tensor          # Tensor proto -> numpy array (the file reader's, with its checks)
+        self.tensor = tensor  # Tensor proto -> numpy array (the file reader's, with its checks)
         self.values = {}
-        self.state_in_use = {}        # (layer id, direction, kind) -> (input name, row)
+        self.state_in_use = {}  # (layer id, direction, kind) -> (input name, row)
         self.node = None
         self.position = 0
 
@@ -102,30 +103,43 @@ class Matcher(ShapeOps, LayerOps):
             if vi.name in g.initializers:
                 continue
             if vi.kind != "tensor" or vi.shape is None:
-                raise GraphRefused(f"graph input {vi.name!r} is a {vi.kind} without a tensor shape; fastlstm needs "
-                                   "a tensor input of known rank")
+                raise GraphRefused(
+                    f"graph input {vi.name!r} is a {vi.kind} without a tensor shape; fastlstm needs "
+                    "a tensor input of known rank"
+                )
             if vi.name in state_inputs:
                 rows = vi.shape[0] if vi.shape else None
                 if not isinstance(rows, int) or rows < 1:
-                    raise GraphRefused(f"state input {vi.name!r} has shape {vi.shape}; its first axis (layers x "
-                                       "directions) must have a fixed size")
+                    raise GraphRefused(
+                        f"state input {vi.name!r} has shape {vi.shape}; its first axis (layers x "
+                        "directions) must have a fixed size"
+                    )
                 self.values[vi.name] = StateIn(vi.name, tuple(range(rows)))
             else:
                 self.values[vi.name] = self._data_input(vi)
                 data_inputs.append(vi)
         if len(data_inputs) != 1:
             names = [vi.name for vi in data_inputs]
-            raise GraphRefused(f"the graph has {len(names)} data inputs {names}; fastlstm models take one sequence "
-                               "(plus optional recurrent state inputs)")
+            raise GraphRefused(
+                f"the graph has {len(names)} data inputs {names}; fastlstm models take one sequence "
+                "(plus optional recurrent state inputs)"
+            )
         self.input_vi = data_inputs[0]
         self.input_value = self.values[self.input_vi.name]
         for position, node in enumerate(self._ordered_nodes()):
             self.position, self.node = position, node
             try:
-                with np.errstate(over="ignore", invalid="ignore"):   # an overflow to inf is refused by the layer
+                with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf is refused by the layer
                     self._eval(node)
-            except (KeyError, IndexError, TypeError, AttributeError, OverflowError, ZeroDivisionError,
-                    np.exceptions.AxisError) as exc:
+            except (
+                KeyError,
+                IndexError,
+                TypeError,
+                AttributeError,
+                OverflowError,
+                ZeroDivisionError,
+                np.exceptions.AxisError,
+            ) as exc:
                 # a node whose inputs or attributes have the wrong kind or size for its op
                 self.refuse(f"malformed node ({type(exc).__name__}: {exc})")
         self.node = None
@@ -133,23 +147,29 @@ class Matcher(ShapeOps, LayerOps):
 
     def _data_input(self, vi):
         from .onnx_proto import DTYPE_NAMES
+
         shape = vi.shape
         if not 1 <= len(shape) <= 3:
-            raise GraphRefused(f"graph input {vi.name!r} has rank {len(shape)}; expected (T, I), (T, B, I) or "
-                               "(B, T, I), or integer token ids (T,)/(B, T)")
+            raise GraphRefused(
+                f"graph input {vi.name!r} has rank {len(shape)}; expected (T, I), (T, B, I) or "
+                "(B, T, I), or integer token ids (T,)/(B, T)"
+            )
         axes = []
         integer = vi.elem_type in (6, 7)
         if not integer and vi.elem_type not in (1, 10, 11):
-            raise GraphRefused(f"graph input {vi.name!r} has element type "
-                               f"{DTYPE_NAMES.get(vi.elem_type, vi.elem_type)}; expected float or integer ids")
+            raise GraphRefused(
+                f"graph input {vi.name!r} has element type "
+                f"{DTYPE_NAMES.get(vi.elem_type, vi.elem_type)}; expected float or integer ids"
+            )
         open_axes = shape if integer else shape[:-1]
         for k, d in enumerate(open_axes):
             axes.append(Axis("S", Sym(f"{vi.name}[{k}]", d if isinstance(d, int) else None)))
         if not integer:
             last = shape[-1]
             if not isinstance(last, int) or last < 1:
-                raise GraphRefused(f"graph input {vi.name!r} has shape {shape}; its last axis (the features) "
-                                   "must have a fixed size")
+                raise GraphRefused(
+                    f"graph input {vi.name!r} has shape {shape}; its last axis (the features) must have a fixed size"
+                )
             axes.append(Axis("F", last))
         return Dyn(tuple(axes), chain=(), time="ids" if integer else "seq")
 
@@ -180,14 +200,18 @@ class Matcher(ShapeOps, LayerOps):
         producer = {}
         for k, n in enumerate(nodes):
             if n.domain not in ("", "ai.onnx"):
-                raise GraphRefused(f"node {k} ({n.op_type} {n.name!r}) is from the custom-op domain {n.domain!r}; "
-                                   "fastlstm runs standard ONNX ops only")
+                raise GraphRefused(
+                    f"node {k} ({n.op_type} {n.name!r}) is from the custom-op domain {n.domain!r}; "
+                    "fastlstm runs standard ONNX ops only"
+                )
             for out in n.outputs:
                 if not out:
                     continue
                 if out in producer or out in self.values:
-                    raise GraphRefused(f"node {k} ({n.op_type} {n.name!r}) writes {out!r}, which is already "
-                                       "defined (an ONNX graph assigns each value once)")
+                    raise GraphRefused(
+                        f"node {k} ({n.op_type} {n.name!r}) writes {out!r}, which is already "
+                        "defined (an ONNX graph assigns each value once)"
+                    )
                 producer[out] = k
         deps = [set() for _ in nodes]
         users = [[] for _ in nodes]
@@ -200,8 +224,9 @@ class Matcher(ShapeOps, LayerOps):
                         deps[k].add(producer[name])
                         users[producer[name]].append(k)
                 elif name not in self.values:
-                    raise GraphRefused(f"node {k} ({n.op_type} {n.name!r}) reads {name!r}, which no node, input "
-                                       "or initializer defines")
+                    raise GraphRefused(
+                        f"node {k} ({n.op_type} {n.name!r}) reads {name!r}, which no node, input or initializer defines"
+                    )
         ready = deque(k for k in range(len(nodes)) if not deps[k])
         order = []
         waiting = [len(d) for d in deps]
@@ -309,8 +334,10 @@ class Matcher(ShapeOps, LayerOps):
     def _state_op(self, node, op, vals):
         s = vals[0]
         if not isinstance(s, StateIn) or any(isinstance(v, (Dyn, StateIn)) for v in vals[1:]):
-            self.refuse(f"the state input {s.name if isinstance(s, StateIn) else ''!r} is used by {op}; state "
-                        "inputs may only be sliced per layer and passed to a recurrent node")
+            self.refuse(
+                f"the state input {s.name if isinstance(s, StateIn) else ''!r} is used by {op}; state "
+                "inputs may only be sliced per layer and passed to a recurrent node"
+            )
         axis = self._attr_value(node, "axis", 0)
         if op == "Identity" or op == "Cast":
             return s
@@ -321,8 +348,10 @@ class Matcher(ShapeOps, LayerOps):
                 if ax == 0:
                     rows = tuple(rows[i] for i in slice_indices(len(rows), st, en, sp))
                 elif (st, sp) != (0, 1) or en < INT64_MAX // 2:
-                    self.refuse(f"slices axis {ax} of the state input {s.name!r}; only its first axis (the "
-                                "layers and directions) may be sliced")
+                    self.refuse(
+                        f"slices axis {ax} of the state input {s.name!r}; only its first axis (the "
+                        "layers and directions) may be sliced"
+                    )
             return replace(s, rows=rows)
         if op == "Gather" and axis == 0:
             idx = self.const(1)
@@ -340,13 +369,16 @@ class Matcher(ShapeOps, LayerOps):
                 self.refuse(f"squeezes {len(s.rows)} rows of the state input {s.name!r}")
             return replace(s, keepdim=op == "Unsqueeze")
         if op == "Split" and axis == 0:
-            sizes = self.const(1).reshape(-1).tolist() if len(node.inputs) > 1 and node.inputs[1] else \
-                list(self._attr_value(node, "split", [])) or [len(s.rows) // len(node.outputs)] * len(node.outputs)
+            sizes = (
+                self.const(1).reshape(-1).tolist()
+                if len(node.inputs) > 1 and node.inputs[1]
+                else list(self._attr_value(node, "split", [])) or [len(s.rows) // len(node.outputs)] * len(node.outputs)
+            )
             if sum(sizes) != len(s.rows) or len(sizes) != len(node.outputs):
                 self.refuse(f"splits {len(s.rows)} state rows into {sizes}")
             out, start = [], 0
             for size in sizes:
-                out.append(StateIn(s.name, s.rows[start:start + size]))
+                out.append(StateIn(s.name, s.rows[start : start + size]))
                 start += size
             return out
         self.refuse(f"{op} on the state input {s.name!r}; state inputs may only be sliced per layer")
@@ -359,11 +391,21 @@ class Matcher(ShapeOps, LayerOps):
         return Zeros()
 
     def _zeros_op(self, node, op, vals):
-        if op in ("Identity", "Cast", "Slice", "Gather", "Squeeze", "Unsqueeze", "Transpose", "Reshape",
-                  "Expand", "Concat") and all(isinstance(v, (Zeros, np.ndarray, SymVec)) or v is None
-                                                for v in vals):
-            if op == "Concat" and not all(isinstance(v, Zeros) or (isinstance(v, np.ndarray) and not v.any())
-                                          for v in vals):
+        if op in (
+            "Identity",
+            "Cast",
+            "Slice",
+            "Gather",
+            "Squeeze",
+            "Unsqueeze",
+            "Transpose",
+            "Reshape",
+            "Expand",
+            "Concat",
+        ) and all(isinstance(v, (Zeros, np.ndarray, SymVec)) or v is None for v in vals):
+            if op == "Concat" and not all(
+                isinstance(v, Zeros) or (isinstance(v, np.ndarray) and not v.any()) for v in vals
+            ):
                 self.refuse("joins a zero state with non-zero values")
             return Zeros()
         self.refuse(f"{op} on a zero tensor made from the input's shape is not supported")
@@ -378,11 +420,13 @@ class Matcher(ShapeOps, LayerOps):
 
     def _slice_args(self, node, ndim):
         """(axes, starts, ends, steps); an end equal to an open size (``Shape(x)[1]``) means 'to the end'."""
+
         def vector(k):
             v = self.get(node.inputs[k])
             if isinstance(v, SymVec):
                 return [INT64_MAX if isinstance(e, Sym) else e for e in v.items]
             return [int(e) for e in np.asarray(self.const(k)).reshape(-1)]
+
         try:
             return slice_args(node, vector, ndim)
         except FoldError as exc:
@@ -410,8 +454,10 @@ class Matcher(ShapeOps, LayerOps):
         if op == "Mul" and len(dyn_at) == 2:
             return self._silu(self._as_data(vals[0]), self._as_data(vals[1]))
         if op in ("Add", "Mul", "Sub", "Div") and len(dyn_at) == 2:
-            self.refuse(f"{op} of two values computed from the data (a residual or gated branch); fastlstm runs a "
-                        "single chain of layers")
+            self.refuse(
+                f"{op} of two values computed from the data (a residual or gated branch); fastlstm runs a "
+                "single chain of layers"
+            )
         if op == "Add" and len(dyn_at) == 1:
             return self._bias_add(vals[dyn_at[0]], vals[1 - dyn_at[0]])
         if dyn_at != [0]:
@@ -464,9 +510,11 @@ class Matcher(ShapeOps, LayerOps):
             return self._pool(node, op, v)
         if op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum", "ReduceProd"):
             return self._global_pool(node, op, v)
-        self.refuse(f"op {op} on the data is not one fastlstm runs (supported: LSTM, GRU, RNN, Gemm, MatMul+Add, "
-                    "activations, Conv (1-d), pooling, BatchNormalization, LayerNormalization, Gather on an "
-                    "embedding table, Identity/Dropout and shape glue)")
+        self.refuse(
+            f"op {op} on the data is not one fastlstm runs (supported: LSTM, GRU, RNN, Gemm, MatMul+Add, "
+            "activations, Conv (1-d), pooling, BatchNormalization, LayerNormalization, Gather on an "
+            "embedding table, Identity/Dropout and shape glue)"
+        )
 
     def _append(self, v, layer, **changes):
         v = self._as_data(v)
@@ -498,8 +546,10 @@ class Matcher(ShapeOps, LayerOps):
             self.refuse(f"{what} on integer token ids")
         for a in v.axes:
             if a.kind == "D" and a.size > 1:
-                self.refuse(f"{what} on a bidirectional output whose two directions are still on separate axes; "
-                            "only their concatenation (Transpose + Reshape, as exporters write it) is supported")
+                self.refuse(
+                    f"{what} on a bidirectional output whose two directions are still on separate axes; "
+                    "only their concatenation (Transpose + Reshape, as exporters write it) is supported"
+                )
         if not v.axes or v.axes[-1].kind != "F":
             self.refuse(f"{what} needs the features on the last axis; here the axes are {show(v.axes)}")
         return v
@@ -525,11 +575,16 @@ class Matcher(ShapeOps, LayerOps):
         if x.time != "seq":
             self.refuse(f"{op} on a single step (the time axis was already reduced)")
         if x.reverse:
-            self.refuse(f"{op} on the output of a reverse-direction layer, whose steps fastlstm produces in "
-                        "reversed order")
+            self.refuse(
+                f"{op} on the output of a reverse-direction layer, whose steps fastlstm produces in reversed order"
+            )
         try:
-            layer, info = recurrent_layer(op, node.attributes, lambda k: np.asarray(self.const(k), np.float32),
-                                          lambda k: len(node.inputs) > k and bool(node.inputs[k]))
+            layer, info = recurrent_layer(
+                op,
+                node.attributes,
+                lambda k: np.asarray(self.const(k), np.float32),
+                lambda k: len(node.inputs) > k and bool(node.inputs[k]),
+            )
         except RecurrentRefused as exc:
             self.refuse(str(exc))
         except (TypeError, ValueError) as exc:
@@ -547,8 +602,10 @@ class Matcher(ShapeOps, LayerOps):
         if x.axes[2].size != info.input_size:
             self.refuse(f"X has {x.axes[2].size} features but W expects {info.input_size}")
         if len(node.inputs) > 4 and node.inputs[4]:
-            self.refuse("sequence_lens gives each batch row its own length; fastlstm runs every row for all steps "
-                        "(pad and export without sequence_lens)")
+            self.refuse(
+                "sequence_lens gives each batch row its own length; fastlstm runs every row for all steps "
+                "(pad and export without sequence_lens)"
+            )
         self._initial_state(node, op, layer, info)
         chain = x.chain + (layer,)
         D, H = Axis("D", info.directions), Axis("F", info.hidden_size)
@@ -574,15 +631,19 @@ class Matcher(ShapeOps, LayerOps):
             if isinstance(s, Zeros) or (isinstance(s, np.ndarray) and not np.any(s)):
                 continue
             if isinstance(s, np.ndarray):
-                self.refuse(f"initial_{kind} is a non-zero constant; fastlstm models start from zero state "
-                            "(pass state= to predict, or set stream.state)")
+                self.refuse(
+                    f"initial_{kind} is a non-zero constant; fastlstm models start from zero state "
+                    "(pass state= to predict, or set stream.state)"
+                )
             if not isinstance(s, StateIn):
                 self.refuse(f"initial_{kind} is computed from the data")
             if info.layout == 1:
                 self.refuse(f"initial_{kind} as a graph input with layout=1 (state rows on axis 1) is not supported")
             if not s.keepdim or len(s.rows) != info.directions:
-                self.refuse(f"initial_{kind} takes {len(s.rows)} rows of {s.name!r}; the layer has "
-                            f"{info.directions} direction(s)")
+                self.refuse(
+                    f"initial_{kind} takes {len(s.rows)} rows of {s.name!r}; the layer has "
+                    f"{info.directions} direction(s)"
+                )
             for d, row in enumerate(s.rows):
                 self.state_in_use[(id(layer), d, kind)] = (s.name, row)
 
@@ -602,8 +663,10 @@ class Matcher(ShapeOps, LayerOps):
             else:
                 raise GraphRefused(f"graph output {vi.name!r} does not depend on the input data")
         if len(data) != 1:
-            raise GraphRefused(f"the graph has {len(data)} data outputs {[n for n, _ in data]}; fastlstm models "
-                               "return one (plus optional recurrent state outputs)")
+            raise GraphRefused(
+                f"the graph has {len(data)} data outputs {[n for n, _ in data]}; fastlstm models "
+                "return one (plus optional recurrent state outputs)"
+            )
         name, v = data[0]
         if v.is_state:
             v = self._as_data(v)
@@ -611,25 +674,29 @@ class Matcher(ShapeOps, LayerOps):
             raise GraphRefused(f"graph output {name!r} applies no layer to the input")
         for a in v.axes:
             if a.kind == "D" and a.size > 1:
-                raise GraphRefused(f"graph output {name!r} keeps the two directions of a bidirectional layer on "
-                                   "separate axes; fastlstm returns them concatenated")
+                raise GraphRefused(
+                    f"graph output {name!r} keeps the two directions of a bidirectional layer on "
+                    "separate axes; fastlstm returns them concatenated"
+                )
         if v.reverse and v.time == "seq":
-            raise GraphRefused(f"graph output {name!r} is the full output of a reverse-direction layer, whose "
-                               "steps fastlstm produces in reversed order (Keras go_backwards); keep its last "
-                               "step (Y_h) or use a bidirectional layer")
-        if v.axes and v.axes[-1].kind not in ("F", "U") and not (v.axes[-1].kind == "S" and
-                                                                   v.axes[-1].size.bound == 1):
-            raise GraphRefused(f"graph output {name!r} has axes {show(v.axes)}; fastlstm returns the features "
-                               "last")
+            raise GraphRefused(
+                f"graph output {name!r} is the full output of a reverse-direction layer, whose "
+                "steps fastlstm produces in reversed order (Keras go_backwards); keep its last "
+                "step (Y_h) or use a bidirectional layer"
+            )
+        if v.axes and v.axes[-1].kind not in ("F", "U") and not (v.axes[-1].kind == "S" and v.axes[-1].size.bound == 1):
+            raise GraphRefused(f"graph output {name!r} has axes {show(v.axes)}; fastlstm returns the features last")
         chain = v.chain
         in_axes = self._roles(self.input_value.axes)
         out_axes = self._roles(v.axes)
         seq_in = [r for r in in_axes if r in ("T", "B")]
         seq_out = [r for r in out_axes if r in ("T", "B")]
         if len(seq_in) == 2 and len(seq_out) == 2 and seq_in != seq_out:
-            raise GraphRefused(f"the input is {'batch' if seq_in[0] == 'B' else 'time'}-major but output "
-                               f"{name!r} is {'batch' if seq_out[0] == 'B' else 'time'}-major; fastlstm's predict "
-                               "uses one layout for both")
+            raise GraphRefused(
+                f"the input is {'batch' if seq_in[0] == 'B' else 'time'}-major but output "
+                f"{name!r} is {'batch' if seq_out[0] == 'B' else 'time'}-major; fastlstm's predict "
+                "uses one layout for both"
+            )
         layers = [layer for layer in chain if isinstance(layer, RECURRENT)]
         index = {id(layer): k for k, layer in enumerate(layers)}
         state_inputs = {}

@@ -24,9 +24,20 @@ from .onnx_fold import Sym
 from .onnx_values import Axis, Dyn, same_arrays, show
 
 #: ONNX activation ops and the fastlstm activation each is (None: decided from its attributes).
-ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "elu", "Selu": "selu",
-                "LeakyRelu": "leaky_relu", "Softplus": "softplus", "Softsign": "softsign", "HardSigmoid": None,
-                "Gelu": None, "Softmax": "softmax", "PRelu": "prelu"}
+ACTIVATION_OPS = {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Elu": "elu",
+    "Selu": "selu",
+    "LeakyRelu": "leaky_relu",
+    "Softplus": "softplus",
+    "Softsign": "softsign",
+    "HardSigmoid": None,
+    "Gelu": None,
+    "Softmax": "softmax",
+    "PRelu": "prelu",
+}
 
 
 class LayerOps:
@@ -69,8 +80,7 @@ class LayerOps:
         return replace(v, axes=v.axes[:-1] + (Axis("F", width),))
 
     def _bias_vector(self, c, width):
-        if c.size not in (1, width) or (c.ndim and c.shape[-1] not in (1, width)) or \
-                any(d != 1 for d in c.shape[:-1]):
+        if c.size not in (1, width) or (c.ndim and c.shape[-1] not in (1, width)) or any(d != 1 for d in c.shape[:-1]):
             self.refuse(f"adds a constant of shape {c.shape} that is not one value per feature ({width})")
         return np.broadcast_to(c.reshape(-1), (width,))
 
@@ -80,8 +90,9 @@ class LayerOps:
         v = self._canonical(v, "Add")
         last = v.chain[-1] if v.chain else None
         if not isinstance(last, Dense) or last.activation != "linear":
-            self.refuse("adds a constant that does not follow a MatMul (only MatMul + Add, a dense layer, is "
-                        "supported)")
+            self.refuse(
+                "adds a constant that does not follow a MatMul (only MatMul + Add, a dense layer, is supported)"
+            )
         bias = self._bias_vector(np.asarray(c, np.float64), last.output_size)
         total = bias if last.bias is None else last.bias.astype(np.float64) + bias
         return replace(v, chain=v.chain[:-1] + (Dense(last.weight, total),))
@@ -104,8 +115,10 @@ class LayerOps:
         elif op in ("Elu", "LeakyRelu"):
             kwargs["alpha"] = self._attr_value(node, "alpha", 1.0 if op == "Elu" else 0.01)
         elif op == "Selu":
-            alpha, gamma = self._attr_value(node, "alpha", 1.67326319217681884765625), \
-                self._attr_value(node, "gamma", 1.05070102214813232421875)
+            alpha, gamma = (
+                self._attr_value(node, "alpha", 1.67326319217681884765625),
+                self._attr_value(node, "gamma", 1.05070102214813232421875),
+            )
             if abs(alpha - 1.6732632423543772) > 1e-6 or abs(gamma - 1.0507009873554805) > 1e-6:
                 self.refuse(f"Selu with alpha={alpha}, gamma={gamma}; only the standard constants are supported")
         elif op == "HardSigmoid":
@@ -197,28 +210,54 @@ class LayerOps:
         mode = self._attr_value(node, "mode", b"constant")
         pads = self._attr_value(node, "pads", None)
         pads = [int(p) for p in (self.const(1).reshape(-1) if pads is None else pads)]
-        value = self.const(2).reshape(-1) if len(node.inputs) > 2 and node.inputs[2] else \
-            np.asarray([self._attr_value(node, "value", 0.0)])
+        value = (
+            self.const(2).reshape(-1)
+            if len(node.inputs) > 2 and node.inputs[2]
+            else np.asarray([self._attr_value(node, "value", 0.0)])
+        )
         if len(node.inputs) > 3 and node.inputs[3]:
             self.refuse("Pad with an axes input")
         n = len(v.axes)
-        if mode != b"constant" or np.any(value != 0) or len(pads) != 2 * n or n != 3 or v.axes[1].kind != "F" \
-                or any(pads[k] or pads[k + n] for k in (0, 1)) or min(pads) < 0:
-            self.refuse(f"Pad {pads} ({mode.decode(errors='replace')}, value {value.tolist()}); fastlstm folds "
-                        "only zero padding of the time axis of (batch, channels, time) data into the next Conv")
+        if (
+            mode != b"constant"
+            or np.any(value != 0)
+            or len(pads) != 2 * n
+            or n != 3
+            or v.axes[1].kind != "F"
+            or any(pads[k] or pads[k + n] for k in (0, 1))
+            or min(pads) < 0
+        ):
+            self.refuse(
+                f"Pad {pads} ({mode.decode(errors='replace')}, value {value.tolist()}); fastlstm folds "
+                "only zero padding of the time axis of (batch, channels, time) data into the next Conv"
+            )
         return replace(v, pad=(v.pad[0] + pads[2], v.pad[1] + pads[2 + n]))
 
     def _crop_conv(self, v, left, right, what):
         """Dropping the first/last steps of a stride-1 Conv's output is the same Conv with less padding
         (``conv(x)[..., :-(k - 1)]``, another way to write a causal convolution)."""
         conv = v.chain[-1] if v.chain else None
-        if not isinstance(conv, Conv1D) or conv.stride != 1 or conv.padding == "same" or \
-                conv.padding[0] < left or conv.padding[1] < right:
-            self.refuse(f"{what}; fastlstm returns every step or the last one and never guesses another crop "
-                        "(a crop of a stride-1 Conv's padded steps is folded into its padding)")
+        if (
+            not isinstance(conv, Conv1D)
+            or conv.stride != 1
+            or conv.padding == "same"
+            or conv.padding[0] < left
+            or conv.padding[1] < right
+        ):
+            self.refuse(
+                f"{what}; fastlstm returns every step or the last one and never guesses another crop "
+                "(a crop of a stride-1 Conv's padded steps is folded into its padding)"
+            )
         padding = (conv.padding[0] - left, conv.padding[1] - right)
-        trimmed = Conv1D(conv.weight, conv.bias, stride=1, dilation=conv.dilation, groups=conv.groups,
-                         padding=padding, activation=conv.act)
+        trimmed = Conv1D(
+            conv.weight,
+            conv.bias,
+            stride=1,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            padding=padding,
+            activation=conv.act,
+        )
         return replace(v, chain=v.chain[:-1] + (trimmed,))
 
     def _window_attrs(self, node, key, kernel):
@@ -262,10 +301,10 @@ class LayerOps:
             if v.axes[axis].kind == "D" and v.axes[axis].size == 2:
                 return self._merge_directions(v, axis, keep, op)
             if v.axes[axis].role != "T" or op in ("ReduceSum", "ReduceProd"):
-                self.refuse(f"{op} over axis {axis} ({show(v.axes[axis:axis + 1])}), not over time")
+                self.refuse(f"{op} over axis {axis} ({show(v.axes[axis : axis + 1])}), not over time")
         layer = GlobalMaxPool1D() if op.endswith(("Max", "MaxPool")) else GlobalAvgPool1D()
         v = self._append(v, layer, time="last")
-        return replace(v, axes=v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1:])
+        return replace(v, axes=v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1 :])
 
     def _merge_directions(self, v, axis, keep, op):
         """Sum, mean or product over the directions of a bidirectional output: Keras' merge modes."""
@@ -273,7 +312,7 @@ class LayerOps:
         if not isinstance(layer, RECURRENT) or not layer.bidirectional or layer.merge_mode != "concat":
             self.refuse(f"{op} over the directions of something other than a bidirectional layer's output")
         merged = replace(layer, merge_mode={"ReduceSum": "sum", "ReduceMean": "ave", "ReduceProd": "mul"}[op])
-        axes = v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1:]
+        axes = v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1 :]
         return replace(v, chain=v.chain[:-1] + (merged,), axes=axes)
 
     def _silu(self, a, b):
@@ -283,9 +322,16 @@ class LayerOps:
         last_a, last_b = (a.chain[-1], b.chain[-1]) if same_prefix else (None, None)
         if len(b.chain) == len(a.chain) + 1 and last_a is b.chain[-2] and b.chain[-1] == Activation("sigmoid"):
             return self._append(a, Activation("silu"))
-        if len(b.chain) == len(a.chain) and isinstance(last_a, Dense) and isinstance(last_b, Dense) and \
-                last_a.activation == "linear" and last_b.activation == "sigmoid" and \
-                np.array_equal(last_a.weight, last_b.weight) and same_arrays(last_a.bias, last_b.bias):
+        if (
+            len(b.chain) == len(a.chain)
+            and isinstance(last_a, Dense)
+            and isinstance(last_b, Dense)
+            and last_a.activation == "linear"
+            and last_b.activation == "sigmoid"
+            and np.array_equal(last_a.weight, last_b.weight)
+            and same_arrays(last_a.bias, last_b.bias)
+        ):
             return replace(a, chain=a.chain[:-1] + (Dense(last_a.weight, last_a.bias, "silu"),))
-        self.refuse("Mul of two values computed from the data (a gated branch); only x * sigmoid(x) (SiLU) is "
-                    "recognised")
+        self.refuse(
+            "Mul of two values computed from the data (a gated branch); only x * sigmoid(x) (SiLU) is recognised"
+        )

@@ -22,20 +22,47 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 #: Largest file accepted (protobuf itself cannot exceed 2 GiB; weights beyond it are external data).
-MAX_FILE_BYTES = 2 ** 31
+MAX_FILE_BYTES = 2**31
 #: Largest tensor, in elements, in the file or in external data.
-MAX_TENSOR_ELEMENTS = 2 ** 28
+MAX_TENSOR_ELEMENTS = 2**28
 #: Caps on repeated fields: a model with more nodes than this is not an LSTM network.
 MAX_NODES = 100_000
 MAX_DIMS = 16
 
 # TensorProto.DataType -> numpy dtype (as stored: little-endian)
-DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
-          9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
+DTYPES = {
+    1: np.float32,
+    2: np.uint8,
+    3: np.int8,
+    4: np.uint16,
+    5: np.int16,
+    6: np.int32,
+    7: np.int64,
+    9: np.bool_,
+    10: np.float16,
+    11: np.float64,
+    12: np.uint32,
+    13: np.uint64,
+}
 BFLOAT16 = 16
-DTYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
-               9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 14: "complex64",
-               15: "complex128", 16: "bfloat16"}
+DTYPE_NAMES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    8: "string",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    14: "complex64",
+    15: "complex128",
+    16: "bfloat16",
+}
 
 
 class ProtoError(ValueError):
@@ -43,6 +70,7 @@ class ProtoError(ValueError):
 
 
 # --- wire format -------------------------------------------------------------------
+
 
 def _varint(buf, pos, end):
     result = shift = 0
@@ -76,11 +104,11 @@ def fields(buf, start=0, end=None):
         elif wire == 1:
             if pos + 8 > end:
                 raise ProtoError("truncated fixed64 field")
-            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+            value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
         elif wire == 5:
             if pos + 4 > end:
                 raise ProtoError("truncated fixed32 field")
-            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+            value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
         elif wire == 2:
             length, pos = _varint(buf, pos, end)
             if length > end - pos:
@@ -158,14 +186,15 @@ def _floats(buf, wire, value, out, what, width=4):
 
 # --- messages ------------------------------------------------------------------------
 
+
 @dataclass
 class Tensor:
     name: str
     dims: Tuple[int, ...]
     data_type: int
-    raw: Optional[Tuple[int, int]] = None        # span of raw_data in the file
-    values: Optional[list] = None                  # typed repeated field values, when not raw
-    external: Optional[Dict[str, str]] = None      # external_data entries when data_location == EXTERNAL
+    raw: Optional[Tuple[int, int]] = None  # span of raw_data in the file
+    values: Optional[list] = None  # typed repeated field values, when not raw
+    external: Optional[Dict[str, str]] = None  # external_data entries when data_location == EXTERNAL
 
 
 @dataclass
@@ -184,8 +213,9 @@ class Attribute:
 
     def value(self):
         """The value by the declared type (FLOAT=1, INT=2, STRING=3, TENSOR=4, FLOATS=6, INTS=7, STRINGS=8)."""
-        return {1: self.f, 2: self.i, 3: self.s, 4: self.t, 6: self.floats, 7: self.ints,
-                8: self.strings}.get(self.type)
+        return {1: self.f, 2: self.i, 3: self.s, 4: self.t, 6: self.floats, 7: self.ints, 8: self.strings}.get(
+            self.type
+        )
 
 
 @dataclass
@@ -202,8 +232,8 @@ class Node:
 class ValueInfo:
     name: str
     elem_type: int = 0
-    shape: Optional[Tuple] = None   # entries: int, str (a dim_param) or None (unknown)
-    kind: str = "tensor"            # "tensor", or the other TypeProto kind found
+    shape: Optional[Tuple] = None  # entries: int, str (a dim_param) or None (unknown)
+    kind: str = "tensor"  # "tensor", or the other TypeProto kind found
 
 
 @dataclass
@@ -274,8 +304,7 @@ def _tensor(buf, span):
     for d in t.dims:
         count *= d
         if count > MAX_TENSOR_ELEMENTS:
-            raise ProtoError(f"tensor {t.name!r} declares dimensions {t.dims} (over {MAX_TENSOR_ELEMENTS} "
-                             "elements)")
+            raise ProtoError(f"tensor {t.name!r} declares dimensions {t.dims} (over {MAX_TENSOR_ELEMENTS} elements)")
     if location == 1:
         t.external = external
     elif has_values:
@@ -399,7 +428,7 @@ def _graph(buf, span):
 
 def looks_like_onnx(data) -> bool:
     """Cheap content sniff: the top-level fields parse as a ModelProto that has a graph and an IR version."""
-    if not data or data[0] != 0x08:   # ir_version (field 1, varint) comes first in every serializer
+    if not data or data[0] != 0x08:  # ir_version (field 1, varint) comes first in every serializer
         return False
     try:
         seen = {number for number, _, _ in fields(data)}
@@ -440,6 +469,7 @@ def read_model(data) -> ModelFile:
 
 # --- tensor data ---------------------------------------------------------------------
 
+
 def tensor_array(buf, t: Tensor, folder: Optional[str]) -> np.ndarray:
     """The tensor's values as a NumPy array (float16/bfloat16 widened to float32).
 
@@ -453,8 +483,9 @@ def tensor_array(buf, t: Tensor, folder: Optional[str]) -> np.ndarray:
         return (bits.astype(np.uint32) << 16).view(np.float32).reshape(t.dims)
     dtype = DTYPES.get(t.data_type)
     if dtype is None:
-        raise ProtoError(f"{label} has data type {DTYPE_NAMES.get(t.data_type, t.data_type)}, which a model "
-                         "weight cannot have")
+        raise ProtoError(
+            f"{label} has data type {DTYPE_NAMES.get(t.data_type, t.data_type)}, which a model weight cannot have"
+        )
     arr = _tensor_bits(buf, t, folder, dtype, count, label)
     if arr.dtype == np.float16:
         arr = arr.astype(np.float32)
@@ -469,14 +500,15 @@ def _tensor_bits(buf, t, folder, dtype, count, label):
     if t.raw is not None:
         start, end = t.raw
         if end - start != count * itemsize:
-            raise ProtoError(f"{label} declares shape {t.dims} ({count * itemsize} bytes) but holds "
-                             f"{end - start} bytes")
+            raise ProtoError(
+                f"{label} declares shape {t.dims} ({count * itemsize} bytes) but holds {end - start} bytes"
+            )
         return np.frombuffer(buf[start:end], dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype, copy=False)
     values = t.values if t.values is not None else []
     if len(values) != count:
         raise ProtoError(f"{label} declares shape {t.dims} ({count} values) but holds {len(values)}")
     try:
-        if dtype == np.float16:   # float16 is stored as its bits in int32_data
+        if dtype == np.float16:  # float16 is stored as its bits in int32_data
             return np.asarray(values, dtype=np.uint16).view(np.float16)
         return np.asarray(values, dtype=dtype)
     except (OverflowError, TypeError, ValueError):
@@ -487,12 +519,14 @@ def read_external(info, folder, nbytes, label):
     """Read ``nbytes`` of external data described by ``info`` (location/offset/length)."""
     location = info.get("location", "")
     if folder is None:
-        raise ProtoError(f"{label} is stored in an external file ({location!r}); load the model from its path "
-                         "so fastlstm knows its folder")
-    if not location or os.path.isabs(location) or "\\" in location or \
-            any(part == ".." for part in location.split("/")):
-        raise ProtoError(f"{label}: external data location {location!r} is not a plain relative path inside the "
-                         "model's folder")
+        raise ProtoError(
+            f"{label} is stored in an external file ({location!r}); load the model from its path "
+            "so fastlstm knows its folder"
+        )
+    if not location or os.path.isabs(location) or "\\" in location or any(part == ".." for part in location.split("/")):
+        raise ProtoError(
+            f"{label}: external data location {location!r} is not a plain relative path inside the model's folder"
+        )
     root = os.path.realpath(folder)
     path = os.path.realpath(os.path.join(root, location))
     if os.path.commonpath([root, path]) != root:
@@ -508,8 +542,9 @@ def read_external(info, folder, nbytes, label):
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if offset + nbytes > size:
-                raise ProtoError(f"{label}: external file {location!r} has {size} bytes; the tensor needs "
-                                 f"{offset + nbytes}")
+                raise ProtoError(
+                    f"{label}: external file {location!r} has {size} bytes; the tensor needs {offset + nbytes}"
+                )
             f.seek(offset)
             data = f.read(nbytes)
     except OSError as exc:

@@ -42,9 +42,9 @@ class RecurrentInfo:
     """What the graph matcher needs to know about a recurrent node besides its layer."""
 
     op: str
-    directions: int          # 1 or 2
-    reverse: bool            # direction == "reverse"
-    layout: int              # 0: (T, B, I); 1: (B, T, I)
+    directions: int  # 1 or 2
+    reverse: bool  # direction == "reverse"
+    layout: int  # 0: (T, B, I); 1: (B, T, I)
     hidden_size: int
     input_size: int
 
@@ -53,11 +53,15 @@ def _activation_names(op, attrs):
     """fastlstm names of the node's activations for one direction, or RecurrentRefused."""
     ndir = 2 if _direction(attrs) == "bidirectional" else 1
     default = DEFAULT_ACTIVATIONS[op]
-    names = [s.decode("utf-8", "replace") for s in attrs["activations"].strings] if "activations" in attrs \
+    names = (
+        [s.decode("utf-8", "replace") for s in attrs["activations"].strings]
+        if "activations" in attrs
         else list(default) * ndir
+    )
     if len(names) != len(default) * ndir:
-        raise RecurrentRefused(f"activations lists {len(names)} functions; {op} with {ndir} direction(s) takes "
-                               f"{len(default) * ndir}")
+        raise RecurrentRefused(
+            f"activations lists {len(names)} functions; {op} with {ndir} direction(s) takes {len(default) * ndir}"
+        )
     alphas = list(attrs["activation_alpha"].floats) if "activation_alpha" in attrs else []
     betas = list(attrs["activation_beta"].floats) if "activation_beta" in attrs else []
     mapped = []
@@ -67,10 +71,12 @@ def _activation_names(op, attrs):
             alpha = alphas.pop(0) if alphas else None
             beta = betas.pop(0) if betas else None
         mapped.append(_map_activation(name, alpha, beta))
-    per_dir = [tuple(mapped[k * len(default):(k + 1) * len(default)]) for k in range(ndir)]
+    per_dir = [tuple(mapped[k * len(default) : (k + 1) * len(default)]) for k in range(ndir)]
     if ndir == 2 and per_dir[0] != per_dir[1]:
-        raise RecurrentRefused(f"the two directions use different activations {per_dir[0]} and {per_dir[1]}; "
-                               "a fastlstm layer has one set for both")
+        raise RecurrentRefused(
+            f"the two directions use different activations {per_dir[0]} and {per_dir[1]}; "
+            "a fastlstm layer has one set for both"
+        )
     return per_dir[0]
 
 
@@ -84,12 +90,16 @@ def _map_activation(name, alpha, beta):
         for ref, kind in _HARD_SIGMOID.items():
             if abs(alpha - float(np.float32(ref))) <= 1e-7 and beta == 0.5:
                 return kind
-        raise RecurrentRefused(f"HardSigmoid with alpha={alpha}, beta={beta}: fastlstm runs alpha 0.2 (Keras 2) "
-                               "or 1/6 (Keras 3) with beta 0.5")
+        raise RecurrentRefused(
+            f"HardSigmoid with alpha={alpha}, beta={beta}: fastlstm runs alpha 0.2 (Keras 2) "
+            "or 1/6 (Keras 3) with beta 0.5"
+        )
     if name == "Affine" and (alpha in (None, 1.0)) and (beta in (None, 0.0)):
         return "linear"
-    raise RecurrentRefused(f"activation {name}{'' if alpha is None else f'(alpha={alpha}, beta={beta})'} is not "
-                           f"one fastlstm's recurrent kernels run ({', '.join(CELL_ACTIVATIONS)})")
+    raise RecurrentRefused(
+        f"activation {name}{'' if alpha is None else f'(alpha={alpha}, beta={beta})'} is not "
+        f"one fastlstm's recurrent kernels run ({', '.join(CELL_ACTIVATIONS)})"
+    )
 
 
 def _direction(attrs):
@@ -111,8 +121,10 @@ def recurrent_layer(op, attrs, weights, has_input):
     if layout not in (0, 1):
         raise RecurrentRefused(f"layout={layout}; ONNX defines 0 and 1")
     if "clip" in attrs:
-        raise RecurrentRefused(f"clip={attrs['clip'].f} clips the gate pre-activations, which fastlstm's kernels do "
-                               "not do; export without clip")
+        raise RecurrentRefused(
+            f"clip={attrs['clip'].f} clips the gate pre-activations, which fastlstm's kernels do "
+            "not do; export without clip"
+        )
     if op == "LSTM" and "input_forget" in attrs and attrs["input_forget"].i:
         raise RecurrentRefused("input_forget=1 couples the input and forget gates, which fastlstm's LSTM does not")
     gates = GATES[op]
@@ -137,23 +149,35 @@ def recurrent_layer(op, attrs, weights, has_input):
     order = np.concatenate([np.arange(b * H, (b + 1) * H) for b in _TORCH_ORDER[op]])
     dirs = []
     for d in range(ndir):
-        dirs.append((W[d][order], R[d][order], B[d, :gates * H][order], B[d, gates * H:][order]))
+        dirs.append((W[d][order], R[d][order], B[d, : gates * H][order], B[d, gates * H :][order]))
     info = RecurrentInfo(op, ndir, direction == "reverse", layout, H, W.shape[2])
     backwards = direction == "reverse"
     if op == "LSTM":
         if acts[1] != acts[2]:
-            raise RecurrentRefused(f"activations g={acts[1]} and h={acts[2]} differ; fastlstm's LSTM uses one "
-                                   "activation for both")
-        layer = LSTMLayer([LSTMWeights(*w, name=f"LSTM direction {k}") for k, w in enumerate(dirs)],
-                          activation=acts[1], recurrent_activation=acts[0], go_backwards=backwards)
+            raise RecurrentRefused(
+                f"activations g={acts[1]} and h={acts[2]} differ; fastlstm's LSTM uses one activation for both"
+            )
+        layer = LSTMLayer(
+            [LSTMWeights(*w, name=f"LSTM direction {k}") for k, w in enumerate(dirs)],
+            activation=acts[1],
+            recurrent_activation=acts[0],
+            go_backwards=backwards,
+        )
     elif op == "GRU":
         # linear_before_reset=1 applies the reset gate after the recurrent product (PyTorch, Keras
         # reset_after=True); 0 before it (Keras reset_after=False).
         lbr = attrs["linear_before_reset"].i if "linear_before_reset" in attrs else 0
-        layer = GRULayer([GRUWeights(*w, name=f"GRU direction {k}") for k, w in enumerate(dirs)],
-                         activation=acts[1], recurrent_activation=acts[0], reset_after=bool(lbr),
-                         go_backwards=backwards)
+        layer = GRULayer(
+            [GRUWeights(*w, name=f"GRU direction {k}") for k, w in enumerate(dirs)],
+            activation=acts[1],
+            recurrent_activation=acts[0],
+            reset_after=bool(lbr),
+            go_backwards=backwards,
+        )
     else:
-        layer = RNNLayer([RNNWeights(*w, name=f"RNN direction {k}") for k, w in enumerate(dirs)],
-                         activation=acts[0], go_backwards=backwards)
+        layer = RNNLayer(
+            [RNNWeights(*w, name=f"RNN direction {k}") for k, w in enumerate(dirs)],
+            activation=acts[0],
+            go_backwards=backwards,
+        )
     return layer, info

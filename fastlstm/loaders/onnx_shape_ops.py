@@ -12,10 +12,12 @@ from ..layers import RECURRENT, LastStep
 from .onnx_fold import INT64_MAX, Sym, SymVec, as_symvec, slice_indices
 from .onnx_values import Axis, Dyn, cut_groups, probe_of, probe_sizes, show
 
-UNROLLED = ("selects single steps of the input before any recurrent op: a recurrent layer unrolled step by "
-             "step into MatMul/Add/activation nodes (torch's dynamo exporter does this for nn.RNN) has no "
-             "LSTM/GRU/RNN op for fastlstm to match; export with torch.onnx.export(..., dynamo=False), which "
-             "emits the ONNX RNN op")
+UNROLLED = (
+    "selects single steps of the input before any recurrent op: a recurrent layer unrolled step by "
+    "step into MatMul/Add/activation nodes (torch's dynamo exporter does this for nn.RNN) has no "
+    "LSTM/GRU/RNN op for fastlstm to match; export with torch.onnx.export(..., dynamo=False), which "
+    "emits the ONNX RNN op"
+)
 
 
 class ShapeOps:
@@ -33,7 +35,7 @@ class ShapeOps:
             if a.kind == "S":
                 if a.size.bound != 1 or a.role is None:
                     self.refuse(f"squeezes axis {k}, an open dimension ({a.size!r}) that may not be 1")
-                continue   # a time axis of one step (a streaming graph) or a batch of one
+                continue  # a time axis of one step (a streaming graph) or a batch of one
             if a.size != 1:
                 self.refuse(f"squeezes axis {k} of size {a.size}")
         return replace(v, axes=tuple(out))
@@ -57,19 +59,23 @@ class ShapeOps:
             return self._select_step(v, axis, i, keep, f"index {i}")
         if a.kind == "S" and a.role is None and not any(isinstance(x, RECURRENT) for x in v.chain):
             self.refuse(UNROLLED)
-        if a.kind in ("U",) or (a.kind == "D" and a.size == 1) or (a.kind == "S" and a.size.bound == 1
-                                                                      and a.role is not None):
+        if (
+            a.kind in ("U",)
+            or (a.kind == "D" and a.size == 1)
+            or (a.kind == "S" and a.size.bound == 1 and a.role is not None)
+        ):
             if i not in (0, -1):
                 self.refuse(f"index {i} on an axis of size 1")
-            return replace(v, axes=v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1:])
+            return replace(v, axes=v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1 :])
         what = {"S": "the batch", "F": "the features", "D": "the directions of a bidirectional output"}[a.kind]
-        self.refuse(f"selects element {i} of {what} (axis {axis}); fastlstm keeps every "
-                    f"{'feature' if a.kind == 'F' else 'row'}")
+        self.refuse(
+            f"selects element {i} of {what} (axis {axis}); fastlstm keeps every {'feature' if a.kind == 'F' else 'row'}"
+        )
 
     def _select_step(self, v, axis, i, keep, what):
         """Keep one step of the time axis: the last one (or the first of a reversed sequence), else refuse."""
         n = v.axes[axis].size.bound
-        axes = v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1:]
+        axes = v.axes[:axis] + ((Axis("U", 1),) if keep else ()) + v.axes[axis + 1 :]
         if n == 1 and i == 0 and not v.reverse:
             # the one step of a streaming graph (x[0]): every step's output, not "the last of any T"
             return replace(v, axes=axes)
@@ -80,8 +86,10 @@ class ShapeOps:
         if (i == -1 and not v.reverse) or (i == 0 and v.reverse):
             return replace(self._append(v, LastStep(), time="last", reverse=False), axes=axes)
         where = "the first step" if i == 0 else ("the last step of a reversed sequence" if i == -1 else f"step {i}")
-        self.refuse(f"keeps {where} ({what}) of the time axis; fastlstm returns every step or the last one "
-                    "(the one a recurrent layer ends on) and never guesses another selection")
+        self.refuse(
+            f"keeps {where} ({what}) of the time axis; fastlstm returns every step or the last one "
+            "(the one a recurrent layer ends on) and never guesses another selection"
+        )
 
     def _slice(self, node, v):
         axes, starts, ends, steps = self._slice_args(node, len(v.axes))
@@ -91,27 +99,31 @@ class ShapeOps:
             probe = n if n is not None else 1 << 40
             picked = slice_indices(probe, st, en, sp)
             if len(picked) == probe and sp == 1:
-                continue   # the whole axis
+                continue  # the whole axis
             if a.kind == "R":
-                v = replace(v, rows=tuple(v.rows[i] for i in picked),
-                            axes=v.axes[:ax] + (Axis("R", len(picked)),) + v.axes[ax + 1:])
+                v = replace(
+                    v,
+                    rows=tuple(v.rows[i] for i in picked),
+                    axes=v.axes[:ax] + (Axis("R", len(picked)),) + v.axes[ax + 1 :],
+                )
                 continue
             if a.kind == "S" and a.role == "T" and sp == -1 and len(picked) == probe:
-                v = replace(v, reverse=not v.reverse)   # the whole sequence, backwards
+                v = replace(v, reverse=not v.reverse)  # the whole sequence, backwards
                 continue
             if a.kind == "S" and a.role is None and not any(isinstance(x, RECURRENT) for x in v.chain):
                 self.refuse(UNROLLED)
             if a.kind == "S" and a.role == "T" and len(picked) == 1 and sp == 1:
-                i = picked[0] if n is not None or picked[0] == 0 else \
-                    (-1 if picked[0] == probe - 1 else picked[0])
+                i = picked[0] if n is not None or picked[0] == 0 else (-1 if picked[0] == probe - 1 else picked[0])
                 v = self._select_step(v, ax, i, True, f"Slice {st}:{en}")
                 continue
             if a.kind == "S" and a.role == "T" and sp == 1 and st >= 0 and (en < 0 or en >= INT64_MAX // 2):
                 v = self._crop_conv(v, st, 0 if en >= 0 else -en, f"keeps steps {st}:{en} of the time axis")
                 continue
             if a.kind == "S" and a.role == "T":
-                self.refuse(f"keeps steps {st}:{en}{f':{sp}' if sp != 1 else ''} of the time axis; fastlstm "
-                            "returns every step or the last one and never guesses another crop")
+                self.refuse(
+                    f"keeps steps {st}:{en}{f':{sp}' if sp != 1 else ''} of the time axis; fastlstm "
+                    "returns every step or the last one and never guesses another crop"
+                )
             self.refuse(f"keeps part ({st}:{en}) of axis {ax} ({show((a,))}); fastlstm keeps every feature and row")
         return v
 
@@ -154,20 +166,26 @@ class ShapeOps:
             if len(big) <= 1:
                 out.extend(big[0] if s != 1 else Axis("U", 1) for s in out_sizes)
             elif kinds in (["D", "F"], ["R", "F"]) and len([s for s in out_sizes if s != 1]) == 1:
-                if kinds[0] == "R":   # both directions' final h, side by side
+                if kinds[0] == "R":  # both directions' final h, side by side
                     v = self._final_state_concat(v)
                 out.extend(Axis("F", big[0].size * big[1].size) if s != 1 else Axis("U", 1) for s in out_sizes)
             else:
-                self.refuse(f"reshapes axes {show(big)} into {out_sizes}; a reshape may only drop or add unit "
-                            "axes and merge the two directions of a recurrent output into its features (time "
-                            "and batch are never merged)")
+                self.refuse(
+                    f"reshapes axes {show(big)} into {out_sizes}; a reshape may only drop or add unit "
+                    "axes and merge the two directions of a recurrent output into its features (time "
+                    "and batch are never merged)"
+                )
         return replace(v, axes=tuple(out))
 
     def _final_state_concat(self, v):
         """Both directions' final h of one bidirectional layer, side by side: Keras' return_sequences=False."""
         refs = v.rows
-        if len(refs) != 2 or refs[0].layer is not refs[1].layer or [r.direction for r in refs] != [0, 1] \
-                or any(r.kind != "h" for r in refs):
+        if (
+            len(refs) != 2
+            or refs[0].layer is not refs[1].layer
+            or [r.direction for r in refs] != [0, 1]
+            or any(r.kind != "h" for r in refs)
+        ):
             self.refuse("joins recurrent state rows other than the forward and backward h of one layer")
         return Dyn((), refs[0].chain + (LastStep(final_state=True),), time="last")
 
@@ -180,11 +198,18 @@ class ShapeOps:
             kinds = [x.axes[axis].kind for x in vals]
             if all(k == "R" for k in kinds):
                 rows = tuple(r for x in vals for r in x.rows)
-                return replace(vals[0], rows=rows, axes=vals[0].axes[:axis] + (Axis("R", len(rows)),)
-                               + vals[0].axes[axis + 1:])
-            if all(k == "F" for k in kinds) and len(vals) == 2 and all(len(x.rows) == 1 for x in vals) \
-                    and all(x.index("R") == [] for x in vals):
+                return replace(
+                    vals[0], rows=rows, axes=vals[0].axes[:axis] + (Axis("R", len(rows)),) + vals[0].axes[axis + 1 :]
+                )
+            if (
+                all(k == "F" for k in kinds)
+                and len(vals) == 2
+                and all(len(x.rows) == 1 for x in vals)
+                and all(x.index("R") == [] for x in vals)
+            ):
                 both = self._final_state_concat(replace(vals[0], rows=vals[0].rows + vals[1].rows))
-                return replace(both, axes=vals[0].axes[:axis] + (Axis("F", 2 * vals[0].axes[axis].size),)
-                               + vals[0].axes[axis + 1:])
+                return replace(
+                    both,
+                    axes=vals[0].axes[:axis] + (Axis("F", 2 * vals[0].axes[axis].size),) + vals[0].axes[axis + 1 :],
+                )
         self.refuse("joins two values computed from the data (two branches); fastlstm runs a single chain")

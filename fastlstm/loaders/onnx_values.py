@@ -17,6 +17,7 @@ class GraphRefused(ValueError):
 
 # --- abstract values ---------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Axis:
     """One axis of a :class:`Dyn`: kind 'S' (open: time or batch, ``size`` is a Sym), 'F' (features),
@@ -39,18 +40,18 @@ class StateRef:
 
     layer: object
     direction: int
-    kind: str                 # 'h' or 'c'
-    chain: tuple              # the chain up to and including ``layer``
+    kind: str  # 'h' or 'c'
+    chain: tuple  # the chain up to and including ``layer``
 
 
 @dataclass(frozen=True)
 class Dyn:
     axes: Tuple[Axis, ...]
     chain: tuple
-    time: str = "seq"          # 'seq': every step; 'last': one step was selected
-    reverse: bool = False      # the time axis runs backwards relative to the engine's output
-    rows: Tuple[StateRef, ...] = ()   # state rows (the 'R' axis, or the one row once it is dropped)
-    pad: Tuple[int, int] = (0, 0)      # zero steps a Pad added before/after, owed to the next Conv
+    time: str = "seq"  # 'seq': every step; 'last': one step was selected
+    reverse: bool = False  # the time axis runs backwards relative to the engine's output
+    rows: Tuple[StateRef, ...] = ()  # state rows (the 'R' axis, or the one row once it is dropped)
+    pad: Tuple[int, int] = (0, 0)  # zero steps a Pad added before/after, owed to the next Conv
 
     @property
     def is_state(self):
@@ -79,10 +80,10 @@ class GraphMatch:
 
     chain: tuple
     input_name: str
-    input_axes: Tuple[str, ...]     # per input axis: 'T', 'B', 'F' or '1' (a unit axis)
+    input_axes: Tuple[str, ...]  # per input axis: 'T', 'B', 'F' or '1' (a unit axis)
     output_name: str
     output_axes: Tuple[str, ...]
-    state_inputs: Dict[str, list] = field(default_factory=dict)   # name -> [(layer index, direction, kind)]
+    state_inputs: Dict[str, list] = field(default_factory=dict)  # name -> [(layer index, direction, kind)]
     state_outputs: Dict[str, list] = field(default_factory=dict)
 
     @property

@@ -27,9 +27,18 @@ _MAX_DIMS = 32
 _MAX_EXTENT = 1 << 48
 
 _DTYPES: Dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
 _NAMES = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16"}
@@ -69,18 +78,27 @@ def read_safetensors(data: bytes, source: str, budget=None):
     if n > MAX_HEADER_BYTES:
         raise ValueError(f"{source}: safetensors header claims {n} bytes (limit {MAX_HEADER_BYTES})")
     if 8 + n > len(data):
-        raise ValueError(f"{source}: safetensors header claims {n} bytes but the file has {len(data) - 8} after "
-                         "the length field (truncated?)")
-    header = parse_json(data[8:8 + n], "the safetensors header", source, budget,
-                        object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        raise ValueError(
+            f"{source}: safetensors header claims {n} bytes but the file has {len(data) - 8} after "
+            "the length field (truncated?)"
+        )
+    header = parse_json(
+        data[8 : 8 + n],
+        "the safetensors header",
+        source,
+        budget,
+        object_pairs_hook=_no_duplicates,
+        parse_constant=_reject_constant,
+    )
     if not isinstance(header, dict):
         raise ValueError(f"{source}: safetensors header must be a JSON object")
 
     metadata = header.pop("__metadata__", None)
     if metadata is None:
         metadata = {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise ValueError(f"{source}: safetensors __metadata__ must map strings to strings")
 
     start = 8 + n
@@ -93,19 +111,28 @@ def read_safetensors(data: bytes, source: str, budget=None):
         dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype_name not in _DTYPES:
             raise ValueError(f"{where}: unsupported dtype {shown(dtype_name)}")
-        if not isinstance(shape, list) or len(shape) > _MAX_DIMS or \
-                not all(type(d) is int and 0 <= d < _MAX_EXTENT for d in shape):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_DIMS
+            or not all(type(d) is int and 0 <= d < _MAX_EXTENT for d in shape)
+        ):
             raise ValueError(f"{where}: shape must be a list of non-negative integers, got {shown(shape)}")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
             raise ValueError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {shown(offsets)}")
         numel = 1
         for d in shape:
             numel *= d
         dtype = _DTYPES[dtype_name]
         if offsets[1] - offsets[0] != numel * dtype.itemsize:
-            raise ValueError(f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} "
-                             f"of {dtype_name} needs {numel * dtype.itemsize}")
+            raise ValueError(
+                f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} "
+                f"of {dtype_name} needs {numel * dtype.itemsize}"
+            )
         if offsets[1] > buf_len:
             raise ValueError(f"{where}: data ends at byte {offsets[1]} of a {buf_len}-byte buffer (truncated?)")
         budget.charge(numel * (4 if dtype_name == "BF16" else dtype.itemsize), f"tensor {shown(name)}")

@@ -69,8 +69,9 @@ def _recurrent(module, where):
     got = (len(layers), first.bidirectional, getattr(first, "proj_size", 0), first.hidden_size)
     want = (module.num_layers, bool(module.bidirectional), int(getattr(module, "proj_size", 0)), module.hidden_size)
     if got != want:
-        raise ValueError(f"{where}: weights describe (layers, bidirectional, proj_size, hidden) = {got} but the "
-                         f"module says {want}")
+        raise ValueError(
+            f"{where}: weights describe (layers, bidirectional, proj_size, hidden) = {got} but the module says {want}"
+        )
     return layers
 
 
@@ -98,8 +99,14 @@ def _conv1d(m, where, extra=(0, 0)):
                 raise ValueError(f"{where}: F.pad before a Conv1d(padding={padding!r}) is not supported")
             padding = (0, 0)
         padding = (padding[0] + extra[0], padding[1] + extra[1])
-    return Conv1D(t["weight"], t.get("bias"), stride=_first(m.stride), dilation=_first(m.dilation),
-                  groups=m.groups, padding=padding)
+    return Conv1D(
+        t["weight"],
+        t.get("bias"),
+        stride=_first(m.stride),
+        dilation=_first(m.dilation),
+        groups=m.groups,
+        padding=padding,
+    )
 
 
 def _module_layer(m, where):
@@ -118,8 +125,9 @@ def _module_layer(m, where):
         return LayerNorm(m.normalized_shape[0], t.get("weight"), t.get("bias"), eps=m.eps)
     if cls == "BatchNorm1d":
         if m.running_mean is None:
-            raise ValueError(f"{where}: BatchNorm1d(track_running_stats=False) normalizes with batch statistics; "
-                             "not supported")
+            raise ValueError(
+                f"{where}: BatchNorm1d(track_running_stats=False) normalizes with batch statistics; not supported"
+            )
         return BatchNorm(t["running_mean"], t["running_var"], t.get("weight"), t.get("bias"), eps=m.eps)
     if cls in ("MaxPool1d", "AvgPool1d"):
         if cls == "MaxPool1d" and (_first(m.dilation) != 1 or m.return_indices):
@@ -142,8 +150,10 @@ def _activation(op, where):
             raise ValueError(f"{where}: gelu(approximate={approx!r}) is not supported")
         return Activation("gelu_tanh" if approx == "tanh" else "gelu")
     if name == "softplus" and (o.get("beta", 1.0) != 1.0 or o.get("threshold", 20.0) < 20.0):
-        raise ValueError(f"{where}: softplus with beta={o.get('beta')} / threshold={o.get('threshold')} is not "
-                         "supported (only beta=1, threshold>=20)")
+        raise ValueError(
+            f"{where}: softplus with beta={o.get('beta')} / threshold={o.get('threshold')} is not "
+            "supported (only beta=1, threshold>=20)"
+        )
     if name == "elu":
         return Activation("elu", alpha=o.get("alpha", 1.0))
     if name == "leaky_relu":
@@ -177,8 +187,9 @@ def _chain_from_ops(ops, source):
             pending = _fold_pad(layers, op, pending, where)
             continue
         if pending != (0, 0) and not (op.kind == "module" and torch_class(op.module) == "Conv1d"):
-            raise ValueError(f"{where}: follows zero padding of the time axis, which fastlstm supports only right "
-                             "before a Conv1d")
+            raise ValueError(
+                f"{where}: follows zero padding of the time axis, which fastlstm supports only right before a Conv1d"
+            )
         if op.kind == "module" and torch_class(op.module) == "Conv1d":
             layers.append(_conv1d(op.module, where, pending))
             pending = (0, 0)
@@ -194,24 +205,34 @@ def _chain_from_ops(ops, source):
 
         # "unsqueeze" (a (B, T) input made (B, T, 1)) needs no layer: the model's input has 1 feature.
     if pending != (0, 0):
-        raise ValueError(f"{source}: forward() ends with zero padding of the time axis; fastlstm supports it only "
-                         "right before a Conv1d")
+        raise ValueError(
+            f"{source}: forward() ends with zero padding of the time axis; fastlstm supports it only "
+            "right before a Conv1d"
+        )
     return layers
 
 
 def _check_layout(source, layout, out):
     """The output must keep the input's batch/time placement (or have dropped time)."""
     if "T" in out and ("B" not in out or out.index("B") != layout.index("B") or out.index("T") != layout.index("T")):
-        raise ValueError(f"{source}: forward() returns axes {out} for input axes {layout}; fastlstm returns the "
-                         "input's (time, batch) layout, so a module that moves them is not supported")
+        raise ValueError(
+            f"{source}: forward() returns axes {out} for input axes {layout}; fastlstm returns the "
+            "input's (time, batch) layout, so a module that moves them is not supported"
+        )
     if "1" in out:
         raise ValueError(f"{source}: forward() returns a size-1 axis left by a pool; squeeze it in forward()")
 
 
 def _numpy_tree(mapping):
     """A state_dict (or a dict of them) with every tensor as a NumPy array."""
-    return {k: _numpy_tree(v) if hasattr(v, "keys") and hasattr(v, "__getitem__")
-            else tensor_to_numpy(v) if hasattr(v, "shape") else v for k, v in mapping.items()}
+    return {
+        k: _numpy_tree(v)
+        if hasattr(v, "keys") and hasattr(v, "__getitem__")
+        else tensor_to_numpy(v)
+        if hasattr(v, "shape")
+        else v
+        for k, v in mapping.items()
+    }
 
 
 def spec_from_torch_object(obj, **overrides):
@@ -219,13 +240,16 @@ def spec_from_torch_object(obj, **overrides):
         source = f"torch module {type(obj).__name__}"
         cls = torch_class(obj)
         if overrides:
-            raise TypeError(f"{', '.join(sorted(overrides))}: a live module's structure is read from its forward(); "
-                            "these overrides apply to state_dicts only")
+            raise TypeError(
+                f"{', '.join(sorted(overrides))}: a live module's structure is read from its forward(); "
+                "these overrides apply to state_dicts only"
+            )
         if cls in _RECURRENT + _CELLS:
             return make_spec(_recurrent(obj, source), source)
         if cls is not None and cls != "Sequential":
-            raise ValueError(f"{source}: a torch.nn.{cls} on its own; fastlstm runs models built around an "
-                             "nn.LSTM, nn.GRU or nn.RNN")
+            raise ValueError(
+                f"{source}: a torch.nn.{cls} on its own; fastlstm runs models built around an nn.LSTM, nn.GRU or nn.RNN"
+            )
         ops, layout, out = trace_chain(obj, source)
         _check_layout(source, layout, out)
         if not any(op.kind == "module" and torch_class(op.module) in _RECURRENT for op in ops):
@@ -234,5 +258,7 @@ def spec_from_torch_object(obj, **overrides):
     check_overrides(overrides)
     if hasattr(obj, "keys") and hasattr(obj, "__getitem__"):
         return spec_from_state_dict(_numpy_tree(obj), "state_dict", **overrides)
-    raise TypeError(f"obj: expected an nn.Module (nn.LSTM, nn.GRU, nn.Sequential, your own module) or a "
-                    f"state_dict mapping, got {type(obj).__name__}")
+    raise TypeError(
+        f"obj: expected an nn.Module (nn.LSTM, nn.GRU, nn.Sequential, your own module) or a "
+        f"state_dict mapping, got {type(obj).__name__}"
+    )

@@ -45,16 +45,21 @@ from ..layers import (
 from ._common import describe_keys, float_weight, make_spec, warn
 from ._limits import shown
 
-_RNN_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
-                      r"_l(?P<layer>0|[1-9][0-9]*)(?P<rev>_reverse)?$")
+_RNN_KEY = re.compile(
+    r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
+    r"_l(?P<layer>0|[1-9][0-9]*)(?P<rev>_reverse)?$"
+)
 _CELL_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh)$")
 _PLAIN_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight|bias|running_mean|running_var|num_batches_tracked)$")
 
 #: Keyword overrides accepted by :func:`spec_from_state_dict` (and so by from_torch / load).
 OVERRIDES = ("head_activation", "return_sequences", "layers")
 #: The recurrent kinds by gate rows per hidden unit.
-_BY_GATES = {4: (LSTMLayer, LSTMWeights, "nn.LSTM"), 3: (GRULayer, GRUWeights, "nn.GRU"),
-             1: (RNNLayer, RNNWeights, "nn.RNN")}
+_BY_GATES = {
+    4: (LSTMLayer, LSTMWeights, "nn.LSTM"),
+    3: (GRULayer, GRUWeights, "nn.GRU"),
+    1: (RNNLayer, RNNWeights, "nn.RNN"),
+}
 #: What ``layers=`` accepts besides key prefixes.
 LAST_STEP = "last_step"
 
@@ -65,20 +70,25 @@ def check_overrides(overrides, allowed=OVERRIDES):
         raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; accepted: {', '.join(allowed)}")
     act = overrides.get("head_activation")
     if act is not None and ACTIVATION_ALIASES.get(act, act) not in ACTIVATIONS or act == "prelu":
-        raise ValueError(f"head_activation: {shown(act)} is not supported; expected one of "
-                         f"{tuple(a for a in ACTIVATIONS if a != 'prelu')}")
+        raise ValueError(
+            f"head_activation: {shown(act)} is not supported; expected one of "
+            f"{tuple(a for a in ACTIVATIONS if a != 'prelu')}"
+        )
     rs = overrides.get("return_sequences")
     if rs is not None and not isinstance(rs, (bool, np.bool_)):
         raise TypeError(f"return_sequences: expected a bool, got {type(rs).__name__}")
     order = overrides.get("layers")
     if order is not None and (isinstance(order, str) or not all(isinstance(n, str) and n for n in order)):
-        raise TypeError("layers: expected a list of key prefixes and activation names, e.g. "
-                        "['embedding', 'lstm', 'fc1', 'relu', 'fc2']")
+        raise TypeError(
+            "layers: expected a list of key prefixes and activation names, e.g. "
+            "['embedding', 'lstm', 'fc1', 'relu', 'fc2']"
+        )
     if order is not None and overrides.get("head_activation") is not None:
         raise TypeError("head_activation: with layers=[...] name the activation in the list instead")
 
 
 # --- grouping keys by module ----------------------------------------------------------------
+
 
 def _group(keys):
     """Split keys into recurrent / cell / plain-module groups by prefix (others end up as leftovers)."""
@@ -112,8 +122,10 @@ def _direction(t, keys, key_for, name, source, weight_cls, need_hr):
     """One direction's weights from the keys of one (layer, direction); ``key_for(kind)`` names a key."""
     for kind in ("weight_ih", "weight_hh"):
         if kind not in keys:
-            raise ValueError(f"{source}: missing {shown(key_for(kind))} "
-                             f"(found {describe_keys(sorted(keys.values())) or 'nothing else for this layer'})")
+            raise ValueError(
+                f"{source}: missing {shown(key_for(kind))} "
+                f"(found {describe_keys(sorted(keys.values())) or 'nothing else for this layer'})"
+            )
     if ("bias_ih" in keys) != ("bias_hh" in keys):
         have, miss = ("bias_ih", "bias_hh") if "bias_ih" in keys else ("bias_hh", "bias_ih")
         raise ValueError(f"{source}: {shown(keys[have])} is present but {shown(key_for(miss))} is missing")
@@ -124,8 +136,9 @@ def _direction(t, keys, key_for, name, source, weight_cls, need_hr):
     if need_hr and "weight_hr" not in w:
         raise ValueError(f"{source}: {shown(key_for('weight_hr'))} is missing while other layers have a projection")
     try:
-        return weight_cls(w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"), w.get("weight_hr"),
-                          name=name)
+        return weight_cls(
+            w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh"), w.get("weight_hr"), name=name
+        )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: {exc} (keys {describe_keys(sorted(keys.values()))})") from None
 
@@ -136,8 +149,10 @@ def _recurrent_kind(t, prefix, first_keys, source):
     gates = _gates(t, first_keys["weight_hh"], source) if "weight_hh" in first_keys else None
     if gates is None:
         shape = np.shape(t[first_keys["weight_hh"]]) if "weight_hh" in first_keys else None
-        raise ValueError(f"{source}: recurrent module '{prefix}' has weight_hh of shape {shape}, which is not "
-                         "4H x H (LSTM), 3H x H (GRU) or H x H (RNN)")
+        raise ValueError(
+            f"{source}: recurrent module '{prefix}' has weight_hh of shape {shape}, which is not "
+            "4H x H (LSTM), 3H x H (GRU) or H x H (RNN)"
+        )
     return _BY_GATES[gates]
 
 
@@ -147,12 +162,16 @@ def recurrent_layers(t, prefix, slots, source, nonlinearity=None):
     layer_ids = sorted({k for k, _ in slots})
     if layer_ids != list(range(len(layer_ids))):
         missing = sorted(set(range(max(layer_ids) + 1)) - set(layer_ids))
-        raise ValueError(f"{source}: recurrent module '{prefix}' has weights for layers {layer_ids} but none for "
-                         f"layer(s) {missing}; refusing a partial stack")
+        raise ValueError(
+            f"{source}: recurrent module '{prefix}' has weights for layers {layer_ids} but none for "
+            f"layer(s) {missing}; refusing a partial stack"
+        )
     reverse = {k for k, d in slots if d == 1}
     if reverse and reverse != set(layer_ids):
-        raise ValueError(f"{source}: recurrent module '{prefix}' has _reverse weights for layers {sorted(reverse)} "
-                         "only; a bidirectional module has them for every layer")
+        raise ValueError(
+            f"{source}: recurrent module '{prefix}' has _reverse weights for layers {sorted(reverse)} "
+            "only; a bidirectional module has them for every layer"
+        )
     has_bias = {("bias_ih" in keys or "bias_hh" in keys) for keys in slots.values()}
     if len(has_bias) > 1:
         raise ValueError(f"{source}: recurrent module '{prefix}' has biases in some layers but not others")
@@ -161,8 +180,10 @@ def recurrent_layers(t, prefix, slots, source, nonlinearity=None):
     kw = {}
     if layer_cls is RNNLayer:
         if nonlinearity is None:
-            warn(f"{source}: '{prefix}' looks like an nn.RNN, whose nonlinearity is not recorded in the weights; "
-                 "assuming 'tanh' (the default). Pass the live module to fastlstm.from_torch if it used 'relu'")
+            warn(
+                f"{source}: '{prefix}' looks like an nn.RNN, whose nonlinearity is not recorded in the weights; "
+                "assuming 'tanh' (the default). Pass the live module to fastlstm.from_torch if it used 'relu'"
+            )
             nonlinearity = "tanh"
         kw["activation"] = nonlinearity
     layers = []
@@ -170,8 +191,17 @@ def recurrent_layers(t, prefix, slots, source, nonlinearity=None):
         dirs = []
         for d in (0, 1) if reverse else (0,):
             suffix = f"_l{k}" + ("_reverse" if d else "")
-            dirs.append(_direction(t, slots.get((k, d), {}), lambda kind, s=suffix: f"{prefix}{kind}{s}",
-                                   f"{prefix}l{k}" + ("_reverse" if d else ""), source, weight_cls, need_hr))
+            dirs.append(
+                _direction(
+                    t,
+                    slots.get((k, d), {}),
+                    lambda kind, s=suffix: f"{prefix}{kind}{s}",
+                    f"{prefix}l{k}" + ("_reverse" if d else ""),
+                    source,
+                    weight_cls,
+                    need_hr,
+                )
+            )
         try:
             layers.append(layer_cls(tuple(dirs), **kw))
         except (TypeError, ValueError) as exc:  # e.g. forward and reverse weights of different shapes
@@ -185,6 +215,7 @@ def cell_layers(t, prefix, keys, source, nonlinearity=None):
 
 
 # --- plain modules ---------------------------------------------------------------------------
+
 
 def _shape(t, keys, kind):
     return tuple(np.shape(t[keys[kind]])) if kind in keys else None
@@ -201,8 +232,9 @@ def describe_module(t, prefix, keys, recurrent_input=None):
     if len(w) == 1 and "running_mean" in keys:
         return f"{name}: a 1-d weight {w} with running statistics, a norm (nn.BatchNorm1d)"
     if len(w) == 1:
-        return f"{name}: a 1-d weight {w}" + (", an nn.LayerNorm" if "bias" in keys else
-                                               " (an nn.PReLU, or an nn.LayerNorm without bias)")
+        return f"{name}: a 1-d weight {w}" + (
+            ", an nn.LayerNorm" if "bias" in keys else " (an nn.PReLU, or an nn.LayerNorm without bias)"
+        )
     if len(w) == 2 and "bias" not in keys and recurrent_input is not None and w[1] == recurrent_input:
         return f"{name}: a (vocab, dim) table {w} feeding the recurrent input, an nn.Embedding"
     if len(w) == 2:
@@ -221,12 +253,17 @@ def plain_layer(t, prefix, keys, source, *, first=False, next_input=None):
     b = float_weight(t[keys["bias"]], keys["bias"], source, ndim=1) if "bias" in keys else None
     where = describe_module(t, prefix, keys)
     if w is None or w.ndim == 3 or (w.ndim == 1 and "bias" not in keys and "running_mean" not in keys):
-        why = ("its stride, padding and dilation are not in a state_dict" if w is not None and w.ndim == 3
-               else "its kind is ambiguous from the tensors alone")
+        why = (
+            "its stride, padding and dilation are not in a state_dict"
+            if w is not None and w.ndim == 3
+            else "its kind is ambiguous from the tensors alone"
+        )
         raise ValueError(f"{source}: {where}; {why}: load the live module with fastlstm.from_torch(module)")
     if w.ndim == 1:
-        warn(f"{source}: '{prefix.rstrip('.')}' is a norm whose eps is not recorded in a state_dict; assuming "
-             "PyTorch's default 1e-5")
+        warn(
+            f"{source}: '{prefix.rstrip('.')}' is a norm whose eps is not recorded in a state_dict; assuming "
+            "PyTorch's default 1e-5"
+        )
         if "running_mean" in keys:
             if "running_var" not in keys:
                 raise ValueError(f"{source}: {where} but '{prefix}running_var' is missing")
@@ -244,13 +281,16 @@ def plain_layer(t, prefix, keys, source, *, first=False, next_input=None):
         if as_table and not as_linear:
             return Embedding(w)
         if as_table == as_linear:
-            raise ValueError(f"{source}: {where} comes first, so it is an nn.Embedding (vocab, dim) or an "
-                             f"nn.Linear(bias=False) (out, in), and the next layer's input ({next_input}) does not "
-                             "tell which; load the live module with fastlstm.from_torch(module)")
+            raise ValueError(
+                f"{source}: {where} comes first, so it is an nn.Embedding (vocab, dim) or an "
+                f"nn.Linear(bias=False) (out, in), and the next layer's input ({next_input}) does not "
+                "tell which; load the live module with fastlstm.from_torch(module)"
+            )
     return Dense(w, b)
 
 
 # --- the whole state_dict ----------------------------------------------------------------------
+
 
 def _tensor_dict(tensors, source, allow_nested):
     """Names -> arrays; nested per-module dicts are flattened to 'name.key' when ``allow_nested``."""
@@ -273,30 +313,40 @@ def _refuse_nested(tensors, source):
         return
     modules = [k for k in nested if tensors[k] and all(isinstance(v, np.ndarray) for v in tensors[k].values())]
     if len(modules) > 1:
-        raise ValueError(f"{source}: entries {describe_keys(modules)} each hold a state_dict: this file holds "
-                         f"several modules. Load them together with layers=[...] naming their order in forward(), "
-                         f"e.g. layers={shown(modules)} (with activation names where forward() applies them)")
+        raise ValueError(
+            f"{source}: entries {describe_keys(modules)} each hold a state_dict: this file holds "
+            f"several modules. Load them together with layers=[...] naming their order in forward(), "
+            f"e.g. layers={shown(modules)} (with activation names where forward() applies them)"
+        )
     if modules:
-        raise ValueError(f"{source}: entry {shown(modules[0])} holds a state_dict beside other entries "
-                         f"({describe_keys(k for k in tensors.keys() if k != modules[0])}), so this looks like a "
-                         f"training checkpoint; pick the model's entry: fastlstm.load(path, key={shown(modules[0])})")
-    raise ValueError(f"{source}: entries {describe_keys(nested)} are nested mappings without tensors; this is not "
-                     "a state_dict")
+        raise ValueError(
+            f"{source}: entry {shown(modules[0])} holds a state_dict beside other entries "
+            f"({describe_keys(k for k in tensors.keys() if k != modules[0])}), so this looks like a "
+            f"training checkpoint; pick the model's entry: fastlstm.load(path, key={shown(modules[0])})"
+        )
+    raise ValueError(
+        f"{source}: entries {describe_keys(nested)} are nested mappings without tensors; this is not a state_dict"
+    )
 
 
 def _leftover_error(t, used, source, rnn, cell, plain, recurrent_input, what):
     leftovers = [k for k in t if k not in used]
     if not leftovers:
         return
-    words = [describe_module(t, p, keys, recurrent_input) for p, keys in plain.items()
-             if any(k in leftovers for k in keys.values())]
+    words = [
+        describe_module(t, p, keys, recurrent_input)
+        for p, keys in plain.items()
+        if any(k in leftovers for k in keys.values())
+    ]
     grouped = {k for p, keys in plain.items() for k in keys.values()}
     words += [f"{describe_keys([k])}" for k in leftovers if k not in grouped]
     prefixes = [p.rstrip(".") for p in list(rnn) + list(cell) + list(plain) if p]
-    raise ValueError(f"{source}: {len(leftovers)} tensor(s) not part of {what}: {'; '.join(words)}. A state_dict "
-                     f"does not say in which order forward() runs its modules: pass layers=[...] naming the "
-                     f"prefixes {prefixes} in that order, with activation names where forward() applies them "
-                     "(for example layers=['embedding', 'lstm', 'fc1', 'relu', 'fc2'])")
+    raise ValueError(
+        f"{source}: {len(leftovers)} tensor(s) not part of {what}: {'; '.join(words)}. A state_dict "
+        f"does not say in which order forward() runs its modules: pass layers=[...] naming the "
+        f"prefixes {prefixes} in that order, with activation names where forward() applies them "
+        "(for example layers=['embedding', 'lstm', 'fc1', 'relu', 'fc2'])"
+    )
 
 
 def spec_from_state_dict(tensors, source, *, head_activation=None, return_sequences=None, layers=None):
@@ -328,13 +378,17 @@ def spec_from_state_dict(tensors, source, *, head_activation=None, return_sequen
 def _inferred_chain(t, rnn, cell, plain, source, head_activation):
     recurrent = [("rnn", p) for p in rnn] + [("cell", p) for p in cell]
     if not recurrent:
-        raise ValueError(f"{source}: no recurrent weights found (expected keys such as 'weight_ih_l0' or "
-                         f"'lstm.weight_ih_l0'); keys: {describe_keys(t.keys())}")
+        raise ValueError(
+            f"{source}: no recurrent weights found (expected keys such as 'weight_ih_l0' or "
+            f"'lstm.weight_ih_l0'); keys: {describe_keys(t.keys())}"
+        )
     if len(recurrent) > 1:
         names = [p.rstrip(".") or "<top level>" for _, p in recurrent]
-        raise ValueError(f"{source}: found recurrent weights under several prefixes ({', '.join(map(repr, names))}). "
-                         "The weights do not say in which order forward() runs separate modules: pass layers=[...] "
-                         f"naming them in that order, e.g. layers={shown(names)} (plus any Linear and activations)")
+        raise ValueError(
+            f"{source}: found recurrent weights under several prefixes ({', '.join(map(repr, names))}). "
+            "The weights do not say in which order forward() runs separate modules: pass layers=[...] "
+            f"naming them in that order, e.g. layers={shown(names)} (plus any Linear and activations)"
+        )
     kind, prefix = recurrent[0]
     if kind == "rnn":
         chain = recurrent_layers(t, prefix, rnn[prefix], source)
@@ -343,9 +397,14 @@ def _inferred_chain(t, rnn, cell, plain, source, head_activation):
         chain = cell_layers(t, prefix, cell[prefix], source)
         used = set(cell[prefix].values())
     out = chain[-1].output_size
-    heads = [(p, keys) for p, keys in plain.items()
-             if set(keys) <= {"weight", "bias"} and "weight" in keys and np.ndim(t[keys["weight"]]) == 2
-             and np.shape(t[keys["weight"]])[1] == out]
+    heads = [
+        (p, keys)
+        for p, keys in plain.items()
+        if set(keys) <= {"weight", "bias"}
+        and "weight" in keys
+        and np.ndim(t[keys["weight"]]) == 2
+        and np.shape(t[keys["weight"]])[1] == out
+    ]
     what = "a recurrent stack [+ one Linear head] model"
     if len(heads) == 1 and len(plain) == 1:
         hp, keys = heads[0]
@@ -354,9 +413,11 @@ def _inferred_chain(t, rnn, cell, plain, source, head_activation):
         if b is not None and b.shape != (w.shape[0],):
             raise ValueError(f"{source}: tensor {shown(keys['bias'])} has shape {b.shape}; expected ({w.shape[0]},)")
         if head_activation is None:
-            warn(f"{source}: using {describe_keys(keys.values())} as a dense head applied to every step. "
-                 "Its activation is not recorded in weights; assuming 'linear' (nn.Linear's raw output). "
-                 "Pass head_activation='sigmoid'/'tanh'/'relu'/'softmax'/'linear' to say so explicitly")
+            warn(
+                f"{source}: using {describe_keys(keys.values())} as a dense head applied to every step. "
+                "Its activation is not recorded in weights; assuming 'linear' (nn.Linear's raw output). "
+                "Pass head_activation='sigmoid'/'tanh'/'relu'/'softmax'/'linear' to say so explicitly"
+            )
             head_activation = "linear"
         chain.append(Dense(w, b, head_activation))
         used |= set(keys.values())
@@ -381,9 +442,11 @@ def _ordered_chain(t, rnn, cell, plain, order, source):
         groups = [(g, p) for g in (rnn, cell, plain) for p in g if p == prefix or p.startswith(prefix)]
         if not groups:
             prefixes = sorted({p.rstrip(".") for g in (rnn, cell, plain) for p in g if p})
-            raise ValueError(f"layers[{k}]: {shown(name)} is neither a key prefix of {source} ({prefixes}) nor an "
-                             f"activation name ({', '.join(a for a in ACTIVATIONS if a != 'prelu')}) nor "
-                             f"'{LAST_STEP}'")
+            raise ValueError(
+                f"layers[{k}]: {shown(name)} is neither a key prefix of {source} ({prefixes}) nor an "
+                f"activation name ({', '.join(a for a in ACTIVATIONS if a != 'prelu')}) nor "
+                f"'{LAST_STEP}'"
+            )
         if len(groups) > 1:
             inner = sorted(p.rstrip(".") for _, p in groups)
             raise ValueError(f"layers[{k}]: {shown(name)} holds several modules ({inner}); name each of them in order")
@@ -408,8 +471,10 @@ def _ordered_chain(t, rnn, cell, plain, order, source):
         chain[0] = plain_layer(t, *pending, source, first=True, next_input=None)
     leftovers = [key for key in t if key not in used and not key.endswith("num_batches_tracked")]
     if leftovers:
-        raise ValueError(f"{source}: layers={shown(order)} leaves {len(leftovers)} tensor(s) unused: "
-                         f"{describe_keys(leftovers)}; every tensor must be part of the model")
+        raise ValueError(
+            f"{source}: layers={shown(order)} leaves {len(leftovers)} tensor(s) unused: "
+            f"{describe_keys(leftovers)}; every tensor must be part of the model"
+        )
     return chain
 
 

@@ -32,19 +32,56 @@ _PER_STEP_MODULES = ("Linear", "LayerNorm")
 #: Modules that are the identity at inference.
 _IDENTITY_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "AlphaDropout", "FeatureAlphaDropout", "Identity")
 #: Elementwise activation modules -> fastlstm activation names (options read in _module_activation).
-_ACT_MODULES = {"ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "GELU": "gelu", "SiLU": "silu",
-                "ELU": "elu", "SELU": "selu", "Softplus": "softplus", "Softsign": "softsign",
-                "LeakyReLU": "leaky_relu", "Hardsigmoid": "hard_sigmoid", "Mish": None, "PReLU": "prelu",
-                "Softmax": "softmax", "Identity": "linear"}
+_ACT_MODULES = {
+    "ReLU": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "GELU": "gelu",
+    "SiLU": "silu",
+    "ELU": "elu",
+    "SELU": "selu",
+    "Softplus": "softplus",
+    "Softsign": "softsign",
+    "LeakyReLU": "leaky_relu",
+    "Hardsigmoid": "hard_sigmoid",
+    "Mish": None,
+    "PReLU": "prelu",
+    "Softmax": "softmax",
+    "Identity": "linear",
+}
 #: Elementwise activation functions / methods, by name (torch.relu, F.relu, x.relu(), ...).
-_ACT_FUNCS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "gelu": "gelu", "silu": "silu",
-              "elu": "elu", "selu": "selu", "softplus": "softplus", "softsign": "softsign",
-              "leaky_relu": "leaky_relu", "hardsigmoid": "hard_sigmoid", "softmax": "softmax"}
+_ACT_FUNCS = {
+    "relu": "relu",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "gelu": "gelu",
+    "silu": "silu",
+    "elu": "elu",
+    "selu": "selu",
+    "softplus": "softplus",
+    "softsign": "softsign",
+    "leaky_relu": "leaky_relu",
+    "hardsigmoid": "hard_sigmoid",
+    "softmax": "softmax",
+}
 #: Calls that only move the tensor (device, dtype, memory layout).
 _NO_OPS = ("contiguous", "float", "detach", "clone")
 #: Calls that only build the zero initial state handed to a recurrent module.
-_STATE_BUILDERS = ("zeros", "zeros_like", "new_zeros", "size", "to", "cuda", "float", "detach", "requires_grad_",
-                   "getattr", "getitem", "type", "contiguous")
+_STATE_BUILDERS = (
+    "zeros",
+    "zeros_like",
+    "new_zeros",
+    "size",
+    "to",
+    "cuda",
+    "float",
+    "detach",
+    "requires_grad_",
+    "getattr",
+    "getitem",
+    "type",
+    "contiguous",
+)
 
 
 @dataclass
@@ -96,9 +133,11 @@ def trace_graph(module, source):
     try:
         graph = _leaf_tracer().trace(module)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds: data-dependent control flow, unsupported calls...
-        raise TraceError(f"{source}: torch.fx cannot trace forward() ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:300]}); fastlstm needs forward() as one chain of "
-                         "torch.nn layers and functions to know their order") from None
+        raise TraceError(
+            f"{source}: torch.fx cannot trace forward() ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}); fastlstm needs forward() as one chain of "
+            "torch.nn layers and functions to know their order"
+        ) from None
     finally:
         for m, was in flags:
             m.train(was)
@@ -148,8 +187,10 @@ def _chain(graph, source):
     nodes = list(graph.nodes)
     inputs = [n for n in nodes if n.op == "placeholder"]
     if len(inputs) != 1:
-        raise TraceError(f"{source}: forward() takes {len(inputs)} inputs ({', '.join(n.name for n in inputs)}); "
-                         "fastlstm runs modules with one input tensor")
+        raise TraceError(
+            f"{source}: forward() takes {len(inputs)} inputs ({', '.join(n.name for n in inputs)}); "
+            "fastlstm runs modules with one input tensor"
+        )
     x = inputs[0]
     out = next(n for n in nodes if n.op == "output")
     result = out.args[0]
@@ -157,8 +198,10 @@ def _chain(graph, source):
         # (output, hidden) as char-RNN modules return: fastlstm keeps the state itself.
         extra = [r for r in _flat(result[1:]) if not _is_recurrent_state(r)]
         if extra or not result:
-            raise TraceError(f"{source}: forward() returns {len(result)} values; fastlstm runs modules that return "
-                             "one tensor (optionally with the recurrent module's own final state)")
+            raise TraceError(
+                f"{source}: forward() returns {len(result)} values; fastlstm runs modules that return "
+                "one tensor (optionally with the recurrent module's own final state)"
+            )
         result = result[0]
     zero_state = _state_nodes(nodes, x)
     chain, node = [], result
@@ -168,16 +211,20 @@ def _chain(graph, source):
         data = [a for a in _node_args(node) if a not in zero_state]
         if len(data) != 1:
             names = ", ".join(a.name for a in data)
-            raise TraceError(f"{source}: {_describe(node)} combines {len(data)} tensors ({names}); fastlstm runs one "
-                             "chain of layers (no residual or parallel branches)")
+            raise TraceError(
+                f"{source}: {_describe(node)} combines {len(data)} tensors ({names}); fastlstm runs one "
+                "chain of layers (no residual or parallel branches)"
+            )
         chain.append(node)
         node = data[0]
     chain.reverse()
     on_chain = set(chain) | {x, out} | zero_state
     for n in nodes:
         if n not in on_chain and not _is_recurrent_state(n):
-            raise TraceError(f"{source}: {_describe(n)} ({n.name}) is not on the path from input to output; "
-                             "fastlstm runs one chain of layers")
+            raise TraceError(
+                f"{source}: {_describe(n)} ({n.name}) is not on the path from input to output; "
+                "fastlstm runs one chain of layers"
+            )
     return chain
 
 
@@ -201,6 +248,7 @@ def _is_recurrent_state(node):
 
 # --- following the axes ---------------------------------------------------------------------------
 
+
 class _Misfit(Exception):
     """This candidate input layout does not fit the chain (another may)."""
 
@@ -219,16 +267,19 @@ class _Walker:
         self.ops = []
 
     def fail(self, node, why):
-        raise TraceError(f"{self.source}: {_describe(node) if node.op != 'call_module' else repr(node.target)} "
-                         f"({node.name}): {why}")
+        raise TraceError(
+            f"{self.source}: {_describe(node) if node.op != 'call_module' else repr(node.target)} ({node.name}): {why}"
+        )
 
     def run(self, chain, layout):
         value = ("tensor", layout)
         for node in chain:
             value = self.step(node, value)
         if value[0] != "tensor":
-            raise TraceError(f"{self.source}: forward() returns a {value[0]!r} value, not a tensor "
-                             "(a recurrent module's (output, state) tuple? take [0])")
+            raise TraceError(
+                f"{self.source}: forward() returns a {value[0]!r} value, not a tensor "
+                "(a recurrent module's (output, state) tuple? take [0])"
+            )
         return value[1]
 
     def emit(self, kind, name, layout, module=None, **options):
@@ -255,21 +306,33 @@ class _Walker:
         if name in _ACT_FUNCS:
             return self.function_activation(node, _ACT_FUNCS[name], axes, args, kwargs)
         if name == "pad":
-            return self.pad(node, axes, kwargs.get("pad", args[0] if args else None), kwargs.get("mode", "constant"),
-                            kwargs.get("value", 0) or 0)
+            return self.pad(
+                node,
+                axes,
+                kwargs.get("pad", args[0] if args else None),
+                kwargs.get("mode", "constant"),
+                kwargs.get("value", 0) or 0,
+            )
         if name in ("permute", "transpose", "swapaxes", "swapdims", "movedim"):
             return ("tensor", self.permute(node, name, axes, args, kwargs))
         if name in ("view", "reshape"):
             return ("tensor", self.view(node, axes, args))
-        if name == "squeeze" and axes[-1] == "F" and [_norm_dim(a, len(axes), node.name) for a in args] \
-                == [len(axes) - 1] and axes[:-1] in (("B", "T"), ("T", "B"), ("B",)):
+        if (
+            name == "squeeze"
+            and axes[-1] == "F"
+            and [_norm_dim(a, len(axes), node.name) for a in args] == [len(axes) - 1]
+            and axes[:-1] in (("B", "T"), ("T", "B"), ("B",))
+        ):
             # y.squeeze(-1): the same values (a 1-wide output loses its axis in torch, fastlstm keeps it).
             return ("tensor", axes)
         if name in ("flatten", "squeeze", "unsqueeze", "mean", "amax", "max"):
             # torch.max(x, dim) returns (values, indices): [0] takes the values.
             return ("max" if name == "max" else "tensor", self.reshape(node, name, axes, args, kwargs))
-        self.fail(node, "this op is not supported by fastlstm (it runs torch.nn layers, activations, "
-                        "permute/transpose glue, out[:, -1] and global pooling)")
+        self.fail(
+            node,
+            "this op is not supported by fastlstm (it runs torch.nn layers, activations, "
+            "permute/transpose glue, out[:, -1] and global pooling)",
+        )
 
     def call_module(self, node, m, value):
         cls = torch_class(m)
@@ -283,8 +346,11 @@ class _Walker:
             self.emit("module", node.target, axes, m)
             return ("recurrent", m, axes)
         if cls in ("LSTMCell", "GRUCell", "RNNCell"):
-            self.fail(node, f"nn.{cls} is stepped by a Python loop in forward(), which fastlstm cannot read; "
-                            f"use nn.{cls[:-4]}, or pass the cell itself to fastlstm.from_torch")
+            self.fail(
+                node,
+                f"nn.{cls} is stepped by a Python loop in forward(), which fastlstm cannot read; "
+                f"use nn.{cls[:-4]}, or pass the cell itself to fastlstm.from_torch",
+            )
         if cls in _IDENTITY_MODULES:
             return value
         if cls in _PER_STEP_MODULES:
@@ -380,22 +446,32 @@ class _Walker:
         if Ellipsis in idx:
             self.fail(node, "indexing with ... is not supported; write out[:, -1]")
         picks = [k for k, i in enumerate(idx) if not (isinstance(i, slice) and i == slice(None))]
-        if len(idx) <= len(axes) and len(picks) == 1 and isinstance(idx[picks[0]], slice) \
-                and axes[picks[0]] == "T" and axes[-1] == "T":
+        if (
+            len(idx) <= len(axes)
+            and len(picks) == 1
+            and isinstance(idx[picks[0]], slice)
+            and axes[picks[0]] == "T"
+            and axes[-1] == "T"
+        ):
             return ("tensor", self.trim(node, axes, idx[picks[0]]))
         if len(idx) > len(axes) or len(picks) != 1 or idx[picks[0]] != -1 or axes[picks[0]] != "T":
             if len(picks) == 1 and idx[picks[0]] == -1:
                 raise _Misfit("[-1] on a non-time axis")
-            self.fail(node, f"indexing {index!r}: fastlstm supports picking the last time step (out[:, -1] or "
-                            "out[-1]) only")
+            self.fail(
+                node, f"indexing {index!r}: fastlstm supports picking the last time step (out[:, -1] or out[-1]) only"
+            )
         self.emit("last_step", "last_step", axes)
         return ("tensor", tuple(a for k, a in enumerate(axes) if k != picks[0]))
 
     def trim(self, node, axes, cut):
         """y[:, :, a:-b] on (batch, channels, time): the steps a causal conv padded on both sides drops."""
         start, stop = cut.start or 0, cut.stop
-        if cut.step not in (None, 1) or not isinstance(start, int) or start < 0 \
-                or not (stop is None or (isinstance(stop, int) and stop < 0)):
+        if (
+            cut.step not in (None, 1)
+            or not isinstance(start, int)
+            or start < 0
+            or not (stop is None or (isinstance(stop, int) and stop < 0))
+        ):
             self.fail(node, f"slicing time with {cut!r}: only y[..., a:-b] right after a Conv1d is supported")
         self.emit("pad", "trim", axes, left=-start, right=stop or 0)
         return axes
@@ -405,10 +481,12 @@ class _Walker:
         pad = tuple(pad) if isinstance(pad, (tuple, list)) else (pad, pad)
         if axes[-1] != "T":
             raise _Misfit("padding of a non-time axis")
-        if len(pad) != 2 or mode != "constant" or value != 0 \
-                or not all(isinstance(p, int) and p >= 0 for p in pad):
-            self.fail(node, f"padding {pad} (mode={mode!r}, value={value!r}): only zero padding of the time axis "
-                            "of (batch, channels, time), right before a Conv1d, is supported")
+        if len(pad) != 2 or mode != "constant" or value != 0 or not all(isinstance(p, int) and p >= 0 for p in pad):
+            self.fail(
+                node,
+                f"padding {pad} (mode={mode!r}, value={value!r}): only zero padding of the time axis "
+                "of (batch, channels, time), right before a Conv1d, is supported",
+            )
         self.emit("pad", "pad", axes, left=pad[0], right=pad[1])
         return ("tensor", axes)
 
@@ -416,8 +494,11 @@ class _Walker:
         """h_n[-1] of a unidirectional module is the last layer's output at the last step."""
         layers = m.num_layers * (2 if m.bidirectional else 1)
         if m.bidirectional:
-            self.fail(node, "h_n of a bidirectional module holds each direction's final state (the backward "
-                            "one at t=0); use out[:, -1] or the output sequence instead")
+            self.fail(
+                node,
+                "h_n of a bidirectional module holds each direction's final state (the backward "
+                "one at t=0); use out[:, -1] or the output sequence instead",
+            )
         if index not in (-1, layers - 1):
             self.fail(node, f"h_n[{index!r}] is not the last layer's state")
         self.emit("last_step", "last_step", ("T", "B", "F"))
@@ -443,20 +524,25 @@ class _Walker:
         """``x.view(x.size(0), -1)`` / ``reshape``: a flatten after the batch axis, nothing else."""
         dims = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
         if len(dims) != 2 or dims[1] != -1 or axes[0] != "B" or not hasattr(dims[0], "op"):
-            self.fail(node, f"reshaping to {dims!r}: only x.view(x.size(0), -1) after the last step or a global "
-                            "pool is supported")
+            self.fail(
+                node,
+                f"reshaping to {dims!r}: only x.view(x.size(0), -1) after the last step or a global pool is supported",
+            )
         return self.flatten(node, axes, 1, -1)
 
     def flatten(self, node, axes, start, end):
         n = len(axes)
         start, end = _norm_dim(start, n, node.name), _norm_dim(end, n, node.name)
-        merged = axes[start:end + 1]
+        merged = axes[start : end + 1]
         if len(merged) <= 1:
             return axes
         if "B" in merged or sorted(a for a in merged if a != "1") not in (["F"], []):
-            self.fail(node, "flattening time and features together is not supported (only a flatten after the "
-                            "last step or a global pool)")
-        return axes[:start] + ("F",) + axes[end + 1:]
+            self.fail(
+                node,
+                "flattening time and features together is not supported (only a flatten after the "
+                "last step or a global pool)",
+            )
+        return axes[:start] + ("F",) + axes[end + 1 :]
 
     def reshape(self, node, name, axes, args, kwargs):
         n = len(axes)
@@ -477,15 +563,17 @@ class _Walker:
         if name == "squeeze":
             if axes[d] != "1":
                 raise _Misfit("squeeze of an axis that is not size 1")
-            return axes[:d] + axes[d + 1:]
+            return axes[:d] + axes[d + 1 :]
         if name == "max" and not (len(args) >= 1 or "dim" in kwargs):
             self.fail(node, "max over all axes is not supported")
         keep = kwargs.get("keepdim", args[1] if len(args) > 1 else False)
         if axes[d] != "T" or keep:
-            self.fail(node, f"{name} over axis {dim} (the {axes[d]!r} axis): only a pool over time without keepdim "
-                            "is supported")
+            self.fail(
+                node,
+                f"{name} over axis {dim} (the {axes[d]!r} axis): only a pool over time without keepdim is supported",
+            )
         self.emit("global_pool", "avg" if name == "mean" else "max", axes)
-        return axes[:d] + axes[d + 1:]
+        return axes[:d] + axes[d + 1 :]
 
 
 def trace_chain(module, source) -> Tuple[list, Tuple[str, ...], Optional[Tuple[str, ...]]]:
@@ -510,6 +598,8 @@ def trace_chain(module, source) -> Tuple[list, Tuple[str, ...], Optional[Tuple[s
         raise TraceError(f"{source}: no input layout fits forward() (tried {'; '.join(misfits)})")
     ops, layout, out = fits[0]
     if any([(o.kind, o.name) for o in f[0]] != [(o.kind, o.name) for o in ops] for f in fits[1:]):
-        raise TraceError(f"{source}: forward() reads as different chains for input layouts "
-                         f"{', '.join(str(f[1]) for f in fits)}; fastlstm cannot tell which is meant")
+        raise TraceError(
+            f"{source}: forward() reads as different chains for input layouts "
+            f"{', '.join(str(f[1]) for f in fits)}; fastlstm cannot tell which is meant"
+        )
     return ops, layout, out

@@ -104,16 +104,18 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError("_rebuild_tensor_v2: first argument is not a storage")
     if not _is_int(storage_offset) or storage_offset < 0:
         raise pickle.UnpicklingError(f"_rebuild_tensor_v2: bad storage offset {shown(storage_offset)}")
     if not isinstance(size, tuple) or not isinstance(stride, tuple) or len(size) != len(stride):
         raise pickle.UnpicklingError("_rebuild_tensor_v2: size and stride must be tuples of equal length")
-    if len(size) > _MAX_DIMS or not all(_is_int(s) and 0 <= s < _MAX_EXTENT for s in size + stride) \
-            or storage_offset >= _MAX_EXTENT:
+    if (
+        len(size) > _MAX_DIMS
+        or not all(_is_int(s) and 0 <= s < _MAX_EXTENT for s in size + stride)
+        or storage_offset >= _MAX_EXTENT
+    ):
         raise pickle.UnpicklingError(f"_rebuild_tensor_v2: bad size {shown(size)} or stride {shown(stride)}")
     return _TensorRef(storage, storage_offset, size, stride)
 
@@ -193,14 +195,19 @@ def _arg_widths():
     "module\\nname\\n"); None for bytes that are no opcode."""
     table = [None] * 256
     for op in pickletools.opcodes:
-        table[ord(op.code)] = (0 if op.arg is None else
-                               _TWO_LINES if op.arg is pickletools.stringnl_noescape_pair else op.arg.n)
+        table[ord(op.code)] = (
+            0 if op.arg is None else _TWO_LINES if op.arg is pickletools.stringnl_noescape_pair else op.arg.n
+        )
     return table
 
 
 _ARG_WIDTHS = _arg_widths()
-_LENGTH_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False), pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
-                  pickletools.TAKEN_FROM_ARGUMENT4U: (4, False), pickletools.TAKEN_FROM_ARGUMENT8U: (8, False)}
+_LENGTH_PREFIX = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
 _PUT, _LONG_BINPUT, _STOP = ord("p"), ord("r"), ord(".")
 
 
@@ -218,9 +225,8 @@ def _prescan(pkl):
         if width is None:
             raise ValueError(f"invalid opcode {code:#04x} at byte {i - 1}")
         if width >= 0:
-            if code == _LONG_BINPUT and int.from_bytes(pkl[i:i + 4], "little") > n:
-                raise ValueError(f"memo index {int.from_bytes(pkl[i:i + 4], 'little')} in a {n}-byte "
-                                             "pickle")
+            if code == _LONG_BINPUT and int.from_bytes(pkl[i : i + 4], "little") > n:
+                raise ValueError(f"memo index {int.from_bytes(pkl[i : i + 4], 'little')} in a {n}-byte pickle")
             i += width
         elif width in (pickletools.UP_TO_NEWLINE, _TWO_LINES):
             end = pkl.find(b"\n", i)
@@ -233,11 +239,12 @@ def _prescan(pkl):
             i = end + 1
         else:
             size, signed = _LENGTH_PREFIX[width]
-            length = int.from_bytes(pkl[i:i + size], "little", signed=signed)
+            length = int.from_bytes(pkl[i : i + size], "little", signed=signed)
             i += size + length
             if length < 0 or i > n:
-                raise ValueError(f"an argument of {length:,} bytes at byte {i - size - length - 1} runs "
-                                             "past the end of the pickle")
+                raise ValueError(
+                    f"an argument of {length:,} bytes at byte {i - size - length - 1} runs past the end of the pickle"
+                )
         if code == _STOP:
             return
     raise ValueError("the pickle is truncated (no STOP opcode)")
@@ -255,8 +262,10 @@ def read_torch_zip(data, source, budget=None):
     names = zf.namelist()
     kind = sniff(names)
     if kind == "torchscript":
-        raise ValueError(f"{source}: this is a TorchScript archive (it contains code); fastlstm loads "
-                         "state_dict files only: save model.state_dict() with torch.save instead")
+        raise ValueError(
+            f"{source}: this is a TorchScript archive (it contains code); fastlstm loads "
+            "state_dict files only: save model.state_dict() with torch.save instead"
+        )
     pkls = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
     if len(pkls) != 1:
         raise ValueError(f"{source}: expected exactly one '<dir>/data.pkl' in the torch archive, found {len(pkls)}")
@@ -272,8 +281,10 @@ def read_torch_zip(data, source, budget=None):
         _prescan(pkl)
         obj = _RestrictedUnpickler(io.BytesIO(pkl)).load()
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"{source}: refused to unpickle: {exc}. Only plain state_dicts (tensors in "
-                         "ordered dicts) can be loaded; a whole pickled module or arbitrary objects cannot") from None
+        raise ValueError(
+            f"{source}: refused to unpickle: {exc}. Only plain state_dicts (tensors in "
+            "ordered dicts) can be loaded; a whole pickled module or arbitrary objects cannot"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - truncated or garbled pickle stream: any error is a corrupt file
         raise ValueError(f"{source}: corrupt pickle in {pkls[0]!r} ({type(exc).__name__}: {str(exc)[:200]})") from None
 
@@ -301,8 +312,10 @@ def read_torch_zip(data, source, budget=None):
             count *= n
         # A stride-0 (expanded) view can hold far more elements than its storage: the budget
         # bounds them all together (float32 for bfloat16, which is widened).
-        budget.charge(count * max(dtype.itemsize, 4 if st.stype.name == "BFloat16Storage" else 1),
-                      f"tensor {where} ({count:,} elements)")
+        budget.charge(
+            count * max(dtype.itemsize, 4 if st.stype.name == "BFloat16Storage" else 1),
+            f"tensor {where} ({count:,} elements)",
+        )
         if count == 0:
             arr = np.zeros(ref.size, dtype=dtype)
         else:
@@ -312,8 +325,9 @@ def read_torch_zip(data, source, budget=None):
             base = np.frombuffer(raw, dtype=dtype, count=st.numel)
             # The stride of a dimension of size 1 is never used: zero it, so an absurd one cannot overflow.
             strides = tuple(s * dtype.itemsize if n > 1 else 0 for n, s in zip(ref.size, ref.stride))
-            arr = np.lib.stride_tricks.as_strided(base[ref.offset:], shape=ref.size, strides=strides,
-                                                  writeable=False).copy()
+            arr = np.lib.stride_tricks.as_strided(
+                base[ref.offset :], shape=ref.size, strides=strides, writeable=False
+            ).copy()
         if st.stype.name == "BFloat16Storage":
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         return arr.astype(arr.dtype.newbyteorder("=")) if order == "big" else arr

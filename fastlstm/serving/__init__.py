@@ -18,5 +18,14 @@ def create_app(backend, **kwargs):
     return _create_app(backend, **kwargs)
 
 
-__all__ = ["Batcher", "QueueFull", "ServingError", "StreamClosed", "StreamExpired", "UnknownStream",
-           "BatcherMetrics", "Histogram", "create_app"]
+__all__ = [
+    "Batcher",
+    "QueueFull",
+    "ServingError",
+    "StreamClosed",
+    "StreamExpired",
+    "UnknownStream",
+    "BatcherMetrics",
+    "Histogram",
+    "create_app",
+]

@@ -63,7 +63,7 @@ def _error_kind(exc):
         return "unknown_stream", 404
     if isinstance(exc, (ValueError, TypeError)):
         return "bad_request", 400
-    if isinstance(exc, ServingError):       # max_streams reached, shut down
+    if isinstance(exc, ServingError):  # max_streams reached, shut down
         return "unavailable", 503
     return None
 
@@ -190,7 +190,7 @@ def create_app(backend, *, title="fastlstm"):
             if owned:
                 sid = await run_in_threadpool(backend.open)
             else:
-                await run_in_threadpool(backend.get_state, sid)    # refuses an unknown or expired id
+                await run_in_threadpool(backend.get_state, sid)  # refuses an unknown or expired id
         except Exception as exc:  # noqa: BLE001 - told to the client, then the socket closes
             await _ws_refuse(ws, exc)
             return
@@ -206,7 +206,7 @@ def create_app(backend, *, title="fastlstm"):
             if owned:
                 try:
                     await run_in_threadpool(backend.close, sid)
-                except (UnknownStream, StreamExpired):   # closed meanwhile (HTTP DELETE, idle_timeout)
+                except (UnknownStream, StreamExpired):  # closed meanwhile (HTTP DELETE, idle_timeout)
                     pass
 
     return app

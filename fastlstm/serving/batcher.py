@@ -38,7 +38,7 @@ from .. import _validate
 from .metrics import BatcherMetrics
 
 _QUEUED, _CLAIMED, _WITHDRAWN = 0, 1, 2
-_TOMBSTONES = 1 << 16          # expired ids remembered, so a late step can say what happened
+_TOMBSTONES = 1 << 16  # expired ids remembered, so a late step can say what happened
 _clock = time.perf_counter
 
 
@@ -111,8 +111,7 @@ class Batcher:
     ``x`` is one step's input ``(I,)`` and the result is ``(O,)`` float32.
     """
 
-    def __init__(self, pool, *, max_batch=256, max_delay=0.002, max_queue=None, idle_timeout=None,
-                 max_streams=None):
+    def __init__(self, pool, *, max_batch=256, max_delay=0.002, max_queue=None, idle_timeout=None, max_streams=None):
         from ..model import Model
 
         self.max_batch = _validate.positive_int(max_batch, "max_batch")
@@ -134,21 +133,23 @@ class Batcher:
         self._out = np.zeros((self.max_batch, n_out), np.float32)
         self._arrivals = np.zeros(self.max_batch, np.float64)
         self.metrics = BatcherMetrics(self.max_batch)
-        self._streams = {}                 # sid -> _Stream, the open streams
-        self._expired = OrderedDict()      # sid -> (when, idle seconds), most recent last
+        self._streams = {}  # sid -> _Stream, the open streams
+        self._expired = OrderedDict()  # sid -> (when, idle seconds), most recent last
         self._queue = deque()
-        self._live = 0                     # queued requests not withdrawn
+        self._live = 0  # queued requests not withdrawn
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)       # the worker waits here for requests
-        self._unbusy = threading.Condition(self._lock)     # state calls wait here for a stream's tick
+        self._wake = threading.Condition(self._lock)  # the worker waits here for requests
+        self._unbusy = threading.Condition(self._lock)  # state calls wait here for a stream's tick
         self._closed = False
         self._next_sweep = math.inf if self.idle_timeout is None else _clock() + self._sweep_every()
         self._worker = threading.Thread(target=self._run, name="fastlstm-batcher", daemon=True)
         self._worker.start()
 
     def __repr__(self):
-        return (f"Batcher(streams={len(self._streams)}, queued={self._live}, max_batch={self.max_batch}, "
-                f"max_delay={self.max_delay}, max_queue={self.max_queue}, idle_timeout={self.idle_timeout})")
+        return (
+            f"Batcher(streams={len(self._streams)}, queued={self._live}, max_batch={self.max_batch}, "
+            f"max_delay={self.max_delay}, max_queue={self.max_queue}, idle_timeout={self.idle_timeout})"
+        )
 
     def __len__(self):
         return len(self._streams)
@@ -168,7 +169,7 @@ class Batcher:
             raise ServingError(f"max_streams={self.max_streams} streams are open; close one first")
         try:
             sid = self.pool.open()
-        except RuntimeError:           # the pool is full: grow it (waits for the tick in progress)
+        except RuntimeError:  # the pool is full: grow it (waits for the tick in progress)
             self.pool.reserve(min(2 * self.pool.capacity, self.max_streams or 2 * self.pool.capacity))
             sid = self.pool.open()
         with self._lock:
@@ -233,8 +234,7 @@ class Batcher:
         req = self._submit(sid, x, None, None, done)
         if not done.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             if self._withdraw(req):
-                raise TimeoutError(f"stream {sid}: no tick within {timeout} s; the step was withdrawn "
-                                   "(not stepped)")
+                raise TimeoutError(f"stream {sid}: no tick within {timeout} s; the step was withdrawn (not stepped)")
             done.acquire()
         if isinstance(req.result, BaseException):
             raise req.result
@@ -259,10 +259,9 @@ class Batcher:
             raise
 
     def _input(self, x):
-        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 1
-                and x.shape[0] == self.input_size):
+        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 1 and x.shape[0] == self.input_size):
             x = _validate.step_input(x, self.input_size, None)
-        return x.copy()   # the caller may reuse its array before the tick reads it
+        return x.copy()  # the caller may reuse its array before the tick reads it
 
     def _submit(self, sid, x, loop, fut, done):
         return self._enqueue([(_as_sid(sid), self._input(x))], loop, [fut], [done])[0]
@@ -276,8 +275,10 @@ class Batcher:
             if self._live + len(items) > self.max_queue:
                 self.metrics.rejected += len(items)
                 which = f"stream {items[0][0]}" if len(items) == 1 else f"{len(items)} streams"
-                raise QueueFull(f"the queue is full ({self.max_queue} steps waiting); {which} not "
-                                "stepped, retry later or raise max_queue")
+                raise QueueFull(
+                    f"the queue is full ({self.max_queue} steps waiting); {which} not "
+                    "stepped, retry later or raise max_queue"
+                )
             now = _clock()
             reqs = [_Request(rec, x, now, loop, fut, done) for rec, (_, x), fut, done in zip(recs, items, futs, dones)]
             self._queue.extend(reqs)
@@ -326,7 +327,7 @@ class Batcher:
                     batch = self._claim_batch()
                     if batch:
                         return batch
-                    due = self.max_delay or 1e-3     # every waiting stream is in a state call
+                    due = self.max_delay or 1e-3  # every waiting stream is in a state call
                 wait = min(wait, due)
             self._wake.wait(None if wait == math.inf else wait)
         return None
@@ -340,7 +341,7 @@ class Batcher:
             if req.state != _QUEUED:
                 continue
             rec = req.rec
-            if rec.busy:               # its stream already has a step in this tick, or a state call
+            if rec.busy:  # its stream already has a step in this tick, or a state call
                 later.append(req)
                 continue
             rec.busy = True
@@ -391,7 +392,7 @@ class Batcher:
 
     def _drop_nonfinite(self, batch):
         """Split off requests whose input has NaN/inf (they fail alone, not their tick-mates)."""
-        ok = np.isfinite(self._x[:len(batch)]).all(axis=1)
+        ok = np.isfinite(self._x[: len(batch)]).all(axis=1)
         bad = [r for r, good in zip(batch, ok) if not good]
         batch = [r for r, good in zip(batch, ok) if good]
         with self._lock:
@@ -420,7 +421,7 @@ class Batcher:
         for loop, items in per_loop.items():
             try:
                 loop.call_soon_threadsafe(_resolve, items)
-            except RuntimeError:   # that event loop is closed: nobody is waiting any more
+            except RuntimeError:  # that event loop is closed: nobody is waiting any more
                 pass
 
     def _fail(self, requests, exc):
@@ -448,7 +449,7 @@ class Batcher:
         rec = self._lookup(_as_sid(sid))
         while rec.busy:
             self._unbusy.wait()
-            rec = self._lookup(rec.sid)     # it may have been closed meanwhile
+            rec = self._lookup(rec.sid)  # it may have been closed meanwhile
         rec.busy = True
         return rec
 
@@ -458,9 +459,11 @@ class Batcher:
             return rec
         if sid in self._expired:
             when, idle = self._expired[sid]
-            raise StreamExpired(f"stream {sid} was closed by the server after {idle:.1f} s without a step "
-                                f"(idle_timeout={self.idle_timeout:g} s, {_clock() - when:.1f} s ago); its state is "
-                                "gone: open a new stream")
+            raise StreamExpired(
+                f"stream {sid} was closed by the server after {idle:.1f} s without a step "
+                f"(idle_timeout={self.idle_timeout:g} s, {_clock() - when:.1f} s ago); its state is "
+                "gone: open a new stream"
+            )
         raise UnknownStream(f"sid: {sid!r} is not an open stream of this batcher")
 
     def _withdraw_queued(self, rec):
@@ -509,20 +512,23 @@ class Batcher:
 
     def prometheus(self, prefix="fastlstm_batcher"):
         """All metrics in the Prometheus text format (what ``/metrics`` serves)."""
-        return self.metrics.prometheus(prefix, gauges=(
-            ("open_streams", "Streams open.", len(self._streams)),
-            ("queue_depth", "Steps waiting for a tick.", self._live),
-            ("pool_capacity", "Streams the pool holds state for.", self.pool.capacity),
-            ("max_batch", "Configured max_batch.", self.max_batch),
-            ("max_delay_seconds", "Configured max_delay.", self.max_delay),
-        ))
+        return self.metrics.prometheus(
+            prefix,
+            gauges=(
+                ("open_streams", "Streams open.", len(self._streams)),
+                ("queue_depth", "Steps waiting for a tick.", self._live),
+                ("pool_capacity", "Streams the pool holds state for.", self.pool.capacity),
+                ("max_batch", "Configured max_batch.", self.max_batch),
+                ("max_delay_seconds", "Configured max_delay.", self.max_delay),
+            ),
+        )
 
 
 def _as_sid(sid):
     if type(sid) is int:
         return sid
     try:
-        return operator.index(sid)     # refuses floats and strings
+        return operator.index(sid)  # refuses floats and strings
     except TypeError:
         raise TypeError(f"sid: expected an int stream id, got {type(sid).__name__}") from None
 

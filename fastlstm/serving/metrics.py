@@ -15,8 +15,7 @@ from collections import deque
 import numpy as np
 
 #: Upper bounds (seconds) shared by the queue-delay and per-tick time histograms.
-SECONDS_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
-                   250e-3, 1.0)
+SECONDS_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -26,7 +25,7 @@ class Histogram:
 
     def __init__(self, bounds):
         self.bounds = np.asarray(sorted(bounds), dtype=np.float64)
-        self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)   # the last one is +Inf
+        self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # the last one is +Inf
         self.sum = 0.0
 
     def observe(self, value):
@@ -56,8 +55,11 @@ class Histogram:
         cum = np.cumsum(self.counts)
         for bound, n in zip(self.bounds, cum[:-1]):
             out.append(f'{name}_bucket{{le="{bound:g}"}} {int(n)}')
-        out += [f'{name}_bucket{{le="+Inf"}} {int(cum[-1])}', f"{name}_sum {self.sum:.9g}",
-                f"{name}_count {int(cum[-1])}"]
+        out += [
+            f'{name}_bucket{{le="+Inf"}} {int(cum[-1])}',
+            f"{name}_sum {self.sum:.9g}",
+            f"{name}_count {int(cum[-1])}",
+        ]
         return out
 
 
@@ -68,15 +70,15 @@ class BatcherMetrics:
     def __init__(self, max_batch):
         self.steps = 0
         self.ticks = 0
-        self.rejected = 0        # QueueFull
-        self.expired = 0         # streams closed by idle_timeout
-        self.withdrawn = 0       # cancelled or timed out while still queued: not stepped
+        self.rejected = 0  # QueueFull
+        self.expired = 0  # streams closed by idle_timeout
+        self.withdrawn = 0  # cancelled or timed out while still queued: not stepped
         bounds = sorted({1 << k for k in range(max(1, int(max_batch)).bit_length())} | {int(max_batch)})
         self.batch_size = Histogram(bounds)
         self.queue_delay = Histogram(SECONDS_BUCKETS)
         self.compute = Histogram(SECONDS_BUCKETS)
         self.overhead = Histogram(SECONDS_BUCKETS)
-        self._rate = deque(maxlen=64)        # (time, steps) samples for steps_per_second
+        self._rate = deque(maxlen=64)  # (time, steps) samples for steps_per_second
         self._rate_lock = threading.Lock()
 
     def record_tick(self, n, delays, compute_s, now):
@@ -108,12 +110,14 @@ class BatcherMetrics:
         out = []
 
         def counter(name, help_, value):
-            out.extend([f"# HELP {prefix}_{name} {help_}", f"# TYPE {prefix}_{name} counter",
-                        f"{prefix}_{name} {value}"])
+            out.extend(
+                [f"# HELP {prefix}_{name} {help_}", f"# TYPE {prefix}_{name} counter", f"{prefix}_{name} {value}"]
+            )
 
         def gauge(name, help_, value):
-            out.extend([f"# HELP {prefix}_{name} {help_}", f"# TYPE {prefix}_{name} gauge",
-                        f"{prefix}_{name} {value:.9g}"])
+            out.extend(
+                [f"# HELP {prefix}_{name} {help_}", f"# TYPE {prefix}_{name} gauge", f"{prefix}_{name} {value:.9g}"]
+            )
 
         counter("steps_total", "Stream steps completed.", self.steps)
         counter("ticks_total", "Batched pool.step calls (ticks).", self.ticks)
@@ -124,9 +128,12 @@ class BatcherMetrics:
         for name, help_, value in gauges:
             gauge(name, help_, value)
         out += self.batch_size.lines(f"{prefix}_batch_size", "Streams stepped per tick.")
-        out += self.queue_delay.lines(f"{prefix}_queue_delay_seconds",
-                                      "Time a step waited in the queue before its tick began.")
+        out += self.queue_delay.lines(
+            f"{prefix}_queue_delay_seconds", "Time a step waited in the queue before its tick began."
+        )
         out += self.compute.lines(f"{prefix}_compute_seconds", "Time in pool.step per tick.")
-        out += self.overhead.lines(f"{prefix}_overhead_seconds",
-                                   "The batcher's own time per tick outside pool.step (gather, scatter, hand-off).")
+        out += self.overhead.lines(
+            f"{prefix}_overhead_seconds",
+            "The batcher's own time per tick outside pool.step (gather, scatter, hand-off).",
+        )
         return "\n".join(out) + "\n"
