@@ -114,6 +114,7 @@ OVERFLOW_MESSAGE = ("x: a step overflowed float32: a state or output became NaN 
 
 cdef int g_num_threads = 1
 
+
 def openmp_enabled():
     """Whether the compiled kernels run batches on several threads.
 
