@@ -1,5 +1,7 @@
 """Exact comparisons shared by the test modules (conftest holds no importable helpers)."""
 
+import tempfile
+
 import numpy as np
 
 
@@ -12,13 +14,21 @@ def assert_state_equal(a, b):
         assert np.array_equal(x, y)
 
 
-def child_env():
-    """The environment for a Python child process that imports exactly the fastlstm this process imported."""
+def child_env(**extra):
+    """The environment for a Python child process that imports exactly the fastlstm this process imported.
+
+    Start the child with ``cwd=CHILD_CWD``: ``python -c`` and ``python -m`` put the working directory
+    first on ``sys.path``, and from the checkout that is the source tree, which shadows an installed
+    (built) fastlstm with one that has no compiled kernels."""
     import os
 
     import fastlstm
 
-    env = dict(os.environ)
+    env = dict(os.environ, **extra)
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+#: A working directory outside the checkout for child processes (see child_env).
+CHILD_CWD = tempfile.gettempdir()

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from checks import CHILD_CWD, child_env
 from fastlstm import harness
 from fastlstm.harness import configs
 from fastlstm.harness.fastlstm_runner import FastlstmRunner
@@ -85,7 +86,9 @@ def test_import_fastlstm_never_imports_the_harness():
         "print(sorted(k for k in sys.modules if k.startswith('fastlstm.harness') or k in "
         "('torch', 'onnxruntime', 'openvino', 'tract', 'keras')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=child_env(), cwd=CHILD_CWD
+    ).stdout
     assert out.strip() == "[]"
 
 

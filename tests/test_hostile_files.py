@@ -17,6 +17,8 @@ import sys
 
 import hostile_corpus
 
+from checks import CHILD_CWD, child_env
+
 LIMIT_MB = 512
 SECONDS = 2.0
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,13 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _run_worker(paths, listing):
     """Yield one result dict per path, in order; a path the worker died or hung on gets a 'died' result."""
-    env = dict(
-        os.environ,
-        OPENBLAS_NUM_THREADS="1",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
-    )
+    env = child_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     todo = list(paths)
     while todo:
         with open(listing, "w") as f:
@@ -137,15 +133,11 @@ def test_worker_catches_a_memory_bomb(tmp_path, monkeypatch):
     )
     listing = tmp_path / "l.txt"
     listing.write_text(str(path))
-    env = dict(
-        os.environ,
-        OPENBLAS_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
-    )
     out = subprocess.run(
         [sys.executable, "-c", code, os.path.join(HERE, "hostile_worker.py"), str(LIMIT_MB), "20", str(listing)],
         capture_output=True,
-        env=env,
+        env=child_env(OPENBLAS_NUM_THREADS="1"),
+        cwd=CHILD_CWD,
         timeout=60,
     )
     lines = out.stdout.decode().splitlines()

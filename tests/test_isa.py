@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fastlstm
+from checks import CHILD_CWD, child_env
 from fastlstm import _isa
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,14 +30,10 @@ TOL = 1e-6
 CFLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math", "-Wno-unused-function"]
 
 
-#: Where the fastlstm under test was imported from (the source tree, or site-packages in CI).
-PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
-
-
 def _env(path):
     """The environment of a child on kernel path ``path`` that imports this same fastlstm."""
-    paths = [PACKAGE_PARENT, HERE] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-    env = dict(os.environ, FASTLSTM_ISA=path, PYTHONPATH=os.pathsep.join(paths))
+    env = child_env(FASTLSTM_ISA=path)
+    env["PYTHONPATH"] = os.pathsep.join([HERE, env["PYTHONPATH"]])
     env.setdefault("KERAS_BACKEND", "torch")
     return env
 
@@ -111,7 +108,12 @@ def test_suite_files_on_lower_path(path):
 
 def test_unknown_path_refused():
     run = subprocess.run(
-        [sys.executable, "-c", "import fastlstm"], env=_env("avx1024"), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", "import fastlstm"],
+        env=_env("avx1024"),
+        cwd=CHILD_CWD,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode != 0
     assert "FASTLSTM_ISA='avx1024'" in run.stderr and "avx512, avx2, generic" not in run.stderr
@@ -143,6 +145,7 @@ def test_show_config_forced_path():
     run = subprocess.run(
         [sys.executable, "-c", "import fastlstm; fastlstm.show_config()"],
         env=_env("generic"),
+        cwd=CHILD_CWD,
         capture_output=True,
         text=True,
         timeout=120,

@@ -19,6 +19,7 @@ import pytest
 
 import fastlstm
 import fastlstm.loaders as loaders
+from checks import CHILD_CWD, child_env
 from fastlstm.loaders import _common, _limits, torch_zip
 from fastlstm.loaders.hdf5_reader import HDF5Error, extract
 
@@ -143,7 +144,13 @@ def test_file_size_cap(monkeypatch, tmp_path):
 
 
 def test_cli_info_dev_zero():
-    out = subprocess.run([sys.executable, "-m", "fastlstm", "info", "/dev/zero"], capture_output=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "fastlstm", "info", "/dev/zero"],
+        capture_output=True,
+        timeout=60,
+        env=child_env(),
+        cwd=CHILD_CWD,
+    )
     assert out.returncode == 1
     assert b"/dev/zero: not a regular file" in out.stderr
 

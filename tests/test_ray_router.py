@@ -7,11 +7,14 @@ lost or repeated step, or a state that moved inexactly, cannot hide -- also afte
 replays of different streams share ticks.
 """
 
+import os
+
 import numpy as np
 import pytest
 
 import fastlstm
 import oracle
+from checks import CHILD_CWD
 
 ray = pytest.importorskip("ray")  # the ray extra, installed by CI's test extra
 from fastlstm.ray import StreamRouter, predict_dataset  # noqa: E402
@@ -22,7 +25,14 @@ MODEL = fastlstm.Model(*oracle.random_stack(np.random.default_rng(5), I, H, 2, h
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # Ray puts the driver's working directory on its workers' sys.path; from the checkout that is the
+    # source tree, whose fastlstm (no compiled kernels) would shadow the installed one.
+    here = os.getcwd()
+    os.chdir(CHILD_CWD)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    finally:
+        os.chdir(here)
     yield
     ray.shutdown()
 

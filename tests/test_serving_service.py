@@ -11,7 +11,6 @@ WebSocket (websockets) and HTTP (httpx) clients.
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 import fastlstm
 import oracle
+from checks import CHILD_CWD, child_env
 
 httpx = pytest.importorskip("httpx")  # the serve extra, installed by CI's test extra
 websockets = pytest.importorskip("websockets")
@@ -53,10 +53,10 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastlstm", "serve", model_path, "--port", str(self.port), *map(str, args)],
-            env=env,
+            env=child_env(),
+            cwd=CHILD_CWD,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
