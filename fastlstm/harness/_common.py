@@ -111,3 +111,35 @@ class Stepper:
         step = self.step
         for x in cycle_inputs(self.inputs, n):
             step(x)
+
+
+class SwapStepper(Stepper):
+    """A stepper whose state lives in two buffer sets, prepared once with the engine, that swap roles
+    each step (A -> B, then B -> A): a step is one input copy plus one engine call, with no allocation.
+    A subclass sets ``x_buf``, ``y_buf``, ``bufs`` (the two sets) and implements :meth:`_infer`."""
+
+    x_buf: np.ndarray
+    y_buf: np.ndarray
+    bufs: list
+    which: int = 0
+
+    def _infer(self, which: int) -> None:
+        """Run the engine once with state set ``which`` as input and the other as output."""
+        raise NotImplementedError
+
+    def reset(self):
+        for side in self.bufs:
+            for a in side:
+                a[...] = 0
+        self.which = 0
+
+    def step(self, x):
+        self.x_buf[...] = x
+        return self.run_bound()
+
+    def run_bound(self):
+        """One step on whatever the caller left in ``x_buf`` (e.g. a window it shifts in place);
+        returns a view of the output buffer."""
+        self._infer(self.which)
+        self.which ^= 1
+        return self.y_buf

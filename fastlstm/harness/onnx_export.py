@@ -45,31 +45,14 @@ def export_onnx(module, args, path, input_names, output_names, dynamic_axes) -> 
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
+            names = dict(input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
             try:
-                torch.onnx.export(
-                    module,
-                    args,
-                    path,
-                    input_names=input_names,
-                    output_names=output_names,
-                    dynamic_axes=dynamic_axes,
-                    dynamo=False,
-                )
+                torch.onnx.export(module, args, path, dynamo=False, **names)
                 return
             except Exception:  # noqa: BLE001 - whatever the reason, the other exporter may manage
                 pass
             try:
-                torch.onnx.export(
-                    module,
-                    args,
-                    path,
-                    input_names=input_names,
-                    output_names=output_names,
-                    dynamic_axes=dynamic_axes,
-                    dynamo=True,
-                    external_data=False,
-                    verbose=False,
-                )
+                torch.onnx.export(module, args, path, dynamo=True, external_data=False, verbose=False, **names)
             except Exception as exc:  # noqa: BLE001
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise Unsupported(f"torch.onnx.export failed: {first[:200]}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import Stepper, Unsupported
+from ._common import SwapStepper, Unsupported
 from .onnx_export import OnnxGraphs, export_graphs
 
 
@@ -78,7 +78,7 @@ class OpenVinoRunner(OpenVinoCompiler):
         return {"": OpenVinoStepper(self.compiled(self.step_ir, shapes), self.graphs, xs)}
 
 
-class OpenVinoStepper(Stepper):
+class OpenVinoStepper(SwapStepper):
     """Two infer requests on buffers shared with numpy (no copies), whose state tensors swap
     roles each step like ORT's two IOBindings: a step is one input copy plus ``infer()``."""
 
@@ -101,16 +101,6 @@ class OpenVinoStepper(Stepper):
                 req.set_tensor(name_in, shared(self.bufs[src][k]))
                 req.set_tensor(name_out, shared(self.bufs[dst][k]))
             self.requests.append(req)
-        self.which = 0
 
-    def reset(self):
-        for side in self.bufs:
-            for a in side:
-                a[...] = 0
-        self.which = 0
-
-    def step(self, x):
-        self.x_buf[...] = x
-        self.requests[self.which].infer()
-        self.which ^= 1
-        return self.y_buf
+    def _infer(self, which):
+        self.requests[which].infer()

@@ -6,7 +6,7 @@ from typing import List, Protocol
 
 import numpy as np
 
-from ._common import Stepper, Unsupported
+from ._common import Stepper, SwapStepper, Unsupported
 from .onnx_export import OnnxGraphs, export_graphs
 
 
@@ -102,7 +102,7 @@ class OrtRunStepper(Stepper):
         return y
 
 
-class OrtBoundStepper(Stepper):
+class OrtBoundStepper(SwapStepper):
     """Carries the state through the step graph with two IOBindings prepared once, whose state
     buffers swap roles each step (A -> B, then B -> A): a step is one input copy plus
     ``run_with_iobinding``, with no allocation, no dict and no output conversion."""
@@ -134,21 +134,6 @@ class OrtBoundStepper(Stepper):
                 io.bind_ortvalue_input(name_in, vals[src][k])
                 io.bind_ortvalue_output(name_out, vals[dst][k])
             self.bindings.append(io)
-        self.which = 0
 
-    def reset(self):
-        for side in self.bufs:
-            for a in side:
-                a[...] = 0
-        self.which = 0
-
-    def step(self, x):
-        self.x_buf[...] = x
-        return self.run_bound()
-
-    def run_bound(self):
-        """One step on whatever the caller left in ``x_buf`` (e.g. a window it shifts in place);
-        returns a view of the output buffer."""
-        self.sess.run_with_iobinding(self.bindings[self.which])
-        self.which ^= 1
-        return self.y_buf
+    def _infer(self, which):
+        self.sess.run_with_iobinding(self.bindings[which])
