@@ -24,11 +24,14 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 BLOCKED = ("torch", "keras", "tensorflow", "tf_keras", "jax", "safetensors")
 
-SITECUSTOMIZE = f"""
+
+def sitecustomize(blocked):
+    """A ``sitecustomize`` that makes importing any of ``blocked`` (top-level names) raise ImportError."""
+    return f"""
 import importlib.abc
 import sys
 
-BLOCKED = {BLOCKED!r}
+BLOCKED = {tuple(blocked)!r}
 
 
 class _Blocker(importlib.abc.MetaPathFinder):
@@ -41,7 +44,8 @@ class _Blocker(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Blocker())
 """
 
-CHILD = """
+
+_PRELUDE = """
 import sys
 
 import numpy as np
@@ -53,7 +57,39 @@ for name in {blocked!r}:
         pass
     else:
         raise SystemExit(f"the import block does not work: {{name}} imported")
+"""
 
+_EPILOGUE = """
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r})
+assert not leaked, leaked
+print("ALL OK")
+"""
+
+
+def run_without(blocked, body, n_cases, tmp_path):
+    """Run ``body`` (Python source that prints ``NAME ok ERR`` per case) in a child process where
+    importing any of ``blocked`` raises, through a ``sitecustomize`` on its PYTHONPATH (so the HDF5
+    reader's own child is covered too); check the block held, nothing blocked leaked in, and every
+    case passed."""
+    block_dir = tmp_path / "block"
+    block_dir.mkdir()
+    (block_dir / "sitecustomize.py").write_text(sitecustomize(blocked))
+    script = tmp_path / "child.py"
+    script.write_text(
+        textwrap.dedent(_PRELUDE.format(blocked=blocked))
+        + textwrap.dedent(body)
+        + textwrap.dedent(_EPILOGUE.format(blocked=blocked))
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(loaders.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(block_dir), repo] + [p for p in sys.path if p])
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ALL OK" in proc.stdout
+    assert proc.stdout.count(" ok ") == n_cases
+
+
+BODY = """
 import fastlstm.loaders as loaders
 
 for fname, batch_first in {cases!r}:
@@ -64,9 +100,6 @@ for fname, batch_first in {cases!r}:
     err = float(np.max(np.abs(got - want)))
     assert err <= 1e-5, (fname, err)
     print(fname, "ok", err)
-leaked = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r})
-assert not leaked, leaked
-print("ALL OK")
 """
 
 
@@ -113,15 +146,4 @@ def _keras_files(root):
 
 def test_loaders_need_no_framework(tmp_path):
     cases = _torch_files(tmp_path) + _keras_files(tmp_path)
-    block_dir = tmp_path / "block"
-    block_dir.mkdir()
-    (block_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD.format(blocked=BLOCKED, cases=cases, root=str(tmp_path))))
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(loaders.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(block_dir), repo] + [p for p in sys.path if p])
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ALL OK" in proc.stdout
-    assert proc.stdout.count(" ok ") == len(cases)
+    run_without(BLOCKED, BODY.format(cases=cases, root=str(tmp_path)), len(cases), tmp_path)
