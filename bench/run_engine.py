@@ -295,7 +295,7 @@ def build_runners(model, threads: int, want, path: Optional[str] = None) -> Dict
     names = [
         n
         for n in harness.PEERS
-        if n != "keras"
+        if harness.PEERS[n].auto  # not Keras, nor the reduced-precision peers (bench/precision.py)
         and n not in isa.left_out(path)
         and not harness.missing_modules(n)
         and (

@@ -183,7 +183,7 @@ def build_parser():
         default="auto",
         metavar="LIST",
         help=f"comma-separated from {','.join(PEERS)}; 'auto' (default) runs every installed one "
-        "but keras, plus keras for Keras files",
+        "but keras and the PyTorch/ONNX Runtime int8 and bf16 peers, plus keras for Keras files",
     )
     b.add_argument(
         "--streams",

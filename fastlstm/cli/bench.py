@@ -35,7 +35,8 @@ def _left_out(args, keras_file):
     """The frameworks not to try, each with the reason (name -> reason)."""
     if args.frameworks == "auto":
         return {
-            name: "runs Keras files only (--frameworks keras to include it)"
+            name: ("runs Keras files only" if name == "keras" else "reduced precision")
+            + f" (--frameworks {name} to include it)"
             for name, peer in PEERS.items()
             if not peer.auto and not (name == "keras" and keras_file)
         }

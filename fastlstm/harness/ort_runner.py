@@ -51,11 +51,16 @@ class OrtRunner:
         self.model = model
         graphs = export_graphs(model, "ONNX Runtime")
         try:  # sessions hold the graphs in memory; the files are no longer needed
-            self.seq = ort_session(graphs.sequence, threads)
-            self.step_sess = ort_session(graphs.step, threads) if graphs.step else None
+            self.seq = ort_session(self.convert(graphs.sequence), threads)
+            self.step_sess = ort_session(self.convert(graphs.step), threads) if graphs.step else None
         finally:
             graphs.remove()
         self.graphs: OnnxGraphs = graphs
+
+    def convert(self, path: str) -> str:
+        """The graph file this runner runs for the exported one at ``path`` (a reduced-precision
+        variant writes a converted copy beside it, removed with the folder): here ``path`` itself."""
+        return path
 
     def predict(self, x):
         return self.seq.run(None, {"x": x})[0]

@@ -25,6 +25,14 @@ from typing import Any, Callable, Dict, Tuple
 from ._common import Unsupported, choose_keras_backend
 from .onnx_file import ENGINES as FILE_ENGINES
 
+#: Tolerances of the reduced-precision peers (per unit of output scale, like :attr:`Peer.tolerance`).
+#: bfloat16 keeps 8 bits of mantissa: about 4e-3 relative per rounding, compounded over the steps.
+#: int8 keeps 1/127 of each tensor's largest |value| per rounding (per-tensor weight scales in both
+#: peers, dynamic activation scales).  Measured max |difference| from fp32 over 200 steps of the
+#: harness configs: bf16 peers 4e-3, int8 peers 1.1e-2 (PyTorch's; ORT's 7e-3).
+TOL_BF16 = 3e-2
+TOL_INT8 = 5e-2
+
 
 def _torch(model, threads):
     from .torch_runner import TorchRunner
@@ -32,10 +40,28 @@ def _torch(model, threads):
     return TorchRunner(model)
 
 
+def _torch_int8(model, threads):
+    from .torch_lowp_runner import TorchInt8Runner
+
+    return TorchInt8Runner(model)
+
+
+def _torch_bf16(model, threads):
+    from .torch_lowp_runner import TorchBf16Runner
+
+    return TorchBf16Runner(model)
+
+
 def _onnxruntime(model, threads):
     from .ort_runner import OrtRunner
 
     return OrtRunner(model, threads=threads)
+
+
+def _onnxruntime_int8(model, threads):
+    from .ort_int8_runner import OrtInt8Runner
+
+    return OrtInt8Runner(model, threads=threads)
 
 
 def _openvino(precision):
@@ -71,7 +97,8 @@ class Peer:
     #: max |difference| from fastlstm that still counts as the same function, per unit of
     #: output scale; a reduced-precision peer needs more than float32 rounding
     tolerance: float = 1e-5
-    #: whether ``fastlstm bench`` runs it without ``--frameworks`` (Keras: Keras files only)
+    #: whether ``fastlstm bench`` runs it without ``--frameworks`` (Keras: Keras files only; the
+    #: int8 and bf16 peers: only when asked, as they compare with fastlstm's reduced precisions)
     auto: bool = True
     note: str = ""  #: one line for the report on how it is called
 
@@ -87,6 +114,27 @@ PEERS: Dict[str, Peer] = {
             _torch,
             note="PyTorch steps: the faster of nn.LSTM on T=1 and one nn.LSTMCell per layer.",
         ),
+        # Reduced-precision peers, matched with fastlstm's precision="int8" / "bf16" (bench/precision.py).
+        Peer(
+            "torch-int8",
+            "PyTorch int8",
+            "pip install torch",
+            ("torch",),
+            _torch_int8,
+            tolerance=TOL_INT8,
+            auto=False,
+            note="PyTorch int8: quantize_dynamic({nn.LSTM, nn.LSTMCell, nn.Linear}, torch.qint8), FBGEMM.",
+        ),
+        Peer(
+            "torch-bf16",
+            "PyTorch bf16",
+            "pip install torch",
+            ("torch",),
+            _torch_bf16,
+            tolerance=TOL_BF16,
+            auto=False,
+            note="PyTorch bf16: torch.autocast('cpu', torch.bfloat16) (nn.LSTM and the head in bfloat16).",
+        ),
         Peer(
             "onnxruntime",
             "ONNX Runtime",
@@ -96,6 +144,16 @@ PEERS: Dict[str, Peer] = {
             note="ONNX Runtime steps: a T=1 graph with the state as inputs and outputs, through IOBinding.",
         ),
         Peer(
+            "onnxruntime-int8",
+            "ONNX Runtime int8",
+            "pip install onnxruntime onnx torch",
+            ("torch", "onnx", "onnxruntime"),
+            _onnxruntime_int8,
+            tolerance=TOL_INT8,
+            auto=False,
+            note="ONNX Runtime int8: quantize_dynamic(weight_type=QInt8): DynamicQuantizeLSTM, MatMulInteger head.",
+        ),
+        Peer(
             "openvino",
             "OpenVINO f32",
             "pip install openvino onnx torch",
@@ -103,14 +161,13 @@ PEERS: Dict[str, Peer] = {
             _openvino("f32"),
             note="OpenVINO: the ONNX graphs compiled for CPU with INFERENCE_PRECISION_HINT set explicitly.",
         ),
-        # bfloat16 keeps 8 bits of mantissa: about 4e-3 relative per rounding, compounded over the steps.
         Peer(
             "openvino-bf16",
             "OpenVINO bf16",
             "pip install openvino onnx torch",
             ("torch", "onnx", "openvino"),
             _openvino("bf16"),
-            tolerance=3e-2,
+            tolerance=TOL_BF16,
         ),
         Peer(
             "tract",

@@ -133,7 +133,10 @@ def last_step(model, net, x):
 
 
 class TorchRunner:
-    """PyTorch eager mode, inside ``torch.inference_mode()`` (entered once per timed sample)."""
+    """PyTorch eager mode, inside ``torch.inference_mode()`` (entered once per timed sample).
+
+    A reduced-precision variant (:mod:`.torch_lowp_runner`) overrides :meth:`convert` (what is
+    done to each module once) and :meth:`mode` (the context every call runs in)."""
 
     name = "torch"
 
@@ -141,7 +144,15 @@ class TorchRunner:
         import torch
 
         self.torch, self.model = torch, lstm_stack_view(model, "torch.nn")
-        self.net = torch_module(self.model)
+        self.net = self.convert(torch_module(self.model))
+
+    def convert(self, module):
+        """``module`` (the rebuilt network, or one step cell) as this runner runs it: unchanged."""
+        return module
+
+    def mode(self):
+        """The context a call runs in, entered once per predict, timed sample or ``outputs``."""
+        return self.torch.inference_mode()
 
     def _forward_seq(self, xt):
         if self.model.return_sequences:
@@ -149,14 +160,14 @@ class TorchRunner:
         return last_step(self.model, self.net, xt)
 
     def predict(self, x):
-        with self.torch.inference_mode():
-            return self._forward_seq(self.torch.from_numpy(x)).numpy()
+        with self.mode():
+            return self._forward_seq(self.torch.from_numpy(x)).float().numpy()
 
     def seq_loop(self, x):
         xt = self.torch.from_numpy(x)
 
         def run(n):
-            with self.torch.inference_mode():
+            with self.mode():
                 for _ in range(n):
                     self._forward_seq(xt)
 
@@ -172,17 +183,19 @@ class TorchRunner:
 
 
 class _TorchMixin(Stepper):
-    """Steps inside ``torch.inference_mode()``, entered once per call of outputs/run, as a
-    streaming user would hold it around the loop: it is not charged per step."""
+    """Steps inside the runner's :meth:`TorchRunner.mode` (``torch.inference_mode()``), entered
+    once per call of outputs/run, as a streaming user would hold it around the loop: it is not
+    charged per step."""
 
     torch: Any
+    mode: Any
 
     def outputs(self, steps):
-        with self.torch.inference_mode():
+        with self.mode():
             return super().outputs(steps)
 
     def run(self, n):
-        with self.torch.inference_mode():
+        with self.mode():
             super().run(n)
 
 
@@ -190,7 +203,7 @@ class TorchStepper(_TorchMixin):
     """The rebuilt module on a T=1 slice, the ``(h, c)`` pairs carried by the caller."""
 
     def __init__(self, runner, xs):
-        self.torch, self.net, self.batch = runner.torch, runner.net, xs.shape[1]
+        self.torch, self.net, self.mode, self.batch = runner.torch, runner.net, runner.mode, xs.shape[1]
         xt = self.torch.from_numpy(xs)
         self.inputs = [xt[t : t + 1] for t in range(xs.shape[0])]  # (1, B, I) views
         self.state = None
@@ -208,7 +221,7 @@ class TorchCellStepper(_TorchMixin):
 
     def __init__(self, runner, xs):
         torch, nn = runner.torch, runner.torch.nn
-        self.torch, self.net, self.batch = torch, runner.net, xs.shape[1]
+        self.torch, self.net, self.mode, self.batch = torch, runner.net, runner.mode, xs.shape[1]
         self.cells = []
         for layer in runner.model.layers:
             w = layer.directions[0]
@@ -219,7 +232,7 @@ class TorchCellStepper(_TorchMixin):
                     getattr(cell, key).copy_(
                         torch.zeros(4 * w.hidden_size) if v is None else torch.from_numpy(np.array(v))
                     )
-            self.cells.append(cell.eval().requires_grad_(False))
+            self.cells.append(runner.convert(cell.eval().requires_grad_(False)))
         self.inputs = [torch.from_numpy(xs)[t] for t in range(xs.shape[0])]  # (B, I) views
         B = xs.shape[1]
         self.zero = [(torch.zeros(B, c.hidden_size), torch.zeros(B, c.hidden_size)) for c in self.cells]
