@@ -39,22 +39,32 @@ def cases(runners: dict, rows, stepper_map) -> List[Case]:
     return out
 
 
-def check_parity(runners: dict, rows, stepper_map, say=lambda msg: None):
-    """Max |difference| from fastlstm of each framework's outputs, per workload, before any timing.
+def check_parity(
+    runners: dict,
+    rows,
+    stepper_map,
+    say=lambda msg: None,
+    reference: str = "fastlstm",
+    seq_len: int = PARITY_SEQ_LEN,
+    steps: int = PARITY_STEPS,
+):
+    """Max |difference| from ``reference`` (a key of ``runners``; its first route for the streaming
+    workloads) of each framework's outputs, per workload, before any timing: ``predict`` on the
+    first ``seq_len`` steps of a "seq" workload, the first ``steps`` outputs of a "step" one.
 
     Returns ``(errors, scale)``: ``errors[framework][workload]``, and the largest |output|
-    fastlstm produced (tolerances scale with it)."""
+    the reference produced (tolerances scale with it)."""
     say("checking that every framework computes the same outputs")
     errors: Dict[str, Dict[str, float]] = {}
     scale = 0.0
     for key, _, _, x, kind in rows:
         if kind == "seq":
-            x = x[:PARITY_SEQ_LEN]
+            x = x[:seq_len]
             outputs = {(name, ""): r.predict(x) for name, r in runners.items()}
         else:  # every route of every framework
-            n = min(len(x), PARITY_STEPS)
+            n = min(len(x), steps)
             outputs = {(name, route): s.outputs(n) for (name, k, route), s in stepper_map.items() if k == key}
-        want = np.asarray(outputs.pop(("fastlstm", "")), np.float64)
+        want = np.asarray(outputs.pop(next(k for k in outputs if k[0] == reference)), np.float64)
         scale = max(scale, float(np.abs(want).max()))
         for (name, _), got in outputs.items():
             diff = float(np.abs(np.asarray(got, np.float64).reshape(want.shape) - want).max())

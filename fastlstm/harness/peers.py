@@ -133,7 +133,7 @@ PEERS: Dict[str, Peer] = {
             _torch_bf16,
             tolerance=TOL_BF16,
             auto=False,
-            note="PyTorch bf16: torch.autocast('cpu', torch.bfloat16) (nn.LSTM and the head in bfloat16).",
+            note="PyTorch bf16: the modules cast to bfloat16, run under torch.autocast('cpu', torch.bfloat16).",
         ),
         Peer(
             "onnxruntime",

@@ -5,11 +5,14 @@ or run in bfloat16, the way a PyTorch user asks for either.
   ``torch.qint8``: weights quantized once per tensor (symmetric), activations quantized per call
   (dynamic), int8 products through FBGEMM; the gate nonlinearities and the cell state stay fp32.
   The head is quantized too (``nn.Linear``), as that call does.
-* bf16: ``torch.autocast("cpu", dtype=torch.bfloat16)`` around every call.  On CPU it covers
-  ``nn.LSTM`` (the whole layer runs as oneDNN's bfloat16 RNN primitive, its outputs and
-  ``(h, c)`` are bfloat16: checked to be bit-identical to the module cast to bfloat16) and
-  ``nn.Linear``, but not ``nn.LSTMCell``, which would silently stay fp32: so this runner steps
-  through ``nn.LSTM`` on T=1 only.  Its outputs come back as float32, as fastlstm's do.
+* bf16: the modules cast to bfloat16 once (``module.to(torch.bfloat16)``), called under
+  ``torch.autocast("cpu", dtype=torch.bfloat16)``, which takes the float32 inputs.  Autocast alone
+  (fp32 weights) computes the same bits, but casts every weight again on every call: slower.
+  On CPU, autocast covers ``nn.LSTM`` (the whole layer runs as oneDNN's bfloat16 RNN primitive,
+  ``aten::mkldnn_rnn_layer``; its outputs and ``(h, c)`` are bfloat16, so the cell state is
+  rounded to bfloat16 between calls) and ``nn.Linear``, but not ``nn.LSTMCell``, which would
+  silently run fp32: so this runner steps through ``nn.LSTM`` on T=1 only.  Its outputs come back
+  as float32, as fastlstm's do.
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ class TorchInt8Runner(TorchRunner):
 
 
 class TorchBf16Runner(TorchRunner):
-    """PyTorch under CPU autocast to bfloat16 (``nn.LSTM`` and ``nn.Linear`` in bfloat16)."""
+    """PyTorch in bfloat16: modules cast to bfloat16, called under CPU autocast (fp32 inputs)."""
 
     name = "torch-bf16"
+
+    def convert(self, module):
+        # Stored in bfloat16 once, as a bf16 deployment (and fastlstm) does: autocast alone would
+        # cast every weight again on every call.
+        return module.to(self.torch.bfloat16)
 
     @contextlib.contextmanager
     def mode(self):
