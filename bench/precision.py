@@ -28,8 +28,8 @@ Before timing, each engine's outputs over the whole config (``T`` steps of ``pre
 stepped steps) are compared with fp32 PyTorch's: the accuracy table.  An engine off by more than its
 tolerance (the peer's registry entry; fastlstm bf16/int8: the same bounds as the peers of their
 precision) makes the script exit 1 after the report, as the speed figures then compare different
-functions.  Everything runs in this one process; at more than one thread, read run_engine.py's note
-on the OpenMP wait policy.
+functions.  Everything runs in this one process (fastlstm's thread pool is its own, not torch's
+libgomp); at more than one thread the run pauses ``--settle-ms`` between engines.
 """
 
 from __future__ import annotations
