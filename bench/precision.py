@@ -42,7 +42,7 @@ import warnings
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from run_engine import _fmt_r, _fmt_t, environment
+from run_engine import _fmt_r, _fmt_t, environment  # bench/ is on sys.path when this runs as a script
 
 import fastlstm
 from fastlstm.harness import LABELS, PEERS, build_runners
@@ -96,9 +96,10 @@ def rows_for(x: np.ndarray):
 
 
 def build(cfg: Config, threads: int, want: List[str], say) -> Tuple[dict, dict]:
-    """Runners of every engine wanted that can run (``{engine: runner}``) and every peer's status."""
+    """Runners of every engine wanted that can run (``{engine: runner}``), plus fp32 PyTorch (the
+    accuracy reference) whether wanted or not, and every peer's status."""
     model = random_model(cfg)
-    left_out = {n: "not in this comparison" for n in PEERS if n not in want}
+    left_out = {n: "not in this comparison" for n in PEERS if n not in want and n != "torch"}
     runners, status = build_runners(model, left_out, threads, say)
     if "fastlstm" not in want:
         runners.pop("fastlstm")
@@ -128,6 +129,12 @@ def run_config(cfg: Config, args, want: List[str]) -> dict:
         deviation, scale = ({}, float("nan"))
         if "torch" in runners:
             deviation, scale = check_parity(runners, rows, stepper_map, say, "torch", steps, steps)
+            if "torch" not in want:  # the reference only
+                deviation.pop("torch", None)
+                runners.pop("torch")
+                stepper_map = {k: v for k, v in stepper_map.items() if k[0] != "torch"}
+        else:
+            say("PyTorch is not installed: no accuracy check")
         timed = cases(runners, rows, stepper_map)
         say(f"timing {len(timed)} cases x {args.repeats} repeats")
         with OtherLoad() as load:
