@@ -222,8 +222,8 @@ cdef inline void gate_products(const Layer *L, const Dir *D, int m, const float 
     n_x block ([r | z | n_x | n_h], _packing), so those columns are skipped: a
     quarter of the weights a single stream would otherwise stream from memory.
 
-    In reduced precision A is first converted into lpws (m rows of words, then m
-    int8 scales; fastlstm_lowp.h), and the blocks are skipped where they start on
+    In reduced precision A is first converted into lpws (m + 16 rows of words, then
+    m int8 scales; fastlstm_lowp.h), and the blocks are skipped where they start on
     a panel."""
     cdef int G = L.gates, H = L.hidden
     cdef long k, kq
@@ -233,7 +233,7 @@ cdef inline void gate_products(const Layer *L, const Dir *D, int m, const float 
         k = L.n_out if recurrent else L.n_in
         kq = D.kqh if recurrent else D.kqx
         qa = <unsigned int *>lpws
-        qs = lpws + pad16(m * kq)
+        qs = lpws + pad16((m + 16) * kq)
         fl_lp_convert(D.prec, m, k, A, lda, qa, kq, qs)
         if L.kind != FL_LAYER_GRU or H % FL_PANEL != 0:
             lowp_cols(D, recurrent, m, qa, kq, qs, 0, G, gates, G)
@@ -664,9 +664,10 @@ cdef long ws_layout(const Net *net, int Tc, int nb, float *ws, float **parts) no
         if is_recurrent(L):
             gates = max(gates, <long>T * L.gates)
             if L.dirs[0].prec != FL_PREC_FP32:
-                # gate_products converts a block's x rows, or a step's h rows, at a time.
-                lp_words = max(lp_words, <long>T * max(L.dirs[0].kqx, L.dirs[0].kqh))
-                lp_rows = max(lp_rows, T)
+                # gate_products converts a block's x rows, or a step's h rows, at a time,
+                # with 16 rows to spare (fl_lp_gemm).
+                lp_words = max(lp_words, (<long>T * nb + 16) * max(L.dirs[0].kqx, L.dirs[0].kqh))
+                lp_rows = max(lp_rows, <long>T * nb)
         elif L.kind == FL_LAYER_CONV or L.kind == FL_LAYER_MAXPOOL or L.kind == FL_LAYER_AVGPOOL:
             window_pads(L, T, &left, &right)
             ext = max(ext, pad16((<long>(L.reach if L.s_size else left) + T + right) * L.n_in)
@@ -680,7 +681,7 @@ cdef long ws_layout(const Net *net, int Tc, int nb, float *ws, float **parts) no
     sizes[WS_HFULL] = pad16(<long>nb * net.max_hidden)
     sizes[WS_XH] = 2 * pad16(<long>nb * net.max_stack)
     sizes[WS_EXT] = pad16(ext)
-    sizes[WS_LOWP] = pad16(lp_words * nb) + pad16(lp_rows * nb)
+    sizes[WS_LOWP] = pad16(lp_words) + pad16(lp_rows)
     for l in range(WS_PARTS):
         if ws != NULL:
             parts[l] = ws + total

@@ -69,11 +69,11 @@ class LowpWeights(NamedTuple):
 
 
 def _words(part, precision):
-    """A (k, n) part as (ceil(k / g), n) 32-bit words of g consecutive k each, and int8's
-    (scale, correction) per column."""
+    """A (k, n) part as (kq, n) 32-bit words of g consecutive k each (zero past k, kq a
+    multiple of 16), and int8's (scale, correction) per column."""
     g = _GROUP[precision]
     k, n = part.shape
-    kq = -(-k // g)
+    kq = -(-k // (16 * g)) * 16  # whole 64-byte AMX tile rows (fl_lp_words)
     if precision == "bf16":
         bits = np.zeros((2 * kq, n), np.uint32)
         bits[:k] = bf16_bits(part)

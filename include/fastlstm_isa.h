@@ -60,6 +60,9 @@ static const struct fl_path fl_paths[] = {
 #define FL_TARGET_AVX512_BF16                                                                                          \
     __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx512bf16,avx2,fma")))
 #define FL_TARGET_AVX2_VNNI __attribute__((target("avx2,fma,avxvnni")))
+#define FL_TARGET_AMX                                                                                                  \
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx512bf16,avx2,fma,amx-tile,amx-bf16,"       \
+                          "amx-int8")))
 #include <sys/syscall.h>
 extern long syscall(long number, ...); /* <unistd.h> hides it under -std=c99 */
 #else

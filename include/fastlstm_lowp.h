@@ -64,19 +64,27 @@ static inline uint32_t fl_bf16_bits(float f)
     return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
-/* Row r of m rows of k floats (row stride lda) -> kq words at qa + r * ldq (kq = ceil(k / g),
- * the groups past k padded with zeros: a bf16 0, an int8 byte 128 that is q = 0); int8 also
- * sets the row's scale as[r]. */
+/* The words of a part of k values: groups of g, padded to a multiple of 16 words (an AMX
+ * tile's 64 bytes; fastlstm/_quantize.py pads the weights the same way). */
+static inline long fl_lp_words(int prec, long k)
+{
+    const long g = fl_lp_group(prec);
+    return ((k + g - 1) / g + 15) / 16 * 16;
+}
+
+/* Row r of m rows of k floats (row stride lda) -> ldq = fl_lp_words(prec, k) words at
+ * qa + r * ldq, the groups past k padded with zeros (a bf16 0, an int8 byte 128 that is
+ * q = 0); int8 also sets the row's scale as[r]. */
 FL_INLINE void fl_lp_convert_body(int prec, long m, long k, const float *restrict A, long lda, uint32_t *restrict qa,
                                   long ldq, float *restrict as)
 {
-    const long kq = (k + fl_lp_group(prec) - 1) / fl_lp_group(prec);
     for (long r = 0; r < m; r++) {
         const float *a = A + r * lda;
         uint32_t *q = qa + r * ldq;
         if (prec == FL_PREC_BF16) {
             for (long i = 0; i < k / 2; i++) q[i] = fl_bf16_bits(a[2 * i]) << 16 | fl_bf16_bits(a[2 * i + 1]);
-            if (k % 2) q[kq - 1] = fl_bf16_bits(a[k - 1]) << 16;
+            if (k % 2) q[k / 2] = fl_bf16_bits(a[k - 1]) << 16;
+            for (long i = (k + 1) / 2; i < ldq; i++) q[i] = 0;
             continue;
         }
         float amax = 0.0f;
@@ -92,7 +100,7 @@ FL_INLINE void fl_lp_convert_body(int prec, long m, long k, const float *restric
             v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
             b[i] = (uint8_t)((int)v + 128);
         }
-        for (long i = k; i < 4 * kq; i++) b[i] = 128;
+        for (long i = k; i < 4 * ldq; i++) b[i] = 128;
     }
 }
 FL_ISA_VARIANTS(fl_lp_convert,
@@ -278,6 +286,113 @@ FL_TARGET_AVX2_VNNI FL_INLINE void fl_lp_int8_block_avxvnni(FL_LP_BLOCK_PARAMS)
 }
 #endif
 
+/* AMX: tiles of 16 rows x 64 bytes, all of one shape: C (16 rows x 16 columns of float or
+ * int32), A (16 rows x 16 words) and B (16 words of k x 16 columns: 16 rows of a panel).  One
+ * tile product does what 16 rows x 16 groups of vdpbf16ps or vpdpbusd do.  A tile always
+ * loads 16 rows of qa, so the caller's qa has 16 rows past m that may hold anything: their
+ * results are dropped.  kq must be a multiple of 16 (fastlstm/_quantize.py pads each part).
+ * C moves through a 16 x 16 staging tile, so partial rows and columns need no masks.
+ *
+ * int8 sums are exact, as on every path.  The bf16 tile product does not round like a chain
+ * of vdpbf16ps: its sums differ in the last bits (about 1e-7 relative), so the AMX path is
+ * its own reference for bf16 -- still the same bits whatever the rows, columns or threads,
+ * because every output is one tile element computed from the same 16-word groups in order. */
+#if FL_X86
+struct fl_amx_config {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+/* Tile numbers: C tiles 0-3 (up to 4 panels of a row block: 4 chains in flight, one A load
+ * for 4 products), A tile 4, B tiles 5 and 6 (alternating, so a load overlaps the product
+ * before it).  Tile numbers are immediates, hence the unrolled steps. */
+#define FL_AMX_STEP(P, BT)                                                                                             \
+    if (NP > P) {                                                                                                      \
+        _tile_loadd(BT, wq + (p0 + P) * ps + 16 * i, 64);                                                              \
+        if (prec == FL_PREC_BF16)                                                                                      \
+            _tile_dpbf16ps(P, 4, BT);                                                                                  \
+        else                                                                                                           \
+            _tile_dpbusd(P, 4, BT);                                                                                    \
+    }
+
+FL_TARGET_AMX static void fl_lp_amx(int prec, long m, long n, long kq, const uint32_t *qa, long ldq, const float *as,
+                                    const uint32_t *wq, long ps, const float *wsc, const int32_t *wcorr, float *C,
+                                    long ldc)
+{
+    /* Fewer than 16 rows (a stream's step): tiles of just those rows, which the tile unit
+     * runs faster; otherwise 16, the last block reading the padding rows of qa. */
+    const int rows = m < 16 ? (int)m : 16;
+    struct fl_amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) cfg.rows[t] = t < 5 ? rows : 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);
+    float stage[4][256];
+    const long np = (n + 15) / 16;
+    for (long p0 = 0; p0 < np; p0 += 4) {
+        const int NP = np - p0 >= 4 ? 4 : (int)(np - p0);
+        for (long r0 = 0; r0 < m; r0 += rows) {
+            const int R = m - r0 < rows ? (int)(m - r0) : rows;
+            /* Whole tiles of C (bf16) load and store in place; the others through stage. */
+            const int direct = prec == FL_PREC_BF16 && R == rows && n - 16 * p0 >= 16 * NP;
+            float *c0 = C + r0 * ldc + 16 * p0;
+            if (direct) {
+                _tile_loadd(0, c0, 4 * ldc);
+                if (NP > 1) _tile_loadd(1, c0 + 16, 4 * ldc);
+                if (NP > 2) _tile_loadd(2, c0 + 32, 4 * ldc);
+                if (NP > 3) _tile_loadd(3, c0 + 48, 4 * ldc);
+            } else if (prec == FL_PREC_BF16) {
+                for (int p = 0; p < NP; p++) {
+                    const int nc = n - 16 * (p0 + p) < 16 ? (int)(n - 16 * (p0 + p)) : 16;
+                    memset(stage[p], 0, sizeof stage[p]);
+                    for (int r = 0; r < R; r++) memcpy(stage[p] + 16 * r, c0 + r * ldc + 16 * p, 4 * nc);
+                }
+                _tile_loadd(0, stage[0], 64);
+                if (NP > 1) _tile_loadd(1, stage[1], 64);
+                if (NP > 2) _tile_loadd(2, stage[2], 64);
+                if (NP > 3) _tile_loadd(3, stage[3], 64);
+            } else {
+                _tile_zero(0);
+                if (NP > 1) _tile_zero(1);
+                if (NP > 2) _tile_zero(2);
+                if (NP > 3) _tile_zero(3);
+            }
+            for (long i = 0; i < kq; i += 16) {
+                _tile_loadd(4, qa + r0 * ldq + i, 4 * ldq);
+                FL_AMX_STEP(0, 5)
+                FL_AMX_STEP(1, 6)
+                FL_AMX_STEP(2, 7)
+                FL_AMX_STEP(3, 5)
+            }
+            if (direct) {
+                _tile_stored(0, c0, 4 * ldc);
+                if (NP > 1) _tile_stored(1, c0 + 16, 4 * ldc);
+                if (NP > 2) _tile_stored(2, c0 + 32, 4 * ldc);
+                if (NP > 3) _tile_stored(3, c0 + 48, 4 * ldc);
+                continue;
+            }
+            _tile_stored(0, stage[0], 64);
+            if (NP > 1) _tile_stored(1, stage[1], 64);
+            if (NP > 2) _tile_stored(2, stage[2], 64);
+            if (NP > 3) _tile_stored(3, stage[3], 64);
+            for (int p = 0; p < NP; p++) {
+                const int nc = n - 16 * (p0 + p) < 16 ? (int)(n - 16 * (p0 + p)) : 16;
+                for (int r = 0; r < R; r++) {
+                    float *c = c0 + r * ldc + 16 * p;
+                    if (prec == FL_PREC_BF16)
+                        memcpy(c, stage[p] + 16 * r, 4 * nc);
+                    else
+                        fl_lp_store_int8(c, nc, (const int32_t *)stage[p] + 16 * r, wcorr + 16 * (p0 + p), as[r0 + r],
+                                         wsc + 16 * (p0 + p));
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+#endif
+
 /* One kernel over all rows and panels of a product, in blocks of up to 8 rows x 2 panels
  * (16 accumulators), or 3 rows x 4 panels when there are fewer than 4 rows (a stream's
  * step: 4 independent chains hide the multiply-add latency).  Panel groups go outermost,
@@ -343,14 +458,19 @@ FL_LP_DRIVER(fl_lp_int8_avx2vnni, fl_lp_int8_block_avxvnni, FL_TARGET_AVX2_VNNI)
 
 /* C[m, 0:n] += qa[m, 0:kq] @ the panels at wq (ps words apart), in precision prec: the
  * kernel of the path in use (fastlstm_isa.h).  qa rows from fl_lp_convert (row stride
- * ldq); int8 also takes the row scales as and, from the first column, the column scales
- * wsc and corrections wcorr (bf16: NULL). */
+ * ldq), with 16 more rows of readable memory past m (fl_lp_amx); int8 also takes the row
+ * scales as and, from the first column, the column scales wsc and corrections wcorr (bf16:
+ * NULL). */
 static void fl_lp_gemm(int prec, long m, long n, long kq, const uint32_t *qa, long ldq, const float *as,
                        const uint32_t *wq, long ps, const float *wsc, const int32_t *wcorr, float *C, long ldc)
 {
 #define FL_LP_ARGS m, n, kq, qa, ldq, as, wq, ps, wsc, wcorr, C, ldc
 #if FL_X86
-    if (prec == FL_PREC_BF16) {
+    /* int8 below 16 rows: vpdpbusd, faster than a tile of few rows, and exact like it.  bf16
+     * always takes the tiles on this path, whose rounding is their own (see fl_lp_amx). */
+    if ((fl_ext & FL_EXT_AMX) && (prec == FL_PREC_BF16 || m >= 16))
+        fl_lp_amx(prec, FL_LP_ARGS);
+    else if (prec == FL_PREC_BF16) {
         if (fl_ext & FL_EXT_BF16)
             fl_lp_bf16_avx512bf16(FL_LP_ARGS);
         else if (fl_isa == FL_ISA_AVX512)
