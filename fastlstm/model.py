@@ -290,13 +290,15 @@ class Model:
     def to_onnx(self, path: Union[str, os.PathLike], *, batch_first: bool = False) -> None:
         """Write a standard ONNX graph: LSTM/GRU/RNN ops plus the rest of the chain, input ``x`` (T, B, I)
         (``(B, T, I)`` with ``batch_first``), output ``y`` as :meth:`predict` returns it.  ONNX Runtime
-        runs it and :func:`fastlstm.load` reads it back."""
+        runs it and :func:`fastlstm.load` reads it back.  The graph holds the float32 weights (ONNX's
+        LSTM/GRU/RNN ops compute in float32), whatever the model's precision."""
         from .onnx_export import write_onnx
 
         write_onnx(self, path, batch_first=batch_first)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly."""
+        """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly,
+        at this model's precision (a bf16 model's recurrent weight matrices are stored as bfloat16)."""
         from .loaders import save_model
 
         save_model(self, path)

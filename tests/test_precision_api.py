@@ -548,3 +548,16 @@ def test_cli_serve_uses_the_precision(tmp_path):
     finally:
         server.stop()
     assert np.array_equal(y, _model("int8").predict(X[:3, 0]))
+
+
+def test_cli_bench_runs_fastlstm_at_the_precision(tmp_path):
+    src, out = tmp_path / "m.fastlstm", tmp_path / "bench.json"
+    FP32.save(src)
+    quick = ("--quick", "--seq-len", "50", "--streams", "8", "--threads", "1", "--frameworks", "torch")
+    proc = _cli("bench", src, "--precision", "bf16", *quick, "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["model"]["precision"] == "bf16" and "fastlstm runs it in bf16" in proc.stdout
+    # fastlstm ran bf16 against PyTorch's float32: more than float32 rounding apart, within bf16's bound
+    err = max(doc["parity"]["torch"].values())
+    assert 1e-5 < err < doc["parity_tolerances"]["torch"]
