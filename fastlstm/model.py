@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from . import _kernels, _streams, _validate
 from ._packing import pack_chain
+from ._quantize import check_precision
 from .layers import (
     RECURRENT,
     TIME_COLLAPSING,
@@ -66,7 +67,7 @@ class Model:
         return_sequences: bool = True,
         precision: str = "fp32",
     ):
-        precision = _validate.precision(precision)
+        precision = check_precision(precision)
         layers = tuple(layers)
         if layers and all(isinstance(layer, RECURRENT) for layer in layers):
             layers, head = check_stack(layers, head)  # its messages name the head

@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 
-from .._validate import PRECISIONS
+from .._quantize import PRECISIONS
 from ..data import MODEL_PATH
 from ..layers import ACTIVATIONS
 

@@ -26,7 +26,7 @@ import stat
 import struct
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from .. import _validate
+from .._quantize import check_precision
 from ._common import LoadWarning, Spec, build_model, describe_keys, open_zip
 from ._limits import MAX_FILE_BYTES, Budget, shown
 from .keras_files import is_hdf5, read_keras_h5, read_keras_zip
@@ -263,7 +263,7 @@ def load(path: Union[str, os.PathLike], precision: Optional[str] = None, **overr
     int8 model reloads as one, every other file as fp32.  Given, it wins over the file's.
     """
     if precision is not None:
-        _validate.precision(precision)  # an argument error before the file is read
+        check_precision(precision)  # an argument error before the file is read
     return build_model(read_spec(path, **overrides), precision)
 
 
@@ -281,7 +281,7 @@ def from_torch(obj: Any, precision: str = "fp32", **overrides: Any) -> Model:
     """
     from .torch_objects import spec_from_torch_object
 
-    _validate.precision(precision)
+    check_precision(precision)
     if isinstance(obj, (str, bytes, os.PathLike)):
         raise TypeError("obj: from_torch takes a module or a state_dict; use fastlstm.load(path) for files")
     return build_model(spec_from_torch_object(obj, **overrides), precision)
@@ -296,7 +296,7 @@ def from_keras(obj: Any, precision: str = "fp32") -> Model:
     """
     from .keras_objects import is_keras_model, spec_from_keras_object
 
-    _validate.precision(precision)
+    check_precision(precision)
     if isinstance(obj, (str, bytes, os.PathLike)) or hasattr(obj, "read"):
         data, source = _read_source(obj)
         with _reading(source):

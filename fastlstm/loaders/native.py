@@ -35,8 +35,8 @@ from typing import Dict
 
 import numpy as np
 
-from .. import _validate
 from .. import layers as L
+from .._quantize import PRECISIONS
 from ._common import STEP_OPTIONS, check_steps_option, describe_keys, float_weight, make_spec, parse_json
 from ._limits import Budget, shown
 from .safetensors_io import encode_safetensors
@@ -181,10 +181,8 @@ def _file_precision(config, version, source):
     if version == 1 or "precision" not in config:
         return "fp32"
     value = config["precision"]
-    if not isinstance(value, str) or value not in _validate.PRECISIONS:
-        raise ValueError(
-            f"{source}: fastlstm_config precision={shown(value)} is not one of {', '.join(_validate.PRECISIONS)}"
-        )
+    if not isinstance(value, str) or value not in PRECISIONS:
+        raise ValueError(f"{source}: fastlstm_config precision={shown(value)} is not one of {', '.join(PRECISIONS)}")
     return value
 
 
