@@ -7,14 +7,17 @@ option is a tensor named ``layers.{k}.{field}`` (a recurrent layer's
 ``"directions"``; a Dense/Conv1D activation with options is ``{"name", "alpha"}`` plus the
 tensor ``layers.{k}.activation.weight`` for PReLU slopes).  Tensors are stored as float32
 exactly as the model holds them, so a load reproduces the weights bit for bit, and a layer
-is rebuilt by calling its class, which validates it like any other.  A model of another
-precision than fp32 records it as ``"precision"`` in the config (absent: fp32); a bf16 model
-stores the matrices its gate products use in bf16 (a recurrent layer's ``weight_ih``, and its
-``weight_hh`` except a reset-before GRU's, whose candidate part stays fp32) as BF16 tensors
-holding the rounded values, so the file is about half the size and reloads to the same bf16
-model bit for bit.  An int8 model stores float32 (its quantization is recomputed at load).  Version 1 (LSTM layers,
-an optional head, ``return_sequences``) is still read.  Metadata (all strings, as safetensors
-requires):
+is rebuilt by calling its class, which validates it like any other.  Version 1 (LSTM layers,
+an optional head, ``return_sequences``) is still read.
+
+A model of another precision than fp32 records it as ``"precision"`` in the config (absent:
+fp32).  A bf16 model stores the matrices its gate products use in bf16 (a recurrent layer's
+``weight_ih``, and its ``weight_hh`` but a reset-before GRU's, whose candidate part stays
+fp32) as BF16 tensors holding the rounded values: the file is about half the size and reloads
+to the same bf16 model bit for bit.  An int8 model stores float32 (its quantization is
+recomputed at load).
+
+Metadata (all strings, as safetensors requires):
 
 * ``format``: ``"fastlstm"`` (how :func:`fastlstm.load` recognises the file);
 * ``fastlstm_config``: JSON ``{"version": 2, "layers": [...]}``, plus ``"precision"`` when not fp32;

@@ -164,12 +164,12 @@ def read_safetensors(data: bytes, source: str, budget=None):
 def encode_safetensors(tensors, metadata=None, bf16=()) -> bytes:
     """Serialise ``tensors`` (name -> float NumPy array) with optional str -> str ``metadata``.
 
-    The tensors named in ``bf16`` are stored as BF16, rounded to nearest even (as the bf16 kernels
-    round them, fastlstm._quantize.bf16_bits);
-    :func:`read_safetensors` widens them back to float32 exactly, so a tensor whose values are
-    already bfloat16 values round-trips bit for bit.  Tensors are written in name order,
-    C-contiguous and little-endian, and the header is padded with spaces so the data buffer
-    starts 8-byte aligned, as the reference writer does.
+    The tensors named in ``bf16`` are stored as BF16, rounded to nearest even as the bf16 kernels
+    round them (fastlstm._quantize.bf16_bits); :func:`read_safetensors` widens them back to
+    float32 exactly, so a tensor whose values are already bfloat16 values round-trips bit for bit.
+
+    Tensors are written in name order, C-contiguous and little-endian, and the header is
+    padded with spaces so the data buffer starts 8-byte aligned, as the reference writer does.
     """
     header = {}
     chunks = []
