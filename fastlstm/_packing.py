@@ -253,7 +253,10 @@ def pack_chain(layers, precision="fp32"):
                 c_width = layer.hidden_size if isinstance(layer, LSTMLayer) else 0
                 layout.append(("h", n_entries, offset, spec["n_out"]))
                 layout.append(("c", n_entries, offset + spec["n_out"], c_width))
-                lowp = None if precision == "fp32" else pack_lowp(w, layer.input_size, precision)
+                try:
+                    lowp = None if precision == "fp32" else pack_lowp(w, layer.input_size, precision)
+                except ValueError as exc:
+                    raise ValueError(f"layer {k} ({layer.describe()}): {exc}") from None
                 dirs.append((w, b, p, offset, offset + spec["n_out"], lowp))
                 offset += spec["n_out"] + c_width
                 n_entries += 1

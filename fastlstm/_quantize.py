@@ -27,10 +27,12 @@ _GROUP = {"bf16": 2, "int8": 4}  # k per 32-bit word
 
 def check_precision(precision) -> str:
     """``precision`` itself, or TypeError/ValueError naming the argument."""
+    choices = ", ".join(map(repr, PRECISIONS))
     if not isinstance(precision, str):
-        raise TypeError(f"precision: expected a str, one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+        raise TypeError(f"precision: expected a str, one of {choices}, got {type(precision).__name__}")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+        shown = repr(precision) if len(precision) <= 40 else repr(precision[:40]) + "..."
+        raise ValueError(f"precision: expected one of {choices}, got {shown}")
     return precision
 
 
@@ -77,6 +79,11 @@ def _words(part, precision):
     if precision == "bf16":
         bits = np.zeros((2 * kq, n), np.uint32)
         bits[:k] = bf16_bits(part)
+        if np.any(bits & 0x7F80 == 0x7F80):
+            raise ValueError(
+                f"a weight of magnitude {np.abs(part).max():.4g} rounds to infinity in bfloat16 "
+                "(whose largest value is about 3.39e38); use precision='fp32' or 'int8'"
+            )
         # The even k in the high half: vdpbf16ps multiplies that one first.
         return bits[0::2] << 16 | bits[1::2], None
     q, scale = int8_columns(part)
