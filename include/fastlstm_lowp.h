@@ -64,6 +64,32 @@ static inline uint32_t fl_bf16_bits(float f)
     return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
+typedef float fl_lp_v16 __attribute__((vector_size(64)));
+typedef int32_t fl_lp_i16 __attribute__((vector_size(64)));
+typedef uint32_t fl_lp_u16 __attribute__((vector_size(64)));
+typedef uint32_t fl_lp_u16u __attribute__((vector_size(64), aligned(4))); /* unaligned access */
+typedef float fl_lp_v16u __attribute__((vector_size(64), aligned(4)));
+
+/* max |a[i]| over k floats, 16 lanes at a time (a scalar running max is one long dependency
+ * chain; the maximum is the same in any order). */
+FL_INLINE float fl_lp_absmax(const float *a, long k)
+{
+    fl_lp_v16 acc = {0.0f};
+    long i = 0;
+    for (; i + 16 <= k; i += 16) {
+        const fl_lp_v16 v = (fl_lp_v16)((fl_lp_i16) * (const fl_lp_v16u *)(a + i) & 0x7fffffff);
+        const fl_lp_i16 more = v > acc;
+        acc = (fl_lp_v16)(((fl_lp_i16)v & more) | ((fl_lp_i16)acc & ~more));
+    }
+    float amax = 0.0f;
+    for (int j = 0; j < 16; j++) amax = acc[j] > amax ? acc[j] : amax;
+    for (; i < k; i++) {
+        const float v = a[i] < 0 ? -a[i] : a[i];
+        amax = v > amax ? v : amax;
+    }
+    return amax;
+}
+
 /* The words of a part of k values: groups of g, padded to a multiple of 16 words (an AMX
  * tile's 64 bytes; fastlstm/_quantize.py pads the weights the same way). */
 static inline long fl_lp_words(int prec, long k)
@@ -87,11 +113,7 @@ FL_INLINE void fl_lp_convert_body(int prec, long m, long k, const float *restric
             for (long i = (k + 1) / 2; i < ldq; i++) q[i] = 0;
             continue;
         }
-        float amax = 0.0f;
-        for (long i = 0; i < k; i++) {
-            const float v = a[i] < 0 ? -a[i] : a[i];
-            amax = v > amax ? v : amax;
-        }
+        const float amax = fl_lp_absmax(a, k);
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         as[r] = amax / 127.0f;
         uint8_t *b = (uint8_t *)q;
@@ -114,13 +136,8 @@ FL_ISA_VARIANTS(fl_lp_convert,
  * partial panel are computed on zero weights and dropped); int8 adds its
  * accumulators to C through the scales there. */
 
-typedef float fl_lp_v16 __attribute__((vector_size(64)));
-typedef int32_t fl_lp_i16 __attribute__((vector_size(64)));
-typedef uint32_t fl_lp_u16 __attribute__((vector_size(64)));
-typedef uint32_t fl_lp_u16u __attribute__((vector_size(64), aligned(4))); /* unaligned access */
-
-#define FL_LP_ROWS_MAX   8                                                /* rows of a block */
-#define FL_LP_PANELS_MAX 4                                                /* panels of a block */
+#define FL_LP_ROWS_MAX   8 /* rows of a block */
+#define FL_LP_PANELS_MAX 4 /* panels of a block */
 
 FL_INLINE void fl_lp_load_c(const float *c, int nc, float *out)
 {
