@@ -35,6 +35,22 @@ def levels() -> Tuple[str, str, Dict[str, bool]]:
     return _USED, _BEST, dict(_FEATURES)
 
 
+def precision_kernels(path: str) -> Dict[str, str]:
+    """{precision: the instructions its gate products use} on kernel path ``path``."""
+    vector = {"avx512": "AVX-512", "avx2": "AVX2", "generic": "portable vector C"}[base(path)]
+    fast = {
+        "amx": ("AMX-BF16 tiles", "AMX-INT8 tiles from 16 rows, AVX512-VNNI below"),
+        "avx512-bf16": ("AVX512-BF16 (vdpbf16ps)", "AVX512-VNNI (vpdpbusd)"),
+        "avx512-vnni": (None, "AVX512-VNNI (vpdpbusd)"),
+        "avx2-vnni": (None, "AVX-VNNI (vpdpbusd)"),
+    }.get(path, (None, None))
+    return {
+        "fp32": vector + (" FMA" if base(path) != "generic" else ""),
+        "bf16": fast[0] or f"bf16 widened to fp32 ({vector})",
+        "int8": fast[1] or f"int8 widened to int32 ({vector})",
+    }
+
+
 def runnable() -> Tuple[str, ...]:
     """The paths this CPU (and this build) can run, lowest first."""
     return tuple(p for p in PATHS if _RUNS[p])

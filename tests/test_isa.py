@@ -162,6 +162,27 @@ def test_show_config_forced_path():
     )
     assert "path in use            generic" in run.stdout
     assert "FASTLSTM_ISA           generic" in run.stdout
+    assert "bf16  bf16 widened to fp32 (portable vector C)" in run.stdout
+    assert "int8  int8 widened to int32 (portable vector C)" in run.stdout
+
+
+def test_precision_kernels_named_per_path():
+    """show_config names the instructions each precision uses: the extension's where the path has
+    it, the widening fallback of its base otherwise."""
+    assert _isa.precision_kernels("amx")["bf16"] == "AMX-BF16 tiles"
+    assert _isa.precision_kernels("avx512-bf16") == {
+        "fp32": "AVX-512 FMA",
+        "bf16": "AVX512-BF16 (vdpbf16ps)",
+        "int8": "AVX512-VNNI (vpdpbusd)",
+    }
+    assert _isa.precision_kernels("avx512-vnni")["bf16"] == "bf16 widened to fp32 (AVX-512)"
+    assert _isa.precision_kernels("avx2-vnni")["int8"] == "AVX-VNNI (vpdpbusd)"
+    assert _isa.precision_kernels("avx2") == {
+        "fp32": "AVX2 FMA",
+        "bf16": "bf16 widened to fp32 (AVX2)",
+        "int8": "int8 widened to int32 (AVX2)",
+    }
+    assert set(map(_isa.base, _isa.PATHS)) == set(_isa.BASES)
 
 
 def _compile_and_run(cc, runner, tmp_path, extra=(), name="kernels_check"):
