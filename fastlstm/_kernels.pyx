@@ -55,6 +55,7 @@ cdef extern from "fastlstm_lowp.h" nogil:
     void fl_lp_convert(int prec, long m, long k, const float *A, long lda, unsigned int *qa, long ldq, float *as_)
     void fl_lp_gemm(int prec, long m, long n, long kq, const unsigned int *qa, long ldq, const float *as_,
                     const unsigned int *wq, long ps, const float *wsc, const int *wcorr, float *C, long ldc)
+    void fl_lp_done()
 
 cdef extern from "fastlstm_barrier.h" nogil:
     ctypedef struct fl_spin_barrier:
@@ -851,6 +852,7 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const v
                     memcpy(y + (<long>(ty + t) * B + b0) * O, inp + <long>t * nb * O, nb * O * sizeof(float))
         ty += steps
         t0 += tn
+    fl_lp_done()
     fl_restore_fpmode(mode)
 
 

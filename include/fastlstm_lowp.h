@@ -315,6 +315,17 @@ FL_TARGET_AVX2_VNNI FL_INLINE void fl_lp_int8_block_avxvnni(FL_LP_BLOCK_PARAMS)
  * its own reference for bf16 -- still the same bits whatever the rows, columns or threads,
  * because every output is one tile element computed from the same 16-word groups in order. */
 #if FL_X86
+/* The A and C tile rows of this thread's tile configuration, 0 when none is loaded.  Loading
+ * one costs as much as a small product, so it stays until fl_lp_done, which each kernel call
+ * runs once at its end (fastlstm_fpmode.h's caller, _kernels.run_rows). */
+static __thread int fl_amx_rows = 0;
+
+FL_TARGET_AMX static void fl_lp_release_amx(void)
+{
+    _tile_release();
+    fl_amx_rows = 0;
+}
+
 struct fl_amx_config {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];
@@ -349,11 +360,14 @@ FL_TARGET_AMX static void fl_lp_amx(int prec, long m, long n, long kq, const uin
     /* Fewer than 16 rows (a stream's step): tiles of just those rows, which the tile unit
      * runs faster; otherwise 16, the last block reading the padding rows of qa. */
     const int rows = m < 16 ? (int)m : 16;
-    struct fl_amx_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) cfg.rows[t] = t < 5 ? rows : 16, cfg.colsb[t] = 64;
-    _tile_loadconfig(&cfg);
+    if (fl_amx_rows != rows) {
+        struct fl_amx_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette = 1;
+        for (int t = 0; t < 8; t++) cfg.rows[t] = t < 5 ? rows : 16, cfg.colsb[t] = 64;
+        _tile_loadconfig(&cfg);
+        fl_amx_rows = rows;
+    }
     float stage[4][256];
     const long np = (n + 15) / 16;
     for (long p0 = 0; p0 < np; p0 += 4) {
@@ -415,7 +429,6 @@ FL_TARGET_AMX static void fl_lp_amx(int prec, long m, long n, long kq, const uin
             }
         }
     }
-    _tile_release();
 }
 #endif
 
@@ -524,6 +537,15 @@ static void fl_lp_gemm(int prec, long m, long n, long kq, const uint32_t *qa, lo
         fl_lp_int8_generic(FL_LP_ARGS);
 #endif
 #undef FL_LP_ARGS
+}
+
+/* The end of a kernel call on this thread: hand the AMX tile state back (a thread that holds
+ * it costs the OS a larger save on every switch). */
+static inline void fl_lp_done(void)
+{
+#if FL_X86
+    if (fl_amx_rows) fl_lp_release_amx();
+#endif
 }
 
 #endif /* FASTLSTM_LOWP_H */

@@ -135,6 +135,7 @@ int main(void)
         for (int prec = FL_PREC_BF16; prec <= FL_PREC_INT8; prec++)
             for (unsigned s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
                 check_product(prec, shapes[s][0], shapes[s][1], shapes[s][2], 11 + s);
+        fl_lp_done();
         printf("%s: checked\n", fl_path_name(p));
     }
     fl_restore_fpmode(mode);
