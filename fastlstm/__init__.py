@@ -10,6 +10,7 @@
 from . import _isa  # noqa: F401  (checks FASTLSTM_ISA)
 from ._config import show_config
 from ._kernels import openmp_enabled
+from ._quantize import PRECISIONS
 from ._streams import Stream, StreamPool
 from ._threads import get_num_threads, set_num_threads, threads
 from .layers import (
@@ -46,6 +47,7 @@ __all__ = [
     "LoadError",
     "LoadWarning",
     "Model",
+    "PRECISIONS",
     "Stream",
     "StreamPool",
     "State",

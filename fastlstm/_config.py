@@ -27,6 +27,7 @@ def config() -> Dict[str, Dict[str, object]]:
             "best path of this CPU": best,
             _isa.ENV: request,
         },
+        "precisions": dict[str, object](_isa.precision_kernels(used)),
         "CPU": {
             "machine": platform.machine(),
             "processor": cpu_name(),

@@ -33,6 +33,11 @@ class fl_merge(IntEnum):
     FL_MERGE_MUL = 2
     FL_MERGE_AVE = 3
 
+class fl_precision(IntEnum):
+    FL_PREC_FP32 = 0
+    FL_PREC_BF16 = 1
+    FL_PREC_INT8 = 2
+
 class fl_layer_kind(IntEnum):
     FL_LAYER_LSTM = 0
     FL_LAYER_GRU = 1
@@ -54,9 +59,9 @@ class fl_layer_kind(IntEnum):
 def openmp_enabled() -> bool:
     """Whether the compiled kernels run batches on several threads (fastlstm's own pool)."""
 
-def _isa_levels() -> Tuple[int, int, Dict[str, bool]]:
-    """(path the kernels use, best path this CPU has, {CPU feature: present}), as levels of
-    enum fl_isa_level (fastlstm/_isa.py names them)."""
+def _isa_levels() -> Tuple[str, str, Dict[str, bool], Dict[str, bool]]:
+    """(path the kernels use, best path this CPU has, {CPU feature: present}, {path: whether
+    this CPU runs it} for every path, lowest first)."""
 
 def _max_threads() -> int: ...
 def _set_num_threads(n: int) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy.typing as npt
 
 from . import _kernels, _streams, _validate
 from ._packing import pack_chain
+from ._quantize import check_precision
 from .layers import (
     RECURRENT,
     TIME_COLLAPSING,
@@ -22,7 +24,7 @@ from .layers import (
     check_stack,
     layer_streamable,
 )
-from .state import State, state_from_rows, state_rows
+from .state import State, signed, state_from_rows, state_rows
 
 
 class Model:
@@ -48,9 +50,24 @@ class Model:
         The older form: ``False`` appends ``LastStep(final_state=True)`` before
         the head (Keras' ``return_sequences=False``), so :meth:`predict` returns
         only the last step's output.
+    precision : str
+        One of :data:`fastlstm.PRECISIONS`: the precision of the recurrent layers' gate products.
+        ``"fp32"`` (the default) is exact float32.  ``"bf16"`` rounds the weights and the
+        activations they multiply to bfloat16 and accumulates in float32; ``"int8"`` quantizes
+        the weights per output row and the activations per row and step (symmetric scales) and
+        accumulates in int32.  Everything else (biases, nonlinearities, cell state, projections,
+        other layers) stays float32.  See :meth:`with_precision`.
     """
 
-    def __init__(self, layers: Sequence, head: Optional[Dense] = None, *, return_sequences: bool = True):
+    def __init__(
+        self,
+        layers: Sequence,
+        head: Optional[Dense] = None,
+        *,
+        return_sequences: bool = True,
+        precision: str = "fp32",
+    ):
+        precision = check_precision(precision)
         layers = tuple(layers)
         if layers and all(isinstance(layer, RECURRENT) for layer in layers):
             layers, head = check_stack(layers, head)  # its messages name the head
@@ -58,8 +75,9 @@ class Model:
             raise TypeError(f"head: expected a Dense, got {type(head).__name__}")
         chain = layers + ((LastStep(final_state=True),) if not return_sequences else ()) + (head,) * (head is not None)
         self._layers = check_chain(chain)
-        specs, layout, signature = pack_chain(self._layers)
-        self._net = _kernels.Network(specs, layout, signature)
+        specs, layout, signature = pack_chain(self._layers, precision)
+        self._precision = precision
+        self._net = _kernels.Network(specs, layout, signed(signature, precision))
         self._tokens = isinstance(self._layers[0], Embedding)
         # predict drops the time axis when a last-step or global pool is not followed by a RepeatVector.
         kinds = [type(layer) for layer in self._layers]
@@ -126,18 +144,31 @@ class Model:
         return self._net.state_size
 
     @property
+    def precision(self) -> str:
+        """The precision of the recurrent gate products: one of :data:`fastlstm.PRECISIONS`."""
+        return self._precision
+
+    def with_precision(self, precision: str) -> "Model":
+        """A new model with the same layers at another ``precision`` (see :class:`Model`); this one is
+        unchanged.  States of one are refused by the other (their signatures name the precision)."""
+        return Model(self._layers, precision=precision)
+
+    @property
     def num_parameters(self) -> int:
         return int(sum(a.size for layer in self._layers for a in getattr(layer, "arrays", list)()))
 
     def describe_short(self) -> str:
-        return f"Model({self.input_size} -> {self.output_size}, {len(self._layers)} layer(s))"
+        shown = "" if self._precision == "fp32" else f", {self._precision}"
+        return f"Model({self.input_size} -> {self.output_size}, {len(self._layers)} layer(s){shown})"
 
     def __repr__(self):
         lines = [f"  {layer.describe()}" for layer in self._layers]
+        if self._precision != "fp32":
+            lines.append(f"  precision={self._precision!r}")
         return "fastlstm.Model(\n" + "\n".join(lines) + "\n)"
 
     def __reduce__(self):
-        return (Model, (self._layers,))
+        return (partial(Model, precision=self._precision), (self._layers,))
 
     # -- inference ---------------------------------------------------------------------
 
@@ -260,13 +291,15 @@ class Model:
     def to_onnx(self, path: Union[str, os.PathLike], *, batch_first: bool = False) -> None:
         """Write a standard ONNX graph: LSTM/GRU/RNN ops plus the rest of the chain, input ``x`` (T, B, I)
         (``(B, T, I)`` with ``batch_first``), output ``y`` as :meth:`predict` returns it.  ONNX Runtime
-        runs it and :func:`fastlstm.load` reads it back."""
+        runs it and :func:`fastlstm.load` reads it back.  The graph holds the float32 weights (ONNX's
+        LSTM/GRU/RNN ops compute in float32), whatever the model's precision."""
         from .onnx_export import write_onnx
 
         write_onnx(self, path, batch_first=batch_first)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly."""
+        """Write fastlstm's own format (safetensors + JSON config); ``fastlstm.load`` reads it back exactly,
+        at this model's precision (a bf16 model's recurrent weight matrices are stored as bfloat16)."""
         from .loaders import save_model
 
         save_model(self, path)

@@ -29,6 +29,11 @@ from .info import file_format
 FULL = (15, 0.08, 1000)
 QUICK = (3, 0.01, 200)
 STEP_INPUTS = 256  # distinct inputs the streaming rows cycle through
+#: How far fastlstm's own reduced precision (``--precision``) may move its outputs from a peer's, per
+#: unit of output scale, on top of the peer's tolerance: bf16 keeps 8 bits of mantissa per rounding,
+#: int8 1/127 of each row's largest |value|, compounded over the steps (the bounds of the
+#: reduced-precision peers, whose rounding is of the same kind).
+OWN_TOLERANCE = {"fp32": 0.0, "bf16": 3e-2, "int8": 5e-2}
 
 
 def _left_out(args, keras_file):
@@ -94,6 +99,7 @@ def _model_facts(model, path, bundled):
         "input_size": model.input_size,
         "output_size": model.output_size,
         "parameters": model.num_parameters,
+        "precision": model.precision,
         "streamable": model.streamable,
     }
 
@@ -141,11 +147,12 @@ def run(args):
             with OtherLoad() as other:
                 measure(timed, repeats, sample_s, tick)
 
-    # float32 rounding over long sequences, or a peer's own reduced precision, scaled by the outputs
-    tolerances = {name: max(1e-4, PEERS[name].tolerance) * max(1.0, scale) for name in parity}
+    # float32 rounding over long sequences, or a peer's own reduced precision, plus fastlstm's, scaled by the outputs
+    own = OWN_TOLERANCE[model.precision]
+    tolerances = {name: (max(1e-4, PEERS[name].tolerance) + own) * max(1.0, scale) for name in parity}
     failed = {name: max(per.values()) for name, per in parity.items() if max(per.values()) > tolerances[name]}
     worst = max((e for per in parity.values() for e in per.values()), default=0.0)
-    tolerance = 1e-4 * max(1.0, scale)
+    tolerance = (1e-4 + own) * max(1.0, scale)
     result = {
         "fastlstm_version": fastlstm.__version__,
         "model": _model_facts(model, path, args.model is None),

@@ -159,7 +159,8 @@ def render(result) -> str:
     m, s, mach = result["model"], result["settings"], result["machine"]
     name = "bundled CO2 model" if m["bundled"] else m["path"]
     lines = [
-        f"model: {name} ({m['format']} file): {', '.join(m['layers'])}; {m['parameters']:,} parameters",
+        f"model: {name} ({m['format']} file): {', '.join(m['layers'])}; {m['parameters']:,} parameters; "
+        f"fastlstm runs it in {m['precision']}",
         f"machine: {mach['cpu']}, {mach['cores']} cores; {s['threads']} thread(s) for every engine; "
         f"{s['mode']} run, {s['repeats']} interleaved repeats, medians",
     ]

@@ -17,6 +17,7 @@ from typing import Dict
 
 import numpy as np
 
+from .._quantize import bf16_bits
 from ._common import parse_json
 from ._limits import Budget, shown
 
@@ -160,8 +161,12 @@ def read_safetensors(data: bytes, source: str, budget=None):
     return tensors, metadata, start
 
 
-def encode_safetensors(tensors, metadata=None) -> bytes:
+def encode_safetensors(tensors, metadata=None, bf16=()) -> bytes:
     """Serialise ``tensors`` (name -> float NumPy array) with optional str -> str ``metadata``.
+
+    The tensors named in ``bf16`` are stored as BF16, rounded to nearest even as the bf16 kernels
+    round them (fastlstm._quantize.bf16_bits); :func:`read_safetensors` widens them back to
+    float32 exactly, so a tensor whose values are already bfloat16 values round-trips bit for bit.
 
     Tensors are written in name order, C-contiguous and little-endian, and the header is
     padded with spaces so the data buffer starts 8-byte aligned, as the reference writer does.
@@ -174,8 +179,14 @@ def encode_safetensors(tensors, metadata=None) -> bytes:
         dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder != "|" else arr.dtype
         if dtype not in _NAMES:
             raise TypeError(f"tensors[{shown(name)}]: dtype {arr.dtype} cannot be written (float16/32/64 only)")
-        raw = np.ascontiguousarray(arr, dtype=dtype).tobytes()
-        header[name] = {"dtype": _NAMES[dtype], "shape": list(arr.shape), "data_offsets": [pos, pos + len(raw)]}
+        if name in bf16:
+            bits = bf16_bits(arr)
+            if np.any((bits & 0x7F80) == 0x7F80):  # an all-ones exponent: a finite value rounded to infinity
+                raise ValueError(f"tensors[{shown(name)}]: a value is too large for bfloat16 (it rounds to infinity)")
+            raw, kind = bits.astype("<u2").tobytes(), "BF16"
+        else:
+            raw, kind = np.ascontiguousarray(arr, dtype=dtype).tobytes(), _NAMES[dtype]
+        header[name] = {"dtype": kind, "shape": list(arr.shape), "data_offsets": [pos, pos + len(raw)]}
         chunks.append(raw)
         pos += len(raw)
     if metadata:
