@@ -194,3 +194,38 @@ def test_isa_restart_held_restarts_the_script_under_the_holds(tmp_path, monkeypa
     )
     # Two starts (the second under the holds), then the kernels on the generic path.
     assert run.stdout.splitlines() == ["start ['--isa', 'generic']"] * 2 + ["held SSE41 generic"]
+
+
+def test_precision_bench_runs_and_reports_ratios_and_accuracy(tmp_path):
+    """bench/precision.py end to end on the tiny config, at the smallest settings: every engine asked
+    for is timed, the ratios of issue 15 are computed, and every accuracy is within its tolerance
+    (the script exits 1 otherwise)."""
+    import json
+    import os
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "precision.py")
+    engines = ["fastlstm", "fastlstm-bf16", "fastlstm-int8", "torch-int8", "onnxruntime-int8", "torch-bf16"]
+    out = tmp_path / "precision.json"
+    args = ["--quick", "--configs", "tiny", "--repeats", "1", "--sample-ms", "1", "--engines", ",".join(engines)]
+    proc = subprocess.run(
+        [sys.executable, script, *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=CHILD_CWD,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "### Ratios" in proc.stdout and "### Accuracy" in proc.stdout
+    tiny = json.loads(out.read_text())["configs"]["tiny"]
+    for work in ("step", "predict"):
+        assert set(tiny["median_s"][work]) == set(engines)
+        assert all(t > 0 for t in tiny["median_s"][work].values())
+        ratios = tiny["ratios"][work]
+        assert {"bf16_vs_fp32", "int8_vs_fp32", "bf16_vs_peer", "int8_vs_peer"} <= set(ratios)
+        assert ratios["int8_vs_peer"]["peer"] in ("torch-int8", "onnxruntime-int8")
+    dev = tiny["deviation_from_torch_fp32"]
+    assert set(dev) == set(engines)  # fp32 PyTorch is the reference, built though not timed
+    assert max(dev["fastlstm"].values()) < 1e-5
+    for name in engines[1:]:  # reduced precision: really reduced, within the bound
+        assert 1e-5 < max(dev[name].values()) < 5e-2, name
