@@ -83,7 +83,7 @@ def test_reduced_precision_peers_match_fp32_torch_within_their_tolerance(name, t
     for B in (1, TINY.B):
         xs = np.ascontiguousarray(x[:, :B])
         expected = fp32.steppers(xs)["nn.LSTM"].outputs(TINY.T)
-        for route, stepper in runner.steppers(xs).items():
+        for stepper in runner.steppers(xs).values():
             out = stepper.outputs(TINY.T)
             assert out.shape == expected.shape
             worst = max(worst, float(np.abs(out - expected).max()))
