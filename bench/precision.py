@@ -357,6 +357,9 @@ def main(argv=None) -> int:
     env = environment(
         [args.threads], {"version": fastlstm.__version__, "openmp": fastlstm.openmp_enabled(), "isa": level}
     )
+    if missing is None:  # which instructions each of fastlstm's precisions runs on, on this path
+        kernels = fastlstm._config.config()["precisions"]
+        env["fastlstm instructions"] = "; ".join(f"{p}: {what}" for p, what in kernels.items())
     t0 = time.perf_counter()
     results = {}
     for name in args.configs.split(","):
