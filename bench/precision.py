@@ -2,8 +2,8 @@
 """fastlstm in fp32, bf16 and int8 side by side with the peers at the same precisions, on the six
 engine configs (fastlstm/harness/configs.py): the figures of issue 15.
 
-    python bench/precision.py                  # six configs, 1 thread: ~8-10 min on a 2-core machine
-    python bench/precision.py --quick          # smoke run, ~2 min
+    python bench/precision.py                  # six configs, 1 thread: ~6 min on a 2-core machine
+    python bench/precision.py --quick          # smoke run, under 1 min
     python bench/precision.py --configs medium,large --threads 2 --json /tmp/precision.json
 
 Engines, all on the same seeded weights (harness configs, no head):
@@ -73,7 +73,7 @@ FP32_TARGETS = (
 PEER_TARGET = 1.3  # fastlstm at every config against the fastest peer at the same precision
 
 #: (repeats, sample ms, wait-quiet s) per mode.
-FULL = (9, 40.0, 10.0)
+FULL = (13, 50.0, 10.0)
 QUICK = (3, 10.0, 0.0)
 
 WORKLOADS = (("step", "us", "µs per step"), ("predict", "ms", "ms per sequence"))
@@ -216,12 +216,8 @@ def report(results: Dict[str, dict], args, env: Dict[str, str], missing: Optiona
     if missing:
         out(f"- {missing}")
     out("")
-    engines = [
-        e
-        for p in ENGINES.values()
-        for e in p
-        if any(e in r["median_s"].get("step", {}) or e in r["median_s"].get("predict", {}) for r in results.values())
-    ]
+    timed = [e for group in ENGINES.values() for e in group]
+    engines = [e for e in timed if any(e in per for r in results.values() for per in r["median_s"].values())]
     for work, unit, what in WORKLOADS:
         out(f"### {work}: {what} (median)\n")
         out("| config | " + " | ".join(LABEL[e] for e in engines) + " | other load |")
@@ -302,12 +298,12 @@ def over_tolerance(results: Dict[str, dict]) -> List[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer, shorter samples: a smoke run (~2 min)")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter samples: a smoke run (under 1 min)")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     p.add_argument("--threads", type=int, default=1, help="threads for every engine (default 1)")
     p.add_argument(
         "--engines",
-        default=",".join(e for p in ENGINES.values() for e in p),
+        default=",".join(e for group in ENGINES.values() for e in group),
         help="comma-separated subset of the engines (default: all of them)",
     )
     p.add_argument(
@@ -359,7 +355,7 @@ def main(argv=None) -> int:
     )
     if missing is None:  # which instructions each of fastlstm's precisions runs on, on this path
         kernels = fastlstm._config.config()["precisions"]
-        env["fastlstm instructions"] = "; ".join(f"{p}: {what}" for p, what in kernels.items())
+        env["fastlstm instructions"] = "; ".join(f"{prec}: {what}" for prec, what in kernels.items())
     t0 = time.perf_counter()
     results = {}
     for name in args.configs.split(","):

@@ -160,7 +160,7 @@ class TorchRunner:
         return last_step(self.model, self.net, xt)
 
     def predict(self, x):
-        with self.mode():
+        with self.mode():  # .float(): a bfloat16 variant's outputs as numpy can hold them (else a no-op)
             return self._forward_seq(self.torch.from_numpy(x)).float().numpy()
 
     def seq_loop(self, x):
