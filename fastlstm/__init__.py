@@ -12,6 +12,7 @@ from ._config import show_config
 from ._kernels import openmp_enabled
 from ._streams import Stream, StreamPool
 from ._threads import get_num_threads, set_num_threads, threads
+from ._validate import PRECISIONS
 from .layers import (
     Activation,
     AvgPool1D,
@@ -46,6 +47,7 @@ __all__ = [
     "LoadError",
     "LoadWarning",
     "Model",
+    "PRECISIONS",
     "Stream",
     "StreamPool",
     "State",

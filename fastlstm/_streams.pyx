@@ -211,6 +211,11 @@ cdef class Stream:
         PyThread_release_lock(self.lock)
 
     @property
+    def precision(self):
+        """The model's precision (``model.precision``): one of :data:`fastlstm.PRECISIONS`."""
+        return self.model.precision
+
+    @property
     def state(self):
         """A copy of the current state, as a :class:`fastlstm.State`.  Assign one to restore it."""
         with nogil:
@@ -342,6 +347,11 @@ cdef class StreamPool:
     def capacity(self):
         """Streams the pool holds state for (open or free)."""
         return self.cap
+
+    @property
+    def precision(self):
+        """The model's precision (``model.precision``): one of :data:`fastlstm.PRECISIONS`."""
+        return self.model.precision
 
     def reserve(self, n):
         """Make room for at least ``n`` streams (never shrinks)."""

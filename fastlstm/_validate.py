@@ -16,6 +16,9 @@ import numpy as np
 #: index with 32-bit ints.  Larger counts are refused, never wrapped.
 MAX_COUNT = 2**31 - 1
 
+#: The precisions of a model's recurrent gate products (fastlstm.PRECISIONS; see Model).
+PRECISIONS = ("fp32", "bf16", "int8")
+
 
 def numeric_array(x, name):
     """``x`` as an ndarray of real numbers, without converting it yet; TypeError otherwise."""
@@ -183,6 +186,16 @@ def positive_int(n, name, limit=None):
         raise ValueError(f"{name}: expected at least 1, got {value}")
     if limit is not None and value > limit:
         raise ValueError(f"{name}: expected at most {limit}, got {value}")
+    return value
+
+
+def precision(value, name="precision"):
+    """``value`` if it is one of :data:`PRECISIONS`; TypeError for a non-str, ValueError otherwise."""
+    choices = ", ".join(map(repr, PRECISIONS))
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a str, one of {choices}, got {type(value).__name__}")
+    if value not in PRECISIONS:
+        raise ValueError(f"{name}: expected one of {choices}, got {value[:40]!r}")
     return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
@@ -22,7 +23,7 @@ from .layers import (
     check_stack,
     layer_streamable,
 )
-from .state import State, state_from_rows, state_rows
+from .state import State, signed, state_from_rows, state_rows
 
 
 class Model:
@@ -48,9 +49,24 @@ class Model:
         The older form: ``False`` appends ``LastStep(final_state=True)`` before
         the head (Keras' ``return_sequences=False``), so :meth:`predict` returns
         only the last step's output.
+    precision : str
+        One of :data:`fastlstm.PRECISIONS`: the precision of the recurrent layers' gate products.
+        ``"fp32"`` (the default) is exact float32.  ``"bf16"`` rounds the weights and the
+        activations they multiply to bfloat16 and accumulates in float32; ``"int8"`` quantizes
+        the weights per output row and the activations per row and step (symmetric scales) and
+        accumulates in int32.  Everything else (biases, nonlinearities, cell state, projections,
+        other layers) stays float32.  See :meth:`with_precision`.
     """
 
-    def __init__(self, layers: Sequence, head: Optional[Dense] = None, *, return_sequences: bool = True):
+    def __init__(
+        self,
+        layers: Sequence,
+        head: Optional[Dense] = None,
+        *,
+        return_sequences: bool = True,
+        precision: str = "fp32",
+    ):
+        precision = _validate.precision(precision)
         layers = tuple(layers)
         if layers and all(isinstance(layer, RECURRENT) for layer in layers):
             layers, head = check_stack(layers, head)  # its messages name the head
@@ -58,8 +74,9 @@ class Model:
             raise TypeError(f"head: expected a Dense, got {type(head).__name__}")
         chain = layers + ((LastStep(final_state=True),) if not return_sequences else ()) + (head,) * (head is not None)
         self._layers = check_chain(chain)
-        specs, layout, signature = pack_chain(self._layers)
-        self._net = _kernels.Network(specs, layout, signature)
+        specs, layout, signature = pack_chain(self._layers, precision)
+        self._precision = precision
+        self._net = _kernels.Network(specs, layout, signed(signature, precision))
         self._tokens = isinstance(self._layers[0], Embedding)
         # predict drops the time axis when a last-step or global pool is not followed by a RepeatVector.
         kinds = [type(layer) for layer in self._layers]
@@ -126,18 +143,31 @@ class Model:
         return self._net.state_size
 
     @property
+    def precision(self) -> str:
+        """The precision of the recurrent gate products: one of :data:`fastlstm.PRECISIONS`."""
+        return self._precision
+
+    def with_precision(self, precision: str) -> "Model":
+        """A new model with the same layers at another ``precision`` (see :class:`Model`); this one is
+        unchanged.  States of one are refused by the other (their signatures name the precision)."""
+        return Model(self._layers, precision=precision)
+
+    @property
     def num_parameters(self) -> int:
         return int(sum(a.size for layer in self._layers for a in getattr(layer, "arrays", list)()))
 
     def describe_short(self) -> str:
-        return f"Model({self.input_size} -> {self.output_size}, {len(self._layers)} layer(s))"
+        shown = "" if self._precision == "fp32" else f", {self._precision}"
+        return f"Model({self.input_size} -> {self.output_size}, {len(self._layers)} layer(s){shown})"
 
     def __repr__(self):
         lines = [f"  {layer.describe()}" for layer in self._layers]
+        if self._precision != "fp32":
+            lines.append(f"  precision={self._precision!r}")
         return "fastlstm.Model(\n" + "\n".join(lines) + "\n)"
 
     def __reduce__(self):
-        return (Model, (self._layers,))
+        return (partial(Model, precision=self._precision), (self._layers,))
 
     # -- inference ---------------------------------------------------------------------
 

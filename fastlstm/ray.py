@@ -428,6 +428,7 @@ class RouterBackend:
     def __init__(self, router):
         self.router = router
         self.input_size, self.output_size = router.input_size, router.output_size
+        self.precision = router.model.precision
 
     def __len__(self):
         return len(self.router)

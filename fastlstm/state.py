@@ -58,7 +58,8 @@ class State:
     c : sequence of arrays, optional
         May be left out when every recurrent layer is a GRU or RNN.
     signature : tuple, optional
-        The shape signature of the model the state belongs to (set by fastlstm).
+        The signature of the model the state belongs to: its shapes, and its precision when that is
+        not fp32 (set by fastlstm; a state is refused by a model of other shapes or precision).
     buffers : sequence of arrays, optional
     """
 
@@ -182,6 +183,18 @@ def _unframe(data):
     return data[_HEADER.size : _HEADER.size + n_json], data[_HEADER.size + n_json : end], has_buffers
 
 
+def signed(signature, precision):
+    """A network's state signature with its precision: an fp32 model's is the shape signature alone
+    (so the states it wrote before precisions existed still load); others end with ("precision", p)."""
+    return signature if precision == "fp32" else tuple(signature) + (("precision", precision),)
+
+
+def signature_precision(signature):
+    """The precision a signature made by :func:`signed` records."""
+    last = signature[-1] if signature else None
+    return last[1] if last is not None and len(last) == 2 and last[0] == "precision" else "fp32"
+
+
 def state_rows(state, layout, signature, rows, batch_size, name):
     """``state`` checked against a network's state layout and signature (fastlstm._packing.pack_chain)
     for ``rows`` streams (``batch_size`` None: one unbatched stream); returns the (rows, state
@@ -189,6 +202,13 @@ def state_rows(state, layout, signature, rows, batch_size, name):
     if not isinstance(state, State):
         raise TypeError(f"{name}: expected a fastlstm.State, got {type(state).__name__}")
     if state.signature is not None and state.signature != signature:
+        theirs, mine = signature_precision(state.signature), signature_precision(signature)
+        if theirs != mine:
+            raise ValueError(
+                f"{name}: belongs to a {theirs} model and this model is {mine}; continue it with the {theirs} "
+                f"model (model.with_precision({theirs!r})), or drop its signature on purpose "
+                "(State(s.h, s.c, buffers=s.buffers)) to carry it across precisions"
+            )
         raise ValueError(
             f"{name}: belongs to a model of another shape (layers {state.signature}, this model's are {signature})"
         )

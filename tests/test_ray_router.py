@@ -125,6 +125,28 @@ def test_predict_dataset_equals_predict_per_sequence(local_ray):
         np.testing.assert_array_equal(np.asarray(r["y"], np.float32), want)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_replicas_and_dataset_actors_run_the_model_precision(local_ray, precision):
+    """The model pickles to the replicas and the map_batches actors with its precision: the router
+    and predict_dataset give the lone low-precision Stream's and predict's bits, not fp32's."""
+    model = MODEL.with_precision(precision)
+    xs = np.random.default_rng(6).standard_normal((4, 6, I)).astype(np.float32)
+    router = StreamRouter(model, num_replicas=2)
+    try:
+        sids = [router.open() for _ in range(4)]
+        got = np.stack([router.step_many(sids, xs[:, t]) for t in range(6)], axis=1)
+        state = router.get_state(sids[0])
+    finally:
+        router.shutdown()
+    assert state.signature[-1] == ("precision", precision)
+    want = np.stack([model.predict(x) for x in xs])
+    assert np.array_equal(got, want)
+    assert not np.array_equal(got, np.stack([MODEL.predict(x) for x in xs]))
+    ds = ray.data.from_items([{"id": k, "x": x} for k, x in enumerate(xs)])
+    for r in predict_dataset(model, ds, num_actors=1, batch_size=4).take_all():
+        np.testing.assert_array_equal(np.asarray(r["y"], np.float32), want[r["id"]])
+
+
 def test_the_serving_protocol_in_front_of_the_router(local_ray):
     """The WebSocket/HTTP app of ``fastlstm serve`` over RouterBackend: a client cannot tell."""
     pytest.importorskip("fastapi")

@@ -18,6 +18,7 @@ import os
 import sys
 import warnings
 
+from .._validate import PRECISIONS
 from ..data import MODEL_PATH
 from ..layers import ACTIVATIONS
 
@@ -40,7 +41,7 @@ LOAD_OPTIONS = (
 
 def load_model(path, args=None):
     """``fastlstm.load`` for the commands: the bundled model when ``path`` is None, with the load
-    options given on the command line (``args``); a loader warning (e.g. an assumed head
+    options and the ``--precision`` given on the command line (``args``); a loader warning (e.g. an assumed head
     activation) becomes one ``warning:`` line on stderr."""
     from ..loaders import load
 
@@ -53,7 +54,7 @@ def load_model(path, args=None):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = load(path, **overrides)
+            model = load(path, getattr(args, "precision", None), **overrides)
         except TypeError as exc:
             if overrides and "override" in str(exc):
                 flags = ", ".join(f for f, kw in LOAD_OPTIONS if kw in overrides)
@@ -111,6 +112,12 @@ def _model_arg(p, required=False):
         choices=HEAD_ACTIVATIONS,
         default=None,
         help="the dense head's activation, for PyTorch state_dict files (they do not record it)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="the precision of the recurrent layers' products (default: the one a fastlstm file records, else fp32)",
     )
 
 

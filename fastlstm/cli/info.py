@@ -62,6 +62,7 @@ def describe(model, path) -> str:
         f"{'returns every step' if model.return_sequences else 'returns the last step only'}"
     )
     lines.append(f"parameters: {n:,}; weight memory {_kib(4 * n)} (float32, shared by every stream)")
+    lines.append(f"precision: {model.precision} (the recurrent layers' gate products; everything else float32)")
     state = model.state_size
     lines.append(f"state per stream: {state:,} floats ({_kib(4 * state)})")
     if model.streamable:

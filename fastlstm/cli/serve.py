@@ -69,7 +69,7 @@ def run(args):
         ) from None
     from ..serving import Batcher
 
-    model = load_model(args.model, args.head_activation)
+    model = load_model(args.model, args)
     if args.threads is not None:
         from .. import set_num_threads
 
@@ -88,7 +88,7 @@ def run(args):
     app = create_app(backend)
     where = f"{args.ray_replicas} Ray replicas, " if args.ray_replicas else ""
     print(
-        f"fastlstm serve: {args.model} ({model.input_size} in, {model.output_size} out) on "
+        f"fastlstm serve: {args.model} ({model.input_size} in, {model.output_size} out, {model.precision}) on "
         f"http://{args.host}:{args.port}  ws://{args.host}:{args.port}/ws  ({where}max_batch={args.max_batch}, "
         f"max_delay={args.max_delay_ms:g} ms)",
         file=sys.stderr,

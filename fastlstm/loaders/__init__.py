@@ -24,8 +24,9 @@ import contextlib
 import os
 import stat
 import struct
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
+from .. import _validate
 from ._common import LoadWarning, Spec, build_model, describe_keys, open_zip
 from ._limits import MAX_FILE_BYTES, Budget, shown
 from .keras_files import is_hdf5, read_keras_h5, read_keras_zip
@@ -238,7 +239,7 @@ def read_spec(path: Union[str, os.PathLike], **overrides: Any) -> Spec:
     return spec_from_bytes(data, source, folder_of(path), **overrides)
 
 
-def load(path: Union[str, os.PathLike], **overrides: Any) -> Model:
+def load(path: Union[str, os.PathLike], precision: Optional[str] = None, **overrides: Any) -> Model:
     """Open a model file; the format is detected from the content, not the extension.
 
     Reads PyTorch ``torch.save(state_dict)`` files (.pt/.pth), safetensors with PyTorch
@@ -256,11 +257,17 @@ def load(path: Union[str, os.PathLike], **overrides: Any) -> Model:
     Linear's activation; 'linear' by default, with a :class:`LoadWarning`),
     ``return_sequences`` (False keeps the last step only) and ``key`` (pick the state_dict out
     of a checkpoint dict).  docs/loading.md lists what each source supports.
+
+    ``precision`` (one of :data:`fastlstm.PRECISIONS`, see :class:`fastlstm.Model`) is the
+    model's; by default (None) the one the file records: a fastlstm file saved by a bf16 or
+    int8 model reloads as one, every other file as fp32.  Given, it wins over the file's.
     """
-    return build_model(read_spec(path, **overrides))
+    if precision is not None:
+        _validate.precision(precision)  # an argument error before the file is read
+    return build_model(read_spec(path, **overrides), precision)
 
 
-def from_torch(obj: Any, **overrides: Any) -> Model:
+def from_torch(obj: Any, precision: str = "fp32", **overrides: Any) -> Model:
     """Build a model from a live PyTorch module or a state_dict mapping (tensors or arrays).
 
     ``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells load directly.  Any other module (your
@@ -270,31 +277,35 @@ def from_torch(obj: Any, **overrides: Any) -> Model:
     an op fastlstm cannot run is refused by name.  A state_dict takes the overrides of
     :func:`load` (``layers``, ``head_activation``, ``return_sequences``).  ``batch_first``
     is not a property of the model here: pass ``batch_first=True`` to ``predict`` instead.
+    ``precision`` is the model's (see :class:`fastlstm.Model`).
     """
     from .torch_objects import spec_from_torch_object
 
+    _validate.precision(precision)
     if isinstance(obj, (str, bytes, os.PathLike)):
         raise TypeError("obj: from_torch takes a module or a state_dict; use fastlstm.load(path) for files")
-    return build_model(spec_from_torch_object(obj, **overrides))
+    return build_model(spec_from_torch_object(obj, **overrides), precision)
 
 
-def from_keras(obj: Any) -> Model:
+def from_keras(obj: Any, precision: str = "fp32") -> Model:
     """Build a model from a Keras Sequential/Functional model object, or a ``.keras``/``.h5`` path.
 
     ``stateful=True`` layers load like any other: keep state across calls with
-    ``model.stream()`` (or pass ``state=`` to ``predict``).
+    ``model.stream()`` (or pass ``state=`` to ``predict``).  ``precision`` is the model's (see
+    :class:`fastlstm.Model`).
     """
     from .keras_objects import is_keras_model, spec_from_keras_object
 
+    _validate.precision(precision)
     if isinstance(obj, (str, bytes, os.PathLike)) or hasattr(obj, "read"):
         data, source = _read_source(obj)
         with _reading(source):
             _refuse_lfs_pointer(data, source)
             if is_hdf5(data):
-                return build_model(read_keras_h5(data, source))
+                return build_model(read_keras_h5(data, source), precision)
             if data[:4] == b"PK\x03\x04":
-                return build_model(read_keras_zip(data, source))
+                return build_model(read_keras_zip(data, source), precision)
             raise ValueError(f"{source}: not a Keras .keras or .h5 file; use fastlstm.load for other formats")
     if not is_keras_model(obj):
         raise TypeError(f"obj: expected a Keras model or a path to a .keras/.h5 file, got {type(obj).__name__}")
-    return build_model(spec_from_keras_object(obj))
+    return build_model(spec_from_keras_object(obj), precision)

@@ -30,9 +30,11 @@ class LoadWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Spec:
-    """What a loader read: the chain of layers, enough to build a :class:`fastlstm.Model`."""
+    """What a loader read: the chain of layers, enough to build a :class:`fastlstm.Model`, and the
+    precision the source records (only fastlstm's own files record one)."""
 
     layers: Tuple
+    precision: str = "fp32"
 
 
 #: The largest window, stride, dilation or RepeatVector length a file may ask for.  Real models use
@@ -53,20 +55,21 @@ def check_steps_option(value, what, source):
     return value
 
 
-def make_spec(layers, source):
+def make_spec(layers, source, precision="fp32"):
     """Validate that the layers chain together; prefix any complaint with ``source``."""
     try:
         layers = check_chain(layers)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: {exc}") from None
-    return Spec(layers)
+    return Spec(layers, precision)
 
 
-def build_model(spec: Spec):
-    """Turn a :class:`Spec` into an engine :class:`fastlstm.Model` (imported late: the engine imports us)."""
+def build_model(spec: Spec, precision=None):
+    """Turn a :class:`Spec` into an engine :class:`fastlstm.Model` (imported late: the engine imports us)
+    at ``precision``, by default the one the source records."""
     from ..model import Model
 
-    return Model(layers=list(spec.layers))
+    return Model(layers=list(spec.layers), precision=spec.precision if precision is None else precision)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep

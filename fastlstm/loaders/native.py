@@ -7,12 +7,17 @@ option is a tensor named ``layers.{k}.{field}`` (a recurrent layer's
 ``"directions"``; a Dense/Conv1D activation with options is ``{"name", "alpha"}`` plus the
 tensor ``layers.{k}.activation.weight`` for PReLU slopes).  Tensors are stored as float32
 exactly as the model holds them, so a load reproduces the weights bit for bit, and a layer
-is rebuilt by calling its class, which validates it like any other.  Version 1 (LSTM layers,
+is rebuilt by calling its class, which validates it like any other.  A model of another
+precision than fp32 records it as ``"precision"`` in the config (absent: fp32); a bf16 model
+stores the matrices its gate products use in bf16 (a recurrent layer's ``weight_ih``, and its
+``weight_hh`` except a reset-before GRU's, whose candidate part stays fp32) as BF16 tensors
+holding the rounded values, so the file is about half the size and reloads to the same bf16
+model bit for bit.  An int8 model stores float32 (its quantization is recomputed at load).  Version 1 (LSTM layers,
 an optional head, ``return_sequences``) is still read.  Metadata (all strings, as safetensors
 requires):
 
 * ``format``: ``"fastlstm"`` (how :func:`fastlstm.load` recognises the file);
-* ``fastlstm_config``: JSON ``{"version": 2, "layers": [...]}``;
+* ``fastlstm_config``: JSON ``{"version": 2, "layers": [...]}``, plus ``"precision"`` when not fp32;
 * ``sha256``: digest of the config text and the data buffer.  safetensors has no checksum of its
   own; with this, any corruption of a native file is an error instead of a silently different model.
 
@@ -30,6 +35,7 @@ from typing import Dict
 
 import numpy as np
 
+from .. import _validate
 from .. import layers as L
 from ._common import STEP_OPTIONS, check_steps_option, describe_keys, float_weight, make_spec, parse_json
 from ._limits import Budget, shown
@@ -75,14 +81,28 @@ def _encode_layer(k, layer, tensors):
     return cfg
 
 
-def encode_model(layers) -> bytes:
+def _bf16_tensors(layers):
+    """The tensors a bf16 model multiplies in bf16, so stores as BF16: every recurrent direction's
+    weight_ih and weight_hh, but a reset-before GRU's weight_hh (its W_hn product stays fp32)."""
+    names = set()
+    for k, layer in enumerate(layers):
+        if isinstance(layer, L.RECURRENT):
+            fields = ("weight_ih",) if not getattr(layer, "reset_after", True) else ("weight_ih", "weight_hh")
+            names.update(f"layers.{k}.{_DIRS[d]}.{f}" for d in range(len(layer.directions)) for f in fields)
+    return names
+
+
+def encode_model(layers, precision="fp32") -> bytes:
     tensors: Dict[str, np.ndarray] = {}
     config = {"version": VERSION, "layers": [_encode_layer(k, layer, tensors) for k, layer in enumerate(layers)]}
+    if precision != "fp32":  # an fp32 file stays what it was before precisions existed
+        config["precision"] = precision
+    bf16 = _bf16_tensors(layers) if precision == "bf16" else ()
     text = json.dumps(config, sort_keys=True)
-    body = encode_safetensors(tensors)  # to learn the data buffer, then again with metadata
+    body = encode_safetensors(tensors, bf16=bf16)  # to learn the data buffer, then again with metadata
     (n,) = struct.unpack("<Q", body[:8])
     meta = {"format": FORMAT_TAG, "fastlstm_config": text, "sha256": _digest(text, body[8 + n :])}
-    return encode_safetensors(tensors, meta)
+    return encode_safetensors(tensors, meta, bf16=bf16)
 
 
 def _digest(config_text, buffer):
@@ -94,14 +114,14 @@ def _digest(config_text, buffer):
 
 
 def save_model(model, path):
-    """Write ``model`` (its chain of layers) to ``path`` in fastlstm's format."""
+    """Write ``model`` (its chain of layers and its precision) to ``path`` in fastlstm's format."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     try:
-        layers = tuple(model.layers)  # the whole chain
+        layers, precision = tuple(model.layers), model.precision  # the whole chain
     except AttributeError as exc:
         raise TypeError(f"model: expected a fastlstm.Model, got {type(model).__name__} ({exc})") from None
-    data = encode_model(layers)
+    data = encode_model(layers, precision)
     tmp = os.fspath(path) + (b".tmp" if isinstance(path, bytes) else ".tmp")
     with open(tmp, "wb") as f:  # write then rename, so a crash never leaves a half-written model
         f.write(data)
@@ -138,6 +158,7 @@ def spec_from_native(tensors, metadata, data, data_start, source):
             f"{source}: fastlstm format version {shown(version)} is not supported (this fastlstm reads "
             f"versions 1 and {VERSION}); upgrade fastlstm"
         )
+    precision = _file_precision(config, version, source)
     used = set()
 
     def take(name, ndim=None):
@@ -152,13 +173,25 @@ def spec_from_native(tensors, metadata, data, data_start, source):
     extra = [k for k in tensors if k not in used]
     if extra:
         raise ValueError(f"{source}: tensors not described by the config: {describe_keys(extra)}")
-    return make_spec(layers, source)
+    return make_spec(layers, source, precision)
+
+
+def _file_precision(config, version, source):
+    """The precision a version-2 config records (absent: fp32); a value fastlstm does not know is refused."""
+    if version == 1 or "precision" not in config:
+        return "fp32"
+    value = config["precision"]
+    if not isinstance(value, str) or value not in _validate.PRECISIONS:
+        raise ValueError(
+            f"{source}: fastlstm_config precision={shown(value)} is not one of {', '.join(_validate.PRECISIONS)}"
+        )
+    return value
 
 
 def _build(config, tensors, take, source):
     """Version 2: each layer rebuilt by its class from its options and tensors."""
-    if set(config) != {"version", "layers"}:
-        raise ValueError(f"{source}: fastlstm_config must have exactly version and layers")
+    if set(config) - {"precision"} != {"version", "layers"}:
+        raise ValueError(f"{source}: fastlstm_config must have exactly version and layers (and precision)")
     entries = _cfg(config, "layers", list, "", source)
     layers = []
     for k, lc in enumerate(entries):

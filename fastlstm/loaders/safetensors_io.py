@@ -160,11 +160,25 @@ def read_safetensors(data: bytes, source: str, budget=None):
     return tensors, metadata, start
 
 
-def encode_safetensors(tensors, metadata=None) -> bytes:
+def bf16_bits(arr) -> np.ndarray:
+    """The bfloat16 bit patterns (uint16) of float32 ``arr``, rounded to nearest, ties to even.
+
+    ValueError when a finite value rounds to infinity (beyond bfloat16's largest, about 3.39e38)."""
+    bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    if np.any((rounded & 0x7F80) == 0x7F80):  # an all-ones exponent: infinity (the inputs are finite)
+        raise ValueError("a value is too large for bfloat16 (it rounds to infinity)")
+    return rounded
+
+
+def encode_safetensors(tensors, metadata=None, bf16=()) -> bytes:
     """Serialise ``tensors`` (name -> float NumPy array) with optional str -> str ``metadata``.
 
-    Tensors are written in name order, C-contiguous and little-endian, and the header is
-    padded with spaces so the data buffer starts 8-byte aligned, as the reference writer does.
+    The tensors named in ``bf16`` are stored as BF16, rounded to nearest even (:func:`bf16_bits`);
+    :func:`read_safetensors` widens them back to float32 exactly, so a tensor whose values are
+    already bfloat16 values round-trips bit for bit.  Tensors are written in name order,
+    C-contiguous and little-endian, and the header is padded with spaces so the data buffer
+    starts 8-byte aligned, as the reference writer does.
     """
     header = {}
     chunks = []
@@ -174,8 +188,14 @@ def encode_safetensors(tensors, metadata=None) -> bytes:
         dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder != "|" else arr.dtype
         if dtype not in _NAMES:
             raise TypeError(f"tensors[{shown(name)}]: dtype {arr.dtype} cannot be written (float16/32/64 only)")
-        raw = np.ascontiguousarray(arr, dtype=dtype).tobytes()
-        header[name] = {"dtype": _NAMES[dtype], "shape": list(arr.shape), "data_offsets": [pos, pos + len(raw)]}
+        if name in bf16:
+            try:
+                raw, kind = bf16_bits(arr).astype("<u2").tobytes(), "BF16"
+            except ValueError as exc:
+                raise ValueError(f"tensors[{shown(name)}]: {exc}") from None
+        else:
+            raw, kind = np.ascontiguousarray(arr, dtype=dtype).tobytes(), _NAMES[dtype]
+        header[name] = {"dtype": kind, "shape": list(arr.shape), "data_offsets": [pos, pos + len(raw)]}
         chunks.append(raw)
         pos += len(raw)
     if metadata:

@@ -19,7 +19,7 @@ HTTP, for clients that cannot hold a socket: ``POST /streams`` (an ``application
 body imports a state) -> ``{"sid"}``; ``POST /streams/{sid}/step`` with ``{"x": [...]}`` or raw
 float32 bytes, answered in kind; ``DELETE /streams/{sid}``; ``GET``/``PUT /streams/{sid}/state``
 (the bytes of ``State.to_bytes``); ``POST /streams/{sid}/reset``; ``GET /metrics`` (Prometheus
-text); ``GET /`` describes the model and the batcher.  Errors: 400 bad input, 404 unknown stream,
+text); ``GET /`` describes the model (sizes, precision) and the batcher.  Errors: 400 bad input, 404 unknown stream,
 410 expired stream, 503 queue full (with ``Retry-After``).
 
 ``create_app`` takes any *backend* with the Batcher's methods (``open``, ``close``, ``reset``,
@@ -130,7 +130,7 @@ def create_app(backend, *, title="fastlstm"):
     @app.get("/")
     async def describe():
         info = {"input_size": n_in, "output_size": n_out, "streams": len(backend)}
-        for key in ("max_batch", "max_delay", "max_queue", "idle_timeout"):
+        for key in ("precision", "max_batch", "max_delay", "max_queue", "idle_timeout"):
             if hasattr(backend, key):
                 info[key] = getattr(backend, key)
         return info

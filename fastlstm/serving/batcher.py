@@ -126,7 +126,7 @@ class Batcher:
         self.pool = pool
         self.model = pool.model
         n_in, n_out = self.model.input_size, self.model.output_size
-        self.input_size, self.output_size = n_in, n_out
+        self.input_size, self.output_size, self.precision = n_in, n_out, self.model.precision
         # Tick buffers, allocated once: a tick copies into them and pool.step allocates nothing.
         self._ids = np.zeros(self.max_batch, np.int64)
         self._x = np.zeros((self.max_batch, n_in), np.float32)
