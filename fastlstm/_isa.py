@@ -1,10 +1,12 @@
 """The kernels' instruction-set path (include/fastlstm_isa.h) and the FASTLSTM_ISA switch.
 
 The compiled modules pick their path when they load: the best this CPU has, or
-the one FASTLSTM_ISA names.  The C side never runs a path the CPU lacks (it
-clamps the request); this module turns such a request, or a misspelt one, into
-a clear error at import, so a test or benchmark meant for one path never
-silently measures another.
+the one FASTLSTM_ISA names.  A path is a base (generic, avx2, avx512) and the
+extensions that the reduced precisions use (VNNI, BF16, AMX); the plain base
+names are the fallbacks that machines without those instructions run.  The C
+side never runs a path the CPU lacks (it clamps the request); this module turns
+such a request, or a misspelt one, into a clear error at import, so a test or
+benchmark meant for one path never silently measures another.
 """
 
 import os
@@ -12,16 +14,30 @@ from typing import Dict, Mapping, Tuple
 
 from . import _kernels
 
-#: Path names by level (enum fl_isa_level), lowest first.
-PATHS = ("generic", "avx2", "avx512")
-
 ENV = "FASTLSTM_ISA"
+
+_USED, _BEST, _FEATURES, _RUNS = _kernels._isa_levels()  # noqa: SLF001 - the kernels' own query, named here
+
+#: Every path name, lowest first.
+PATHS = tuple(_RUNS)
+
+#: The base paths (the fp32 kernels; the other paths add instructions to one of them).
+BASES = ("generic", "avx2", "avx512")
+
+
+def base(path: str) -> str:
+    """The base path of ``path``: "avx512-bf16" -> "avx512"."""
+    return path.split("-")[0] if path != "amx" else "avx512"
 
 
 def levels() -> Tuple[str, str, Dict[str, bool]]:
     """(path in use, best path of this CPU, {CPU feature: present})."""
-    used, best, features = _kernels._isa_levels()  # noqa: SLF001 - the kernels' own query, named here
-    return PATHS[used], PATHS[best], features
+    return _USED, _BEST, dict(_FEATURES)
+
+
+def runnable() -> Tuple[str, ...]:
+    """The paths this CPU (and this build) can run, lowest first."""
+    return tuple(p for p in PATHS if _RUNS[p])
 
 
 def check_request(environ: Mapping[str, str] = os.environ) -> None:
@@ -33,11 +49,10 @@ def check_request(environ: Mapping[str, str] = os.environ) -> None:
         raise ValueError(
             f"{ENV}={want!r}: expected one of {', '.join(PATHS)} (or unset it for the best path this CPU has)"
         )
-    best = levels()[1]
-    if PATHS.index(want) > PATHS.index(best):
+    if not _RUNS[want]:
         raise ValueError(
-            f"{ENV}={want}: this CPU (or this build) has no {want}; the most it can run is {best}. "
-            f"Set {ENV} to one of {', '.join(PATHS[: PATHS.index(best) + 1])}, or unset it"
+            f"{ENV}={want}: this CPU (or this build) cannot run {want}; the best it runs is {_BEST}. "
+            f"Set {ENV} to one of {', '.join(runnable())}, or unset it"
         )
 
 

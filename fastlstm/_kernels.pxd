@@ -16,6 +16,10 @@ cdef extern from "fastlstm_cell.h":
     cpdef enum fl_merge:
         FL_MERGE_CONCAT, FL_MERGE_SUM, FL_MERGE_MUL, FL_MERGE_AVE
 
+cdef extern from "fastlstm_lowp.h":
+    cpdef enum fl_precision:
+        FL_PREC_FP32, FL_PREC_BF16, FL_PREC_INT8
+
 cdef extern from "fastlstm_layers.h":
     cpdef enum fl_layer_kind:
         FL_LAYER_LSTM, FL_LAYER_GRU, FL_LAYER_GRU_BEFORE, FL_LAYER_RNN, FL_LAYER_DENSE, FL_LAYER_ACTIVATION,
@@ -32,6 +36,16 @@ cdef struct Dir:
     const float *w_panels   # w_x in 16-column panels (fastlstm_gemm.h), or NULL
     int reverse             # runs from the last time step to the first
     long h_off, c_off       # offsets of this direction's h and c within a stream's state row
+    # Reduced precision (fastlstm_lowp.h, packed by fastlstm._quantize; prec FL_PREC_FP32: unused):
+    # [W_x; W_h] as words in panels of 16 columns, kqx word rows of the x part then kqh of the
+    # h part; int8: the parts' column scales and offset corrections.  w_x and w_panels are NULL.
+    int prec
+    const unsigned int *lp_words
+    long kqx, kqh
+    const float *lp_scale_x
+    const float *lp_scale_h
+    const int *lp_corr_x
+    const int *lp_corr_h
 
 cdef struct Layer:
     # Every layer: its kind (fl_layer_kind) and its widths per step.
@@ -74,6 +88,7 @@ cdef class Network:
     cdef readonly object signature
     cdef const float *_pointer(self, arr) except? NULL
     cdef int _set_product(self, Dir *D, w, b, int min_columns) except -1
+    cdef int _set_lowp(self, Dir *D, lowp, b) except -1
 
 
 cdef int num_threads() noexcept nogil

@@ -44,9 +44,17 @@ cdef extern from "fastlstm_gemm.h" nogil:
     int fl_pack_rows(long m, long r)
 
 cdef extern from "fastlstm_isa.h" nogil:
-    int fl_isa_level()
-    int fl_isa_cpu()
+    int fl_path_in_use()
+    int fl_path_cpu()
+    const char *fl_path_name(int p)
+    int fl_path_runs(int p)
     int fl_cpu_feature(int i, const char **name)
+
+cdef extern from "fastlstm_lowp.h" nogil:
+    int fl_lp_group(int prec)
+    void fl_lp_convert(int prec, long m, long k, const float *A, long lda, unsigned int *qa, long ldq, float *as_)
+    void fl_lp_gemm(int prec, long m, long n, long kq, const unsigned int *qa, long ldq, const float *as_,
+                    const unsigned int *wq, long ps, const float *wsc, const int *wcorr, float *C, long ldc)
 
 cdef extern from "fastlstm_barrier.h" nogil:
     ctypedef struct fl_spin_barrier:
@@ -129,8 +137,9 @@ def _max_threads():
 
 
 def _isa_levels():
-    """(path the kernels use, best path this CPU has, {CPU feature: present}); levels of
-    enum fl_isa_level (fastlstm/_isa.py names them)."""
+    """(path the kernels use, best path this CPU has, {CPU feature: present}, {path: whether
+    this CPU runs it} for every path, lowest first): fl_paths of fastlstm_isa.h
+    (fastlstm/_isa.py checks FASTLSTM_ISA against them)."""
     cdef const char *name = NULL
     cdef int i = 0, has
     features = {}
@@ -140,7 +149,11 @@ def _isa_levels():
             break
         features[name.decode()] = bool(has)
         i += 1
-    return fl_isa_level(), fl_isa_cpu(), features
+    paths = []
+    while fl_path_name(len(paths)) != NULL:
+        paths.append(fl_path_name(len(paths)).decode())
+    return (paths[fl_path_in_use()], paths[fl_path_cpu()], features,
+            {path: bool(fl_path_runs(p)) for p, path in enumerate(paths)})
 
 
 def _set_num_threads(int n):
@@ -187,14 +200,49 @@ cdef inline void matmul_cols(int m, int c0, int c1, int n, int k, const float *A
         matmul_acc(m, c1 - c0, k, A, lda, D.w_x + <long>k0 * n + c0, n, C + c0, ldc)
 
 
+cdef inline void lowp_cols(const Dir *D, bint recurrent, int m, const unsigned int *qa, long kq, const float *qs,
+                           int c0, int c1, float *gates, int G) noexcept nogil:
+    """gates[m, c0:c1] += the converted rows qa @ D's reduced-precision x part (recurrent: h
+    part), columns c0:c1 (c0 on a panel)."""
+    cdef long ps = (D.kqx + D.kqh) * FL_PANEL
+    cdef const unsigned int *w = D.lp_words + (c0 // FL_PANEL) * ps + (D.kqx * FL_PANEL if recurrent else 0)
+    cdef const float *scale = D.lp_scale_h if recurrent else D.lp_scale_x
+    cdef const int *corr = D.lp_corr_h if recurrent else D.lp_corr_x
+    if scale != NULL:          # int8; bf16 has neither
+        scale += c0
+        corr += c0
+    fl_lp_gemm(D.prec, m, c1 - c0, kq, qa, kq, qs, w, ps, scale, corr, gates + c0, G)
+
+
 cdef inline void gate_products(const Layer *L, const Dir *D, int m, const float *A, int lda, bint recurrent,
-                               float *gates) noexcept nogil:
+                               float *gates, float *lpws) noexcept nogil:
     """gates[m, G] += A @ the input rows (recurrent: the h rows) of D's [W_x; W_h].
 
     A reset-after GRU's input rows are zero in its n_h block and its h rows in its
     n_x block ([r | z | n_x | n_h], _packing), so those columns are skipped: a
-    quarter of the weights a single stream would otherwise stream from memory."""
+    quarter of the weights a single stream would otherwise stream from memory.
+
+    In reduced precision A is first converted into lpws (m rows of words, then m
+    int8 scales; fastlstm_lowp.h), and the blocks are skipped where they start on
+    a panel."""
     cdef int G = L.gates, H = L.hidden
+    cdef long k, kq
+    cdef unsigned int *qa
+    cdef float *qs
+    if D.prec != FL_PREC_FP32:
+        k = L.n_out if recurrent else L.n_in
+        kq = D.kqh if recurrent else D.kqx
+        qa = <unsigned int *>lpws
+        qs = lpws + pad16(m * kq)
+        fl_lp_convert(D.prec, m, k, A, lda, qa, kq, qs)
+        if L.kind != FL_LAYER_GRU or H % FL_PANEL != 0:
+            lowp_cols(D, recurrent, m, qa, kq, qs, 0, G, gates, G)
+        elif not recurrent:
+            lowp_cols(D, recurrent, m, qa, kq, qs, 0, 3 * H, gates, G)
+        else:
+            lowp_cols(D, recurrent, m, qa, kq, qs, 0, 2 * H, gates, G)
+            lowp_cols(D, recurrent, m, qa, kq, qs, 3 * H, 4 * H, gates, G)
+        return
     if L.kind != FL_LAYER_GRU:
         matmul_w(m, G, L.n_out if recurrent else L.n_in, A, lda, D, L.n_in if recurrent else 0, gates, G)
     elif not recurrent:
@@ -290,8 +338,11 @@ cdef class Network:
             L.shift = self._pointer(spec.get("shift"))
             if "dirs" in spec:
                 L.n_dirs = len(spec["dirs"])
-                for d, (w, b, p, h_off, c_off) in enumerate(spec["dirs"]):
-                    self._set_product(&L.dirs[d], w, b, 1)
+                for d, (w, b, p, h_off, c_off, lowp) in enumerate(spec["dirs"]):
+                    if lowp is None:
+                        self._set_product(&L.dirs[d], w, b, 1)
+                    else:
+                        self._set_lowp(&L.dirs[d], lowp, b)
                     L.dirs[d].w_proj = self._pointer(p)
                     L.dirs[d].reverse = d == 1 or L.go_backwards
                     L.dirs[d].h_off = h_off
@@ -333,6 +384,20 @@ cdef class Network:
         if fl_packed_gemm_available() and w.shape[1] >= min_columns:
             from fastlstm._packing import pack_panels  # (_packing reads this module's enums)
             D.w_panels = self._pointer(pack_panels(w))
+        return 0
+
+    cdef int _set_lowp(self, Dir *D, lowp, b) except -1:
+        """D's reduced-precision weights (fastlstm._quantize.LowpWeights) and bias b.  The fp32
+        weights are not kept: no product of this direction reads them."""
+        D.prec = lowp.code
+        D.bias = self._pointer(b)
+        D.lp_words = <const unsigned int *>self._pointer(lowp.words)
+        D.kqx = lowp.kqx
+        D.kqh = lowp.kqh
+        D.lp_scale_x = self._pointer(lowp.scale_x)
+        D.lp_scale_h = self._pointer(lowp.scale_h)
+        D.lp_corr_x = <const int *>self._pointer(lowp.corr_x)
+        D.lp_corr_h = <const int *>self._pointer(lowp.corr_h)
         return 0
 
     def __dealloc__(self):
@@ -580,7 +645,8 @@ DEF WS_BUF1 = 3
 DEF WS_HFULL = 4     # a row block of h before the projection / r * h of a reset-before GRU
 DEF WS_XH = 5        # two packed copies of [x | h]
 DEF WS_EXT = 6       # one row's padded frames and windows of a Conv1D or pool
-DEF WS_PARTS = 7
+DEF WS_LOWP = 7      # a reduced-precision product's converted rows and their scales
+DEF WS_PARTS = 8
 
 
 cdef long ws_layout(const Net *net, int Tc, int nb, float *ws, float **parts) noexcept nogil:
@@ -588,7 +654,7 @@ cdef long ws_layout(const Net *net, int Tc, int nb, float *ws, float **parts) no
     also the start of each part (WS_*) in parts.  Layers that change the number of
     steps (a whole-sequence chain) are followed through the chain."""
     cdef long sizes[WS_PARTS]
-    cdef long total = 0, act = <long>Tc * net.n_in, gates = 0, ext = 0
+    cdef long total = 0, act = <long>Tc * net.n_in, gates = 0, ext = 0, lp_words = 0, lp_rows = 0
     cdef int l, T = Tc, T_out, left, right
     cdef const Layer *L
     for l in range(net.n_layers):
@@ -597,6 +663,10 @@ cdef long ws_layout(const Net *net, int Tc, int nb, float *ws, float **parts) no
         act = max(act, max(<long>T * L.n_in, <long>T_out * max(L.width, L.n_dirs * L.n_out)))
         if is_recurrent(L):
             gates = max(gates, <long>T * L.gates)
+            if L.dirs[0].prec != FL_PREC_FP32:
+                # gate_products converts a block's x rows, or a step's h rows, at a time.
+                lp_words = max(lp_words, <long>T * max(L.dirs[0].kqx, L.dirs[0].kqh))
+                lp_rows = max(lp_rows, T)
         elif L.kind == FL_LAYER_CONV or L.kind == FL_LAYER_MAXPOOL or L.kind == FL_LAYER_AVGPOOL:
             window_pads(L, T, &left, &right)
             ext = max(ext, pad16((<long>(L.reach if L.s_size else left) + T + right) * L.n_in)
@@ -610,6 +680,7 @@ cdef long ws_layout(const Net *net, int Tc, int nb, float *ws, float **parts) no
     sizes[WS_HFULL] = pad16(<long>nb * net.max_hidden)
     sizes[WS_XH] = 2 * pad16(<long>nb * net.max_stack)
     sizes[WS_EXT] = pad16(ext)
+    sizes[WS_LOWP] = pad16(lp_words * nb) + pad16(lp_rows * nb)
     for l in range(WS_PARTS):
         if ws != NULL:
             parts[l] = ws + total
@@ -629,8 +700,9 @@ cdef bint layer_splits(const Layer *L, int nb) noexcept nogil:
     3+ rows: the packed kernel, and gate blocks that start on a 16-column panel.
     Projection layers need every unit's h before their product, so one thread
     runs them, as it does reset-before GRUs (the same, for r * h), 2-row chunks
-    (too little work to share) and the layers that are not recurrent."""
-    if not is_recurrent(L) or L.dirs[0].w_proj != NULL:
+    (too little work to share), the layers that are not recurrent, and reduced
+    precision (int8 scales each row by its largest value, over all units)."""
+    if not is_recurrent(L) or L.dirs[0].w_proj != NULL or L.dirs[0].prec != FL_PREC_FP32:
         return False
     if nb == 1:
         return L.hidden >= SPLIT_MIN_HIDDEN
@@ -761,10 +833,10 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const v
             sync(bar, nt)
             if is_recurrent(L) and (nt == 1 or layer_splits(L, nb)):
                 run_layer(L, steps, nb, inp, out, srow, ss, srow, ss, parts[WS_GATES], parts[WS_HFULL],
-                          parts[WS_XH], tid, nt, bar)
+                          parts[WS_XH], parts[WS_LOWP], tid, nt, bar)
             elif tid == 0 and is_recurrent(L):
                 run_layer(L, steps, nb, inp, out, srow, ss, srow, ss, parts[WS_GATES], parts[WS_HFULL],
-                          parts[WS_XH], 0, 1, bar)
+                          parts[WS_XH], parts[WS_LOWP], 0, 1, bar)
             elif tid == 0:
                 run_other(net, L, steps, nb, inp, out, ids + <long>t0 * B + b0, B, srow, ss, parts[WS_EXT])
             steps = layer_steps(net, L, steps)
@@ -943,12 +1015,13 @@ cdef inline void cell_step(const Layer *L, const Dir *D, int nb, float *gates, f
 
 cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out,
                     float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
-                    float *xh, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
+                    float *xh, float *lpws, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
     """One recurrent layer over tn steps of nb rows: inp (tn*nb, n_in) -> out (tn*nb, width).
 
     hrows/crows: the state of the first of the nb rows, one row per stream
     (row strides ldh, ldc); each direction's h and c sit at its offsets in a row.
-    xh: scratch for two packed copies of nb rows of [x | h].
+    xh: scratch for two packed copies of nb rows of [x | h]; lpws: a reduced-precision
+    layer's converted rows (gate_products).
 
     Step t's h is written straight into its output rows and the next step reads
     it from there; the state rows get the last one at the end.  A team thread
@@ -963,7 +1036,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     cdef bint packed_steps = L.dirs[0].w_panels != NULL and nb >= 3
     # A reset-after GRU's gate blocks start on panels when H is a multiple of one (matmul_units).
     cdef int gru_kx = L.n_in if L.kind == FL_LAYER_GRU and L.hidden % FL_PANEL == 0 else 0
-    cdef bint stacked = tn == 1 and nb > 2
+    cdef bint stacked = tn == 1 and nb > 2 and L.dirs[0].prec == FL_PREC_FP32
     cdef long u0 = 0, u1 = H, v0, v1, x0, x1, c0, c1
     cdef long ps = <long>(L.n_in + L.n_out) * FL_PANEL
     cdef long flip = 0
@@ -996,7 +1069,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
             elif tid == 0:
                 fill_rows(gates, D.bias, rows, G4)
                 if tn > 1:
-                    gate_products(L, D, rows, inp, L.n_in, False, gates)
+                    gate_products(L, D, rows, inp, L.n_in, False, gates, lpws)
             sync(bar, nt)
             fl_lstm_single_part(tid, nt, bar, tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL,
                                 L.n_in, L.n_in, D.w_x, H, G4, L.kind, hs, cs, hfull, out + d * P, cat,
@@ -1040,13 +1113,13 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 matmul_w(nb, G4, K, xh, K, D, 0, gates, G4)
             else:
                 # Input projection of the whole block, hoisted out of the time loop.
-                gate_products(L, D, rows, inp, L.n_in, False, gates)
+                gate_products(L, D, rows, inp, L.n_in, False, gates, lpws)
             for s in range(tn):
                 t = tn - 1 - s if D.reverse else s
                 dst = s if L.go_backwards else t
                 ho = out + <long>dst * nb * cat + d * P
                 if not stacked:
-                    gate_products(L, D, nb, hprev, ldprev, True, gates + <long>t * nb * G4)
+                    gate_products(L, D, nb, hprev, ldprev, True, gates + <long>t * nb * G4, lpws)
                 cell_step(L, D, nb, gates + <long>t * nb * G4, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
                 hprev = ho
                 ldprev = cat

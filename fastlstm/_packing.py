@@ -27,6 +27,7 @@ exported by fastlstm._kernels (declared once, in the headers).
 import numpy as np
 
 from . import _kernels as K
+from ._quantize import pack_lowp
 from .layers import (
     ACTIVATIONS,
     MERGE_MODES,
@@ -210,8 +211,12 @@ def _fuse(layers):
     return out
 
 
-def pack_chain(layers):
+def pack_chain(layers, precision="fp32"):
     """The Network arguments for a checked chain: (layer dicts, state layout, state signature).
+
+    ``precision`` ("fp32", "bf16", "int8"; fastlstm._quantize) is that of the recurrent
+    layers' gate products: each direction's entry gets its weights packed for
+    include/fastlstm_lowp.h, or None for fp32.
 
     The state layout lists the pieces of a stream's state row as (label, entry,
     offset, width): label "h"/"c" for recurrent entry ``entry`` (one per layer
@@ -248,7 +253,8 @@ def pack_chain(layers):
                 c_width = layer.hidden_size if isinstance(layer, LSTMLayer) else 0
                 layout.append(("h", n_entries, offset, spec["n_out"]))
                 layout.append(("c", n_entries, offset + spec["n_out"], c_width))
-                dirs.append((w, b, p, offset, offset + spec["n_out"]))
+                lowp = None if precision == "fp32" else pack_lowp(w, layer.input_size, precision)
+                dirs.append((w, b, p, offset, offset + spec["n_out"], lowp))
                 offset += spec["n_out"] + c_width
                 n_entries += 1
             spec["dirs"] = dirs

@@ -20,10 +20,11 @@ from fastlstm import _isa
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 USED, BEST, FEATURES = _isa.levels()
-#: Every path this CPU can run, lowest first.
-PATHS = _isa.PATHS[: _isa.PATHS.index(BEST) + 1]
+#: The base paths this CPU can run, lowest first: the fp32 kernels differ only between these
+#: (the extensions of the others serve the reduced precisions, tests/test_precision_parity.py).
+PATHS = [p for p in _isa.BASES if p in _isa.runnable()]
 #: The paths the rest of the suite does not already run.
-LOWER = [p for p in PATHS if p != USED]
+LOWER = [p for p in PATHS if p != _isa.base(USED)]
 #: Between paths and against the float64 oracle.
 TOL = 1e-6
 #: C flags of setup.py that change code generation (the C check must build the same kernels).
@@ -55,6 +56,7 @@ def path_outputs(tmp_path_factory):
 def test_each_path_runs_as_asked(path_outputs):
     for path, out in path_outputs.items():
         assert str(out["path"]) == path
+    assert set(_isa.runnable()) >= set(PATHS)
 
 
 def test_each_path_bit_identical_across_threads(path_outputs):
@@ -116,17 +118,23 @@ def test_unknown_path_refused():
         timeout=120,
     )
     assert run.returncode != 0
-    assert "FASTLSTM_ISA='avx1024'" in run.stderr and "avx512, avx2, generic" not in run.stderr
-    assert "generic, avx2, avx512" in run.stderr
+    assert "FASTLSTM_ISA='avx1024'" in run.stderr
+    assert ", ".join(_isa.PATHS) in run.stderr and _isa.PATHS[0] == "generic" and _isa.PATHS[-1] == "amx"
 
 
-def test_path_above_cpu_refused(monkeypatch):
-    """A request above the CPU's best path is an error that says what it can run."""
-    monkeypatch.setattr(_isa, "levels", lambda: ("avx2", "avx2", {"avx2": True, "avx512f": False}))
-    with pytest.raises(ValueError, match=r"FASTLSTM_ISA=avx512: this CPU .* most it can run is avx2"):
-        _isa.check_request({"FASTLSTM_ISA": "avx512"})
-    _isa.check_request({"FASTLSTM_ISA": "avx2"})
-    _isa.check_request({"FASTLSTM_ISA": "generic"})
+def test_path_cpu_lacks_refused(monkeypatch):
+    """A request for a path the CPU cannot run is an error that says what it can run."""
+    runs = {p: p in ("generic", "avx2", "avx512") for p in _isa.PATHS}  # AVX-512 without VNNI
+    monkeypatch.setattr(_isa, "_RUNS", runs)
+    monkeypatch.setattr(_isa, "_BEST", "avx512")
+    for want in ("avx2-vnni", "avx512-bf16", "amx"):
+        with pytest.raises(
+            ValueError, match=rf"FASTLSTM_ISA={want}: this CPU .* cannot run {want}; the best it runs is avx512\. "
+            r"Set FASTLSTM_ISA to one of generic, avx2, avx512,"
+        ):
+            _isa.check_request({"FASTLSTM_ISA": want})
+    for ok in ("avx512", "avx2", "generic"):
+        _isa.check_request({"FASTLSTM_ISA": ok})
     _isa.check_request({})
 
 
@@ -155,9 +163,9 @@ def test_show_config_forced_path():
     assert "FASTLSTM_ISA           generic" in run.stdout
 
 
-def _compile_and_run(cc, runner, tmp_path, extra=()):
-    exe = tmp_path / "kernels_check"
-    source = os.path.join(HERE, "c", "kernels_check.c")
+def _compile_and_run(cc, runner, tmp_path, extra=(), name="kernels_check"):
+    exe = tmp_path / name
+    source = os.path.join(HERE, "c", name + ".c")
     subprocess.run(
         [cc, *CFLAGS, *extra, "-I", os.path.join(ROOT, "include"), source, "-lm", "-o", str(exe)],
         check=True,
@@ -176,6 +184,15 @@ def test_c_kernels_every_path(tmp_path):
         assert f"{path}: checked" in out
 
 
+def test_c_lowp_kernels_every_path(tmp_path):
+    """The bf16 and int8 products alone, on every path this CPU has (extensions included), give
+    their reference's exact bits (tests/c/lowp_check.c)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    _, out = _compile_and_run(cc, [], tmp_path, name="lowp_check")
+    for path in _isa.runnable():
+        assert f"{path}: checked" in out
+
+
 AARCH64_TOOLS = ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-objdump", "qemu-aarch64")
 
 
@@ -186,6 +203,8 @@ AARCH64_TOOLS = ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-objdump", "qemu-aar
 def test_c_kernels_aarch64(tmp_path):
     """The generic path compiled for aarch64: correct under qemu, and its GEMM block is NEON fmla."""
     exe, out = _compile_and_run("aarch64-linux-gnu-gcc", ["qemu-aarch64"], tmp_path, ["-static"])
+    assert "generic: checked" in out
+    _, out = _compile_and_run("aarch64-linux-gnu-gcc", ["qemu-aarch64"], tmp_path, ["-static"], name="lowp_check")
     assert "generic: checked" in out
     dump = subprocess.run(
         ["aarch64-linux-gnu-objdump", "-d", str(exe)], capture_output=True, text=True, check=True

@@ -1,0 +1,383 @@
+/* Reduced-precision gate products: bf16 and int8 weights (fastlstm/_packing.py packs them).
+ *
+ * At batch 1 a step reads every weight once, so its time is the bytes read:
+ * bf16 halves them and int8 quarters them.  Only the recurrent layers' gate
+ * products [x | h] @ [W_x; W_h] run here; everything else stays fp32.
+ *
+ * Weights come in panels of 16 columns, as in fastlstm_gemm.h, but each panel
+ * row is a group of g consecutive k (g = 2 for bf16, 4 for int8) packed in one
+ * 32-bit word per column: the layout vdpbf16ps, vpdpbusd and the AMX tiles
+ * read.  A panel row is 64 bytes, one cache line.  The activations (the A
+ * rows) are converted per call to the same groups by fl_lp_convert:
+ *
+ *   bf16  a word holds bf16(a[2i]) in its high half and bf16(a[2i + 1]) in its
+ *         low half (round to nearest even).  vdpbf16ps adds the high product
+ *         first, so every output is the fp32 chain over k in order,
+ *         c = c + a[k] * w[k], from the value already in C.  A product of two
+ *         bf16 is exact in fp32, so the widening fallback (bf16 -> fp32 by a
+ *         shift, then one FMA or a multiply and an add per k) computes the
+ *         very same bits on every path.
+ *   int8  a row is quantized symmetrically with its own scale,
+ *         s = max|a| / 127, q = rint(a * (127 / max|a|)), stored as the
+ *         unsigned byte q + 128 (vpdpbusd multiplies unsigned by signed
+ *         bytes); weights hold signed bytes, one scale per column.  The sums
+ *         are exact int32; corr[j] = 128 * (column j's weight sum) removes the
+ *         offset; then c = fmaf(sum, s_row * s_col[j], c).  Exact integers and
+ *         one fused multiply-add: the same bits on every path.
+ *
+ * Results depend on neither the row count nor the block shape, so a stream
+ * gets the same bits alone as in a batch.  Denormals are flushed by the
+ * caller (fastlstm_fpmode.h), as vdpbf16ps always does.
+ *
+ * Paths (fastlstm_isa.h): AVX512-BF16 and AVX512-VNNI / AVX-VNNI intrinsics
+ * where fl_ext has them; otherwise one vector-extension body per base path
+ * that widens the weights (the fallback).
+ */
+#ifndef FASTLSTM_LOWP_H
+#define FASTLSTM_LOWP_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "fastlstm_isa.h"
+
+enum fl_precision { FL_PREC_FP32 = 0, FL_PREC_BF16 = 1, FL_PREC_INT8 = 2 };
+
+#define FL_LP_PANEL 16
+
+/* k per 32-bit group: 2 bf16 or 4 int8. */
+static inline int fl_lp_group(int prec) { return prec == FL_PREC_BF16 ? 2 : 4; }
+
+/* ---- converting the activations --------------------------------------------- */
+
+static inline uint32_t fl_lp_f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* bf16 bits of a finite float, rounded to nearest even. */
+static inline uint32_t fl_bf16_bits(float f)
+{
+    const uint32_t u = fl_lp_f2u(f);
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+/* Row r of m rows of k floats (row stride lda) -> kq words at qa + r * ldq (kq = ceil(k / g),
+ * the groups past k padded with zeros: a bf16 0, an int8 byte 128 that is q = 0); int8 also
+ * sets the row's scale as[r]. */
+FL_INLINE void fl_lp_convert_body(int prec, long m, long k, const float *restrict A, long lda, uint32_t *restrict qa,
+                                  long ldq, float *restrict as)
+{
+    const long kq = (k + fl_lp_group(prec) - 1) / fl_lp_group(prec);
+    for (long r = 0; r < m; r++) {
+        const float *a = A + r * lda;
+        uint32_t *q = qa + r * ldq;
+        if (prec == FL_PREC_BF16) {
+            for (long i = 0; i < k / 2; i++) q[i] = fl_bf16_bits(a[2 * i]) << 16 | fl_bf16_bits(a[2 * i + 1]);
+            if (k % 2) q[kq - 1] = fl_bf16_bits(a[k - 1]) << 16;
+            continue;
+        }
+        float amax = 0.0f;
+        for (long i = 0; i < k; i++) {
+            const float v = a[i] < 0 ? -a[i] : a[i];
+            amax = v > amax ? v : amax;
+        }
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        as[r] = amax / 127.0f;
+        uint8_t *b = (uint8_t *)q;
+        for (long i = 0; i < k; i++) {
+            float v = __builtin_rintf(a[i] * inv);
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            b[i] = (uint8_t)((int)v + 128);
+        }
+        for (long i = k; i < 4 * kq; i++) b[i] = 128;
+    }
+}
+FL_ISA_VARIANTS(fl_lp_convert,
+                (int prec, long m, long k, const float *restrict A, long lda, uint32_t *restrict qa, long ldq,
+                 float *restrict as),
+                (prec, m, k, A, lda, qa, ldq, as))
+
+/* ---- the products ------------------------------------------------------------
+ * A block is R rows x NP panels over all kq groups: acc[r][p] holds 16 columns.
+ * fl_lp_load_c / fl_lp_store_c move the first nc columns of C (the rest of a
+ * partial panel are computed on zero weights and dropped); int8 adds its
+ * accumulators to C through the scales there. */
+
+typedef float fl_lp_v16 __attribute__((vector_size(64)));
+typedef int32_t fl_lp_i16 __attribute__((vector_size(64)));
+typedef uint32_t fl_lp_u16 __attribute__((vector_size(64)));
+typedef uint32_t fl_lp_u16u __attribute__((vector_size(64), aligned(4))); /* unaligned access */
+
+#define FL_LP_ROWS_MAX   8                                                /* rows of a block */
+#define FL_LP_PANELS_MAX 4                                                /* panels of a block */
+
+FL_INLINE void fl_lp_load_c(const float *c, int nc, float *out)
+{
+    for (int j = 0; j < 16; j++) out[j] = j < nc ? c[j] : 0.0f;
+}
+
+/* bf16 result of one row and panel (16 floats) -> the first nc columns of C. */
+FL_INLINE void fl_lp_store_bf16(float *c, int nc, const float *v)
+{
+    for (int j = 0; j < nc; j++) c[j] = v[j];
+}
+
+/* int8: C[j] = fmaf(sum[j] - corr[j], s * ws[j], C[j]) for the first nc columns. */
+FL_INLINE void fl_lp_store_int8(float *c, int nc, const int32_t *sum, const int32_t *corr, float s, const float *ws)
+{
+    for (int j = 0; j < nc; j++) c[j] = __builtin_fmaf((float)(sum[j] - corr[j]), s * ws[j], c[j]);
+}
+
+/* Arguments of every block kernel: R rows from qa (row stride ldq), NP panels from w (ps
+ * words apart), kq groups; C at c (row stride ldc), the last panel nc columns wide; int8:
+ * the row scales as, the column scales ws and corrections corr (16 per panel, from the
+ * block's first column). */
+#define FL_LP_BLOCK_PARAMS                                                                                             \
+    const int R, const int NP, long kq, const uint32_t *restrict qa, long ldq, const uint32_t *restrict w, long ps,    \
+        float *restrict c, long ldc, int nc, const float *restrict as, const float *restrict ws,                       \
+        const int32_t *restrict corr
+#define FL_LP_BLOCK_ARGS R, NP, kq, qa, ldq, w, ps, c, ldc, nc, as, ws, corr
+
+/* Columns of panel p of a block whose last panel has nc columns. */
+#define FL_LP_COLS(p) ((p) == NP - 1 ? nc : 16)
+
+/* bf16, the fallback: widen each word to two floats (the high half is the float with the low
+ * 16 bits cleared, the low half shifted up), one multiply-add each, high first. */
+FL_INLINE void fl_lp_bf16_block_body(FL_LP_BLOCK_PARAMS)
+{
+    fl_lp_v16 acc[FL_LP_ROWS_MAX][FL_LP_PANELS_MAX];
+    (void)as, (void)ws, (void)corr;
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++) fl_lp_load_c(c + r * ldc + 16 * p, FL_LP_COLS(p), (float *)&acc[r][p]);
+    for (long i = 0; i < kq; i++) {
+        fl_lp_v16 whi[FL_LP_PANELS_MAX], wlo[FL_LP_PANELS_MAX];
+        for (int p = 0; p < NP; p++) {
+            const fl_lp_u16 v = *(const fl_lp_u16u *)(w + p * ps + i * 16);
+            whi[p] = (fl_lp_v16)(v & 0xffff0000u);
+            wlo[p] = (fl_lp_v16)(v << 16);
+        }
+        for (int r = 0; r < R; r++) {
+            const uint32_t word = qa[r * ldq + i];
+            float ahi, alo;
+            const uint32_t hi = word & 0xffff0000u, lo = word << 16;
+            memcpy(&ahi, &hi, 4);
+            memcpy(&alo, &lo, 4);
+            for (int p = 0; p < NP; p++) {
+                acc[r][p] += ahi * whi[p];
+                acc[r][p] += alo * wlo[p];
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++) fl_lp_store_bf16(c + r * ldc + 16 * p, FL_LP_COLS(p), (const float *)&acc[r][p]);
+}
+
+/* int8, the fallback: sign-extend each weight byte to 32 bits and multiply-add in int32. */
+FL_INLINE void fl_lp_int8_block_body(FL_LP_BLOCK_PARAMS)
+{
+    fl_lp_i16 acc[FL_LP_ROWS_MAX][FL_LP_PANELS_MAX];
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++) acc[r][p] = (fl_lp_i16){0};
+    for (long i = 0; i < kq; i++) {
+        fl_lp_i16 wb[FL_LP_PANELS_MAX][4];
+        for (int p = 0; p < NP; p++) {
+            const fl_lp_i16 v = (fl_lp_i16) * (const fl_lp_u16u *)(w + p * ps + i * 16);
+            wb[p][0] = (v << 24) >> 24;
+            wb[p][1] = (v << 16) >> 24;
+            wb[p][2] = (v << 8) >> 24;
+            wb[p][3] = v >> 24;
+        }
+        for (int r = 0; r < R; r++) {
+            const uint32_t word = qa[r * ldq + i];
+            const int32_t a0 = word & 255, a1 = (word >> 8) & 255, a2 = (word >> 16) & 255, a3 = word >> 24;
+            for (int p = 0; p < NP; p++) acc[r][p] += a0 * wb[p][0] + a1 * wb[p][1] + a2 * wb[p][2] + a3 * wb[p][3];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++)
+            fl_lp_store_int8(c + r * ldc + 16 * p, FL_LP_COLS(p), (const int32_t *)&acc[r][p], corr + 16 * p, as[r],
+                             ws + 16 * p);
+}
+
+#if FL_X86
+/* AVX512-BF16: one vdpbf16ps per panel, row and group (32 multiply-adds). */
+FL_TARGET_AVX512_BF16 FL_INLINE void fl_lp_bf16_block_dp(FL_LP_BLOCK_PARAMS)
+{
+    __m512 acc[FL_LP_ROWS_MAX][FL_LP_PANELS_MAX];
+    (void)as, (void)ws, (void)corr;
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++) {
+            const int n = FL_LP_COLS(p);
+            acc[r][p] = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), c + r * ldc + 16 * p);
+        }
+    for (long i = 0; i < kq; i++) {
+        __m512bh wv[FL_LP_PANELS_MAX];
+        for (int p = 0; p < NP; p++) wv[p] = (__m512bh)_mm512_loadu_si512(w + p * ps + i * 16);
+        for (int r = 0; r < R; r++) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)qa[r * ldq + i]);
+            for (int p = 0; p < NP; p++) acc[r][p] = _mm512_dpbf16_ps(acc[r][p], av, wv[p]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++)
+            _mm512_mask_storeu_ps(c + r * ldc + 16 * p, (__mmask16)((1u << FL_LP_COLS(p)) - 1u), acc[r][p]);
+}
+
+/* AVX512-VNNI: one vpdpbusd per panel, row and group (64 multiply-adds). */
+FL_TARGET_AVX512_VNNI FL_INLINE void fl_lp_int8_block_dp(FL_LP_BLOCK_PARAMS)
+{
+    __m512i acc[FL_LP_ROWS_MAX][FL_LP_PANELS_MAX];
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++) acc[r][p] = _mm512_setzero_si512();
+    for (long i = 0; i < kq; i++) {
+        __m512i wv[FL_LP_PANELS_MAX];
+        for (int p = 0; p < NP; p++) wv[p] = _mm512_loadu_si512(w + p * ps + i * 16);
+        for (int r = 0; r < R; r++) {
+            const __m512i av = _mm512_set1_epi32((int)qa[r * ldq + i]);
+            for (int p = 0; p < NP; p++) acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], av, wv[p]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++) {
+            int32_t sum[16];
+            _mm512_storeu_si512(sum, acc[r][p]);
+            fl_lp_store_int8(c + r * ldc + 16 * p, FL_LP_COLS(p), sum, corr + 16 * p, as[r], ws + 16 * p);
+        }
+}
+
+/* AVX-VNNI (AVX2 base): a panel is two ymm vectors. */
+FL_TARGET_AVX2_VNNI FL_INLINE void fl_lp_int8_block_avxvnni(FL_LP_BLOCK_PARAMS)
+{
+    __m256i acc[FL_LP_ROWS_MAX][FL_LP_PANELS_MAX][2];
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++) acc[r][p][0] = acc[r][p][1] = _mm256_setzero_si256();
+    for (long i = 0; i < kq; i++) {
+        __m256i wv[FL_LP_PANELS_MAX][2];
+        for (int p = 0; p < NP; p++) {
+            wv[p][0] = _mm256_loadu_si256((const __m256i *)(w + p * ps + i * 16));
+            wv[p][1] = _mm256_loadu_si256((const __m256i *)(w + p * ps + i * 16 + 8));
+        }
+        for (int r = 0; r < R; r++) {
+            const __m256i av = _mm256_set1_epi32((int)qa[r * ldq + i]);
+            for (int p = 0; p < NP; p++) {
+                acc[r][p][0] = _mm256_dpbusd_avx_epi32(acc[r][p][0], av, wv[p][0]);
+                acc[r][p][1] = _mm256_dpbusd_avx_epi32(acc[r][p][1], av, wv[p][1]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NP; p++) {
+            int32_t sum[16];
+            _mm256_storeu_si256((__m256i *)sum, acc[r][p][0]);
+            _mm256_storeu_si256((__m256i *)(sum + 8), acc[r][p][1]);
+            fl_lp_store_int8(c + r * ldc + 16 * p, FL_LP_COLS(p), sum, corr + 16 * p, as[r], ws + 16 * p);
+        }
+}
+#endif
+
+/* One kernel over all rows and panels of a product, in blocks of up to 8 rows x 2 panels
+ * (16 accumulators), or 3 rows x 4 panels when there are fewer than 4 rows (a stream's
+ * step: 4 independent chains hide the multiply-add latency).  Panel groups go outermost,
+ * so a group's weights stay in cache while the row blocks pass.  Each case calls KERNEL
+ * with constant R and NP, which keeps the accumulators in registers. */
+#define FL_LP_CALL(KERNEL, R_, NP_)                                                                                    \
+    KERNEL(R_, NP_, kq, qa + r0 * ldq, ldq, wq + p0 * ps, ps, C + r0 * ldc + 16 * p0, ldc, nc, as ? as + r0 : NULL,    \
+           wsc ? wsc + 16 * p0 : NULL, wcorr ? wcorr + 16 * p0 : NULL)
+#define FL_LP_ROWS_CASES(KERNEL, NP_)                                                                                  \
+    switch (R) {                                                                                                       \
+    case 8:                                                                                                            \
+        FL_LP_CALL(KERNEL, 8, NP_);                                                                                    \
+        break;                                                                                                         \
+    case 4:                                                                                                            \
+        FL_LP_CALL(KERNEL, 4, NP_);                                                                                    \
+        break;                                                                                                         \
+    case 3:                                                                                                            \
+        FL_LP_CALL(KERNEL, 3, NP_);                                                                                    \
+        break;                                                                                                         \
+    case 2:                                                                                                            \
+        FL_LP_CALL(KERNEL, 2, NP_);                                                                                    \
+        break;                                                                                                         \
+    default:                                                                                                           \
+        FL_LP_CALL(KERNEL, 1, NP_);                                                                                    \
+        break;                                                                                                         \
+    }
+#define FL_LP_DRIVER(NAME, KERNEL, TARGET)                                                                             \
+    TARGET static void NAME(long m, long n, long kq, const uint32_t *qa, long ldq, const float *as,                    \
+                            const uint32_t *wq, long ps, const float *wsc, const int32_t *wcorr, float *C, long ldc)   \
+    {                                                                                                                  \
+        const long np = (n + 15) / 16;                                                                                 \
+        const int group = m < 4 ? 4 : 2;                                                                               \
+        for (long p0 = 0; p0 < np;) {                                                                                  \
+            const int NP = np - p0 >= group ? group : np - p0 >= 2 ? 2 : 1;                                            \
+            const long last = p0 + NP - 1;                                                                             \
+            const int nc = (int)(n - 16 * last < 16 ? n - 16 * last : 16);                                             \
+            for (long r0 = 0; r0 < m;) {                                                                               \
+                const int R = m - r0 >= 8 ? 8 : m - r0 >= 4 ? 4 : (int)(m - r0);                                       \
+                if (NP == 4) {                                                                                         \
+                    FL_LP_ROWS_CASES(KERNEL, 4)                                                                        \
+                } else if (NP == 2) {                                                                                  \
+                    FL_LP_ROWS_CASES(KERNEL, 2)                                                                        \
+                } else {                                                                                               \
+                    FL_LP_ROWS_CASES(KERNEL, 1)                                                                        \
+                }                                                                                                      \
+                r0 += R;                                                                                               \
+            }                                                                                                          \
+            p0 += NP;                                                                                                  \
+        }                                                                                                              \
+    }
+
+FL_LP_DRIVER(fl_lp_bf16_generic, fl_lp_bf16_block_body, )
+FL_LP_DRIVER(fl_lp_int8_generic, fl_lp_int8_block_body, )
+#if FL_X86
+FL_LP_DRIVER(fl_lp_bf16_avx2, fl_lp_bf16_block_body, FL_TARGET_AVX2)
+FL_LP_DRIVER(fl_lp_int8_avx2, fl_lp_int8_block_body, FL_TARGET_AVX2)
+FL_LP_DRIVER(fl_lp_bf16_avx512, fl_lp_bf16_block_body, FL_TARGET_AVX512)
+FL_LP_DRIVER(fl_lp_int8_avx512, fl_lp_int8_block_body, FL_TARGET_AVX512)
+FL_LP_DRIVER(fl_lp_bf16_avx512bf16, fl_lp_bf16_block_dp, FL_TARGET_AVX512_BF16)
+FL_LP_DRIVER(fl_lp_int8_avx512vnni, fl_lp_int8_block_dp, FL_TARGET_AVX512_VNNI)
+FL_LP_DRIVER(fl_lp_int8_avx2vnni, fl_lp_int8_block_avxvnni, FL_TARGET_AVX2_VNNI)
+#endif
+
+/* C[m, 0:n] += qa[m, 0:kq] @ the panels at wq (ps words apart), in precision prec: the
+ * kernel of the path in use (fastlstm_isa.h).  qa rows from fl_lp_convert (row stride
+ * ldq); int8 also takes the row scales as and, from the first column, the column scales
+ * wsc and corrections wcorr (bf16: NULL). */
+static void fl_lp_gemm(int prec, long m, long n, long kq, const uint32_t *qa, long ldq, const float *as,
+                       const uint32_t *wq, long ps, const float *wsc, const int32_t *wcorr, float *C, long ldc)
+{
+#define FL_LP_ARGS m, n, kq, qa, ldq, as, wq, ps, wsc, wcorr, C, ldc
+#if FL_X86
+    if (prec == FL_PREC_BF16) {
+        if (fl_ext & FL_EXT_BF16)
+            fl_lp_bf16_avx512bf16(FL_LP_ARGS);
+        else if (fl_isa == FL_ISA_AVX512)
+            fl_lp_bf16_avx512(FL_LP_ARGS);
+        else if (fl_isa == FL_ISA_AVX2)
+            fl_lp_bf16_avx2(FL_LP_ARGS);
+        else
+            fl_lp_bf16_generic(FL_LP_ARGS);
+    } else {
+        if (fl_isa == FL_ISA_AVX512 && (fl_ext & FL_EXT_VNNI))
+            fl_lp_int8_avx512vnni(FL_LP_ARGS);
+        else if (fl_isa == FL_ISA_AVX2 && (fl_ext & FL_EXT_VNNI))
+            fl_lp_int8_avx2vnni(FL_LP_ARGS);
+        else if (fl_isa == FL_ISA_AVX512)
+            fl_lp_int8_avx512(FL_LP_ARGS);
+        else if (fl_isa == FL_ISA_AVX2)
+            fl_lp_int8_avx2(FL_LP_ARGS);
+        else
+            fl_lp_int8_generic(FL_LP_ARGS);
+    }
+#else
+    if (prec == FL_PREC_BF16)
+        fl_lp_bf16_generic(FL_LP_ARGS);
+    else
+        fl_lp_int8_generic(FL_LP_ARGS);
+#endif
+#undef FL_LP_ARGS
+}
+
+#endif /* FASTLSTM_LOWP_H */
