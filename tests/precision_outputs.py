@@ -79,14 +79,20 @@ def reference(name, precision):
     return y if x.ndim == 3 else y[..., 0, :]
 
 
+def streamed(name):
+    """Whether case ``name`` is stepped as a stream too (its model streams, and returns sequences)."""
+    model, _, _, _, last_step = case(name)
+    return model.streamable and not last_step
+
+
 def outputs():
     """{case/precision/predict and case/precision/stream: outputs} for every case and low precision."""
     out = {}
     for name in CASES:
         for p in LOW:
-            model, _, _, x, last_step = case(name, p)
+            model, _, _, x, _ = case(name, p)
             out[f"{name}/{p}/predict"] = model.predict(x)
-            if model.streamable and not last_step:
+            if streamed(name):
                 stream = model.stream(None if x.ndim == 2 else x.shape[1])
                 out[f"{name}/{p}/stream"] = np.stack([stream.step(v) for v in x])
     return out

@@ -129,8 +129,9 @@ def test_path_cpu_lacks_refused(monkeypatch):
     monkeypatch.setattr(_isa, "_BEST", "avx512")
     for want in ("avx2-vnni", "avx512-bf16", "amx"):
         with pytest.raises(
-            ValueError, match=rf"FASTLSTM_ISA={want}: this CPU .* cannot run {want}; the best it runs is avx512\. "
-            r"Set FASTLSTM_ISA to one of generic, avx2, avx512,"
+            ValueError,
+            match=rf"FASTLSTM_ISA={want}: this CPU .* cannot run {want}; the best it runs is avx512\. "
+            r"Set FASTLSTM_ISA to one of generic, avx2, avx512,",
         ):
             _isa.check_request({"FASTLSTM_ISA": want})
     for ok in ("avx512", "avx2", "generic"):

@@ -23,6 +23,8 @@ from fastlstm.layers import GRULayer, GRUWeights, LSTMWeights, RNNWeights
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOW = precision_outputs.LOW
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # torch's spinning OpenMP workers stall a busy CI box
+
 
 def _bf16_torch(a):
     """bf16 rounding by torch (an implementation independent of oracle.bf16_round), as float64."""
@@ -144,8 +146,8 @@ def test_oracle_is_torch_cell_on_rounded_operands(rng, cell, precision):
     with torch.no_grad():
         torch_cell.weight_ih.copy_(weight_round(w.weight_ih))
         torch_cell.weight_hh.copy_(weight_round(w.weight_hh))
-        torch_cell.bias_ih.copy_(torch.from_numpy(w.bias_ih))
-        torch_cell.bias_hh.copy_(torch.from_numpy(w.bias_hh))
+        torch_cell.bias_ih.copy_(torch.tensor(w.bias_ih))
+        torch_cell.bias_hh.copy_(torch.tensor(w.bias_hh))
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h, c = torch.zeros(B, H, dtype=torch.float64), torch.zeros(B, H, dtype=torch.float64)
     want = []
@@ -168,6 +170,23 @@ def test_oracle_is_torch_cell_on_rounded_operands(rng, cell, precision):
 
 
 # --------------------------------------------------------------------------- the engine against the oracle
+#: Engine vs the float64 oracle that applies the same rounding, per stream (batch row) of a case.
+#: What is left is float32 against float64: the accumulation order (bf16's fp32 chain over k; int8's
+#: sums are exact integers), the float32 state and the approximate activations -- measured at most
+#: 1.6e-6 (bf16, over 280 terms) and 1.4e-7 (int8), relative to the output scale.  TIGHT bounds that.
+#: One more effect comes from the rounding itself: a 1-ulp float32 difference in h can move it across
+#: a bf16 rounding boundary or an int8 bucket boundary, which changes that operand by a whole bf16
+#: ulp (2^-8 relative) or int8 step (max|h| / 127) in one of the two computations.  Such a flip is
+#: rare (about 1e-5 per operand and step), hits one stream, and fades with the state: measured
+#: 2 of the 70 streams of "lstm-chunks" in bf16 (largest error 2.2e-5) and 1 in int8 (1.1e-4), none
+#: elsewhere.  So: at most 5% of a case's streams may exceed TIGHT, and none FLIP, about 4x the
+#: largest flip measured; a kernel that rounds anything else, or differently, is off on every stream.
+TIGHT = {"bf16": 3e-6, "int8": 1e-6}
+FLIP = {"bf16": 1e-4, "int8": 5e-4}
+
+CASES = list(precision_outputs.CASES)
+
+
 def _err(got, want):
     """Largest deviation relative to the reference's scale (absolute where |values| <= 1)."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
@@ -175,17 +194,20 @@ def _err(got, want):
     return float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
 
 
-#: Engine vs the float64 oracle that applies the same rounding.  What is left is float32 vs float64:
-#: the accumulation order, the float32 state and the approximate activations (fp32 parity is 1e-5
-#: to 2e-5 for the same reasons, tests/test_oracle_parity.py) -- and one effect of the rounding
-#: itself: a 1-ulp float32 difference in h can move it across a bf16 rounding boundary or an int8
-#: bucket boundary, which changes that operand by a whole bf16 ulp (2^-8 relative) or int8 step
-#: (max|h| / 127).  Such flips are rare (about 1e-5 per operand and step) and decay with the
-#: state; the bounds are the largest errors measured over these cases, rounded up (measured: see
-#: MEASURED_ORACLE below), so a kernel that rounds anything else, or differently, fails them.
-ORACLE_TOL = {"bf16": None, "int8": None}
+def _stream_errors(name, got, want):
+    """``_err`` of each stream (batch row) of case ``name``'s output, as a list."""
+    B, last_step = precision_outputs.CASES[name][1], precision_outputs.CASES[name][4]
+    if B is None:
+        return [_err(got, want)]
+    axis = 0 if last_step else 1
+    return [_err(np.take(got, b, axis), np.take(want, b, axis)) for b in range(B)]
 
-CASES = list(precision_outputs.CASES)
+
+def _check_oracle(name, precision, got, want):
+    errs = np.array(_stream_errors(name, got, want))
+    assert errs.max() <= FLIP[precision], (name, precision, errs.max())
+    off = int((errs > TIGHT[precision]).sum())
+    assert off <= 0.05 * len(errs), (name, precision, off, len(errs), errs.max())
 
 
 @pytest.fixture(scope="module")
@@ -206,11 +228,10 @@ def test_predict_matches_oracle(references, name, precision):
     model, _, _, x, _ = precision_outputs.case(name, precision)
     assert model.precision == precision
     got = model.predict(x)
-    assert _err(got, references[name, precision]) <= ORACLE_TOL[precision], _err(got, references[name, precision])
-    # The bound tells the precisions apart: fp32 results (or the other rounding) would fail it.
-    other = {"bf16": "int8", "int8": "bf16"}[precision]
-    assert _err(got, references[name, "fp32"]) > 2 * ORACLE_TOL[precision]
-    assert _err(got, references[name, other]) > 2 * ORACLE_TOL[precision]
+    _check_oracle(name, precision, got, references[name, precision])
+    # The bound tells the precisions apart: fp32 results, or the other rounding, are off on every stream.
+    for other in {"fp32", *LOW} - {precision}:
+        assert min(_stream_errors(name, got, references[name, other])) > 5 * TIGHT[precision], other
 
 
 # --------------------------------------------------------------------------- the same bits every way
@@ -228,13 +249,10 @@ def test_with_precision_is_the_keyword(precision):
 
 
 @pytest.mark.parametrize("precision", LOW)
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", [n for n in CASES if precision_outputs.streamed(n)])
 def test_stream_equals_predict_bit_for_bit(default_outputs, name, precision):
-    """Batch invariance: stepping one step at a time gives predict's bits (streamable cases)."""
-    stream = default_outputs.get(f"{name}/{precision}/stream")
-    if stream is None:
-        assert not precision_outputs.case(name)[0].streamable or precision_outputs.CASES[name][4]
-        return
+    """Batch invariance: stepping one step at a time gives predict's bits."""
+    stream = default_outputs[f"{name}/{precision}/stream"]
     np.testing.assert_array_equal(stream, default_outputs[f"{name}/{precision}/predict"])
 
 
@@ -279,40 +297,67 @@ def test_thread_count_changes_no_bit(restore_threads, name, precision):
 
 
 # --------------------------------------------------------------------------- every kernel path
-#: Paths this CPU runs besides the one in use here: the fallbacks (avx512, avx2, generic: bf16 by
-#: widening loads, int8 by widening integer multiplies) and the extension paths below the best.
-OTHER_PATHS = [p for p in _isa.runnable() if p != _isa.levels()[0]]
+#: Every path this CPU runs: the extension paths (VNNI, BF16, AMX) and the fallbacks of machines
+#: without them (avx512, avx2, generic: bf16 by widening loads, int8 by widening integer multiplies).
+PATHS = _isa.runnable()
 
 
-@pytest.mark.parametrize("path", OTHER_PATHS)
-def test_every_path_gives_the_same_bits(tmp_path, default_outputs, references, path):
-    """bf16 and int8 promise identical bits on every path (exact bf16 products, integer sums then one
-    fmaf): a child Python on FASTLSTM_ISA=path computes every case; equal to this process's
-    outputs bit for bit, hence within the oracle bounds too (checked again directly)."""
-    target = tmp_path / f"{path}.npz"
-    env = child_env(FASTLSTM_ISA=path)
-    env["PYTHONPATH"] = os.pathsep.join([HERE, env["PYTHONPATH"]])
-    subprocess.run(
-        [sys.executable, os.path.join(HERE, "precision_outputs.py"), str(target)], env=env, check=True, timeout=300
-    )
-    with np.load(target) as f:
-        got = {k: f[k] for k in f.files}
-    assert str(got.pop("path")) == path
-    assert sorted(got) == sorted(default_outputs)
-    for key, value in got.items():
-        np.testing.assert_array_equal(value, default_outputs[key], err_msg=f"{path} {key}")
+def _base(path):
+    """The base instruction set of a path (amx and the -vnni/-bf16 paths extend avx512 or avx2)."""
+    return "avx512" if path == "amx" else path.split("-")[0]
+
+
+@pytest.fixture(scope="module")
+def path_outputs(tmp_path_factory, default_outputs):
+    """{path: precision_outputs.outputs() on that path}, each from a child Python with FASTLSTM_ISA set."""
+    out = {}
+    for path in PATHS:
+        if path == _isa.levels()[0]:
+            out[path] = default_outputs
+            continue
+        target = tmp_path_factory.mktemp("precision") / f"{path}.npz"
+        env = child_env(FASTLSTM_ISA=path)
+        env["PYTHONPATH"] = os.pathsep.join([HERE, env["PYTHONPATH"]])
+        script = os.path.join(HERE, "precision_outputs.py")
+        subprocess.run([sys.executable, script, str(target)], env=env, check=True, timeout=300)
+        with np.load(target) as f:
+            got = {k: f[k] for k in f.files}
+        assert str(got.pop("path")) == path
+        out[path] = got
+    return out
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_path_within_oracle_bounds(path_outputs, references, path):
+    """Machines without the instructions (simulated with FASTLSTM_ISA) run bf16 and int8 through the
+    fallback within the same bounds."""
+    assert sorted(path_outputs[path]) == sorted(path_outputs[PATHS[0]])
+    for key, value in path_outputs[path].items():
         name, precision, _ = key.split("/")
-        assert _err(value, references[name, precision]) <= ORACLE_TOL[precision], (path, key)
+        _check_oracle(name, precision, value, references[name, precision])
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if _base(p) != p])
+def test_extension_path_has_its_fallbacks_bits(path_outputs, path):
+    """The reduced products are exact-order fp32 chains (bf16) or exact integer sums then one fmaf
+    (int8), so VNNI, AVX512-BF16 and AMX give their base path's fallback the very same bits.  (Paths
+    of different bases differ by an ulp, as fp32 does, in what stays fp32: the activations and the
+    narrow products -- a head, a projection -- which tests/test_isa.py bounds.)"""
+    fallback = path_outputs[_base(path)]
+    for key, value in path_outputs[path].items():
+        np.testing.assert_array_equal(value, fallback[key], err_msg=f"{path} {key}")
 
 
 # --------------------------------------------------------------------------- against fp32 PyTorch
 #: Largest |fastlstm - torch.nn.LSTM / nn.GRU in fp32| over every output (h in [-1, 1]) in 1000 steps
 #: of the benchmark configs' shapes, weights drawn as fastlstm/harness/configs.py draws them and unit
-#: normal inputs.  This is the cost of the precision itself (the rounding of weights and
-#: activations, carried through the recurrence), not an implementation error; measured values are
-#: in docs/precision.md.  bf16 keeps 8 significant bits, int8 about 7 with a per-row step, so int8
-#: deviates more; the bounds are the measured maxima with headroom.
-TORCH_TOL = {"fp32": 1e-4, "bf16": 1e-2, "int8": None}
+#: normal inputs.  This is the cost of the precision itself (the rounding of weights and activations,
+#: carried through the recurrence), not an implementation error.  Measured (docs/precision.md):
+#: bf16 3.8e-4 to 2.1e-3 (LSTM), 1.4e-3 to 3.3e-3 (GRU); int8 1.3e-3 to 8.6e-3 (LSTM), 4.7e-3 to
+#: 1.1e-2 (GRU); fp32 itself at most 8.5e-7.  bf16 keeps 8 significant bits of each operand; int8
+#: about 7 bits of the largest value of its row, so smaller entries keep fewer and int8 deviates about
+#: 3x more.  bf16's bound is the issue's (1e-2, 3x the largest measured), int8's 2.3x its largest.
+TORCH_TOL = {"fp32": 1e-5, "bf16": 1e-2, "int8": 2.5e-2}
 
 #: Steps per config in the default run (the slow test runs 1000 everywhere): the batched large
 #: shapes cost the most, and their deviation saturates within tens of steps.
@@ -331,7 +376,7 @@ def _gru_pair(cfg, seed=0):
         arrays = [rng.uniform(-bound, bound, s).astype(np.float32) for s in shapes]
         layers.append(GRULayer([GRUWeights(*arrays)]))
         for name, a in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), arrays):
-            state[f"{name}_l{k}"] = torch.from_numpy(a)
+            state[f"{name}_l{k}"] = torch.tensor(a)
     module.load_state_dict(state)
     return fastlstm.Model(layers), module
 
@@ -344,7 +389,7 @@ def _torch_deviations(name, steps, kind):
         arrays = configs.random_arrays(cfg)
         model = configs.model_from_arrays(arrays, cfg.L)
         module = torch.nn.LSTM(cfg.I, cfg.H, cfg.L)
-        module.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+        module.load_state_dict({k: torch.tensor(v) for k, v in arrays.items()})
     else:
         model, module = _gru_pair(cfg)
     with torch.inference_mode():
@@ -377,9 +422,10 @@ def test_vs_torch_fp32_1000_steps(kind, name):
 
 
 # --------------------------------------------------------------------------- the bundled CO2 model
-#: The forecast error may grow by at most this much (ppm) over fp32's.  The measured MAEs on the
-#: held-out weeks (docs/precision.md) differ by far less than the model's error itself.
-CO2_MARGIN = {"bf16": None, "int8": None}
+#: The forecast error (ppm) may differ from fp32's by at most this much: 1.7% of the model's error.
+#: Measured on the held-out weeks: fp32 0.28972, bf16 0.28967, int8 0.28989 (docs/precision.md),
+#: differences 100x and 30x below the margin; the naive "last value" forecast scores 0.403.
+CO2_MARGIN = {"bf16": 0.005, "int8": 0.005}
 
 
 def test_co2_forecast_error_per_precision():
@@ -392,7 +438,7 @@ def test_co2_forecast_error_per_precision():
     for p in fastlstm.PRECISIONS:
         pred = data.forecast(series, base.with_precision(p).predict(x))
         mae[p] = float(np.abs(pred[weeks] - series.co2[weeks + 1]).mean())
-    print("\nCO2 held-out MAE (ppm): " + "  ".join(f"{p} {m:.4f}" for p, m in mae.items()))
+    print("\nCO2 held-out MAE (ppm): " + "  ".join(f"{p} {m:.5f}" for p, m in mae.items()))
     naive = float(np.abs(series.co2[weeks] - series.co2[weeks + 1]).mean())
     assert mae["fp32"] < 0.9 * naive  # the model is worth scoring at all
     for p in LOW:
