@@ -234,6 +234,21 @@ def test_predict_matches_oracle(references, name, precision):
         assert min(_stream_errors(name, got, references[name, other])) > 5 * TIGHT[precision], other
 
 
+@pytest.mark.parametrize("precision", LOW)
+def test_state_in_and_out_match_oracle(rng, precision):
+    """From a random initial state, the output and the final (h, c) of every direction, with a
+    projection and a head (oracle.forward, the LSTM reference that carries state)."""
+    layers, head = oracle.random_stack(rng, 5, 18, 2, proj_size=7, bidirectional=True, head_size=2)
+    model = fastlstm.Model(layers, head, precision=precision)
+    init = oracle.random_state(rng, layers, 4)
+    x = rng.standard_normal((30, 4, 5)).astype(np.float32)
+    got, state = model.predict(x, fastlstm.State(h=init.h, c=init.c), return_state=True)
+    want, want_state = oracle.forward(layers, head, x, init, precision=precision)
+    for a, b in [(got, want), *zip(state.h, want_state.h), *zip(state.c, want_state.c)]:
+        assert _err(a, b) <= TIGHT[precision], _err(a, b)
+    assert _err(got, oracle.forward(layers, head, x, init)[0]) > 5 * TIGHT[precision]
+
+
 # --------------------------------------------------------------------------- the same bits every way
 @pytest.mark.parametrize("precision", LOW)
 def test_with_precision_is_the_keyword(precision):
