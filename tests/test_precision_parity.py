@@ -355,11 +355,15 @@ def test_every_path_within_oracle_bounds(path_outputs, references, path):
 @pytest.mark.parametrize("path", [p for p in PATHS if _base(p) != p])
 def test_extension_path_has_its_fallbacks_bits(path_outputs, path):
     """The reduced products are exact-order fp32 chains (bf16) or exact integer sums then one fmaf
-    (int8), so VNNI, AVX512-BF16 and AMX give their base path's fallback the very same bits.  (Paths
-    of different bases differ by an ulp, as fp32 does, in what stays fp32: the activations and the
-    narrow products -- a head, a projection -- which tests/test_isa.py bounds.)"""
+    (int8), so VNNI and AVX512-BF16 give their base path's fallback the very same bits, and AMX does
+    for int8.  AMX's bf16 tiles round their sums their own way (include/fastlstm_lowp.h), so there
+    only the oracle bounds apply (test_every_path_within_oracle_bounds).  (Paths of different bases
+    differ by an ulp, as fp32 does, in what stays fp32: the activations and the narrow products -- a
+    head, a projection -- which tests/test_isa.py bounds.)"""
     fallback = path_outputs[_base(path)]
     for key, value in path_outputs[path].items():
+        if path == "amx" and key.split("/")[1] == "bf16":
+            continue
         np.testing.assert_array_equal(value, fallback[key], err_msg=f"{path} {key}")
 
 
