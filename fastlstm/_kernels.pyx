@@ -201,49 +201,14 @@ cdef inline void matmul_cols(int m, int c0, int c1, int n, int k, const float *A
         matmul_acc(m, c1 - c0, k, A, lda, D.w_x + <long>k0 * n + c0, n, C + c0, ldc)
 
 
-cdef inline void lowp_cols(const Dir *D, bint recurrent, int m, const unsigned int *qa, long kq, const float *qs,
-                           int c0, int c1, float *gates, int G) noexcept nogil:
-    """gates[m, c0:c1] += the converted rows qa @ D's reduced-precision x part (recurrent: h
-    part), columns c0:c1 (c0 on a panel)."""
-    cdef long ps = (D.kqx + D.kqh) * FL_PANEL
-    cdef const unsigned int *w = D.lp_words + (c0 // FL_PANEL) * ps + (D.kqx * FL_PANEL if recurrent else 0)
-    cdef const float *scale = D.lp_scale_h if recurrent else D.lp_scale_x
-    cdef const int *corr = D.lp_corr_h if recurrent else D.lp_corr_x
-    if scale != NULL:          # int8; bf16 has neither
-        scale += c0
-        corr += c0
-    fl_lp_gemm(D.prec, m, c1 - c0, kq, qa, kq, qs, w, ps, scale, corr, gates + c0, G)
-
-
 cdef inline void gate_products(const Layer *L, const Dir *D, int m, const float *A, int lda, bint recurrent,
-                               float *gates, float *lpws) noexcept nogil:
+                               float *gates) noexcept nogil:
     """gates[m, G] += A @ the input rows (recurrent: the h rows) of D's [W_x; W_h].
 
     A reset-after GRU's input rows are zero in its n_h block and its h rows in its
     n_x block ([r | z | n_x | n_h], _packing), so those columns are skipped: a
-    quarter of the weights a single stream would otherwise stream from memory.
-
-    In reduced precision A is first converted into lpws (m + 16 rows of words, then
-    m int8 scales; fastlstm_lowp.h), and the blocks are skipped where they start on
-    a panel."""
+    quarter of the weights a single stream would otherwise stream from memory."""
     cdef int G = L.gates, H = L.hidden
-    cdef long k, kq
-    cdef unsigned int *qa
-    cdef float *qs
-    if D.prec != FL_PREC_FP32:
-        k = L.n_out if recurrent else L.n_in
-        kq = D.kqh if recurrent else D.kqx
-        qa = <unsigned int *>lpws
-        qs = lpws + pad16((m + 16) * kq)
-        fl_lp_convert(D.prec, m, k, A, lda, qa, kq, qs)
-        if L.kind != FL_LAYER_GRU or H % FL_PANEL != 0:
-            lowp_cols(D, recurrent, m, qa, kq, qs, 0, G, gates, G)
-        elif not recurrent:
-            lowp_cols(D, recurrent, m, qa, kq, qs, 0, 3 * H, gates, G)
-        else:
-            lowp_cols(D, recurrent, m, qa, kq, qs, 0, 2 * H, gates, G)
-            lowp_cols(D, recurrent, m, qa, kq, qs, 3 * H, 4 * H, gates, G)
-        return
     if L.kind != FL_LAYER_GRU:
         matmul_w(m, G, L.n_out if recurrent else L.n_in, A, lda, D, L.n_in if recurrent else 0, gates, G)
     elif not recurrent:
@@ -702,10 +667,13 @@ cdef bint layer_splits(const Layer *L, int nb) noexcept nogil:
     3+ rows: the packed kernel, and gate blocks that start on a 16-column panel.
     Projection layers need every unit's h before their product, so one thread
     runs them, as it does reset-before GRUs (the same, for r * h), 2-row chunks
-    (too little work to share), the layers that are not recurrent, and reduced
-    precision (int8 scales each row by its largest value, over all units)."""
-    if not is_recurrent(L) or L.dirs[0].w_proj != NULL or L.dirs[0].prec != FL_PREC_FP32:
+    (too little work to share) and the layers that are not recurrent.  Reduced
+    precision splits its units on panels (run_layer_lowp)."""
+    if not is_recurrent(L) or L.dirs[0].w_proj != NULL:
         return False
+    if L.dirs[0].prec != FL_PREC_FP32:
+        # Units split on panels (run_layer_lowp); one row's product splits when it is worth it.
+        return L.hidden % FL_PANEL == 0 and (nb >= 3 or L.hidden >= SPLIT_MIN_HIDDEN)
     if nb == 1:
         return L.hidden >= SPLIT_MIN_HIDDEN
     return nb >= 3 and L.dirs[0].w_panels != NULL and L.hidden % FL_PANEL == 0
@@ -1016,6 +984,104 @@ cdef inline void cell_step(const Layer *L, const Dir *D, int nb, float *gates, f
     matmul_acc(nb, P, H, hfull, H, D.w_proj, P, ho, ldo)
 
 
+cdef inline void lowp_cols(const Dir *D, bint recurrent, int m, const unsigned int *qa, long kq, const float *qs,
+                           int c0, int c1, float *gates, int G) noexcept nogil:
+    """gates[m, c0:c1] += the converted rows qa @ D's reduced-precision x part (recurrent: h
+    part), columns c0:c1 (c0 on a panel)."""
+    cdef long ps = (D.kqx + D.kqh) * FL_PANEL
+    cdef const unsigned int *w = D.lp_words + (c0 // FL_PANEL) * ps + (D.kqx * FL_PANEL if recurrent else 0)
+    cdef const float *scale = D.lp_scale_h if recurrent else D.lp_scale_x
+    cdef const int *corr = D.lp_corr_h if recurrent else D.lp_corr_x
+    if scale != NULL:          # int8; bf16 has neither
+        scale += c0
+        corr += c0
+    fl_lp_gemm(D.prec, m, c1 - c0, kq, qa, kq, qs, w, ps, scale, corr, gates + c0, G)
+
+
+cdef inline void lowp_products(const Layer *L, const Dir *D, bint recurrent, int m, const unsigned int *qa,
+                               const float *qs, long u0, long u1, float *gates) noexcept nogil:
+    """gates[m, G] += the converted rows qa (fastlstm_lowp.h) @ D's x part (recurrent: h part), in
+    the columns of units u0:u1 of every gate block (all of them: u0 = 0, u1 = H).
+
+    As gate_products does, a reset-after GRU skips the blocks that part is zero in (its n_h
+    block for x, n_x for h), where the blocks start on panels."""
+    cdef int G = L.gates, H = L.hidden, q
+    cdef long kq = D.kqh if recurrent else D.kqx
+    cdef bint gru = L.kind == FL_LAYER_GRU and H % FL_PANEL == 0
+    if u0 == 0 and u1 == H and not gru:
+        lowp_cols(D, recurrent, m, qa, kq, qs, 0, G, gates, G)
+        return
+    for q in range(G // H):
+        if not (gru and q == (2 if recurrent else 3)):
+            lowp_cols(D, recurrent, m, qa, kq, qs, <int>(q * H + u0), <int>(q * H + u1), gates, G)
+
+
+cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float *out,
+                         float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
+                         float *lpws, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
+    """run_layer for a layer in bf16 or int8 (fastlstm_lowp.h): each product's rows are first
+    converted (rounded to bf16, or quantized with a scale per row) into lpws, which the whole
+    team shares.
+
+    The x part of a block is hoisted: thread 0 converts its rows, then each thread adds its
+    units' columns.  Each step converts the rows of h, split by rows over the team (int8 scales a
+    row by its largest value, so a row needs all of h: one more barrier per step than fp32),
+    then each thread adds the h part to its units' columns and updates them.  The products give
+    the same bits whatever the rows and columns of a call, so results do not depend on the team."""
+    cdef int G = L.gates, H = L.hidden, P = L.n_out
+    cdef int cat = L.n_dirs * P
+    cdef int rows = tn * nb
+    cdef int d, s, t, dst, r, r0, r1
+    cdef long u0 = 0, u1 = H, v0, v1
+    cdef const Dir *D
+    cdef float *hs
+    cdef float *cs
+    cdef float *ho
+    cdef const float *hprev
+    cdef int ldprev
+    cdef unsigned int *qa = <unsigned int *>lpws
+    cdef float *qs
+    if nt > 1:
+        fl_split_range(H, tid, nt, &u0, &u1)
+    for d in range(L.n_dirs):
+        D = &L.dirs[d]
+        hs = hrows + D.h_off
+        cs = crows + D.c_off
+        qs = lpws + pad16((<long>rows + 16) * D.kqx)
+        sync(bar, nt)            # (the team is done with lpws and gates)
+        if tid == 0:
+            fill_rows(gates, D.bias, rows, G)
+            fl_lp_convert(D.prec, rows, L.n_in, inp, L.n_in, qa, D.kqx, qs)
+        sync(bar, nt)
+        lowp_products(L, D, False, rows, qa, qs, u0, u1, gates)
+        hprev = hs
+        ldprev = ldh
+        qs = lpws + pad16((<long>nb + 16) * D.kqh)
+        for s in range(tn):
+            t = tn - 1 - s if D.reverse else s
+            dst = s if L.go_backwards else t
+            ho = out + <long>dst * nb * cat + d * P
+            sync(bar, nt)        # every unit of hprev is written; the last products are done
+            r0 = nb * tid // nt
+            r1 = nb * (tid + 1) // nt
+            fl_lp_convert(D.prec, r1 - r0, P, hprev + <long>r0 * ldprev, ldprev, qa + <long>r0 * D.kqh, D.kqh,
+                          qs + r0)
+            sync(bar, nt)
+            lowp_products(L, D, True, nb, qa, qs, u0, u1, gates + <long>t * nb * G)
+            cell_step(L, D, nb, gates + <long>t * nb * G, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
+            hprev = ho
+            ldprev = cat
+        # A thread reads and writes only its own units of the state.
+        v0 = 0 if D.w_proj != NULL else u0
+        v1 = P if D.w_proj != NULL else u1
+        for r in range(nb):
+            memcpy(hs + <long>r * ldh + v0, hprev + <long>r * cat + v0, (v1 - v0) * sizeof(float))
+    if L.n_dirs == 2 and L.merge != FL_MERGE_CONCAT:
+        sync(bar, nt)
+        if tid == 0:
+            fl_merge_rows(out, out, rows, P, L.merge)
+
+
 cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out,
                     float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
                     float *xh, float *lpws, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
@@ -1024,7 +1090,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     hrows/crows: the state of the first of the nb rows, one row per stream
     (row strides ldh, ldc); each direction's h and c sit at its offsets in a row.
     xh: scratch for two packed copies of nb rows of [x | h]; lpws: a reduced-precision
-    layer's converted rows (gate_products).
+    layer's converted rows (run_layer_lowp).
 
     Step t's h is written straight into its output rows and the next step reads
     it from there; the state rows get the last one at the end.  A team thread
@@ -1039,7 +1105,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     cdef bint packed_steps = L.dirs[0].w_panels != NULL and nb >= 3
     # A reset-after GRU's gate blocks start on panels when H is a multiple of one (matmul_units).
     cdef int gru_kx = L.n_in if L.kind == FL_LAYER_GRU and L.hidden % FL_PANEL == 0 else 0
-    cdef bint stacked = tn == 1 and nb > 2 and L.dirs[0].prec == FL_PREC_FP32
+    cdef bint stacked = tn == 1 and nb > 2
     cdef long u0 = 0, u1 = H, v0, v1, x0, x1, c0, c1
     cdef long ps = <long>(L.n_in + L.n_out) * FL_PANEL
     cdef long flip = 0
@@ -1050,6 +1116,9 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     cdef float *ho
     cdef const float *hprev
     cdef int ldprev
+    if L.dirs[0].prec != FL_PREC_FP32:
+        run_layer_lowp(L, tn, nb, inp, out, hrows, ldh, crows, ldc, gates, hfull, lpws, tid, nt, bar)
+        return
     if nt > 1:
         fl_split_range(H, tid, nt, &u0, &u1)
     for d in range(L.n_dirs):
@@ -1072,7 +1141,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
             elif tid == 0:
                 fill_rows(gates, D.bias, rows, G4)
                 if tn > 1:
-                    gate_products(L, D, rows, inp, L.n_in, False, gates, lpws)
+                    gate_products(L, D, rows, inp, L.n_in, False, gates)
             sync(bar, nt)
             fl_lstm_single_part(tid, nt, bar, tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL,
                                 L.n_in, L.n_in, D.w_x, H, G4, L.kind, hs, cs, hfull, out + d * P, cat,
@@ -1116,13 +1185,13 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 matmul_w(nb, G4, K, xh, K, D, 0, gates, G4)
             else:
                 # Input projection of the whole block, hoisted out of the time loop.
-                gate_products(L, D, rows, inp, L.n_in, False, gates, lpws)
+                gate_products(L, D, rows, inp, L.n_in, False, gates)
             for s in range(tn):
                 t = tn - 1 - s if D.reverse else s
                 dst = s if L.go_backwards else t
                 ho = out + <long>dst * nb * cat + d * P
                 if not stacked:
-                    gate_products(L, D, nb, hprev, ldprev, True, gates + <long>t * nb * G4, lpws)
+                    gate_products(L, D, nb, hprev, ldprev, True, gates + <long>t * nb * G4)
                 cell_step(L, D, nb, gates + <long>t * nb * G4, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
                 hprev = ho
                 ldprev = cat

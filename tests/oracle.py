@@ -23,6 +23,10 @@ Direction conventions (those of PyTorch's nn.LSTM and Keras' Bidirectional/go_ba
 State: flat lists ``h`` and ``c`` with one array per (layer, direction), in layer order and
 forward before backward (``layer*D + direction`` when every layer has D directions).
 
+Precision (issue 15, notes in docs/precision.md): every ``run_*`` function and both stack drivers take
+``precision="fp32" | "bf16" | "int8"``, which changes only the recurrent gate products, as the engine's
+spec defines them (:func:`gate_product`); everything else stays exact float64.
+
 It deliberately imports nothing from fastlstm except the weight containers, so a bug in the engine
 cannot leak into the reference.
 """
@@ -76,6 +80,70 @@ MERGES = {
 }
 
 
+# --------------------------------------------------------------------------- reduced precision
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def bf16_round(a):
+    """float32 -> nearest bfloat16 (round half to even), returned as float32 values.
+
+    A float64 input is first rounded to float32: the engine holds activations in float32, and the
+    spec rounds that float32 value (rounding float64 straight to bf16 could differ at a tie)."""
+    a = np.asarray(a, dtype=np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000  # add half an ulp (minus 1 on an even tie), truncate
+    out = u.astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(a), a, out)  # the carry could turn a NaN's payload into an infinity
+
+
+def int8_weights(w):
+    """Per output row of a PyTorch-layout (G, K) weight (= per output column of W): symmetric scales
+    ``sw = max|w| / 127`` and ``q = clip(rint(w / sw), -127, 127)``, all float32 arithmetic as the
+    engine's packing does; a zero row has sw = 0 and q = 0.  Returns (q as float64, sw as float64)."""
+    w = np.asarray(w, dtype=np.float32)
+    sw = np.max(np.abs(w), axis=1) / np.float32(127) if w.shape[1] else np.zeros(w.shape[0], np.float32)
+    safe = np.where(sw > 0, sw, np.float32(1))
+    q = np.where(sw[:, None] > 0, np.clip(np.rint(w / safe[:, None]), -127, 127), 0)
+    return q.astype(np.float64), sw.astype(np.float64)
+
+
+def int8_rows(a):
+    """Dynamic per-row activation quantization of (B, K): amax = max|a|, ``sa = amax / 127`` and
+    ``q = clip(rint(a * (127 / amax)), -127, 127)`` in float32 (the engine's order); amax = 0 gives
+    sa = 0, q = 0.  Returns (q as float64, sa (B,) as float64)."""
+    a = np.asarray(a, dtype=np.float32)
+    amax = np.max(np.abs(a), axis=1) if a.shape[1] else np.zeros(a.shape[0], np.float32)
+    inv = np.float32(127) / np.where(amax > 0, amax, np.float32(1))
+    q = np.where(amax[:, None] > 0, np.clip(np.rint(a * inv[:, None]), -127, 127), 0)
+    return q.astype(np.float64), (amax / np.float32(127)).astype(np.float64)
+
+
+def gate_product(w, precision="fp32"):
+    """The function ``a -> P(a, W)`` for one part (x or h) of a recurrent layer's gate product:
+    ``a`` (B, K) activations, ``w`` (G, K) PyTorch-layout weight; returns (B, G) float64.
+
+    * fp32: ``a W^T`` exactly;
+    * bf16: ``bf16(a) bf16(W)^T`` (products of two bf16 are exact, the sum is float64);
+    * int8: ``sa * sw[n] * I[n]`` with ``I = q_a q_w^T`` the exact integer sum (|I| < 2^53, so
+      float64 holds it exactly), from :func:`int8_rows` and :func:`int8_weights`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        wt = np.asarray(w, dtype=np.float64).T
+        return lambda a: np.asarray(a, dtype=np.float64) @ wt
+    if precision == "bf16":
+        wt = bf16_round(w).astype(np.float64).T
+        return lambda a: bf16_round(a).astype(np.float64) @ wt
+    qw, sw = int8_weights(w)
+    qwt = qw.T
+
+    def product(a):
+        qa, sa = int8_rows(a)
+        return sa[:, None] * sw[None, :] * (qa @ qwt)
+
+    return product
+
+
 @dataclass
 class OracleState:
     """Final (or initial) state: ``h[k]`` is (B, Hout), ``c[k]`` is (B, H), k = flat direction index."""
@@ -85,8 +153,9 @@ class OracleState:
 
 
 # --------------------------------------------------------------------------- core
-def run_direction(x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_activation="sigmoid"):
-    """One direction over ``x`` (T, B, I) in the order given.  Returns (ys (T,B,Hout), h_T, c_T)."""
+def run_direction(x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_activation="sigmoid", precision="fp32"):
+    """One direction over ``x`` (T, B, I) in the order given.  Returns (ys (T,B,Hout), h_T, c_T).
+    ``precision`` changes the W_ih and W_hh products only (the projection W_hr stays exact)."""
     act = CELL_ACTIVATIONS[activation]
     ract = CELL_ACTIVATIONS[recurrent_activation]
     f64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
@@ -97,9 +166,10 @@ def run_direction(x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_
         if b is not None:
             bias = bias + f64(b)
     h, c = np.array(h0, dtype=np.float64), np.array(c0, dtype=np.float64)
+    px, ph = gate_product(w_ih, precision), gate_product(w_hh, precision)
     ys = np.empty((x.shape[0], x.shape[1], weights.output_size))
     for t in range(x.shape[0]):
-        z = x[t] @ w_ih.T + h @ w_hh.T + bias
+        z = bias + px(x[t]) + ph(h)
         zi, zf, zg, zo = (z[:, k * hidden : (k + 1) * hidden] for k in range(4))
         c = ract(zf) * c + ract(zi) * act(zg)
         h = ract(zo) * act(c)
@@ -109,51 +179,60 @@ def run_direction(x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_
     return ys, h, c
 
 
-def run_gru_direction(x, weights, h0, activation="tanh", recurrent_activation="sigmoid", reset_after=True):
+def run_gru_direction(
+    x, weights, h0, activation="tanh", recurrent_activation="sigmoid", reset_after=True, precision="fp32"
+):
     """One GRU direction over ``x`` (T, B, I), gate rows r, z, n (PyTorch layout)::
 
     r = ra(W_ir x + b_ir + W_hr h + b_hr);  z = ra(W_iz x + b_iz + W_hz h + b_hz)
     n = act(W_in x + b_in + r * (W_hn h + b_hn))        reset_after
     n = act(W_in x + b_in + W_hn (r * h) + b_hn)        not reset_after (Keras <= 2.2)
     h' = (1 - z) * n + z * h
+
+    ``precision`` changes the products of the stacked [W_x; W_h]: all of W_ih, and all of W_hh with
+    reset_after; without it, W_hn multiplies r*h, not h, so it stays exact (only W_hr, W_hz change).
     """
     act, ract = CELL_ACTIVATIONS[activation], CELL_ACTIVATIONS[recurrent_activation]
     H = weights.hidden_size
     f64 = lambda a: np.zeros(3 * H) if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
     w_ih, w_hh, b_ih, b_hh = f64(weights.weight_ih), f64(weights.weight_hh), f64(weights.bias_ih), f64(weights.bias_hh)
     blocks = lambda v: (v[..., :H], v[..., H : 2 * H], v[..., 2 * H :])  # noqa: E731
-    Wr, Wz, Wn = blocks(w_hh.T)
+    px = gate_product(w_ih, precision)
+    ph = gate_product(w_hh if reset_after else w_hh[: 2 * H], precision)
+    Wn = w_hh[2 * H :].T
     h = np.array(h0, dtype=np.float64)
     ys = np.empty((x.shape[0], x.shape[1], H))
     for t in range(x.shape[0]):
-        xr, xz, xn = blocks(x[t] @ w_ih.T + b_ih)
+        xr, xz, xn = blocks(px(x[t]) + b_ih)
         br, bz, bn = blocks(b_hh)
-        r = ract(xr + h @ Wr + br)
-        z = ract(xz + h @ Wz + bz)
-        n = act(xn + r * (h @ Wn + bn)) if reset_after else act(xn + (r * h) @ Wn + bn)
+        hp = ph(h)
+        r = ract(xr + hp[:, :H] + br)
+        z = ract(xz + hp[:, H : 2 * H] + bz)
+        n = act(xn + r * (hp[:, 2 * H :] + bn)) if reset_after else act(xn + (r * h) @ Wn + bn)
         h = (1 - z) * n + z * h
         ys[t] = h
     return ys
 
 
-def run_rnn_direction(x, weights, h0, activation="tanh"):
+def run_rnn_direction(x, weights, h0, activation="tanh", precision="fp32"):
     """One Elman RNN direction: h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
     act = CELL_ACTIVATIONS[activation]
     H = weights.hidden_size
     f64 = lambda a: np.zeros(H) if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    bias = f64(weights.bias_ih) + f64(weights.bias_hh)
+    px, ph = gate_product(weights.weight_ih, precision), gate_product(weights.weight_hh, precision)
     h = np.array(h0, dtype=np.float64)
     ys = np.empty((x.shape[0], x.shape[1], H))
     for t in range(x.shape[0]):
-        h = act(
-            x[t] @ f64(weights.weight_ih).T + f64(weights.bias_ih) + h @ f64(weights.weight_hh).T + f64(weights.bias_hh)
-        )
+        h = act(bias + px(x[t]) + ph(h))
         ys[t] = h
     return ys
 
 
-def forward_recurrent(layers, x, last_step=False):
+def forward_recurrent(layers, x, last_step=False, head=None, precision="fp32"):
     """A stack of LSTM, GRU and RNN layers over ``x`` (T, B, I) from zero state, in float64;
-    ``last_step``: Keras' return_sequences=False on the last layer."""
+    ``last_step``: Keras' return_sequences=False on the last layer; ``head``: a Dense after it;
+    ``precision``: that of the recurrent gate products (:func:`gate_product`)."""
     seq = np.asarray(x, dtype=np.float64)
     pair = None
     for layer in layers:
@@ -163,19 +242,27 @@ def forward_recurrent(layers, x, last_step=False):
             inp = seq[::-1] if rev else seq
             h0 = np.zeros((seq.shape[1], w.output_size))
             if isinstance(layer, GRULayer):
-                ys = run_gru_direction(inp, w, h0, layer.activation, layer.recurrent_activation, layer.reset_after)
+                ys = run_gru_direction(
+                    inp, w, h0, layer.activation, layer.recurrent_activation, layer.reset_after, precision
+                )
             elif isinstance(layer, RNNLayer):
-                ys = run_rnn_direction(inp, w, h0, layer.activation)
+                ys = run_rnn_direction(inp, w, h0, layer.activation, precision)
             else:
-                ys = run_direction(
-                    inp, w, h0, np.zeros((seq.shape[1], w.hidden_size)), layer.activation, layer.recurrent_activation
-                )[0]
+                c0 = np.zeros((seq.shape[1], w.hidden_size))
+                ys = run_direction(inp, w, h0, c0, layer.activation, layer.recurrent_activation, precision)[0]
             outs.append(ys[::-1] if d == 1 else ys)
         seq = MERGES[layer.merge_mode](*outs) if layer.bidirectional else outs[0]
         pair = (outs[0][-1], outs[1][0]) if layer.bidirectional else None
-    if not last_step:
-        return seq
-    return MERGES[layers[-1].merge_mode](*pair) if pair is not None else seq[-1]
+    if last_step:
+        seq = MERGES[layers[-1].merge_mode](*pair) if pair is not None else seq[-1]
+    return seq if head is None else dense(head, seq)
+
+
+def dense(head: Dense, y):
+    """``head_act(y W^T + b)`` over the last axis of ``y``, in float64 (heads stay exact at every precision)."""
+    w = head.weight.astype(np.float64)
+    b = np.zeros(w.shape[0]) if head.bias is None else head.bias.astype(np.float64)
+    return HEAD_ACTIVATIONS[head.activation](y @ w.T + b)
 
 
 def _directions_count(layers):
@@ -183,9 +270,16 @@ def _directions_count(layers):
 
 
 def forward(
-    layers: Sequence[LSTMLayer], head: Optional[Dense], x, state=None, *, return_sequences=True, batch_first=False
+    layers: Sequence[LSTMLayer],
+    head: Optional[Dense],
+    x,
+    state=None,
+    *,
+    return_sequences=True,
+    batch_first=False,
+    precision="fp32",
 ):
-    """Evaluate the network in float64.
+    """Evaluate the network in float64 (``precision``: that of the LSTM gate products, :func:`gate_product`).
 
     ``x`` is (T, I), (T, B, I), or (B, T, I) with ``batch_first``.  ``state`` is anything with
     ``.h``/``.c`` lists (an :class:`OracleState` or a ``fastlstm.State``) or None for zeros; for
@@ -220,7 +314,7 @@ def forward(
             c0 = np.zeros((n_batch, weights.hidden_size)) if c_init is None else c_init[k]
             reverse = d == 1 or layer.go_backwards
             ys, h, c = run_direction(
-                seq[::-1] if reverse else seq, weights, h0, c0, layer.activation, layer.recurrent_activation
+                seq[::-1] if reverse else seq, weights, h0, c0, layer.activation, layer.recurrent_activation, precision
             )
             if d == 1:
                 ys = ys[::-1]  # re-align the backward direction to input time
@@ -242,9 +336,7 @@ def forward(
     else:
         y = seq[-1]
     if head is not None:
-        w = head.weight.astype(np.float64)
-        b = np.zeros(w.shape[0]) if head.bias is None else head.bias.astype(np.float64)
-        y = HEAD_ACTIVATIONS[head.activation](y @ w.T + b)
+        y = dense(head, y)
 
     if return_sequences:
         if unbatched:

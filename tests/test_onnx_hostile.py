@@ -74,7 +74,12 @@ def test_fuzzed_bytes_give_value_error_or_a_working_model(target, edits, cut):
     except (ValueError, TypeError):
         return  # a chain this engine cannot build is refused cleanly
     x = np.random.default_rng(2).standard_normal((12, 2, model.input_size)).astype(np.float32)
-    assert model.predict(x).shape[-1] == model.output_size
+    try:
+        y = model.predict(x)
+    except ValueError as exc:  # an edited window size can outgrow the 12 steps: refused by name
+        assert "too few for layers[" in str(exc), exc
+        return
+    assert y.shape[-1] == model.output_size
 
 
 def test_every_truncation_refused():
