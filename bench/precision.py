@@ -2,7 +2,7 @@
 """fastlstm in fp32, bf16 and int8 side by side with the peers at the same precisions, on the six
 engine configs (fastlstm/harness/configs.py): the figures of issue 15.
 
-    python bench/precision.py                  # six configs, 1 thread: ~6 min on a 2-core machine
+    python bench/precision.py                  # six configs, 1 thread: 6-9 min on a 2-core machine
     python bench/precision.py --quick          # smoke run, under 1 min
     python bench/precision.py --configs medium,large --threads 2 --json /tmp/precision.json
 
