@@ -340,18 +340,68 @@ FL_INLINE void fl_amx_prefetch(const uint32_t *tile)
     for (int line = 0; line < 16; line++) _mm_prefetch((const char *)(tile + 16 * line), _MM_HINT_T0);
 }
 
-/* Tile numbers: C tiles 0-3 (up to 4 panels of a row block: 4 chains in flight, one A load
- * for 4 products), A tile 4, B tiles 5 and 6 (alternating, so a load overlaps the product
- * before it).  Tile numbers are immediates, hence the unrolled steps. */
+/* Tile numbers.  One row block (a stream's step, or the last rows): C tiles 0-3 for up to 4
+ * panels (4 chains in flight, one A load for 4 products), A tile 4, B tiles 5-7 in turn (a load
+ * overlaps the products before it).  Two row blocks of 16: C tiles 0-3 for 2 x 2 blocks, A
+ * tiles 4 and 5, B tiles 6 and 7, so each tile loaded feeds two products.  Tile numbers are
+ * immediates, hence the macros. */
+#define FL_AMX_DP(T, A, B)                                                                                             \
+    do {                                                                                                               \
+        if (prec == FL_PREC_BF16)                                                                                      \
+            _tile_dpbf16ps(T, A, B);                                                                                   \
+        else                                                                                                           \
+            _tile_dpbusd(T, A, B);                                                                                     \
+    } while (0)
+
 #define FL_AMX_STEP(P, BT)                                                                                             \
     if (NP > P) {                                                                                                      \
         fl_amx_prefetch(wq + (p0 + P) * ps + 16 * (i + 16));                                                           \
         _tile_loadd(BT, wq + (p0 + P) * ps + 16 * i, 64);                                                              \
-        if (prec == FL_PREC_BF16)                                                                                      \
-            _tile_dpbf16ps(P, 4, BT);                                                                                  \
-        else                                                                                                           \
-            _tile_dpbusd(P, 4, BT);                                                                                    \
+        FL_AMX_DP(P, 4, BT);                                                                                           \
     }
+
+/* C tile T <- rows r0 + RB * 16.. and panel p0 + P of C: in place when whole (bf16), else
+ * through stage[T]; int8 starts from zero. */
+#define FL_AMX_C_IN(T, RB, P)                                                                                          \
+    if (NT > T) {                                                                                                      \
+        float *c_ = C + (r0 + (RB) * rows) * ldc + 16 * (p0 + (P));                                                    \
+        const int R_ = fl_amx_left(m, r0 + (RB) * rows, rows), nc_ = fl_amx_left(n, 16 * (p0 + (P)), 16);              \
+        if (prec != FL_PREC_BF16) {                                                                                    \
+            _tile_zero(T);                                                                                             \
+        } else if (R_ == rows && nc_ == 16) {                                                                          \
+            _tile_loadd(T, c_, 4 * ldc);                                                                               \
+        } else {                                                                                                       \
+            memset(stage[T], 0, sizeof stage[T]);                                                                      \
+            for (int r = 0; r < R_; r++) memcpy(stage[T] + 16 * r, c_ + r * ldc, 4 * nc_);                             \
+            _tile_loadd(T, stage[T], 64);                                                                              \
+        }                                                                                                              \
+    }
+
+/* The results of C tile T back into C (int8: through the scales). */
+#define FL_AMX_C_OUT(T, RB, P)                                                                                         \
+    if (NT > T) {                                                                                                      \
+        float *c_ = C + (r0 + (RB) * rows) * ldc + 16 * (p0 + (P));                                                    \
+        const long row_ = r0 + (RB) * rows, col_ = 16 * (p0 + (P));                                                    \
+        const int R_ = fl_amx_left(m, row_, rows), nc_ = fl_amx_left(n, col_, 16);                                     \
+        if (prec == FL_PREC_BF16 && R_ == rows && nc_ == 16) {                                                         \
+            _tile_stored(T, c_, 4 * ldc);                                                                              \
+        } else {                                                                                                       \
+            _tile_stored(T, stage[T], 64);                                                                             \
+            for (int r = 0; r < R_; r++) {                                                                             \
+                if (prec == FL_PREC_BF16)                                                                              \
+                    memcpy(c_ + r * ldc, stage[T] + 16 * r, 4 * nc_);                                                  \
+                else                                                                                                   \
+                    fl_lp_store_int8(c_ + r * ldc, nc_, (const int32_t *)stage[T] + 16 * r, wcorr + col_,              \
+                                     as[row_ + r], wsc + col_);                                                        \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+
+/* min(size, total - start): the rows or columns of a tile that exist. */
+static inline int fl_amx_left(long total, long start, int size)
+{
+    return total - start < size ? (int)(total - start) : size;
+}
 
 FL_TARGET_AMX static void fl_lp_amx(int prec, long m, long n, long kq, const uint32_t *qa, long ldq, const float *as,
                                     const uint32_t *wq, long ps, const float *wsc, const int32_t *wcorr, float *C,
@@ -370,34 +420,40 @@ FL_TARGET_AMX static void fl_lp_amx(int prec, long m, long n, long kq, const uin
     }
     float stage[4][256];
     const long np = (n + 15) / 16;
-    for (long p0 = 0; p0 < np; p0 += 4) {
-        const int NP = np - p0 >= 4 ? 4 : (int)(np - p0);
-        for (long r0 = 0; r0 < m; r0 += rows) {
-            const int R = m - r0 < rows ? (int)(m - r0) : rows;
-            /* Whole tiles of C (bf16) load and store in place; the others through stage. */
-            const int direct = prec == FL_PREC_BF16 && R == rows && n - 16 * p0 >= 16 * NP;
-            float *c0 = C + r0 * ldc + 16 * p0;
-            if (direct) {
-                _tile_loadd(0, c0, 4 * ldc);
-                if (NP > 1) _tile_loadd(1, c0 + 16, 4 * ldc);
-                if (NP > 2) _tile_loadd(2, c0 + 32, 4 * ldc);
-                if (NP > 3) _tile_loadd(3, c0 + 48, 4 * ldc);
-            } else if (prec == FL_PREC_BF16) {
-                for (int p = 0; p < NP; p++) {
-                    const int nc = n - 16 * (p0 + p) < 16 ? (int)(n - 16 * (p0 + p)) : 16;
-                    memset(stage[p], 0, sizeof stage[p]);
-                    for (int r = 0; r < R; r++) memcpy(stage[p] + 16 * r, c0 + r * ldc + 16 * p, 4 * nc);
+    const int group = m > rows ? 2 : 4; /* panels per group: 2 x 2 blocks when rows allow */
+    for (long p0 = 0; p0 < np; p0 += group) {
+        const int NP = np - p0 >= group ? group : (int)(np - p0);
+        for (long r0 = 0; r0 < m;) {
+            if (NP == 2 && m - r0 > rows) {
+                const int NT = 4;
+                FL_AMX_C_IN(0, 0, 0)
+                FL_AMX_C_IN(1, 0, 1)
+                FL_AMX_C_IN(2, 1, 0)
+                FL_AMX_C_IN(3, 1, 1)
+                for (long i = 0; i < kq; i += 16) {
+                    fl_amx_prefetch(wq + p0 * ps + 16 * (i + 16));
+                    fl_amx_prefetch(wq + (p0 + 1) * ps + 16 * (i + 16));
+                    _tile_loadd(4, qa + r0 * ldq + i, 4 * ldq);
+                    _tile_loadd(6, wq + p0 * ps + 16 * i, 64);
+                    FL_AMX_DP(0, 4, 6);
+                    _tile_loadd(7, wq + (p0 + 1) * ps + 16 * i, 64);
+                    FL_AMX_DP(1, 4, 7);
+                    _tile_loadd(5, qa + (r0 + 16) * ldq + i, 4 * ldq);
+                    FL_AMX_DP(2, 5, 6);
+                    FL_AMX_DP(3, 5, 7);
                 }
-                _tile_loadd(0, stage[0], 64);
-                if (NP > 1) _tile_loadd(1, stage[1], 64);
-                if (NP > 2) _tile_loadd(2, stage[2], 64);
-                if (NP > 3) _tile_loadd(3, stage[3], 64);
-            } else {
-                _tile_zero(0);
-                if (NP > 1) _tile_zero(1);
-                if (NP > 2) _tile_zero(2);
-                if (NP > 3) _tile_zero(3);
+                FL_AMX_C_OUT(0, 0, 0)
+                FL_AMX_C_OUT(1, 0, 1)
+                FL_AMX_C_OUT(2, 1, 0)
+                FL_AMX_C_OUT(3, 1, 1)
+                r0 += 2 * rows;
+                continue;
             }
+            const int NT = NP;
+            FL_AMX_C_IN(0, 0, 0)
+            FL_AMX_C_IN(1, 0, 1)
+            FL_AMX_C_IN(2, 0, 2)
+            FL_AMX_C_IN(3, 0, 3)
             for (long i = 0; i < kq; i += 16) {
                 _tile_loadd(4, qa + r0 * ldq + i, 4 * ldq);
                 FL_AMX_STEP(0, 5)
@@ -405,28 +461,11 @@ FL_TARGET_AMX static void fl_lp_amx(int prec, long m, long n, long kq, const uin
                 FL_AMX_STEP(2, 7)
                 FL_AMX_STEP(3, 5)
             }
-            if (direct) {
-                _tile_stored(0, c0, 4 * ldc);
-                if (NP > 1) _tile_stored(1, c0 + 16, 4 * ldc);
-                if (NP > 2) _tile_stored(2, c0 + 32, 4 * ldc);
-                if (NP > 3) _tile_stored(3, c0 + 48, 4 * ldc);
-                continue;
-            }
-            _tile_stored(0, stage[0], 64);
-            if (NP > 1) _tile_stored(1, stage[1], 64);
-            if (NP > 2) _tile_stored(2, stage[2], 64);
-            if (NP > 3) _tile_stored(3, stage[3], 64);
-            for (int p = 0; p < NP; p++) {
-                const int nc = n - 16 * (p0 + p) < 16 ? (int)(n - 16 * (p0 + p)) : 16;
-                for (int r = 0; r < R; r++) {
-                    float *c = c0 + r * ldc + 16 * p;
-                    if (prec == FL_PREC_BF16)
-                        memcpy(c, stage[p] + 16 * r, 4 * nc);
-                    else
-                        fl_lp_store_int8(c, nc, (const int32_t *)stage[p] + 16 * r, wcorr + 16 * (p0 + p), as[r0 + r],
-                                         wsc + 16 * (p0 + p));
-                }
-            }
+            FL_AMX_C_OUT(0, 0, 0)
+            FL_AMX_C_OUT(1, 0, 1)
+            FL_AMX_C_OUT(2, 0, 2)
+            FL_AMX_C_OUT(3, 0, 3)
+            r0 += rows;
         }
     }
 }
