@@ -54,7 +54,8 @@ cdef extern from "fastlstm_lowp.h" nogil:
     int fl_lp_group(int prec)
     void fl_lp_convert(int prec, long m, long k, const float *A, long lda, unsigned int *qa, long ldq, float *as_)
     void fl_lp_gemm(int prec, long m, long n, long kq, const unsigned int *qa, long ldq, const float *as_,
-                    const unsigned int *wq, long ps, const float *wsc, const int *wcorr, float *C, long ldc)
+                    const unsigned int *wq, long ps, const float *wsc, const int *wcorr, float *C, long ldc,
+                    const float *bias)
     void fl_lp_done()
 
 cdef extern from "fastlstm_barrier.h" nogil:
@@ -630,10 +631,11 @@ cdef long ws_layout(const Net *net, int Tc, int nb, float *ws, float **parts) no
         if is_recurrent(L):
             gates = max(gates, <long>T * L.gates)
             if L.dirs[0].prec != FL_PREC_FP32:
-                # gate_products converts a block's x rows, or a step's h rows, at a time,
-                # with 16 rows to spare (fl_lp_gemm).
-                lp_words = max(lp_words, (<long>T * nb + 16) * max(L.dirs[0].kqx, L.dirs[0].kqh))
-                lp_rows = max(lp_rows, <long>T * nb)
+                # run_layer_lowp's converted rows, each part with 16 rows to spare (fl_lp_gemm):
+                # x of a block (hoisted) or of a step, h of a step; and their scales.
+                lp_words = max(lp_words, pad16((<long>(T * nb if nb < 3 else nb) + 16) * L.dirs[0].kqx)
+                               + pad16((<long>nb + 16) * L.dirs[0].kqh))
+                lp_rows = max(lp_rows, pad16(<long>T * nb) + pad16(nb))
         elif L.kind == FL_LAYER_CONV or L.kind == FL_LAYER_MAXPOOL or L.kind == FL_LAYER_AVGPOOL:
             window_pads(L, T, &left, &right)
             ext = max(ext, pad16((<long>(L.reach if L.s_size else left) + T + right) * L.n_in)
@@ -985,9 +987,9 @@ cdef inline void cell_step(const Layer *L, const Dir *D, int nb, float *gates, f
 
 
 cdef inline void lowp_cols(const Dir *D, bint recurrent, int m, const unsigned int *qa, long kq, const float *qs,
-                           int c0, int c1, float *gates, int G) noexcept nogil:
+                           int c0, int c1, float *gates, int G, bint from_bias) noexcept nogil:
     """gates[m, c0:c1] += the converted rows qa @ D's reduced-precision x part (recurrent: h
-    part), columns c0:c1 (c0 on a panel)."""
+    part), columns c0:c1 (c0 on a panel); with from_bias, gates = bias + the product."""
     cdef long ps = (D.kqx + D.kqh) * FL_PANEL
     cdef const unsigned int *w = D.lp_words + (c0 // FL_PANEL) * ps + (D.kqx * FL_PANEL if recurrent else 0)
     cdef const float *scale = D.lp_scale_h if recurrent else D.lp_scale_x
@@ -995,25 +997,28 @@ cdef inline void lowp_cols(const Dir *D, bint recurrent, int m, const unsigned i
     if scale != NULL:          # int8; bf16 has neither
         scale += c0
         corr += c0
-    fl_lp_gemm(D.prec, m, c1 - c0, kq, qa, kq, qs, w, ps, scale, corr, gates + c0, G)
+    fl_lp_gemm(D.prec, m, c1 - c0, kq, qa, kq, qs, w, ps, scale, corr, gates + c0, G,
+               D.bias + c0 if from_bias else NULL)
 
 
 cdef inline void lowp_products(const Layer *L, const Dir *D, bint recurrent, int m, const unsigned int *qa,
                                const float *qs, long u0, long u1, float *gates) noexcept nogil:
-    """gates[m, G] += the converted rows qa (fastlstm_lowp.h) @ D's x part (recurrent: h part), in
-    the columns of units u0:u1 of every gate block (all of them: u0 = 0, u1 = H).
+    """The gate pre-activations of units u0:u1 in every gate block (all of them: u0 = 0, u1 = H)
+    of m rows, from the converted rows qa (fastlstm_lowp.h): the x part writes bias + x @ W_x,
+    the h part (recurrent) then adds h @ W_h.
 
-    As gate_products does, a reset-after GRU skips the blocks that part is zero in (its n_h
-    block for x, n_x for h), where the blocks start on panels."""
+    As gate_products does, a reset-after GRU skips the blocks that part is zero in, where the
+    blocks start on panels: its n_h block then starts from the bias in the h part."""
     cdef int G = L.gates, H = L.hidden, q
     cdef long kq = D.kqh if recurrent else D.kqx
     cdef bint gru = L.kind == FL_LAYER_GRU and H % FL_PANEL == 0
     if u0 == 0 and u1 == H and not gru:
-        lowp_cols(D, recurrent, m, qa, kq, qs, 0, G, gates, G)
+        lowp_cols(D, recurrent, m, qa, kq, qs, 0, G, gates, G, not recurrent)
         return
     for q in range(G // H):
         if not (gru and q == (2 if recurrent else 3)):
-            lowp_cols(D, recurrent, m, qa, kq, qs, <int>(q * H + u0), <int>(q * H + u1), gates, G)
+            lowp_cols(D, recurrent, m, qa, kq, qs, <int>(q * H + u0), <int>(q * H + u1), gates, G,
+                      not recurrent or (gru and q == 3))
 
 
 cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float *out,
@@ -1021,54 +1026,68 @@ cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float
                          float *lpws, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
     """run_layer for a layer in bf16 or int8 (fastlstm_lowp.h): each product's rows are first
     converted (rounded to bf16, or quantized with a scale per row) into lpws, which the whole
-    team shares.
+    team shares, split by rows over the team (int8 scales a row by its largest value, so a
+    row needs all of it: one more barrier per step than fp32); then each thread computes the
+    gate columns of its units and updates them.
 
-    The x part of a block is hoisted: thread 0 converts its rows, then each thread adds its
-    units' columns.  Each step converts the rows of h, split by rows over the team (int8 scales a
-    row by its largest value, so a row needs all of h: one more barrier per step than fp32),
-    then each thread adds the h part to its units' columns and updates them.  The products give
-    the same bits whatever the rows and columns of a call, so results do not depend on the team."""
+    The x part of a block is hoisted for one or two rows (one product of tn rows instead of tn
+    of one); from 3 rows it goes step by step, into a gate tile that stays in cache (a block's
+    hoisted gates come back from memory, which cost more than the products).  The products
+    give the same bits whatever the rows and columns of a call, so results do not depend on
+    the batch or the team."""
     cdef int G = L.gates, H = L.hidden, P = L.n_out
     cdef int cat = L.n_dirs * P
     cdef int rows = tn * nb
+    cdef bint hoist = nb < 3
     cdef int d, s, t, dst, r, r0, r1
     cdef long u0 = 0, u1 = H, v0, v1
     cdef const Dir *D
     cdef float *hs
     cdef float *cs
     cdef float *ho
+    cdef float *g
     cdef const float *hprev
     cdef int ldprev
-    cdef unsigned int *qa = <unsigned int *>lpws
-    cdef float *qs
+    cdef unsigned int *qx = <unsigned int *>lpws
+    cdef unsigned int *qh
+    cdef float *sx
+    cdef float *sh
     if nt > 1:
         fl_split_range(H, tid, nt, &u0, &u1)
     for d in range(L.n_dirs):
         D = &L.dirs[d]
         hs = hrows + D.h_off
         cs = crows + D.c_off
-        qs = lpws + pad16((<long>rows + 16) * D.kqx)
-        sync(bar, nt)            # (the team is done with lpws and gates)
-        if tid == 0:
-            fill_rows(gates, D.bias, rows, G)
-            fl_lp_convert(D.prec, rows, L.n_in, inp, L.n_in, qa, D.kqx, qs)
-        sync(bar, nt)
-        lowp_products(L, D, False, rows, qa, qs, u0, u1, gates)
+        # lpws: [x rows' words | h rows' words | x rows' scales | h rows' scales] (ws_layout)
+        qh = qx + pad16((<long>(rows if hoist else nb) + 16) * D.kqx)
+        sx = <float *>(qh + pad16((<long>nb + 16) * D.kqh))
+        sh = sx + pad16(rows if hoist else nb)
+        if hoist:
+            sync(bar, nt)        # (the team is done with lpws)
+            if tid == 0:
+                fl_lp_convert(D.prec, rows, L.n_in, inp, L.n_in, qx, D.kqx, sx)
+            sync(bar, nt)
+            lowp_products(L, D, False, rows, qx, sx, u0, u1, gates)
         hprev = hs
         ldprev = ldh
-        qs = lpws + pad16((<long>nb + 16) * D.kqh)
         for s in range(tn):
             t = tn - 1 - s if D.reverse else s
             dst = s if L.go_backwards else t
             ho = out + <long>dst * nb * cat + d * P
+            g = gates + (<long>t * nb * G if hoist else 0)
             sync(bar, nt)        # every unit of hprev is written; the last products are done
             r0 = nb * tid // nt
             r1 = nb * (tid + 1) // nt
-            fl_lp_convert(D.prec, r1 - r0, P, hprev + <long>r0 * ldprev, ldprev, qa + <long>r0 * D.kqh, D.kqh,
-                          qs + r0)
+            if not hoist:
+                fl_lp_convert(D.prec, r1 - r0, L.n_in, inp + (<long>t * nb + r0) * L.n_in, L.n_in,
+                              qx + <long>r0 * D.kqx, D.kqx, sx + r0)
+            fl_lp_convert(D.prec, r1 - r0, P, hprev + <long>r0 * ldprev, ldprev, qh + <long>r0 * D.kqh, D.kqh,
+                          sh + r0)
             sync(bar, nt)
-            lowp_products(L, D, True, nb, qa, qs, u0, u1, gates + <long>t * nb * G)
-            cell_step(L, D, nb, gates + <long>t * nb * G, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
+            if not hoist:
+                lowp_products(L, D, False, nb, qx, sx, u0, u1, g)
+            lowp_products(L, D, True, nb, qh, sh, u0, u1, g)
+            cell_step(L, D, nb, g, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
             hprev = ho
             ldprev = cat
         # A thread reads and writes only its own units of the state.

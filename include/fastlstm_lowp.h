@@ -150,10 +150,12 @@ FL_INLINE void fl_lp_store_bf16(float *c, int nc, const float *v)
     for (int j = 0; j < nc; j++) c[j] = v[j];
 }
 
-/* int8: C[j] = fmaf(sum[j] - corr[j], s * ws[j], C[j]) for the first nc columns. */
-FL_INLINE void fl_lp_store_int8(float *c, int nc, const int32_t *sum, const int32_t *corr, float s, const float *ws)
+/* int8: C[j] = fmaf(sum[j] - corr[j], s * ws[j], from[j]) for the first nc columns (from: C
+ * itself, or the bias). */
+FL_INLINE void fl_lp_store_int8(float *c, int nc, const int32_t *sum, const int32_t *corr, float s, const float *ws,
+                                const float *from)
 {
-    for (int j = 0; j < nc; j++) c[j] = __builtin_fmaf((float)(sum[j] - corr[j]), s * ws[j], c[j]);
+    for (int j = 0; j < nc; j++) c[j] = __builtin_fmaf((float)(sum[j] - corr[j]), s * ws[j], from[j]);
 }
 
 /* Arguments of every block kernel: R rows from qa (row stride ldq), NP panels from w (ps
@@ -163,8 +165,11 @@ FL_INLINE void fl_lp_store_int8(float *c, int nc, const int32_t *sum, const int3
 #define FL_LP_BLOCK_PARAMS                                                                                             \
     const int R, const int NP, long kq, const uint32_t *restrict qa, long ldq, const uint32_t *restrict w, long ps,    \
         float *restrict c, long ldc, int nc, const float *restrict as, const float *restrict ws,                       \
-        const int32_t *restrict corr
-#define FL_LP_BLOCK_ARGS R, NP, kq, qa, ldq, w, ps, c, ldc, nc, as, ws, corr
+        const int32_t *restrict corr, const float *restrict bias
+#define FL_LP_BLOCK_ARGS R, NP, kq, qa, ldq, w, ps, c, ldc, nc, as, ws, corr, bias
+
+/* Where row r's sums start, panel p of a block: the bias when given, else C. */
+#define FL_LP_FROM(r, p) (bias ? bias + 16 * (p) : c + (r) * ldc + 16 * (p))
 
 /* Columns of panel p of a block whose last panel has nc columns. */
 #define FL_LP_COLS(p) ((p) == NP - 1 ? nc : 16)
@@ -176,7 +181,7 @@ FL_INLINE void fl_lp_bf16_block_body(FL_LP_BLOCK_PARAMS)
     fl_lp_v16 acc[FL_LP_ROWS_MAX][FL_LP_PANELS_MAX];
     (void)as, (void)ws, (void)corr;
     for (int r = 0; r < R; r++)
-        for (int p = 0; p < NP; p++) fl_lp_load_c(c + r * ldc + 16 * p, FL_LP_COLS(p), (float *)&acc[r][p]);
+        for (int p = 0; p < NP; p++) fl_lp_load_c(FL_LP_FROM(r, p), FL_LP_COLS(p), (float *)&acc[r][p]);
     for (long i = 0; i < kq; i++) {
         fl_lp_v16 whi[FL_LP_PANELS_MAX], wlo[FL_LP_PANELS_MAX];
         for (int p = 0; p < NP; p++) {
@@ -224,7 +229,7 @@ FL_INLINE void fl_lp_int8_block_body(FL_LP_BLOCK_PARAMS)
     for (int r = 0; r < R; r++)
         for (int p = 0; p < NP; p++)
             fl_lp_store_int8(c + r * ldc + 16 * p, FL_LP_COLS(p), (const int32_t *)&acc[r][p], corr + 16 * p, as[r],
-                             ws + 16 * p);
+                             ws + 16 * p, FL_LP_FROM(r, p));
 }
 
 #if FL_X86
@@ -236,7 +241,7 @@ FL_TARGET_AVX512_BF16 FL_INLINE void fl_lp_bf16_block_dp(FL_LP_BLOCK_PARAMS)
     for (int r = 0; r < R; r++)
         for (int p = 0; p < NP; p++) {
             const int n = FL_LP_COLS(p);
-            acc[r][p] = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), c + r * ldc + 16 * p);
+            acc[r][p] = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), FL_LP_FROM(r, p));
         }
     for (long i = 0; i < kq; i++) {
         __m512bh wv[FL_LP_PANELS_MAX];
@@ -269,7 +274,8 @@ FL_TARGET_AVX512_VNNI FL_INLINE void fl_lp_int8_block_dp(FL_LP_BLOCK_PARAMS)
         for (int p = 0; p < NP; p++) {
             int32_t sum[16];
             _mm512_storeu_si512(sum, acc[r][p]);
-            fl_lp_store_int8(c + r * ldc + 16 * p, FL_LP_COLS(p), sum, corr + 16 * p, as[r], ws + 16 * p);
+            fl_lp_store_int8(c + r * ldc + 16 * p, FL_LP_COLS(p), sum, corr + 16 * p, as[r], ws + 16 * p,
+                             FL_LP_FROM(r, p));
         }
 }
 
@@ -298,7 +304,8 @@ FL_TARGET_AVX2_VNNI FL_INLINE void fl_lp_int8_block_avxvnni(FL_LP_BLOCK_PARAMS)
             int32_t sum[16];
             _mm256_storeu_si256((__m256i *)sum, acc[r][p][0]);
             _mm256_storeu_si256((__m256i *)(sum + 8), acc[r][p][1]);
-            fl_lp_store_int8(c + r * ldc + 16 * p, FL_LP_COLS(p), sum, corr + 16 * p, as[r], ws + 16 * p);
+            fl_lp_store_int8(c + r * ldc + 16 * p, FL_LP_COLS(p), sum, corr + 16 * p, as[r], ws + 16 * p,
+                             FL_LP_FROM(r, p));
         }
 }
 #endif
@@ -368,11 +375,14 @@ FL_INLINE void fl_amx_prefetch(const uint32_t *tile)
         const int R_ = fl_amx_left(m, r0 + (RB) * rows, rows), nc_ = fl_amx_left(n, 16 * (p0 + (P)), 16);              \
         if (prec != FL_PREC_BF16) {                                                                                    \
             _tile_zero(T);                                                                                             \
+        } else if (nc_ == 16 && bias) {                                                                                \
+            _tile_loadd(T, bias + 16 * (p0 + (P)), 0); /* every row the bias */                                        \
         } else if (R_ == rows && nc_ == 16) {                                                                          \
             _tile_loadd(T, c_, 4 * ldc);                                                                               \
         } else {                                                                                                       \
             memset(stage[T], 0, sizeof stage[T]);                                                                      \
-            for (int r = 0; r < R_; r++) memcpy(stage[T] + 16 * r, c_ + r * ldc, 4 * nc_);                             \
+            for (int r = 0; r < R_; r++)                                                                               \
+                memcpy(stage[T] + 16 * r, bias ? bias + 16 * (p0 + (P)) : c_ + r * ldc, 4 * nc_);                      \
             _tile_loadd(T, stage[T], 64);                                                                              \
         }                                                                                                              \
     }
@@ -392,7 +402,7 @@ FL_INLINE void fl_amx_prefetch(const uint32_t *tile)
                     memcpy(c_ + r * ldc, stage[T] + 16 * r, 4 * nc_);                                                  \
                 else                                                                                                   \
                     fl_lp_store_int8(c_ + r * ldc, nc_, (const int32_t *)stage[T] + 16 * r, wcorr + col_,              \
-                                     as[row_ + r], wsc + col_);                                                        \
+                                     as[row_ + r], wsc + col_, bias ? bias + col_ : c_ + r * ldc);                     \
             }                                                                                                          \
         }                                                                                                              \
     }
@@ -405,7 +415,7 @@ static inline int fl_amx_left(long total, long start, int size)
 
 FL_TARGET_AMX static void fl_lp_amx(int prec, long m, long n, long kq, const uint32_t *qa, long ldq, const float *as,
                                     const uint32_t *wq, long ps, const float *wsc, const int32_t *wcorr, float *C,
-                                    long ldc)
+                                    long ldc, const float *bias)
 {
     /* Fewer than 16 rows (a stream's step): tiles of just those rows, which the tile unit
      * runs faster; otherwise 16, the last block reading the padding rows of qa. */
@@ -478,7 +488,7 @@ FL_TARGET_AMX static void fl_lp_amx(int prec, long m, long n, long kq, const uin
  * with constant R and NP, which keeps the accumulators in registers. */
 #define FL_LP_CALL(KERNEL, R_, NP_)                                                                                    \
     KERNEL(R_, NP_, kq, qa + r0 * ldq, ldq, wq + p0 * ps, ps, C + r0 * ldc + 16 * p0, ldc, nc, as ? as + r0 : NULL,    \
-           wsc ? wsc + 16 * p0 : NULL, wcorr ? wcorr + 16 * p0 : NULL)
+           wsc ? wsc + 16 * p0 : NULL, wcorr ? wcorr + 16 * p0 : NULL, bias ? bias + 16 * p0 : NULL)
 #define FL_LP_ROWS_CASES(KERNEL, NP_)                                                                                  \
     switch (R) {                                                                                                       \
     case 8:                                                                                                            \
@@ -499,7 +509,8 @@ FL_TARGET_AMX static void fl_lp_amx(int prec, long m, long n, long kq, const uin
     }
 #define FL_LP_DRIVER(NAME, KERNEL, TARGET)                                                                             \
     TARGET static void NAME(long m, long n, long kq, const uint32_t *qa, long ldq, const float *as,                    \
-                            const uint32_t *wq, long ps, const float *wsc, const int32_t *wcorr, float *C, long ldc)   \
+                            const uint32_t *wq, long ps, const float *wsc, const int32_t *wcorr, float *C, long ldc,   \
+                            const float *bias)                                                                         \
     {                                                                                                                  \
         const long np = (n + 15) / 16;                                                                                 \
         const int group = m < 4 ? 4 : 2;                                                                               \
@@ -535,14 +546,15 @@ FL_LP_DRIVER(fl_lp_int8_avx2vnni, fl_lp_int8_block_avxvnni, FL_TARGET_AVX2_VNNI)
 #endif
 
 /* C[m, 0:n] += qa[m, 0:kq] @ the panels at wq (ps words apart), in precision prec: the
- * kernel of the path in use (fastlstm_isa.h).  qa rows from fl_lp_convert (row stride
- * ldq), with 16 more rows of readable memory past m (fl_lp_amx); int8 also takes the row
- * scales as and, from the first column, the column scales wsc and corrections wcorr (bf16:
- * NULL). */
+ * kernel of the path in use (fastlstm_isa.h); with a bias row (n floats), C = bias + the
+ * product instead, and C is not read.  qa rows from fl_lp_convert (row stride ldq), with 16
+ * more rows of readable memory past m (fl_lp_amx); int8 also takes the row scales as and,
+ * from the first column, the column scales wsc and corrections wcorr (bf16: NULL). */
 static void fl_lp_gemm(int prec, long m, long n, long kq, const uint32_t *qa, long ldq, const float *as,
-                       const uint32_t *wq, long ps, const float *wsc, const int32_t *wcorr, float *C, long ldc)
+                       const uint32_t *wq, long ps, const float *wsc, const int32_t *wcorr, float *C, long ldc,
+                       const float *bias)
 {
-#define FL_LP_ARGS m, n, kq, qa, ldq, as, wq, ps, wsc, wcorr, C, ldc
+#define FL_LP_ARGS m, n, kq, qa, ldq, as, wq, ps, wsc, wcorr, C, ldc, bias
 #if FL_X86
     /* int8 below 16 rows: vpdpbusd, faster than a tile of few rows, and exact like it.  bf16
      * always takes the tiles on this path, whose rounding is their own (see fl_lp_amx). */

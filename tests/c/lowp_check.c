@@ -71,7 +71,7 @@ static void check_product(int prec, long m, long n, long k, unsigned seed)
     uint32_t *qa = malloc((m + 16) * kq * 4), *wq = pack(prec, W, k, n, ws, corr, qw);
     for (long i = 0; i < m * n; i++) C0[i] = D[i] = C[i];
     fl_lp_convert(prec, m, k, A, k, qa, kq, as);
-    fl_lp_gemm(prec, m, n, kq, qa, kq, as, wq, kq * 16, ws, corr, C, n);
+    fl_lp_gemm(prec, m, n, kq, qa, kq, as, wq, kq * 16, ws, corr, C, n, NULL);
     int exact = 1;
     double worst = 0.0;
     for (long r = 0; r < m; r++) {
@@ -104,13 +104,21 @@ static void check_product(int prec, long m, long n, long k, unsigned seed)
     for (long r = 0; r < m; r++)
         for (long p = 0; p < np; p++)
             fl_lp_gemm(prec, 1, n - 16 * p < 16 ? n - 16 * p : 16, kq, qa + r * kq, kq, as + r, wq + p * kq * 16,
-                       kq * 16, ws + 16 * p, corr + 16 * p, D + r * n + 16 * p, n);
+                       kq * 16, ws + 16 * p, corr + 16 * p, D + r * n + 16 * p, n, NULL);
     for (long i = 0; i < m * n; i++) same &= D[i] == C[i];
-    if (!exact || !same || worst > bound) {
-        printf("FAIL %s %s m=%ld n=%ld k=%ld: exact %d, split %d, err %g\n", fl_path_name(fl_path),
-               prec == FL_PREC_BF16 ? "bf16" : "int8", m, n, k, exact, same, worst);
+    /* With a bias row: the bits of the same product onto C rows holding the bias, C unread. */
+    float *bias = floats(n, &seed);
+    for (long i = 0; i < m * n; i++) D[i] = bias[i % n], C0[i] = NAN;
+    fl_lp_gemm(prec, m, n, kq, qa, kq, as, wq, kq * 16, ws, corr, D, n, NULL);
+    fl_lp_gemm(prec, m, n, kq, qa, kq, as, wq, kq * 16, ws, corr, C0, n, bias);
+    int biased = 1;
+    for (long i = 0; i < m * n; i++) biased &= D[i] == C0[i];
+    if (!exact || !same || !biased || worst > bound) {
+        printf("FAIL %s %s m=%ld n=%ld k=%ld: exact %d, split %d, bias %d, err %g\n", fl_path_name(fl_path),
+               prec == FL_PREC_BF16 ? "bf16" : "int8", m, n, k, exact, same, biased, worst);
         failures++;
     }
+    free(bias);
     free(A);
     free(W);
     free(C);
