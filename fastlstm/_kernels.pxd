@@ -68,6 +68,8 @@ cdef struct Layer:
     int ksize, stride, dilation, groups, pad_l, pad_r, same_pad, count_pad, reach
     int repeat                        # RepeatVector's n
     int last_half                     # LastStep after a bidirectional layer (Keras): the forward half's width
+    int mask                          # recurrent, after Embedding(mask_zero=True): 1 a row keeps its state
+                                      # at a step whose token id is 0; 2 also outputs zeros there
     long s_off, s_size                # a streaming layer's state within a stream's row (not recurrent ones)
 
 cdef struct Net:

@@ -49,6 +49,7 @@ from .layers import (
     MaxPool1D,
     RepeatVector,
     layer_streamable,
+    masked_recurrent,
 )
 
 #: Activation codes of include/fastlstm_activations.h (enum fl_activation), by name: FL_ACT_<NAME>.
@@ -225,6 +226,7 @@ def pack_chain(layers, precision="fp32"):
     signature has one item per stateful layer; an LSTM's is (I, H, P, D), as
     in version-1 State bytes."""
     fused = _fuse(layers)
+    masked = {id(layers[k]): zeros for k, zeros in masked_recurrent(layers).items()}
     streams = all(
         layer_streamable(layer, fused[k - 1][0] if k else None) is None for k, (layer, _, _, _) in enumerate(fused)
     )
@@ -248,6 +250,8 @@ def pack_chain(layers, precision="fp32"):
             # Keras' last step of a bidirectional layer needs the directions unmerged.
             keras_last = isinstance(nxt, LastStep) and nxt.final_state and layer.bidirectional
             spec = _recurrent_spec(layer, "concat" if keras_last else layer.merge_mode)
+            if id(layer) in masked:
+                spec["mask"] = 2 if masked[id(layer)] else 1
             dirs = []
             for w, b, p in spec["dirs"]:
                 c_width = layer.hidden_size if isinstance(layer, LSTMLayer) else 0

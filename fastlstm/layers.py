@@ -741,21 +741,33 @@ class Embedding(_ArrayValue):
 
     The model's input is then integer ids, ``(T,)`` or ``(T, B)`` (``(B, T)``
     with ``batch_first``), and ``Stream.step`` takes ``()``/``(B,)`` ids.  Ids
-    outside ``[0, V)`` raise ValueError before anything runs.  (Keras
-    ``mask_zero`` is not supported: it changes how later layers step.)
+    outside ``[0, V)`` raise ValueError before anything runs.
 
     Parameters
     ----------
     table : array (V, D)
         PyTorch ``nn.Embedding.weight``, Keras ``Embedding.embeddings``.
+    mask_zero : bool
+        Keras ``mask_zero=True``: token id 0 masks its step, per row.  A
+        recurrent layer keeps its state over a masked step and outputs its
+        previous output there (zeros before the first unmasked step; a
+        Bidirectional layer that returns sequences outputs zeros), so its last
+        step is that of the last unmasked step.  The mask passes through Dense,
+        Activation, BatchNorm and LayerNorm and ends at a recurrent layer's
+        :class:`LastStep`; a chain where it would reach any other layer is
+        refused (see :func:`check_chain`).
     """
 
     table: np.ndarray
+    mask_zero: bool = False
 
     def __post_init__(self):
         _set(self, "table", _as_float32_matrix("embedding.table", self.table, 2))
         if self.table.shape[0] >= _MAX_VOCAB:
             raise ValueError(f"embedding.table: at most {_MAX_VOCAB - 1} rows, got {self.table.shape[0]}")
+        if not isinstance(self.mask_zero, (bool, np.bool_)):
+            raise TypeError(f"embedding.mask_zero: expected a bool, got {type(self.mask_zero).__name__}")
+        _set(self, "mask_zero", bool(self.mask_zero))
 
     @property
     def vocab_size(self) -> int:
@@ -773,7 +785,7 @@ class Embedding(_ArrayValue):
         return [self.table]
 
     def describe(self) -> str:
-        return f"Embedding({self.vocab_size} tokens -> {self.output_size})"
+        return f"Embedding({self.vocab_size} tokens -> {self.output_size}{', mask_zero' if self.mask_zero else ''})"
 
 
 # ---------------------------------------------------------------------------
@@ -1073,6 +1085,45 @@ def layer_streamable(layer, prev) -> Optional[str]:
     return None
 
 
+#: Layers the mask of ``Embedding(mask_zero=True)`` passes through unchanged (Keras' per-step
+#: layers with ``supports_masking``; they compute every step as usual).
+MASK_PASSING = (Dense, Activation, BatchNorm, LayerNorm)
+
+
+def masked_recurrent(layers: Sequence) -> dict:
+    """{index: zero_outputs} of the recurrent layers that ``Embedding(mask_zero=True)``'s mask
+    reaches (``zero_outputs``: a bidirectional layer that returns sequences, whose masked steps
+    output zeros in Keras); raises ValueError naming a layer it would reach whose masked
+    behaviour fastlstm does not implement.  The mask ends at a recurrent layer's LastStep."""
+    if not (layers and isinstance(layers[0], Embedding) and layers[0].mask_zero):
+        return {}
+    masked = {}
+    for k in range(1, len(layers)):
+        layer, prev = layers[k], layers[k - 1]
+        if isinstance(layer, RECURRENT):
+            if layer.go_backwards:
+                raise ValueError(
+                    f"layers[{k}]: a go_backwards layer after Embedding(mask_zero=True) is not supported "
+                    "(Keras reverses the mask with the steps); use a Bidirectional layer or no mask"
+                )
+            nxt = layers[k + 1] if k + 1 < len(layers) else None
+            masked[k] = layer.bidirectional and not isinstance(nxt, LastStep)
+        elif isinstance(layer, LastStep) and isinstance(prev, RECURRENT):
+            if prev.bidirectional and not layer.final_state:
+                raise ValueError(
+                    f"layers[{k}]: after Embedding(mask_zero=True), the last step of a bidirectional layer "
+                    "must be Keras' (LastStep(final_state=True))"
+                )
+            return masked
+        elif not isinstance(layer, MASK_PASSING):
+            raise ValueError(
+                f"layers[{k}]: {layer.describe()} would receive the mask of Embedding(mask_zero=True); fastlstm "
+                "implements masking through recurrent, Dense, Activation, BatchNorm and LayerNorm layers, ending "
+                "at a recurrent layer's last step (return_sequences=False)"
+            )
+    return masked
+
+
 def check_chain(layers: Sequence) -> Tuple:
     """Validate that ``layers`` chain together; return them as a tuple.
 
@@ -1122,6 +1173,7 @@ def check_chain(layers: Sequence) -> Tuple:
             has_time = True
         if not isinstance(layer, WIDTH_PRESERVING):
             width = layer.output_size
+    masked_recurrent(layers)
     return layers
 
 

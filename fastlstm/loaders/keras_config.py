@@ -616,14 +616,12 @@ def _global_pool(source, entry):
 
 
 def _embedding(source, entry, weights):
-    cfg = entry["config"]
-    if cfg.get("mask_zero"):
-        _fail(source, entry, "mask_zero=True masks later layers per sample, which fastlstm does not implement")
+    mask_zero = _opt(source, entry, "mask_zero", bool, False)
     (table,) = _weights(source, entry, weights, ("embeddings",))
     dims = (_opt(source, entry, "input_dim", int, None), _opt(source, entry, "output_dim", int, None))
     if table.shape != dims:
         _fail(source, entry, f"embeddings have shape {table.shape}; the config says {dims}")
-    return [Embedding(table)]
+    return [Embedding(table, mask_zero=mask_zero)]
 
 
 _SUPPORTED = (
