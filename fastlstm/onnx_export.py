@@ -203,6 +203,10 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
                 "LayerNormalization", [x, g.const("gamma", gamma), g.const("beta", beta)], axis=-1, epsilon=layer.eps
             )
         elif isinstance(layer, Embedding):
+            if layer.mask_zero:
+                raise ValueError(
+                    f"{where}: mask_zero=True masks steps per row, which the ONNX recurrent ops do not express"
+                )
             x = g.op("Gather", [g.const("table", layer.table), x], axis=0)
         elif isinstance(layer, Conv1D):
             if layer.padding == "same":

@@ -84,6 +84,40 @@ def _variants(keras):
             True,
         ),
         "embedding": ([L.Embedding(13, 5), L.LSTM(6), L.Dense(13, activation="softmax")], True, True),
+        # Embedding(mask_zero=True): the ids have runs of zeros (_built); the mask passes Dropout, Dense and
+        # LayerNormalization and ends at the GRU's last step.
+        "embedding_mask_zero": (
+            [
+                L.Embedding(13, 5, mask_zero=True),
+                L.LSTM(6, **seq),
+                L.Dropout(0.2),
+                L.TimeDistributed(L.Dense(5, activation="tanh")),
+                L.LayerNormalization(),
+                L.GRU(4, reset_after=False),
+                L.Dense(3),
+            ],
+            True,
+            True,
+        ),
+        "embedding_mask_zero_sequences": (
+            [L.Embedding(13, 5, mask_zero=True), L.SimpleRNN(5, **seq), L.GRU(4, **seq), L.Dense(2)],
+            True,
+            True,
+        ),
+        "embedding_mask_zero_bidirectional": (
+            [
+                L.Embedding(13, 5, mask_zero=True),
+                L.Bidirectional(L.LSTM(4, **seq), merge_mode="sum"),
+                L.Dense(3),
+            ],
+            True,
+            False,
+        ),
+        "embedding_mask_zero_bidirectional_last": (
+            [L.Embedding(13, 5, mask_zero=True), L.Bidirectional(L.GRU(4)), L.Dense(3)],
+            True,
+            False,
+        ),
         "autoencoder": ([L.LSTM(5), L.RepeatVector(7), L.LSTM(4, **seq), L.TimeDistributed(L.Dense(3))], False, False),
         "conv_global_pool": (
             [
@@ -137,6 +171,10 @@ def _built(name):
     else:
         model = keras.Sequential([inp] + layers)
     x = rng.integers(0, 13, (B, STEPS)) if tokens else rng.standard_normal((B, STEPS, I)).astype(np.float32)
+    if "mask_zero" in name:  # a third of the steps masked, a row padded in front and one at the end
+        x[rng.random(x.shape) < 0.3] = 0
+        x[0, :40] = 0
+        x[1, -60:] = 0
     for layer in model.layers:  # BatchNormalization: non-trivial statistics (fresh ones are the identity)
         if type(layer).__name__ == "BatchNormalization":
             n = layer.moving_mean.shape[0]
@@ -161,6 +199,10 @@ def _names():
         "strided_same_conv_pool",
         "dense_stack_norms",
         "embedding",
+        "embedding_mask_zero",
+        "embedding_mask_zero_sequences",
+        "embedding_mask_zero_bidirectional",
+        "embedding_mask_zero_bidirectional_last",
         "autoencoder",
         "conv_global_pool",
         "global_average_streams",
@@ -216,9 +258,20 @@ def test_refusals(layers, match):
         loaders.from_keras(model)
 
 
-def test_embedding_mask_zero_refused():
+@pytest.mark.parametrize(
+    "layers,match",
+    [
+        (lambda L: [L.Conv1D(4, 2), L.LSTM(2)], r"Conv1D.*mask_zero=True\); fastlstm implements masking through"),
+        (lambda L: [L.LSTM(4, return_sequences=True), L.GlobalAveragePooling1D()], "GlobalAvgPool1D.*mask"),
+        (lambda L: [L.LSTM(4, go_backwards=True)], "go_backwards"),
+    ],
+)
+def test_embedding_mask_zero_refusals(layers, match):
+    """Where the mask would reach a layer fastlstm does not mask, the model is refused."""
     keras = import_keras()
     L = keras.layers
-    model = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(5, 3, mask_zero=True), L.LSTM(2)])
-    with pytest.raises(ValueError, match="mask_zero"):
+    model = keras.Sequential(
+        [keras.Input((None,), dtype="int32"), L.Embedding(5, 3, mask_zero=True)] + layers(keras.layers)
+    )
+    with pytest.raises(ValueError, match=match):
         loaders.from_keras(model)

@@ -41,6 +41,7 @@ from ..layers import (
     RepeatVector,
     RNNLayer,
     RNNWeights,
+    masked_recurrent,
 )
 from . import keras1
 from ._common import check_steps_option, float_weight, make_spec
@@ -745,7 +746,23 @@ def spec_from_chain(chain, keras_version, get_weights, source, backend=None):
         layers.extend(mapped)
     if not layers:
         raise ValueError(f"{source}: the model has no layers fastlstm runs")
+    _check_masked_bidirectional(layers, major, source)
     return make_spec(layers, source)
+
+
+def _check_masked_bidirectional(layers, major, source):
+    """Keras 3 outputs zeros at the masked steps of a Bidirectional layer that returns
+    sequences; Keras 1 and 2 releases differ there, so such a file is refused."""
+    try:
+        zeros = masked_recurrent(layers)
+    except ValueError:
+        return  # make_spec reports it
+    if major < 3 and any(zeros.values()):
+        raise ValueError(
+            f"{source}: a Bidirectional layer that returns sequences after Embedding(mask_zero=True) in a "
+            f"Keras {major} file: Keras releases differ in what it outputs at masked steps (Keras 3: zeros); "
+            "save the model with Keras 3 to load it"
+        )
 
 
 # --- the execution order of a model config ---------------------------------------------
