@@ -494,6 +494,8 @@ cdef int set_int_field(Layer *L, str key, value) except -1:
         L.reach = value
     elif key == "repeat":
         L.repeat = value
+    elif key == "steps":
+        L.steps = value
     elif key == "last_half":
         L.last_half = value
     elif key == "mask":
@@ -554,7 +556,8 @@ cdef int layer_steps(const Net *net, const Layer *L, int T) noexcept nogil:
             return T
         window_pads(L, T, &left, &right)
         return max(0, (T + left + right - L.reach - 1) // L.stride + 1)
-    if L.kind == FL_LAYER_LAST_STEP or L.kind == FL_LAYER_GLOBAL_MAX or L.kind == FL_LAYER_GLOBAL_AVG:
+    if (L.kind == FL_LAYER_LAST_STEP or L.kind == FL_LAYER_GLOBAL_MAX or L.kind == FL_LAYER_GLOBAL_AVG
+            or L.kind == FL_LAYER_FLATTEN):
         return min(T, 1)
     if L.kind == FL_LAYER_REPEAT:
         return L.repeat * T
@@ -884,6 +887,14 @@ cdef void run_other(const Net *net, const Layer *L, int T, int nb, const float *
                 fl_merge_rows(ext, out, nb, L.last_half, L.merge)
         elif T > 0:
             memcpy(out, inp + <long>(T - 1) * nb * W, <long>nb * W * sizeof(float))
+    elif L.kind == FL_LAYER_FLATTEN and T > 0:
+        # Row r's steps side by side (Keras Flatten of (T, F)); Model.predict has checked that T is
+        # L.steps (fewer would leave zeros, more are not read).
+        k = L.n_in
+        for r in range(nb):
+            memset(out + <long>r * W, 0, W * sizeof(float))
+            for t in range(min(T, L.steps)):
+                memcpy(out + <long>r * W + <long>t * k, inp + (<long>t * nb + r) * k, k * sizeof(float))
     elif L.kind == FL_LAYER_REPEAT:
         for k in range(L.repeat):
             memcpy(out + k * rows * W, inp, rows * W * sizeof(float))

@@ -48,6 +48,7 @@ from .layers import (
     LSTMWeights,
     MaxPool1D,
     RepeatVector,
+    input_width,
     layer_streamable,
     masked_recurrent,
 )
@@ -195,7 +196,7 @@ def _fuse(layers):
     for layer in layers:
         prev = out[-1] if out else None
         linear_product = prev is not None and isinstance(prev[0], (Dense, Conv1D)) and prev[3].name == "linear"
-        if isinstance(layer, Flatten):
+        if isinstance(layer, Flatten) and layer.steps is None:
             continue
         if linear_product and isinstance(layer, BatchNorm):
             scale, shift = layer.scale_shift()
@@ -232,7 +233,7 @@ def pack_chain(layers, precision="fp32"):
     )
     specs, layout, signature = [], [], []
     offset = 0
-    width = None
+    width = input_width(layers)
     n_entries = n_bufs = 0
 
     def add_buffer(spec, size, sig):
@@ -334,6 +335,8 @@ def pack_chain(layers, precision="fp32"):
                 spec["merge"] = MERGE_CODES[prev.merge_mode]
         elif isinstance(layer, RepeatVector):
             spec = {"kind": KIND.FL_LAYER_REPEAT, "repeat": layer.n}
+        elif isinstance(layer, Flatten):  # over a whole sequence (_fuse dropped the others)
+            spec = {"kind": KIND.FL_LAYER_FLATTEN, "steps": layer.steps, "n_in": width, "width": width * layer.steps}
         spec.setdefault("n_in", width)
         spec.setdefault("width", spec["n_in"])
         if isinstance(layer, LastStep) and "last_half" in spec:

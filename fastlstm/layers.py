@@ -1044,12 +1044,29 @@ class LastStep:
 
 @dataclass(frozen=True)
 class Flatten:
-    """Keras ``Flatten`` / ``torch.flatten(x, 1)`` where the time axis is already gone (after
-    :class:`LastStep` or a global pool): an identity there.  Flattening a whole
-    sequence is refused (its width would depend on the sequence length)."""
+    """Keras ``Flatten`` / ``torch.flatten(x, 1)``.
+
+    Without ``steps``: where the time axis is already gone (after :class:`LastStep` or a
+    global pool), an identity.  With ``steps``: a whole sequence of exactly ``steps`` steps
+    becomes one vector of ``steps * features`` values, step 0's features first (Keras
+    ``Flatten()`` after a layer that returns sequences, in a model whose input length is
+    fixed).  ``predict`` then refuses a sequence that brings another number of steps to the
+    Flatten, and the model cannot stream (the vector needs every step).
+
+    Parameters
+    ----------
+    steps : int, optional
+        The number of time steps reaching the Flatten.
+    """
+
+    steps: Optional[int] = None
+
+    def __post_init__(self):
+        if self.steps is not None:
+            _set(self, "steps", _positive("flatten.steps", self.steps))
 
     def describe(self) -> str:
-        return "Flatten()"
+        return "Flatten()" if self.steps is None else f"Flatten(steps={self.steps})"
 
 
 @dataclass(frozen=True)
@@ -1082,7 +1099,21 @@ def layer_streamable(layer, prev) -> Optional[str]:
         return "is a RepeatVector, which turns one input into a sequence of outputs"
     if isinstance(layer, LastStep) and layer.final_state and isinstance(prev, RECURRENT) and prev.bidirectional:
         return "takes the final state of a bidirectional layer"
+    if isinstance(layer, Flatten) and layer.steps is not None:
+        return f"flattens a whole sequence of {layer.steps} steps into one vector, which needs every step at once"
     return None
+
+
+def input_width(layers: Sequence) -> int:
+    """Features per input step: the input size of the first layer that has one (layers that keep
+    their input's width, such as a first pool, take it from there).  ValueError when none has."""
+    for layer in layers:
+        if not isinstance(layer, WIDTH_PRESERVING):
+            return layer.input_size
+    raise ValueError(
+        f"layers: the input width is unknown: every layer ({', '.join(type(x).__name__ for x in layers)}) "
+        "keeps its input's width; add a layer that has weights"
+    )
 
 
 #: Layers the mask of ``Embedding(mask_zero=True)`` passes through unchanged (Keras' per-step
@@ -1134,7 +1165,7 @@ def check_chain(layers: Sequence) -> Tuple:
     layers = tuple(layers)
     if not layers:
         raise ValueError("layers: a model needs at least one layer")
-    width = None
+    width = input_width(layers)
     has_time = True
     for k, layer in enumerate(layers):
         where = f"layers[{k}]"
@@ -1143,21 +1174,22 @@ def check_chain(layers: Sequence) -> Tuple:
         if isinstance(layer, Embedding) and k:
             raise ValueError(f"{where}: an Embedding can only be the first layer (it takes token ids)")
         if isinstance(layer, WIDTH_PRESERVING):
-            if width is None:
-                raise ValueError(
-                    f"{where}: {type(layer).__name__} cannot be the first layer (its width comes from the layer before)"
-                )
             if isinstance(layer, Activation):
                 layer.check_width(width, where)
         elif width is not None and layer.input_size != width:
             raise ValueError(
                 f"{where}: input size {layer.input_size} does not match the previous layer's output size {width}"
             )
-        if isinstance(layer, Flatten) and has_time:
+        if isinstance(layer, Flatten) and has_time and layer.steps is None:
             raise ValueError(
-                f"{where}: Flatten on a sequence is not supported (its width would depend on "
-                "the sequence length); it is an identity after LastStep or a global pool"
+                f"{where}: Flatten on a sequence needs its number of steps (Flatten(steps=T): the "
+                "sequence length is fixed); it is an identity after LastStep or a global pool"
             )
+        if isinstance(layer, Flatten) and layer.steps is not None:
+            if not has_time:
+                raise ValueError(f"{where}: Flatten(steps={layer.steps}) needs a sequence, but the time axis was dropped")
+            has_time = False
+            width *= layer.steps
         if isinstance(layer, RepeatVector) and has_time:
             raise ValueError(
                 f"{where}: RepeatVector needs one vector per stream (put LastStep or a global pool before it)"

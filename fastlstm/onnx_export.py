@@ -241,6 +241,8 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
             x = g.op(op, [x, g.const("axes", np.array([0], np.int64))], keepdims=0)
             seq = False
         elif isinstance(layer, Flatten):
+            if layer.steps is not None:
+                raise ValueError(f"{where}: flattens a sequence of a fixed length; the ONNX graph's T is open")
             continue
         else:
             raise ValueError(f"{where}: has no ONNX form in fastlstm's writer")

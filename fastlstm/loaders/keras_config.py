@@ -654,8 +654,9 @@ def _refuse_class(source, entry):
     _fail(source, entry, why)
 
 
-def _map_layer(source, entry, weights, major, backend, has_time):
-    """One Keras layer entry -> (fastlstm layers, whether a time axis remains)."""
+def _map_layer(source, entry, weights, major, backend, has_time, steps):
+    """One Keras layer entry -> (fastlstm layers, whether a time axis remains).  ``steps``: the
+    number of time steps reaching it when the model's input length is fixed, else None."""
     cls = entry["class_name"]
     if cls in _RECURRENT or cls == "Bidirectional":
         if not has_time:
@@ -693,14 +694,18 @@ def _map_layer(source, entry, weights, major, backend, has_time):
     if cls == "Embedding":
         return _embedding(source, entry, weights), True
     if cls == "Flatten":
-        if has_time:
+        if not has_time:
+            return [Flatten()], False
+        if steps is None:
             _fail(
                 source,
                 entry,
-                "flattens a whole sequence (its width would depend on the sequence length); "
-                "fastlstm supports Flatten after the last step or a global pool",
+                "flattens a whole sequence, but the model's input shape does not fix its length "
+                "(the vector's width would depend on it); give the Input a fixed number of steps",
             )
-        return [Flatten()], False
+        if entry["config"].get("data_format", "channels_last") != "channels_last":
+            _fail(source, entry, "data_format='channels_first' would flatten features before steps; not supported")
+        return [Flatten(steps=steps)], False
     if cls == "RepeatVector":
         return [RepeatVector(_one_int(source, entry, "n"))], True
     _refuse_class(source, entry)
@@ -729,17 +734,19 @@ def spec_from_chain(chain, keras_version, get_weights, source, backend=None):
     major = keras_major(keras_version)
     if any(keras1.is_keras1_entry(e) for e in chain):
         major = 1
-    layers, has_time = [], True
+    layers, has_time, length = [], True, None
     for entry in chain:
         if not isinstance(entry.get("config"), dict):
             _fail(source, entry, "layer config is missing")
+        if not layers:
+            length = _input_length(entry) or length
         if entry.get("class_name") == "InputLayer":
             continue
         weights = get_weights(entry)
         if major == 1:
             entry, weights = _upgrade_keras1(source, entry, weights)
         try:
-            mapped, has_time = _map_layer(source, entry, weights, major, backend, has_time)
+            mapped, has_time = _map_layer(source, entry, weights, major, backend, has_time, _steps(layers, length))
         except (TypeError, ValueError) as exc:  # from the layer classes: add the file's name
             msg = str(exc)
             raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
@@ -748,6 +755,27 @@ def spec_from_chain(chain, keras_version, get_weights, source, backend=None):
         raise ValueError(f"{source}: the model has no layers fastlstm runs")
     _check_masked_bidirectional(layers, major, source)
     return make_spec(layers, source)
+
+
+def _input_length(entry):
+    """The fixed number of input steps an entry's input shape ((batch, T, F) or (batch, T)) gives, or None."""
+    cfg = entry["config"]
+    shape = cfg.get("batch_shape", cfg.get("batch_input_shape"))
+    if isinstance(shape, list) and len(shape) in (2, 3) and isinstance(shape[1], int) and shape[1] > 0:
+        return shape[1]
+    return None
+
+
+def _steps(layers, length):
+    """The steps that ``length`` input steps bring through ``layers`` (None when not fixed)."""
+    for layer in layers:
+        if length is None:
+            return None
+        if hasattr(layer, "out_steps"):
+            length = layer.out_steps(length)
+        elif isinstance(layer, RepeatVector):
+            length = layer.n
+    return length
 
 
 def _check_masked_bidirectional(layers, major, source):
