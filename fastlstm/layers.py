@@ -1160,8 +1160,10 @@ def check_chain(layers: Sequence) -> Tuple:
 
     Raises TypeError for something that is not a layer, ValueError (naming
     ``layers[k]``) for widths that do not line up, an Embedding that is not
-    first, Flatten or RepeatVector on a sequence, or a time-collapsing layer on
-    a single vector."""
+    first, Flatten without ``steps`` or RepeatVector on a sequence, a
+    time-collapsing layer on a single vector, or a layer that the mask of
+    ``Embedding(mask_zero=True)`` would reach and fastlstm does not mask
+    (:func:`masked_recurrent`)."""
     layers = tuple(layers)
     if not layers:
         raise ValueError("layers: a model needs at least one layer")
