@@ -448,7 +448,7 @@ cdef class Network:
 
 
 # Layer dict entries checked against MAX_WIDTH (32-bit fields, used in 32-bit offsets).
-_WIDTH_FIELDS = frozenset(("n_in", "width", "hidden", "n_out", "gates"))
+_WIDTH_FIELDS = frozenset(("n_in", "width", "hidden", "n_out", "gates", "steps"))
 
 
 cdef int set_int_field(Layer *L, str key, value) except -1:

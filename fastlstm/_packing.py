@@ -336,7 +336,7 @@ def pack_chain(layers, precision="fp32"):
         elif isinstance(layer, RepeatVector):
             spec = {"kind": KIND.FL_LAYER_REPEAT, "repeat": layer.n}
         elif isinstance(layer, Flatten):  # over a whole sequence (_fuse dropped the others)
-            spec = {"kind": KIND.FL_LAYER_FLATTEN, "steps": layer.steps, "n_in": width, "width": width * layer.steps}
+            spec = {"kind": KIND.FL_LAYER_FLATTEN, "n_in": width, "width": width * layer.steps, "steps": layer.steps}
         spec.setdefault("n_in", width)
         spec.setdefault("width", spec["n_in"])
         if isinstance(layer, LastStep) and "last_half" in spec:

@@ -81,6 +81,11 @@ def test_flatten_chain_refusals(rng, chain, match):
         Flatten(steps=0)
 
 
+def test_flatten_too_wide_is_refused(rng):
+    with pytest.raises(ValueError, match="a width of 5000000000000 is more than"):
+        fastlstm.Model([_gru(rng), Flatten(steps=10**12)])
+
+
 def test_flatten_survives_the_native_file(rng, tmp_path):
     model = fastlstm.Model(_flatten_chain(rng, steps=6))
     model.save(tmp_path / "m.fastlstm")
