@@ -1153,7 +1153,9 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     hrows/crows: the state of the first of the nb rows, one row per stream
     (row strides ldh, ldc); each direction's h and c sit at its offsets in a row.
     xh: scratch for two packed copies of nb rows of [x | h]; lpws: a reduced-precision
-    layer's converted rows (run_layer_lowp).
+    layer's converted rows (run_layer_lowp).  ids: a masked layer's token ids (step t of
+    row r at ids[t * ldi + r], see cell_step and mask_outputs), else NULL; csave: nb * hidden
+    floats of scratch for it.
 
     Step t's h is written straight into its output rows and the next step reads
     it from there; the state rows get the last one at the end.  A team thread
