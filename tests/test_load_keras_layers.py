@@ -307,6 +307,7 @@ def test_flatten_of_a_sequence_refuses_other_lengths_and_streams():
         (lambda L: [L.Conv1D(4, 2), L.LSTM(2)], r"Conv1D.*mask_zero=True\); fastlstm implements masking through"),
         (lambda L: [L.LSTM(4, return_sequences=True), L.GlobalAveragePooling1D()], "GlobalAvgPool1D.*mask"),
         (lambda L: [L.LSTM(4, go_backwards=True)], "go_backwards"),
+        (lambda L: [L.Softmax(), L.LSTM(2)], "Softmax layer that receives the mask"),
     ],
 )
 def test_embedding_mask_zero_refusals(layers, match):

@@ -742,6 +742,9 @@ def spec_from_chain(chain, keras_version, get_weights, source, backend=None):
             length = _input_length(entry) or length
         if entry.get("class_name") == "InputLayer":
             continue
+        if entry.get("class_name") == "Softmax" and _mask_open(layers):
+            # Keras' Softmax layer applies a mask over the features (Keras 3 raises on a (batch, T) mask).
+            _fail(source, entry, "a Softmax layer that receives the mask of Embedding(mask_zero=True) is not supported")
         weights = get_weights(entry)
         if major == 1:
             entry, weights = _upgrade_keras1(source, entry, weights)
@@ -755,6 +758,11 @@ def spec_from_chain(chain, keras_version, get_weights, source, backend=None):
         raise ValueError(f"{source}: the model has no layers fastlstm runs")
     _check_masked_bidirectional(layers, major, source)
     return make_spec(layers, source)
+
+
+def _mask_open(layers):
+    """Whether the mask of a first Embedding(mask_zero=True) reaches the next layer (no last step yet)."""
+    return bool(layers) and getattr(layers[0], "mask_zero", False) and not any(isinstance(x, LastStep) for x in layers)
 
 
 def _input_length(entry):
