@@ -1189,7 +1189,9 @@ def check_chain(layers: Sequence) -> Tuple:
             )
         if isinstance(layer, Flatten) and layer.steps is not None:
             if not has_time:
-                raise ValueError(f"{where}: Flatten(steps={layer.steps}) needs a sequence, but the time axis was dropped")
+                raise ValueError(
+                    f"{where}: Flatten(steps={layer.steps}) needs a sequence, but the time axis was dropped"
+                )
             has_time = False
             width *= layer.steps
         if isinstance(layer, RepeatVector) and has_time:

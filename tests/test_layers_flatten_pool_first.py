@@ -22,7 +22,12 @@ def _gru(rng, n_in=I):
 
 def _flatten_chain(rng, steps=T):
     gru = _gru(rng)
-    return [gru, Flatten(steps=steps), Dense(_u(rng, 7, steps * H), _u(rng, 7), activation="tanh"), Dense(_u(rng, 2, 7), None)]
+    return [
+        gru,
+        Flatten(steps=steps),
+        Dense(_u(rng, 7, steps * H), _u(rng, 7), activation="tanh"),
+        Dense(_u(rng, 2, 7), None),
+    ]
 
 
 def _flatten_oracle(layers, x):

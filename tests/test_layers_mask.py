@@ -46,7 +46,9 @@ def _chain(rng, bidirectional=False, last=False):
     """Embedding(mask_zero) -> LSTM (projected) -> LayerNorm/Dense -> GRU (reset-before) -> RNN -> Dense."""
     lstm = [LSTMWeights(_u(rng, 28, E), _u(rng, 28, 5), _u(rng, 28), _u(rng, 28), weight_hr=_u(rng, 5, 7))]
     gru_in = 5 * (2 if bidirectional else 1)
-    gru = [GRUWeights(_u(rng, 18, 6), _u(rng, 18, 6), _u(rng, 18), _u(rng, 18)) for _ in range(2 if bidirectional else 1)]
+    gru = [
+        GRUWeights(_u(rng, 18, 6), _u(rng, 18, 6), _u(rng, 18), _u(rng, 18)) for _ in range(2 if bidirectional else 1)
+    ]
     layers = [
         Embedding(_u(rng, V, E), mask_zero=True),
         LSTMLayer(lstm * (2 if bidirectional else 1)),
