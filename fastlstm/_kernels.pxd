@@ -70,8 +70,9 @@ cdef struct Layer:
     int repeat                        # RepeatVector's n
     int steps                         # Flatten over a whole sequence: the steps it flattens (width = steps * n_in)
     int last_half                     # LastStep after a bidirectional layer (Keras): the forward half's width
-    int mask                          # recurrent, after Embedding(mask_zero=True): 1 a row keeps its state
-                                      # at a step whose token id is 0; 2 also outputs zeros there
+    # A recurrent layer after Embedding(mask_zero=True): 1 a row keeps its state at a step whose
+    # token id is 0; 2 also outputs zeros there (Keras Bidirectional returning sequences)
+    int mask
     long s_off, s_size                # a streaming layer's state within a stream's row (not recurrent ones)
 
 cdef struct Net:

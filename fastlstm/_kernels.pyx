@@ -1002,7 +1002,8 @@ cdef inline const long long *step_ids(const long long *ids, int t, long ldi) noe
     return NULL if ids == NULL else ids + <long>t * ldi
 
 
-cdef inline void mask_outputs(const Layer *L, int tn, int nb, const long long *ids, long ldi, float *out) noexcept nogil:
+cdef inline void mask_outputs(const Layer *L, int tn, int nb, const long long *ids, long ldi,
+                              float *out) noexcept nogil:
     """Keras Bidirectional(return_sequences=True) outputs zeros at masked steps (L.mask == 2)."""
     cdef int t, r, cat = L.n_dirs * L.n_out
     if ids == NULL or L.mask != 2:
