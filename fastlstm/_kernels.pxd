@@ -24,7 +24,8 @@ cdef extern from "fastlstm_layers.h":
     cpdef enum fl_layer_kind:
         FL_LAYER_LSTM, FL_LAYER_GRU, FL_LAYER_GRU_BEFORE, FL_LAYER_RNN, FL_LAYER_DENSE, FL_LAYER_ACTIVATION,
         FL_LAYER_AFFINE, FL_LAYER_LAYERNORM, FL_LAYER_EMBEDDING, FL_LAYER_CONV, FL_LAYER_MAXPOOL,
-        FL_LAYER_AVGPOOL, FL_LAYER_GLOBAL_MAX, FL_LAYER_GLOBAL_AVG, FL_LAYER_LAST_STEP, FL_LAYER_REPEAT
+        FL_LAYER_AVGPOOL, FL_LAYER_GLOBAL_MAX, FL_LAYER_GLOBAL_AVG, FL_LAYER_LAST_STEP, FL_LAYER_REPEAT,
+        FL_LAYER_FLATTEN
 
 cdef struct Dir:
     # w_x: a product's weights, row-major (n_stack, columns): for a recurrent direction
@@ -67,7 +68,11 @@ cdef struct Layer:
     # Keras 'same' at stride > 1, resolved per sequence), reach = dilation * (size - 1).
     int ksize, stride, dilation, groups, pad_l, pad_r, same_pad, count_pad, reach
     int repeat                        # RepeatVector's n
+    int steps                         # Flatten over a whole sequence: the steps it flattens (width = steps * n_in)
     int last_half                     # LastStep after a bidirectional layer (Keras): the forward half's width
+    # A recurrent layer after Embedding(mask_zero=True): 1 a row keeps its state at a step whose
+    # token id is 0; 2 also outputs zeros there (Keras Bidirectional returning sequences)
+    int mask
     long s_off, s_size                # a streaming layer's state within a stream's row (not recurrent ones)
 
 cdef struct Net:

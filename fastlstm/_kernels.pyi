@@ -55,6 +55,7 @@ class fl_layer_kind(IntEnum):
     FL_LAYER_GLOBAL_AVG = 13
     FL_LAYER_LAST_STEP = 14
     FL_LAYER_REPEAT = 15
+    FL_LAYER_FLATTEN = 16
 
 def openmp_enabled() -> bool:
     """Whether the compiled kernels run batches on several threads (fastlstm's own pool)."""

@@ -449,7 +449,7 @@ cdef class Network:
 
 
 # Layer dict entries checked against MAX_WIDTH (32-bit fields, used in 32-bit offsets).
-_WIDTH_FIELDS = frozenset(("n_in", "width", "hidden", "n_out", "gates"))
+_WIDTH_FIELDS = frozenset(("n_in", "width", "hidden", "n_out", "gates", "steps"))
 
 
 cdef int set_int_field(Layer *L, str key, value) except -1:
@@ -495,8 +495,12 @@ cdef int set_int_field(Layer *L, str key, value) except -1:
         L.reach = value
     elif key == "repeat":
         L.repeat = value
+    elif key == "steps":
+        L.steps = value
     elif key == "last_half":
         L.last_half = value
+    elif key == "mask":
+        L.mask = value
     elif key == "s_off":
         L.s_off = value
     elif key == "s_size":
@@ -553,7 +557,8 @@ cdef int layer_steps(const Net *net, const Layer *L, int T) noexcept nogil:
             return T
         window_pads(L, T, &left, &right)
         return max(0, (T + left + right - L.reach - 1) // L.stride + 1)
-    if L.kind == FL_LAYER_LAST_STEP or L.kind == FL_LAYER_GLOBAL_MAX or L.kind == FL_LAYER_GLOBAL_AVG:
+    if (L.kind == FL_LAYER_LAST_STEP or L.kind == FL_LAYER_GLOBAL_MAX or L.kind == FL_LAYER_GLOBAL_AVG
+            or L.kind == FL_LAYER_FLATTEN):
         return min(T, 1)
     if L.kind == FL_LAYER_REPEAT:
         return L.repeat * T
@@ -630,6 +635,8 @@ cdef long ws_layout(const Net *net, int Tc, int nb, float *ws, float **parts) no
         act = max(act, max(<long>T * L.n_in, <long>T_out * max(L.width, L.n_dirs * L.n_out)))
         if is_recurrent(L):
             gates = max(gates, <long>T * L.gates)
+            if L.mask:
+                ext = max(ext, <long>nb * L.hidden)    # the c of a step's masked rows (cell_step)
             if L.dirs[0].prec != FL_PREC_FP32:
                 # run_layer_lowp's converted rows, each part with 16 rows to spare (fl_lp_gemm):
                 # x of a block (hoisted) or of a step, h of a step; and their scales.
@@ -803,12 +810,13 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const v
             out = parts[WS_BUF0] if l % 2 == 0 else parts[WS_BUF1]
             # Every layer reads all of the previous one's output (or the gathered x).
             sync(bar, nt)
-            if is_recurrent(L) and (nt == 1 or layer_splits(L, nb)):
+            # A masked layer (Embedding mask_zero) runs on one thread: its rows copy state at masked steps.
+            if is_recurrent(L) and (nt == 1 or (layer_splits(L, nb) and not L.mask)):
                 run_layer(L, steps, nb, inp, out, srow, ss, srow, ss, parts[WS_GATES], parts[WS_HFULL],
-                          parts[WS_XH], parts[WS_LOWP], tid, nt, bar)
+                          parts[WS_XH], parts[WS_LOWP], mask_ids(L, ids, t0, B, b0), B, parts[WS_EXT], tid, nt, bar)
             elif tid == 0 and is_recurrent(L):
                 run_layer(L, steps, nb, inp, out, srow, ss, srow, ss, parts[WS_GATES], parts[WS_HFULL],
-                          parts[WS_XH], parts[WS_LOWP], 0, 1, bar)
+                          parts[WS_XH], parts[WS_LOWP], mask_ids(L, ids, t0, B, b0), B, parts[WS_EXT], 0, 1, bar)
             elif tid == 0:
                 run_other(net, L, steps, nb, inp, out, ids + <long>t0 * B + b0, B, srow, ss, parts[WS_EXT])
             steps = layer_steps(net, L, steps)
@@ -824,6 +832,11 @@ cdef void run_rows(const Net *net, int T, int Tc, int B, int b0, int nb, const v
         t0 += tn
     fl_lp_done()
     fl_restore_fpmode(mode)
+
+
+cdef inline const long long *mask_ids(const Layer *L, const long long *ids, int t0, int B, int b0) noexcept nogil:
+    """A masked layer's token ids of a block's first step (step t of row r at [t * B + r]), else NULL."""
+    return ids + <long>t0 * B + b0 if L.mask else NULL
 
 
 cdef void run_other(const Net *net, const Layer *L, int T, int nb, const float *inp, float *out,
@@ -876,6 +889,14 @@ cdef void run_other(const Net *net, const Layer *L, int T, int nb, const float *
                 fl_merge_rows(ext, out, nb, L.last_half, L.merge)
         elif T > 0:
             memcpy(out, inp + <long>(T - 1) * nb * W, <long>nb * W * sizeof(float))
+    elif L.kind == FL_LAYER_FLATTEN and T > 0:
+        # Row r's steps side by side (Keras Flatten of (T, F)); Model.predict has checked that T is
+        # L.steps (fewer would leave zeros, more are not read).
+        k = L.n_in
+        for r in range(nb):
+            memset(out + <long>r * W, 0, W * sizeof(float))
+            for t in range(min(T, L.steps)):
+                memcpy(out + <long>r * W + <long>t * k, inp + (<long>t * nb + r) * k, k * sizeof(float))
     elif L.kind == FL_LAYER_REPEAT:
         for k in range(L.repeat):
             memcpy(out + k * rows * W, inp, rows * W * sizeof(float))
@@ -958,7 +979,46 @@ cdef void pool_rows(const Net *net, const Layer *L, int T, int nb, const float *
 
 cdef inline void cell_step(const Layer *L, const Dir *D, int nb, float *gates, float *cs, int ldc,
                            const float *hprev, int ldprev, float *ho, int ldo, float *hfull,
-                           long u0, long u1) noexcept nogil:
+                           long u0, long u1, const long long *ids, float *csave) noexcept nogil:
+    """cell_update, then Keras masking (Embedding mask_zero): ids, when not NULL, are the step's
+    token ids of the nb rows, and a row whose id is 0 keeps its c (saved in csave) and repeats
+    its previous output, so the state carries over the step unchanged.  (Masked layers run on
+    one thread: u0:u1 is every unit.)"""
+    cdef int r, H = L.hidden
+    cdef bint lstm = L.kind == FL_LAYER_LSTM
+    if ids != NULL and lstm:
+        for r in range(nb):
+            if ids[r] == 0:
+                memcpy(csave + <long>r * H, cs + <long>r * ldc, H * sizeof(float))
+    cell_update(L, D, nb, gates, cs, ldc, hprev, ldprev, ho, ldo, hfull, u0, u1)
+    if ids == NULL:
+        return
+    for r in range(nb):
+        if ids[r] == 0:
+            memcpy(ho + <long>r * ldo, hprev + <long>r * ldprev, L.n_out * sizeof(float))
+            if lstm:
+                memcpy(cs + <long>r * ldc, csave + <long>r * H, H * sizeof(float))
+
+
+cdef inline const long long *step_ids(const long long *ids, int t, long ldi) noexcept nogil:
+    return NULL if ids == NULL else ids + <long>t * ldi
+
+
+cdef inline void mask_outputs(const Layer *L, int tn, int nb, const long long *ids, long ldi,
+                              float *out) noexcept nogil:
+    """Keras Bidirectional(return_sequences=True) outputs zeros at masked steps (L.mask == 2)."""
+    cdef int t, r, cat = L.n_dirs * L.n_out
+    if ids == NULL or L.mask != 2:
+        return
+    for t in range(tn):
+        for r in range(nb):
+            if ids[<long>t * ldi + r] == 0:
+                memset(out + (<long>t * nb + r) * cat, 0, cat * sizeof(float))
+
+
+cdef inline void cell_update(const Layer *L, const Dir *D, int nb, float *gates, float *cs, int ldc,
+                             const float *hprev, int ldprev, float *ho, int ldo, float *hfull,
+                             long u0, long u1) noexcept nogil:
     """The cell update of one step, units u0:u1 of nb rows: gates (nb, G) and the previous h
     (hprev, row stride ldprev) -> c (LSTM), and h into ho.
 
@@ -1023,7 +1083,8 @@ cdef inline void lowp_products(const Layer *L, const Dir *D, bint recurrent, int
 
 cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float *out,
                          float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
-                         float *lpws, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
+                         float *lpws, const long long *ids, long ldi, float *csave,
+                         int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
     """run_layer for a layer in bf16 or int8 (fastlstm_lowp.h): each product's rows are first
     converted (rounded to bf16, or quantized with a scale per row) into lpws, which the whole
     team shares, split by rows over the team (int8 scales a row by its largest value, so a
@@ -1087,7 +1148,7 @@ cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float
             if not hoist:
                 lowp_products(L, D, False, nb, qx, sx, u0, u1, g)
             lowp_products(L, D, True, nb, qh, sh, u0, u1, g)
-            cell_step(L, D, nb, g, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
+            cell_step(L, D, nb, g, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1, step_ids(ids, t, ldi), csave)
             hprev = ho
             ldprev = cat
         # A thread reads and writes only its own units of the state.
@@ -1095,6 +1156,7 @@ cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float
         v1 = P if D.w_proj != NULL else u1
         for r in range(nb):
             memcpy(hs + <long>r * ldh + v0, hprev + <long>r * cat + v0, (v1 - v0) * sizeof(float))
+    mask_outputs(L, tn, nb, ids, ldi, out)
     if L.n_dirs == 2 and L.merge != FL_MERGE_CONCAT:
         sync(bar, nt)
         if tid == 0:
@@ -1103,13 +1165,16 @@ cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float
 
 cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out,
                     float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
-                    float *xh, float *lpws, int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
+                    float *xh, float *lpws, const long long *ids, long ldi, float *csave,
+                    int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
     """One recurrent layer over tn steps of nb rows: inp (tn*nb, n_in) -> out (tn*nb, width).
 
     hrows/crows: the state of the first of the nb rows, one row per stream
     (row strides ldh, ldc); each direction's h and c sit at its offsets in a row.
     xh: scratch for two packed copies of nb rows of [x | h]; lpws: a reduced-precision
-    layer's converted rows (run_layer_lowp).
+    layer's converted rows (run_layer_lowp).  ids: a masked layer's token ids (step t of
+    row r at ids[t * ldi + r], see cell_step and mask_outputs), else NULL; csave: nb * hidden
+    floats of scratch for it.
 
     Step t's h is written straight into its output rows and the next step reads
     it from there; the state rows get the last one at the end.  A team thread
@@ -1136,7 +1201,8 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     cdef const float *hprev
     cdef int ldprev
     if L.dirs[0].prec != FL_PREC_FP32:
-        run_layer_lowp(L, tn, nb, inp, out, hrows, ldh, crows, ldc, gates, hfull, lpws, tid, nt, bar)
+        run_layer_lowp(L, tn, nb, inp, out, hrows, ldh, crows, ldc, gates, hfull, lpws, ids, ldi, csave,
+                       tid, nt, bar)
         return
     if nt > 1:
         fl_split_range(H, tid, nt, &u0, &u1)
@@ -1190,7 +1256,8 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 fl_pack_a(nb, K, ap, L.n_in + v0, L.n_in + v1, hprev + v0, ldprev)
                 sync(bar, nt)
                 matmul_units(nb, K, ap, D, gates, H, G4, u0, u1, gru_kx)
-                cell_step(L, D, nb, gates, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
+                cell_step(L, D, nb, gates, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1,
+                          step_ids(ids, t, ldi), csave)
                 hprev = ho
                 ldprev = cat
         else:
@@ -1211,7 +1278,8 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                 ho = out + <long>dst * nb * cat + d * P
                 if not stacked:
                     gate_products(L, D, nb, hprev, ldprev, True, gates + <long>t * nb * G4)
-                cell_step(L, D, nb, gates + <long>t * nb * G4, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1)
+                cell_step(L, D, nb, gates + <long>t * nb * G4, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1,
+                          step_ids(ids, t, ldi), csave)
                 hprev = ho
                 ldprev = cat
         # A thread reads and writes only its own units of the state (packing above).
@@ -1219,6 +1287,7 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
         v1 = P if D.w_proj != NULL else u1
         for r in range(nb):
             memcpy(hs + <long>r * ldh + v0, hprev + <long>r * cat + v0, (v1 - v0) * sizeof(float))
+    mask_outputs(L, tn, nb, ids, ldi, out)
     if L.n_dirs == 2 and L.merge != FL_MERGE_CONCAT:
         sync(bar, nt)
         if tid == 0:

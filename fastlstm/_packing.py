@@ -48,7 +48,9 @@ from .layers import (
     LSTMWeights,
     MaxPool1D,
     RepeatVector,
+    input_width,
     layer_streamable,
+    masked_recurrent,
 )
 
 #: Activation codes of include/fastlstm_activations.h (enum fl_activation), by name: FL_ACT_<NAME>.
@@ -194,7 +196,7 @@ def _fuse(layers):
     for layer in layers:
         prev = out[-1] if out else None
         linear_product = prev is not None and isinstance(prev[0], (Dense, Conv1D)) and prev[3].name == "linear"
-        if isinstance(layer, Flatten):
+        if isinstance(layer, Flatten) and layer.steps is None:
             continue
         if linear_product and isinstance(layer, BatchNorm):
             scale, shift = layer.scale_shift()
@@ -225,12 +227,13 @@ def pack_chain(layers, precision="fp32"):
     signature has one item per stateful layer; an LSTM's is (I, H, P, D), as
     in version-1 State bytes."""
     fused = _fuse(layers)
+    masked = {id(layers[k]): zeros for k, zeros in masked_recurrent(layers).items()}
     streams = all(
         layer_streamable(layer, fused[k - 1][0] if k else None) is None for k, (layer, _, _, _) in enumerate(fused)
     )
     specs, layout, signature = [], [], []
     offset = 0
-    width = None
+    width = input_width(layers)
     n_entries = n_bufs = 0
 
     def add_buffer(spec, size, sig):
@@ -248,6 +251,8 @@ def pack_chain(layers, precision="fp32"):
             # Keras' last step of a bidirectional layer needs the directions unmerged.
             keras_last = isinstance(nxt, LastStep) and nxt.final_state and layer.bidirectional
             spec = _recurrent_spec(layer, "concat" if keras_last else layer.merge_mode)
+            if id(layer) in masked:
+                spec["mask"] = 2 if masked[id(layer)] else 1
             dirs = []
             for w, b, p in spec["dirs"]:
                 c_width = layer.hidden_size if isinstance(layer, LSTMLayer) else 0
@@ -330,6 +335,8 @@ def pack_chain(layers, precision="fp32"):
                 spec["merge"] = MERGE_CODES[prev.merge_mode]
         elif isinstance(layer, RepeatVector):
             spec = {"kind": KIND.FL_LAYER_REPEAT, "repeat": layer.n}
+        elif isinstance(layer, Flatten):  # over a whole sequence (_fuse dropped the others)
+            spec = {"kind": KIND.FL_LAYER_FLATTEN, "n_in": width, "width": width * layer.steps, "steps": layer.steps}
         spec.setdefault("n_in", width)
         spec.setdefault("width", spec["n_in"])
         if isinstance(layer, LastStep) and "last_half" in spec:

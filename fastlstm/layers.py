@@ -741,21 +741,33 @@ class Embedding(_ArrayValue):
 
     The model's input is then integer ids, ``(T,)`` or ``(T, B)`` (``(B, T)``
     with ``batch_first``), and ``Stream.step`` takes ``()``/``(B,)`` ids.  Ids
-    outside ``[0, V)`` raise ValueError before anything runs.  (Keras
-    ``mask_zero`` is not supported: it changes how later layers step.)
+    outside ``[0, V)`` raise ValueError before anything runs.
 
     Parameters
     ----------
     table : array (V, D)
         PyTorch ``nn.Embedding.weight``, Keras ``Embedding.embeddings``.
+    mask_zero : bool
+        Keras ``mask_zero=True``: token id 0 masks its step, per row.  A
+        recurrent layer keeps its state over a masked step and outputs its
+        previous output there (zeros before the first unmasked step; a
+        Bidirectional layer that returns sequences outputs zeros), so its last
+        step is that of the last unmasked step.  The mask passes through Dense,
+        Activation, BatchNorm and LayerNorm and ends at a recurrent layer's
+        :class:`LastStep`; a chain where it would reach any other layer is
+        refused (see :func:`check_chain`).
     """
 
     table: np.ndarray
+    mask_zero: bool = False
 
     def __post_init__(self):
         _set(self, "table", _as_float32_matrix("embedding.table", self.table, 2))
         if self.table.shape[0] >= _MAX_VOCAB:
             raise ValueError(f"embedding.table: at most {_MAX_VOCAB - 1} rows, got {self.table.shape[0]}")
+        if not isinstance(self.mask_zero, (bool, np.bool_)):
+            raise TypeError(f"embedding.mask_zero: expected a bool, got {type(self.mask_zero).__name__}")
+        _set(self, "mask_zero", bool(self.mask_zero))
 
     @property
     def vocab_size(self) -> int:
@@ -773,7 +785,7 @@ class Embedding(_ArrayValue):
         return [self.table]
 
     def describe(self) -> str:
-        return f"Embedding({self.vocab_size} tokens -> {self.output_size})"
+        return f"Embedding({self.vocab_size} tokens -> {self.output_size}{', mask_zero' if self.mask_zero else ''})"
 
 
 # ---------------------------------------------------------------------------
@@ -1032,12 +1044,29 @@ class LastStep:
 
 @dataclass(frozen=True)
 class Flatten:
-    """Keras ``Flatten`` / ``torch.flatten(x, 1)`` where the time axis is already gone (after
-    :class:`LastStep` or a global pool): an identity there.  Flattening a whole
-    sequence is refused (its width would depend on the sequence length)."""
+    """Keras ``Flatten`` / ``torch.flatten(x, 1)``.
+
+    Without ``steps``: where the time axis is already gone (after :class:`LastStep` or a
+    global pool), an identity.  With ``steps``: a whole sequence of exactly ``steps`` steps
+    becomes one vector of ``steps * features`` values, step 0's features first (Keras
+    ``Flatten()`` after a layer that returns sequences, in a model whose input length is
+    fixed).  ``predict`` then refuses a sequence that brings another number of steps to the
+    Flatten, and the model cannot stream (the vector needs every step).
+
+    Parameters
+    ----------
+    steps : int, optional
+        The number of time steps reaching the Flatten.
+    """
+
+    steps: Optional[int] = None
+
+    def __post_init__(self):
+        if self.steps is not None:
+            _set(self, "steps", _positive("flatten.steps", self.steps))
 
     def describe(self) -> str:
-        return "Flatten()"
+        return "Flatten()" if self.steps is None else f"Flatten(steps={self.steps})"
 
 
 @dataclass(frozen=True)
@@ -1070,7 +1099,60 @@ def layer_streamable(layer, prev) -> Optional[str]:
         return "is a RepeatVector, which turns one input into a sequence of outputs"
     if isinstance(layer, LastStep) and layer.final_state and isinstance(prev, RECURRENT) and prev.bidirectional:
         return "takes the final state of a bidirectional layer"
+    if isinstance(layer, Flatten) and layer.steps is not None:
+        return f"flattens a whole sequence of {layer.steps} steps into one vector, which needs every step at once"
     return None
+
+
+def input_width(layers: Sequence) -> int:
+    """Features per input step: the input size of the first layer that has one (layers that keep
+    their input's width, such as a first pool, take it from there).  ValueError when none has."""
+    for layer in layers:
+        if not isinstance(layer, WIDTH_PRESERVING):
+            return layer.input_size
+    raise ValueError(
+        f"layers: the input width is unknown: every layer ({', '.join(type(x).__name__ for x in layers)}) "
+        "keeps its input's width; add a layer that has weights"
+    )
+
+
+#: Layers the mask of ``Embedding(mask_zero=True)`` passes through unchanged (Keras' per-step
+#: layers with ``supports_masking``; they compute every step as usual).
+MASK_PASSING = (Dense, Activation, BatchNorm, LayerNorm)
+
+
+def masked_recurrent(layers: Sequence) -> dict:
+    """{index: zero_outputs} of the recurrent layers that ``Embedding(mask_zero=True)``'s mask
+    reaches (``zero_outputs``: a bidirectional layer that returns sequences, whose masked steps
+    output zeros in Keras); raises ValueError naming a layer it would reach whose masked
+    behaviour fastlstm does not implement.  The mask ends at a recurrent layer's LastStep."""
+    if not (layers and isinstance(layers[0], Embedding) and layers[0].mask_zero):
+        return {}
+    masked = {}
+    for k in range(1, len(layers)):
+        layer, prev = layers[k], layers[k - 1]
+        if isinstance(layer, RECURRENT):
+            if layer.go_backwards:
+                raise ValueError(
+                    f"layers[{k}]: a go_backwards layer after Embedding(mask_zero=True) is not supported "
+                    "(Keras reverses the mask with the steps); use a Bidirectional layer or no mask"
+                )
+            nxt = layers[k + 1] if k + 1 < len(layers) else None
+            masked[k] = layer.bidirectional and not isinstance(nxt, LastStep)
+        elif isinstance(layer, LastStep) and isinstance(prev, RECURRENT):
+            if prev.bidirectional and not layer.final_state:
+                raise ValueError(
+                    f"layers[{k}]: after Embedding(mask_zero=True), the last step of a bidirectional layer "
+                    "must be Keras' (LastStep(final_state=True))"
+                )
+            return masked
+        elif not isinstance(layer, MASK_PASSING):
+            raise ValueError(
+                f"layers[{k}]: {layer.describe()} would receive the mask of Embedding(mask_zero=True); fastlstm "
+                "implements masking through recurrent, Dense, Activation, BatchNorm and LayerNorm layers, ending "
+                "at a recurrent layer's last step (return_sequences=False)"
+            )
+    return masked
 
 
 def check_chain(layers: Sequence) -> Tuple:
@@ -1078,12 +1160,14 @@ def check_chain(layers: Sequence) -> Tuple:
 
     Raises TypeError for something that is not a layer, ValueError (naming
     ``layers[k]``) for widths that do not line up, an Embedding that is not
-    first, Flatten or RepeatVector on a sequence, or a time-collapsing layer on
-    a single vector."""
+    first, Flatten without ``steps`` or RepeatVector on a sequence, a
+    time-collapsing layer on a single vector, or a layer that the mask of
+    ``Embedding(mask_zero=True)`` would reach and fastlstm does not mask
+    (:func:`masked_recurrent`)."""
     layers = tuple(layers)
     if not layers:
         raise ValueError("layers: a model needs at least one layer")
-    width = None
+    width = input_width(layers)
     has_time = True
     for k, layer in enumerate(layers):
         where = f"layers[{k}]"
@@ -1092,21 +1176,24 @@ def check_chain(layers: Sequence) -> Tuple:
         if isinstance(layer, Embedding) and k:
             raise ValueError(f"{where}: an Embedding can only be the first layer (it takes token ids)")
         if isinstance(layer, WIDTH_PRESERVING):
-            if width is None:
-                raise ValueError(
-                    f"{where}: {type(layer).__name__} cannot be the first layer (its width comes from the layer before)"
-                )
             if isinstance(layer, Activation):
                 layer.check_width(width, where)
         elif width is not None and layer.input_size != width:
             raise ValueError(
                 f"{where}: input size {layer.input_size} does not match the previous layer's output size {width}"
             )
-        if isinstance(layer, Flatten) and has_time:
+        if isinstance(layer, Flatten) and has_time and layer.steps is None:
             raise ValueError(
-                f"{where}: Flatten on a sequence is not supported (its width would depend on "
-                "the sequence length); it is an identity after LastStep or a global pool"
+                f"{where}: Flatten on a sequence needs its number of steps (Flatten(steps=T): the "
+                "sequence length is fixed); it is an identity after LastStep or a global pool"
             )
+        if isinstance(layer, Flatten) and layer.steps is not None:
+            if not has_time:
+                raise ValueError(
+                    f"{where}: Flatten(steps={layer.steps}) needs a sequence, but the time axis was dropped"
+                )
+            has_time = False
+            width *= layer.steps
         if isinstance(layer, RepeatVector) and has_time:
             raise ValueError(
                 f"{where}: RepeatVector needs one vector per stream (put LastStep or a global pool before it)"
@@ -1122,6 +1209,7 @@ def check_chain(layers: Sequence) -> Tuple:
             has_time = True
         if not isinstance(layer, WIDTH_PRESERVING):
             width = layer.output_size
+    masked_recurrent(layers)
     return layers
 
 

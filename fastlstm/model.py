@@ -17,6 +17,7 @@ from .layers import (
     TIME_COLLAPSING,
     Dense,
     Embedding,
+    Flatten,
     LastStep,
     LSTMLayer,
     RepeatVector,
@@ -25,6 +26,11 @@ from .layers import (
     layer_streamable,
 )
 from .state import State, signed, state_from_rows, state_rows
+
+
+def _drops_time(layer) -> bool:
+    """Whether a layer turns a sequence into one vector (a last step, a global pool, a Flatten over it)."""
+    return isinstance(layer, TIME_COLLAPSING) or (isinstance(layer, Flatten) and layer.steps is not None)
 
 
 class Model:
@@ -79,10 +85,10 @@ class Model:
         self._precision = precision
         self._net = _kernels.Network(specs, layout, signed(signature, precision))
         self._tokens = isinstance(self._layers[0], Embedding)
-        # predict drops the time axis when a last-step or global pool is not followed by a RepeatVector.
-        kinds = [type(layer) for layer in self._layers]
-        drops = [k for k, t in enumerate(kinds) if issubclass(t, TIME_COLLAPSING)]
-        repeats = [k for k, t in enumerate(kinds) if t is RepeatVector]
+        # predict drops the time axis when a last step, a global pool or a Flatten over the sequence
+        # is not followed by a RepeatVector.
+        drops = [k for k, layer in enumerate(self._layers) if _drops_time(layer)]
+        repeats = [k for k, layer in enumerate(self._layers) if isinstance(layer, RepeatVector)]
         self._drops_time = bool(drops) and (not repeats or repeats[-1] < drops[-1])
 
     # -- description -----------------------------------------------------------------
@@ -239,7 +245,12 @@ class Model:
         the last step of)."""
         steps = T
         for k, layer in enumerate(self._layers):
-            if isinstance(layer, TIME_COLLAPSING) and steps == 0:
+            if isinstance(layer, Flatten) and layer.steps not in (None, steps):
+                raise ValueError(
+                    f"x: layers[{k}] ({layer.describe()}) flattens exactly {layer.steps} steps (the model's "
+                    f"input length is fixed), but {T} input steps bring {steps} steps to it"
+                )
+            if _drops_time(layer) and steps == 0:
                 raise ValueError(
                     f"x: needs at least one time step (layers[{k}], {layer.describe()}, takes the last step's output)"
                 )
@@ -251,7 +262,7 @@ class Model:
                         f"x: {T} time steps are too few for layers[{k}] ({layer.describe()}), which gets {steps} steps"
                     )
                 steps = new
-            elif isinstance(layer, TIME_COLLAPSING) and not self._net.streamable:
+            elif _drops_time(layer) and not self._net.streamable:
                 steps = 1
             elif isinstance(layer, RepeatVector):
                 steps *= layer.n

@@ -203,6 +203,10 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
                 "LayerNormalization", [x, g.const("gamma", gamma), g.const("beta", beta)], axis=-1, epsilon=layer.eps
             )
         elif isinstance(layer, Embedding):
+            if layer.mask_zero:
+                raise ValueError(
+                    f"{where}: mask_zero=True masks steps per row, which the ONNX recurrent ops do not express"
+                )
             x = g.op("Gather", [g.const("table", layer.table), x], axis=0)
         elif isinstance(layer, Conv1D):
             if layer.padding == "same":
@@ -237,6 +241,8 @@ def onnx_bytes(model, *, batch_first=False) -> bytes:
             x = g.op(op, [x, g.const("axes", np.array([0], np.int64))], keepdims=0)
             seq = False
         elif isinstance(layer, Flatten):
+            if layer.steps is not None:
+                raise ValueError(f"{where}: flattens a sequence of a fixed length; the ONNX graph's T is open")
             continue
         else:
             raise ValueError(f"{where}: has no ONNX form in fastlstm's writer")

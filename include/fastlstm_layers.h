@@ -28,7 +28,8 @@ enum fl_layer_kind {
     FL_LAYER_GLOBAL_MAX = 12,
     FL_LAYER_GLOBAL_AVG = 13,
     FL_LAYER_LAST_STEP = 14,
-    FL_LAYER_REPEAT = 15
+    FL_LAYER_REPEAT = 15,
+    FL_LAYER_FLATTEN = 16 /* a whole sequence of a fixed length as one vector, steps in order */
 };
 
 /* y = (x - mean) / sqrt(var + eps) * gamma + beta per row of n features (two passes, biased var). */

@@ -153,9 +153,17 @@ class OracleState:
 
 
 # --------------------------------------------------------------------------- core
-def run_direction(x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_activation="sigmoid", precision="fp32"):
+def _keep(mask, t, new, old):
+    """Keras masking: rows whose mask is False at step t keep ``old`` (their state carries over)."""
+    return new if mask is None else np.where(mask[t][:, None], new, old)
+
+
+def run_direction(
+    x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_activation="sigmoid", precision="fp32", mask=None
+):
     """One direction over ``x`` (T, B, I) in the order given.  Returns (ys (T,B,Hout), h_T, c_T).
-    ``precision`` changes the W_ih and W_hh products only (the projection W_hr stays exact)."""
+    ``precision`` changes the W_ih and W_hh products only (the projection W_hr stays exact).
+    ``mask`` (T, B) bool, in the same order: False steps keep h and c and repeat the previous output."""
     act = CELL_ACTIVATIONS[activation]
     ract = CELL_ACTIVATIONS[recurrent_activation]
     f64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
@@ -171,16 +179,17 @@ def run_direction(x, weights: LSTMWeights, h0, c0, activation="tanh", recurrent_
     for t in range(x.shape[0]):
         z = bias + px(x[t]) + ph(h)
         zi, zf, zg, zo = (z[:, k * hidden : (k + 1) * hidden] for k in range(4))
-        c = ract(zf) * c + ract(zi) * act(zg)
-        h = ract(zo) * act(c)
+        c_new = ract(zf) * c + ract(zi) * act(zg)
+        h_new = ract(zo) * act(c_new)
         if w_hr is not None:
-            h = h @ w_hr.T
+            h_new = h_new @ w_hr.T
+        h, c = _keep(mask, t, h_new, h), _keep(mask, t, c_new, c)
         ys[t] = h
     return ys, h, c
 
 
 def run_gru_direction(
-    x, weights, h0, activation="tanh", recurrent_activation="sigmoid", reset_after=True, precision="fp32"
+    x, weights, h0, activation="tanh", recurrent_activation="sigmoid", reset_after=True, precision="fp32", mask=None
 ):
     """One GRU direction over ``x`` (T, B, I), gate rows r, z, n (PyTorch layout)::
 
@@ -209,12 +218,12 @@ def run_gru_direction(
         r = ract(xr + hp[:, :H] + br)
         z = ract(xz + hp[:, H : 2 * H] + bz)
         n = act(xn + r * (hp[:, 2 * H :] + bn)) if reset_after else act(xn + (r * h) @ Wn + bn)
-        h = (1 - z) * n + z * h
+        h = _keep(mask, t, (1 - z) * n + z * h, h)
         ys[t] = h
     return ys
 
 
-def run_rnn_direction(x, weights, h0, activation="tanh", precision="fp32"):
+def run_rnn_direction(x, weights, h0, activation="tanh", precision="fp32", mask=None):
     """One Elman RNN direction: h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
     act = CELL_ACTIVATIONS[activation]
     H = weights.hidden_size
@@ -224,33 +233,38 @@ def run_rnn_direction(x, weights, h0, activation="tanh", precision="fp32"):
     h = np.array(h0, dtype=np.float64)
     ys = np.empty((x.shape[0], x.shape[1], H))
     for t in range(x.shape[0]):
-        h = act(bias + px(x[t]) + ph(h))
+        h = _keep(mask, t, act(bias + px(x[t]) + ph(h)), h)
         ys[t] = h
     return ys
 
 
-def forward_recurrent(layers, x, last_step=False, head=None, precision="fp32"):
+def forward_recurrent(layers, x, last_step=False, head=None, precision="fp32", mask=None):
     """A stack of LSTM, GRU and RNN layers over ``x`` (T, B, I) from zero state, in float64;
     ``last_step``: Keras' return_sequences=False on the last layer; ``head``: a Dense after it;
-    ``precision``: that of the recurrent gate products (:func:`gate_product`)."""
+    ``precision``: that of the recurrent gate products (:func:`gate_product`); ``mask`` (T, B)
+    bool: Keras' mask of ``Embedding(mask_zero=True)`` (a bidirectional layer that returns
+    sequences outputs zeros at masked steps)."""
     seq = np.asarray(x, dtype=np.float64)
     pair = None
-    for layer in layers:
+    for k, layer in enumerate(layers):
         outs = []
         for d, w in enumerate(layer.directions):
             rev = d == 1 or layer.go_backwards
             inp = seq[::-1] if rev else seq
+            m = None if mask is None else (mask[::-1] if rev else mask)
             h0 = np.zeros((seq.shape[1], w.output_size))
             if isinstance(layer, GRULayer):
                 ys = run_gru_direction(
-                    inp, w, h0, layer.activation, layer.recurrent_activation, layer.reset_after, precision
+                    inp, w, h0, layer.activation, layer.recurrent_activation, layer.reset_after, precision, m
                 )
             elif isinstance(layer, RNNLayer):
-                ys = run_rnn_direction(inp, w, h0, layer.activation, precision)
+                ys = run_rnn_direction(inp, w, h0, layer.activation, precision, m)
             else:
                 c0 = np.zeros((seq.shape[1], w.hidden_size))
-                ys = run_direction(inp, w, h0, c0, layer.activation, layer.recurrent_activation, precision)[0]
+                ys = run_direction(inp, w, h0, c0, layer.activation, layer.recurrent_activation, precision, m)[0]
             outs.append(ys[::-1] if d == 1 else ys)
+        if mask is not None and layer.bidirectional and not (last_step and k == len(layers) - 1):
+            outs = [o * mask[:, :, None] for o in outs]
         seq = MERGES[layer.merge_mode](*outs) if layer.bidirectional else outs[0]
         pair = (outs[0][-1], outs[1][0]) if layer.bidirectional else None
     if last_step:

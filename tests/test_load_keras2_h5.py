@@ -260,3 +260,64 @@ def test_wrong_shape_and_missing_weight_named(tmp_path):
         del f["model_weights/lstm/lstm/lstm_cell/bias:0"]
     with pytest.raises(ValueError, match=r"'lstm/lstm_cell/bias:0'.*missing"):
         loaders.load(tmp_path / "m.h5")
+
+
+def _masked_embedding(path, bidirectional=False):
+    """Embedding(mask_zero=True) -> LSTM(hard_sigmoid, return_sequences) (or a Bidirectional of it) -> Dense."""
+    rng = np.random.default_rng(13)
+    table = rng.uniform(-1, 1, (9, I)).astype(np.float32)
+    w = _weights(rng, I, 5)
+    wd = [rng.uniform(-0.5, 0.5, (5, 2)).astype(np.float32), rng.uniform(-0.5, 0.5, 2).astype(np.float32)]
+    lstm = {"class_name": "LSTM", "config": _lstm_cfg("lstm", 5, return_sequences=True)}
+    if bidirectional:
+        lstm = {"class_name": "Bidirectional", "config": {"name": "lstm", "merge_mode": "sum", "layer": lstm}}
+    config = {
+        "class_name": "Sequential",
+        "config": {
+            "name": "sequential",
+            "layers": [
+                {"class_name": "InputLayer", "config": {"batch_input_shape": [None, None], "name": "input_1"}},
+                {
+                    "class_name": "Embedding",
+                    "config": {"name": "embedding", "input_dim": 9, "output_dim": I, "mask_zero": True},
+                },
+                lstm,
+                {"class_name": "Dense", "config": {"name": "dense", "units": 2, "activation": "linear"}},
+            ],
+        },
+    }
+    cell = ("kernel:0", "recurrent_kernel:0", "bias:0")
+    halves = ("forward_lstm/", "backward_lstm/") if bidirectional else ("",)
+    weights = [(f"lstm/{half}lstm_cell/{n}", a) for half in halves for n, a in zip(cell, w)]
+    _write(
+        path,
+        config,
+        [
+            ("embedding", [("embedding/embeddings:0", table)]),
+            ("lstm", weights),
+            ("dense", [("dense/kernel:0", wd[0]), ("dense/bias:0", wd[1])]),
+        ],
+    )
+    return table, w, wd
+
+
+def test_embedding_mask_zero_matches_the_equations(tmp_path):
+    """Keras 2: a masked step (id 0) keeps the LSTM's state and repeats its previous output."""
+    import oracle
+    from fastlstm.layers import LSTMLayer, LSTMWeights
+
+    table, (kernel, rec, bias), wd = _masked_embedding(tmp_path / "m.h5")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 9, (2, STEPS))
+    ids[rng.random(ids.shape) < 0.3] = 0
+    ids[0, :50] = 0
+    lstm = LSTMLayer([LSTMWeights(kernel.T, rec.T, bias, None)], recurrent_activation="hard_sigmoid_keras2")
+    h = oracle.forward_recurrent([lstm], table.astype(np.float64)[ids.T], mask=ids.T != 0)
+    expected = np.swapaxes(keras_dense_oracle(h, *wd), 0, 1)
+    check_parity(loaders.load(tmp_path / "m.h5"), ids, expected, batch_first=True)
+
+
+def test_embedding_mask_zero_bidirectional_sequences_refused(tmp_path):
+    _masked_embedding(tmp_path / "m.h5", bidirectional=True)
+    with pytest.raises(ValueError, match="Keras releases differ"):
+        loaders.load(tmp_path / "m.h5")

@@ -84,7 +84,54 @@ def _variants(keras):
             True,
         ),
         "embedding": ([L.Embedding(13, 5), L.LSTM(6), L.Dense(13, activation="softmax")], True, True),
+        # Embedding(mask_zero=True): the ids have runs of zeros (_built); the mask passes Dropout, Dense and
+        # LayerNormalization and ends at the GRU's last step.
+        "embedding_mask_zero": (
+            [
+                L.Embedding(13, 5, mask_zero=True),
+                L.LSTM(6, **seq),
+                L.Dropout(0.2),
+                L.TimeDistributed(L.Dense(5, activation="tanh")),
+                L.LayerNormalization(),
+                L.GRU(4, reset_after=False),
+                L.Dense(3),
+            ],
+            True,
+            True,
+        ),
+        "embedding_mask_zero_sequences": (
+            [L.Embedding(13, 5, mask_zero=True), L.SimpleRNN(5, **seq), L.GRU(4, **seq), L.Dense(2)],
+            True,
+            True,
+        ),
+        "embedding_mask_zero_bidirectional": (
+            [
+                L.Embedding(13, 5, mask_zero=True),
+                L.Bidirectional(L.LSTM(4, **seq), merge_mode="sum"),
+                L.Dense(3),
+            ],
+            True,
+            False,
+        ),
+        "embedding_mask_zero_bidirectional_last": (
+            [L.Embedding(13, 5, mask_zero=True), L.Bidirectional(L.GRU(4)), L.Dense(3)],
+            True,
+            False,
+        ),
         "autoencoder": ([L.LSTM(5), L.RepeatVector(7), L.LSTM(4, **seq), L.TimeDistributed(L.Dense(3))], False, False),
+        # Flatten over a whole sequence: the input length is fixed (Input((STEPS, I)), see _built).
+        "fixed_length_flatten": (
+            [L.Conv1D(4, 3, padding="causal"), L.GRU(5, **seq), L.Flatten(), L.Dense(6, activation="relu"), L.Dense(2)],
+            False,
+            False,
+        ),
+        # A pool as the first layer takes its width from the input.
+        "pool_first": ([L.MaxPooling1D(2), L.LSTM(5, **seq), L.Dense(2)], False, False),
+        "fixed_length_pool_first_flatten": (
+            [L.AveragePooling1D(4, strides=2), L.GRU(3, **seq), L.Flatten(), L.Dense(2)],
+            False,
+            False,
+        ),
         "conv_global_pool": (
             [
                 L.Conv1D(4, 3, activation="elu"),
@@ -128,7 +175,8 @@ def _built(name):
     keras.utils.set_random_seed(7)
     layers, tokens, streams = _variants(keras)[name]
     rng = np.random.default_rng(3)
-    inp = keras.Input((None,), dtype="int32") if tokens else keras.Input((None, I))
+    length = STEPS if name.startswith("fixed_length") else None
+    inp = keras.Input((None,), dtype="int32") if tokens else keras.Input((length, I))
     if name.startswith("functional_"):
         h = inp
         for layer in layers:
@@ -137,6 +185,10 @@ def _built(name):
     else:
         model = keras.Sequential([inp] + layers)
     x = rng.integers(0, 13, (B, STEPS)) if tokens else rng.standard_normal((B, STEPS, I)).astype(np.float32)
+    if "mask_zero" in name:  # a third of the steps masked, a row padded in front and one at the end
+        x[rng.random(x.shape) < 0.3] = 0
+        x[0, :40] = 0
+        x[1, -60:] = 0
     for layer in model.layers:  # BatchNormalization: non-trivial statistics (fresh ones are the identity)
         if type(layer).__name__ == "BatchNormalization":
             n = layer.moving_mean.shape[0]
@@ -161,7 +213,14 @@ def _names():
         "strided_same_conv_pool",
         "dense_stack_norms",
         "embedding",
+        "embedding_mask_zero",
+        "embedding_mask_zero_sequences",
+        "embedding_mask_zero_bidirectional",
+        "embedding_mask_zero_bidirectional_last",
         "autoencoder",
+        "fixed_length_flatten",
+        "pool_first",
+        "fixed_length_pool_first_flatten",
         "conv_global_pool",
         "global_average_streams",
         "functional_conv_gru",
@@ -200,7 +259,6 @@ def test_stream_refusals_say_why():
             lambda L: [L.LSTM(4, return_sequences=True), L.AveragePooling1D(2, padding="same"), L.Dense(1)],
             "pads unevenly",
         ),
-        (lambda L: [L.LSTM(4, return_sequences=True), L.Flatten(), L.Dense(1)], "flattens a whole sequence"),
         (lambda L: [L.LSTM(4, return_sequences=True), L.BatchNormalization(axis=1)], "not the feature axis"),
         (lambda L: [L.LSTM(4, return_sequences=True), L.PReLU()], "shared_axes"),
         (lambda L: [L.LSTM(4, return_sequences=True), L.ReLU(max_value=6.0)], "max_value"),
@@ -216,9 +274,48 @@ def test_refusals(layers, match):
         loaders.from_keras(model)
 
 
-def test_embedding_mask_zero_refused():
+def test_flatten_of_a_sequence_of_open_length_refused(tmp_path):
+    """(Keras itself cannot build such a model; a file whose input length was edited out says so.)"""
+    import json
+
+    import h5py
+
     keras = import_keras()
     L = keras.layers
-    model = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(5, 3, mask_zero=True), L.LSTM(2)])
-    with pytest.raises(ValueError, match="mask_zero"):
+    model = keras.Sequential([keras.Input((6, I)), L.LSTM(4, return_sequences=True), L.Flatten(), L.Dense(1)])
+    model.save(tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5", "a") as f:
+        config = json.loads(f.attrs["model_config"])
+        config["config"]["layers"][0]["config"]["batch_shape"][1] = None
+        f.attrs["model_config"] = json.dumps(config).encode()
+    with pytest.raises(ValueError, match="flattens a whole sequence, but the model's input shape does not fix"):
+        loaders.load(tmp_path / "m.h5")
+
+
+def test_flatten_of_a_sequence_refuses_other_lengths_and_streams():
+    model, x, _, _ = _built("fixed_length_flatten")
+    loaded = loaders.from_keras(model)
+    with pytest.raises(ValueError, match=r"flattens exactly 1000 steps .* 999 input steps bring 999"):
+        loaded.predict(x[:, :-1], batch_first=True)
+    with pytest.raises(ValueError, match="layer 2 flattens a whole sequence of 1000 steps into one vector"):
+        loaded.stream()
+
+
+@pytest.mark.parametrize(
+    "layers,match",
+    [
+        (lambda L: [L.Conv1D(4, 2), L.LSTM(2)], r"Conv1D.*mask_zero=True\); fastlstm implements masking through"),
+        (lambda L: [L.LSTM(4, return_sequences=True), L.GlobalAveragePooling1D()], "GlobalAvgPool1D.*mask"),
+        (lambda L: [L.LSTM(4, go_backwards=True)], "go_backwards"),
+        (lambda L: [L.Softmax(), L.LSTM(2)], "Softmax layer that receives the mask"),
+    ],
+)
+def test_embedding_mask_zero_refusals(layers, match):
+    """Where the mask would reach a layer fastlstm does not mask, the model is refused."""
+    keras = import_keras()
+    L = keras.layers
+    model = keras.Sequential(
+        [keras.Input((None,), dtype="int32"), L.Embedding(5, 3, mask_zero=True)] + layers(keras.layers)
+    )
+    with pytest.raises(ValueError, match=match):
         loaders.from_keras(model)

@@ -173,6 +173,19 @@ class DepthwiseAvg(nn.Module):
         return self.fc(self.lstm(y)[0].mean(dim=1))
 
 
+class PoolFirst(nn.Module):
+    """A pool as the first layer (its width comes from the LSTM after it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.MaxPool1d(3, stride=2, padding=1)
+        self.lstm = nn.LSTM(I, 6, batch_first=True)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc(self.lstm(self.pool(x.transpose(1, 2)).transpose(1, 2))[0])
+
+
 class CausalAmp(nn.Module):
     """A guitar-amp-style model: dilated causal convs written as F.pad + Conv1d and as a symmetric
     padding trimmed with y[..., :-p], an LSTM, and a Dense x2 head, one sample per step (streams)."""
@@ -217,6 +230,7 @@ MODULES = {
     "token_model": (TokenModel, True, True, True),
     "conv_front": (ConvFront, True, False, False),
     "depthwise_avg": (DepthwiseAvg, True, False, False),
+    "pool_first": (PoolFirst, True, False, False),
     "gru_bidirectional": (lambda: nn.GRU(I, 6, num_layers=2, bidirectional=True), False, False, False),
     "rnn_relu_stack": (lambda: nn.RNN(I, 7, num_layers=3, nonlinearity="relu"), False, False, True),
 }

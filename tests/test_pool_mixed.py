@@ -1,6 +1,7 @@
 """StreamPool of a mixed-layer model (causal Conv1D, GRU, LayerNorm, LSTM, a stride-1 pool, a global
 pool, a Dense stack): random open/close/step/reset/set_state sequences, every pooled stream against
-its own lone Stream, bit for bit, every layer's state included (hypothesis state machine)."""
+its own lone Stream, bit for bit, every layer's state included (hypothesis state machine); and the
+same for a token model with Embedding(mask_zero=True), whose streams sit at different positions."""
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from fastlstm.layers import (
     AvgPool1D,
     Conv1D,
     Dense,
+    Embedding,
     GlobalAvgPool1D,
     GRULayer,
     GRUWeights,
@@ -45,10 +47,33 @@ def _model():
 MODEL = _model()
 
 
+def _masked_model():
+    """Embedding(mask_zero=True) -> LSTM -> GRU -> Dense: masked rows keep their state per stream."""
+    rng = np.random.default_rng(12)
+    u = lambda *s: rng.uniform(-0.5, 0.5, s).astype(np.float32)  # noqa: E731
+    return fastlstm.Model(
+        [
+            Embedding(u(VOCAB, 4), mask_zero=True),
+            LSTMLayer([LSTMWeights(u(24, 4), u(24, 6), u(24), u(24))]),
+            GRULayer([GRUWeights(u(15, 6), u(15, 5), u(15), u(15))]),
+            Dense(u(O, 5), u(O)),
+        ]
+    )
+
+
+VOCAB = 7
+
+
 class MixedPoolMachine(RuleBasedStateMachine):
+    model = MODEL
+    n_buffers = 3  # the conv's, the stride-1 pool's and the global pool's
+
+    def _inputs(self, rng, n):
+        return rng.standard_normal((n, I)).astype(np.float32)
+
     def __init__(self):
         super().__init__()
-        self.pool = MODEL.pool(200)
+        self.pool = self.model.pool(200)
         self.refs = {}
         self.dead = set()
 
@@ -56,7 +81,7 @@ class MixedPoolMachine(RuleBasedStateMachine):
         for _ in range(n):
             sid = self.pool.open()
             assert sid not in self.refs and sid not in self.dead
-            self.refs[sid] = MODEL.stream()
+            self.refs[sid] = self.model.stream()
 
     def _pick(self, rng, frac, at_least=1):
         ids = np.array(sorted(self.refs), dtype=np.int64)
@@ -86,7 +111,7 @@ class MixedPoolMachine(RuleBasedStateMachine):
         rng = np.random.default_rng(seed)
         ids = self._pick(rng, frac)
         for _ in range(steps):
-            x = rng.standard_normal((len(ids), I)).astype(np.float32)
+            x = self._inputs(rng, len(ids))
             y = self.pool.step(ids, x)
             want = np.stack([self.refs[int(s)].step(x[k]) for k, s in enumerate(ids)])
             assert np.array_equal(y, want)
@@ -115,7 +140,7 @@ class MixedPoolMachine(RuleBasedStateMachine):
         rng = np.random.default_rng(seed)
         ids = [int(s) for s in self._pick(rng, 0.3)]
         before = {s: self.pool.get_state(s) for s in ids}
-        x = rng.standard_normal((len(ids) + 1, I)).astype(np.float32)
+        x = self._inputs(rng, len(ids) + 1)
         with pytest.raises(ValueError):
             self.pool.step(np.array(ids + [ids[0]], np.int64), x)
         for s in ids:
@@ -126,14 +151,29 @@ class MixedPoolMachine(RuleBasedStateMachine):
         assert sorted(self.pool.ids()) == sorted(self.refs)
         for sid, ref in self.refs.items():
             got = self.pool.get_state(sid)
-            assert len(got.buffers) == 3
+            assert len(got.buffers) == self.n_buffers
             assert_state_equal(got, ref.state)
 
 
-TestMixedPoolStateMachine = MixedPoolMachine.TestCase
-TestMixedPoolStateMachine.settings = settings(
+class MaskedPoolMachine(MixedPoolMachine):
+    """The same rules over token ids, about 40% of them the masked id 0."""
+
+    model = _masked_model()
+    n_buffers = 0
+
+    def _inputs(self, rng, n):
+        ids = rng.integers(1, VOCAB, n)
+        ids[rng.random(n) < 0.4] = 0
+        return ids
+
+
+_SETTINGS = settings(
     max_examples=10,
     stateful_step_count=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+TestMixedPoolStateMachine = MixedPoolMachine.TestCase
+TestMixedPoolStateMachine.settings = _SETTINGS
+TestMaskedPoolStateMachine = MaskedPoolMachine.TestCase
+TestMaskedPoolStateMachine.settings = _SETTINGS

@@ -55,6 +55,8 @@ def is_keras1_entry(entry) -> bool:
         return False
     if entry.get("class_name") in ("TimeDistributedDense", "Convolution1D", "AtrousConvolution1D"):
         return True
+    if entry.get("class_name") == "Embedding":
+        return False  # every Keras names its width output_dim
     if any(k in cfg for k in _KERAS1_KEYS):
         return True
     inner = cfg.get("layer")

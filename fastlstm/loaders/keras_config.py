@@ -41,6 +41,7 @@ from ..layers import (
     RepeatVector,
     RNNLayer,
     RNNWeights,
+    masked_recurrent,
 )
 from . import keras1
 from ._common import check_steps_option, float_weight, make_spec
@@ -616,14 +617,12 @@ def _global_pool(source, entry):
 
 
 def _embedding(source, entry, weights):
-    cfg = entry["config"]
-    if cfg.get("mask_zero"):
-        _fail(source, entry, "mask_zero=True masks later layers per sample, which fastlstm does not implement")
+    mask_zero = _opt(source, entry, "mask_zero", bool, False)
     (table,) = _weights(source, entry, weights, ("embeddings",))
     dims = (_opt(source, entry, "input_dim", int, None), _opt(source, entry, "output_dim", int, None))
     if table.shape != dims:
         _fail(source, entry, f"embeddings have shape {table.shape}; the config says {dims}")
-    return [Embedding(table)]
+    return [Embedding(table, mask_zero=mask_zero)]
 
 
 _SUPPORTED = (
@@ -655,8 +654,9 @@ def _refuse_class(source, entry):
     _fail(source, entry, why)
 
 
-def _map_layer(source, entry, weights, major, backend, has_time):
-    """One Keras layer entry -> (fastlstm layers, whether a time axis remains)."""
+def _map_layer(source, entry, weights, major, backend, has_time, steps):
+    """One Keras layer entry -> (fastlstm layers, whether a time axis remains).  ``steps``: the
+    number of time steps reaching it when the model's input length is fixed, else None."""
     cls = entry["class_name"]
     if cls in _RECURRENT or cls == "Bidirectional":
         if not has_time:
@@ -694,14 +694,18 @@ def _map_layer(source, entry, weights, major, backend, has_time):
     if cls == "Embedding":
         return _embedding(source, entry, weights), True
     if cls == "Flatten":
-        if has_time:
+        if not has_time:
+            return [Flatten()], False
+        if steps is None:
             _fail(
                 source,
                 entry,
-                "flattens a whole sequence (its width would depend on the sequence length); "
-                "fastlstm supports Flatten after the last step or a global pool",
+                "flattens a whole sequence, but the model's input shape does not fix its length "
+                "(the vector's width would depend on it); give the Input a fixed number of steps",
             )
-        return [Flatten()], False
+        if entry["config"].get("data_format", "channels_last") != "channels_last":
+            _fail(source, entry, "data_format='channels_first' would flatten features before steps; not supported")
+        return [Flatten(steps=steps)], False
     if cls == "RepeatVector":
         return [RepeatVector(_one_int(source, entry, "n"))], True
     _refuse_class(source, entry)
@@ -730,24 +734,71 @@ def spec_from_chain(chain, keras_version, get_weights, source, backend=None):
     major = keras_major(keras_version)
     if any(keras1.is_keras1_entry(e) for e in chain):
         major = 1
-    layers, has_time = [], True
+    layers, has_time, length = [], True, None
     for entry in chain:
         if not isinstance(entry.get("config"), dict):
             _fail(source, entry, "layer config is missing")
+        if not layers:
+            length = _input_length(entry) or length
         if entry.get("class_name") == "InputLayer":
             continue
+        if entry.get("class_name") == "Softmax" and _mask_open(layers):
+            # Keras' Softmax layer applies a mask over the features (Keras 3 raises on a (batch, T) mask).
+            _fail(source, entry, "a Softmax layer that receives the mask of Embedding(mask_zero=True) is not supported")
         weights = get_weights(entry)
         if major == 1:
             entry, weights = _upgrade_keras1(source, entry, weights)
         try:
-            mapped, has_time = _map_layer(source, entry, weights, major, backend, has_time)
+            mapped, has_time = _map_layer(source, entry, weights, major, backend, has_time, _steps(layers, length))
         except (TypeError, ValueError) as exc:  # from the layer classes: add the file's name
             msg = str(exc)
             raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
         layers.extend(mapped)
     if not layers:
         raise ValueError(f"{source}: the model has no layers fastlstm runs")
+    _check_masked_bidirectional(layers, major, source)
     return make_spec(layers, source)
+
+
+def _mask_open(layers):
+    """Whether the mask of a first Embedding(mask_zero=True) reaches the next layer (no last step yet)."""
+    return bool(layers) and getattr(layers[0], "mask_zero", False) and not any(isinstance(x, LastStep) for x in layers)
+
+
+def _input_length(entry):
+    """The fixed number of input steps an entry's input shape ((batch, T, F) or (batch, T)) gives, or None."""
+    cfg = entry["config"]
+    shape = cfg.get("batch_shape", cfg.get("batch_input_shape"))
+    if isinstance(shape, list) and len(shape) in (2, 3) and isinstance(shape[1], int) and shape[1] > 0:
+        return shape[1]
+    return None
+
+
+def _steps(layers, length):
+    """The steps that ``length`` input steps bring through ``layers`` (None when not fixed)."""
+    for layer in layers:
+        if length is None:
+            return None
+        if hasattr(layer, "out_steps"):
+            length = layer.out_steps(length)
+        elif isinstance(layer, RepeatVector):
+            length = layer.n
+    return length
+
+
+def _check_masked_bidirectional(layers, major, source):
+    """Keras 3 outputs zeros at the masked steps of a Bidirectional layer that returns
+    sequences; Keras 1 and 2 releases differ there, so such a file is refused."""
+    try:
+        zeros = masked_recurrent(layers)
+    except ValueError:
+        return  # make_spec reports it
+    if major < 3 and any(zeros.values()):
+        raise ValueError(
+            f"{source}: a Bidirectional layer that returns sequences after Embedding(mask_zero=True) in a "
+            f"Keras {major} file: Keras releases differ in what it outputs at masked steps (Keras 3: zeros); "
+            "save the model with Keras 3 to load it"
+        )
 
 
 # --- the execution order of a model config ---------------------------------------------
