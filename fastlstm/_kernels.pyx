@@ -1062,15 +1062,15 @@ cdef inline void lowp_cols(const Dir *D, bint recurrent, int m, const unsigned i
 
 
 cdef inline void lowp_products(const Layer *L, const Dir *D, bint recurrent, int m, const unsigned int *qa,
-                               const float *qs, long u0, long u1, float *gates) noexcept nogil:
+                               long kq, const float *qs, long u0, long u1, float *gates) noexcept nogil:
     """The gate pre-activations of units u0:u1 in every gate block (all of them: u0 = 0, u1 = H)
-    of m rows, from the converted rows qa (fastlstm_lowp.h): the x part writes bias + x @ W_x,
-    the h part (recurrent) then adds h @ W_h.
+    of m rows, from the converted rows qa (kq words each, fastlstm_lowp.h): the x part writes
+    bias + x @ W_x, the h part (recurrent) then adds h @ W_h.  (bf16 rows of kqx + kqh words,
+    x then h, do both at once: the same chain, the same bits.)
 
     As gate_products does, a reset-after GRU skips the blocks that part is zero in, where the
     blocks start on panels: its n_h block then starts from the bias in the h part."""
     cdef int G = L.gates, H = L.hidden, q
-    cdef long kq = D.kqh if recurrent else D.kqx
     cdef bint gru = L.kind == FL_LAYER_GRU and H % FL_PANEL == 0
     if u0 == 0 and u1 == H and not gru:
         lowp_cols(D, recurrent, m, qa, kq, qs, 0, G, gates, G, not recurrent)
@@ -1100,6 +1100,8 @@ cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float
     cdef int cat = L.n_dirs * P
     cdef int rows = tn * nb
     cdef bint hoist = nb < 3
+    cdef bint fused
+    cdef long kxh
     cdef int d, s, t, dst, r, r0, r1
     cdef long u0 = 0, u1 = H, v0, v1
     cdef const Dir *D
@@ -1119,7 +1121,12 @@ cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float
         D = &L.dirs[d]
         hs = hrows + D.h_off
         cs = crows + D.c_off
-        # lpws: [x rows' words | h rows' words | x rows' scales | h rows' scales] (ws_layout)
+        # Step by step, bf16 converts x and h into one row each and does both parts in one
+        # product (a GRU that skips blocks cannot: its parts cover different columns).
+        fused = not hoist and D.prec == FL_PREC_BF16 and not (L.kind == FL_LAYER_GRU and H % FL_PANEL == 0)
+        kxh = D.kqx + D.kqh
+        # lpws: [x rows' words | h rows' words | x rows' scales | h rows' scales] (ws_layout); fused,
+        # the first two hold the [x | h] rows.
         qh = qx + pad16((<long>(rows if hoist else nb) + 16) * D.kqx)
         sx = <float *>(qh + pad16((<long>nb + 16) * D.kqh))
         sh = sx + pad16(rows if hoist else nb)
@@ -1128,7 +1135,7 @@ cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float
             if tid == 0:
                 fl_lp_convert(D.prec, rows, L.n_in, inp, L.n_in, qx, D.kqx, sx)
             sync(bar, nt)
-            lowp_products(L, D, False, rows, qx, sx, u0, u1, gates)
+            lowp_products(L, D, False, rows, qx, D.kqx, sx, u0, u1, gates)
         hprev = hs
         ldprev = ldh
         for s in range(tn):
@@ -1139,15 +1146,24 @@ cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float
             sync(bar, nt)        # every unit of hprev is written; the last products are done
             r0 = nb * tid // nt
             r1 = nb * (tid + 1) // nt
-            if not hoist:
+            if fused:            # rows of [x | h] words
                 fl_lp_convert(D.prec, r1 - r0, L.n_in, inp + (<long>t * nb + r0) * L.n_in, L.n_in,
-                              qx + <long>r0 * D.kqx, D.kqx, sx + r0)
-            fl_lp_convert(D.prec, r1 - r0, P, hprev + <long>r0 * ldprev, ldprev, qh + <long>r0 * D.kqh, D.kqh,
-                          sh + r0)
+                              qx + <long>r0 * kxh, kxh, NULL)
+                fl_lp_convert(D.prec, r1 - r0, P, hprev + <long>r0 * ldprev, ldprev, qx + <long>r0 * kxh + D.kqx,
+                              kxh, NULL)
+            else:
+                if not hoist:
+                    fl_lp_convert(D.prec, r1 - r0, L.n_in, inp + (<long>t * nb + r0) * L.n_in, L.n_in,
+                                  qx + <long>r0 * D.kqx, D.kqx, sx + r0)
+                fl_lp_convert(D.prec, r1 - r0, P, hprev + <long>r0 * ldprev, ldprev, qh + <long>r0 * D.kqh, D.kqh,
+                              sh + r0)
             sync(bar, nt)
-            if not hoist:
-                lowp_products(L, D, False, nb, qx, sx, u0, u1, g)
-            lowp_products(L, D, True, nb, qh, sh, u0, u1, g)
+            if fused:
+                lowp_products(L, D, False, nb, qx, kxh, NULL, u0, u1, g)
+            else:
+                if not hoist:
+                    lowp_products(L, D, False, nb, qx, D.kqx, sx, u0, u1, g)
+                lowp_products(L, D, True, nb, qh, D.kqh, sh, u0, u1, g)
             cell_step(L, D, nb, g, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1, step_ids(ids, t, ldi), csave)
             hprev = ho
             ldprev = cat

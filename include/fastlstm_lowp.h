@@ -98,19 +98,21 @@ static inline long fl_lp_words(int prec, long k)
     return ((k + g - 1) / g + 15) / 16 * 16;
 }
 
-/* Row r of m rows of k floats (row stride lda) -> ldq = fl_lp_words(prec, k) words at
- * qa + r * ldq, the groups past k padded with zeros (a bf16 0, an int8 byte 128 that is
- * q = 0); int8 also sets the row's scale as[r]. */
+/* Row r of m rows of k floats (row stride lda) -> kq = fl_lp_words(prec, k) words at
+ * qa + r * ldq (ldq >= kq: a row may hold the words of more than one part), the groups past
+ * k padded with zeros (a bf16 0, an int8 byte 128 that is q = 0); int8 also sets the row's
+ * scale as[r]. */
 FL_INLINE void fl_lp_convert_body(int prec, long m, long k, const float *restrict A, long lda, uint32_t *restrict qa,
                                   long ldq, float *restrict as)
 {
+    const long kq = fl_lp_words(prec, k);
     for (long r = 0; r < m; r++) {
         const float *a = A + r * lda;
         uint32_t *q = qa + r * ldq;
         if (prec == FL_PREC_BF16) {
             for (long i = 0; i < k / 2; i++) q[i] = fl_bf16_bits(a[2 * i]) << 16 | fl_bf16_bits(a[2 * i + 1]);
             if (k % 2) q[k / 2] = fl_bf16_bits(a[k - 1]) << 16;
-            for (long i = (k + 1) / 2; i < ldq; i++) q[i] = 0;
+            for (long i = (k + 1) / 2; i < kq; i++) q[i] = 0;
             continue;
         }
         const float amax = fl_lp_absmax(a, k);
@@ -122,7 +124,7 @@ FL_INLINE void fl_lp_convert_body(int prec, long m, long k, const float *restric
             v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
             b[i] = (uint8_t)((int)v + 128);
         }
-        for (long i = k; i < 4 * ldq; i++) b[i] = 128;
+        for (long i = k; i < 4 * kq; i++) b[i] = 128;
     }
 }
 FL_ISA_VARIANTS(fl_lp_convert,
