@@ -590,6 +590,10 @@ DEF BIG_WEIGHTS = 1 << 18      # floats of one stacked [W_x; W_h]: 1 MB
 # step's product is at least this many flops: each step then waits at a barrier,
 # which costs a few microseconds on an idle machine and more on a busy one.
 DEF TEAM_MIN_FLOPS = 4000000
+# The same for a layer in bf16 or int8, whose products run 3-5x faster and whose team pays a
+# second barrier per step: at 32 rows of H=256 (17 Mflop) two threads were slower than one
+# (int8 predict 10.8 -> 14.1 ms), at 64 rows of H=1024 (540 Mflop) faster (45 -> 33 ms).
+DEF TEAM_MIN_FLOPS_LOWP = 64000000
 
 
 cdef int chunk_rows(const Net *net) noexcept nogil:
@@ -694,7 +698,8 @@ cdef bint team_pays(const Net *net, int rows) noexcept nogil:
     cdef const Layer *L
     for l in range(net.n_layers):
         L = &net.layers[l]
-        if layer_splits(L, rows) and (rows == 1 or 2.0 * rows * L.n_out * L.gates >= TEAM_MIN_FLOPS):
+        if layer_splits(L, rows) and (rows == 1 or 2.0 * rows * L.n_out * L.gates >= (
+                TEAM_MIN_FLOPS if L.dirs[0].prec == FL_PREC_FP32 else TEAM_MIN_FLOPS_LOWP)):
             return True
     return False
 
