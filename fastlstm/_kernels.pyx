@@ -51,7 +51,6 @@ cdef extern from "fastlstm_isa.h" nogil:
     int fl_cpu_feature(int i, const char **name)
 
 cdef extern from "fastlstm_lowp.h" nogil:
-    int fl_lp_group(int prec)
     void fl_lp_convert(int prec, long m, long k, const float *A, long lda, unsigned int *qa, long ldq, float *as_)
     void fl_lp_gemm(int prec, long m, long n, long kq, const unsigned int *qa, long ldq, const float *as_,
                     const unsigned int *wq, long ps, const float *wsc, const int *wcorr, float *C, long ldc,
@@ -1086,6 +1085,29 @@ cdef inline void lowp_products(const Layer *L, const Dir *D, bint recurrent, int
                       not recurrent or (gru and q == 3))
 
 
+cdef inline void keep_last_h(const Dir *D, int nb, float *hs, int ldh, const float *hlast, int cat,
+                             long u0, long u1, int P) noexcept nogil:
+    """The last step's h (rows of stride cat) into the nb state rows: this thread's units u0:u1
+    only, as a thread reads and writes only its own units of the state (all P with a
+    projection, which one thread runs)."""
+    cdef long v0 = 0 if D.w_proj != NULL else u0
+    cdef long v1 = P if D.w_proj != NULL else u1
+    cdef int r
+    for r in range(nb):
+        memcpy(hs + <long>r * ldh + v0, hlast + <long>r * cat + v0, (v1 - v0) * sizeof(float))
+
+
+cdef inline void finish_layer(const Layer *L, int tn, int nb, const long long *ids, long ldi, float *out,
+                              int tid, int nt, fl_spin_barrier *bar) noexcept nogil:
+    """A recurrent layer's outputs after its directions: masked steps, then a bidirectional pair
+    merged (Keras merge modes) by thread 0 once the team is done."""
+    mask_outputs(L, tn, nb, ids, ldi, out)
+    if L.n_dirs == 2 and L.merge != FL_MERGE_CONCAT:
+        sync(bar, nt)
+        if tid == 0:
+            fl_merge_rows(out, out, tn * nb, L.n_out, L.merge)
+
+
 cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float *out,
                          float *hrows, int ldh, float *crows, int ldc, float *gates, float *hfull,
                          float *lpws, const long long *ids, long ldi, float *csave,
@@ -1107,8 +1129,8 @@ cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float
     cdef bint hoist = nb < 3
     cdef bint fused
     cdef long kxh
-    cdef int d, s, t, dst, r, r0, r1
-    cdef long u0 = 0, u1 = H, v0, v1
+    cdef int d, s, t, dst, r0, r1
+    cdef long u0 = 0, u1 = H
     cdef const Dir *D
     cdef float *hs
     cdef float *cs
@@ -1172,16 +1194,8 @@ cdef void run_layer_lowp(const Layer *L, int tn, int nb, const float *inp, float
             cell_step(L, D, nb, g, cs, ldc, hprev, ldprev, ho, cat, hfull, u0, u1, step_ids(ids, t, ldi), csave)
             hprev = ho
             ldprev = cat
-        # A thread reads and writes only its own units of the state.
-        v0 = 0 if D.w_proj != NULL else u0
-        v1 = P if D.w_proj != NULL else u1
-        for r in range(nb):
-            memcpy(hs + <long>r * ldh + v0, hprev + <long>r * cat + v0, (v1 - v0) * sizeof(float))
-    mask_outputs(L, tn, nb, ids, ldi, out)
-    if L.n_dirs == 2 and L.merge != FL_MERGE_CONCAT:
-        sync(bar, nt)
-        if tid == 0:
-            fl_merge_rows(out, out, rows, P, L.merge)
+        keep_last_h(D, nb, hs, ldh, hprev, cat, u0, u1, P)
+    finish_layer(L, tn, nb, ids, ldi, out, tid, nt, bar)
 
 
 cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out,
@@ -1303,16 +1317,8 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                           step_ids(ids, t, ldi), csave)
                 hprev = ho
                 ldprev = cat
-        # A thread reads and writes only its own units of the state (packing above).
-        v0 = 0 if D.w_proj != NULL else u0
-        v1 = P if D.w_proj != NULL else u1
-        for r in range(nb):
-            memcpy(hs + <long>r * ldh + v0, hprev + <long>r * cat + v0, (v1 - v0) * sizeof(float))
-    mask_outputs(L, tn, nb, ids, ldi, out)
-    if L.n_dirs == 2 and L.merge != FL_MERGE_CONCAT:
-        sync(bar, nt)
-        if tid == 0:
-            fl_merge_rows(out, out, rows, P, L.merge)
+        keep_last_h(D, nb, hs, ldh, hprev, cat, u0, u1, P)
+    finish_layer(L, tn, nb, ids, ldi, out, tid, nt, bar)
 
 
 # ---------------------------------------------------------------------------

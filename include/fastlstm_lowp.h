@@ -134,9 +134,9 @@ FL_ISA_VARIANTS(fl_lp_convert,
 
 /* ---- the products ------------------------------------------------------------
  * A block is R rows x NP panels over all kq groups: acc[r][p] holds 16 columns.
- * fl_lp_load_c / fl_lp_store_c move the first nc columns of C (the rest of a
- * partial panel are computed on zero weights and dropped); int8 adds its
- * accumulators to C through the scales there. */
+ * fl_lp_load_c and fl_lp_store_bf16 move the first nc columns of C (the rest of
+ * a partial panel are computed on zero weights and dropped); int8 adds its
+ * accumulators to C through the scales there (fl_lp_store_int8). */
 
 #define FL_LP_ROWS_MAX   8 /* rows of a block */
 #define FL_LP_PANELS_MAX 4 /* panels of a block */

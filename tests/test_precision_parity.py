@@ -317,11 +317,6 @@ def test_thread_count_changes_no_bit(restore_threads, name, precision):
 PATHS = _isa.runnable()
 
 
-def _base(path):
-    """The base instruction set of a path (amx and the -vnni/-bf16 paths extend avx512 or avx2)."""
-    return "avx512" if path == "amx" else path.split("-")[0]
-
-
 @pytest.fixture(scope="module")
 def path_outputs(tmp_path_factory, default_outputs):
     """{path: precision_outputs.outputs() on that path}, each from a child Python with FASTLSTM_ISA set."""
@@ -352,7 +347,7 @@ def test_every_path_within_oracle_bounds(path_outputs, references, path):
         _check_oracle(name, precision, value, references[name, precision])
 
 
-@pytest.mark.parametrize("path", [p for p in PATHS if _base(p) != p])
+@pytest.mark.parametrize("path", [p for p in PATHS if _isa.base(p) != p])
 def test_extension_path_has_its_fallbacks_bits(path_outputs, path):
     """The reduced products are exact-order fp32 chains (bf16) or exact integer sums then one fmaf
     (int8), so VNNI and AVX512-BF16 give their base path's fallback the very same bits, and AMX does
@@ -360,7 +355,7 @@ def test_extension_path_has_its_fallbacks_bits(path_outputs, path):
     only the oracle bounds apply (test_every_path_within_oracle_bounds).  (Paths of different bases
     differ by an ulp, as fp32 does, in what stays fp32: the activations and the narrow products -- a
     head, a projection -- which tests/test_isa.py bounds.)"""
-    fallback = path_outputs[_base(path)]
+    fallback = path_outputs[_isa.base(path)]
     for key, value in path_outputs[path].items():
         if path == "amx" and key.split("/")[1] == "bf16":
             continue

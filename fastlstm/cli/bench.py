@@ -21,6 +21,7 @@ from ..data import MODEL_PATH
 from ..harness import PEERS, build_runners
 from ..harness.compare import cases, check_parity, steppers
 from ..harness.onnx_file import is_onnx_file
+from ..harness.peers import TOL_BF16, TOL_INT8
 from ..harness.timing import OtherLoad, available_cores, cpu_name, measure, thread_policy
 from . import CommandError, load_model
 from .info import file_format
@@ -30,10 +31,9 @@ FULL = (15, 0.08, 1000)
 QUICK = (3, 0.01, 200)
 STEP_INPUTS = 256  # distinct inputs the streaming rows cycle through
 #: How far fastlstm's own reduced precision (``--precision``) may move its outputs from a peer's, per
-#: unit of output scale, on top of the peer's tolerance: bf16 keeps 8 bits of mantissa per rounding,
-#: int8 1/127 of each row's largest |value|, compounded over the steps (the bounds of the
-#: reduced-precision peers, whose rounding is of the same kind).
-OWN_TOLERANCE = {"fp32": 0.0, "bf16": 3e-2, "int8": 5e-2}
+#: unit of output scale, on top of the peer's tolerance: the bounds of the reduced-precision peers,
+#: whose rounding is of the same kind.
+OWN_TOLERANCE = {"fp32": 0.0, "bf16": TOL_BF16, "int8": TOL_INT8}
 
 
 def _left_out(args, keras_file):

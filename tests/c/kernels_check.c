@@ -15,18 +15,10 @@
 #include "fastlstm_cell.h"
 #include "fastlstm_gemm.h"
 
+#include "check_data.h"
+
 static const char *const path_names[] = {"generic", "avx2", "avx512"};
 static int failures = 0;
-
-static float *floats(long n, unsigned *seed)
-{
-    float *p = malloc((n > 0 ? n : 1) * sizeof(float));
-    for (long i = 0; i < n; i++) {
-        *seed = *seed * 1103515245u + 12345u;
-        p[i] = (float)((*seed >> 8) & 0xffff) / 32768.0f - 1.0f;
-    }
-    return p;
-}
 
 static void check(int ok, const char *what, long m, long n, long k, double err)
 {
@@ -87,7 +79,15 @@ static void check_gemm(long m, long n, long k, unsigned seed)
         for (long j = 0; j < n; j++) same &= E[r * n + j] == D[r * n + j];
     }
     check(same, "gemv_acc == gemm_apacked", m, n, k, 0.0);
-    free(A); free(W); free(bias); free(C); free(C0); free(D); free(E); free(ap); free(Wp);
+    free(A);
+    free(W);
+    free(bias);
+    free(C);
+    free(C0);
+    free(D);
+    free(E);
+    free(ap);
+    free(Wp);
 }
 
 static void check_gemv(long n, long k, unsigned seed)
@@ -102,7 +102,10 @@ static void check_gemv(long n, long k, unsigned seed)
         worst = fmax(worst, fabs(z[j] - s));
     }
     check(worst <= 1e-5 * k, "gemv_acc", 1, n, k, worst);
-    free(v); free(W); free(z); free(z0);
+    free(v);
+    free(W);
+    free(z);
+    free(z0);
 }
 
 static double sig(double x) { return 1.0 / (1.0 + exp(-x)); }
@@ -112,7 +115,7 @@ static void check_cell(long H, unsigned seed)
     float *z = floats(4 * H, &seed), *c = floats(H, &seed), *c0 = malloc(H * sizeof(float));
     float *h = malloc(H * sizeof(float));
     double worst = 0.0;
-    for (long j = 0; j < 4 * H; j++) z[j] *= 8.0f;   /* into the activations' tails */
+    for (long j = 0; j < 4 * H; j++) z[j] *= 8.0f; /* into the activations' tails */
     for (long j = 0; j < H; j++) c0[j] = c[j];
     fl_cell_units(z, H, c, h, H, FL_ACT_SIGMOID, FL_ACT_TANH);
     for (long j = 0; j < H; j++) {
@@ -120,14 +123,17 @@ static void check_cell(long H, unsigned seed)
         worst = fmax(worst, fmax(fabs(c[j] - cn), fabs(h[j] - sig(z[2 * H + j]) * tanh(cn))));
     }
     check(worst <= 2e-6, "cell sigmoid/tanh", 1, H, 0, worst);
-    free(z); free(c); free(c0); free(h);
+    free(z);
+    free(c);
+    free(c0);
+    free(h);
 }
 
 int main(void)
 {
-    static const long shapes[][3] = {{1, 16, 1},   {2, 5, 7},     {3, 128, 48},  {5, 33, 20},  {6, 16, 9},
-                                      {7, 40, 31}, {12, 64, 16},  {13, 100, 50}, {25, 17, 3},  {32, 1024, 384},
-                                      {61, 48, 29}, {130, 80, 12}, {300, 128, 16}};
+    static const long shapes[][3] = {{1, 16, 1},   {2, 5, 7},     {3, 128, 48},  {5, 33, 20}, {6, 16, 9},
+                                     {7, 40, 31},  {12, 64, 16},  {13, 100, 50}, {25, 17, 3}, {32, 1024, 384},
+                                     {61, 48, 29}, {130, 80, 12}, {300, 128, 16}};
     const int best = fl_isa_cpu();
     for (int level = FL_ISA_GENERIC; level <= best; level++) {
         fl_isa = level;

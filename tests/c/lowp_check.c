@@ -14,17 +14,9 @@
 #include "fastlstm_fpmode.h"
 #include "fastlstm_lowp.h"
 
-static int failures = 0;
+#include "check_data.h"
 
-static float *floats(long n, unsigned *seed)
-{
-    float *p = malloc((n > 0 ? n : 1) * sizeof(float));
-    for (long i = 0; i < n; i++) {
-        *seed = *seed * 1103515245u + 12345u;
-        p[i] = (float)((*seed >> 8) & 0xffff) / 32768.0f - 1.0f;
-    }
-    return p;
-}
+static int failures = 0;
 
 static float bf16_value(float f)
 {
