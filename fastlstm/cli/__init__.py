@@ -97,8 +97,8 @@ def _model_arg(p, required=False):
         type=_layer_list,
         default=None,
         metavar="A,B,...",
-        help="the order forward() runs a state_dict's modules and activations, by key prefix and "
-        "activation name, e.g. embedding,lstm,fc1,relu,fc2",
+        help="the order forward() runs a state_dict's modules, activations and pools, by key prefix, "
+        "activation name and pool call, e.g. embedding,lstm,fc1,relu,fc2 or 'maxpool1d(2),lstm,fc'",
     )
     p.add_argument(
         "--return-sequences",
@@ -122,9 +122,17 @@ def _model_arg(p, required=False):
 
 
 def _layer_list(text):
-    names = [t.strip() for t in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"expected comma-separated key prefixes and activation names, got {text!r}")
+    """``a,b,c`` -> names; a comma inside parentheses belongs to a pool's call (``maxpool1d(3, stride=2)``)."""
+    names, depth, start = [], 0, 0
+    for k, ch in enumerate(text + ","):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth <= 0:
+            names.append(text[start:k].strip())
+            start = k + 1
+    if not all(names) or depth:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated key prefixes, activation names and pools, got {text!r}"
+        )
     return names
 
 

@@ -17,7 +17,6 @@ import numpy as np
 
 from ..layers import (
     Activation,
-    AvgPool1D,
     BatchNorm,
     Conv1D,
     Dense,
@@ -26,9 +25,9 @@ from ..layers import (
     GlobalMaxPool1D,
     LastStep,
     LayerNorm,
-    MaxPool1D,
 )
 from ._common import make_spec
+from .torch_pools import module_pool_layer
 from .torch_state import _group, cell_layers, check_overrides, recurrent_layers, spec_from_state_dict
 from .torch_trace import torch_class, trace_chain
 
@@ -130,15 +129,7 @@ def _module_layer(m, where):
             )
         return BatchNorm(t["running_mean"], t["running_var"], t.get("weight"), t.get("bias"), eps=m.eps)
     if cls in ("MaxPool1d", "AvgPool1d"):
-        if cls == "MaxPool1d" and (_first(m.dilation) != 1 or m.return_indices):
-            raise ValueError(f"{where}: MaxPool1d with dilation or return_indices is not supported")
-        if m.ceil_mode:
-            raise ValueError(f"{where}: ceil_mode=True is not supported")
-        size, stride, pad = _first(m.kernel_size), _first(m.stride), _first(m.padding)
-        stride = size if stride is None else stride
-        if cls == "MaxPool1d":
-            return MaxPool1D(size, stride, (pad, pad))
-        return AvgPool1D(size, stride, (pad, pad), count_include_pad=bool(m.count_include_pad))
+        return module_pool_layer(m, cls, where)
     raise ValueError(f"{where}: torch.nn.{cls} is not supported by fastlstm")
 
 

@@ -14,9 +14,9 @@ A state_dict does not record what ``forward()`` does.  Without ``layers=`` only 
 common case is inferred: one recurrent module, optionally followed by one Linear applied
 to every step (``head_activation``, ``return_sequences`` say the rest).  Anything else
 needs ``layers=[...]``: the order ``forward()`` runs the modules in, by key prefix, with
-activation names (and ``"last_step"``) between them.  Every tensor must be used; leftovers
-are described by what their shapes look like, so a file never loads as fewer layers than
-it holds.
+activation names, ``"last_step"`` and pools (``"maxpool1d(2)"``, see :mod:`.torch_pools`)
+between them.  Every tensor must be used; leftovers are described by what their shapes
+look like, so a file never loads as fewer layers than it holds.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from ..layers import (
 )
 from ._common import describe_keys, float_weight, make_spec, warn
 from ._limits import shown
+from .torch_pools import POOL_FORMS, parse_pool
 
 _RNN_KEY = re.compile(
     r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
@@ -428,15 +429,21 @@ def _inferred_chain(t, rnn, cell, plain, source, head_activation):
 
 
 def _ordered_chain(t, rnn, cell, plain, order, source):
-    """The chain ``layers=[...]`` names: key prefixes and activation names, in forward()'s order."""
+    """The chain ``layers=[...]`` names: key prefixes, activation names, ``"last_step"`` and pools, in
+    forward()'s order."""
     chain, used, pending = [], set(), None
     for k, name in enumerate(order):
         act = ACTIVATION_ALIASES.get(name, name)
         if name == LAST_STEP:
             chain.append(LastStep())
             continue
-        if act in ACTIVATIONS and act != "prelu" and not any(p.rstrip(".") == name for p in (*rnn, *cell, *plain)):
+        is_prefix = any(p.rstrip(".") == name for p in (*rnn, *cell, *plain))
+        if act in ACTIVATIONS and act != "prelu" and not is_prefix:
             chain.append(Activation(act))
+            continue
+        pool = None if is_prefix else parse_pool(name, f"layers[{k}]")
+        if pool is not None:
+            chain.append(pool)
             continue
         prefix = name + "."
         groups = [(g, p) for g in (rnn, cell, plain) for p in g if p == prefix or p.startswith(prefix)]
@@ -445,7 +452,7 @@ def _ordered_chain(t, rnn, cell, plain, order, source):
             raise ValueError(
                 f"layers[{k}]: {shown(name)} is neither a key prefix of {source} ({prefixes}) nor an "
                 f"activation name ({', '.join(a for a in ACTIVATIONS if a != 'prelu')}) nor "
-                f"'{LAST_STEP}'"
+                f"'{LAST_STEP}' nor a pool ({POOL_FORMS})"
             )
         if len(groups) > 1:
             inner = sorted(p.rstrip(".") for _, p in groups)

@@ -1,0 +1,230 @@
+"""Pools in ``layers=`` for PyTorch state_dict files: ``"maxpool1d(3, stride=2, padding=1)"``,
+``"avgpool1d(...)"`` and the global pools, spelled as their constructor calls.  Real torch modules are
+saved with ``torch.save(model.state_dict())`` and loaded with ``layers=[...]``; ``predict`` must match
+the module (and ``step`` must match it on every prefix where the pool streams).  Bad spellings and
+options fastlstm's pools cannot reproduce are refused naming ``layers[i]``."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import fastlstm.loaders as loaders
+from fastlstm import cli
+from fastlstm.layers import AvgPool1D, GlobalAvgPool1D, GlobalMaxPool1D, MaxPool1D
+from loader_helpers import TOL, check_parity, torch_one_thread, torch_outputs  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+nn = torch.nn
+I, B, T = 5, 3, 301  # odd sizes: windows that do not tile the sequence
+
+
+class PoolFirst(nn.Module):
+    """A pool over the raw input, then an LSTM and a per-step Linear."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.pool, self.lstm, self.fc = pool, nn.LSTM(I, 7, batch_first=True), nn.Linear(7, 3)
+
+    def forward(self, x):
+        out, _ = self.lstm(self.pool(x.transpose(1, 2)).transpose(1, 2))
+        return self.fc(out)
+
+
+class PoolBetween(nn.Module):
+    """GRU -> pool over its outputs -> bidirectional GRU -> Linear, time-major."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.gru1, self.pool = nn.GRU(I, 6), pool
+        self.gru2, self.fc = nn.GRU(6, 5, bidirectional=True), nn.Linear(10, 2)
+
+    def forward(self, x):
+        out, _ = self.gru1(x)
+        out, _ = self.gru2(self.pool(out.permute(1, 2, 0)).permute(2, 0, 1))
+        return self.fc(out)
+
+
+class GlobalPoolHead(nn.Module):
+    """LSTM -> mean or max over time -> fc2(relu(fc1(.))); ``prefix_outputs`` is the same head on the
+    running pool of every prefix, which is what a stream returns step by step."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.lstm = nn.LSTM(I, 9, num_layers=2, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(9, 4), nn.Linear(4, 3)
+
+    def head(self, pooled):
+        return self.fc2(torch.relu(self.fc1(pooled)))
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.head(out.mean(dim=1) if self.kind == "avg" else out.amax(dim=1))
+
+    def prefix_outputs(self, x):
+        with torch.no_grad():
+            out, _ = self.lstm(torch.from_numpy(x))
+            if self.kind == "avg":
+                pooled = out.cumsum(1) / torch.arange(1, out.shape[1] + 1).view(1, -1, 1)
+            else:
+                pooled = out.cummax(1).values
+            return self.head(pooled).numpy()  # (B, T, 3)
+
+
+def _pt(module):
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    buf.seek(0)
+    return buf
+
+
+def _x(seed, batch_first):
+    x = np.random.default_rng(seed).standard_normal((B, T, I) if batch_first else (T, B, I)).astype(np.float32)
+    return x
+
+
+@pytest.mark.parametrize(
+    "pool,spelling,layer",
+    [
+        (nn.MaxPool1d(3, stride=2, padding=1), "maxpool1d(3, stride=2, padding=1)", MaxPool1D(3, 2, 1)),
+        (nn.MaxPool1d(4), "MaxPool1d(kernel_size=4)", MaxPool1D(4)),
+        (nn.MaxPool1d(2), "nn.MaxPool1d(2, None, 0, 1, False, False)", MaxPool1D(2)),
+        (nn.AvgPool1d(5, stride=3, padding=2), "avgpool1d(5, 3, 2)", AvgPool1D(5, 3, 2)),
+        (
+            nn.AvgPool1d(4, stride=3, padding=2, count_include_pad=False),
+            "torch.nn.AvgPool1d((4,), stride=(3,), padding=2, count_include_pad=False)",
+            AvgPool1D(4, 3, 2, count_include_pad=False),
+        ),
+        (nn.AvgPool1d(2), "avgpool1d(2)", AvgPool1D(2)),
+    ],
+)
+def test_pool_first_matches_torch(pool, spelling, layer):
+    torch.manual_seed(1)
+    module = PoolFirst(pool).eval()
+    x = _x(1, batch_first=True)
+    model = loaders.load(_pt(module), layers=[spelling, "lstm", "fc"])
+    assert model.layers[0] == layer
+    check_parity(model, x, torch_outputs(module, x), batch_first=True, stream=False)
+    with pytest.raises(ValueError, match="layer 0 is a"):
+        model.stream()
+
+
+@pytest.mark.parametrize(
+    "pool,spelling",
+    [
+        (nn.AvgPool1d(3, stride=2, padding=1), "avgpool1d(3, stride=2, padding=1)"),
+        (nn.AvgPool1d(5, stride=1, padding=2, count_include_pad=False), "avgpool1d(5, 1, 2, False, False)"),
+        (nn.MaxPool1d(3, stride=1, padding=1), "maxpool1d(3, 1, 1)"),
+    ],
+)
+def test_pool_between_recurrent_layers_matches_torch(pool, spelling):
+    torch.manual_seed(2)
+    module = PoolBetween(pool).eval()
+    x = _x(2, batch_first=False)
+    model = loaders.from_torch(module.state_dict(), layers=["gru1", spelling, "gru2", "fc"])
+    check_parity(model, x, torch_outputs(module, x), stream=False)
+    # The live module's own pool reads the same (one conversion for both).
+    assert [type(la) for la in loaders.from_torch(module).layers] == [type(la) for la in model.layers]
+    assert loaders.from_torch(module).layers[1] == model.layers[1]
+
+
+@pytest.mark.parametrize(
+    "kind,spelling,layer",
+    [
+        ("avg", "globalavgpool1d", GlobalAvgPool1D()),
+        ("avg", "AdaptiveAvgPool1d(output_size=1)", GlobalAvgPool1D()),
+        ("max", "GlobalMaxPool1d()", GlobalMaxPool1D()),
+        ("max", "adaptivemaxpool1d(1, return_indices=False)", GlobalMaxPool1D()),
+    ],
+)
+def test_global_pool_head_matches_torch_and_streams(kind, spelling, layer):
+    torch.manual_seed(3)
+    module = GlobalPoolHead(kind).eval()
+    x = _x(3, batch_first=True)
+    model = loaders.load(_pt(module), layers=["lstm", spelling, "fc1", "relu", "fc2"])
+    assert model.layers[2] == layer
+    check_parity(model, x, torch_outputs(module, x), batch_first=True, stream=True)
+    # Every step of a stream is the head on the running pool of the steps so far.
+    s = model.stream(batch_size=B)
+    steps = np.stack([s.step(x[:, t]) for t in range(T)], axis=1)
+    err = float(np.max(np.abs(steps - module.prefix_outputs(x))))
+    assert err <= TOL, err
+
+
+def test_cli_layers_take_pools(tmp_path, capsys):
+    """--layers splits at top-level commas only, so a pool's arguments stay together."""
+    torch.manual_seed(4)
+    module = PoolFirst(nn.MaxPool1d(3, stride=2, padding=1)).eval()
+    path, out = tmp_path / "m.pt", tmp_path / "m.fastlstm"
+    torch.save(module.state_dict(), path)
+    layers = "maxpool1d(3, stride=2, padding=1), lstm, fc"
+    assert cli.main(["convert", str(path), str(out), "--layers", layers]) == 0
+    assert cli.main(["info", str(path), "--layers", layers]) == 0
+    assert "MaxPool1D(size=3, stride=2, padding=(1, 1))" in capsys.readouterr().out
+    x = _x(4, batch_first=True)
+    check_parity(loaders.load(out), x, torch_outputs(module, x), batch_first=True, stream=False)
+    with pytest.raises(SystemExit):
+        cli.main(["info", str(path), "--layers", "maxpool1d(3, stride=2,lstm,fc"])
+    assert "comma-separated" in capsys.readouterr().err
+
+
+_FORMS = r"accepted forms: 'maxpool1d\(kernel_size"
+
+
+@pytest.mark.parametrize(
+    "spelling,match",
+    [
+        ("maxpool1d", r"'maxpool1d' is missing 'kernel_size'; " + _FORMS),
+        ("avgpool1d()", "is missing 'kernel_size'; " + _FORMS),
+        ("minpool1d(2)", "is not a pool fastlstm reads; " + _FORMS),
+        ("maxpool1d(2", "is not a pool call fastlstm reads; " + _FORMS),
+        ("maxpool1d(k)", r"is not a call with literal arguments \(ValueError\); " + _FORMS),
+        ("maxpool1d(2)(3)", "is not a call with literal arguments"),
+        ("maxpool1d(2, stride=2, stride=3)", "gives 'stride' twice; " + _FORMS),
+        ("maxpool1d(2, **{})", r"is not a call with literal arguments \(ValueError\)"),
+        ("maxpool1d(2,,)", r"is not a call with literal arguments \(SyntaxError\)"),
+        ("maxpool1d(2, kernel_size=2)", "gives 'kernel_size' twice; " + _FORMS),
+        ("avgpool1d(3, divisor_override=2)", "names 'divisor_override', which AvgPool1d does not take; " + _FORMS),
+        ("maxpool1d(1, 2, 0, 1, False, False, 7)", "has 7 positional arguments; MaxPool1d takes 6"),
+        ("globalavgpool1d(1)", "has 1 positional arguments; GlobalAvgPool1D takes 0"),
+        ("maxpool1d(0)", "kernel_size=0; expected an int >= 1"),
+        ("maxpool1d(2.0)", r"kernel_size=2\.0; expected an int >= 1"),
+        ("maxpool1d(True)", "kernel_size=True; expected an int >= 1"),
+        ("maxpool1d(3, stride=0)", "stride=0; expected an int >= 1"),
+        ("maxpool1d(3, padding=-1)", "padding=-1; expected an int >= 0"),
+        ("avgpool1d(3, padding=2)", "padding=2 is more than half of kernel_size=3, which PyTorch refuses"),
+        ("maxpool1d(3, ceil_mode=True)", r"ceil_mode=True \(a last, partial window\) is not supported"),
+        ("avgpool1d(3, ceil_mode=1)", "ceil_mode=1; expected True or False"),
+        ("maxpool1d(3, dilation=2)", "dilation=2 is not supported"),
+        ("maxpool1d(3, return_indices=True)", r"return_indices=True returns \(values, indices\)"),
+        ("adaptiveavgpool1d(2)", "adaptive pooling to output_size=2 steps is not supported"),
+        ("adaptivemaxpool1d(1, True)", "return_indices=True"),
+    ],
+)
+def test_bad_pool_spellings_are_refused(spelling, match):
+    module = PoolFirst(nn.MaxPool1d(2))
+    with pytest.raises(ValueError, match=r"layers\[0\]") as info:
+        loaders.read_spec(_pt(module), layers=[spelling, "lstm", "fc"])
+    assert info.match(match)
+
+
+def test_torch_refuses_what_fastlstm_refuses():
+    """The padding rule is PyTorch's own: such a pool fails in torch, so no trained model has one."""
+    with pytest.raises(RuntimeError, match="pad should be at most half"):
+        nn.AvgPool1d(3, padding=2)(torch.zeros(1, 2, 8))
+
+
+def test_a_prefix_named_like_a_pool_is_the_module():
+    """A key prefix wins over a pool's bare name, as it does over an activation's."""
+    torch.manual_seed(5)
+    module = nn.Sequential()
+    module.add_module("lstm", nn.LSTM(I, 4))
+    sd = {**{f"lstm.{k}": v for k, v in module.lstm.state_dict().items()}}
+    sd.update({"globalmaxpool1d.weight": torch.randn(2, 4), "globalmaxpool1d.bias": torch.randn(2)})
+    model = loaders.from_torch(sd, layers=["lstm", "globalmaxpool1d"])
+    assert model.layers[-1].output_size == 2
+    unknown = "is neither a key prefix .* nor a pool \\('maxpool1d"
+    with pytest.raises(ValueError, match=r"layers\[1\]: 'fc' " + unknown):
+        loaders.from_torch(sd, layers=["lstm", "fc"])
