@@ -16,11 +16,13 @@ import dataclasses
 import numpy as np
 
 from ..layers import (
+    WIDTH_PRESERVING,
     Activation,
     BatchNorm,
     Conv1D,
     Dense,
     Embedding,
+    Flatten,
     GlobalAvgPool1D,
     GlobalMaxPool1D,
     LastStep,
@@ -170,8 +172,52 @@ def _fold_pad(layers, op, pending, where):
     return pending
 
 
+def _width(layers):
+    """Features per step after ``layers`` (None where no layer so far fixes it)."""
+    for layer in reversed(layers):
+        if not isinstance(layer, WIDTH_PRESERVING):
+            return layer.output_size
+    return None
+
+
+def _describe_op(op):
+    if op is None:
+        return "nothing (forward() ends there)"
+    return f"module {op.name!r}" if op.kind == "module" else f"{op.kind} {op.name!r}"
+
+
+def _sequence_flatten(layers, op, nxt, where):
+    """A whole sequence flattened into one vector, and the nn.Linear it feeds: ``[Flatten(steps=T), Dense]``.
+
+    The module does not record T; the Linear right after the flatten does, exactly: T = in_features /
+    features.  torch's (B, F, T) flatten is feature-major (f * T + t) where fastlstm's Flatten is
+    step-major (t * F + f), so the Linear's columns are put in step-major order (the same products)."""
+    if nxt is None or nxt.kind != "module" or torch_class(nxt.module) != "Linear":
+        raise ValueError(
+            f"{where}: flattens a whole sequence into one vector; its number of steps is not recorded in the "
+            "module, and fastlstm reads it only from an nn.Linear right after the flatten (in_features = steps x "
+            f"features), but the flatten is followed by {_describe_op(nxt)}"
+        )
+    features = _width(layers)
+    if features is None:
+        raise ValueError(f"{where}: flattens a whole sequence, but no layer before it fixes its features per step")
+    dense = _module_layer(nxt.module, f"{where}: module {nxt.name!r}")
+    steps, rest = divmod(dense.input_size, features)
+    if rest or not steps:
+        raise ValueError(
+            f"{where}: flattens a sequence of {features} features per step into nn.Linear {nxt.name!r} with "
+            f"in_features={dense.input_size}, which is not a whole number of steps ({dense.input_size} / {features}); "
+            "the sequence length cannot be read exactly"
+        )
+    if op.options["order"] == "FT":
+        weight = dense.weight.reshape(dense.output_size, features, steps).transpose(0, 2, 1)
+        dense = Dense(weight.reshape(dense.output_size, -1), dense.bias)
+    return [Flatten(steps=steps), dense]
+
+
 def _chain_from_ops(ops, source):
     layers, pending = [], (0, 0)
+    ops = iter(ops)
     for op in ops:
         where = f"{source}: module {op.name!r}" if op.kind == "module" else f"{source}: {op.name}"
         if op.kind == "pad":
@@ -193,6 +239,8 @@ def _chain_from_ops(ops, source):
             layers.append(LastStep())
         elif op.kind == "global_pool":
             layers.append(GlobalAvgPool1D() if op.name == "avg" else GlobalMaxPool1D())
+        elif op.kind == "flatten":
+            layers.extend(_sequence_flatten(layers, op, next(ops, None), where))
 
         # "unsqueeze" (a (B, T) input made (B, T, 1)) needs no layer: the model's input has 1 feature.
     if pending != (0, 0):

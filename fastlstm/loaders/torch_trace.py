@@ -91,7 +91,9 @@ class Op:
     ``kind`` is ``"module"`` (``module`` is the torch module, ``name`` its path),
     ``"activation"`` (``name`` is a fastlstm activation name, ``options`` its parameters),
     ``"last_step"`` (keep the last time step only), ``"global_pool"`` (``name`` 'avg' or 'max'),
-    or ``"pad"`` (zero steps added before/after, ``options`` left/right; negative: steps cut off).
+    ``"pad"`` (zero steps added before/after, ``options`` left/right; negative: steps cut off), or
+    ``"flatten"`` (a whole sequence into one vector; ``options['order']`` 'TF' for step-major values,
+    'FT' for feature-major; ``name`` describes the op).
     ``layout`` is the axes of the op's input tensor.
     """
 
@@ -536,12 +538,23 @@ class _Walker:
         merged = axes[start : end + 1]
         if len(merged) <= 1:
             return axes
-        if "B" in merged or sorted(a for a in merged if a != "1") not in (["F"], []):
+        kept = tuple(a for a in merged if a != "1")
+        if "B" in merged or (kept not in (("F",), ()) and sorted(kept) != ["F", "T"]):
             self.fail(
                 node,
-                "flattening time and features together is not supported (only a flatten after the "
-                "last step or a global pool)",
+                f"flattening axes {merged} together is not supported (only features, or the time and "
+                "feature axes of (batch, time, features) / (batch, features, time))",
             )
+        if len(kept) == 2:
+            if axes[:start] != ("B",) or axes[end + 1 :]:
+                self.fail(
+                    node,
+                    f"flattening {merged} of axes {axes}: a whole sequence flattens right after the batch axis only",
+                )
+            # A whole sequence into one vector: step-major (B, T, F) or feature-major (B, F, T).  Its length
+            # is not in the module; the nn.Linear it feeds says it (torch_objects reads it there).
+            what = f"module {node.target!r}" if node.op == "call_module" else f"{_describe(node)} ({node.name})"
+            self.emit("flatten", what, axes, order="".join(kept))
         return axes[:start] + ("F",) + axes[end + 1 :]
 
     def reshape(self, node, name, axes, args, kwargs):
