@@ -528,7 +528,7 @@ class _Walker:
         if len(dims) != 2 or dims[1] != -1 or axes[0] != "B" or not hasattr(dims[0], "op"):
             self.fail(
                 node,
-                f"reshaping to {dims!r}: only x.view(x.size(0), -1) after the last step or a global pool is supported",
+                f"reshaping to {dims!r}: only x.view(x.size(0), -1) (a flatten after the batch axis) is supported",
             )
         return self.flatten(node, axes, 1, -1)
 
