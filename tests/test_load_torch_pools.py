@@ -9,10 +9,13 @@ import io
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastlstm.loaders as loaders
 from fastlstm import cli
 from fastlstm.layers import AvgPool1D, GlobalAvgPool1D, GlobalMaxPool1D, MaxPool1D
+from fastlstm.loaders.torch_pools import parse_pool
 from loader_helpers import TOL, check_parity, torch_one_thread, torch_outputs  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -228,3 +231,24 @@ def test_a_prefix_named_like_a_pool_is_the_module():
     unknown = "is neither a key prefix .* nor a pool \\('maxpool1d"
     with pytest.raises(ValueError, match=r"layers\[1\]: 'fc' " + unknown):
         loaders.from_torch(sd, layers=["lstm", "fc"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.builds(
+            "{}({})".format,
+            st.sampled_from(["maxpool1d", "AvgPool1d", "nn.adaptiveavgpool1d", "globalmaxpool1d", "pool"]),
+            st.text(alphabet="0123456789-=,.()[]{}*'\" abcdeFgiklnoprstuxyTN_\x00", max_size=30),
+        ),
+    )
+)
+def test_any_text_is_a_pool_none_or_a_value_error(text):
+    """Whatever is typed into layers=, the pool parser answers a layer, "not a pool" or a ValueError."""
+    try:
+        layer = parse_pool(text, "layers[0]")
+    except ValueError as exc:
+        assert str(exc).startswith("layers[0]")
+        return
+    assert layer is None or isinstance(layer, (MaxPool1D, AvgPool1D, GlobalMaxPool1D, GlobalAvgPool1D))

@@ -81,8 +81,8 @@ def check_overrides(overrides, allowed=OVERRIDES):
     order = overrides.get("layers")
     if order is not None and (isinstance(order, str) or not all(isinstance(n, str) and n for n in order)):
         raise TypeError(
-            "layers: expected a list of key prefixes and activation names, e.g. "
-            "['embedding', 'lstm', 'fc1', 'relu', 'fc2']"
+            "layers: expected a list of key prefixes, activation names and pools, e.g. "
+            "['embedding', 'lstm', 'fc1', 'relu', 'fc2'] or ['maxpool1d(2)', 'lstm', 'fc']"
         )
     if order is not None and overrides.get("head_activation") is not None:
         raise TypeError("head_activation: with layers=[...] name the activation in the list instead")
