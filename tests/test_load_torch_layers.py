@@ -488,7 +488,11 @@ def test_leftover_tensors_are_described_by_shape(drop, match):
 
 def test_layers_refusals():
     sd = _conv_lstm_state()
-    with pytest.raises(ValueError, match="stride, padding and dilation are not in a state_dict"):
+    with pytest.raises(
+        ValueError,
+        match=r"stride, padding, dilation and groups are not in a state_dict: name it "
+        r"with them in layers=, e.g. 'conv\(stride=1, padding=0\)'",
+    ):
         read_spec(_pt(sd), layers=["conv", "bn", "lstm", "fc"])
     with pytest.raises(ValueError, match=r"layers\[1\]: 'lstmm' is neither a key prefix"):
         read_spec(_pt(sd), layers=["emb", "lstmm", "fc"])

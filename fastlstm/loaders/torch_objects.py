@@ -29,7 +29,7 @@ from ..layers import (
     LayerNorm,
 )
 from ._common import make_spec
-from .torch_pools import module_pool_layer
+from .torch_calls import conv1d_layer, module_pool_layer
 from .torch_state import _group, cell_layers, check_overrides, recurrent_layers, spec_from_state_dict
 from .torch_trace import torch_class, trace_chain
 
@@ -76,38 +76,11 @@ def _recurrent(module, where):
     return layers
 
 
-def _padding(m, where):
-    if getattr(m, "padding_mode", "zeros") != "zeros":
-        raise ValueError(f"{where}: padding_mode={m.padding_mode!r} is not supported (only zero padding)")
-    pad = m.padding
-    if isinstance(pad, str):
-        return pad
-    pad = pad[0] if isinstance(pad, (tuple, list)) else pad
-    return (int(pad), int(pad))
-
-
-def _first(value):
-    return value[0] if isinstance(value, (tuple, list)) else value
-
-
 def _conv1d(m, where, extra=(0, 0)):
     """nn.Conv1d, with ``extra`` zero steps padded before/after it in forward()."""
     t = _state(m)
-    padding = _padding(m, where)
-    if extra != (0, 0):
-        if isinstance(padding, str):
-            if padding != "valid":
-                raise ValueError(f"{where}: F.pad before a Conv1d(padding={padding!r}) is not supported")
-            padding = (0, 0)
-        padding = (padding[0] + extra[0], padding[1] + extra[1])
-    return Conv1D(
-        t["weight"],
-        t.get("bias"),
-        stride=_first(m.stride),
-        dilation=_first(m.dilation),
-        groups=m.groups,
-        padding=padding,
-    )
+    settings = {key: getattr(m, key) for key in ("stride", "padding", "dilation", "groups", "padding_mode")}
+    return conv1d_layer(t["weight"], t.get("bias"), settings, where, extra)
 
 
 def _module_layer(m, where):

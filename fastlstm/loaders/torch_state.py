@@ -14,9 +14,10 @@ A state_dict does not record what ``forward()`` does.  Without ``layers=`` only 
 common case is inferred: one recurrent module, optionally followed by one Linear applied
 to every step (``head_activation``, ``return_sequences`` say the rest).  Anything else
 needs ``layers=[...]``: the order ``forward()`` runs the modules in, by key prefix, with
-activation names, ``"last_step"`` and pools (``"maxpool1d(2)"``, see :mod:`.torch_pools`)
+activation names, ``"last_step"`` and pools (``"maxpool1d(2)"``, see :mod:`.torch_calls`)
 between them.  Every tensor must be used; leftovers are described by what their shapes
-look like, so a file never loads as fewer layers than it holds.
+look like, so a file never loads as fewer layers than it holds.  An nn.Conv1d is named with its
+settings, which a state_dict does not hold (``"conv(padding=1)"``, also in :mod:`.torch_calls`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from ..layers import (
 )
 from ._common import describe_keys, float_weight, make_spec, warn
 from ._limits import shown
-from .torch_pools import POOL_FORMS, parse_pool
+from .torch_calls import CONV_FORM, POOL_FORMS, conv1d_from_call, parse_pool, prefix_call
 
 _RNN_KEY = re.compile(
     r"^(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
@@ -253,12 +254,15 @@ def plain_layer(t, prefix, keys, source, *, first=False, next_input=None):
     w = float_weight(t[keys["weight"]], keys["weight"], source) if "weight" in keys else None
     b = float_weight(t[keys["bias"]], keys["bias"], source, ndim=1) if "bias" in keys else None
     where = describe_module(t, prefix, keys)
-    if w is None or w.ndim == 3 or (w.ndim == 1 and "bias" not in keys and "running_mean" not in keys):
-        why = (
-            "its stride, padding and dilation are not in a state_dict"
-            if w is not None and w.ndim == 3
-            else "its kind is ambiguous from the tensors alone"
+    if w is not None and w.ndim == 3:
+        name = prefix.rstrip(".")
+        raise ValueError(
+            f"{source}: {where}; its stride, padding, dilation and groups are not in a state_dict: name it with "
+            f"them in layers=, e.g. '{name}(stride=1, padding=0)' ('{name}()' for nn.Conv1d's defaults), or load "
+            "the live module with fastlstm.from_torch(module)"
         )
+    if w is None or (w.ndim == 1 and "bias" not in keys and "running_mean" not in keys):
+        why = "its kind is ambiguous from the tensors alone"
         raise ValueError(f"{source}: {where}; {why}: load the live module with fastlstm.from_torch(module)")
     if w.ndim == 1:
         warn(
@@ -288,6 +292,18 @@ def plain_layer(t, prefix, keys, source, *, first=False, next_input=None):
                 "tell which; load the live module with fastlstm.from_torch(module)"
             )
     return Dense(w, b)
+
+
+def conv_layer(t, prefix, keys, settings, source, where):
+    """An nn.Conv1d named with its ``settings`` in ``layers=`` (``"conv(padding=1)"``)."""
+    w = float_weight(t[keys["weight"]], keys["weight"], source) if "weight" in keys else None
+    if w is None or w.ndim != 3 or set(keys) - {"weight", "bias"}:
+        raise ValueError(
+            f"{where}: {describe_module(t, prefix, keys)}; only an nn.Conv1d (a 3-d weight) takes its settings "
+            "in layers="
+        )
+    b = float_weight(t[keys["bias"]], keys["bias"], source, ndim=1) if "bias" in keys else None
+    return conv1d_from_call(w, b, settings, where)
 
 
 # --- the whole state_dict ----------------------------------------------------------------------
@@ -441,10 +457,13 @@ def _ordered_chain(t, rnn, cell, plain, order, source):
         if act in ACTIVATIONS and act != "prelu" and not is_prefix:
             chain.append(Activation(act))
             continue
-        pool = None if is_prefix else parse_pool(name, f"layers[{k}]")
+        call = None if is_prefix else prefix_call(name, lambda x: _holds(x, rnn, cell, plain), f"layers[{k}]")
+        pool = None if is_prefix or call else parse_pool(name, f"layers[{k}]")
         if pool is not None:
             chain.append(pool)
             continue
+        if call is not None:
+            name, settings = call
         prefix = name + "."
         groups = [(g, p) for g in (rnn, cell, plain) for p in g if p == prefix or p.startswith(prefix)]
         if not groups:
@@ -452,14 +471,20 @@ def _ordered_chain(t, rnn, cell, plain, order, source):
             raise ValueError(
                 f"layers[{k}]: {shown(name)} is neither a key prefix of {source} ({prefixes}) nor an "
                 f"activation name ({', '.join(a for a in ACTIVATIONS if a != 'prelu')}) nor "
-                f"'{LAST_STEP}' nor a pool ({POOL_FORMS})"
+                f"'{LAST_STEP}' nor a pool ({POOL_FORMS}) nor a Conv1d's prefix with its settings ({CONV_FORM})"
             )
         if len(groups) > 1:
             inner = sorted(p.rstrip(".") for _, p in groups)
             raise ValueError(f"layers[{k}]: {shown(name)} holds several modules ({inner}); name each of them in order")
         group, p = groups[0]
         keys = group[p]
-        if group is rnn:
+        if call is not None:
+            where = f"layers[{k}] ({shown(order[k])})"
+            if group is not plain:
+                raise ValueError(f"{where}: '{p.rstrip('.')}' is a recurrent module; only an nn.Conv1d takes settings")
+            chain.append(conv_layer(t, p, keys, settings, source, where))
+            used |= set(keys.values())
+        elif group is rnn:
             chain.extend(recurrent_layers(t, p, keys, source))
             used |= {key for slot in keys.values() for key in slot.values()}
         elif group is cell:
@@ -483,6 +508,11 @@ def _ordered_chain(t, rnn, cell, plain, order, source):
             f"{describe_keys(leftovers)}; every tensor must be part of the model"
         )
     return chain
+
+
+def _holds(name, *groups):
+    """Whether ``name`` is the key prefix of a module (or of modules) in ``groups``."""
+    return any(p == name + "." or p.startswith(name + ".") for g in groups for p in g)
 
 
 def _input_width(layers):

@@ -1,5 +1,6 @@
-"""Pools in ``layers=`` for PyTorch state_dict files: ``"maxpool1d(3, stride=2, padding=1)"``,
-``"avgpool1d(...)"`` and the global pools, spelled as their constructor calls.  Real torch modules are
+"""Pools and Conv1d settings in ``layers=`` for PyTorch state_dict files: ``"maxpool1d(3, stride=2,
+padding=1)"``, ``"avgpool1d(...)"``, the global pools and ``"conv(padding=2)"``, spelled as their
+constructor calls.  Real torch modules are
 saved with ``torch.save(model.state_dict())`` and loaded with ``layers=[...]``; ``predict`` must match
 the module (and ``step`` must match it on every prefix where the pool streams).  Bad spellings and
 options fastlstm's pools cannot reproduce are refused naming ``layers[i]``."""
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 import fastlstm.loaders as loaders
 from fastlstm import cli
 from fastlstm.layers import AvgPool1D, GlobalAvgPool1D, GlobalMaxPool1D, MaxPool1D
-from fastlstm.loaders.torch_pools import parse_pool
+from fastlstm.loaders.torch_calls import parse_pool
 from loader_helpers import TOL, check_parity, torch_one_thread, torch_outputs  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -154,6 +155,95 @@ def test_global_pool_head_matches_torch_and_streams(kind, spelling, layer):
     steps = np.stack([s.step(x[:, t]) for t in range(T)], axis=1)
     err = float(np.max(np.abs(steps - module.prefix_outputs(x))))
     assert err <= TOL, err
+
+
+class ConvFront(nn.Module):
+    """The published sensor/audio pattern: Conv1d -> ReLU -> pool -> LSTM -> Linear, the front end in an
+    nn.Sequential (keys 'front.0.weight', ...)."""
+
+    def __init__(self, conv, pool):
+        super().__init__()
+        self.front = nn.Sequential(conv, nn.ReLU(), pool)
+        self.lstm = nn.LSTM(conv.out_channels, 7, batch_first=True)
+        self.fc = nn.Linear(7, 2)
+
+    def forward(self, x):
+        out, _ = self.lstm(self.front(x.permute(0, 2, 1)).permute(0, 2, 1))
+        return self.fc(out)
+
+
+@pytest.mark.parametrize(
+    "conv,conv_spelling,pool,pool_spelling",
+    [
+        (nn.Conv1d(I, 8, 5, padding=2), "front.0(5, 8, 5, padding=2)", nn.MaxPool1d(2), "maxpool1d(2)"),
+        (nn.Conv1d(I, 6, 3), "front.0()", nn.MaxPool1d(3, 2, 1), "maxpool1d(3, 2, 1)"),
+        (
+            nn.Conv1d(I, 4, 4, stride=2, dilation=3, bias=False),
+            "front.0(stride=2, dilation=3, bias=False)",
+            nn.AvgPool1d(3, 1, 1, count_include_pad=False),
+            "avgpool1d(3, 1, 1, count_include_pad=False)",
+        ),
+        (
+            nn.Conv1d(I, 10, 3, groups=I, padding="same"),
+            "front.0(groups=5, padding='same')",
+            nn.AvgPool1d(2),
+            "avgpool1d(2)",
+        ),
+        (nn.Conv1d(I, 6, 4, padding="valid"), "front.0(kernel_size=(4,), padding='valid')", nn.Identity(), None),
+        (nn.Conv1d(I, 6, 4, padding="same", dilation=2), "front.0(padding='same', dilation=2)", nn.Identity(), None),
+    ],
+)
+def test_conv_front_with_a_pool_matches_torch(conv, conv_spelling, pool, pool_spelling):
+    torch.manual_seed(6)
+    module = ConvFront(conv, pool).eval()
+    x = _x(6, batch_first=True)
+    layers = [conv_spelling, "relu", pool_spelling, "lstm", "fc"]
+    model = loaders.load(_pt(module), layers=[n for n in layers if n is not None])
+    check_parity(model, x, torch_outputs(module, x), batch_first=True, stream=False)
+
+
+@pytest.mark.parametrize(
+    "spelling,match",
+    [
+        (
+            "front.0",
+            r"'front.0.bias', 'front.0.weight': a 3-d weight \(8, 5, 5\), an nn.Conv1d .*; its stride, "
+            r"padding, dilation and groups are not in a state_dict: name it with them in layers=, e.g. "
+            r"'front.0\(stride=1, padding=0\)' \('front.0\(\)' for nn.Conv1d's defaults\)",
+        ),
+        ("front.0(4, 8, 5)", r"layers\[0\] \('front.0\(4, 8, 5\)'\): in_channels=4, but the weights say 5"),
+        ("front.0(kernel_size=3)", "kernel_size=3, but the weights say 5"),
+        ("front.0(out_channels=8.0)", r"out_channels=8\.0, but the weights say 8"),
+        ("front.0(bias=False)", "bias=False, but the weights say True"),
+        ("front.0(padding_mode='reflect')", "padding_mode='reflect' is not supported"),
+        ("front.0(padding='causal')", "padding='causal'; expected 'same', 'valid' or an int >= 0"),
+        ("front.0(stride=0)", "stride=0; expected an int >= 1"),
+        ("front.0(groups=0)", "groups=0; expected an int >= 1"),
+        ("front.0(pad=1)", r"names 'pad', which nn.Conv1d does not take; accepted forms: 'PREFIX\(in_channels"),
+        ("front.0(padding=p)", r"is not a call with literal arguments \(ValueError\); accepted forms: 'PREFIX"),
+        ("lstm(padding=1)", "'lstm' is a recurrent module; only an nn.Conv1d takes settings"),
+        ("fc(padding=1)", r"an nn.Linear; only an nn.Conv1d \(a 3-d weight\) takes its settings in layers="),
+    ],
+)
+def test_bad_conv_spellings_are_refused(spelling, match):
+    module = ConvFront(nn.Conv1d(I, 8, 5), nn.MaxPool1d(2))
+    order = [spelling, "relu", "maxpool1d(2)", "lstm", "fc"]
+    if spelling.startswith(("lstm", "fc")):
+        order = ["front.0()", "relu", "maxpool1d(2)", "lstm", "fc"]
+        order[3 if spelling.startswith("lstm") else 4] = spelling
+    with pytest.raises(ValueError, match=match):
+        loaders.read_spec(_pt(module), layers=order)
+
+
+def test_grouped_conv_settings_must_fit_the_chain():
+    """groups is not in the weights: a wrong one gives another input width, which the chain refuses
+    (first in the chain, the model's input width, which predict checks)."""
+    module = ConvFront(nn.Conv1d(I, 10, 3, groups=I), nn.MaxPool1d(2))
+    sd = {"pre.weight": torch.randn(I, 4), "pre.bias": torch.randn(I), **module.state_dict()}
+    with pytest.raises(
+        ValueError, match=r"layers\[1\]: input size 1 does not match the previous layer's output size 5"
+    ):
+        loaders.from_torch(sd, layers=["pre", "front.0(groups=1)", "relu", "maxpool1d(2)", "lstm", "fc"])
 
 
 def test_cli_layers_take_pools(tmp_path, capsys):
