@@ -97,8 +97,9 @@ def _model_arg(p, required=False):
         type=_layer_list,
         default=None,
         metavar="A,B,...",
-        help="the order forward() runs a state_dict's modules, activations and pools, by key prefix, "
-        "activation name and pool call, e.g. embedding,lstm,fc1,relu,fc2 or 'maxpool1d(2),lstm,fc'",
+        help="the order forward() runs a state_dict's modules, activations and pools, by key prefix "
+        "(a Conv1d's with its settings), activation name and pool call, e.g. embedding,lstm,fc1,relu,fc2 "
+        "or 'conv(padding=1),relu,maxpool1d(2),lstm,fc'",
     )
     p.add_argument(
         "--return-sequences",
