@@ -253,8 +253,8 @@ def load(path: Union[str, os.PathLike], precision: Optional[str] = None, **overr
     ``overrides`` apply to PyTorch state_dict files only (a state_dict cannot record what
     ``forward()`` does): ``layers`` (the order of its modules, activations and pools, by key
     prefix, activation name and pool call, e.g. ``["embedding", "lstm", "fc1", "relu", "fc2"]``
-    or ``["conv(padding=1)", "relu", "maxpool1d(2)", "lstm", "fc"]``, a Conv1d's prefix with its settings; needed for anything but one
-    recurrent module plus at most one Linear), ``head_activation`` (that
+    or ``["conv(padding=1)", "relu", "maxpool1d(2)", "lstm", "fc"]``, a Conv1d's prefix with its
+    settings; needed for anything but one recurrent module plus at most one Linear), ``head_activation`` (that
     Linear's activation; 'linear' by default, with a :class:`LoadWarning`),
     ``return_sequences`` (False keeps the last step only) and ``key`` (pick the state_dict out
     of a checkpoint dict).  docs/loading.md lists what each source supports.
