@@ -271,8 +271,11 @@ _FORMS = r"accepted forms: 'maxpool1d\(kernel_size"
     [
         ("maxpool1d", r"'maxpool1d' is missing 'kernel_size'; " + _FORMS),
         ("avgpool1d()", "is missing 'kernel_size'; " + _FORMS),
-        ("minpool1d(2)", "is not a pool fastlstm reads; " + _FORMS),
-        ("maxpool1d(2", "is not a pool call fastlstm reads; " + _FORMS),
+        (
+            "minpool1d(2)",
+            r"is neither a pool nor a Conv1d's key prefix with its settings \('PREFIX\(in_ch.*\); " + _FORMS,
+        ),
+        ("maxpool1d(2", "is not a pool call or a Conv1d's key prefix with its settings; " + _FORMS),
         ("maxpool1d(k)", r"is not a call with literal arguments \(ValueError\); " + _FORMS),
         ("maxpool1d(2)(3)", "is not a call with literal arguments"),
         ("maxpool1d(2, stride=2, stride=3)", "gives 'stride' twice; " + _FORMS),

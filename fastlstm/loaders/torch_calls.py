@@ -214,18 +214,19 @@ def _bad_spelling(where, text, why, forms=POOL_FORMS):
 def parse_pool(text, where):
     """The pool layer ``text`` spells in ``layers=``, or None when it is not a pool's name.
 
-    Anything with parentheses is a call (no key prefix has them), so a call that is not a pool's, or a
-    pool's with bad arguments, raises ValueError naming ``where`` and the accepted forms."""
+    Anything with parentheses is a call, so (once :func:`prefix_call` has taken a Conv1d's prefix with its
+    settings) a call that is not a pool's, or a pool's with bad arguments, raises ValueError naming
+    ``where`` and the accepted forms."""
     m = _CALL.match(text)
     if m is None:
         if "(" in text:
-            raise _bad_spelling(where, text, "is not a pool call fastlstm reads")
+            raise _bad_spelling(where, text, "is not a pool call or a Conv1d's key prefix with its settings")
         return None
     name, call = m["name"].lower(), m["call"]
     if name not in _SIGNATURES:
         if call is None:
             return None
-        raise _bad_spelling(where, text, "is not a pool fastlstm reads")
+        raise _bad_spelling(where, text, f"is neither a pool nor a Conv1d's key prefix with its settings ({CONV_FORM})")
     cls, signature = _SIGNATURES[name]
     options = _bind(text, call or "()", cls, signature, where, POOL_FORMS)
     return pool_layer(cls, options, f"{where} ({text!r})")
