@@ -70,9 +70,11 @@ cdef extern from "fastlstm_pool.h" nogil:
     void fl_pool_run(int nt, fl_task_fn fn, void *arg)
 
 cdef extern from "fastlstm_single.h" nogil:
+    void fl_gemv_cols(const float *v, long k, long k0, const float *W, long ldw, const float *Wp, long ps,
+                      long a, long b, float *z)
     void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, int reverse, int go_backwards,
-                             float *gates, const float *x, long ldx, long n_in, const float *W, long H,
-                             long G, int kind, float *h, float *c, float *hnext, float *out, long ldo,
+                             float *gates, const float *x, long ldx, long n_in, const float *W,
+                             const float *Wp, long ps, long H, long G, int kind, float *h, float *c, float *hnext, float *out, long ldo,
                              int gate_act, int cell_act)
 
 cdef extern from "fastlstm_cell.h" nogil:
@@ -193,7 +195,13 @@ cdef inline void matmul_w(int m, int n, int k, const float *A, int lda, const Di
 cdef inline void matmul_cols(int m, int c0, int c1, int n, int k, const float *A, int lda, const Dir *D, int k0,
                              float *C, int ldc) noexcept nogil:
     """C[m, c0:c1] += A[m, k] @ rows k0:k0+k, columns c0:c1 of D's weights (n columns in all)."""
-    if D.w_panels != NULL and m >= 3 and c0 % FL_PANEL == 0:
+    cdef int r
+    if m < 3:
+        # Row by row, from the panels where they start at c0 (fl_gemv_cols).
+        for r in range(m):
+            fl_gemv_cols(A + <long>r * lda, k, k0, D.w_x, n, D.w_panels, <long>D.n_stack * FL_PANEL, c0, c1,
+                         C + <long>r * ldc)
+    elif D.w_panels != NULL and c0 % FL_PANEL == 0:
         fl_gemm_packed(m, c1 - c0, k, A, lda,
                        D.w_panels + <long>k0 * FL_PANEL + (c0 // FL_PANEL) * <long>D.n_stack * FL_PANEL,
                        <long>(D.n_stack) * FL_PANEL, C + c0, ldc)
@@ -1264,8 +1272,8 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
                     gate_products(L, D, rows, inp, L.n_in, False, gates)
             sync(bar, nt)
             fl_lstm_single_part(tid, nt, bar, tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL,
-                                L.n_in, L.n_in, D.w_x, H, G4, L.kind, hs, cs, hfull, out + d * P, cat,
-                                L.gate_act, L.cell_act)
+                                L.n_in, L.n_in, D.w_x, D.w_panels, <long>D.n_stack * FL_PANEL, H, G4, L.kind,
+                                hs, cs, hfull, out + d * P, cat, L.gate_act, L.cell_act)
             continue
         hprev = hs
         ldprev = ldh
