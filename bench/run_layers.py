@@ -21,8 +21,8 @@ Prints Markdown tables of medians and ratios.
   real-time factor (processing time / audio time at 48 kHz; < 1 keeps up).
 
 Method: the harness' (fastlstm.harness.timing: cases timed interleaved, rotated, medians over
-repeats; each sample calibrated to --sample-ms).  Everything runs in this one process at one
-thread.  Parity with torch is checked before any timing.
+repeats; each sample calibrated to --sample-ms).  Everything runs in this one process, every engine
+at ``--threads`` threads (default 1).  Parity with torch is checked before any timing.
 """
 
 from __future__ import annotations
@@ -167,12 +167,12 @@ def fl_cases(model, x):
     return [Case("fl.step", "fastlstm", fl_step), Case("fl.predict", "fastlstm", fl_predict)]
 
 
-def ort_cases(step_path, seq_path, x, states, state_shape, xs=None):
+def ort_cases(step_path, seq_path, x, states, state_shape, xs=None, threads=1):
     """ORT's step (IOBindings) and whole-sequence cases, the stepper and the sequence session.
 
     ``states`` names the step graph's state tensors (input ``{name}0``, output ``{name}n``),
     each ``state_shape`` at batch 1; ``xs``: the step inputs when they are not x's steps."""
-    sess = ort_session(seq_path, 1)
+    sess = ort_session(seq_path, threads)
     graphs = OnnxGraphs(
         os.path.dirname(step_path),
         seq_path,
@@ -181,7 +181,7 @@ def ort_cases(step_path, seq_path, x, states, state_shape, xs=None):
         [f"{n}n" for n in states],
         [state_shape] * len(states),
     )
-    stepper = OrtBoundStepper(ort_session(step_path, 1), graphs, x if xs is None else xs)
+    stepper = OrtBoundStepper(ort_session(step_path, threads), graphs, x if xs is None else xs)
 
     def ort_step(n):
         for xt in cycle_inputs(stepper.inputs, n):
@@ -200,7 +200,7 @@ def _export(module, args, path, input_names, output_names):
     return path
 
 
-def gru_config(cfg, tmp, repeats, sample_s):
+def gru_config(cfg, tmp, repeats, sample_s, threads=1):
 
     gru, cells, model = gru_models(cfg)
     x = make_inputs(cfg)
@@ -215,7 +215,7 @@ def gru_config(cfg, tmp, repeats, sample_s):
     )
     seq_path = _export(seq_mod, (torch.from_numpy(x),), os.path.join(tmp, f"{cfg.name}.seq.onnx"), ["x"], ["y"])
     cases = fl_cases(model, x)
-    ocases, stepper, sess = ort_cases(step_path, seq_path, x, ("h",), (cfg.L, 1, cfg.H))
+    ocases, stepper, sess = ort_cases(step_path, seq_path, x, ("h",), (cfg.L, 1, cfg.H), threads=threads)
     cases += ocases
 
     # parity before timing
@@ -401,6 +401,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="3 repeats of 50 ms samples, tiny/small/medium-batch")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--sample-ms", type=float, default=150.0)
+    ap.add_argument("--threads", type=int, default=1, help="threads for every engine (GRU part)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     if args.quick:
@@ -408,14 +409,14 @@ def main(argv=None):
         if args.configs == ",".join(CONFIGS):
             args.configs = "tiny,small,medium-batch"
     out = {}
-    with thread_policy(1), tempfile.TemporaryDirectory() as tmp:
+    with thread_policy(args.threads), tempfile.TemporaryDirectory() as tmp:
         if args.part in ("gru", "all"):
             results = {}
             for name in args.configs.split(","):
                 cfg = CONFIGS[name]
                 print(f"# GRU {name} ({cfg.label()})", file=sys.stderr)
-                results[name] = gru_config(cfg, tmp, args.repeats, args.sample_ms / 1000)
-            print("\n### GRU, 1 thread (medians)\n")
+                results[name] = gru_config(cfg, tmp, args.repeats, args.sample_ms / 1000, args.threads)
+            print(f"\n### GRU, {args.threads} thread(s) (medians)\n")
             print(gru_table(results))
             print(
                 "\nmax |difference| from torch: "

@@ -70,9 +70,11 @@ cdef extern from "fastlstm_pool.h" nogil:
     void fl_pool_run(int nt, fl_task_fn fn, void *arg)
 
 cdef extern from "fastlstm_single.h" nogil:
+    void fl_gemv_cols(const float *v, long k, long k0, const float *W, long ldw, const float *Wp, long ps,
+                      long a, long b, float *z)
     void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, int reverse, int go_backwards,
-                             float *gates, const float *x, long ldx, long n_in, const float *W, long H,
-                             long G, int kind, float *h, float *c, float *hnext, float *out, long ldo,
+                             float *gates, const float *x, long ldx, long n_in, const float *W,
+                             const float *Wp, long ps, long H, long G, int kind, float *h, float *c, float *hnext, float *out, long ldo,
                              int gate_act, int cell_act)
 
 cdef extern from "fastlstm_cell.h" nogil:
@@ -193,7 +195,13 @@ cdef inline void matmul_w(int m, int n, int k, const float *A, int lda, const Di
 cdef inline void matmul_cols(int m, int c0, int c1, int n, int k, const float *A, int lda, const Dir *D, int k0,
                              float *C, int ldc) noexcept nogil:
     """C[m, c0:c1] += A[m, k] @ rows k0:k0+k, columns c0:c1 of D's weights (n columns in all)."""
-    if D.w_panels != NULL and m >= 3 and c0 % FL_PANEL == 0:
+    cdef int r
+    if m < 3:
+        # Row by row, from the panels where they start at c0 (fl_gemv_cols).
+        for r in range(m):
+            fl_gemv_cols(A + <long>r * lda, k, k0, D.w_x, n, D.w_panels, <long>D.n_stack * FL_PANEL, c0, c1,
+                         C + <long>r * ldc)
+    elif D.w_panels != NULL and c0 % FL_PANEL == 0:
         fl_gemm_packed(m, c1 - c0, k, A, lda,
                        D.w_panels + <long>k0 * FL_PANEL + (c0 // FL_PANEL) * <long>D.n_stack * FL_PANEL,
                        <long>(D.n_stack) * FL_PANEL, C + c0, ldc)
@@ -1220,13 +1228,12 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
     cdef int cat = L.n_dirs * P
     cdef int rows = tn * nb
     cdef int K = L.n_in + P
-    cdef int d, s, t, dst, r
+    cdef int d, s, t, dst, r, q
     cdef bint packed_steps = L.dirs[0].w_panels != NULL and nb >= 3
     # A reset-after GRU's gate blocks start on panels when H is a multiple of one (matmul_units).
     cdef int gru_kx = L.n_in if L.kind == FL_LAYER_GRU and L.hidden % FL_PANEL == 0 else 0
     cdef bint stacked = tn == 1 and nb > 2
     cdef long u0 = 0, u1 = H, v0, v1, x0, x1, c0, c1
-    cdef long ps = <long>(L.n_in + L.n_out) * FL_PANEL
     cdef long flip = 0
     cdef float *ap
     cdef const Dir *D
@@ -1246,26 +1253,20 @@ cdef void run_layer(const Layer *L, int tn, int nb, const float *inp, float *out
         hs = hrows + D.h_off
         cs = crows + D.c_off
         if nb == 1 and nt > 1:
-            # One stream, big weights: the team splits the gemv's columns, then the
-            # units (fastlstm_single.h).  A single step's input projection is done
-            # inside; a block's is hoisted, split by columns when matmul_w would use
-            # the packed kernel (whose outputs do not depend on the split), else by
-            # one thread.
-            if D.w_panels != NULL and rows >= 3:
-                fl_split_range(G4, tid, nt, &c0, &c1)
+            # One stream, big weights: each thread fills (and for a block, projects) only its
+            # own units' columns of every gate block, the only ones it reads while stepping
+            # them (fastlstm_single.h), so no barrier is needed first.  A single step's input
+            # projection is done inside.
+            for q in range(G4 // H):
+                c0 = q * H + u0
+                c1 = q * H + u1
                 for r in range(rows):
                     memcpy(gates + <long>r * G4 + c0, D.bias + c0, (c1 - c0) * sizeof(float))
-                if c1 > c0:
-                    fl_gemm_packed(rows, c1 - c0, L.n_in, inp, L.n_in, D.w_panels + (c0 // FL_PANEL) * ps,
-                                   ps, gates + c0, G4)
-            elif tid == 0:
-                fill_rows(gates, D.bias, rows, G4)
-                if tn > 1:
-                    gate_products(L, D, rows, inp, L.n_in, False, gates)
-            sync(bar, nt)
+                if tn > 1 and c1 > c0 and not (L.kind == FL_LAYER_GRU and q == 3):
+                    matmul_cols(rows, c0, c1, G4, L.n_in, inp, L.n_in, D, 0, gates, G4)
             fl_lstm_single_part(tid, nt, bar, tn, D.reverse, L.go_backwards, gates, inp if tn == 1 else NULL,
-                                L.n_in, L.n_in, D.w_x, H, G4, L.kind, hs, cs, hfull, out + d * P, cat,
-                                L.gate_act, L.cell_act)
+                                L.n_in, L.n_in, D.w_x, D.w_panels, <long>D.n_stack * FL_PANEL, H, G4, L.kind,
+                                hs, cs, hfull, out + d * P, cat, L.gate_act, L.cell_act)
             continue
         hprev = hs
         ldprev = ldh

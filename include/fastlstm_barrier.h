@@ -5,10 +5,11 @@
 
 #include <sched.h>
 #include <stddef.h>
+#include <time.h>
 
 /* A barrier for the threads of one team that expect to wait only
  * briefly (a step's work is split evenly): spin on a shared generation counter
- * for FL_SPIN_ROUNDS pauses, then sleep on it (a futex) until the last thread
+ * for FL_SPIN_NS nanoseconds, then sleep on it (a futex) until the last thread
  * arrives.
  *
  * A barrier that sleeps at once (libgomp's under OMP_WAIT_POLICY=PASSIVE)
@@ -18,7 +19,7 @@
  * what lets the scheduler move the thread being waited for onto it.  Zero the
  * struct before the team starts; every thread of the team must pass the same
  * barriers. */
-#define FL_SPIN_ROUNDS 1000
+#define FL_SPIN_NS 50000
 
 typedef struct {
     int count, gen, sleepers;
@@ -49,6 +50,27 @@ static void fl_sleep_while(int *addr, int val)
 static void fl_wake_all(int *addr) { (void)addr; }
 #endif
 
+/* Spin for up to ns nanoseconds while *word == val; whether it changed.  Timed
+ * by the clock (read every 16 pauses, through the vDSO: no system call), not by
+ * a count of pauses: a pause takes 10 ns on some x86 CPUs and 140 on others. */
+static int fl_spin_while(int *word, int val, long ns)
+{
+    struct timespec now;
+    long long end = 0;
+    for (int k = 0;; k++) {
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != val) return 1;
+        if ((k & 15) == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            const long long t = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+            if (k == 0)
+                end = t + ns;
+            else if (t >= end)
+                return 0;
+        }
+        fl_cpu_relax();
+    }
+}
+
 static void fl_spin_barrier_wait(fl_spin_barrier *b, int nt)
 {
     if (nt <= 1) return;
@@ -61,10 +83,7 @@ static void fl_spin_barrier_wait(fl_spin_barrier *b, int nt)
         if (__atomic_load_n(&b->sleepers, __ATOMIC_SEQ_CST) > 0) fl_wake_all(&b->gen);
         return;
     }
-    for (int spins = 0; spins < FL_SPIN_ROUNDS; spins++) {
-        if (__atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) != gen) return;
-        fl_cpu_relax();
-    }
+    if (fl_spin_while(&b->gen, gen, FL_SPIN_NS)) return;
     __atomic_add_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
     while (__atomic_load_n(&b->gen, __ATOMIC_SEQ_CST) == gen) fl_sleep_while(&b->gen, gen);
     __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_RELAXED);

@@ -39,6 +39,7 @@
 #ifndef FASTLSTM_GEMM_H
 #define FASTLSTM_GEMM_H
 
+#include "fastlstm_cell.h"
 #include "fastlstm_isa.h"
 
 #define FL_PANEL 16
@@ -405,6 +406,40 @@ static void fl_gemm_packed(long m, long n, long k, const float *restrict A, long
 #endif
         fl_gemm_packed_panels(fl_gemm_panel_generic, m, n, k, A, lda, Wp, ps, C, ldc);
 }
+
+/* z[0:n] += v[0:k] @ W for W in panels (Wp, ps as above): a single row's
+ * product, FL_GEMV_VECS panels at a time.  Each panel is one sequential
+ * stream, which the prefetchers follow; in the row-major W a column block's
+ * rows are a whole gate row apart (4 KB at H = 256), which defeats them, and a
+ * single stream's step was bound by that.  The same chain per column as
+ * fl_matmul_acc (fastlstm_cell.h), so either gives the same bits. */
+FL_INLINE void fl_gemv_panels_body(const float *restrict v, long k, const float *restrict Wp, long ps, long n,
+                                   float *restrict z)
+{
+    long j = 0;
+    for (; j + 16 * FL_GEMV_VECS <= n; j += 16 * FL_GEMV_VECS) {
+        const float *w = Wp + (j / FL_PANEL) * ps;
+        fl_v16 acc[FL_GEMV_VECS];
+        for (int q = 0; q < FL_GEMV_VECS; q++) acc[q] = *(const fl_v16u *)(z + j + 16 * q);
+        for (long i = 0; i < k; i++) {
+            const float x = v[i];
+            for (int q = 0; q < FL_GEMV_VECS; q++) acc[q] += x * *(const fl_v16u *)(w + q * ps + i * FL_PANEL);
+        }
+        for (int q = 0; q < FL_GEMV_VECS; q++) *(fl_v16u *)(z + j + 16 * q) = acc[q];
+    }
+    for (; j < n; j += FL_PANEL) {
+        /* One panel; the last may be partial (its padding columns are zeros, not stored). */
+        const float *w = Wp + (j / FL_PANEL) * ps;
+        const long nc = n - j < FL_PANEL ? n - j : FL_PANEL;
+        fl_v16 acc = {0};
+        for (long c = 0; c < nc; c++) acc[c] = z[j + c];
+        for (long i = 0; i < k; i++) acc += v[i] * *(const fl_v16u *)(w + i * FL_PANEL);
+        for (long c = 0; c < nc; c++) z[j + c] = acc[c];
+    }
+}
+FL_ISA_VARIANTS(fl_gemv_panels,
+                (const float *restrict v, long k, const float *restrict Wp, long ps, long n, float *restrict z),
+                (v, k, Wp, ps, n, z))
 
 /* C[m, n] = bias[n] + A[m, k] @ W, with A packed by fl_pack_a. */
 static void fl_gemm_apacked(long m, long n, long k, const float *restrict ap, const float *restrict Wp, long ps,

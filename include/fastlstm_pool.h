@@ -12,7 +12,7 @@
  * Python threads stepping different streams at once each get their own
  * workers, and run in parallel.  Teams and their workers persist (the per-call
  * path creates nothing once warm).  A worker waits for work by spinning
- * briefly (FL_POOL_IDLE_SPIN), then sleeping on a futex, so steps in a tight
+ * briefly (FL_POOL_IDLE_SPIN_NS), then sleeping on a futex, so steps in a tight
  * loop pay no wake-up and an idle process burns no CPU; the caller waits for
  * its workers as the in-team barrier does (fastlstm_barrier.h).
  * Only the workers a call needs are woken; each has its own wake-up word.
@@ -63,20 +63,19 @@ static pthread_once_t fl_pool_once = PTHREAD_ONCE_INIT;
 static fl_team *fl_teams[FL_POOL_MAX_TEAMS];
 static int fl_n_teams;
 
-/* Pauses (about 5 us) a worker spins for between calls before it sleeps: enough
+/* Nanoseconds a worker spins for between calls before it sleeps: enough
  * to catch a caller stepping in a tight loop, short enough that on a machine
  * with other load an idle worker does not take a core's share from the thread
  * doing the work (libgomp's spinning waiters made 2-thread steps up to 10x
  * slower there; the old fix was OMP_WAIT_POLICY=PASSIVE, no spin at all). */
-#define FL_POOL_IDLE_SPIN 100
+#ifndef FL_POOL_IDLE_SPIN_NS
+#define FL_POOL_IDLE_SPIN_NS 20000
+#endif
 
-/* Spin for `spins` pauses, then sleep, until *word != old; *sleeping tells the waker to call futex wake. */
-static void fl_wait_change(int *word, int old, int *sleeping, int spins)
+/* Spin for ns nanoseconds, then sleep, until *word != old; *sleeping tells the waker to call futex wake. */
+static void fl_wait_change(int *word, int old, int *sleeping, long ns)
 {
-    for (int k = 0; k < spins; k++) {
-        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != old) return;
-        fl_cpu_relax();
-    }
+    if (fl_spin_while(word, old, ns)) return;
     /* seq_cst pairs with the waker's: either it sees *sleeping set, or this sees the change. */
     __atomic_store_n(sleeping, 1, __ATOMIC_SEQ_CST);
     while (__atomic_load_n(word, __ATOMIC_SEQ_CST) == old) fl_sleep_while(word, old);
@@ -95,7 +94,7 @@ static void *fl_worker_main(void *p)
     fl_team *t = w->team;
     int seen = 0;
     for (;;) {
-        fl_wait_change(&w->gen, seen, &w->sleeping, FL_POOL_IDLE_SPIN);
+        fl_wait_change(&w->gen, seen, &w->sleeping, FL_POOL_IDLE_SPIN_NS);
         seen = __atomic_load_n(&w->gen, __ATOMIC_ACQUIRE);
         t->fn(w->tid, t->nt, t->arg);
         if (__atomic_sub_fetch(&t->pending, 1, __ATOMIC_SEQ_CST) == 0 &&
@@ -196,7 +195,7 @@ static void fl_pool_run(int nt, fl_task_fn fn, void *arg)
     for (;;) {
         int left = __atomic_load_n(&t->pending, __ATOMIC_SEQ_CST);
         if (left == 0) break;
-        fl_wait_change(&t->pending, left, &t->caller_sleeping, FL_SPIN_ROUNDS);
+        fl_wait_change(&t->pending, left, &t->caller_sleeping, FL_SPIN_NS);
     }
     fl_team_release(t);
 }

@@ -104,7 +104,8 @@ def test_three_threads_split_unevenly(restore_threads):
 
 @pytest.mark.parametrize("name", ["two layers", "projection between", "bidirectional concat"])
 def test_single_stream_team(name, restore_threads):
-    """One stream: the team splits each big layer's gemv columns, then its units."""
+    """One stream: each thread of the team owns a slice of every big layer's units (their gate
+    columns, then their state)."""
     model, layers, head = _model(name)
     rng = np.random.default_rng(13)
     x = rng.standard_normal((T, 16)).astype(np.float32)
@@ -131,3 +132,60 @@ def test_single_stream_team(name, restore_threads):
             assert np.array_equal(value, two[key]), key
     want, _ = oracle.forward(layers, head, x)
     assert np.max(np.abs(one["predict"] - want)) <= 2e-6
+
+
+def _recurrent_models():
+    """GRU (reset after, both bidirectional and not) and RNN stacks big enough for a single
+    stream's team, one with a hidden size off the 16-unit panels (its later gate blocks do
+    not start on a panel, so their columns come from the row-major weights)."""
+    from fastlstm import GRULayer, GRUWeights, RNNLayer, RNNWeights
+
+    rng = np.random.default_rng(21)
+
+    def u(*shape):
+        return rng.uniform(-0.06, 0.06, shape).astype(np.float32)
+
+    def gru(n_in, H, **kw):
+        dirs = 2 if kw.get("bidirectional") else 1
+        ws = [GRUWeights(u(3 * H, n_in), u(3 * H, H), u(3 * H), u(3 * H)) for _ in range(dirs)]
+        return GRULayer(ws)
+
+    def rnn(n_in, H):
+        return RNNLayer([RNNWeights(u(H, n_in), u(H, H), u(H), u(H))])
+
+    return {
+        "gru two layers": [gru(16, 256), gru(256, 272)],
+        "gru off panels": [gru(16, 264)],
+        "gru bidirectional": [gru(16, 256, bidirectional=True)],
+        "rnn": [rnn(16, 256), rnn(256, 264)],
+    }
+
+
+@pytest.mark.parametrize("name", ["gru two layers", "gru off panels", "gru bidirectional", "rnn"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_single_stream_team_gru_rnn(name, threads, restore_threads):
+    """A single GRU or RNN stream's team (each thread owns a slice of units in every gate
+    block) gives one thread's bits for predict, step and step_many, and matches the oracle."""
+    layers = _recurrent_models()[name]
+    model = fastlstm.Model(layers)
+    x = np.random.default_rng(14).standard_normal((T, 16)).astype(np.float32)
+
+    def run():
+        if not model.streamable:
+            return (model.predict(x),)
+        s = model.stream()
+        steps = np.stack([s.step(x[t]) for t in range(T)])
+        s = model.stream()
+        many = np.concatenate([s.step_many(x[a:b]) for a, b in ((0, 1), (1, 4), (4, T))])
+        return model.predict(x), steps, many
+
+    fastlstm.set_num_threads(threads)
+    assert model._net.plan(1) == "team"
+    split = run()
+    fastlstm.set_num_threads(1)
+    one = run()
+    assert len(one) == (3 if model.streamable else 1)
+    for a, b in zip(one, split):
+        assert np.array_equal(a, b)
+    want = oracle.forward_recurrent(layers, x[:, None, :])[:, 0]
+    assert np.max(np.abs(one[0] - want)) <= 2e-6
