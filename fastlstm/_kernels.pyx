@@ -74,8 +74,8 @@ cdef extern from "fastlstm_single.h" nogil:
                       long a, long b, float *z)
     void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, int reverse, int go_backwards,
                              float *gates, const float *x, long ldx, long n_in, const float *W,
-                             const float *Wp, long ps, long H, long G, int kind, float *h, float *c, float *hnext, float *out, long ldo,
-                             int gate_act, int cell_act)
+                             const float *Wp, long ps, long H, long G, int kind, float *h, float *c,
+                             float *hnext, float *out, long ldo, int gate_act, int cell_act)
 
 cdef extern from "fastlstm_cell.h" nogil:
     void fl_cell_rows(float *z, long ldz, long gs, float *c, long ldc, float *h, long ldh, long nrows,

@@ -48,8 +48,8 @@ static inline void fl_gemv_cols(const float *v, long k, long k0, const float *W,
  */
 static void fl_lstm_single_part(int tid, int nt, fl_spin_barrier *bar, int tn, int reverse, int go_backwards,
                                 float *gates, const float *x, long ldx, long n_in, const float *W, const float *Wp,
-                                long ps, long H, long G, int kind, float *h, float *c, float *hnext, float *out, long ldo, int gate_act,
-                                int cell_act)
+                                long ps, long H, long G, int kind, float *h, float *c, float *hnext, float *out,
+                                long ldo, int gate_act, int cell_act)
 {
     const int gru = kind == FL_LAYER_GRU;
     const int blocks = (int)(G / H);
