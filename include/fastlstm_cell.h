@@ -162,28 +162,33 @@ static void fl_rnn_rows(float *z, long ldz, float *h, long ldh, long nrows, long
  * 16 held in registers over all of k: independent accumulators hide the FMA
  * latency, and C is read and written once.  The last n % 16 columns go one
  * at a time, 8 rows at once, for the same reason (one row of one
- * column would be a single chain waiting on every FMA).  The 16-float vectors are
- * GCC vector extensions: one zmm (AVX-512), two ymm (AVX2) or four xmm
- * (generic) per vector; -ffp-contract=fast fuses acc + a * w wherever the
+ * column would be a single chain waiting on every FMA).  The vectors are GCC
+ * vector extensions of the path's register width (FL_WIDTH_VARIANTS);
+ * -ffp-contract=fast fuses acc + a * w wherever the
  * target has FMA, as the GEMM kernels' intrinsics do (GCC forms FMAs from -O2
  * up: an -O1 build would round these apart; setup.py builds at -O3, and
  * tests/c/kernels_check.c compares the two bit for bit). */
-typedef float fl_v16 __attribute__((vector_size(64)));
-typedef float fl_v16u __attribute__((vector_size(64), aligned(4))); /* unaligned access */
 #define FL_GEMV_VECS 4
 
-FL_INLINE void fl_gemv_vecs_body(const int NV, const float *restrict v, long k, const float *restrict W, long ldw,
-                                 float *restrict z)
-{
-    fl_v16 acc[FL_GEMV_VECS];
-    for (int q = 0; q < NV; q++) acc[q] = *(const fl_v16u *)(z + 16 * q);
-    for (long i = 0; i < k; i++) {
-        const float *w = W + i * ldw;
-        const float x = v[i];
-        for (int q = 0; q < NV; q++) acc[q] += x * *(const fl_v16u *)(w + 16 * q);
+/* fl_gemv_vecs_wW: z[0:16 NV] += v[0:k] @ W[:, 0:16 NV] (row stride ldw), NV <= FL_GEMV_VECS
+ * blocks of 16 columns, in vectors of W floats. */
+#define FL_GEMV_VECS_BODY(W)                                                                                           \
+    FL_INLINE void fl_gemv_vecs_w##W(const int NV, const float *restrict v, long k, const float *restrict Wt,          \
+                                     long ldw, float *restrict z)                                                      \
+    {                                                                                                                  \
+        fl_v##W acc[FL_GEMV_VECS * (16 / W)];                                                                          \
+        const int nv = NV * (16 / W);                                                                                  \
+        for (int q = 0; q < nv; q++) acc[q] = *(const fl_v##W##u *)(z + W * q);                                        \
+        for (long i = 0; i < k; i++) {                                                                                 \
+            const float *w = Wt + i * ldw;                                                                             \
+            const float x = v[i];                                                                                      \
+            for (int q = 0; q < nv; q++) acc[q] += x * *(const fl_v##W##u *)(w + W * q);                               \
+        }                                                                                                              \
+        for (int q = 0; q < nv; q++) *(fl_v##W##u *)(z + W * q) = acc[q];                                              \
     }
-    for (int q = 0; q < NV; q++) *(fl_v16u *)(z + 16 * q) = acc[q];
-}
+FL_GEMV_VECS_BODY(16)
+FL_GEMV_VECS_BODY(8)
+FL_GEMV_VECS_BODY(4)
 
 /* One column w (stride ldw) for R <= 8 rows: the rows' chains are the lanes of
  * one 8-float vector, k outermost as above.  Not a scalar accumulator per row:
@@ -191,8 +196,6 @@ FL_INLINE void fl_gemv_vecs_body(const int NV, const float *restrict v, long k, 
  * then in-order adds, never fused.  Lanes past R read zeros, not a repeat of a
  * row: with equal lanes (one row) GCC folds the broadcast product to one
  * scalar multiply and a vector add, again never fused. */
-typedef float fl_v8 __attribute__((vector_size(32)));
-
 FL_INLINE void fl_tail_rows_body(long R, const float *restrict A, long lda, long k, const float *restrict w, long ldw,
                                  float *restrict c, long ldc)
 {
@@ -206,24 +209,28 @@ FL_INLINE void fl_tail_rows_body(long R, const float *restrict A, long lda, long
     for (int r = 0; r < R; r++) c[r * ldc] = acc[r];
 }
 
-FL_INLINE void fl_matmul_acc_body(long m, long n, long k, const float *restrict A, long lda, const float *restrict W,
-                                  long ldw, float *restrict C, long ldc)
-{
-    const long n16 = n - n % 16;
-    for (long r = 0; r < m; r++) {
-        long j = 0;
-        for (; j + 16 * FL_GEMV_VECS <= n16; j += 16 * FL_GEMV_VECS)
-            fl_gemv_vecs_body(FL_GEMV_VECS, A + r * lda, k, W + j, ldw, C + r * ldc + j);
-        for (; j < n16; j += 16) fl_gemv_vecs_body(1, A + r * lda, k, W + j, ldw, C + r * ldc + j);
+#define FL_MATMUL_ACC_BODY(W)                                                                                          \
+    FL_INLINE void fl_matmul_acc_w##W(long m, long n, long k, const float *restrict A, long lda,                       \
+                                      const float *restrict Wt, long ldw, float *restrict C, long ldc)                 \
+    {                                                                                                                  \
+        const long n16 = n - n % 16;                                                                                   \
+        for (long r = 0; r < m; r++) {                                                                                 \
+            long j = 0;                                                                                                \
+            for (; j + 16 * FL_GEMV_VECS <= n16; j += 16 * FL_GEMV_VECS)                                               \
+                fl_gemv_vecs_w##W(FL_GEMV_VECS, A + r * lda, k, Wt + j, ldw, C + r * ldc + j);                         \
+            for (; j < n16; j += 16) fl_gemv_vecs_w##W(1, A + r * lda, k, Wt + j, ldw, C + r * ldc + j);               \
+        }                                                                                                              \
+        for (long j = n16; j < n; j++)                                                                                 \
+            for (long r = 0; r < m; r += 8)                                                                            \
+                fl_tail_rows_body(m - r < 8 ? m - r : 8, A + r * lda, lda, k, Wt + j, ldw, C + r * ldc + j, ldc);      \
     }
-    for (long j = n16; j < n; j++)
-        for (long r = 0; r < m; r += 8)
-            fl_tail_rows_body(m - r < 8 ? m - r : 8, A + r * lda, lda, k, W + j, ldw, C + r * ldc + j, ldc);
-}
-FL_ISA_VARIANTS(fl_matmul_acc,
-                (long m, long n, long k, const float *restrict A, long lda, const float *restrict W, long ldw,
-                 float *restrict C, long ldc),
-                (m, n, k, A, lda, W, ldw, C, ldc))
+FL_MATMUL_ACC_BODY(16)
+FL_MATMUL_ACC_BODY(8)
+FL_MATMUL_ACC_BODY(4)
+FL_WIDTH_VARIANTS(fl_matmul_acc,
+                  (long m, long n, long k, const float *restrict A, long lda, const float *restrict W, long ldw,
+                   float *restrict C, long ldc),
+                  (m, n, k, A, lda, W, ldw, C, ldc))
 
 /* z[0:n] += v[0:k] @ W (row stride ldw): fl_matmul_acc of one row. */
 static inline void fl_gemv_acc(const float *v, long k, const float *W, long ldw, long n, float *z)

@@ -119,8 +119,6 @@ typedef void (*fl_gemm_panel_fn)(long m, long k, const float *a, long lda, const
 
 /* Generic: 4-float vectors of GCC's vector extensions (SSE2 on x86-64, NEON on
  * aarch64, where -ffp-contract=fast turns acc + a * w into one fmla). */
-typedef float fl_v4 __attribute__((vector_size(16)));
-typedef float fl_v4u __attribute__((vector_size(16), aligned(4))); /* unaligned access */
 
 /* Columns 4q..4q+3 of row p, the ones past nc as zero. */
 FL_INLINE fl_v4 fl_v4_load_cols(const float *p, int q, int nc)
@@ -413,33 +411,43 @@ static void fl_gemm_packed(long m, long n, long k, const float *restrict A, long
  * rows are a whole gate row apart (4 KB at H = 256), which defeats them, and a
  * single stream's step was bound by that.  The same chain per column as
  * fl_matmul_acc (fastlstm_cell.h), so either gives the same bits. */
-FL_INLINE void fl_gemv_panels_body(const float *restrict v, long k, const float *restrict Wp, long ps, long n,
-                                   float *restrict z)
-{
-    long j = 0;
-    for (; j + 16 * FL_GEMV_VECS <= n; j += 16 * FL_GEMV_VECS) {
-        const float *w = Wp + (j / FL_PANEL) * ps;
-        fl_v16 acc[FL_GEMV_VECS];
-        for (int q = 0; q < FL_GEMV_VECS; q++) acc[q] = *(const fl_v16u *)(z + j + 16 * q);
-        for (long i = 0; i < k; i++) {
-            const float x = v[i];
-            for (int q = 0; q < FL_GEMV_VECS; q++) acc[q] += x * *(const fl_v16u *)(w + q * ps + i * FL_PANEL);
-        }
-        for (int q = 0; q < FL_GEMV_VECS; q++) *(fl_v16u *)(z + j + 16 * q) = acc[q];
+#define FL_GEMV_PANELS_BODY(W)                                                                                         \
+    FL_INLINE void fl_gemv_panels_w##W(const float *restrict v, long k, const float *restrict Wp, long ps, long n,     \
+                                       float *restrict z)                                                              \
+    {                                                                                                                  \
+        enum { S = FL_PANEL / W, NV = FL_GEMV_VECS * S };                                                              \
+        long j = 0;                                                                                                    \
+        for (; j + FL_PANEL * FL_GEMV_VECS <= n; j += FL_PANEL * FL_GEMV_VECS) {                                       \
+            const float *w = Wp + (j / FL_PANEL) * ps;                                                                 \
+            fl_v##W acc[NV];                                                                                           \
+            for (int q = 0; q < NV; q++) acc[q] = *(const fl_v##W##u *)(z + j + W * q);                                \
+            for (long i = 0; i < k; i++) {                                                                             \
+                const float x = v[i];                                                                                  \
+                for (int q = 0; q < NV; q++)                                                                           \
+                    acc[q] += x * *(const fl_v##W##u *)(w + (q / S) * ps + i * FL_PANEL + (q % S) * W);                \
+            }                                                                                                          \
+            for (int q = 0; q < NV; q++) *(fl_v##W##u *)(z + j + W * q) = acc[q];                                      \
+        }                                                                                                              \
+        for (; j < n; j += FL_PANEL) {                                                                                 \
+            /* One panel; the last may be partial (its padding columns are zeros, not stored). */                      \
+            const float *w = Wp + (j / FL_PANEL) * ps;                                                                 \
+            const long nc = n - j < FL_PANEL ? n - j : FL_PANEL;                                                       \
+            float t[FL_PANEL] = {0.0f};                                                                                \
+            fl_v##W acc[S];                                                                                            \
+            for (long c = 0; c < nc; c++) t[c] = z[j + c];                                                             \
+            for (int q = 0; q < S; q++) acc[q] = *(const fl_v##W##u *)(t + W * q);                                     \
+            for (long i = 0; i < k; i++)                                                                               \
+                for (int q = 0; q < S; q++) acc[q] += v[i] * *(const fl_v##W##u *)(w + i * FL_PANEL + W * q);          \
+            for (int q = 0; q < S; q++) *(fl_v##W##u *)(t + W * q) = acc[q];                                           \
+            for (long c = 0; c < nc; c++) z[j + c] = t[c];                                                             \
+        }                                                                                                              \
     }
-    for (; j < n; j += FL_PANEL) {
-        /* One panel; the last may be partial (its padding columns are zeros, not stored). */
-        const float *w = Wp + (j / FL_PANEL) * ps;
-        const long nc = n - j < FL_PANEL ? n - j : FL_PANEL;
-        fl_v16 acc = {0};
-        for (long c = 0; c < nc; c++) acc[c] = z[j + c];
-        for (long i = 0; i < k; i++) acc += v[i] * *(const fl_v16u *)(w + i * FL_PANEL);
-        for (long c = 0; c < nc; c++) z[j + c] = acc[c];
-    }
-}
-FL_ISA_VARIANTS(fl_gemv_panels,
-                (const float *restrict v, long k, const float *restrict Wp, long ps, long n, float *restrict z),
-                (v, k, Wp, ps, n, z))
+FL_GEMV_PANELS_BODY(16)
+FL_GEMV_PANELS_BODY(8)
+FL_GEMV_PANELS_BODY(4)
+FL_WIDTH_VARIANTS(fl_gemv_panels,
+                  (const float *restrict v, long k, const float *restrict Wp, long ps, long n, float *restrict z),
+                  (v, k, Wp, ps, n, z))
 
 /* C[m, n] = bias[n] + A[m, k] @ W, with A packed by fl_pack_a. */
 static void fl_gemm_apacked(long m, long n, long k, const float *restrict ap, const float *restrict Wp, long ps,

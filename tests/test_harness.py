@@ -164,6 +164,7 @@ def test_isa_holds_name_each_path_and_refuse_others():
     assert isa.environment("avx2") == {
         "FASTLSTM_ISA": "avx2",
         "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
         "OPENBLAS_CORETYPE": "Haswell",
     }
     assert isa.environment("avx512") == {"FASTLSTM_ISA": "avx512"}
@@ -178,7 +179,7 @@ def test_isa_restart_held_restarts_the_script_under_the_holds(tmp_path, monkeypa
 
     for k in isa.environment("generic"):
         monkeypatch.delenv(k, raising=False)
-    with pytest.raises(SystemExit, match="set FASTLSTM_ISA=generic ONEDNN_MAX_CPU_ISA=SSE41"):
+    with pytest.raises(SystemExit, match="set FASTLSTM_ISA=generic ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2"):
         isa.restart_held("generic", "driver.py", argv=["--isa", "generic"])  # main(argv) cannot restart
     script = tmp_path / "driver.py"
     script.write_text(

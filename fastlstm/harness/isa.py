@@ -3,7 +3,9 @@ held to the same instruction set.
 
 fastlstm's AVX2 path against peers that use AVX-512 says little about the kernels; the peers
 that have a switch are therefore held to the same instruction set: oneDNN (under PyTorch and
-OpenVINO's CPU plugin) through ``ONEDNN_MAX_CPU_ISA``, OpenBLAS through ``OPENBLAS_CORETYPE``.
+OpenVINO's CPU plugin) through ``ONEDNN_MAX_CPU_ISA``, oneMKL (PyTorch's ``nn.LSTMCell`` and
+``nn.Linear``: their matrix products are MKL's sgemm, not oneDNN's) through
+``MKL_ENABLE_INSTRUCTIONS``, OpenBLAS through ``OPENBLAS_CORETYPE``.
 ONNX Runtime and tract have no such switch and keep their best kernels.  Every one of these
 variables is read when its library loads, so a driver sets them and starts itself again
 (:func:`restart_held`) before anything is imported under the wrong ones.
@@ -20,8 +22,8 @@ from fastlstm._isa import ENV, PATHS
 #: Per kernel path, the switches that hold the peers to the same instruction set.
 HOLDS: Dict[str, Dict[str, str]] = {
     "avx512": {},
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
-    "generic": {"ONEDNN_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "Nehalem"},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
+    "generic": {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "OPENBLAS_CORETYPE": "Nehalem"},
 }
 
 #: Registry peers (fastlstm.harness.peers) whose kernels HOLDS reaches; the others are never held.
