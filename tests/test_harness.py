@@ -179,7 +179,8 @@ def test_isa_restart_held_restarts_the_script_under_the_holds(tmp_path, monkeypa
 
     for k in isa.environment("generic"):
         monkeypatch.delenv(k, raising=False)
-    with pytest.raises(SystemExit, match="set FASTLSTM_ISA=generic ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2"):
+    settings = "FASTLSTM_ISA=generic ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2"
+    with pytest.raises(SystemExit, match=f"set {settings}"):
         isa.restart_held("generic", "driver.py", argv=["--isa", "generic"])  # main(argv) cannot restart
     script = tmp_path / "driver.py"
     script.write_text(
