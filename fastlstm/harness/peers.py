@@ -34,21 +34,33 @@ TOL_BF16 = 3e-2
 TOL_INT8 = 5e-2
 
 
+def _torch_threads(threads):
+    """Hold PyTorch to ``threads``: ``timing.thread_policy`` can only do so where torch was imported
+    before the block began, and a torch imported inside it takes every core (precision.py's
+    "1-thread" PyTorch ran on two)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _torch(model, threads):
     from .torch_runner import TorchRunner
 
+    _torch_threads(threads)
     return TorchRunner(model)
 
 
 def _torch_int8(model, threads):
     from .torch_lowp_runner import TorchInt8Runner
 
+    _torch_threads(threads)
     return TorchInt8Runner(model)
 
 
 def _torch_bf16(model, threads):
     from .torch_lowp_runner import TorchBf16Runner
 
+    _torch_threads(threads)
     return TorchBf16Runner(model)
 
 
@@ -82,7 +94,9 @@ def _tract(model, threads):
 def _keras(model, threads):
     from .keras_runner import KerasRunner
 
-    return KerasRunner(model)
+    runner = KerasRunner(model)
+    _torch_threads(threads)  # Keras runs on the torch backend
+    return runner
 
 
 @dataclass(frozen=True)
