@@ -117,10 +117,9 @@ typedef void (*fl_gemm_panel_fn)(long m, long k, const float *a, long lda, const
 #define FL_BLOCK_ARGS(a, lda, k, r, R)                                                                                 \
     ((lda) ? (a) + (r) * (lda) : (a) + (r) * (k)), ((lda) ? (lda) : 1), ((lda) ? 1 : (R))
 
-/* Generic: 4-float vectors of GCC's vector extensions (SSE2 on x86-64, NEON on
- * aarch64, where -ffp-contract=fast turns acc + a * w into one fmla). */
-
-/* Columns 4q..4q+3 of row p, the ones past nc as zero. */
+/* Generic: 4-float vectors of GCC's vector extensions (fl_v4: SSE2 on x86-64,
+ * NEON on aarch64, where -ffp-contract=fast turns acc + a * w into one fmla).
+ * Columns 4q..4q+3 of row p, the ones past nc as zero. */
 FL_INLINE fl_v4 fl_v4_load_cols(const float *p, int q, int nc)
 {
     if (4 * q + 4 <= nc) return *(const fl_v4u *)(p + 4 * q);

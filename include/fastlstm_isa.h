@@ -214,12 +214,13 @@ static inline int fl_path_cpu(void) { return fl_path_best(FL_N_PATHS - 1); }
 static inline const char *fl_path_name(int p) { return p >= 0 && p < FL_N_PATHS ? fl_paths[p].name : NULL; }
 
 /* Define NAME(PARAMS) calling NAME_avx512, NAME_avx2 or NAME_generic with ARGS,
- * three copies of one always_inline body NAME_body compiled for each target. */
+ * each of which calls B512, B2 or BG (always_inline bodies, so each is compiled
+ * for its target).  Off x86 NAME calls BG alone. */
 #if FL_X86
-#define FL_ISA_VARIANTS(NAME, PARAMS, ARGS)                                                                            \
-    FL_TARGET_AVX512 static void NAME##_avx512 PARAMS { NAME##_body ARGS; }                                            \
-    FL_TARGET_AVX2 static void NAME##_avx2 PARAMS { NAME##_body ARGS; }                                                \
-    static void NAME##_generic PARAMS { NAME##_body ARGS; }                                                            \
+#define FL_PATH_VARIANTS(NAME, PARAMS, ARGS, B512, B2, BG)                                                             \
+    FL_TARGET_AVX512 static void NAME##_avx512 PARAMS { B512 ARGS; }                                                   \
+    FL_TARGET_AVX2 static void NAME##_avx2 PARAMS { B2 ARGS; }                                                         \
+    static void NAME##_generic PARAMS { BG ARGS; }                                                                     \
     static void NAME PARAMS                                                                                            \
     {                                                                                                                  \
         if (fl_isa == FL_ISA_AVX512)                                                                                   \
@@ -230,9 +231,12 @@ static inline const char *fl_path_name(int p) { return p >= 0 && p < FL_N_PATHS 
             NAME##_generic ARGS;                                                                                       \
     }
 #else
-#define FL_ISA_VARIANTS(NAME, PARAMS, ARGS)                                                                            \
-    static void NAME PARAMS { NAME##_body ARGS; }
+#define FL_PATH_VARIANTS(NAME, PARAMS, ARGS, B512, B2, BG)                                                             \
+    static void NAME PARAMS { BG ARGS; }
 #endif
+
+/* Three copies of one body NAME_body, the same source for every target. */
+#define FL_ISA_VARIANTS(NAME, PARAMS, ARGS) FL_PATH_VARIANTS(NAME, PARAMS, ARGS, NAME##_body, NAME##_body, NAME##_body)
 
 /* Vectors of 16, 8 and 4 floats (GCC vector extensions; the ...u types: unaligned access). */
 typedef float fl_v16 __attribute__((vector_size(64)));
@@ -247,24 +251,7 @@ typedef float fl_v4u __attribute__((vector_size(16), aligned(4)));
  * NAME_w4 for the generic path (SSE2, NEON).  GCC 12 lowers a vector wider than
  * the target's registers through the stack: with 16-float accumulators, the
  * AVX2 and generic single-row products ran 15x slower than AVX-512's. */
-#if FL_X86
-#define FL_WIDTH_VARIANTS(NAME, PARAMS, ARGS)                                                                          \
-    FL_TARGET_AVX512 static void NAME##_avx512 PARAMS { NAME##_w16 ARGS; }                                             \
-    FL_TARGET_AVX2 static void NAME##_avx2 PARAMS { NAME##_w8 ARGS; }                                                  \
-    static void NAME##_generic PARAMS { NAME##_w4 ARGS; }                                                              \
-    static void NAME PARAMS                                                                                            \
-    {                                                                                                                  \
-        if (fl_isa == FL_ISA_AVX512)                                                                                   \
-            NAME##_avx512 ARGS;                                                                                        \
-        else if (fl_isa == FL_ISA_AVX2)                                                                                \
-            NAME##_avx2 ARGS;                                                                                          \
-        else                                                                                                           \
-            NAME##_generic ARGS;                                                                                       \
-    }
-#else
-#define FL_WIDTH_VARIANTS(NAME, PARAMS, ARGS)                                                                          \
-    static void NAME PARAMS { NAME##_w4 ARGS; }
-#endif
+#define FL_WIDTH_VARIANTS(NAME, PARAMS, ARGS) FL_PATH_VARIANTS(NAME, PARAMS, ARGS, NAME##_w16, NAME##_w8, NAME##_w4)
 
 #if defined(__GNUC__)
 #define FL_INLINE static inline __attribute__((always_inline))

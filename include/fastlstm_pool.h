@@ -68,9 +68,7 @@ static int fl_n_teams;
  * with other load an idle worker does not take a core's share from the thread
  * doing the work (libgomp's spinning waiters made 2-thread steps up to 10x
  * slower there; the old fix was OMP_WAIT_POLICY=PASSIVE, no spin at all). */
-#ifndef FL_POOL_IDLE_SPIN_NS
 #define FL_POOL_IDLE_SPIN_NS 20000
-#endif
 
 /* Spin for ns nanoseconds, then sleep, until *word != old; *sleeping tells the waker to call futex wake. */
 static void fl_wait_change(int *word, int old, int *sleeping, long ns)
